@@ -1,0 +1,277 @@
+//! The CPU backend: the f32 reference of every op, and a usable engine on a laptop or CI.
+//!
+//! Each op is a plain function in its own module with the tensor layout stated; this `Backend` impl
+//! only checks lengths and forwards to them. CUDA kernel tests call these functions directly.
+
+pub mod activation;
+pub mod attention;
+pub mod embedding;
+pub mod kv_write;
+pub mod matmul;
+pub mod norm;
+pub mod rope;
+
+use super::{Backend, BatchMeta, KvGeometry};
+use crate::error::{Error, Result};
+use crate::model::tensor_store::HostTensor;
+
+/// The CPU backend. Threads come from rayon's global pool (`--threads`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend;
+
+fn check(cond: bool, what: impl FnOnce() -> String) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(Error::Backend {
+            backend: "cpu",
+            msg: what(),
+        })
+    }
+}
+
+fn need(buf: &[f32], len: usize, name: &str) -> Result<()> {
+    check(buf.len() >= len, || {
+        format!(
+            "buffer `{name}` holds {} elements, op needs {len}",
+            buf.len()
+        )
+    })
+}
+
+impl Backend for CpuBackend {
+    type Buffer = Vec<f32>;
+    type Meta = BatchMeta;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn upload(&self, t: &HostTensor) -> Result<Vec<f32>> {
+        Ok(t.data.clone())
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+
+    fn download(&self, buf: &Vec<f32>, len: usize) -> Result<Vec<f32>> {
+        need(buf, len, "download")?;
+        Ok(buf[..len].to_vec())
+    }
+
+    fn prepare(&self, meta: &BatchMeta, geom: &KvGeometry) -> Result<BatchMeta> {
+        meta.validate(geom).map_err(|msg| Error::Backend {
+            backend: "cpu",
+            msg: format!("bad batch metadata: {msg}"),
+        })?;
+        Ok(meta.clone())
+    }
+
+    fn embedding(
+        &self,
+        out: &mut Vec<f32>,
+        table: &Vec<f32>,
+        pos_table: Option<&Vec<f32>>,
+        meta: &BatchMeta,
+        hidden: usize,
+    ) -> Result<()> {
+        need(out, meta.num_tokens() * hidden, "out")?;
+        let vocab = table.len() / hidden;
+        if let Some(&bad) = meta.token_ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        if let Some(pt) = pos_table {
+            let max = pt.len() / hidden;
+            check(meta.positions.iter().all(|&p| (p as usize) < max), || {
+                format!("a position exceeds the {max} learned positions")
+            })?;
+        }
+        embedding::embedding(
+            out,
+            table,
+            pos_table.map(|v| v.as_slice()),
+            &meta.token_ids,
+            &meta.positions,
+            hidden,
+        );
+        Ok(())
+    }
+
+    fn layernorm(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        weight: &Vec<f32>,
+        bias: &Vec<f32>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        need(out, rows * cols, "out")?;
+        need(x, rows * cols, "x")?;
+        norm::layernorm(out, x, weight, bias, rows, cols, eps);
+        Ok(())
+    }
+
+    fn rmsnorm(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        weight: &Vec<f32>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        need(out, rows * cols, "out")?;
+        need(x, rows * cols, "x")?;
+        norm::rmsnorm(out, x, weight, rows, cols, eps);
+        Ok(())
+    }
+
+    fn add_rmsnorm(
+        &self,
+        residual: &mut Vec<f32>,
+        delta: &Vec<f32>,
+        out: &mut Vec<f32>,
+        weight: &Vec<f32>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        need(out, rows * cols, "out")?;
+        need(residual, rows * cols, "residual")?;
+        need(delta, rows * cols, "delta")?;
+        norm::add_rmsnorm(residual, delta, out, weight, rows, cols, eps);
+        Ok(())
+    }
+
+    fn add_inplace(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) -> Result<()> {
+        need(x, len, "x")?;
+        need(y, len, "y")?;
+        norm::add_inplace(&mut x[..len], &y[..len]);
+        Ok(())
+    }
+
+    fn linear(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        weight: &Vec<f32>,
+        bias: Option<&Vec<f32>>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        need(out, m * n, "out")?;
+        need(x, m * k, "x")?;
+        need(weight, n * k, "weight")?;
+        matmul::linear(out, x, weight, bias.map(|b| b.as_slice()), m, n, k);
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        qkv: &mut Vec<f32>,
+        cos_sin: &Vec<f32>,
+        meta: &BatchMeta,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<()> {
+        let row_len = (num_heads + 2 * num_kv_heads) * head_dim;
+        need(qkv, meta.num_tokens() * row_len, "qkv")?;
+        let max = cos_sin.len() / head_dim;
+        check(meta.positions.iter().all(|&p| (p as usize) < max), || {
+            format!("a position exceeds the RoPE table of {max} positions")
+        })?;
+        rope::rope(
+            qkv,
+            row_len,
+            cos_sin,
+            &meta.positions,
+            num_heads + num_kv_heads,
+            head_dim,
+        );
+        Ok(())
+    }
+
+    fn write_kv(
+        &self,
+        k_cache: &mut Vec<f32>,
+        v_cache: &mut Vec<f32>,
+        qkv: &Vec<f32>,
+        meta: &BatchMeta,
+        geom: &KvGeometry,
+        num_heads: usize,
+    ) -> Result<()> {
+        need(k_cache, geom.layer_len(), "k_cache")?;
+        need(v_cache, geom.layer_len(), "v_cache")?;
+        let q_size = num_heads * geom.head_dim;
+        need(
+            qkv,
+            meta.num_tokens() * (q_size + 2 * geom.slot_len()),
+            "qkv",
+        )?;
+        kv_write::write_kv(k_cache, v_cache, qkv, &meta.slot_mapping, geom, q_size);
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        out: &mut Vec<f32>,
+        qkv: &Vec<f32>,
+        k_cache: &Vec<f32>,
+        v_cache: &Vec<f32>,
+        meta: &BatchMeta,
+        geom: &KvGeometry,
+        num_heads: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let q_size = num_heads * geom.head_dim;
+        need(out, meta.num_tokens() * q_size, "out")?;
+        need(
+            qkv,
+            meta.num_tokens() * (q_size + 2 * geom.slot_len()),
+            "qkv",
+        )?;
+        need(k_cache, geom.layer_len(), "k_cache")?;
+        need(v_cache, geom.layer_len(), "v_cache")?;
+        check(num_heads % geom.num_kv_heads == 0, || {
+            format!(
+                "{num_heads} heads not divisible by {} KV heads",
+                geom.num_kv_heads
+            )
+        })?;
+        attention::paged_attention(out, qkv, k_cache, v_cache, meta, geom, num_heads, scale);
+        Ok(())
+    }
+
+    fn gelu_new(&self, x: &mut Vec<f32>, len: usize) -> Result<()> {
+        need(x, len, "x")?;
+        activation::gelu_new(&mut x[..len]);
+        Ok(())
+    }
+
+    fn silu_mul(&self, out: &mut Vec<f32>, x: &Vec<f32>, rows: usize, inter: usize) -> Result<()> {
+        need(out, rows * inter, "out")?;
+        need(x, rows * 2 * inter, "x")?;
+        activation::silu_mul(out, x, rows, inter);
+        Ok(())
+    }
+
+    fn gather_logit_rows(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        meta: &BatchMeta,
+        cols: usize,
+    ) -> Result<()> {
+        need(out, meta.num_logits() * cols, "out")?;
+        need(x, meta.num_tokens() * cols, "x")?;
+        embedding::gather_rows(out, x, &meta.logits_indices, cols);
+        Ok(())
+    }
+}

@@ -1,0 +1,296 @@
+//! The `Backend` trait: every op of the forward pass, over buffers the backend owns.
+//!
+//! The forward pass (`model::forward`) is written once against this trait. The CPU backend is the f32
+//! reference of every op; the CUDA backend implements the same ops with the same layouts and is tested
+//! against it. All ops work on a flattened variable-length batch described by [`BatchMeta`], and
+//! attention reads K/V through block tables from the paged cache (layout in `kernels/params.h`):
+//!
+//! ```text
+//! k_cache, v_cache (per layer): [num_blocks, block_size, num_kv_heads, head_dim]
+//! ```
+
+pub mod cpu;
+
+use crate::error::Result;
+use crate::model::tensor_store::HostTensor;
+
+/// Shape of the paged KV cache of one layer (K and V each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct KvGeometry {
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl KvGeometry {
+    /// Elements of one layer's K (or V) cache.
+    pub fn layer_len(&self) -> usize {
+        self.num_blocks * self.block_size * self.num_kv_heads * self.head_dim
+    }
+
+    /// Elements per token slot: [num_kv_heads, head_dim].
+    pub fn slot_len(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+}
+
+/// Host-side metadata of one forward step over a flattened variable-length batch.
+///
+/// Sequence `s` owns batch rows `query_start_loc[s]..query_start_loc[s + 1]`: its new tokens, which sit
+/// at the end of its context of `seq_lens[s]` tokens (the earlier ones are already in the KV cache).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchMeta {
+    /// [num_tokens] token ids, sequences concatenated
+    pub token_ids: Vec<u32>,
+    /// [num_tokens] position of each token within its sequence
+    pub positions: Vec<u32>,
+    /// [num_tokens] KV-cache slot (block * block_size + offset) each token's K/V is written to
+    pub slot_mapping: Vec<u32>,
+    /// [num_seqs + 1] start row of each sequence in the batch, then the total
+    pub query_start_loc: Vec<u32>,
+    /// [num_seqs] context length after this step (cached tokens + new tokens)
+    pub seq_lens: Vec<u32>,
+    /// [num_seqs, max_blocks_per_seq] physical block ids, rows padded with 0
+    pub block_tables: Vec<u32>,
+    pub max_blocks_per_seq: usize,
+    /// [num_logits] batch rows whose logits are wanted (usually each sequence's last new token)
+    pub logits_indices: Vec<u32>,
+}
+
+impl BatchMeta {
+    pub fn num_tokens(&self) -> usize {
+        self.token_ids.len()
+    }
+
+    pub fn num_seqs(&self) -> usize {
+        self.seq_lens.len()
+    }
+
+    pub fn num_logits(&self) -> usize {
+        self.logits_indices.len()
+    }
+
+    /// The block table row of sequence `s`.
+    pub fn block_table(&self, s: usize) -> &[u32] {
+        &self.block_tables[s * self.max_blocks_per_seq..(s + 1) * self.max_blocks_per_seq]
+    }
+
+    /// Check internal consistency against a cache geometry: every index in range, positions matching
+    /// the sequence layout. Backends call this before trusting the metadata.
+    pub fn validate(&self, geom: &KvGeometry) -> std::result::Result<(), String> {
+        let t = self.num_tokens();
+        let s = self.num_seqs();
+        if self.positions.len() != t || self.slot_mapping.len() != t {
+            return Err(format!(
+                "positions ({}) and slot_mapping ({}) must have one entry per token ({t})",
+                self.positions.len(),
+                self.slot_mapping.len()
+            ));
+        }
+        if self.query_start_loc.len() != s + 1 || self.query_start_loc[s] as usize != t {
+            return Err(
+                "query_start_loc must have num_seqs + 1 entries ending at num_tokens".into(),
+            );
+        }
+        if self.block_tables.len() != s * self.max_blocks_per_seq {
+            return Err("block_tables must be [num_seqs, max_blocks_per_seq]".into());
+        }
+        let slots = geom.num_blocks * geom.block_size;
+        for seq in 0..s {
+            let (q0, q1) = (
+                self.query_start_loc[seq] as usize,
+                self.query_start_loc[seq + 1] as usize,
+            );
+            let len = self.seq_lens[seq] as usize;
+            if q1 < q0 || q1 - q0 > len {
+                return Err(format!(
+                    "sequence {seq}: more new tokens than its length {len}"
+                ));
+            }
+            if len.div_ceil(geom.block_size) > self.max_blocks_per_seq {
+                return Err(format!(
+                    "sequence {seq}: block table too short for {len} tokens"
+                ));
+            }
+            let table = self.block_table(seq);
+            if let Some(b) = table[..len.div_ceil(geom.block_size)]
+                .iter()
+                .find(|&&b| b as usize >= geom.num_blocks)
+            {
+                return Err(format!("sequence {seq}: block {b} outside the pool"));
+            }
+            for (i, row) in (q0..q1).enumerate() {
+                let pos = len - (q1 - q0) + i;
+                if self.positions[row] as usize != pos {
+                    return Err(format!(
+                        "row {row}: position {} != {pos}",
+                        self.positions[row]
+                    ));
+                }
+                let slot = self.slot_mapping[row] as usize;
+                let expect =
+                    table[pos / geom.block_size] as usize * geom.block_size + pos % geom.block_size;
+                if slot >= slots || slot != expect {
+                    return Err(format!(
+                        "row {row}: slot {slot} != block table slot {expect}"
+                    ));
+                }
+            }
+        }
+        if let Some(&i) = self.logits_indices.iter().find(|&&i| i as usize >= t) {
+            return Err(format!("logits index {i} outside the batch of {t} tokens"));
+        }
+        Ok(())
+    }
+}
+
+/// The ops of the forward pass. Layouts are row-major; shapes are given per argument.
+pub trait Backend: Send + Sync {
+    /// A device (or host) buffer of elements in the backend's compute dtype.
+    type Buffer: Send + Sync;
+    /// Step metadata in the form the backend's kernels read (e.g. device arrays).
+    type Meta;
+
+    fn name(&self) -> &'static str;
+
+    /// Copy a host tensor into a new buffer (converting to the backend's dtype).
+    fn upload(&self, t: &HostTensor) -> Result<Self::Buffer>;
+    /// A zero-filled buffer of `len` elements.
+    fn zeros(&self, len: usize) -> Result<Self::Buffer>;
+    /// Copy the first `len` elements back to the host as f32.
+    fn download(&self, buf: &Self::Buffer, len: usize) -> Result<Vec<f32>>;
+    /// Prepare one step's metadata (validated against the cache geometry).
+    fn prepare(&self, meta: &BatchMeta, geom: &KvGeometry) -> Result<Self::Meta>;
+
+    /// out[t] = table[token_ids[t]] (+ pos_table[positions[t]] for GPT-2).
+    /// out: [num_tokens, hidden]; table: [vocab, hidden]; pos_table: [max_context, hidden]
+    fn embedding(
+        &self,
+        out: &mut Self::Buffer,
+        table: &Self::Buffer,
+        pos_table: Option<&Self::Buffer>,
+        meta: &Self::Meta,
+        hidden: usize,
+    ) -> Result<()>;
+
+    /// LayerNorm over rows. out, x: [rows, cols]; weight, bias: [cols]
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm(
+        &self,
+        out: &mut Self::Buffer,
+        x: &Self::Buffer,
+        weight: &Self::Buffer,
+        bias: &Self::Buffer,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()>;
+
+    /// RMSNorm over rows. out, x: [rows, cols]; weight: [cols]
+    fn rmsnorm(
+        &self,
+        out: &mut Self::Buffer,
+        x: &Self::Buffer,
+        weight: &Self::Buffer,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()>;
+
+    /// Fused residual add + RMSNorm: residual += delta; out = rmsnorm(residual).
+    /// residual, delta, out: [rows, cols]; weight: [cols]
+    #[allow(clippy::too_many_arguments)]
+    fn add_rmsnorm(
+        &self,
+        residual: &mut Self::Buffer,
+        delta: &Self::Buffer,
+        out: &mut Self::Buffer,
+        weight: &Self::Buffer,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()>;
+
+    /// x += y, elementwise over `len` elements.
+    fn add_inplace(&self, x: &mut Self::Buffer, y: &Self::Buffer, len: usize) -> Result<()>;
+
+    /// out = x · weightᵀ + bias. out: [m, n]; x: [m, k]; weight: [n, k]; bias: [n]
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &self,
+        out: &mut Self::Buffer,
+        x: &Self::Buffer,
+        weight: &Self::Buffer,
+        bias: Option<&Self::Buffer>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()>;
+
+    /// Rotary embedding (rotate-half form) in place on the Q and K heads of the fused QKV rows.
+    /// qkv: [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim];
+    /// cos_sin: [max_context, head_dim] (cos in the first half of each row, sin in the second)
+    #[allow(clippy::too_many_arguments)]
+    fn rope(
+        &self,
+        qkv: &mut Self::Buffer,
+        cos_sin: &Self::Buffer,
+        meta: &Self::Meta,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<()>;
+
+    /// Write each token's K and V (from the fused QKV rows) to its cache slot.
+    /// qkv: [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim];
+    /// k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]
+    fn write_kv(
+        &self,
+        k_cache: &mut Self::Buffer,
+        v_cache: &mut Self::Buffer,
+        qkv: &Self::Buffer,
+        meta: &Self::Meta,
+        geom: &KvGeometry,
+        num_heads: usize,
+    ) -> Result<()>;
+
+    /// Causal attention of each new token over its sequence's context, read from the paged cache
+    /// (the new tokens' K/V must already be written). GQA: query head h reads KV head
+    /// h / (num_heads / num_kv_heads). out: [num_tokens, num_heads * head_dim];
+    /// qkv: [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim] (Q read from the first columns);
+    /// k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        out: &mut Self::Buffer,
+        qkv: &Self::Buffer,
+        k_cache: &Self::Buffer,
+        v_cache: &Self::Buffer,
+        meta: &Self::Meta,
+        geom: &KvGeometry,
+        num_heads: usize,
+        scale: f32,
+    ) -> Result<()>;
+
+    /// GPT-2's tanh-approximated GELU, in place over `len` elements.
+    fn gelu_new(&self, x: &mut Self::Buffer, len: usize) -> Result<()>;
+
+    /// out[r, j] = silu(x[r, j]) * x[r, inter + j]. out: [rows, inter]; x: [rows, 2 * inter]
+    fn silu_mul(
+        &self,
+        out: &mut Self::Buffer,
+        x: &Self::Buffer,
+        rows: usize,
+        inter: usize,
+    ) -> Result<()>;
+
+    /// out[i] = x[logits_indices[i]]. out: [num_logits, cols]; x: [num_tokens, cols]
+    fn gather_logit_rows(
+        &self,
+        out: &mut Self::Buffer,
+        x: &Self::Buffer,
+        meta: &Self::Meta,
+        cols: usize,
+    ) -> Result<()>;
+}

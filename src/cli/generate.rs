@@ -1,0 +1,110 @@
+use anyhow::Context;
+use clap::Args;
+
+use super::{ModelArgs, PromptArgs};
+use crate::backend::cpu::CpuBackend;
+use crate::engine::{generate, GenerateRequest, SamplingParams};
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    /// Number of tokens to generate at most.
+    #[arg(long, default_value_t = 32)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Keep only the K most likely tokens (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches P (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Do not stop at the end-of-sequence token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Print prompt ids, output ids, text and timings as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct JsonOut<'a> {
+    model: &'a str,
+    weights: &'a str,
+    backend: &'a str,
+    prompt_ids: &'a [u32],
+    output_ids: &'a [u32],
+    text: Option<String>,
+    finish_reason: crate::engine::FinishReason,
+    prefill_s: f64,
+    decode_s: f64,
+    decode_tokens_per_s: Option<f64>,
+    token_times_s: &'a [f64],
+}
+
+pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
+    let loaded = crate::model::load(&a.model.model, a.model.load_options())
+        .with_context(|| format!("loading model `{}`", a.model.model))?;
+    let weights_kind = loaded.weights_kind;
+    let (model, tokenizer) = loaded.into_model(CpuBackend)?;
+    let prompt_ids = a.prompt.token_ids(tokenizer.as_ref(), &a.model.model)?;
+    let req = GenerateRequest {
+        prompt_ids: prompt_ids.clone(),
+        max_tokens: a.max_tokens,
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+        },
+        ignore_eos: a.ignore_eos,
+    };
+    let out = generate(&model, &req)?;
+    let text = tokenizer
+        .as_ref()
+        .map(|t| t.decode(&out.output_ids))
+        .transpose()?;
+    if a.json {
+        let j = JsonOut {
+            model: &a.model.model,
+            weights: weights_kind,
+            backend: "cpu",
+            prompt_ids: &prompt_ids,
+            output_ids: &out.output_ids,
+            text,
+            finish_reason: out.finish_reason,
+            prefill_s: out.prefill_s,
+            decode_s: out.decode_s,
+            decode_tokens_per_s: out.decode_tokens_per_s(),
+            token_times_s: &out.token_times_s,
+        };
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        match text {
+            Some(t) => println!("{t}"),
+            None => println!(
+                "{}",
+                out.output_ids
+                    .iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+        eprintln!(
+            "{} tokens; prefill {:.1} ms ({} prompt tokens); decode {:.1} tokens/s",
+            out.output_ids.len(),
+            out.prefill_s * 1e3,
+            prompt_ids.len(),
+            out.decode_tokens_per_s().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,44 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{ModelArgs, PromptArgs};
+use crate::backend::cpu::CpuBackend;
+use crate::engine::generate::all_logits;
+use crate::model::tensor_store::{write_safetensors, OutTensor};
+
+#[derive(Debug, Args)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    /// Output safetensors file: `logits` f32 [tokens, vocab] and `ids` i32 [tokens].
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(a: LogitsArgs) -> anyhow::Result<()> {
+    let loaded = crate::model::load(&a.model.model, a.model.load_options())
+        .with_context(|| format!("loading model `{}`", a.model.model))?;
+    let (model, tokenizer) = loaded.into_model(CpuBackend)?;
+    let ids = a.prompt.token_ids(tokenizer.as_ref(), &a.model.model)?;
+    let logits = all_logits(&model, &ids)?;
+    let ids_i32: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+    write_safetensors(
+        &a.out,
+        &[
+            OutTensor::f32("logits", vec![ids.len(), model.config.vocab_size], &logits),
+            OutTensor::i32("ids", &ids_i32),
+        ],
+    )
+    .with_context(|| format!("writing {}", a.out.display()))?;
+    eprintln!(
+        "wrote {} ({} tokens x {} vocab)",
+        a.out.display(),
+        ids.len(),
+        model.config.vocab_size
+    );
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! Command-line interface: each command is thin glue over the library.
+
+mod generate;
+mod info;
+mod logits;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::model::registry::DEFAULT_MODEL;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "infermeter",
+    version,
+    about = "Measure LLM inference: latency, throughput, memory and energy per token"
+)]
+pub struct Cli {
+    /// Worker threads for the CPU backend (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write the logits at every position of a prompt to a safetensors file.
+    Logits(logits::LogitsArgs),
+    /// Generate a continuation of a prompt.
+    Generate(generate::GenerateArgs),
+    /// Describe this machine: CPU, memory, threads.
+    Info(info::InfoArgs),
+}
+
+/// Which model to run.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// A Hugging Face model directory, or the name of an embedded model (see `infermeter info`).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Use seeded random weights instead of the checkpoint (no weight files needed).
+    #[arg(long)]
+    pub dummy_weights: bool,
+    /// Seed of the dummy weights.
+    #[arg(long, default_value_t = 0)]
+    pub dummy_seed: u64,
+}
+
+impl ModelArgs {
+    pub fn load_options(&self) -> crate::model::LoadOptions {
+        crate::model::LoadOptions {
+            dummy_weights: self.dummy_weights,
+            dummy_seed: self.dummy_seed,
+        }
+    }
+}
+
+/// The prompt, as text (needs the model's tokenizer) or token ids.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct PromptArgs {
+    /// Prompt text, tokenized with the model's tokenizer.json.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Prompt token ids, comma-separated.
+    #[arg(long)]
+    pub ids: Option<String>,
+}
+
+impl PromptArgs {
+    pub fn token_ids(
+        &self,
+        tokenizer: Option<&crate::model::Tokenizer>,
+        model: &str,
+    ) -> crate::Result<Vec<u32>> {
+        match (&self.prompt, &self.ids) {
+            (Some(text), _) => match tokenizer {
+                Some(t) => t.encode(text),
+                None => Err(crate::Error::Invalid(format!(
+                    "--prompt needs a tokenizer, and model `{model}` has no tokenizer.json: pass --ids instead"
+                ))),
+            },
+            (None, Some(ids)) => crate::util::parse_ids(ids),
+            (None, None) => Err(crate::Error::Invalid("give --prompt or --ids".into())),
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("--threads {n}: {e}"))?;
+    }
+    match cli.command {
+        Command::Logits(a) => logits::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Info(a) => info::run(a),
+    }
+}

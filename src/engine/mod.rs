@@ -1,0 +1,8 @@
+//! The engine: model + backend + KV cache + scheduler; the step loop; sampling.
+
+pub mod batch;
+pub mod generate;
+pub mod sampling;
+
+pub use generate::{generate, FinishReason, GenerateOutput, GenerateRequest};
+pub use sampling::{Sampler, SamplingParams};

@@ -1,0 +1,14 @@
+//! infermeter: measure LLM inference — a reference engine (CPU and, later, CUDA backends over a paged
+//! KV cache) and a load generator, measured the same way.
+//!
+//! Layout (see DESIGN.md): `model` (configs, weights, forward pass), `backend` (the op trait; `cpu` is
+//! the f32 reference), `engine` (generation, sampling), `cli` (thin glue).
+
+pub mod backend;
+pub mod cli;
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod util;
+
+pub use error::{Error, Result};

@@ -1,0 +1,131 @@
+//! Models: config parsing, weight loading (safetensors, or seeded dummy weights), tokenizers, the
+//! embedded model registry, and the forward pass.
+
+pub mod config;
+pub mod forward;
+pub mod registry;
+pub mod rope;
+pub mod tensor_store;
+pub mod tokenizer;
+pub mod weights;
+
+use std::path::Path;
+
+pub use config::{Arch, ModelConfig};
+pub use forward::{KvCache, Model};
+pub use tokenizer::Tokenizer;
+
+use crate::error::{Error, Result};
+use tensor_store::{HostTensor, TensorStore};
+use weights::ModelWeights;
+
+/// How to obtain weights.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Seeded random weights instead of the checkpoint (vLLM's dummy load format).
+    pub dummy_weights: bool,
+    pub dummy_seed: u64,
+}
+
+/// A model's config, host weights and tokenizer, before upload to a backend.
+pub struct LoadedModel {
+    /// The name or directory it was loaded from.
+    pub source: String,
+    pub config: ModelConfig,
+    pub weights: ModelWeights<HostTensor>,
+    pub tokenizer: Option<Tokenizer>,
+    /// "safetensors" or "dummy"
+    pub weights_kind: &'static str,
+}
+
+impl LoadedModel {
+    /// Upload to a backend.
+    pub fn into_model<B: crate::backend::Backend>(
+        self,
+        backend: B,
+    ) -> Result<(Model<B>, Option<Tokenizer>)> {
+        let model = Model::new(backend, self.config, self.weights)?;
+        Ok((model, self.tokenizer))
+    }
+}
+
+/// Load `spec`: a Hugging Face model directory, or the name of an embedded model (`models/`).
+pub fn load(spec: &str, opts: LoadOptions) -> Result<LoadedModel> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return load_dir(path, opts);
+    }
+    if let Some(m) = registry::find(spec) {
+        return load_embedded(m, opts);
+    }
+    if path.exists() {
+        return Err(Error::ModelDir {
+            dir: path.to_path_buf(),
+            msg: "not a directory (pass the model's directory, not a file in it)".into(),
+        });
+    }
+    Err(Error::UnknownModel {
+        name: spec.to_string(),
+        known: registry::names(),
+    })
+}
+
+fn load_dir(dir: &Path, opts: LoadOptions) -> Result<LoadedModel> {
+    let config_path = dir.join("config.json");
+    if !config_path.is_file() {
+        return Err(Error::ModelDir {
+            dir: dir.to_path_buf(),
+            msg: "no config.json".into(),
+        });
+    }
+    let config = ModelConfig::from_file(&config_path)?;
+    let tokenizer_path = dir.join("tokenizer.json");
+    let tokenizer = if tokenizer_path.is_file() {
+        Some(Tokenizer::from_file(&tokenizer_path)?)
+    } else {
+        None
+    };
+    let (weights, weights_kind) = if opts.dummy_weights {
+        (weights::dummy_weights(&config, opts.dummy_seed), "dummy")
+    } else {
+        let store = TensorStore::open_dir(dir)?;
+        (weights::load_weights(&config, &store)?, "safetensors")
+    };
+    Ok(LoadedModel {
+        source: dir.display().to_string(),
+        config,
+        weights,
+        tokenizer,
+        weights_kind,
+    })
+}
+
+fn load_embedded(m: &'static registry::EmbeddedModel, opts: LoadOptions) -> Result<LoadedModel> {
+    let file = format!("{} (embedded)/config.json", m.name);
+    let config = ModelConfig::from_json_str(m.config, &file)?;
+    let tokenizer = m
+        .tokenizer
+        .map(|bytes| Tokenizer::from_bytes(bytes, &format!("{} (embedded)/tokenizer.json", m.name)))
+        .transpose()?;
+    let (weights, weights_kind) = match (opts.dummy_weights, m.weights) {
+        (true, _) => (weights::dummy_weights(&config, opts.dummy_seed), "dummy"),
+        (false, Some(bytes)) => {
+            let store =
+                TensorStore::from_static(&format!("{} (embedded)/model.safetensors", m.name), bytes)?;
+            (weights::load_weights(&config, &store)?, "safetensors")
+        }
+        (false, None) => {
+            return Err(Error::Invalid(format!(
+                "model `{}` is a config only: pass --dummy-weights to run it with random weights, or --model DIR for a checkpoint",
+                m.name
+            )))
+        }
+    };
+    Ok(LoadedModel {
+        source: m.name.to_string(),
+        config,
+        weights,
+        tokenizer,
+        weights_kind,
+    })
+}

@@ -1,0 +1,63 @@
+//! Models embedded in the binary (from `models/`), usable by name from any directory:
+//! the tiny trained models with weights and tokenizer, and configs of popular architectures for
+//! `--dummy-weights` runs.
+
+pub struct EmbeddedModel {
+    pub name: &'static str,
+    pub config: &'static str,
+    pub tokenizer: Option<&'static [u8]>,
+    pub weights: Option<&'static [u8]>,
+}
+
+macro_rules! config_only {
+    ($name:literal) => {
+        EmbeddedModel {
+            name: $name,
+            config: include_str!(concat!("../../models/", $name, "/config.json")),
+            tokenizer: None,
+            weights: None,
+        }
+    };
+}
+
+macro_rules! with_weights {
+    ($name:literal) => {
+        EmbeddedModel {
+            name: $name,
+            config: include_str!(concat!("../../models/", $name, "/config.json")),
+            tokenizer: Some(include_bytes!(concat!(
+                "../../models/",
+                $name,
+                "/tokenizer.json"
+            ))),
+            weights: Some(include_bytes!(concat!(
+                "../../models/",
+                $name,
+                "/model.safetensors"
+            ))),
+        }
+    };
+}
+
+/// The model `run`, `generate` and `logits` use when `--model` is not given.
+pub const DEFAULT_MODEL: &str = "tiny-llama";
+
+pub static EMBEDDED: &[EmbeddedModel] = &[
+    with_weights!("tiny-llama"),
+    with_weights!("tiny-gpt2"),
+    config_only!("gpt2"),
+    config_only!("gpt2-medium"),
+    config_only!("gpt2-xl"),
+    config_only!("llama-3.2-1b"),
+    config_only!("llama-3.1-8b"),
+    config_only!("llama-2-13b"),
+    config_only!("tinyllama-1.1b"),
+];
+
+pub fn find(name: &str) -> Option<&'static EmbeddedModel> {
+    EMBEDDED.iter().find(|m| m.name == name)
+}
+
+pub fn names() -> Vec<String> {
+    EMBEDDED.iter().map(|m| m.name.to_string()).collect()
+}

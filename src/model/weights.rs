@@ -1,0 +1,328 @@
+//! The model's weights in one canonical layout for both families, so the forward pass and every
+//! backend see the same thing:
+//! - every linear weight is `[out_features, in_features]` row-major (HF `nn.Linear`); GPT-2's Conv1D
+//!   weights (`[in, out]` on disk) are transposed at load;
+//! - Q, K and V are fused into one `[q_size + 2 * kv_size, hidden]` projection (rows: all Q heads, then
+//!   K heads, then V heads), so attention input is one GEMM;
+//! - Llama's gate and up projections are fused into `[2 * intermediate, hidden]` (gate rows first),
+//!   the layout `silu_mul` expects.
+//!
+//! `ModelWeights<T>` is generic over the tensor type: `HostTensor` after loading, a backend buffer after
+//! upload.
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use rayon::prelude::*;
+
+use super::config::{Arch, ModelConfig};
+use super::tensor_store::{HostTensor, TensorStore};
+use crate::error::Result;
+
+#[derive(Debug, Clone)]
+pub struct Linear<T> {
+    /// [out_features, in_features]
+    pub weight: T,
+    /// [out_features]
+    pub bias: Option<T>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Norm<T> {
+    /// [hidden]
+    pub weight: T,
+    /// [hidden]; LayerNorm only
+    pub bias: Option<T>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerWeights<T> {
+    pub attn_norm: Norm<T>,
+    /// [q_size + 2 * kv_size, hidden]
+    pub qkv: Linear<T>,
+    /// [hidden, q_size]
+    pub o: Linear<T>,
+    pub mlp_norm: Norm<T>,
+    /// GPT-2: c_fc [intermediate, hidden]; Llama: gate||up [2 * intermediate, hidden]
+    pub up: Linear<T>,
+    /// [hidden, intermediate]
+    pub down: Linear<T>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelWeights<T> {
+    /// [vocab, hidden]
+    pub embed: T,
+    /// GPT-2 only: [max_context, hidden]
+    pub positions: Option<T>,
+    pub layers: Vec<LayerWeights<T>>,
+    pub final_norm: Norm<T>,
+    /// [vocab, hidden]; `None` when tied to `embed`
+    pub lm_head: Option<T>,
+}
+
+impl<T> ModelWeights<T> {
+    /// Convert every tensor (e.g. upload to a backend), keeping the structure.
+    pub fn try_map<U, E>(self, mut f: impl FnMut(T) -> Result<U, E>) -> Result<ModelWeights<U>, E> {
+        let lin = |l: Linear<T>, f: &mut dyn FnMut(T) -> Result<U, E>| -> Result<Linear<U>, E> {
+            Ok(Linear {
+                weight: f(l.weight)?,
+                bias: l.bias.map(&mut *f).transpose()?,
+            })
+        };
+        let norm = |n: Norm<T>, f: &mut dyn FnMut(T) -> Result<U, E>| -> Result<Norm<U>, E> {
+            Ok(Norm {
+                weight: f(n.weight)?,
+                bias: n.bias.map(&mut *f).transpose()?,
+            })
+        };
+        let embed = f(self.embed)?;
+        let positions = self.positions.map(&mut f).transpose()?;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in self.layers {
+            layers.push(LayerWeights {
+                attn_norm: norm(l.attn_norm, &mut f)?,
+                qkv: lin(l.qkv, &mut f)?,
+                o: lin(l.o, &mut f)?,
+                mlp_norm: norm(l.mlp_norm, &mut f)?,
+                up: lin(l.up, &mut f)?,
+                down: lin(l.down, &mut f)?,
+            });
+        }
+        Ok(ModelWeights {
+            embed,
+            positions,
+            layers,
+            final_norm: norm(self.final_norm, &mut f)?,
+            lm_head: self.lm_head.map(&mut f).transpose()?,
+        })
+    }
+}
+
+/// Load weights from a checkpoint into the canonical layout, checking every shape.
+pub fn load_weights(cfg: &ModelConfig, store: &TensorStore) -> Result<ModelWeights<HostTensor>> {
+    match cfg.arch {
+        Arch::Gpt2 => load_gpt2(cfg, store),
+        Arch::Llama => load_llama(cfg, store),
+    }
+}
+
+fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTensor>> {
+    let h = cfg.hidden_size;
+    let (q, kv, inter) = (cfg.q_size(), cfg.kv_size(), cfg.intermediate_size);
+    let read = |name: &str, shape: &[usize]| st.read_f32(name, shape);
+    let opt_bias = |name: &str, n: usize, present: bool| -> Result<Option<HostTensor>> {
+        if present {
+            read(name, &[n]).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let rms = |name: &str| -> Result<Norm<HostTensor>> {
+        Ok(Norm {
+            weight: read(name, &[h])?,
+            bias: None,
+        })
+    };
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for i in 0..cfg.num_layers {
+        let p = format!("model.layers.{i}");
+        let ab = cfg.attention_bias;
+        let qkv_w = concat_rows(&[
+            read(&format!("{p}.self_attn.q_proj.weight"), &[q, h])?,
+            read(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
+            read(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
+        ]);
+        let qkv_b = if ab {
+            Some(concat_rows(&[
+                read(&format!("{p}.self_attn.q_proj.bias"), &[q])?,
+                read(&format!("{p}.self_attn.k_proj.bias"), &[kv])?,
+                read(&format!("{p}.self_attn.v_proj.bias"), &[kv])?,
+            ]))
+        } else {
+            None
+        };
+        let mb = cfg.mlp_bias;
+        let up_w = concat_rows(&[
+            read(&format!("{p}.mlp.gate_proj.weight"), &[inter, h])?,
+            read(&format!("{p}.mlp.up_proj.weight"), &[inter, h])?,
+        ]);
+        let up_b = if mb {
+            Some(concat_rows(&[
+                read(&format!("{p}.mlp.gate_proj.bias"), &[inter])?,
+                read(&format!("{p}.mlp.up_proj.bias"), &[inter])?,
+            ]))
+        } else {
+            None
+        };
+        layers.push(LayerWeights {
+            attn_norm: rms(&format!("{p}.input_layernorm.weight"))?,
+            qkv: Linear {
+                weight: qkv_w,
+                bias: qkv_b,
+            },
+            o: Linear {
+                weight: read(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?,
+                bias: opt_bias(&format!("{p}.self_attn.o_proj.bias"), h, ab)?,
+            },
+            mlp_norm: rms(&format!("{p}.post_attention_layernorm.weight"))?,
+            up: Linear {
+                weight: up_w,
+                bias: up_b,
+            },
+            down: Linear {
+                weight: read(&format!("{p}.mlp.down_proj.weight"), &[h, inter])?,
+                bias: opt_bias(&format!("{p}.mlp.down_proj.bias"), h, mb)?,
+            },
+        });
+    }
+    let lm_head = if cfg.tie_word_embeddings {
+        None
+    } else {
+        Some(read("lm_head.weight", &[cfg.vocab_size, h])?)
+    };
+    Ok(ModelWeights {
+        embed: read("model.embed_tokens.weight", &[cfg.vocab_size, h])?,
+        positions: None,
+        layers,
+        final_norm: rms("model.norm.weight")?,
+        lm_head,
+    })
+}
+
+fn load_gpt2(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTensor>> {
+    let h = cfg.hidden_size;
+    let inter = cfg.intermediate_size;
+    // The hub's `gpt2` stores names without the `transformer.` prefix; GPT2LMHeadModel checkpoints have it.
+    let prefix = if st.contains("transformer.wte.weight") {
+        "transformer."
+    } else {
+        ""
+    };
+    let read = |name: &str, shape: &[usize]| st.read_f32(&format!("{prefix}{name}"), shape);
+    // Conv1D stores [in, out]; transpose to the canonical [out, in].
+    let conv1d = |name: &str, n_in: usize, n_out: usize| -> Result<Linear<HostTensor>> {
+        Ok(Linear {
+            weight: read(&format!("{name}.weight"), &[n_in, n_out])?.transposed(),
+            bias: Some(read(&format!("{name}.bias"), &[n_out])?),
+        })
+    };
+    let ln = |name: &str| -> Result<Norm<HostTensor>> {
+        Ok(Norm {
+            weight: read(&format!("{name}.weight"), &[h])?,
+            bias: Some(read(&format!("{name}.bias"), &[h])?),
+        })
+    };
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for i in 0..cfg.num_layers {
+        let p = format!("h.{i}");
+        layers.push(LayerWeights {
+            attn_norm: ln(&format!("{p}.ln_1"))?,
+            qkv: conv1d(&format!("{p}.attn.c_attn"), h, 3 * h)?,
+            o: conv1d(&format!("{p}.attn.c_proj"), h, h)?,
+            mlp_norm: ln(&format!("{p}.ln_2"))?,
+            up: conv1d(&format!("{p}.mlp.c_fc"), h, inter)?,
+            down: conv1d(&format!("{p}.mlp.c_proj"), inter, h)?,
+        });
+    }
+    let embed = read("wte.weight", &[cfg.vocab_size, h])?;
+    // GPT2LMHeadModel always ties lm_head to wte; an untied checkpoint carries its own lm_head.weight.
+    let lm_head = if !cfg.tie_word_embeddings && st.contains("lm_head.weight") {
+        Some(st.read_f32("lm_head.weight", &[cfg.vocab_size, h])?)
+    } else {
+        None
+    };
+    Ok(ModelWeights {
+        embed,
+        positions: Some(read("wpe.weight", &[cfg.max_context, h])?),
+        layers,
+        final_norm: ln("ln_f")?,
+        lm_head,
+    })
+}
+
+/// Random weights for any config (vLLM's "dummy" load format): linear weights and embeddings drawn
+/// from N(0, 0.02²), norms at weight 1 and bias 0, biases 0. Each tensor has its own seed derived from
+/// `seed` and its position, so generation is parallel and reproducible.
+pub fn dummy_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights<HostTensor> {
+    let h = cfg.hidden_size;
+    let (q, kv, inter) = (cfg.q_size(), cfg.kv_size(), cfg.intermediate_size);
+    let up_rows = match cfg.arch {
+        Arch::Gpt2 => inter,
+        Arch::Llama => 2 * inter,
+    };
+    let layernorm = cfg.arch == Arch::Gpt2;
+    let mut next_id = 0u64;
+    let mut random = |shape: Vec<usize>| {
+        next_id += 1;
+        random_normal(shape, seed, next_id)
+    };
+    let ones = |n: usize| HostTensor::new(vec![n], vec![1.0; n]);
+    let zeros = |n: usize| HostTensor::new(vec![n], vec![0.0; n]);
+    let norm = |n: usize| Norm {
+        weight: ones(n),
+        bias: layernorm.then(|| zeros(n)),
+    };
+    let bias = |n: usize, present: bool| present.then(|| zeros(n));
+    let layers = (0..cfg.num_layers)
+        .map(|_| LayerWeights {
+            attn_norm: norm(h),
+            qkv: Linear {
+                weight: random(vec![q + 2 * kv, h]),
+                bias: bias(q + 2 * kv, cfg.attention_bias),
+            },
+            o: Linear {
+                weight: random(vec![h, q]),
+                bias: bias(h, cfg.attention_bias),
+            },
+            mlp_norm: norm(h),
+            up: Linear {
+                weight: random(vec![up_rows, h]),
+                bias: bias(up_rows, cfg.mlp_bias),
+            },
+            down: Linear {
+                weight: random(vec![h, inter]),
+                bias: bias(h, cfg.mlp_bias),
+            },
+        })
+        .collect();
+    ModelWeights {
+        embed: random(vec![cfg.vocab_size, h]),
+        positions: (cfg.arch == Arch::Gpt2).then(|| random(vec![cfg.max_context, h])),
+        layers,
+        final_norm: norm(h),
+        lm_head: (!cfg.tie_word_embeddings).then(|| random(vec![cfg.vocab_size, h])),
+    }
+}
+
+/// N(0, 0.02²) values, generated in parallel chunks, each chunk seeded from (seed, tensor id, chunk).
+fn random_normal(shape: Vec<usize>, seed: u64, tensor_id: u64) -> HostTensor {
+    const CHUNK: usize = 1 << 16;
+    let n: usize = shape.iter().product();
+    let mut data = vec![0.0f32; n];
+    let normal = Normal::new(0.0f32, 0.02).expect("valid std");
+    data.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(chunk, out)| {
+            let mut rng = ChaCha8Rng::seed_from_u64(
+                seed ^ tensor_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((chunk as u64) << 32),
+            );
+            for x in out.iter_mut() {
+                *x = normal.sample(&mut rng);
+            }
+        });
+    HostTensor::new(shape, data)
+}
+
+/// Stack 2-D (or 1-D) tensors along their first dimension.
+fn concat_rows(parts: &[HostTensor]) -> HostTensor {
+    let cols: usize = parts[0].shape[1..].iter().product();
+    let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
+    let mut data = Vec::with_capacity(rows * cols);
+    for p in parts {
+        data.extend_from_slice(&p.data);
+    }
+    let mut shape = parts[0].shape.clone();
+    shape[0] = rows;
+    HostTensor::new(shape, data)
+}
