@@ -8,7 +8,10 @@ pub mod backend;
 pub mod cli;
 pub mod engine;
 pub mod error;
+pub mod kv;
+pub mod metrics;
 pub mod model;
 pub mod util;
+pub mod workload;
 
 pub use error::{Error, Result};

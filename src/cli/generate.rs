@@ -50,11 +50,18 @@ struct JsonOut<'a> {
 }
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
-    let loaded = crate::model::load(&a.model.model, a.model.load_options())
+    // Validate the prompt against the config and tokenizer before reading or generating weights.
+    let source = crate::model::open(&a.model.model)
+        .with_context(|| format!("opening model `{}`", a.model.model))?;
+    let prompt_ids = a
+        .prompt
+        .token_ids(source.tokenizer.as_ref(), &a.model.model)?;
+    crate::engine::generate::check_prompt(&prompt_ids, a.max_tokens, &source.config)?;
+    let loaded = source
+        .load(a.model.load_options())
         .with_context(|| format!("loading model `{}`", a.model.model))?;
     let weights_kind = loaded.weights_kind;
     let (model, tokenizer) = loaded.into_model(CpuBackend)?;
-    let prompt_ids = a.prompt.token_ids(tokenizer.as_ref(), &a.model.model)?;
     let req = GenerateRequest {
         prompt_ids: prompt_ids.clone(),
         max_tokens: a.max_tokens,

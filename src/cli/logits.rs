@@ -20,10 +20,17 @@ pub struct LogitsArgs {
 }
 
 pub fn run(a: LogitsArgs) -> anyhow::Result<()> {
-    let loaded = crate::model::load(&a.model.model, a.model.load_options())
+    // Validate the prompt against the config and tokenizer before reading or generating weights.
+    let source = crate::model::open(&a.model.model)
+        .with_context(|| format!("opening model `{}`", a.model.model))?;
+    let ids = a
+        .prompt
+        .token_ids(source.tokenizer.as_ref(), &a.model.model)?;
+    crate::engine::generate::check_prompt(&ids, 0, &source.config)?;
+    let loaded = source
+        .load(a.model.load_options())
         .with_context(|| format!("loading model `{}`", a.model.model))?;
-    let (model, tokenizer) = loaded.into_model(CpuBackend)?;
-    let ids = a.prompt.token_ids(tokenizer.as_ref(), &a.model.model)?;
+    let (model, _tokenizer) = loaded.into_model(CpuBackend)?;
     let logits = all_logits(&model, &ids)?;
     let ids_i32: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
     write_safetensors(

@@ -10,7 +10,7 @@ use super::batch::{build_batch, LogitsWanted, SeqChunk};
 use super::sampling::{Sampler, SamplingParams};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{Model, ModelConfig};
 
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
@@ -53,15 +53,23 @@ impl GenerateOutput {
 /// Default block size of the private cache (the engine's default too).
 pub const DEFAULT_BLOCK_SIZE: usize = 16;
 
-pub fn check_context(prompt_len: usize, max_new: usize, context: usize) -> Result<()> {
-    if prompt_len == 0 {
+/// Check a prompt against the model before any work: not empty, every id in the vocabulary, and
+/// prompt + `max_new` tokens within the context.
+pub fn check_prompt(ids: &[u32], max_new: usize, cfg: &ModelConfig) -> Result<()> {
+    if ids.is_empty() {
         return Err(Error::Invalid("the prompt is empty".into()));
     }
-    if prompt_len + max_new > context {
+    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+        return Err(Error::Invalid(format!(
+            "prompt token id {bad} is outside the vocabulary of {}",
+            cfg.vocab_size
+        )));
+    }
+    if ids.len() + max_new > cfg.max_context {
         return Err(Error::ContextOverflow {
-            len: prompt_len,
+            len: ids.len(),
             max_new,
-            context,
+            context: cfg.max_context,
         });
     }
     Ok(())
@@ -71,7 +79,7 @@ pub fn check_context(prompt_len: usize, max_new: usize, context: usize) -> Resul
 pub fn generate<B: Backend>(model: &Model<B>, req: &GenerateRequest) -> Result<GenerateOutput> {
     req.sampling.validate()?;
     let n_prompt = req.prompt_ids.len();
-    check_context(n_prompt, req.max_tokens, model.config.max_context)?;
+    check_prompt(&req.prompt_ids, req.max_tokens, &model.config)?;
     let block_size = DEFAULT_BLOCK_SIZE;
     let total = n_prompt + req.max_tokens;
     let num_blocks = total.div_ceil(block_size).max(1);
@@ -125,7 +133,7 @@ pub fn generate<B: Backend>(model: &Model<B>, req: &GenerateRequest) -> Result<G
 
 /// Logits at every position of `ids`: [ids.len(), vocab], one prefill step.
 pub fn all_logits<B: Backend>(model: &Model<B>, ids: &[u32]) -> Result<Vec<f32>> {
-    check_context(ids.len(), 0, model.config.max_context)?;
+    check_prompt(ids, 0, &model.config)?;
     let block_size = DEFAULT_BLOCK_SIZE;
     let num_blocks = ids.len().div_ceil(block_size);
     let mut kv = model.alloc_kv(num_blocks, block_size)?;

@@ -49,14 +49,30 @@ impl LoadedModel {
     }
 }
 
-/// Load `spec`: a Hugging Face model directory, or the name of an embedded model (`models/`).
-pub fn load(spec: &str, opts: LoadOptions) -> Result<LoadedModel> {
+/// Where a model's files are.
+enum Location {
+    Dir(std::path::PathBuf),
+    Embedded(&'static registry::EmbeddedModel),
+}
+
+/// A model's config and tokenizer, its weights not yet read: enough to validate a request (prompt
+/// length, tokenizer present) before the expensive part.
+pub struct ModelSource {
+    /// The name or directory it was opened from.
+    pub name: String,
+    pub config: ModelConfig,
+    pub tokenizer: Option<Tokenizer>,
+    location: Location,
+}
+
+/// Open `spec`: a Hugging Face model directory, or the name of an embedded model (`models/`).
+pub fn open(spec: &str) -> Result<ModelSource> {
     let path = Path::new(spec);
     if path.is_dir() {
-        return load_dir(path, opts);
+        return open_dir(path);
     }
     if let Some(m) = registry::find(spec) {
-        return load_embedded(m, opts);
+        return open_embedded(m);
     }
     if path.exists() {
         return Err(Error::ModelDir {
@@ -70,7 +86,12 @@ pub fn load(spec: &str, opts: LoadOptions) -> Result<LoadedModel> {
     })
 }
 
-fn load_dir(dir: &Path, opts: LoadOptions) -> Result<LoadedModel> {
+/// Open and load weights in one go.
+pub fn load(spec: &str, opts: LoadOptions) -> Result<LoadedModel> {
+    open(spec)?.load(opts)
+}
+
+fn open_dir(dir: &Path) -> Result<ModelSource> {
     let config_path = dir.join("config.json");
     if !config_path.is_file() {
         return Err(Error::ModelDir {
@@ -85,47 +106,61 @@ fn load_dir(dir: &Path, opts: LoadOptions) -> Result<LoadedModel> {
     } else {
         None
     };
-    let (weights, weights_kind) = if opts.dummy_weights {
-        (weights::dummy_weights(&config, opts.dummy_seed), "dummy")
-    } else {
-        let store = TensorStore::open_dir(dir)?;
-        (weights::load_weights(&config, &store)?, "safetensors")
-    };
-    Ok(LoadedModel {
-        source: dir.display().to_string(),
+    Ok(ModelSource {
+        name: dir.display().to_string(),
         config,
-        weights,
         tokenizer,
-        weights_kind,
+        location: Location::Dir(dir.to_path_buf()),
     })
 }
 
-fn load_embedded(m: &'static registry::EmbeddedModel, opts: LoadOptions) -> Result<LoadedModel> {
+fn open_embedded(m: &'static registry::EmbeddedModel) -> Result<ModelSource> {
     let file = format!("{} (embedded)/config.json", m.name);
     let config = ModelConfig::from_json_str(m.config, &file)?;
     let tokenizer = m
         .tokenizer
         .map(|bytes| Tokenizer::from_bytes(bytes, &format!("{} (embedded)/tokenizer.json", m.name)))
         .transpose()?;
-    let (weights, weights_kind) = match (opts.dummy_weights, m.weights) {
-        (true, _) => (weights::dummy_weights(&config, opts.dummy_seed), "dummy"),
-        (false, Some(bytes)) => {
-            let store =
-                TensorStore::from_static(&format!("{} (embedded)/model.safetensors", m.name), bytes)?;
-            (weights::load_weights(&config, &store)?, "safetensors")
-        }
-        (false, None) => {
-            return Err(Error::Invalid(format!(
-                "model `{}` is a config only: pass --dummy-weights to run it with random weights, or --model DIR for a checkpoint",
-                m.name
-            )))
-        }
-    };
-    Ok(LoadedModel {
-        source: m.name.to_string(),
+    Ok(ModelSource {
+        name: m.name.to_string(),
         config,
-        weights,
         tokenizer,
-        weights_kind,
+        location: Location::Embedded(m),
     })
+}
+
+impl ModelSource {
+    /// Read (or generate) the weights.
+    pub fn load(self, opts: LoadOptions) -> Result<LoadedModel> {
+        let (weights, weights_kind) = if opts.dummy_weights {
+            (
+                weights::dummy_weights(&self.config, opts.dummy_seed),
+                "dummy",
+            )
+        } else {
+            let store = match &self.location {
+                Location::Dir(dir) => TensorStore::open_dir(dir)?,
+                Location::Embedded(m) => match m.weights {
+                    Some(bytes) => TensorStore::from_static(
+                        &format!("{} (embedded)/model.safetensors", m.name),
+                        bytes,
+                    )?,
+                    None => {
+                        return Err(Error::Invalid(format!(
+                            "model `{}` is a config only: pass --dummy-weights to run it with random weights, or --model DIR for a checkpoint",
+                            m.name
+                        )))
+                    }
+                },
+            };
+            (weights::load_weights(&self.config, &store)?, "safetensors")
+        };
+        Ok(LoadedModel {
+            source: self.name,
+            config: self.config,
+            weights,
+            tokenizer: self.tokenizer,
+            weights_kind,
+        })
+    }
 }

@@ -116,11 +116,11 @@ mod tests {
                 "index {i}"
             );
         }
-        // spot value: index 20, wavelength 2π·500000^(40/64) ≈ 2348.9 (medium band)
-        let w = 2.0 * std::f32::consts::PI / base[20];
-        let smooth = (8192.0 / w - 1.0) / 3.0;
-        let want = (1.0 - smooth) * base[20] / 32.0 + smooth * base[20];
-        assert!((scaled[20] - want).abs() <= want * 1e-6);
+        // spot value: index 16, wavelength 2π·500000^(32/64) ≈ 4442.9 (medium band):
+        // smooth = (8192/4442.9 − 1)/3 ≈ 0.2813, scaled ≈ (0.7187/32 + 0.2813)·base ≈ 0.303743·base
+        let w = 2.0 * std::f32::consts::PI / base[16];
+        assert!((w - 4442.883).abs() < 0.05, "{w}");
+        assert!((scaled[16] / base[16] - 0.303_743).abs() < 1e-5);
     }
 
     #[test]

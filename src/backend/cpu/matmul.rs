@@ -17,6 +17,13 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// A method (not the field) so closures capture the whole `Send` wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// out[m, n] = x[m, k] · w[n, k]ᵀ + bias[n]
 pub fn linear(
     out: &mut [f32],
@@ -42,7 +49,6 @@ pub fn linear(
     (0..num_blocks).into_par_iter().for_each(|bi| {
         let n0 = bi * block;
         let n1 = (n0 + block).min(n);
-        let out_ptr = out_ptr;
         if m < SMALL_M {
             for j in n0..n1 {
                 let wj = &w[j * k..(j + 1) * k];
@@ -50,7 +56,7 @@ pub fn linear(
                 for i in 0..m {
                     let v = dot(&x[i * k..(i + 1) * k], wj) + b;
                     // SAFETY: column j belongs to this task only; (i, j) is inside out's m * n.
-                    unsafe { *out_ptr.0.add(i * n + j) = v };
+                    unsafe { *out_ptr.get().add(i * n + j) = v };
                 }
             }
         } else {
@@ -70,16 +76,16 @@ pub fn linear(
                     1,
                     k as isize,
                     0.0,
-                    out_ptr.0.add(n0),
+                    out_ptr.get().add(n0),
                     n as isize,
                     1,
                 );
             }
             if let Some(b) = bias {
                 for i in 0..m {
-                    for j in n0..n1 {
+                    for (j, bj) in b.iter().enumerate().take(n1).skip(n0) {
                         // SAFETY: as above, column j is this task's.
-                        unsafe { *out_ptr.0.add(i * n + j) += b[j] };
+                        unsafe { *out_ptr.get().add(i * n + j) += bj };
                     }
                 }
             }
@@ -118,10 +124,11 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
             acc[l] = ac[l].mul_add(bc[l], acc[l]);
         }
     }
-    let mut tail = 0.0f32;
-    for i in chunks * 16..len {
-        tail += a[i] * b[i];
-    }
+    let tail: f32 = a[chunks * 16..]
+        .iter()
+        .zip(&b[chunks * 16..])
+        .map(|(x, y)| x * y)
+        .sum();
     acc.iter().sum::<f32>() + tail
 }
 

@@ -1,0 +1,79 @@
+// activation.cu — GPT-2's gelu_new (in place) and Llama's SiLU-gated product.
+//
+// What it computes (CPU reference: src/backend/cpu/activation.rs), in f32:
+//   gelu_new:  x[i] = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))      over len elements, in place
+//   silu_mul:  out[r, j] = silu(x[r, j]) * x[r, inter + j],  silu(g) = g / (1 + exp(-g))
+//
+// Layouts (row-major, T = compute dtype):
+//   gelu_new:  x [len]
+//   silu_mul:  out [rows, inter];  x [rows, 2 * inter] (gate columns 0..inter, then up columns)
+//
+// Algorithm: grid-stride loops (IM_ELEMENTWISE_THREADS per block, grid capped at a few blocks per SM)
+// over 16-byte vectors of IM_VEC elements, converted to f32 and back. gelu_new handles a ragged tail
+// (len % IM_VEC) element by element; silu_mul takes the vector path when inter is a multiple of
+// IM_VEC (then every gate/up/out vector is aligned), else works element by element (e.g. a tiny
+// test model with inter = 172). tanhf and expf are the accurate (non --use_fast_math) versions, so
+// the f32 build agrees with the CPU reference to a few ulp. No shared memory.
+//
+// Roofline (s = sizeof(T)), memory-bound:
+//   gelu_new:  2 len s bytes; ≈ 8 len FLOPs plus one tanh per element
+//   silu_mul:  3 rows inter s bytes; ≈ 3 rows inter FLOPs plus one exp per element
+// Decode-sized calls are launch-latency bound; prefill-sized ones should run near DRAM bandwidth.
+#include "common.cuh"
+
+namespace {
+
+__device__ __forceinline__ float gelu_new_f(float u) {
+    const float k_sqrt_2_over_pi = 0.7978845608028654f;
+    return 0.5f * u * (1.f + tanhf(k_sqrt_2_over_pi * (u + 0.044715f * u * u * u)));
+}
+
+__device__ __forceinline__ float silu_f(float g) { return g / (1.f + expf(-g)); }
+
+template <int W>
+__device__ __forceinline__ void silu_mul_items(T* __restrict__ out, const T* __restrict__ x,
+                                               uint32_t rows, uint32_t inter) {
+    const uint32_t per_row = inter / W;
+    const uint64_t items = uint64_t(rows) * per_row;
+    for (uint64_t k = im::grid_thread(); k < items; k += im::grid_threads()) {
+        const uint64_t r = k / per_row;
+        const uint32_t j = uint32_t(k % per_row) * W;
+        const T* gate = x + r * (2ull * inter) + j;
+        float g[W], u[W];
+        im::load<W>(gate, g);
+        im::load<W>(gate + inter, u);
+#pragma unroll
+        for (int e = 0; e < W; ++e) g[e] = silu_f(g[e]) * u[e];
+        im::store<W>(out + r * inter + j, g);
+    }
+}
+
+}  // namespace
+
+extern "C" __global__ void gelu_new(T* __restrict__ x,  // [len], updated
+                                    uint64_t len) {
+    const uint64_t start = im::grid_thread(), stride = im::grid_threads();
+    uint64_t done = 0;  // elements covered by the vector loop
+    if (im::aligned16(x)) {
+        const uint64_t nvec = len / im::VEC;
+        for (uint64_t i = start; i < nvec; i += stride) {
+            float v[im::VEC];
+            im::load<im::VEC>(x + i * im::VEC, v);
+#pragma unroll
+            for (int e = 0; e < im::VEC; ++e) v[e] = gelu_new_f(v[e]);
+            im::store<im::VEC>(x + i * im::VEC, v);
+        }
+        done = nvec * im::VEC;
+    }
+    for (uint64_t i = done + start; i < len; i += stride)
+        x[i] = im::from_float(gelu_new_f(im::to_float(x[i])));
+}
+
+extern "C" __global__ void silu_mul(T* __restrict__ out,      // [rows, inter]
+                                    const T* __restrict__ x,  // [rows, 2 * inter]
+                                    uint32_t rows, uint32_t inter) {
+    if (inter % im::VEC == 0 && im::aligned16(out) && im::aligned16(x))
+        silu_mul_items<im::VEC>(out, x, rows, inter);
+    else
+        silu_mul_items<1>(out, x, rows, inter);
+}

@@ -1,0 +1,145 @@
+/*
+ * params.h — the host/device ABI of infermeter's CUDA kernels.
+ *
+ * This header is read by three compilers: NVRTC (every kernel file includes it through common.cuh), a
+ * C compiler, and bindgen (the Rust side's bindings are generated from it and committed). So it holds
+ * only what all three understand: plain C structs of fixed-width fields, and integer constants as
+ * `#define NAME <integer>` (bindgen turns each into a Rust `const`). No C++ features, no templates,
+ * no function-like macros, no pointers inside structs (device pointers are separate kernel arguments,
+ * each with a shape comment in the kernel's signature).
+ *
+ * Every struct below consists of 4-byte fields only, so it has no padding and the same layout on the
+ * host and the device; kernels receive them by value.
+ *
+ * ---------------------------------------------------------------------------------------------------
+ * The paged KV cache layout (per layer; K and V are separate buffers of the same shape)
+ * ---------------------------------------------------------------------------------------------------
+ *
+ *     k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]      ("NHD", row-major)
+ *
+ *     slot s = block * block_size + offset          (offset = position % block_size)
+ *     element (slot, kv_head, d) lives at ((slot * num_kv_heads) + kv_head) * head_dim + d
+ *
+ * A sequence's token at position p lives in block `block_tables[seq][p / block_size]`, offset
+ * `p % block_size`; the host also gives each new token its slot directly (`slot_mapping`).
+ *
+ * Why this layout (the one vLLM's flash-attention backend uses):
+ *  - KV write: one token's K (or V) for all its KV heads is `num_kv_heads * head_dim` contiguous
+ *    elements, exactly as it sits in the fused QKV row, so writing a token is one contiguous copy
+ *    (16-byte vector stores, fully coalesced), whatever the block size.
+ *  - Attention: a thread group reads one key's head as `head_dim` contiguous elements with 16-byte
+ *    loads (head_dim * sizeof(T) bytes, 128 or 256 for head_dim 64/128 in bf16: whole cache lines).
+ *  - One layout for every backend: the CPU reference (src/backend/cpu/attention.rs, kv_write.rs)
+ *    indexes the same [num_blocks, block_size, num_kv_heads, head_dim] buffer, so a cache can be
+ *    compared element by element between backends, and the block pool / prefix cache logic is shared.
+ *  - The price: one head's keys of a block are strided by num_kv_heads * head_dim, not contiguous
+ *    ("HND" would make a block's keys of one head contiguous, which a tiled tensor-core kernel
+ *    prefers). The planned flash/split-KV kernels load [block_size, head_dim] tiles row by row, each
+ *    row a contiguous head_dim run, which keeps full-line loads with NHD.
+ *
+ * Slot numbers are uint32 (slots = num_blocks * block_size < 2^32); kernels form element offsets in
+ * 64-bit arithmetic, since a layer's cache may exceed 2^31 elements.
+ * ---------------------------------------------------------------------------------------------------
+ *
+ * Dtype selection: each kernel file is compiled once per compute dtype with -DIM_DTYPE=<id> (the ids
+ * below); exported kernel names carry no dtype (see common.cuh).
+ */
+#ifndef INFERMETER_KERNELS_PARAMS_H
+#define INFERMETER_KERNELS_PARAMS_H
+
+#if defined(__CUDACC_RTC__)
+/* NVRTC ships no <stdint.h>; these are the LP64 definitions the host side uses. */
+typedef signed char int8_t;
+typedef unsigned char uint8_t;
+typedef int int32_t;
+typedef unsigned int uint32_t;
+typedef long long int64_t;
+typedef unsigned long long uint64_t;
+#else
+#include <stdint.h>
+#endif
+
+/* ---- compute dtype ids: pass as -DIM_DTYPE=<id> when compiling a kernel file ---------------------- */
+#define IM_DTYPE_BF16 1 /* __nv_bfloat16 */
+#define IM_DTYPE_F16 2  /* __half */
+#define IM_DTYPE_F32 3  /* float */
+
+/* ---- launch configuration (threads per block; every one a multiple of 32) ------------------------ */
+
+/* Row kernels (layernorm, rmsnorm, add_rmsnorm, embedding, gather_logit_rows, rope, write_kv): one
+ * block per row (grid-stride over rows). 256 threads = 8 warps: a 4096-wide bf16 row is 512 16-byte
+ * vectors, 2 per thread; small enough that several blocks share an SM when there are many rows. */
+#define IM_ROW_THREADS 256
+
+/* Elementwise kernels (add_inplace, gelu_new, silu_mul): grid-stride loops, 16-byte vectors per
+ * thread. Grid: min(ceil(vectors / IM_ELEMENTWISE_THREADS), num_SMs * IM_ELEMENTWISE_BLOCKS_PER_SM). */
+#define IM_ELEMENTWISE_THREADS 256
+#define IM_ELEMENTWISE_BLOCKS_PER_SM 8
+
+/* paged_attention_naive: grid (num_tokens, num_heads), this many threads per block (at most; the
+ * kernel accepts any multiple of 32 up to it). 4 warps: enough key-parallelism for decode without
+ * leaving most threads idle on short contexts; its shared scratch is sized for exactly this. */
+#define IM_ATTN_THREADS 128
+/* Largest head_dim paged_attention_naive supports; head_dim must also be a multiple of
+ * 16 / sizeof(T) (8 for bf16/f16, 4 for f32) so that each head row is whole 16-byte vectors. */
+#define IM_ATTN_MAX_HEAD_DIM 256
+
+/* argmax_rows and sample_rows: one block per row (grid-stride over rows). A block per row is the
+ * unit of the row-wide reductions; 512 threads keeps the per-thread register budget at 128. */
+#define IM_SAMPLING_THREADS 512
+
+/* A slot_mapping entry >= num_slots (e.g. this value) means "padding token: write nothing". */
+#define IM_PAD_SLOT 0xFFFFFFFFu
+
+/* ---- structs ------------------------------------------------------------------------------------ */
+
+/* Shape of one layer's paged K (or V) cache: [num_blocks, block_size, num_kv_heads, head_dim]. */
+typedef struct KvGeometry {
+    uint32_t num_blocks;
+    uint32_t block_size;   /* tokens per block */
+    uint32_t num_kv_heads;
+    uint32_t head_dim;
+} KvGeometry;
+
+/* write_kv: copy each token's K and V out of its fused QKV row into its cache slot.
+ * qkv row: [ Q: num_heads * head_dim | K: num_kv_heads * head_dim | V: num_kv_heads * head_dim ]. */
+typedef struct KvWriteParams {
+    KvGeometry kv;
+    uint32_t num_tokens;
+    uint32_t num_heads;  /* query heads: K starts at column num_heads * head_dim */
+    uint32_t qkv_stride; /* elements between consecutive tokens' qkv rows, >= (num_heads + 2 * num_kv_heads) * head_dim */
+} KvWriteParams;
+
+/* rope: rotate-half rotary embedding in place on the first num_rot_heads heads of each row. */
+typedef struct RopeParams {
+    uint32_t num_tokens;
+    uint32_t num_rot_heads; /* num_heads + num_kv_heads: the Q and K heads of a fused QKV row */
+    uint32_t head_dim;      /* even; the rotated pairs are (i, i + head_dim / 2) */
+    uint32_t qkv_stride;    /* elements between consecutive tokens' rows */
+    uint32_t max_positions; /* rows of the cos_sin table; tokens with a position beyond it are left as they are */
+} RopeParams;
+
+/* paged_attention_naive: causal attention of each new token over its sequence's cached context.
+ * Token t of sequence s (query_start_loc[s] <= t < query_start_loc[s + 1]) attends to keys
+ * 0 ..= min(positions[t], seq_lens[s] - 1) of KV head h / (num_heads / num_kv_heads). */
+typedef struct PagedAttentionParams {
+    KvGeometry kv;
+    uint32_t num_tokens;         /* rows of qkv and out */
+    uint32_t num_seqs;
+    uint32_t num_heads;          /* query heads; a multiple of kv.num_kv_heads */
+    uint32_t max_blocks_per_seq; /* row length of block_tables */
+    uint32_t q_stride;           /* elements between tokens' Q rows (the fused QKV row length) */
+    uint32_t out_stride;         /* elements between tokens' output rows (num_heads * head_dim) */
+    float scale;                 /* softmax scale, usually 1 / sqrt(head_dim) */
+} PagedAttentionParams;
+
+/* sample_rows: one per logits row. temperature <= 0 means greedy (argmax); top_k == 0 or >= vocab
+ * means no top-k cut; top_p >= 1 means no nucleus cut; uniform is the row's random draw in [0, 1). */
+typedef struct SamplingRowParams {
+    float temperature;
+    uint32_t top_k;
+    float top_p;
+    float uniform;
+} SamplingRowParams;
+
+#endif /* INFERMETER_KERNELS_PARAMS_H */

@@ -1,0 +1,1049 @@
+//! The KV cache manager: block tables per request on top of the [`BlockPool`], with prefix caching.
+//!
+//! Typical use by the scheduler, per request and step:
+//! 1. new request: `hit = lookup_prefix(tokens)`, then `allocate(req, tokens, hit, hit + chunk)`
+//!    (the first `hit` tokens need no compute);
+//! 2. running request: `allocate(req, tokens, 0, num_computed + chunk)` to grow its table;
+//! 3. after the step computed tokens: `cache_computed(req, tokens, num_computed)`;
+//! 4. finished or preempted: `free(req)`.
+
+use std::collections::HashMap;
+
+use super::block_pool::{BlockPool, Lookup};
+use super::prefix_hash::{hash_block, BlockHash, EntryId, HashFn, ROOT_HASH};
+use super::{BlockId, RequestId};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    #[error("KV cache out of blocks: need {needed}, {free} free")]
+    NoFreeBlocks { needed: usize, free: usize },
+}
+
+/// Counters over the manager's lifetime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct KvStats {
+    /// Tokens looked up by `lookup_prefix` calls that were followed by `allocate` of a new request
+    /// (counted by that `allocate`, as `tokens.len()`, only with prefix caching on).
+    pub prefix_queries_tokens: u64,
+    /// Tokens of those served from the cache (the `prefix_hit_tokens` passed to `allocate`).
+    pub prefix_hit_tokens: u64,
+    /// Cached blocks reused for other content.
+    pub evictions: u64,
+}
+
+/// Per-request state.
+#[derive(Debug, Clone)]
+struct ReqState {
+    /// Physical blocks in sequence order: block `i` holds tokens `[i*block_size, (i+1)*block_size)`.
+    table: Vec<BlockId>,
+    /// Leading blocks of `table` already handled by prefix caching (prefix hits, blocks registered by
+    /// `cache_computed`, or blocks whose identical twin was already cached).
+    num_cached: usize,
+    /// Chain state after those blocks: hash and cache entry of block `num_cached - 1`
+    /// (`ROOT_HASH` / `EntryId::ROOT` when `num_cached == 0`).
+    last_hash: BlockHash,
+    last_entry: EntryId,
+    /// A block of this request could not be chained (its hash slot holds other content, a collision):
+    /// its successors have no valid parent entry, so caching stops for this request.
+    cache_stopped: bool,
+}
+
+impl ReqState {
+    fn new() -> Self {
+        ReqState {
+            table: Vec::new(),
+            num_cached: 0,
+            last_hash: ROOT_HASH,
+            last_entry: EntryId::ROOT,
+            cache_stopped: false,
+        }
+    }
+}
+
+/// Result of walking the prefix cache along a token sequence.
+struct CacheWalk {
+    /// Matched cached blocks, in order.
+    blocks: Vec<BlockId>,
+    /// Chain state after the last matched block.
+    last_hash: BlockHash,
+    last_entry: EntryId,
+}
+
+/// Block accounting for the paged KV cache (see the module docs of [`crate::kv`]).
+#[derive(Debug, Clone)]
+pub struct KvCacheManager {
+    block_size: usize,
+    enable_prefix_caching: bool,
+    pool: BlockPool,
+    requests: HashMap<RequestId, ReqState>,
+    /// Query/hit counters (`evictions` is read from the pool).
+    stats: KvStats,
+    /// Block hash function; always [`hash_block`] except in tests that force collisions.
+    hash_fn: HashFn,
+}
+
+impl KvCacheManager {
+    /// A manager over `num_blocks` blocks of `block_size` tokens, all free.
+    ///
+    /// # Panics
+    /// If `block_size == 0` or `num_blocks >= u32::MAX`.
+    pub fn new(num_blocks: usize, block_size: usize, enable_prefix_caching: bool) -> Self {
+        Self::with_hash_fn(num_blocks, block_size, enable_prefix_caching, hash_block)
+    }
+
+    /// Like [`new`](Self::new) with another block hash (tests force collisions with it).
+    pub(crate) fn with_hash_fn(
+        num_blocks: usize,
+        block_size: usize,
+        enable_prefix_caching: bool,
+        hash_fn: HashFn,
+    ) -> Self {
+        KvCacheManager {
+            block_size,
+            enable_prefix_caching,
+            pool: BlockPool::new(num_blocks, block_size, enable_prefix_caching),
+            requests: HashMap::new(),
+            stats: KvStats::default(),
+            hash_fn,
+        }
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.pool.num_blocks()
+    }
+
+    /// Blocks with refcount 0 (free, including cached-but-evictable ones).
+    pub fn num_free_blocks(&self) -> usize {
+        self.pool.num_free()
+    }
+
+    /// Blocks with refcount > 0.
+    pub fn num_used_blocks(&self) -> usize {
+        self.pool.num_blocks() - self.pool.num_free()
+    }
+
+    pub fn prefix_caching(&self) -> bool {
+        self.enable_prefix_caching
+    }
+
+    /// Walk the cache along the full blocks of `tokens`, at most `max_blocks` of them, stopping at the
+    /// first block that is not cached with exactly this prefix.
+    fn walk_cache(&self, tokens: &[u32], max_blocks: usize) -> CacheWalk {
+        let mut walk = CacheWalk {
+            blocks: Vec::new(),
+            last_hash: ROOT_HASH,
+            last_entry: EntryId::ROOT,
+        };
+        for chunk in tokens.chunks_exact(self.block_size).take(max_blocks) {
+            let hash = (self.hash_fn)(walk.last_hash, chunk);
+            match self.pool.lookup(hash, walk.last_entry, chunk) {
+                Lookup::Hit { block, entry } => {
+                    walk.blocks.push(block);
+                    walk.last_hash = hash;
+                    walk.last_entry = entry;
+                }
+                Lookup::Absent | Lookup::Mismatch => break,
+            }
+        }
+        walk
+    }
+
+    /// Number of leading tokens of `tokens` covered by cached full blocks (a multiple of block_size),
+    /// capped so that at least one token of `tokens` is left to compute (the engine needs logits of the
+    /// last prompt token). Pure query: changes nothing. 0 when prefix caching is off.
+    pub fn lookup_prefix(&self, tokens: &[u32]) -> usize {
+        if !self.enable_prefix_caching || tokens.is_empty() {
+            return 0;
+        }
+        let max_blocks = (tokens.len() - 1) / self.block_size;
+        self.walk_cache(tokens, max_blocks).blocks.len() * self.block_size
+    }
+
+    /// Whether `req` owns no blocks (then `allocate` takes the prefix hit).
+    fn is_new(&self, req: RequestId) -> bool {
+        match self.requests.get(&req) {
+            Some(s) => s.table.is_empty(),
+            None => true,
+        }
+    }
+
+    /// Check the `prefix_hit_tokens` contract and return the cached blocks it covers.
+    ///
+    /// # Panics
+    /// If `prefix_hit_tokens` cannot have come from `lookup_prefix(tokens)` in the current state.
+    fn hit_walk(&self, tokens: &[u32], prefix_hit_tokens: usize) -> CacheWalk {
+        let bs = self.block_size;
+        if prefix_hit_tokens == 0 {
+            return CacheWalk {
+                blocks: Vec::new(),
+                last_hash: ROOT_HASH,
+                last_entry: EntryId::ROOT,
+            };
+        }
+        assert!(
+            self.enable_prefix_caching
+                && prefix_hit_tokens % bs == 0
+                && prefix_hit_tokens < tokens.len(),
+            "prefix_hit_tokens {prefix_hit_tokens} did not come from lookup_prefix \
+             ({} tokens, block size {bs}, prefix caching {})",
+            tokens.len(),
+            self.enable_prefix_caching
+        );
+        let hit_blocks = prefix_hit_tokens / bs;
+        let walk = self.walk_cache(tokens, hit_blocks);
+        assert!(
+            walk.blocks.len() == hit_blocks,
+            "prefix_hit_tokens {prefix_hit_tokens} is stale: only {} tokens are cached now \
+             (call lookup_prefix right before allocate)",
+            walk.blocks.len() * bs
+        );
+        walk
+    }
+
+    /// Make request `req` own blocks for `total_tokens` tokens. If `req` owns nothing yet, first take
+    /// the cached blocks covering `tokens[..prefix_hit_tokens]` (`prefix_hit_tokens` must come from
+    /// `lookup_prefix` on the same tokens in the same state; refcount + 1; a cached block with refcount
+    /// 0 is removed from the free list). Then add new blocks from the free list head, evicting cached
+    /// free blocks in LRU order (their hash entries are dropped). All-or-nothing: on Err nothing
+    /// changed. `tokens` are the request's known tokens (prompt + outputs so far), used for prefix
+    /// hashing only. For a request that already owns blocks `prefix_hit_tokens` is ignored, and a
+    /// `total_tokens` within its current blocks is a no-op (tables never shrink).
+    ///
+    /// `NoFreeBlocks::needed` counts every block that must come out of the free list: the new blocks
+    /// plus the prefix-hit blocks that were themselves free (refcount 0).
+    ///
+    /// # Panics
+    /// If `req` is new and `prefix_hit_tokens` breaks its contract (not a value `lookup_prefix(tokens)`
+    /// returns now). Never on valid use.
+    pub fn allocate(
+        &mut self,
+        req: RequestId,
+        tokens: &[u32],
+        prefix_hit_tokens: usize,
+        total_tokens: usize,
+    ) -> Result<(), KvError> {
+        let want_blocks = total_tokens.div_ceil(self.block_size);
+        let free = self.pool.num_free();
+        if !self.is_new(req) {
+            let state = self
+                .requests
+                .get_mut(&req)
+                .expect("request with blocks has state");
+            let new_blocks = want_blocks.saturating_sub(state.table.len());
+            if new_blocks > free {
+                return Err(KvError::NoFreeBlocks {
+                    needed: new_blocks,
+                    free,
+                });
+            }
+            for _ in 0..new_blocks {
+                let b = self.pool.take_free().expect("free count checked");
+                state.table.push(b);
+            }
+            return Ok(());
+        }
+
+        let walk = self.hit_walk(tokens, prefix_hit_tokens);
+        let hit_blocks = walk.blocks.len();
+        let new_blocks = want_blocks.saturating_sub(hit_blocks);
+        let hits_from_free = walk
+            .blocks
+            .iter()
+            .filter(|&&b| self.pool.ref_cnt(b) == 0)
+            .count();
+        let needed = new_blocks + hits_from_free;
+        if needed > free {
+            return Err(KvError::NoFreeBlocks { needed, free });
+        }
+        // Take the hits first so that taking new blocks cannot evict them.
+        let mut state = ReqState::new();
+        for &b in &walk.blocks {
+            self.pool.acquire(b);
+        }
+        state.table = walk.blocks;
+        state.num_cached = hit_blocks;
+        state.last_hash = walk.last_hash;
+        state.last_entry = walk.last_entry;
+        for _ in 0..new_blocks {
+            let b = self.pool.take_free().expect("free count checked");
+            state.table.push(b);
+        }
+        if self.enable_prefix_caching {
+            self.stats.prefix_queries_tokens += tokens.len() as u64;
+            self.stats.prefix_hit_tokens += prefix_hit_tokens as u64;
+        }
+        self.requests.insert(req, state);
+        Ok(())
+    }
+
+    /// How many new blocks `allocate` would need from the pool (after taking the prefix hit); lets the
+    /// scheduler check before committing.
+    ///
+    /// This cannot see whether the prefix-hit blocks are themselves in the free list (it has no
+    /// tokens), so for a new request with a hit `allocate` may still fail when
+    /// `blocks_needed <= num_free_blocks`; [`can_allocate`](Self::can_allocate) is exact.
+    pub fn blocks_needed(
+        &self,
+        req: RequestId,
+        prefix_hit_tokens: usize,
+        total_tokens: usize,
+    ) -> usize {
+        let want_blocks = total_tokens.div_ceil(self.block_size);
+        let have = match self.requests.get(&req) {
+            Some(s) if !s.table.is_empty() => s.table.len(),
+            _ => prefix_hit_tokens / self.block_size,
+        };
+        want_blocks.saturating_sub(have)
+    }
+
+    /// Whether `allocate(req, tokens, prefix_hit_tokens, total_tokens)` would succeed now (counts the
+    /// prefix-hit blocks that must leave the free list too). Same contract as `allocate`.
+    pub fn can_allocate(
+        &self,
+        req: RequestId,
+        tokens: &[u32],
+        prefix_hit_tokens: usize,
+        total_tokens: usize,
+    ) -> bool {
+        let mut needed = self.blocks_needed(req, prefix_hit_tokens, total_tokens);
+        if self.is_new(req) {
+            let walk = self.hit_walk(tokens, prefix_hit_tokens);
+            needed += walk
+                .blocks
+                .iter()
+                .filter(|&&b| self.pool.ref_cnt(b) == 0)
+                .count();
+        }
+        needed <= self.pool.num_free()
+    }
+
+    /// Physical blocks of `req`, in order (empty slice if none).
+    pub fn block_table(&self, req: RequestId) -> &[BlockId] {
+        self.requests.get(&req).map_or(&[], |s| s.table.as_slice())
+    }
+
+    /// Register in the prefix cache every full block of `req` whose tokens are all computed (the first
+    /// `num_computed_tokens` of `tokens`). Idempotent (each block is handled once; the request
+    /// remembers how far it got). No-op when prefix caching is off or `req` is unknown.
+    ///
+    /// If an identical block (same prefix) is already cached, the request keeps its own block (block
+    /// ids never change under a running request) and the cache entry stays as it is; the request's
+    /// later blocks chain from that entry. If the hash slot holds *different* content (a collision),
+    /// the block is not cached and neither are this request's later blocks.
+    pub fn cache_computed(&mut self, req: RequestId, tokens: &[u32], num_computed_tokens: usize) {
+        if !self.enable_prefix_caching {
+            return;
+        }
+        let bs = self.block_size;
+        let Some(state) = self.requests.get_mut(&req) else {
+            return;
+        };
+        if state.cache_stopped {
+            return;
+        }
+        let full = (num_computed_tokens.min(tokens.len()) / bs).min(state.table.len());
+        for i in state.num_cached..full {
+            let chunk = &tokens[i * bs..(i + 1) * bs];
+            let hash = (self.hash_fn)(state.last_hash, chunk);
+            let block = state.table[i];
+            debug_assert!(
+                self.pool.cached(block).is_none(),
+                "unprocessed block {block} is cached"
+            );
+            let entry = match self.pool.lookup(hash, state.last_entry, chunk) {
+                Lookup::Hit { entry, .. } => Some(entry),
+                Lookup::Absent => self.pool.register(block, hash, state.last_entry, chunk),
+                Lookup::Mismatch => None,
+            };
+            let Some(entry) = entry else {
+                state.cache_stopped = true;
+                return;
+            };
+            state.num_cached = i + 1;
+            state.last_hash = hash;
+            state.last_entry = entry;
+        }
+    }
+
+    /// Release every block of `req` (refcount − 1). Blocks reaching 0 go to the tail of the free list;
+    /// cached ones stay findable until evicted. The table is released tail first, so that under LRU
+    /// the end of a sequence is evicted before its shared prefix. Unknown req: no-op.
+    pub fn free(&mut self, req: RequestId) {
+        if let Some(state) = self.requests.remove(&req) {
+            for &b in state.table.iter().rev() {
+                self.pool.release(b);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> KvStats {
+        KvStats {
+            evictions: self.pool.evictions(),
+            ..self.stats
+        }
+    }
+
+    /// Check every invariant (for tests): refcount of each block == number of requests whose table
+    /// holds it; free list == blocks with refcount 0, each once; hash map entries point at blocks whose
+    /// stored hash matches; no block in two requests' tables unless it is a cached (hashed) block;
+    /// num_free + num_used == num_blocks; per-request caching progress within its table.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.pool.check_invariants()?;
+        let n = self.pool.num_blocks();
+        let mut holders = vec![0u32; n];
+        for (req, s) in &self.requests {
+            let mut in_table = std::collections::HashSet::new();
+            for &b in &s.table {
+                if b as usize >= n {
+                    return Err(format!("request {req} holds out-of-range block {b}"));
+                }
+                if !in_table.insert(b) {
+                    return Err(format!("request {req} holds block {b} twice"));
+                }
+                holders[b as usize] += 1;
+            }
+            if s.num_cached > s.table.len() {
+                return Err(format!(
+                    "request {req}: {} cached blocks but a table of {}",
+                    s.num_cached,
+                    s.table.len()
+                ));
+            }
+            if (s.num_cached == 0) != (s.last_entry == EntryId::ROOT) {
+                return Err(format!(
+                    "request {req}: chain state does not match {} cached blocks",
+                    s.num_cached
+                ));
+            }
+        }
+        let mut used = 0;
+        for (b, &h) in holders.iter().enumerate() {
+            let rc = self.pool.ref_cnt(b as BlockId);
+            if rc != h {
+                return Err(format!("block {b}: refcount {rc} but held by {h} requests"));
+            }
+            if h > 1 && self.pool.cached(b as BlockId).is_none() {
+                return Err(format!("uncached block {b} is shared by {h} requests"));
+            }
+            if !self.enable_prefix_caching && self.pool.cached(b as BlockId).is_some() {
+                return Err(format!("block {b} is cached with prefix caching off"));
+            }
+            used += usize::from(rc > 0);
+        }
+        if used != self.num_used_blocks() || self.num_free_blocks() + self.num_used_blocks() != n {
+            return Err(format!(
+                "{used} blocks in use, num_used {} + num_free {} vs {n} blocks",
+                self.num_used_blocks(),
+                self.num_free_blocks()
+            ));
+        }
+        if self.stats.prefix_hit_tokens > self.stats.prefix_queries_tokens {
+            return Err("more prefix hit tokens than queried".into());
+        }
+        Ok(())
+    }
+
+    /// Comparable image of the whole state (tests: "on Err nothing changed").
+    #[cfg(test)]
+    fn snapshot(&self) -> impl PartialEq + std::fmt::Debug {
+        let mut reqs: Vec<_> = self
+            .requests
+            .iter()
+            .map(|(&r, s)| {
+                (
+                    r,
+                    s.table.clone(),
+                    s.num_cached,
+                    s.last_hash,
+                    s.last_entry,
+                    s.cache_stopped,
+                )
+            })
+            .collect();
+        reqs.sort_unstable_by_key(|x| x.0);
+        (self.pool.snapshot(), reqs, self.stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Prompt of `n` tokens `base, base+1, ...`.
+    fn seq(base: u32, n: usize) -> Vec<u32> {
+        (0..n as u32).map(|i| base + i).collect()
+    }
+
+    /// Admit `req` with its prefix hit, allocate for all of `tokens`, compute and cache everything.
+    /// Returns the hit.
+    fn run_prompt(m: &mut KvCacheManager, req: RequestId, tokens: &[u32]) -> usize {
+        let hit = m.lookup_prefix(tokens);
+        m.allocate(req, tokens, hit, tokens.len()).unwrap();
+        m.cache_computed(req, tokens, tokens.len());
+        m.check_invariants().unwrap();
+        hit
+    }
+
+    #[test]
+    fn allocate_free_returns_every_block() {
+        let mut m = KvCacheManager::new(10, 4, true);
+        m.allocate(1, &seq(0, 9), 0, 9).unwrap(); // 3 blocks
+        m.allocate(2, &seq(100, 4), 0, 4).unwrap(); // 1 block
+        m.allocate(1, &seq(0, 13), 0, 13).unwrap(); // grows to 4 blocks
+        assert_eq!(m.block_table(1).len(), 4);
+        assert_eq!(m.block_table(2).len(), 1);
+        assert_eq!(m.num_used_blocks(), 5);
+        assert_eq!(m.num_free_blocks(), 5);
+        m.check_invariants().unwrap();
+        // Allocating within the current blocks is a no-op.
+        m.allocate(1, &seq(0, 13), 0, 10).unwrap();
+        assert_eq!(m.block_table(1).len(), 4);
+        m.free(1);
+        m.free(2);
+        m.free(3); // unknown: no-op
+        assert_eq!(m.num_free_blocks(), 10);
+        assert_eq!(m.num_used_blocks(), 0);
+        assert!(m.block_table(1).is_empty());
+        m.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn prefix_hit_while_live_and_after_free() {
+        let mut m = KvCacheManager::new(16, 4, true);
+        let a = seq(0, 10); // 2 full blocks + 2 tokens
+        assert_eq!(run_prompt(&mut m, 1, &a), 0);
+        // Same prompt with a different tail: both full blocks hit.
+        let mut b = a[..8].to_vec();
+        b.extend([77, 78, 79]);
+        assert_eq!(m.lookup_prefix(&b), 8);
+        // Only the first block shared.
+        let mut c = a[..4].to_vec();
+        c.extend([50, 51, 52, 53, 54]);
+        assert_eq!(m.lookup_prefix(&c), 4);
+        // First token differs: nothing.
+        let mut d = a.clone();
+        d[0] = 999;
+        assert_eq!(m.lookup_prefix(&d), 0);
+        // After freeing, before eviction, still a hit; stats count the allocate.
+        m.free(1);
+        assert_eq!(m.lookup_prefix(&b), 8);
+        assert_eq!(run_prompt(&mut m, 2, &b), 8);
+        assert_eq!(&m.block_table(2)[..2], &[0, 1]);
+        let st = m.stats();
+        assert_eq!(st.prefix_queries_tokens, (a.len() + b.len()) as u64);
+        assert_eq!(st.prefix_hit_tokens, 8);
+        assert_eq!(st.evictions, 0);
+    }
+
+    #[test]
+    fn no_hit_after_eviction() {
+        let mut m = KvCacheManager::new(3, 2, true);
+        let a = seq(0, 5); // 3 blocks, 2 full
+        run_prompt(&mut m, 1, &a);
+        m.free(1);
+        assert_eq!(m.lookup_prefix(&a), 4);
+        // Another request takes every block: all cached blocks are evicted.
+        run_prompt(&mut m, 2, &seq(100, 6));
+        assert_eq!(m.stats().evictions, 2);
+        m.free(2);
+        assert_eq!(m.lookup_prefix(&a), 0);
+        m.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn lookup_leaves_at_least_one_token() {
+        let mut m = KvCacheManager::new(8, 4, true);
+        let a = seq(0, 8); // exactly two blocks
+        run_prompt(&mut m, 1, &a);
+        assert_eq!(
+            m.lookup_prefix(&a),
+            4,
+            "last block not taken: its last token must be computed"
+        );
+        assert_eq!(m.lookup_prefix(&a[..5]), 4);
+        assert_eq!(m.lookup_prefix(&a[..4]), 0);
+        assert_eq!(m.lookup_prefix(&a[..1]), 0);
+        assert_eq!(m.lookup_prefix(&[]), 0);
+        let mut longer = a.clone();
+        longer.push(9);
+        assert_eq!(m.lookup_prefix(&longer), 8);
+    }
+
+    #[test]
+    fn shared_blocks_have_refcount_two() {
+        let mut m = KvCacheManager::new(8, 2, true);
+        let a = seq(0, 5);
+        run_prompt(&mut m, 1, &a);
+        let mut b = a[..4].to_vec();
+        b.push(42);
+        assert_eq!(run_prompt(&mut m, 2, &b), 4);
+        let (ta, tb) = (m.block_table(1).to_vec(), m.block_table(2).to_vec());
+        assert_eq!(ta[..2], tb[..2]);
+        assert_ne!(ta[2], tb[2]);
+        for &blk in &ta[..2] {
+            assert_eq!(m.pool.ref_cnt(blk), 2);
+        }
+        assert_eq!(m.num_used_blocks(), 4);
+        m.free(1);
+        for &blk in &tb[..2] {
+            assert_eq!(m.pool.ref_cnt(blk), 1);
+        }
+        assert_eq!(m.num_used_blocks(), 3);
+        m.check_invariants().unwrap();
+        m.free(2);
+        assert_eq!(m.num_free_blocks(), 8);
+    }
+
+    #[test]
+    fn no_free_blocks_is_all_or_nothing() {
+        let mut m = KvCacheManager::new(4, 2, true);
+        let a = seq(0, 5); // 3 blocks
+        run_prompt(&mut m, 1, &a);
+        // Growing past the pool fails and changes nothing.
+        let before = m.snapshot();
+        let err = m.allocate(1, &a, 0, 11).unwrap_err();
+        assert_eq!(err, KvError::NoFreeBlocks { needed: 3, free: 1 });
+        assert_eq!(m.snapshot(), before);
+        // A new request whose prefix hit blocks are free counts them as taken from the free list.
+        m.free(1);
+        run_prompt(&mut m, 2, &seq(50, 2)); // 1 block in use, 3 free (2 of them cached hits)
+        let hit = m.lookup_prefix(&a);
+        assert_eq!(hit, 4);
+        assert_eq!(m.blocks_needed(3, hit, 8), 2);
+        assert!(!m.can_allocate(3, &a, hit, 8));
+        let before = m.snapshot();
+        let err = m.allocate(3, &a, hit, 8).unwrap_err();
+        assert_eq!(err, KvError::NoFreeBlocks { needed: 4, free: 3 });
+        assert_eq!(m.snapshot(), before);
+        m.check_invariants().unwrap();
+        // One block fewer fits: hits (2) + 1 new.
+        assert!(m.can_allocate(3, &a, hit, 6));
+        m.allocate(3, &a, hit, 6).unwrap();
+        assert_eq!(m.num_free_blocks(), 0);
+        m.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn eviction_is_lru_and_frees_tail_first() {
+        let mut m = KvCacheManager::new(6, 2, true);
+        let a = seq(0, 7); // blocks: 3 full + 1 partial = 4 blocks
+        run_prompt(&mut m, 1, &a);
+        let ta = m.block_table(1).to_vec();
+        let b = seq(100, 3); // 2 blocks
+        run_prompt(&mut m, 2, &b);
+        let tb = m.block_table(2).to_vec();
+        m.free(1);
+        m.free(2);
+        // Free list: the request freed first comes first, each table tail first.
+        let mut expect: Vec<BlockId> = ta.iter().rev().copied().collect();
+        expect.extend(tb.iter().rev());
+        assert_eq!(m.pool.free_list(), expect);
+        // Taking 2 blocks evicts a's partial last block (uncached) and its third full block: a keeps a
+        // 2-block hit. Taking one more leaves a 1-block hit.
+        m.allocate(3, &[], 0, 4).unwrap();
+        assert_eq!(m.block_table(3), &[ta[3], ta[2]]);
+        assert_eq!(m.stats().evictions, 1);
+        assert_eq!(m.lookup_prefix(&a), 4);
+        m.allocate(3, &[], 0, 6).unwrap();
+        assert_eq!(m.lookup_prefix(&a), 2);
+        assert_eq!(m.lookup_prefix(&b), 2, "b, freed later, is still cached");
+        m.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn prefix_caching_off_no_hits_never_hashes() {
+        fn no_hash(_: BlockHash, _: &[u32]) -> BlockHash {
+            panic!("hashed with prefix caching off")
+        }
+        let mut m = KvCacheManager::with_hash_fn(8, 2, false, no_hash);
+        assert!(!m.prefix_caching());
+        let a = seq(0, 7);
+        assert_eq!(run_prompt(&mut m, 1, &a), 0);
+        assert_eq!(m.lookup_prefix(&a), 0);
+        assert_eq!(run_prompt(&mut m, 2, &a), 0);
+        let (ta, tb) = (m.block_table(1).to_vec(), m.block_table(2).to_vec());
+        assert!(
+            ta.iter().all(|x| !tb.contains(x)),
+            "no sharing without prefix caching"
+        );
+        m.free(1);
+        assert_eq!(m.lookup_prefix(&a), 0);
+        assert!((0..8).all(|b| m.pool.cached(b).is_none()));
+        assert_eq!(m.stats(), KvStats::default());
+        m.free(2);
+        m.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn identical_block_already_cached_keeps_own_block() {
+        let mut m = KvCacheManager::new(16, 2, true);
+        let a = seq(0, 5);
+        // Both admitted before either cached: no hits, distinct blocks.
+        m.allocate(1, &a, m.lookup_prefix(&a), 5).unwrap();
+        m.allocate(2, &a, m.lookup_prefix(&a), 5).unwrap();
+        m.cache_computed(1, &a, 5);
+        let tb = m.block_table(2).to_vec();
+        m.cache_computed(2, &a, 5);
+        m.cache_computed(2, &a, 5); // idempotent
+        assert_eq!(
+            m.block_table(2),
+            tb.as_slice(),
+            "block ids never change under a request"
+        );
+        assert!(
+            tb.iter().all(|&b| m.pool.cached(b).is_none()),
+            "cache entries stay request 1's"
+        );
+        m.check_invariants().unwrap();
+        // Request 2 grows; its next full block chains from request 1's entries.
+        let mut a2 = a.clone();
+        a2.extend([90, 91, 92]);
+        m.allocate(2, &a2, 0, 8).unwrap();
+        m.cache_computed(2, &a2, 8);
+        let t2 = m.block_table(2).to_vec();
+        assert!(m.pool.cached(t2[2]).is_some());
+        let mut probe = a2.clone();
+        probe.push(0);
+        assert_eq!(m.lookup_prefix(&probe), 8);
+        assert_eq!(run_prompt(&mut m, 3, &probe), 8);
+        let t1 = m.block_table(1).to_vec();
+        assert_eq!(m.block_table(3)[..4], [t1[0], t1[1], t2[2], t2[3]]);
+        m.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn cache_computed_only_full_computed_blocks() {
+        let mut m = KvCacheManager::new(8, 4, true);
+        let a = seq(0, 12);
+        m.allocate(1, &a, 0, 12).unwrap();
+        m.cache_computed(1, &a, 7); // one full computed block
+        assert_eq!(m.lookup_prefix(&a), 4);
+        m.cache_computed(1, &a, 8);
+        assert_eq!(m.lookup_prefix(&a), 8);
+        m.cache_computed(1, &a, 100); // clamped to the tokens
+        assert_eq!(m.lookup_prefix(&a), 8, "capped by the one-token rule");
+        m.check_invariants().unwrap();
+    }
+
+    /// Hash of the tokens only (ignores the parent, so chains collide freely): sum of the tokens.
+    fn sum_hash(_: BlockHash, tokens: &[u32]) -> BlockHash {
+        BlockHash(tokens.iter().map(|&t| t as u64).sum())
+    }
+
+    #[test]
+    fn collision_on_block_tokens_is_not_a_hit() {
+        let mut m = KvCacheManager::with_hash_fn(8, 2, true, sum_hash);
+        let a = [1, 3, 5, 5, 9];
+        run_prompt(&mut m, 1, &a);
+        // [2, 2] hashes like [1, 3]: must not hit.
+        assert_eq!(m.lookup_prefix(&[2, 2, 5, 5, 9]), 0);
+        assert_eq!(run_prompt(&mut m, 2, &[2, 2, 5, 5, 9]), 0);
+        // Its first block could not be registered (slot taken by other content) and caching stopped.
+        assert!(m.block_table(2).iter().all(|&b| m.pool.cached(b).is_none()));
+        assert_eq!(m.lookup_prefix(&a), 4);
+        m.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn collision_on_parent_chain_is_not_a_hit() {
+        // a = [1,3 | 5,5 | 9] caches blocks a0 (hash 4), a1 (hash 10). a0 is then evicted while a1 stays
+        // cached, and b = [2,2 | 5,5 | 9] registers its first block under hash 4. A lookup of b finds a1
+        // under hash 10 with equal tokens [5,5], but a1's parent is a0, not b's block: no hit.
+        let mut m = KvCacheManager::with_hash_fn(3, 2, true, sum_hash);
+        let a = [1, 3, 5, 5, 9];
+        run_prompt(&mut m, 1, &a);
+        let ta = m.block_table(1).to_vec();
+        m.free(1);
+        // Test hook: pin a1 so that it is not evicted.
+        m.pool.acquire(ta[1]);
+        let b = [2, 2, 5, 5, 9];
+        assert_eq!(m.lookup_prefix(&b), 0);
+        m.allocate(2, &b, 0, 4).unwrap();
+        assert_eq!(m.block_table(2), &[ta[2], ta[0]]);
+        assert_eq!(m.stats().evictions, 1);
+        m.cache_computed(2, &b, 4);
+        assert!(m.pool.cached(ta[2]).is_some(), "b's first block is cached");
+        assert!(
+            m.pool.cached(ta[0]).is_none(),
+            "b's second block collided with a1 and is not"
+        );
+        m.pool.release(ta[1]);
+        m.check_invariants().unwrap();
+        m.free(2);
+        assert_eq!(m.lookup_prefix(&b), 2, "only b's own first block, never a1");
+        assert_eq!(m.lookup_prefix(&a), 0, "a0 was evicted");
+        m.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn invariant_checker_catches_corruption() {
+        let mut m = KvCacheManager::new(4, 2, true);
+        m.allocate(1, &seq(0, 3), 0, 3).unwrap();
+        m.allocate(2, &seq(10, 3), 0, 3).unwrap();
+        m.check_invariants().unwrap();
+        // An uncached block in two tables.
+        let mut bad = m.clone();
+        let b0 = bad.block_table(1)[0];
+        bad.requests.get_mut(&2).unwrap().table.push(b0);
+        bad.pool.acquire(b0);
+        assert!(bad.check_invariants().is_err());
+        // Refcount off by one.
+        let mut bad = m.clone();
+        bad.pool.acquire(b0);
+        assert!(bad.check_invariants().is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "stale")]
+    fn stale_prefix_hit_panics() {
+        let mut m = KvCacheManager::new(2, 2, true);
+        let a = seq(0, 3);
+        run_prompt(&mut m, 1, &a);
+        m.free(1);
+        let hit = m.lookup_prefix(&a);
+        m.allocate(2, &[], 0, 4).unwrap(); // evicts a's cached block
+        let _ = m.allocate(3, &a, hit, 3);
+    }
+
+    mod proptests {
+        use super::*;
+        use proptest::prelude::*;
+
+        const NUM_SLOTS: usize = 5;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// Admit a request in `slot` (if free) with `prefix[p][..cut]` + `suffix`, first chunk `chunk`.
+            Admit {
+                slot: usize,
+                p: usize,
+                cut: usize,
+                suffix: Vec<u32>,
+                chunk: usize,
+            },
+            /// Compute `n` more tokens of the request in `slot` (appending outputs as needed).
+            Step {
+                slot: usize,
+                n: usize,
+                out: u32,
+            },
+            Free {
+                slot: usize,
+            },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (
+                    0..NUM_SLOTS,
+                    0..3usize,
+                    0..16usize,
+                    prop::collection::vec(0..3u32, 0..6),
+                    1..8usize
+                )
+                    .prop_map(|(slot, p, cut, suffix, chunk)| Op::Admit {
+                        slot,
+                        p,
+                        cut,
+                        suffix,
+                        chunk
+                    }),
+                (0..NUM_SLOTS, 1..6usize, 0..3u32).prop_map(|(slot, n, out)| Op::Step {
+                    slot,
+                    n,
+                    out
+                }),
+                (0..NUM_SLOTS).prop_map(|slot| Op::Free { slot }),
+            ]
+        }
+
+        /// Live request in the model.
+        struct Live {
+            tokens: Vec<u32>,
+            computed: usize,
+        }
+
+        /// Few distinct hash buckets: collisions everywhere.
+        fn weak_hash(parent: BlockHash, tokens: &[u32]) -> BlockHash {
+            BlockHash(hash_block(parent, tokens).0 % 3)
+        }
+
+        fn check_sharing(m: &KvCacheManager, live: &[Option<Live>]) -> Result<(), TestCaseError> {
+            let bs = m.block_size();
+            for (i, a) in live.iter().enumerate() {
+                let Some(a) = a else { continue };
+                for (j, b) in live.iter().enumerate().skip(i + 1) {
+                    let Some(b) = b else { continue };
+                    let (ta, tb) = (m.block_table(i as u64), m.block_table(j as u64));
+                    for (x, blk) in ta.iter().enumerate() {
+                        if let Some(y) = tb.iter().position(|o| o == blk) {
+                            prop_assert_eq!(x, y, "shared block at different positions");
+                            let end = (x + 1) * bs;
+                            prop_assert!(a.tokens.len() >= end && b.tokens.len() >= end);
+                            prop_assert_eq!(
+                                &a.tokens[..end],
+                                &b.tokens[..end],
+                                "shared block, different prefixes"
+                            );
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        fn run(
+            num_blocks: usize,
+            block_size: usize,
+            caching: bool,
+            weak: bool,
+            prefixes: Vec<Vec<u32>>,
+            ops: Vec<Op>,
+        ) -> Result<(), TestCaseError> {
+            let hash_fn: HashFn = if weak { weak_hash } else { hash_block };
+            let mut m = KvCacheManager::with_hash_fn(num_blocks, block_size, caching, hash_fn);
+            let mut live: Vec<Option<Live>> = (0..NUM_SLOTS).map(|_| None).collect();
+            // What each physical block holds: the prefix of the sequence that wrote it, up to the end of
+            // the block (only the last block's slots may be partly written).
+            let mut content: Vec<Vec<u32>> = vec![Vec::new(); num_blocks];
+            let write = |content: &mut Vec<Vec<u32>>,
+                         m: &KvCacheManager,
+                         req: usize,
+                         l: &Live,
+                         from: usize| {
+                let table = m.block_table(req as u64);
+                for pos in from..l.computed {
+                    let blk = table[pos / block_size] as usize;
+                    content[blk] =
+                        l.tokens[..(pos / block_size) * block_size + pos % block_size + 1].to_vec();
+                }
+            };
+            for op in ops {
+                match op {
+                    Op::Admit {
+                        slot,
+                        p,
+                        cut,
+                        suffix,
+                        chunk,
+                    } => {
+                        if live[slot].is_some() {
+                            continue;
+                        }
+                        let pre = &prefixes[p];
+                        let mut tokens = pre[..cut.min(pre.len())].to_vec();
+                        tokens.extend(suffix);
+                        if tokens.is_empty() {
+                            tokens.push(1);
+                        }
+                        let hit = m.lookup_prefix(&tokens);
+                        prop_assert_eq!(hit % block_size, 0);
+                        prop_assert!(hit < tokens.len());
+                        if !caching {
+                            prop_assert_eq!(hit, 0);
+                        }
+                        let total = (hit + chunk).min(tokens.len());
+                        let can = m.can_allocate(slot as u64, &tokens, hit, total);
+                        let before = m.snapshot();
+                        match m.allocate(slot as u64, &tokens, hit, total) {
+                            Ok(()) => {
+                                prop_assert!(can);
+                                let table = m.block_table(slot as u64).to_vec();
+                                prop_assert_eq!(
+                                    table.len(),
+                                    total.div_ceil(block_size).max(hit / block_size)
+                                );
+                                // Hit blocks hold exactly this prefix.
+                                for (i, &blk) in table[..hit / block_size].iter().enumerate() {
+                                    prop_assert_eq!(
+                                        &content[blk as usize],
+                                        &tokens[..(i + 1) * block_size]
+                                    );
+                                }
+                                let l = Live {
+                                    tokens,
+                                    computed: total,
+                                };
+                                write(&mut content, &m, slot, &l, hit);
+                                m.cache_computed(slot as u64, &l.tokens, l.computed);
+                                live[slot] = Some(l);
+                            }
+                            Err(KvError::NoFreeBlocks { needed, free }) => {
+                                prop_assert!(!can);
+                                prop_assert!(needed > free);
+                                prop_assert_eq!(m.snapshot(), before);
+                            }
+                        }
+                    }
+                    Op::Step { slot, n, out } => {
+                        let Some(l) = live[slot].as_mut() else {
+                            continue;
+                        };
+                        let target = l.computed + n;
+                        let mut tokens = l.tokens.clone();
+                        while tokens.len() < target + 1 {
+                            tokens.push(out);
+                        }
+                        let needed = m.blocks_needed(slot as u64, 0, target);
+                        let before = m.snapshot();
+                        match m.allocate(slot as u64, &tokens, 0, target) {
+                            Ok(()) => {
+                                let from = l.computed;
+                                l.tokens = tokens;
+                                l.computed = target;
+                                let l = live[slot].as_ref().unwrap();
+                                write(&mut content, &m, slot, l, from);
+                                m.cache_computed(slot as u64, &l.tokens, l.computed);
+                            }
+                            Err(KvError::NoFreeBlocks {
+                                needed: e_needed,
+                                free,
+                            }) => {
+                                prop_assert_eq!(e_needed, needed);
+                                prop_assert!(needed > free);
+                                prop_assert_eq!(m.snapshot(), before);
+                            }
+                        }
+                    }
+                    Op::Free { slot } => {
+                        m.free(slot as u64);
+                        live[slot] = None;
+                    }
+                }
+                if let Err(e) = m.check_invariants() {
+                    return Err(TestCaseError::fail(e));
+                }
+                check_sharing(&m, &live)?;
+            }
+            for slot in 0..NUM_SLOTS {
+                m.free(slot as u64);
+            }
+            prop_assert_eq!(m.num_free_blocks(), m.num_blocks());
+            prop_assert_eq!(m.num_used_blocks(), 0);
+            if let Err(e) = m.check_invariants() {
+                return Err(TestCaseError::fail(e));
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn random_ops_keep_invariants(
+                num_blocks in 1..14usize,
+                block_size in 1..5usize,
+                caching in prop::bool::weighted(0.8),
+                weak in prop::bool::weighted(0.3),
+                prefixes in prop::collection::vec(prop::collection::vec(0..3u32, 0..16), 3),
+                ops in prop::collection::vec(op(), 1..60),
+            ) {
+                run(num_blocks, block_size, caching, weak, prefixes, ops)?;
+            }
+        }
+    }
+}

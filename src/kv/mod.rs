@@ -1,0 +1,29 @@
+//! Paged KV cache, host side: which physical blocks each request owns.
+//!
+//! The K/V tensors live elsewhere (`model::forward::KvCache`, per layer
+//! `[num_blocks, block_size, num_kv_heads, head_dim]`); this module only does the accounting.
+//!
+//! - **Block pool** ([`block_pool::BlockPool`]): `num_blocks` fixed-size blocks of `block_size` token
+//!   slots, each with a reference count. Blocks at refcount 0 sit in one LRU free list (take from the
+//!   head, release to the tail).
+//! - **Block tables** ([`KvCacheManager::block_table`]): per request, its blocks in sequence order; token
+//!   `t` of the request lives in slot `t % block_size` of block `table[t / block_size]`.
+//! - **Prefix caching** ([`prefix_hash`]): a full block whose tokens are computed gets a chain hash
+//!   `H(parent hash, its tokens)` and is indexed hash → block. A new request whose leading full blocks
+//!   match takes those blocks (refcount + 1) instead of recomputing them. Cached blocks store their
+//!   tokens and parent entry, so a hash collision can never make different prefixes share a block.
+//! - **Refcounts and eviction**: a block shared by several requests is freed only when the last one
+//!   releases it. A freed cached block stays findable in the free list until it reaches the head and is
+//!   taken for other content (an eviction, LRU order). Requests free their blocks tail first, so a
+//!   sequence's end is evicted before its (more shareable) prefix.
+
+pub mod block_pool;
+pub mod manager;
+pub mod prefix_hash;
+
+pub use manager::{KvCacheManager, KvError, KvStats};
+
+/// Index of a physical KV block (`0..num_blocks`).
+pub type BlockId = u32;
+/// Identity of a request, chosen by the scheduler.
+pub type RequestId = u64;

@@ -1,0 +1,105 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use infermeter::backend::cpu::CpuBackend;
+use infermeter::model::tensor_store::{raw_to_f32, read_all_raw, OutTensor};
+use infermeter::model::{self, LoadOptions, Model};
+
+pub const FIXTURES: &[&str] = &["tiny-gpt2", "tiny-llama", "tiny-llama-bf16"];
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The model directory of a fixture (weights for two of them live in `models/`).
+pub fn model_dir(name: &str) -> PathBuf {
+    let in_models = repo().join("models").join(name);
+    if in_models.join("model.safetensors").is_file() {
+        in_models
+    } else {
+        repo().join("tests/fixtures").join(name)
+    }
+}
+
+pub struct GoldenPrompt {
+    pub ids: Vec<u32>,
+    /// [tokens, vocab]
+    pub logits: Vec<f32>,
+    pub greedy: Vec<u32>,
+}
+
+pub fn golden(name: &str) -> Vec<GoldenPrompt> {
+    let tensors = read_all_raw(
+        &repo()
+            .join("tests/fixtures")
+            .join(name)
+            .join("golden.safetensors"),
+    )
+    .expect("golden file");
+    let get = |key: &str| -> &OutTensor {
+        tensors
+            .iter()
+            .find(|t| t.name == key)
+            .unwrap_or_else(|| panic!("{key} in golden"))
+    };
+    let ints = |t: &OutTensor| -> Vec<u32> {
+        t.bytes
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u32)
+            .collect()
+    };
+    (0..4)
+        .map(|n| GoldenPrompt {
+            ids: ints(get(&format!("prompt{n}.ids"))),
+            logits: raw_to_f32(get(&format!("prompt{n}.logits"))).expect("f32 logits"),
+            greedy: ints(get(&format!("prompt{n}.greedy"))),
+        })
+        .collect()
+}
+
+pub fn load_cpu(dir: &Path) -> Model<CpuBackend> {
+    load_cpu_result(dir).unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
+}
+
+pub fn load_cpu_result(dir: &Path) -> infermeter::Result<Model<CpuBackend>> {
+    let loaded = model::load(dir.to_str().unwrap(), LoadOptions::default())?;
+    Ok(loaded.into_model(CpuBackend)?.0)
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Copy a model directory's files into a fresh temporary directory.
+pub fn copy_model(src: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+pub fn read_config(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
+}
+
+pub fn write_config(dir: &Path, v: &serde_json::Value) {
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(v).unwrap(),
+    )
+    .unwrap();
+}
+
+pub fn infermeter_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_infermeter"))
+}

@@ -1,0 +1,260 @@
+//! Bad input gets a clear error naming what is wrong, never a panic.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use infermeter::model::tensor_store::{read_all_raw, write_safetensors, OutTensor};
+use serde_json::json;
+
+fn load_err(dir: &Path) -> String {
+    match load_cpu_result(dir) {
+        Ok(_) => panic!("{} loaded, expected an error", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_mentions(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "error `{msg}` does not mention `{p}`");
+    }
+}
+
+#[test]
+fn missing_directory_names_it_and_lists_known_models() {
+    let e = infermeter::model::load("/no/such/model-dir", Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert_mentions(&e, &["/no/such/model-dir", "tiny-llama", "llama-3.2-1b"]);
+}
+
+#[test]
+fn missing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_mentions(&load_err(dir.path()), &["config.json"]);
+    let dir = copy_model(&model_dir("tiny-llama"));
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    assert_mentions(
+        &load_err(dir.path()),
+        &["model.safetensors", "--dummy-weights"],
+    );
+    // a shard listed in the index but absent
+    let dir = copy_model(&model_dir("tiny-llama"));
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        json!({"weight_map": {"model.norm.weight": "model-00001-of-00001.safetensors"}})
+            .to_string(),
+    )
+    .unwrap();
+    assert_mentions(&load_err(dir.path()), &["model-00001-of-00001.safetensors"]);
+}
+
+#[test]
+fn unknown_model_type_lists_supported() {
+    let dir = copy_model(&model_dir("tiny-llama"));
+    let mut cfg = read_config(dir.path());
+    cfg["model_type"] = json!("mamba");
+    write_config(dir.path(), &cfg);
+    assert_mentions(
+        &load_err(dir.path()),
+        &["mamba", "gpt2", "llama", "config.json"],
+    );
+}
+
+#[test]
+fn malformed_json_names_the_file() {
+    let dir = copy_model(&model_dir("tiny-llama"));
+    std::fs::write(
+        dir.path().join("config.json"),
+        "{\"model_type\": \"llama\",",
+    )
+    .unwrap();
+    assert_mentions(&load_err(dir.path()), &["config.json", "malformed JSON"]);
+}
+
+#[test]
+fn bad_config_fields_are_named() {
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        ("hidden_size", json!("wide"), "hidden_size"),
+        ("num_key_value_heads", json!(3), "num_key_value_heads"),
+        ("hidden_act", json!("relu"), "hidden_act"),
+        (
+            "rope_scaling",
+            json!({"rope_type": "yarn", "factor": 4.0}),
+            "yarn",
+        ),
+        (
+            "rope_scaling",
+            json!({"rope_type": "llama3", "factor": 8.0}),
+            "low_freq_factor",
+        ),
+    ];
+    for (field, value, expect) in cases {
+        let dir = copy_model(&model_dir("tiny-llama"));
+        let mut cfg = read_config(dir.path());
+        cfg[field] = value;
+        write_config(dir.path(), &cfg);
+        assert_mentions(&load_err(dir.path()), &[expect]);
+    }
+    let dir = copy_model(&model_dir("tiny-llama"));
+    let mut cfg = read_config(dir.path());
+    cfg.as_object_mut().unwrap().remove("num_hidden_layers");
+    write_config(dir.path(), &cfg);
+    assert_mentions(&load_err(dir.path()), &["num_hidden_layers", "missing"]);
+}
+
+#[test]
+fn truncated_or_corrupt_safetensors() {
+    let dir = copy_model(&model_dir("tiny-llama"));
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert_mentions(&load_err(dir.path()), &["model.safetensors", "truncated"]);
+    std::fs::write(&path, &bytes[..5]).unwrap();
+    assert_mentions(&load_err(dir.path()), &["model.safetensors"]);
+    let mut garbled = bytes.clone();
+    for b in garbled[8..40].iter_mut() {
+        *b = b'#';
+    }
+    std::fs::write(&path, &garbled).unwrap();
+    assert_mentions(
+        &load_err(dir.path()),
+        &["model.safetensors", "invalid safetensors"],
+    );
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = copy_model(&model_dir("tiny-llama"));
+    let path = dir.path().join("model.safetensors");
+    let ts: Vec<OutTensor> = read_all_raw(&path)
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.name != "model.layers.1.mlp.up_proj.weight")
+        .collect();
+    write_safetensors(&path, &ts).unwrap();
+    assert_mentions(
+        &load_err(dir.path()),
+        &["model.layers.1.mlp.up_proj.weight", "not found"],
+    );
+}
+
+#[test]
+fn misshaped_tensor_names_expected_and_found() {
+    let dir = copy_model(&model_dir("tiny-llama"));
+    let path = dir.path().join("model.safetensors");
+    let mut ts = read_all_raw(&path).unwrap();
+    let t = ts
+        .iter_mut()
+        .find(|t| t.name == "model.layers.0.self_attn.o_proj.weight")
+        .unwrap();
+    t.shape = vec![t.shape[1], t.shape[0]]; // 64x64 stays square: use a real mismatch instead
+    let n = t.bytes.len() / 4;
+    t.shape = vec![n / 32, 32];
+    write_safetensors(&path, &ts).unwrap();
+    assert_mentions(
+        &load_err(dir.path()),
+        &[
+            "model.layers.0.self_attn.o_proj.weight",
+            "expected shape [64, 64]",
+            "found [128, 32]",
+        ],
+    );
+}
+
+#[test]
+fn unsupported_dtype_is_named() {
+    let dir = copy_model(&model_dir("tiny-llama"));
+    let path = dir.path().join("model.safetensors");
+    let mut ts = read_all_raw(&path).unwrap();
+    let t = ts
+        .iter_mut()
+        .find(|t| t.name == "model.norm.weight")
+        .unwrap();
+    t.dtype = safetensors::Dtype::I32;
+    write_safetensors(&path, &ts).unwrap();
+    assert_mentions(
+        &load_err(dir.path()),
+        &["model.norm.weight", "I32", "unsupported dtype"],
+    );
+}
+
+fn run_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(infermeter_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    (out.status.success(), stderr)
+}
+
+#[test]
+fn prompt_without_tokenizer() {
+    let (ok, err) = run_cli(&[
+        "generate",
+        "--model",
+        "llama-3.2-1b",
+        "--dummy-weights",
+        "--prompt",
+        "hello",
+    ]);
+    // The config-only model has no tokenizer; the error must say so before any weights are built.
+    assert!(!ok);
+    assert_mentions(&err, &["--prompt needs a tokenizer", "--ids"]);
+}
+
+#[test]
+fn config_only_model_without_dummy_weights() {
+    let (ok, err) = run_cli(&["generate", "--model", "gpt2", "--ids", "1,2"]);
+    assert!(!ok);
+    assert_mentions(&err, &["gpt2", "--dummy-weights"]);
+}
+
+#[test]
+fn prompt_longer_than_context() {
+    // tiny-gpt2 has 128 positions
+    let ids = vec!["5"; 129].join(",");
+    let (ok, err) = run_cli(&[
+        "generate",
+        "--model",
+        "tiny-gpt2",
+        "--ids",
+        &ids,
+        "--max-tokens",
+        "1",
+    ]);
+    assert!(!ok);
+    assert_mentions(&err, &["129 tokens", "context of 128"]);
+    let (ok, err) = run_cli(&[
+        "logits",
+        "--model",
+        "tiny-gpt2",
+        "--ids",
+        &ids,
+        "--out",
+        "/tmp/x.st",
+    ]);
+    assert!(!ok);
+    assert_mentions(&err, &["context of 128"]);
+}
+
+#[test]
+fn bad_ids_and_out_of_vocab_tokens() {
+    let (ok, err) = run_cli(&["generate", "--ids", "1,x,3"]);
+    assert!(!ok);
+    assert_mentions(&err, &["`x`"]);
+    let (ok, err) = run_cli(&["generate", "--ids", "1,99999", "--max-tokens", "1"]);
+    assert!(!ok);
+    assert_mentions(&err, &["99999", "vocabulary"]);
+}
+
+#[test]
+fn bad_sampling_parameters() {
+    let (ok, err) = run_cli(&["generate", "--ids", "1,2", "--top-p", "0"]);
+    assert!(!ok);
+    assert_mentions(&err, &["top_p"]);
+}

@@ -1,0 +1,301 @@
+//! The loader on checkpoint variants not among the fixtures, each built from a fixture so the expected
+//! output is known: name prefixes, shards, dtypes, tied/untied heads, GQA ratios, both config styles
+//! and every RoPE form, derived head_dim.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use infermeter::engine::generate::all_logits;
+use infermeter::model::tensor_store::{raw_to_f32, read_all_raw, write_safetensors, OutTensor};
+use serde_json::json;
+
+/// Logits of prompt 2 (a mid-length prompt) must match the golden ones.
+fn assert_matches_golden(dir: &Path, fixture: &str, tol: f32) {
+    let model = load_cpu(dir);
+    let g = &golden(fixture)[2];
+    let logits = all_logits(&model, &g.ids).unwrap();
+    let err = max_abs_diff(&logits, &g.logits);
+    assert!(err <= tol, "{}: max abs error {err} > {tol}", dir.display());
+}
+
+fn tensors(dir: &Path) -> Vec<OutTensor> {
+    read_all_raw(&dir.join("model.safetensors")).unwrap()
+}
+
+fn rewrite(dir: &Path, ts: &[OutTensor]) {
+    write_safetensors(&dir.join("model.safetensors"), ts).unwrap();
+}
+
+#[test]
+fn gpt2_without_transformer_prefix() {
+    let dir = copy_model(&model_dir("tiny-gpt2"));
+    let mut ts = tensors(dir.path());
+    assert!(ts.iter().all(|t| t.name.starts_with("transformer.")));
+    for t in ts.iter_mut() {
+        t.name = t.name.trim_start_matches("transformer.").to_string();
+    }
+    rewrite(dir.path(), &ts);
+    assert_matches_golden(dir.path(), "tiny-gpt2", 1e-3);
+}
+
+#[test]
+fn gpt2_with_explicit_untied_head_equal_to_embedding() {
+    let dir = copy_model(&model_dir("tiny-gpt2"));
+    let mut ts = tensors(dir.path());
+    let wte = ts
+        .iter()
+        .find(|t| t.name == "transformer.wte.weight")
+        .unwrap();
+    let head = OutTensor {
+        name: "lm_head.weight".into(),
+        dtype: wte.dtype,
+        shape: wte.shape.clone(),
+        bytes: wte.bytes.clone(),
+    };
+    ts.push(head);
+    rewrite(dir.path(), &ts);
+    let mut cfg = read_config(dir.path());
+    cfg["tie_word_embeddings"] = json!(false);
+    write_config(dir.path(), &cfg);
+    assert_matches_golden(dir.path(), "tiny-gpt2", 1e-3);
+}
+
+#[test]
+fn sharded_checkpoint_with_index() {
+    for fixture in ["tiny-llama", "tiny-gpt2"] {
+        let dir = copy_model(&model_dir(fixture));
+        let ts = tensors(dir.path());
+        std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+        let (a, b): (Vec<_>, Vec<_>) = ts.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        let mut map = serde_json::Map::new();
+        for (file, part) in [
+            ("model-00001-of-00002.safetensors", a),
+            ("model-00002-of-00002.safetensors", b),
+        ] {
+            let part: Vec<OutTensor> = part.into_iter().map(|(_, t)| t).collect();
+            for t in &part {
+                map.insert(t.name.clone(), json!(file));
+            }
+            write_safetensors(&dir.path().join(file), &part).unwrap();
+        }
+        let index = json!({"metadata": {"total_size": 0}, "weight_map": map});
+        std::fs::write(
+            dir.path().join("model.safetensors.index.json"),
+            index.to_string(),
+        )
+        .unwrap();
+        assert_matches_golden(dir.path(), fixture, 1e-3);
+    }
+}
+
+/// f16 and bf16 checkpoints load as the f32 values rounded to that dtype, bit for bit, and give
+/// logits close to the f32 model's (the rounding of ~1e-3 relative per weight moves logits by ~1e-2).
+#[test]
+fn f16_and_bf16_checkpoints() {
+    let src = model_dir("tiny-llama");
+    let ts = tensors(&src);
+    for dtype in ["f16", "bf16"] {
+        let dir = copy_model(&src);
+        let converted: Vec<OutTensor> = ts
+            .iter()
+            .map(|t| {
+                let v = raw_to_f32(t).unwrap();
+                match dtype {
+                    "f16" => OutTensor::f16(&t.name, t.shape.clone(), &v),
+                    _ => OutTensor::bf16(&t.name, t.shape.clone(), &v),
+                }
+            })
+            .collect();
+        rewrite(dir.path(), &converted);
+        let store = infermeter::model::tensor_store::TensorStore::open_dir(dir.path()).unwrap();
+        for t in &ts {
+            let got = store.read_f32(&t.name, &t.shape).unwrap();
+            let want: Vec<f32> = raw_to_f32(t)
+                .unwrap()
+                .iter()
+                .map(|&x| match dtype {
+                    "f16" => half::f16::from_f32(x).to_f32(),
+                    _ => half::bf16::from_f32(x).to_f32(),
+                })
+                .collect();
+            assert_eq!(got.data, want, "{dtype} {}", t.name);
+        }
+        let tol = if dtype == "f16" { 2e-2 } else { 1.5e-1 };
+        assert_matches_golden(dir.path(), "tiny-llama", tol);
+    }
+}
+
+#[test]
+fn llama_untied_head_equal_to_embedding() {
+    let dir = copy_model(&model_dir("tiny-llama-bf16"));
+    let mut ts = tensors(dir.path());
+    let e = ts
+        .iter()
+        .find(|t| t.name == "model.embed_tokens.weight")
+        .unwrap();
+    let head = OutTensor {
+        name: "lm_head.weight".into(),
+        dtype: e.dtype,
+        shape: e.shape.clone(),
+        bytes: e.bytes.clone(),
+    };
+    ts.push(head);
+    rewrite(dir.path(), &ts);
+    let mut cfg = read_config(dir.path());
+    cfg["tie_word_embeddings"] = json!(false);
+    write_config(dir.path(), &cfg);
+    assert_matches_golden(dir.path(), "tiny-llama-bf16", 1e-3);
+}
+
+/// Duplicate each KV head `r` times: the same model with `r` times more KV heads (a smaller GQA ratio).
+fn expand_kv_heads(fixture: &str, r: usize) -> tempfile::TempDir {
+    let dir = copy_model(&model_dir(fixture));
+    let mut cfg = read_config(dir.path());
+    let nkv = cfg["num_key_value_heads"].as_u64().unwrap() as usize;
+    let heads = cfg["num_attention_heads"].as_u64().unwrap() as usize;
+    let hidden = cfg["hidden_size"].as_u64().unwrap() as usize;
+    let hd = cfg["head_dim"]
+        .as_u64()
+        .map_or(hidden / heads, |d| d as usize);
+    let mut ts = tensors(dir.path());
+    for t in ts.iter_mut() {
+        if t.name.ends_with("k_proj.weight") || t.name.ends_with("v_proj.weight") {
+            let v = raw_to_f32(t).unwrap();
+            let mut out = Vec::with_capacity(v.len() * r);
+            for h in 0..nkv {
+                for _ in 0..r {
+                    out.extend_from_slice(&v[h * hd * hidden..(h + 1) * hd * hidden]);
+                }
+            }
+            *t = OutTensor::f32(&t.name, vec![nkv * r * hd, hidden], &out);
+        }
+    }
+    rewrite(dir.path(), &ts);
+    cfg["num_key_value_heads"] = json!(nkv * r);
+    write_config(dir.path(), &cfg);
+    dir
+}
+
+#[test]
+fn gqa_ratios_1_2_and_4() {
+    // tiny-llama: 4 heads / 2 KV heads (ratio 2) -> 4 KV heads (ratio 1)
+    let d = expand_kv_heads("tiny-llama", 2);
+    assert_matches_golden(d.path(), "tiny-llama", 1e-3);
+    // tiny-llama-bf16: 8 heads / 2 KV heads (ratio 4) -> 4 KV heads (ratio 2) and 8 (ratio 1)
+    for r in [2, 4] {
+        let d = expand_kv_heads("tiny-llama-bf16", r);
+        assert_matches_golden(d.path(), "tiny-llama-bf16", 1e-3);
+    }
+}
+
+/// transformers 5.x style: RoPE settings in `rope_parameters`, no top-level `rope_theta`.
+#[test]
+fn transformers_5_rope_parameters() {
+    let dir = copy_model(&model_dir("tiny-llama-bf16"));
+    let mut cfg = read_config(dir.path());
+    let theta = cfg["rope_theta"].clone();
+    let obj = cfg.as_object_mut().unwrap();
+    obj.remove("rope_theta");
+    obj.remove("rope_scaling");
+    obj.insert(
+        "rope_parameters".into(),
+        json!({"rope_type": "default", "rope_theta": theta}),
+    );
+    write_config(dir.path(), &cfg);
+    assert_matches_golden(dir.path(), "tiny-llama-bf16", 1e-3);
+}
+
+/// `linear` and `llama3` scalings with factor 1 are the identity, so they must reproduce the golden
+/// logits through their own code paths (the formulas themselves are unit-tested in model::rope);
+/// a real factor must change them.
+#[test]
+fn rope_scaling_forms_in_both_styles() {
+    let scalings = [
+        json!({"rope_type": "linear", "factor": 1.0}),
+        json!({"type": "linear", "factor": 1.0}),
+        json!({"rope_type": "llama3", "factor": 1.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+    ];
+    for s in &scalings {
+        for style in ["4.x", "5.x"] {
+            let dir = copy_model(&model_dir("tiny-llama"));
+            let mut cfg = read_config(dir.path());
+            if style == "4.x" {
+                cfg["rope_scaling"] = s.clone();
+            } else {
+                let mut p = s.clone();
+                p["rope_theta"] = cfg["rope_theta"].clone();
+                cfg.as_object_mut().unwrap().remove("rope_theta");
+                cfg["rope_parameters"] = p;
+            }
+            write_config(dir.path(), &cfg);
+            assert_matches_golden(dir.path(), "tiny-llama", 1e-3);
+        }
+    }
+    let dir = copy_model(&model_dir("tiny-llama"));
+    let mut cfg = read_config(dir.path());
+    cfg["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64});
+    write_config(dir.path(), &cfg);
+    let model = load_cpu(dir.path());
+    let g = &golden("tiny-llama")[2];
+    let err = max_abs_diff(&all_logits(&model, &g.ids).unwrap(), &g.logits);
+    assert!(
+        err > 1e-2,
+        "llama3 factor 8 should change the logits (err {err})"
+    );
+}
+
+#[test]
+fn head_dim_derived_when_absent() {
+    let dir = copy_model(&model_dir("tiny-llama"));
+    let mut cfg = read_config(dir.path());
+    cfg.as_object_mut().unwrap().remove("head_dim");
+    write_config(dir.path(), &cfg);
+    assert_matches_golden(dir.path(), "tiny-llama", 1e-3);
+}
+
+/// Every embedded architecture config builds and runs with dummy weights at a reduced depth.
+#[test]
+fn dummy_weights_for_every_embedded_config() {
+    for m in infermeter::model::registry::EMBEDDED {
+        let mut cfg: serde_json::Value = serde_json::from_str(m.config).unwrap();
+        // keep the real widths, cut the depth and vocabulary so the test stays small
+        for key in ["num_hidden_layers", "n_layer"] {
+            if cfg.get(key).is_some() {
+                cfg[key] = json!(1);
+            }
+        }
+        cfg["vocab_size"] = json!(1000);
+        for key in ["max_position_embeddings", "n_positions"] {
+            if cfg.get(key).is_some() {
+                cfg[key] = json!(64);
+            }
+        }
+        for key in ["eos_token_id", "bos_token_id"] {
+            cfg[key] = json!(1);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        write_config(dir.path(), &cfg);
+        let opts = infermeter::model::LoadOptions {
+            dummy_weights: true,
+            dummy_seed: 1,
+        };
+        let loaded = infermeter::model::load(dir.path().to_str().unwrap(), opts).unwrap();
+        let (model, _) = loaded
+            .into_model(infermeter::backend::cpu::CpuBackend)
+            .unwrap();
+        let logits = all_logits(&model, &[1, 2, 3]).unwrap();
+        assert_eq!(logits.len(), 3 * 1000, "{}", m.name);
+        assert!(logits.iter().all(|x| x.is_finite()), "{}", m.name);
+        // seeded: the same seed gives the same weights
+        let again = infermeter::model::load(dir.path().to_str().unwrap(), opts)
+            .unwrap()
+            .into_model(infermeter::backend::cpu::CpuBackend)
+            .unwrap()
+            .0;
+        assert_eq!(all_logits(&again, &[1, 2, 3]).unwrap(), logits);
+    }
+}
