@@ -29,7 +29,7 @@
 //    sum l, accumulator acc[head_dim] spread over its lanes, rescaled by exp(m_old - m_new)).
 //  - At the end the groups merge: block max of m, block sum of l * exp(m_g - M), and the rescaled
 //    accumulators are summed through shared memory (IM_ATTN_THREADS * IM_ATTN_MAX_HEAD_DIM / 32
-//    floats = 4 KiB; plus 128 bytes for the reductions). out = sum / L, rounded to T once.
+//    floats = 4 KiB; plus 256 bytes for the block max and sum). out = sum / L, rounded to T once.
 //  Requirements (checked by the host; the kernel returns without writing when they fail):
 //  head_dim % IM_VEC == 0, head_dim <= IM_ATTN_MAX_HEAD_DIM, num_heads % num_kv_heads == 0,
 //  blockDim.x a multiple of 32 and <= IM_ATTN_THREADS. Keys whose block id is >= num_blocks are
@@ -184,7 +184,8 @@ extern "C" __global__ void __launch_bounds__(IM_ATTN_THREADS)
     }
     __syncthreads();
 
-    const float inv = ctx > 0 ? 1.f / l_all : 0.f;  // l_all >= 1 when ctx > 0: the top key adds exp(0)
+    // l_all >= 1 whenever a key was read (the top key adds exp(0)); 0 keys give a zero row.
+    const float inv = l_all > 0.f ? 1.f / l_all : 0.f;
     T* o = out + uint64_t(t) * p.out_stride + uint64_t(h) * d;
     for (uint32_t i = threadIdx.x; i < d; i += blockDim.x) {
         float sum = 0.f;

@@ -13,8 +13,8 @@
 // Algorithm: one block per output row (grid-stride over rows), IM_ROW_THREADS threads copying the
 // row in 16-byte vectors (when hidden/cols is a multiple of IM_VEC and the pointers are aligned) or
 // element by element. The position add is done in f32 and rounded once. No shared memory.
-// Bad indices cannot fault: a token id >= vocab (or a position >= max_positions) yields a zero row
-// (or no position term), a gather index >= num_tokens a zero row. The host validates ids first
+// Bad indices cannot fault: a token id >= vocab yields a zero row (position term included), a
+// position >= max_positions no position term, a gather index >= num_tokens a zero row. The host validates ids first
 // (src/backend BatchMeta::validate); these guards only keep a bad batch from touching foreign memory.
 //
 // Roofline (s = sizeof(T)): pure copies, memory-bound, no FLOPs to speak of.

@@ -1,0 +1,292 @@
+// sampling.cu — next-token selection from f32 logits: greedy argmax, and temperature / top-k / top-p
+// sampling driven by one uniform random number per row from the host.
+//
+// What it computes (CPU reference: src/engine/sampling.rs, `argmax` and `Sampler::sample`):
+//   argmax_rows:  out[r] = the index of the largest logit of row r, the first one on ties (as
+//                 torch.argmax). NaNs never win; a row of -inf/NaN only gives 0.
+//   sample_rows:  with P = params[r]:
+//     temperature <= 0 (or NaN): argmax, as above.
+//     Otherwise, c_i = logits[r, i] / temperature; order the tokens by c descending, ties by index
+//     ascending ("rank order"); keep the first top_k (when 0 < top_k < vocab); weight each kept token
+//     by w_i = exp(c_i - c_max); if top_p < 1, keep the shortest rank-order prefix whose weight
+//     reaches top_p * (total kept weight); finally return the first token of the kept prefix at which
+//     the running weight exceeds uniform * (total kept weight) — inverse-CDF sampling in rank order.
+//     This is the CPU sampler's algorithm step for step, so for the same uniform draw both pick the
+//     same token unless the draw falls within f32 rounding of a boundary between two tokens.
+//
+// Layouts: logits f32 [num_rows, vocab] (the lm_head output; f32 whatever the compute dtype);
+//   out uint32 [num_rows]; params SamplingRowParams [num_rows] (params.h).
+//
+// Algorithm: one block of IM_SAMPLING_THREADS threads per row (grid-stride over rows). No sort and no
+// copy of the row: every cut above is "the largest key tau such that the weight of the kept tokens
+// with key >= tau passes a threshold", over the 64-bit rank key
+//     key_i = ord(c_i) << 32 | (0xFFFFFFFF - i)       (ord: order-preserving float -> uint32 map)
+// which is unique per token and orders tokens exactly in rank order (larger key = earlier). The kept
+// set after each cut is {i : key_i >= cut}. A cut is found by a 16-ary search over the value bits:
+// each pass streams the row, and each thread accumulates, for 15 thresholds that split the current
+// range into 16, the weight of the tokens at or above each threshold; one block reduction of the 15
+// sums (shared memory: 15 x 32 floats) picks the sub-range. At most 8 passes cover 32 value bits, and
+// only tokens inside the current range pay for an exp (the weight above the range is carried over).
+// Tokens tied on the boundary value all have the same weight, so the number of them needed follows
+// from one more pass (count, lowest and highest index); only if that is more than one tied token and
+// not all of them is a second search over their indices run. Weights are plain f32 sums in a fixed
+// reduction order, so a row's result is deterministic for a given launch configuration.
+//
+// Roofline: every pass reads the row (4 vocab bytes, from L2 after the first) and does one IEEE
+// division per element (the same c_i as the CPU, so ties and order agree); exps only for tokens in
+// range. Passes per row: 1 (max) + per cut (top-k, top-p, draw) ~ 1 total-weight pass + <= 8 search
+// passes + 1 tie pass — about 11 for plain temperature sampling, up to ~33 with top-k and top-p.
+// For a 128k vocabulary that is tens to a few hundred microseconds per row, with rows in parallel
+// across SMs — fine next to a decode step of a small batch, not a tuned sampler: a sorting-free
+// rejection sampler (FlashInfer style) is the later, faster variant. argmax_rows is one pass:
+// 4 vocab bytes per row, memory-bound.
+#include "common.cuh"
+
+namespace {
+
+constexpr int R = 15;  // thresholds per search pass: each pass narrows the range 16-fold
+
+// Order-preserving map f32 -> uint32 (the total order of f32::total_cmp): a < b <=> ord(a) < ord(b).
+__device__ __forceinline__ uint32_t ord(float f) {
+    const uint32_t u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float unord(uint32_t k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+__device__ __forceinline__ uint64_t rank_key(uint32_t value_key, uint32_t i) {
+    return (uint64_t(value_key) << 32) | uint64_t(~i);
+}
+
+// ---- argmax ----------------------------------------------------------------------------------------
+
+// (value, index) a beats b: larger value, or equal value and smaller index. NaN never beats anything.
+__device__ __forceinline__ bool beats(float av, uint32_t ai, float bv, uint32_t bi) {
+    return av > bv || (av == bv && ai < bi);
+}
+
+__device__ uint32_t argmax_row(const float* __restrict__ row, uint32_t vocab) {
+    __shared__ float parked_v[im::WARP];
+    __shared__ uint32_t parked_i[im::WARP];
+    float bv = im::neg_inf();
+    uint32_t bi = 0xffffffffu;  // "none": loses every tie
+    for (uint32_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const float v = row[i];
+        if (v > bv) {  // strict: a thread keeps its first maximum
+            bv = v;
+            bi = i;
+        }
+    }
+    for (int o = im::WARP / 2; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(im::FULL_MASK, bv, o);
+        const uint32_t oi = __shfl_xor_sync(im::FULL_MASK, bi, o);
+        if (beats(ov, oi, bv, bi)) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+    const uint32_t lane = threadIdx.x % im::WARP, warp = threadIdx.x / im::WARP;
+    __syncthreads();
+    if (lane == 0) {
+        parked_v[warp] = bv;
+        parked_i[warp] = bi;
+    }
+    __syncthreads();
+    const bool have = lane < blockDim.x / im::WARP;
+    bv = have ? parked_v[lane] : im::neg_inf();
+    bi = have ? parked_i[lane] : 0xffffffffu;
+    for (int o = im::WARP / 2; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(im::FULL_MASK, bv, o);
+        const uint32_t oi = __shfl_xor_sync(im::FULL_MASK, bi, o);
+        if (beats(ov, oi, bv, bi)) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+    return bi == 0xffffffffu ? 0u : bi;
+}
+
+// ---- rank-order cuts -------------------------------------------------------------------------------
+
+struct Row {
+    const float* __restrict__ logits;  // [vocab]
+    uint32_t vocab;
+    float temperature;
+    float cmax;  // largest scaled logit: weights are exp(c - cmax) <= 1
+    __device__ __forceinline__ float scaled(uint32_t i) const { return logits[i] / temperature; }
+};
+
+__device__ __forceinline__ bool passes(float weight, float target, bool strict) {
+    return strict ? weight > target : weight >= target;
+}
+
+// Total weight exp(c - cmax) of the kept tokens (rank key >= cut).
+__device__ float kept_weight(const Row& row, uint64_t cut) {
+    float sum = 0.f;
+    for (uint32_t i = threadIdx.x; i < row.vocab; i += blockDim.x) {
+        const float c = row.scaled(i);
+        if (rank_key(ord(c), i) >= cut) sum += expf(c - row.cmax);
+    }
+    return im::block_sum(sum);
+}
+
+// The 16-ary search. Finds the largest x in [lo, hi] with passes(W(x)), where passes(W(lo)) holds and
+// W(x) is non-increasing in x:
+//   value mode:  x ranges over value keys; W(x) = weight of the kept tokens with ord(c) >= x,
+//                weight exp(c - cmax) (exp_weight) or 1;
+//   index mode:  only kept tokens with ord(c) == tie_value; x ranges over their low key words
+//                (0xFFFFFFFF - i); W(x) = how many have a low word >= x.
+// `above` holds W(hi + 1) on entry (0 when hi is the row maximum) and is kept up to date, so tokens
+// above the current range are skipped without an exp.
+__device__ uint32_t search(const Row& row, uint64_t cut, bool index_mode, uint32_t tie_value,
+                           bool exp_weight, float target, bool strict, uint32_t lo, uint32_t hi) {
+    float above = 0.f;
+    while (lo < hi) {
+        const uint64_t width = uint64_t(hi) - lo;
+        const uint64_t step = width / (R + 1) + 1;  // thresholds lo + step, lo + 2 step, ... <= hi
+        uint32_t th[R];
+#pragma unroll
+        for (int j = 0; j < R; ++j) th[j] = uint32_t(min(uint64_t(lo) + (j + 1) * step, uint64_t(hi)));
+
+        float acc[R];
+#pragma unroll
+        for (int j = 0; j < R; ++j) acc[j] = 0.f;
+        for (uint32_t i = threadIdx.x; i < row.vocab; i += blockDim.x) {
+            const float c = row.scaled(i);
+            const uint32_t v = ord(c);
+            uint32_t x;
+            if (index_mode) {
+                if (v != tie_value) continue;
+                x = ~i;
+            } else {
+                x = v;
+            }
+            if (x < th[0] || x > hi) continue;  // below every threshold, or counted in `above`
+            if (rank_key(v, i) < cut) continue;  // not kept
+            const float w = exp_weight ? expf(c - row.cmax) : 1.f;
+#pragma unroll
+            for (int j = 0; j < R; ++j) acc[j] += x >= th[j] ? w : 0.f;
+        }
+        im::block_sum_n<R>(acc);
+
+        uint32_t new_lo = lo, new_hi = hi;
+        for (int j = 0; j < R; ++j) {
+            if (uint64_t(j + 1) * step > width) break;  // thresholds past hi
+            const float wj = acc[j] + above;
+            if (passes(wj, target, strict)) {
+                new_lo = th[j];
+            } else {
+                new_hi = th[j] - 1;
+                above = wj;  // W(new_hi + 1)
+                break;
+            }
+        }
+        lo = new_lo;
+        hi = new_hi;
+    }
+    return lo;
+}
+
+// The cut (a rank key) after which the kept tokens' weight first passes `target` (>= or >): the
+// largest key tau >= cut with passes(W(tau)). passes(W(cut)) should hold; where f32 rounding breaks
+// that, the result is the last kept token (as the CPU sampler's fallback). vmin, vmax: the smallest
+// and largest value keys of the row.
+__device__ uint64_t select_cut(const Row& row, uint64_t cut, uint32_t vmin, uint32_t vmax,
+                               bool exp_weight, float target, bool strict) {
+    // 1. The boundary value: largest value key v with passes(weight of kept tokens with ord(c) >= v).
+    //    The search starts from the smallest kept value (cut's own, or the row minimum when every
+    //    token is kept), so it always ends on the value of a kept token.
+    const uint32_t lo = max(uint32_t(cut >> 32), vmin);
+    const uint32_t v = search(row, cut, false, 0, exp_weight, target, strict, lo, vmax);
+
+    // 2. Tokens tied at v: how many are kept, lowest and highest low word; weight strictly above v.
+    float ties = 0.f, above = 0.f;
+    uint32_t low_min = 0xffffffffu, low_max = 0u;
+    for (uint32_t i = threadIdx.x; i < row.vocab; i += blockDim.x) {
+        const float c = row.scaled(i);
+        const uint32_t x = ord(c);
+        if (x < v || rank_key(x, i) < cut) continue;
+        if (x > v) {
+            above += exp_weight ? expf(c - row.cmax) : 1.f;
+        } else {
+            ties += 1.f;
+            low_min = min(low_min, ~i);
+            low_max = max(low_max, ~i);
+        }
+    }
+    ties = im::block_sum(ties);
+    above = im::block_sum(above);
+    low_min = im::block_min_u32(low_min);
+    low_max = im::block_max_u32(low_max);
+    if (ties <= 1.f) return (uint64_t(v) << 32) | low_max;
+
+    // 3. Each tie weighs the same: n ties (in index order) are needed, n = the smallest count with
+    //    passes(above + n * w); then find the n-th smallest index among the ties.
+    const float w = exp_weight ? expf(unord(v) - row.cmax) : 1.f;
+    float n = ties;
+    if (w > 0.f) {
+        const float x = (target - above) / w;
+        n = strict ? floorf(x) + 1.f : ceilf(x);
+    }
+    n = fminf(fmaxf(n, 1.f), ties);  // also maps NaN to 1
+    if (n == ties) return (uint64_t(v) << 32) | low_min;
+    const uint32_t low = search(row, cut, true, v, false, n, false, low_min, low_max);
+    return (uint64_t(v) << 32) | low;
+}
+
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(IM_SAMPLING_THREADS)
+    argmax_rows(uint32_t* __restrict__ out,         // [num_rows]
+                const float* __restrict__ logits,   // [num_rows, vocab]
+                uint32_t num_rows, uint32_t vocab) {
+    for (uint32_t r = blockIdx.x; r < num_rows; r += gridDim.x) {
+        const uint32_t best = argmax_row(logits + uint64_t(r) * vocab, vocab);
+        if (threadIdx.x == 0) out[r] = best;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(IM_SAMPLING_THREADS)
+    sample_rows(uint32_t* __restrict__ out,                     // [num_rows]
+                const float* __restrict__ logits,               // [num_rows, vocab]
+                const SamplingRowParams* __restrict__ params,   // [num_rows]
+                uint32_t num_rows, uint32_t vocab) {
+    for (uint32_t r = blockIdx.x; r < num_rows; r += gridDim.x) {
+        const float* row_logits = logits + uint64_t(r) * vocab;
+        const SamplingRowParams sp = params[r];
+        uint32_t token;
+        if (!(sp.temperature > 0.f) || vocab == 0) {
+            token = argmax_row(row_logits, vocab);
+        } else {
+            Row row{row_logits, vocab, sp.temperature, 0.f};
+            uint32_t vmin = 0xffffffffu, vmax = 0u;
+            for (uint32_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+                const uint32_t v = ord(row.scaled(i));
+                vmin = min(vmin, v);
+                vmax = max(vmax, v);
+            }
+            vmin = im::block_min_u32(vmin);
+            vmax = im::block_max_u32(vmax);
+            row.cmax = unord(vmax);
+            if (!isfinite(row.cmax)) {
+                token = argmax_row(row_logits, vocab);  // inf/NaN logits: no distribution to sample
+            } else {
+                uint64_t cut = 0;  // every token kept
+                if (sp.top_k > 0 && sp.top_k < vocab)
+                    cut = select_cut(row, cut, vmin, vmax, false, float(sp.top_k), false);
+                if (sp.top_p < 1.f) {
+                    const float total = kept_weight(row, cut);
+                    cut = select_cut(row, cut, vmin, vmax, true, fmaxf(sp.top_p, 0.f) * total, false);
+                }
+                const float total = kept_weight(row, cut);
+                const float u = fminf(fmaxf(sp.uniform, 0.f), 0x1.fffffep-1f);  // [0, 1)
+                // u * total can round up to total (u near 1); keep the target below it so the draw
+                // lands where the running weight reaches the total, not on the last-ranked token.
+                const float target = fminf(u * total, nextafterf(total, 0.f));
+                cut = select_cut(row, cut, vmin, vmax, true, target, true);
+                token = ~uint32_t(cut);
+            }
+        }
+        if (threadIdx.x == 0) out[r] = min(token, vocab - 1);
+    }
+}
