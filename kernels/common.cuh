@@ -193,14 +193,17 @@ __device__ __forceinline__ unsigned block_min_u32(unsigned v) {
     return warp_min_u32(lane < num_warps ? parked[lane] : 0xffffffffu);
 }
 
-// N independent sums at once (one barrier pair for all of them).
-template <int N>
-__device__ __forceinline__ void block_sum_n(float (&v)[N]) {
-    __shared__ float parked[N][WARP];
+// N independent sums at once (one barrier pair for all of them); V is float or an integer type
+// (integer sums are exact, so their result does not depend on the reduction order at all).
+template <int N, typename V>
+__device__ __forceinline__ void block_sum_n(V (&v)[N]) {
+    __shared__ V parked[N][WARP];
     const unsigned lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
     const unsigned num_warps = blockDim.x / WARP;
 #pragma unroll
-    for (int i = 0; i < N; ++i) v[i] = warp_sum(v[i]);
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+        for (int o = WARP / 2; o > 0; o >>= 1) v[i] += __shfl_xor_sync(FULL_MASK, v[i], o);
     __syncthreads();
     if (lane == 0) {
 #pragma unroll
@@ -208,7 +211,11 @@ __device__ __forceinline__ void block_sum_n(float (&v)[N]) {
     }
     __syncthreads();
 #pragma unroll
-    for (int i = 0; i < N; ++i) v[i] = warp_sum(lane < num_warps ? parked[i][lane] : 0.f);
+    for (int i = 0; i < N; ++i) {
+        v[i] = lane < num_warps ? parked[i][lane] : V(0);
+#pragma unroll
+        for (int o = WARP / 2; o > 0; o >>= 1) v[i] += __shfl_xor_sync(FULL_MASK, v[i], o);
+    }
 }
 
 // ---- index helpers ---------------------------------------------------------------------------------

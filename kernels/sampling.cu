@@ -108,39 +108,56 @@ __device__ uint32_t argmax_row(const float* __restrict__ row, uint32_t vocab) {
 
 // ---- rank-order cuts -------------------------------------------------------------------------------
 
+// Token weights are fixed-point: exp(c - cmax) * 2^40, truncated (the top token weighs 2^40). Sums of
+// them are exact integers (< 2^64 for vocabularies below 2^24), so every weight below is exact and
+// independent of summation order. A token lighter than 2^-40 of the top one weighs 0: it is never
+// drawn (its probability is below 1e-12).
+constexpr float FIX_ONE = 1099511627776.f;  // 2^40
+constexpr float TWO_POW_64 = 18446744073709551616.f;
+
 struct Row {
     const float* __restrict__ logits;  // [vocab]
     uint32_t vocab;
     float temperature;
-    float cmax;  // largest scaled logit: weights are exp(c - cmax) <= 1
+    float cmax;  // largest scaled logit
     __device__ __forceinline__ float scaled(uint32_t i) const { return logits[i] / temperature; }
+    __device__ __forceinline__ uint64_t weight(float c) const {
+        return __float2ull_rz(expf(c - cmax) * FIX_ONE);
+    }
 };
 
-__device__ __forceinline__ bool passes(float weight, float target, bool strict) {
+// floor(total * f) for f in [0, 1), exactly enough: f carries 24 significant bits.
+__device__ __forceinline__ uint64_t scale_fraction(uint64_t total, float f) {
+    return __umul64hi(total, __float2ull_rz(f * TWO_POW_64));
+}
+
+__device__ __forceinline__ bool passes(uint64_t weight, uint64_t target, bool strict) {
     return strict ? weight > target : weight >= target;
 }
 
-// Total weight exp(c - cmax) of the kept tokens (rank key >= cut).
-__device__ float kept_weight(const Row& row, uint64_t cut) {
-    float sum = 0.f;
+// Total weight of the kept tokens (rank key >= cut).
+__device__ uint64_t kept_weight(const Row& row, uint64_t cut) {
+    uint64_t sum[1] = {0};
     for (uint32_t i = threadIdx.x; i < row.vocab; i += blockDim.x) {
         const float c = row.scaled(i);
-        if (rank_key(ord(c), i) >= cut) sum += expf(c - row.cmax);
+        if (rank_key(ord(c), i) >= cut) sum[0] += row.weight(c);
     }
-    return im::block_sum(sum);
+    im::block_sum_n<1>(sum);
+    return sum[0];
 }
 
-// The 16-ary search. Finds the largest x in [lo, hi] with passes(W(x)), where passes(W(lo)) holds and
+// The 16-ary search. Finds the largest x in [lo, hi] with passes(W(x)), given passes(W(lo)), where
 // W(x) is non-increasing in x:
 //   value mode:  x ranges over value keys; W(x) = weight of the kept tokens with ord(c) >= x,
-//                weight exp(c - cmax) (exp_weight) or 1;
+//                the fixed-point weight (use_weight) or 1 per token (a count);
 //   index mode:  only kept tokens with ord(c) == tie_value; x ranges over their low key words
 //                (0xFFFFFFFF - i); W(x) = how many have a low word >= x.
-// `above` holds W(hi + 1) on entry (0 when hi is the row maximum) and is kept up to date, so tokens
-// above the current range are skipped without an exp.
+// Since W only drops just above a token's x, the answer is always some kept token's x. `above`
+// carries W(hi + 1) (0 at the start: hi is the largest x there is), so tokens above the current range
+// are skipped without an exp.
 __device__ uint32_t search(const Row& row, uint64_t cut, bool index_mode, uint32_t tie_value,
-                           bool exp_weight, float target, bool strict, uint32_t lo, uint32_t hi) {
-    float above = 0.f;
+                           bool use_weight, uint64_t target, bool strict, uint32_t lo, uint32_t hi) {
+    uint64_t above = 0;
     while (lo < hi) {
         const uint64_t width = uint64_t(hi) - lo;
         const uint64_t step = width / (R + 1) + 1;  // thresholds lo + step, lo + 2 step, ... <= hi
@@ -148,9 +165,9 @@ __device__ uint32_t search(const Row& row, uint64_t cut, bool index_mode, uint32
 #pragma unroll
         for (int j = 0; j < R; ++j) th[j] = uint32_t(min(uint64_t(lo) + (j + 1) * step, uint64_t(hi)));
 
-        float acc[R];
+        uint64_t acc[R];
 #pragma unroll
-        for (int j = 0; j < R; ++j) acc[j] = 0.f;
+        for (int j = 0; j < R; ++j) acc[j] = 0;
         for (uint32_t i = threadIdx.x; i < row.vocab; i += blockDim.x) {
             const float c = row.scaled(i);
             const uint32_t v = ord(c);
@@ -163,16 +180,16 @@ __device__ uint32_t search(const Row& row, uint64_t cut, bool index_mode, uint32
             }
             if (x < th[0] || x > hi) continue;  // below every threshold, or counted in `above`
             if (rank_key(v, i) < cut) continue;  // not kept
-            const float w = exp_weight ? expf(c - row.cmax) : 1.f;
+            const uint64_t w = use_weight ? row.weight(c) : 1;
 #pragma unroll
-            for (int j = 0; j < R; ++j) acc[j] += x >= th[j] ? w : 0.f;
+            for (int j = 0; j < R; ++j) acc[j] += x >= th[j] ? w : 0;
         }
         im::block_sum_n<R>(acc);
 
         uint32_t new_lo = lo, new_hi = hi;
         for (int j = 0; j < R; ++j) {
             if (uint64_t(j + 1) * step > width) break;  // thresholds past hi
-            const float wj = acc[j] + above;
+            const uint64_t wj = acc[j] + above;
             if (passes(wj, target, strict)) {
                 new_lo = th[j];
             } else {
@@ -187,48 +204,45 @@ __device__ uint32_t search(const Row& row, uint64_t cut, bool index_mode, uint32
     return lo;
 }
 
-// The cut (a rank key) after which the kept tokens' weight first passes `target` (>= or >): the
-// largest key tau >= cut with passes(W(tau)). passes(W(cut)) should hold; where f32 rounding breaks
-// that, the result is the last kept token (as the CPU sampler's fallback). vmin, vmax: the smallest
-// and largest value keys of the row.
+// The cut (a rank key) at which the kept tokens' weight, summed in rank order, first passes `target`
+// (>= or >): the largest key tau >= cut with passes(W(tau)). passes(W(cut)) must hold (it does for
+// every caller: top-k k < vocab, top-p target <= total, draw target < total). vmin, vmax: the
+// smallest and largest value keys of the row.
 __device__ uint64_t select_cut(const Row& row, uint64_t cut, uint32_t vmin, uint32_t vmax,
-                               bool exp_weight, float target, bool strict) {
-    // 1. The boundary value: largest value key v with passes(weight of kept tokens with ord(c) >= v).
-    //    The search starts from the smallest kept value (cut's own, or the row minimum when every
-    //    token is kept), so it always ends on the value of a kept token.
+                               bool use_weight, uint64_t target, bool strict) {
+    // 1. The boundary value v: the largest value key with passes(weight of kept tokens >= v). The
+    //    search starts from the smallest kept value (cut's own, or the row minimum when every token
+    //    is kept).
     const uint32_t lo = max(uint32_t(cut >> 32), vmin);
-    const uint32_t v = search(row, cut, false, 0, exp_weight, target, strict, lo, vmax);
+    const uint32_t v = search(row, cut, false, 0, use_weight, target, strict, lo, vmax);
 
     // 2. Tokens tied at v: how many are kept, lowest and highest low word; weight strictly above v.
-    float ties = 0.f, above = 0.f;
+    uint64_t sums[2] = {0, 0};  // ties, above
     uint32_t low_min = 0xffffffffu, low_max = 0u;
     for (uint32_t i = threadIdx.x; i < row.vocab; i += blockDim.x) {
         const float c = row.scaled(i);
         const uint32_t x = ord(c);
         if (x < v || rank_key(x, i) < cut) continue;
         if (x > v) {
-            above += exp_weight ? expf(c - row.cmax) : 1.f;
+            sums[1] += use_weight ? row.weight(c) : 1;
         } else {
-            ties += 1.f;
+            sums[0] += 1;
             low_min = min(low_min, ~i);
             low_max = max(low_max, ~i);
         }
     }
-    ties = im::block_sum(ties);
-    above = im::block_sum(above);
+    im::block_sum_n<2>(sums);
+    const uint64_t ties = sums[0], above = sums[1];
     low_min = im::block_min_u32(low_min);
     low_max = im::block_max_u32(low_max);
-    if (ties <= 1.f) return (uint64_t(v) << 32) | low_max;
+    if (ties <= 1) return (uint64_t(v) << 32) | low_max;
 
-    // 3. Each tie weighs the same: n ties (in index order) are needed, n = the smallest count with
-    //    passes(above + n * w); then find the n-th smallest index among the ties.
-    const float w = exp_weight ? expf(unord(v) - row.cmax) : 1.f;
-    float n = ties;
-    if (w > 0.f) {
-        const float x = (target - above) / w;
-        n = strict ? floorf(x) + 1.f : ceilf(x);
-    }
-    n = fminf(fmaxf(n, 1.f), ties);  // also maps NaN to 1
+    // 3. Tied tokens weigh the same w, so n of them (in index order) are needed: the smallest n with
+    //    passes(above + n w). Then find the n-th smallest index among the ties.
+    const uint64_t w = use_weight ? row.weight(unord(v)) : 1;
+    uint64_t n = 1;
+    if (w > 0 && target >= above) n = strict ? (target - above) / w + 1 : (target - above + w - 1) / w;
+    n = min(max(n, uint64_t(1)), ties);
     if (n == ties) return (uint64_t(v) << 32) | low_min;
     const uint32_t low = search(row, cut, true, v, false, n, false, low_min, low_max);
     return (uint64_t(v) << 32) | low;
@@ -273,17 +287,16 @@ extern "C" __global__ void __launch_bounds__(IM_SAMPLING_THREADS)
             } else {
                 uint64_t cut = 0;  // every token kept
                 if (sp.top_k > 0 && sp.top_k < vocab)
-                    cut = select_cut(row, cut, vmin, vmax, false, float(sp.top_k), false);
+                    cut = select_cut(row, cut, vmin, vmax, false, sp.top_k, false);
                 if (sp.top_p < 1.f) {
-                    const float total = kept_weight(row, cut);
-                    cut = select_cut(row, cut, vmin, vmax, true, fmaxf(sp.top_p, 0.f) * total, false);
+                    const uint64_t total = kept_weight(row, cut);
+                    cut = select_cut(row, cut, vmin, vmax, true,
+                                     scale_fraction(total, fmaxf(sp.top_p, 0.f)), false);
                 }
-                const float total = kept_weight(row, cut);
+                // Inverse CDF: the first token whose running weight exceeds u * total (< total).
+                const uint64_t total = kept_weight(row, cut);
                 const float u = fminf(fmaxf(sp.uniform, 0.f), 0x1.fffffep-1f);  // [0, 1)
-                // u * total can round up to total (u near 1); keep the target below it so the draw
-                // lands where the running weight reaches the total, not on the last-ranked token.
-                const float target = fminf(u * total, nextafterf(total, 0.f));
-                cut = select_cut(row, cut, vmin, vmax, true, target, true);
+                cut = select_cut(row, cut, vmin, vmax, true, scale_fraction(total, u), true);
                 token = ~uint32_t(cut);
             }
         }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod kv;
 pub mod metrics;
 pub mod model;
+pub mod sched;
 pub mod util;
 pub mod workload;
 

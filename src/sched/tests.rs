@@ -1,0 +1,299 @@
+//! The scheduler driven by a simulated model whose next token depends on the whole context, over a
+//! simulated paged KV store that records which (token, position) each slot holds. Every step checks
+//! that each chunk reads exactly its own prefix through its block table — so chunking, preemption
+//! and prefix sharing can never feed a request someone else's K/V.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// Deterministic "model": the next token is a hash of the whole context.
+fn next_token(context: &[u32], vocab: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &t in context {
+        h = (h ^ t as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    (h % vocab as u64) as u32
+}
+
+struct Sim {
+    sched: Scheduler,
+    block_size: usize,
+    /// slot -> (token, position) last written there
+    slots: HashMap<usize, (u32, usize)>,
+    max_tokens: HashMap<RequestId, usize>,
+    finished: HashMap<RequestId, Vec<u32>>,
+    steps: usize,
+}
+
+impl Sim {
+    fn new(num_blocks: usize, block_size: usize, caching: bool, cfg: SchedulerConfig) -> Self {
+        Self {
+            sched: Scheduler::new(cfg, KvCacheManager::new(num_blocks, block_size, caching)),
+            block_size,
+            slots: HashMap::new(),
+            max_tokens: HashMap::new(),
+            finished: HashMap::new(),
+            steps: 0,
+        }
+    }
+
+    fn add(&mut self, id: RequestId, prompt: Vec<u32>, max_tokens: usize) {
+        self.max_tokens.insert(id, max_tokens);
+        self.sched.add(SeqState::new(id, prompt));
+    }
+
+    fn slot(&self, id: RequestId, pos: usize) -> usize {
+        let table = self.sched.block_table(id);
+        table[pos / self.block_size] as usize * self.block_size + pos % self.block_size
+    }
+
+    fn step(&mut self, vocab: u32) {
+        let plan = self.sched.schedule();
+        let cfg = self.sched.config();
+        assert!(plan.num_tokens() <= cfg.max_num_batched_tokens);
+        assert!(self.sched.num_running() <= cfg.max_num_seqs);
+        assert!(
+            !plan.chunks.is_empty() || !self.sched.has_work(),
+            "a step with work did nothing"
+        );
+        let mut sampled = Vec::new();
+        for c in &plan.chunks {
+            let seq = self
+                .sched
+                .running_seq(c.id)
+                .expect("chunk of a running request");
+            let tokens = seq.tokens.clone();
+            // the K/V this chunk attends to must be the request's own earlier tokens
+            for p in 0..c.start {
+                assert_eq!(
+                    self.slots.get(&self.slot(c.id, p)),
+                    Some(&(tokens[p], p)),
+                    "request {} reads a wrong K/V at position {p}",
+                    c.id
+                );
+            }
+            for p in c.start..c.start + c.len {
+                let s = self.slot(c.id, p);
+                self.slots.insert(s, (tokens[p], p));
+            }
+            if c.samples {
+                sampled.push((c.id, next_token(&tokens, vocab)));
+            }
+        }
+        self.sched.complete_step(&plan, &sampled);
+        for &(id, _) in &sampled {
+            let seq = self.sched.running_seq(id).unwrap();
+            if seq.num_outputs() >= self.max_tokens[&id] {
+                let s = self.sched.finish(id).unwrap();
+                self.finished.insert(id, s.tokens[s.prompt_len..].to_vec());
+            }
+        }
+        self.sched.kv().check_invariants().unwrap();
+        self.steps += 1;
+    }
+
+    fn run(&mut self, vocab: u32, max_steps: usize) {
+        while self.sched.has_work() {
+            assert!(
+                self.steps < max_steps,
+                "no progress after {max_steps} steps (starvation?)"
+            );
+            self.step(vocab);
+        }
+    }
+}
+
+fn sequential(prompt: &[u32], max_tokens: usize, vocab: u32) -> Vec<u32> {
+    let mut ctx = prompt.to_vec();
+    for _ in 0..max_tokens {
+        ctx.push(next_token(&ctx, vocab));
+    }
+    ctx[prompt.len()..].to_vec()
+}
+
+fn cfg(seqs: usize, tokens: usize) -> SchedulerConfig {
+    SchedulerConfig {
+        max_num_seqs: seqs,
+        max_num_batched_tokens: tokens,
+    }
+}
+
+#[test]
+fn chunked_prefill_splits_long_prompts_to_the_budget() {
+    let mut sim = Sim::new(64, 4, false, cfg(8, 7));
+    sim.add(1, (0..20).collect(), 3);
+    let plan = sim.sched.schedule();
+    assert_eq!(plan.chunks.len(), 1);
+    assert_eq!(
+        (
+            plan.chunks[0].start,
+            plan.chunks[0].len,
+            plan.chunks[0].samples
+        ),
+        (0, 7, false)
+    );
+    sim.sched.complete_step(&plan, &[]);
+    let plan = sim.sched.schedule();
+    assert_eq!((plan.chunks[0].start, plan.chunks[0].len), (7, 7));
+}
+
+#[test]
+fn decode_tokens_come_before_new_prefills_and_budget_is_shared() {
+    let mut sim = Sim::new(64, 4, false, cfg(8, 10));
+    sim.add(1, vec![1, 2, 3], 5);
+    sim.step(50);
+    sim.add(2, (0..30).collect(), 2);
+    let plan = sim.sched.schedule();
+    assert_eq!(plan.chunks[0].id, 1);
+    assert!(plan.chunks[0].is_decode && plan.chunks[0].len == 1);
+    assert_eq!((plan.chunks[1].id, plan.chunks[1].len), (2, 9));
+}
+
+#[test]
+fn preemption_takes_the_most_recently_admitted_and_recomputes() {
+    // 4 blocks of 2 tokens: two requests of 3-token prompts fit, then decoding outgrows the pool.
+    let mut sim = Sim::new(4, 2, false, cfg(8, 64));
+    sim.add(1, vec![1, 2, 3], 6);
+    sim.add(2, vec![4, 5, 6], 6);
+    sim.step(50);
+    assert_eq!(sim.sched.num_running(), 2);
+    let mut preempted = Vec::new();
+    while sim.sched.has_work() {
+        let before = sim.sched.total_preemptions();
+        sim.step(50);
+        if sim.sched.total_preemptions() > before {
+            preempted.push(sim.steps);
+        }
+        assert!(sim.steps < 100);
+    }
+    assert!(
+        !preempted.is_empty(),
+        "the pool was meant to force a preemption"
+    );
+    assert_eq!(sim.finished[&1], sequential(&[1, 2, 3], 6, 50));
+    assert_eq!(sim.finished[&2], sequential(&[4, 5, 6], 6, 50));
+    assert_eq!(sim.sched.kv().num_free_blocks(), 4);
+}
+
+#[test]
+fn fcfs_head_blocks_smaller_requests_behind_it() {
+    let mut sim = Sim::new(4, 2, false, cfg(8, 64));
+    sim.add(1, vec![1; 5], 1); // 3 blocks
+    sim.add(2, vec![2; 5], 1); // 3 blocks: does not fit beside request 1
+    sim.add(3, vec![3], 1); // 1 block: would fit, but must wait its turn
+    let plan = sim.sched.schedule();
+    assert_eq!(plan.admitted, vec![1]);
+}
+
+#[test]
+fn prefix_cache_hits_skip_shared_prompt_blocks() {
+    let mut sim = Sim::new(32, 4, true, cfg(8, 64));
+    let shared: Vec<u32> = (0..12).collect();
+    sim.add(1, [shared.clone(), vec![100, 101]].concat(), 2);
+    sim.run(50, 100);
+    sim.add(2, [shared.clone(), vec![200]].concat(), 2);
+    let plan = sim.sched.schedule();
+    assert_eq!((plan.chunks[0].start, plan.chunks[0].len), (12, 1));
+    sim.sched.complete_step(&plan, &[(2, 7)]);
+    assert_eq!(sim.sched.running_seq(2).unwrap().prefix_hit_tokens, 12);
+}
+
+#[test]
+fn max_num_seqs_caps_the_batch() {
+    let mut sim = Sim::new(64, 4, false, cfg(2, 64));
+    for id in 0..5 {
+        sim.add(id, vec![id as u32 + 1; 3], 2);
+    }
+    let plan = sim.sched.schedule();
+    assert_eq!(plan.admitted.len(), 2);
+    sim.run(50, 100);
+    assert_eq!(sim.finished.len(), 5);
+}
+
+#[derive(Debug, Clone)]
+struct Mix {
+    num_blocks: usize,
+    block_size: usize,
+    caching: bool,
+    max_seqs: usize,
+    budget: usize,
+    /// (prefix family, extra tokens, max_tokens, arrival step)
+    requests: Vec<(usize, Vec<u32>, usize, usize)>,
+}
+
+fn mix() -> impl Strategy<Value = Mix> {
+    (
+        1usize..5,
+        any::<bool>(),
+        1usize..6,
+        1usize..24,
+        prop::collection::vec(
+            (
+                0usize..3,
+                prop::collection::vec(0u32..4, 1..10),
+                1usize..8,
+                0usize..6,
+            ),
+            1..10,
+        ),
+    )
+        .prop_map(|(block_size, caching, max_seqs, budget, requests)| {
+            // the pool must hold the longest request alone: prefix (≤ 8) + extra (≤ 9) + outputs (≤ 7)
+            let min_blocks = 24usize.div_ceil(block_size);
+            Mix {
+                num_blocks: min_blocks + requests.len() % 3 * 4,
+                block_size,
+                caching,
+                max_seqs,
+                budget,
+                requests,
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Random request mixes: every request completes with exactly its sequential output, the KV
+    /// each chunk reads is its own, reference counts stay consistent (checked every step), and every
+    /// block is free at the end.
+    #[test]
+    fn random_mixes_match_sequential_and_free_everything(m in mix()) {
+        let prefixes: [Vec<u32>; 3] = [(0..8).collect(), (0..8).map(|t| t % 3).collect(), vec![7; 5]];
+        let mut sim = Sim::new(m.num_blocks, m.block_size, m.caching, cfg(m.max_seqs, m.budget));
+        let vocab = 6;
+        let mut pending: Vec<(RequestId, Vec<u32>, usize, usize)> = m
+            .requests
+            .iter()
+            .enumerate()
+            .map(|(i, (fam, extra, max, arrival))| {
+                (i as RequestId, [prefixes[*fam].clone(), extra.clone()].concat(), *max, *arrival)
+            })
+            .collect();
+        let expected: HashMap<RequestId, Vec<u32>> = pending
+            .iter()
+            .map(|(id, p, max, _)| (*id, sequential(p, *max, vocab)))
+            .collect();
+        let mut step = 0;
+        while !pending.is_empty() || sim.sched.has_work() {
+            let (now, later): (Vec<_>, Vec<_>) = pending.into_iter().partition(|r| r.3 <= step);
+            pending = later;
+            for (id, prompt, max, _) in now {
+                sim.add(id, prompt, max);
+            }
+            if sim.sched.has_work() {
+                sim.step(vocab);
+            }
+            step += 1;
+            prop_assert!(step < 2000, "no progress: starvation");
+        }
+        prop_assert_eq!(sim.finished.len(), expected.len());
+        for (id, want) in &expected {
+            prop_assert_eq!(&sim.finished[id], want, "request {}", id);
+        }
+        prop_assert_eq!(sim.sched.kv().num_free_blocks(), m.num_blocks);
+    }
+}
