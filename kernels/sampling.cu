@@ -11,35 +11,39 @@
 //     by w_i = exp(c_i - c_max); if top_p < 1, keep the shortest rank-order prefix whose weight
 //     reaches top_p * (total kept weight); finally return the first token of the kept prefix at which
 //     the running weight exceeds uniform * (total kept weight) — inverse-CDF sampling in rank order.
-//     This is the CPU sampler's algorithm step for step, so for the same uniform draw both pick the
-//     same token unless the draw falls within f32 rounding of a boundary between two tokens.
+//     This is the CPU sampler's algorithm step for step, with exact weights: for the same uniform
+//     draw both pick the same token unless the draw falls within f32 rounding of the CPU's running
+//     sum at a boundary between two tokens.
 //
 // Layouts: logits f32 [num_rows, vocab] (the lm_head output; f32 whatever the compute dtype);
 //   out uint32 [num_rows]; params SamplingRowParams [num_rows] (params.h).
 //
 // Algorithm: one block of IM_SAMPLING_THREADS threads per row (grid-stride over rows). No sort and no
-// copy of the row: every cut above is "the largest key tau such that the weight of the kept tokens
-// with key >= tau passes a threshold", over the 64-bit rank key
+// copy of the row. Every cut above is "the largest rank key tau such that the weight of the kept
+// tokens with key >= tau passes a target", over the 64-bit rank key
 //     key_i = ord(c_i) << 32 | (0xFFFFFFFF - i)       (ord: order-preserving float -> uint32 map)
 // which is unique per token and orders tokens exactly in rank order (larger key = earlier). The kept
-// set after each cut is {i : key_i >= cut}. A cut is found by a 16-ary search over the value bits:
-// each pass streams the row, and each thread accumulates, for 15 thresholds that split the current
-// range into 16, the weight of the tokens at or above each threshold; one block reduction of the 15
-// sums (shared memory: 15 x 32 floats) picks the sub-range. At most 8 passes cover 32 value bits, and
-// only tokens inside the current range pay for an exp (the weight above the range is carried over).
-// Tokens tied on the boundary value all have the same weight, so the number of them needed follows
-// from one more pass (count, lowest and highest index); only if that is more than one tied token and
-// not all of them is a second search over their indices run. Weights are plain f32 sums in a fixed
-// reduction order, so a row's result is deterministic for a given launch configuration.
+// set after each cut is {i : key_i >= cut}. Weights are fixed-point integers, exp(c - c_max) * 2^40
+// truncated, so every sum is exact whatever the order: cuts are exact for these weights, and results
+// are bit-identical across runs and launch configurations (tokens lighter than 2^-40 of the top one
+// weigh 0 and are never drawn). A cut is found by a 16-ary search over the 32 value bits: each pass
+// streams the row and each thread accumulates, for 15 thresholds that split the current range into
+// 16, the weight of the kept tokens at or above each threshold; one block reduction of the 15 u64
+// sums (shared memory: 15 x 32 x 8 bytes) picks the sub-range. At most 8 passes cover 32 bits, and
+// only tokens inside the current range pay for an exp (the weight above it is carried over). Tokens
+// tied at the boundary value weigh the same, so the number of them needed follows from one more pass
+// (tie count, lowest and highest index, weight above); only when some but not all of several tied
+// tokens are needed does a second search, over their indices, run. The top-k cut is the same search
+// with weight 1 per token (a count).
 //
 // Roofline: every pass reads the row (4 vocab bytes, from L2 after the first) and does one IEEE
 // division per element (the same c_i as the CPU, so ties and order agree); exps only for tokens in
-// range. Passes per row: 1 (max) + per cut (top-k, top-p, draw) ~ 1 total-weight pass + <= 8 search
-// passes + 1 tie pass — about 11 for plain temperature sampling, up to ~33 with top-k and top-p.
-// For a 128k vocabulary that is tens to a few hundred microseconds per row, with rows in parallel
-// across SMs — fine next to a decode step of a small batch, not a tuned sampler: a sorting-free
-// rejection sampler (FlashInfer style) is the later, faster variant. argmax_rows is one pass:
-// 4 vocab bytes per row, memory-bound.
+// range. Passes per row: 2 (max/min, total) + per cut <= 8 search passes + 1 tie pass: about 11 for
+// plain temperature sampling, up to ~30 with top-k and top-p. For a 128k vocabulary that is tens to a
+// few hundred microseconds per row on one SM, rows in parallel across SMs: fine next to a decode step
+// of a small batch, not a tuned sampler (a sorting-free rejection sampler, FlashInfer style, is the
+// later, faster variant). 124 registers per thread at 512 threads (see REGISTERS.md), no spills.
+// argmax_rows is one pass: 4 vocab bytes per row, memory-bound.
 #include "common.cuh"
 
 namespace {
@@ -186,20 +190,27 @@ __device__ uint32_t search(const Row& row, uint64_t cut, bool index_mode, uint32
         }
         im::block_sum_n<R>(acc);
 
+        // W(th[j]) passes for j below some point and fails from there on (thresholds past hi are
+        // ignored). Fully unrolled, without an early exit, so acc and th stay in registers.
         uint32_t new_lo = lo, new_hi = hi;
+        uint64_t new_above = above;
+        bool failed = false;
+#pragma unroll
         for (int j = 0; j < R; ++j) {
-            if (uint64_t(j + 1) * step > width) break;  // thresholds past hi
             const uint64_t wj = acc[j] + above;
-            if (passes(wj, target, strict)) {
-                new_lo = th[j];
-            } else {
-                new_hi = th[j] - 1;
-                above = wj;  // W(new_hi + 1)
-                break;
+            if (!failed && uint64_t(j + 1) * step <= width) {
+                if (passes(wj, target, strict)) {
+                    new_lo = th[j];
+                } else {
+                    new_hi = th[j] - 1;
+                    new_above = wj;  // W(new_hi + 1)
+                    failed = true;
+                }
             }
         }
         lo = new_lo;
         hi = new_hi;
+        above = new_above;
     }
     return lo;
 }

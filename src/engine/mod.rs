@@ -1,8 +1,10 @@
 //! The engine: model + backend + KV cache + scheduler; the step loop; sampling.
 
 pub mod batch;
+pub mod core;
 pub mod generate;
 pub mod sampling;
 
+pub use core::{Engine, EngineConfig, EngineRequest, FinishedRequest, StepRecord, TokenEvent};
 pub use generate::{generate, FinishReason, GenerateOutput, GenerateRequest};
 pub use sampling::{Sampler, SamplingParams};

@@ -1,0 +1,277 @@
+//! The engine under continuous batching against sequential generation, for every fixture model:
+//! mixed lengths, prefix caching on and off, a KV pool small enough to force preemptions, and a
+//! token budget so small that every prefill is chunked.
+
+mod common;
+
+use std::time::Instant;
+
+use common::*;
+use infermeter::engine::{
+    generate, Engine, EngineConfig, EngineRequest, GenerateRequest, SamplingParams,
+};
+
+struct Case {
+    name: &'static str,
+    cfg: EngineConfig,
+}
+
+fn cases(max_context: usize) -> Vec<Case> {
+    let roomy = EngineConfig {
+        block_size: 16,
+        num_blocks: 512,
+        max_num_seqs: 64,
+        max_num_batched_tokens: 4096,
+        enable_prefix_caching: true,
+    };
+    vec![
+        Case {
+            name: "roomy, prefix caching",
+            cfg: roomy,
+        },
+        Case {
+            name: "roomy, no prefix caching",
+            cfg: EngineConfig {
+                enable_prefix_caching: false,
+                ..roomy
+            },
+        },
+        Case {
+            name: "token budget 7 (every prefill chunked)",
+            cfg: EngineConfig {
+                max_num_batched_tokens: 7,
+                ..roomy
+            },
+        },
+        Case {
+            name: "tiny pool (preemptions), block 4",
+            cfg: EngineConfig {
+                block_size: 4,
+                // just enough for the longest request alone
+                num_blocks: max_context.div_ceil(4) + 2,
+                ..roomy
+            },
+        },
+        Case {
+            name: "tiny pool, budget 7, no prefix caching, 3 seqs",
+            cfg: EngineConfig {
+                block_size: 4,
+                num_blocks: max_context.div_ceil(4) + 2,
+                max_num_seqs: 3,
+                max_num_batched_tokens: 7,
+                enable_prefix_caching: false,
+            },
+        },
+    ]
+}
+
+/// Prompts of mixed lengths: the golden ones, their prefixes (prefix-cache hits) and repeats.
+fn prompts(name: &str) -> Vec<(Vec<u32>, usize)> {
+    let g = golden(name);
+    let mut v: Vec<(Vec<u32>, usize)> = g.iter().map(|p| (p.ids.clone(), p.greedy.len())).collect();
+    let long = &g[3].ids;
+    v.push((long[..long.len() / 2].to_vec(), 9));
+    v.push((long[..33].to_vec(), 17));
+    v.push((g[0].ids.clone(), 5));
+    v.push((vec![g[1].ids[0]], 12));
+    v
+}
+
+#[test]
+fn batched_greedy_equals_sequential_for_every_fixture() {
+    for name in FIXTURES {
+        let dir = model_dir(name);
+        let reqs = prompts(name);
+        let reference = load_cpu(&dir);
+        let expected: Vec<Vec<u32>> = reqs
+            .iter()
+            .map(|(p, n)| {
+                generate(
+                    &reference,
+                    &GenerateRequest {
+                        prompt_ids: p.clone(),
+                        max_tokens: *n,
+                        sampling: SamplingParams::greedy(),
+                        ignore_eos: true,
+                    },
+                )
+                .unwrap()
+                .output_ids
+            })
+            .collect();
+        // the golden prompts must also give HF's greedy continuation
+        for (i, g) in golden(name).iter().enumerate() {
+            assert_eq!(expected[i], g.greedy, "{name} prompt{i} sequential");
+        }
+        let max_len = reqs.iter().map(|(p, n)| p.len() + n).max().unwrap();
+        for case in cases(max_len) {
+            let mut engine = Engine::new(load_cpu(&dir), case.cfg, Instant::now()).unwrap();
+            let add = |engine: &mut Engine<_>, i: usize| {
+                let (p, n) = &reqs[i];
+                engine
+                    .add_request(EngineRequest {
+                        prompt_ids: p.clone(),
+                        max_tokens: *n,
+                        sampling: SamplingParams::greedy(),
+                        ignore_eos: true,
+                    })
+                    .unwrap()
+            };
+            // The golden prompts arrive first; the ones sharing their prefixes a few steps later,
+            // once those prefixes are computed and cached.
+            let mut ids: Vec<u64> = (0..4).map(|i| add(&mut engine, i)).collect();
+            for _ in 0..3 {
+                engine.step().unwrap();
+            }
+            ids.extend((4..reqs.len()).map(|i| add(&mut engine, i)));
+            let mut outputs = std::collections::HashMap::new();
+            let mut steps = 0;
+            let mut max_batch = 0;
+            while engine.has_unfinished() {
+                let out = engine.step().unwrap();
+                if let Some(r) = out.record {
+                    max_batch = max_batch.max(r.batch_size);
+                    assert!(r.prefill_tokens + r.decode_tokens <= case.cfg.max_num_batched_tokens);
+                }
+                for f in out.finished {
+                    outputs.insert(f.id, f.output_ids);
+                }
+                steps += 1;
+                assert!(steps < 10_000, "{name} / {}: no progress", case.name);
+            }
+            for (i, id) in ids.iter().enumerate() {
+                assert_eq!(
+                    outputs[id], expected[i],
+                    "{name} / {}: request {i}",
+                    case.name
+                );
+            }
+            assert!(
+                max_batch > 1,
+                "{name} / {}: requests never shared a step",
+                case.name
+            );
+            assert_eq!(
+                engine.kv_blocks_used(),
+                0,
+                "{name} / {}: blocks leaked",
+                case.name
+            );
+            if case.name.starts_with("tiny pool") {
+                assert!(
+                    engine.total_preemptions() > 0,
+                    "{name} / {}: the pool was meant to force preemptions",
+                    case.name
+                );
+            }
+            if case.name == "roomy, prefix caching" {
+                assert!(
+                    engine.kv_stats().prefix_hit_tokens > 0,
+                    "{name}: no prefix hit"
+                );
+            }
+        }
+    }
+}
+
+/// Sampled (not greedy) generation is unchanged by batching and preemption too: each request has
+/// its own seeded RNG, advanced once per token it samples.
+#[test]
+fn seeded_sampling_is_batch_invariant() {
+    let dir = model_dir("tiny-llama");
+    let reqs = prompts("tiny-llama");
+    let sampling = |i: usize| SamplingParams {
+        temperature: 0.8,
+        top_k: 40,
+        top_p: 0.9,
+        seed: 100 + i as u64,
+    };
+    let reference = load_cpu(&dir);
+    let expected: Vec<Vec<u32>> = reqs
+        .iter()
+        .enumerate()
+        .map(|(i, (p, n))| {
+            generate(
+                &reference,
+                &GenerateRequest {
+                    prompt_ids: p.clone(),
+                    max_tokens: *n,
+                    sampling: sampling(i),
+                    ignore_eos: true,
+                },
+            )
+            .unwrap()
+            .output_ids
+        })
+        .collect();
+    let max_len = reqs.iter().map(|(p, n)| p.len() + n).max().unwrap();
+    let cfg = cases(max_len)[4].cfg;
+    let mut engine = Engine::new(load_cpu(&dir), cfg, Instant::now()).unwrap();
+    for (i, (p, n)) in reqs.iter().enumerate() {
+        engine
+            .add_request(EngineRequest {
+                prompt_ids: p.clone(),
+                max_tokens: *n,
+                sampling: sampling(i),
+                ignore_eos: true,
+            })
+            .unwrap();
+    }
+    let mut outputs = std::collections::HashMap::new();
+    while engine.has_unfinished() {
+        for f in engine.step().unwrap().finished {
+            outputs.insert(f.id, f.output_ids);
+        }
+    }
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(&outputs[&(i as u64)], want, "request {i}");
+    }
+}
+
+#[test]
+fn requests_that_cannot_fit_are_rejected_with_a_reason() {
+    let cfg = EngineConfig {
+        block_size: 4,
+        num_blocks: 2,
+        max_num_seqs: 4,
+        max_num_batched_tokens: 64,
+        enable_prefix_caching: true,
+    };
+    let mut engine = Engine::new(load_cpu(&model_dir("tiny-llama")), cfg, Instant::now()).unwrap();
+    let err = engine
+        .add_request(EngineRequest {
+            prompt_ids: vec![1; 6],
+            max_tokens: 3,
+            sampling: SamplingParams::greedy(),
+            ignore_eos: true,
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("KV pool of 8 tokens"), "{err}");
+}
+
+#[test]
+fn abort_frees_blocks_at_once() {
+    let cfg = EngineConfig {
+        block_size: 4,
+        num_blocks: 64,
+        max_num_seqs: 4,
+        max_num_batched_tokens: 64,
+        enable_prefix_caching: false,
+    };
+    let mut engine = Engine::new(load_cpu(&model_dir("tiny-llama")), cfg, Instant::now()).unwrap();
+    let id = engine
+        .add_request(EngineRequest {
+            prompt_ids: vec![1; 20],
+            max_tokens: 30,
+            sampling: SamplingParams::greedy(),
+            ignore_eos: true,
+        })
+        .unwrap();
+    engine.step().unwrap();
+    engine.step().unwrap();
+    assert!(engine.kv_blocks_used() >= 5);
+    engine.abort(id);
+    assert_eq!(engine.kv_blocks_used(), 0);
+    assert!(!engine.has_unfinished());
+}
