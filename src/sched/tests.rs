@@ -67,17 +67,17 @@ impl Sim {
                 .expect("chunk of a running request");
             let tokens = seq.tokens.clone();
             // the K/V this chunk attends to must be the request's own earlier tokens
-            for p in 0..c.start {
+            for (p, &tok) in tokens.iter().enumerate().take(c.start) {
                 assert_eq!(
                     self.slots.get(&self.slot(c.id, p)),
-                    Some(&(tokens[p], p)),
+                    Some(&(tok, p)),
                     "request {} reads a wrong K/V at position {p}",
                     c.id
                 );
             }
-            for p in c.start..c.start + c.len {
+            for (p, &tok) in tokens.iter().enumerate().skip(c.start).take(c.len) {
                 let s = self.slot(c.id, p);
-                self.slots.insert(s, (tokens[p], p));
+                self.slots.insert(s, (tok, p));
             }
             if c.samples {
                 sampled.push((c.id, next_token(&tokens, vocab)));
