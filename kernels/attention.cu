@@ -73,16 +73,16 @@ __device__ __forceinline__ uint32_t seq_of_token(const uint32_t* __restrict__ qu
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(IM_ATTN_THREADS)
-    paged_attention_naive(T* __restrict__ out,                            // [num_tokens, out_stride]
-                          const T* __restrict__ qkv,                      // [num_tokens, q_stride]
-                          const T* __restrict__ k_cache,                  // [num_blocks, block_size, num_kv_heads, head_dim]
-                          const T* __restrict__ v_cache,                  // [num_blocks, block_size, num_kv_heads, head_dim]
-                          const uint32_t* __restrict__ query_start_loc,   // [num_seqs + 1]
-                          const uint32_t* __restrict__ seq_lens,          // [num_seqs]
-                          const uint32_t* __restrict__ positions,         // [num_tokens]
-                          const uint32_t* __restrict__ block_tables,      // [num_seqs, max_blocks_per_seq]
-                          PagedAttentionParams p) {
+extern "C" __global__ void __launch_bounds__(IM_ATTN_THREADS) paged_attention_naive(
+    T* __restrict__ out,                           // [num_tokens, out_stride]
+    const T* __restrict__ qkv,                     // [num_tokens, q_stride]
+    const T* __restrict__ k_cache,                 // [num_blocks, block_size, num_kv_heads, head_dim]
+    const T* __restrict__ v_cache,                 // [num_blocks, block_size, num_kv_heads, head_dim]
+    const uint32_t* __restrict__ query_start_loc,  // [num_seqs + 1]
+    const uint32_t* __restrict__ seq_lens,         // [num_seqs]
+    const uint32_t* __restrict__ positions,        // [num_tokens]
+    const uint32_t* __restrict__ block_tables,     // [num_seqs, max_blocks_per_seq]
+    PagedAttentionParams p) {
     // Group g's rescaled accumulator at [g * head_dim, (g + 1) * head_dim); G * head_dim <= blockDim * ACC.
     __shared__ float partial[IM_ATTN_THREADS * ACC];
 

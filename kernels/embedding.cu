@@ -6,16 +6,17 @@
 //   gather_logit_rows:  out[i] = x[indices[i]]
 //
 // Layouts (row-major, T = compute dtype):
-//   embedding:          out [num_tokens, hidden]; table [vocab, hidden]; pos_table [max_positions, hidden]
-//                       token_ids, positions: uint32 [num_tokens]
+//   embedding:          out [num_tokens, hidden]; table [vocab, hidden];
+//                       pos_table [max_positions, hidden]; token_ids, positions: uint32 [num_tokens]
 //   gather_logit_rows:  out [num_rows, cols]; x [num_tokens, cols]; indices: uint32 [num_rows]
 //
 // Algorithm: one block per output row (grid-stride over rows), IM_ROW_THREADS threads copying the
 // row in 16-byte vectors (when hidden/cols is a multiple of IM_VEC and the pointers are aligned) or
 // element by element. The position add is done in f32 and rounded once. No shared memory.
 // Bad indices cannot fault: a token id >= vocab yields a zero row (position term included), a
-// position >= max_positions no position term, a gather index >= num_tokens a zero row. The host validates ids first
-// (src/backend BatchMeta::validate); these guards only keep a bad batch from touching foreign memory.
+// position >= max_positions no position term, a gather index >= num_tokens a zero row. The host
+// validates ids first (BatchMeta::validate, the CPU backend's checks); these guards only keep a bad
+// batch from touching foreign memory.
 //
 // Roofline (s = sizeof(T)): pure copies, memory-bound, no FLOPs to speak of.
 //   embedding:          2 num_tokens hidden s bytes (3 with positions) + 8 num_tokens; hidden adds

@@ -41,11 +41,12 @@ __device__ __forceinline__ void write_kv_token(T* __restrict__ k_dst, T* __restr
 
 }  // namespace
 
-extern "C" __global__ void write_kv(T* __restrict__ k_cache,  // [num_blocks, block_size, num_kv_heads, head_dim]
-                                    T* __restrict__ v_cache,  // [num_blocks, block_size, num_kv_heads, head_dim]
-                                    const T* __restrict__ qkv,                  // [num_tokens, qkv_stride]
-                                    const uint32_t* __restrict__ slot_mapping,  // [num_tokens]
-                                    KvWriteParams p) {
+extern "C" __global__ void write_kv(
+    T* __restrict__ k_cache,                    // [num_blocks, block_size, num_kv_heads, head_dim]
+    T* __restrict__ v_cache,                    // [num_blocks, block_size, num_kv_heads, head_dim]
+    const T* __restrict__ qkv,                  // [num_tokens, qkv_stride]
+    const uint32_t* __restrict__ slot_mapping,  // [num_tokens]
+    KvWriteParams p) {
     const uint32_t kv_size = p.kv.num_kv_heads * p.kv.head_dim;
     const uint32_t q_size = p.num_heads * p.kv.head_dim;
     const uint64_t num_slots = uint64_t(p.kv.num_blocks) * p.kv.block_size;

@@ -91,55 +91,56 @@ typedef unsigned long long uint64_t;
 /* A slot_mapping entry >= num_slots (e.g. this value) means "padding token: write nothing". */
 #define IM_PAD_SLOT 0xFFFFFFFFu
 
-/* ---- structs ------------------------------------------------------------------------------------ */
+/* ---- structs ------------------------------------------------------------------------------------
+ * Doc comments use the forms bindgen copies into Rust docs: a comment block before a struct,
+ * and a trailing comment block marked "<" after a field. */
 
-/* Shape of one layer's paged K (or V) cache: [num_blocks, block_size, num_kv_heads, head_dim]. */
+/** Shape of one layer's paged K (or V) cache: [num_blocks, block_size, num_kv_heads, head_dim]. */
 typedef struct KvGeometry {
     uint32_t num_blocks;
-    uint32_t block_size;   /* tokens per block */
+    uint32_t block_size; /**< tokens per block */
     uint32_t num_kv_heads;
     uint32_t head_dim;
 } KvGeometry;
 
-/* write_kv: copy each token's K and V out of its fused QKV row into its cache slot.
- * qkv row: [ Q: num_heads * head_dim | K: num_kv_heads * head_dim | V: num_kv_heads * head_dim ]. */
+/** write_kv: copy each token's K and V out of its fused QKV row into its cache slot. A QKV row is
+ * [ Q: num_heads * head_dim | K: num_kv_heads * head_dim | V: num_kv_heads * head_dim | padding ]. */
 typedef struct KvWriteParams {
     KvGeometry kv;
     uint32_t num_tokens;
-    uint32_t num_heads;  /* query heads: K starts at column num_heads * head_dim */
-    uint32_t qkv_stride; /* elements between consecutive tokens' qkv rows, >= (num_heads + 2 * num_kv_heads) * head_dim */
+    uint32_t num_heads;  /**< query heads: K starts at column num_heads * head_dim */
+    uint32_t qkv_stride; /**< elements between tokens' QKV rows, >= (num_heads + 2 num_kv_heads) head_dim */
 } KvWriteParams;
 
-/* rope: rotate-half rotary embedding in place on the first num_rot_heads heads of each row. */
+/** rope: rotate-half rotary embedding in place on the first num_rot_heads heads of each row. */
 typedef struct RopeParams {
     uint32_t num_tokens;
-    uint32_t num_rot_heads; /* num_heads + num_kv_heads: the Q and K heads of a fused QKV row */
-    uint32_t head_dim;      /* even; the rotated pairs are (i, i + head_dim / 2) */
-    uint32_t qkv_stride;    /* elements between consecutive tokens' rows */
-    uint32_t max_positions; /* rows of the cos_sin table; tokens with a position beyond it are left as they are */
+    uint32_t num_rot_heads; /**< num_heads + num_kv_heads: the Q and K heads of a fused QKV row */
+    uint32_t head_dim;      /**< even; the rotated pairs are (i, i + head_dim / 2) */
+    uint32_t qkv_stride;    /**< elements between consecutive tokens' rows */
+    uint32_t max_positions; /**< rows of the cos_sin table; a token beyond it is left unrotated */
 } RopeParams;
 
-/* paged_attention_naive: causal attention of each new token over its sequence's cached context.
+/** paged_attention_naive: causal attention of each new token over its sequence's cached context.
  * Token t of sequence s (query_start_loc[s] <= t < query_start_loc[s + 1]) attends to keys
  * 0 ..= min(positions[t], seq_lens[s] - 1) of KV head h / (num_heads / num_kv_heads). */
 typedef struct PagedAttentionParams {
     KvGeometry kv;
-    uint32_t num_tokens;         /* rows of qkv and out */
+    uint32_t num_tokens;         /**< rows of qkv and out */
     uint32_t num_seqs;
-    uint32_t num_heads;          /* query heads; a multiple of kv.num_kv_heads */
-    uint32_t max_blocks_per_seq; /* row length of block_tables */
-    uint32_t q_stride;           /* elements between tokens' Q rows (the fused QKV row length) */
-    uint32_t out_stride;         /* elements between tokens' output rows (num_heads * head_dim) */
-    float scale;                 /* softmax scale, usually 1 / sqrt(head_dim) */
+    uint32_t num_heads;          /**< query heads; a multiple of kv.num_kv_heads */
+    uint32_t max_blocks_per_seq; /**< row length of block_tables */
+    uint32_t q_stride;           /**< elements between tokens' Q rows (the fused QKV row length) */
+    uint32_t out_stride;         /**< elements between tokens' output rows (num_heads * head_dim) */
+    float scale;                 /**< softmax scale, usually 1 / sqrt(head_dim) */
 } PagedAttentionParams;
 
-/* sample_rows: one per logits row. temperature <= 0 means greedy (argmax); top_k == 0 or >= vocab
- * means no top-k cut; top_p >= 1 means no nucleus cut; uniform is the row's random draw in [0, 1). */
+/** sample_rows: one per logits row. */
 typedef struct SamplingRowParams {
-    float temperature;
-    uint32_t top_k;
-    float top_p;
-    float uniform;
+    float temperature; /**< <= 0 (or NaN): greedy argmax */
+    uint32_t top_k;    /**< 0 or >= vocab: no top-k cut */
+    float top_p;       /**< >= 1: no nucleus cut */
+    float uniform;     /**< the row's random draw in [0, 1) (clamped into it) */
 } SamplingRowParams;
 
 #endif /* INFERMETER_KERNELS_PARAMS_H */

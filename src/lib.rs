@@ -11,7 +11,9 @@ pub mod error;
 pub mod kv;
 pub mod metrics;
 pub mod model;
+pub mod report;
 pub mod sched;
+pub mod telemetry;
 pub mod util;
 pub mod workload;
 

@@ -1,8 +1,10 @@
 //! Command-line interface: each command is thin glue over the library.
 
+pub mod config_file;
 mod generate;
 mod info;
 mod logits;
+pub mod run;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -12,7 +14,9 @@ use crate::model::registry::DEFAULT_MODEL;
 #[command(
     name = "infermeter",
     version,
-    about = "Measure LLM inference: latency, throughput, memory and energy per token"
+    about = "Measure LLM inference: latency, throughput, memory and energy per token",
+    // a later occurrence of an option overrides an earlier one (how `run --config` files work)
+    args_override_self = true
 )]
 pub struct Cli {
     /// Worker threads for the CPU backend (default: all cores).
@@ -30,10 +34,12 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Describe this machine: CPU, memory, threads.
     Info(info::InfoArgs),
+    /// The offline benchmark: run a grid, a stream or a workload file through the engine.
+    Run(Box<run::RunArgs>),
 }
 
 /// Which model to run.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct ModelArgs {
     /// A Hugging Face model directory, or the name of an embedded model (see `infermeter info`).
     #[arg(long, default_value = DEFAULT_MODEL)]
@@ -97,5 +103,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logits(a) => logits::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Info(a) => info::run(a),
+        Command::Run(a) => run::run(*a),
     }
 }

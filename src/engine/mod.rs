@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod core;
 pub mod generate;
+pub mod offline;
 pub mod sampling;
 
 pub use core::{Engine, EngineConfig, EngineRequest, FinishedRequest, StepRecord, TokenEvent};

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
     /// Learned positions, LayerNorm, fused QKV with bias, gelu_new MLP, tied LM head.
@@ -19,7 +19,7 @@ pub enum Arch {
     Llama,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "rope_type", rename_all = "lowercase")]
 pub enum RopeScaling {
     Default,
@@ -36,13 +36,13 @@ pub enum RopeScaling {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RopeConfig {
     pub theta: f32,
     pub scaling: RopeScaling,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelConfig {
     pub arch: Arch,
     pub vocab_size: usize,

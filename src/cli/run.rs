@@ -1,0 +1,533 @@
+//! `infermeter run`: the offline benchmark of the reference engine.
+//!
+//! Three ways to say what to run: a grid (`--batch-size 1,8 --input-len 128,512 --output-len 128`:
+//! each cell submits its batch at once), a stream (`--num-requests N` with length distributions and an
+//! arrival process), or a workload file (`--workload FILE.jsonl`). Every mode writes one results file.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+use super::ModelArgs;
+use crate::backend::cpu::CpuBackend;
+use crate::engine::offline::{run_phase, PhaseEvent, PhaseOptions, PlannedRequest};
+use crate::engine::{Engine, EngineConfig, SamplingParams};
+use crate::metrics::summarize;
+use crate::model::KvCache;
+use crate::report::results::{
+    EngineInfo, EngineSummary, Hardware, ModelInfo, Phase, ResultsWriter, RunResults, ToolInfo,
+    SCHEMA_VERSION,
+};
+use crate::telemetry::host::HostInfo;
+use crate::workload::{self, Arrival, LengthDist, WorkloadRequest};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// The best available backend (the CPU until the CUDA backend lands).
+    Auto,
+    Cpu,
+}
+
+#[derive(Debug, Clone, Args, serde::Serialize)]
+pub struct RunArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub model: ModelArgs,
+    /// Backend to run on.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Read options from a TOML or JSON file (keys are option names); the command line wins.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+
+    // --- engine ---
+    /// Tokens per KV-cache block.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// KV-cache blocks in the pool (overrides --kv-memory).
+    #[arg(long)]
+    pub kv_blocks: Option<usize>,
+    /// Memory for the KV pool, e.g. 512MiB, 2GiB, 1.5GB.
+    #[arg(long, default_value = "1GiB")]
+    pub kv_memory: String,
+    /// Most sequences in one step.
+    #[arg(long, default_value_t = 256)]
+    pub max_num_seqs: usize,
+    /// Most tokens in one step (prefill chunks are cut to fit).
+    #[arg(long, default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+    /// Turn prefix caching off.
+    #[arg(long)]
+    pub no_prefix_caching: bool,
+
+    // --- grid mode ---
+    /// Grid: batch sizes, comma-separated (default 1,8).
+    #[arg(long, value_delimiter = ',')]
+    pub batch_size: Option<Vec<usize>>,
+    /// Grid: prompt lengths, comma-separated (default 64). Stream: a length distribution
+    /// (128, uniform:1:512, normal:MEAN:STD[:MIN:MAX], exp:MEAN[:MAX]).
+    #[arg(long)]
+    pub input_len: Option<String>,
+    /// Grid: output lengths, comma-separated (default 32). Stream: a length distribution.
+    #[arg(long)]
+    pub output_len: Option<String>,
+    /// Grid: warmup runs of each cell, excluded from the results' summaries.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Grid: measured runs of each cell.
+    #[arg(long, default_value_t = 1)]
+    pub repeats: usize,
+
+    // --- stream mode ---
+    /// Stream: number of requests (selects stream mode).
+    #[arg(long)]
+    pub num_requests: Option<usize>,
+    /// Stream / workload: arrival rate in requests/s (default: all at once).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Stream / workload: arrival process: poisson, constant, gamma:BURSTINESS or burst.
+    #[arg(long, default_value = "poisson")]
+    pub arrival: String,
+
+    // --- workload file ---
+    /// A JSONL workload: one request a line, {"prompt_ids": [...], "max_tokens": N} or
+    /// {"prompt": "...", "max_tokens": N}.
+    #[arg(long)]
+    pub workload: Option<PathBuf>,
+    /// Write the requests this run generated as a JSONL workload, to replay them anywhere.
+    #[arg(long)]
+    pub save_workload: Option<PathBuf>,
+
+    // --- sampling ---
+    /// Seed of prompts, arrivals and sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Workload mode: do not stop at EOS (grid and stream always ignore EOS: exact lengths).
+    #[arg(long)]
+    pub ignore_eos: bool,
+
+    // --- output ---
+    /// Keep every request's output token ids in the results file.
+    #[arg(long)]
+    pub save_output_ids: bool,
+    /// Results file (default: infermeter-results/run-<UTC time>.json).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// A phase to run: its name, parameters and requests.
+struct PhasePlan {
+    name: String,
+    warmup: bool,
+    params: serde_json::Value,
+    requests: Vec<PlannedRequest>,
+}
+
+/// Parse "512MiB", "2GiB", "1.5GB", "4096" (bytes).
+pub fn parse_bytes(text: &str) -> anyhow::Result<usize> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .with_context(|| format!("`{text}` is not a size (e.g. 512MiB, 2GiB)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" | "k" => 1024.0,
+        "mib" | "m" => 1024.0 * 1024.0,
+        "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
+        other => bail!("`{text}`: unknown unit `{other}` (B, KB, MB, GB, KiB, MiB, GiB)"),
+    };
+    Ok((value * mult) as usize)
+}
+
+fn parse_list(text: &str, option: &str) -> anyhow::Result<Vec<usize>> {
+    text.split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&v| v > 0)
+                .with_context(|| format!("{option}: `{s}` is not a positive integer"))
+        })
+        .collect()
+}
+
+fn grid_plans(a: &RunArgs, vocab: usize) -> anyhow::Result<Vec<PhasePlan>> {
+    let batches = a.batch_size.clone().unwrap_or_else(|| vec![1, 8]);
+    if batches.contains(&0) {
+        bail!("--batch-size: batch sizes must be positive");
+    }
+    let inputs = parse_list(a.input_len.as_deref().unwrap_or("64"), "--input-len")?;
+    let outputs = parse_list(a.output_len.as_deref().unwrap_or("32"), "--output-len")?;
+    if a.repeats == 0 {
+        bail!("--repeats must be at least 1");
+    }
+    let mut plans = Vec::new();
+    let mut cell = 0u64;
+    for &b in &batches {
+        for &i in &inputs {
+            for &o in &outputs {
+                let runs = (0..a.warmup)
+                    .map(|r| (true, r))
+                    .chain((0..a.repeats).map(|r| (false, r)));
+                for (warmup, rep) in runs {
+                    let seed = a.seed ^ (cell << 32) ^ ((rep as u64) << 16) ^ u64::from(warmup);
+                    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                    let requests = (0..b)
+                        .map(|_| PlannedRequest {
+                            prompt_ids: workload::random_prompt_ids(i, vocab, &mut rng),
+                            max_tokens: o,
+                            arrival_s: 0.0,
+                        })
+                        .collect();
+                    plans.push(PhasePlan {
+                        name: format!(
+                            "bs={b} in={i} out={o} {}{rep}",
+                            if warmup { "warmup" } else { "rep" }
+                        ),
+                        warmup,
+                        params: json!({"batch_size": b, "input_len": i, "output_len": o, "repeat": rep}),
+                        requests,
+                    });
+                }
+                cell += 1;
+            }
+        }
+    }
+    Ok(plans)
+}
+
+fn arrivals(a: &RunArgs, n: usize) -> anyhow::Result<Vec<f64>> {
+    match a.rate {
+        None => Ok(vec![0.0; n]),
+        Some(rate) => {
+            let arrival =
+                Arrival::from_str(&a.arrival).map_err(|e| anyhow::anyhow!("--arrival: {e}"))?;
+            Ok(workload::send_offsets(n, rate, arrival, a.seed).context("--rate / --arrival")?)
+        }
+    }
+}
+
+fn stream_plan(a: &RunArgs, n: usize, vocab: usize, context: usize) -> anyhow::Result<PhasePlan> {
+    let input = LengthDist::from_str(a.input_len.as_deref().unwrap_or("64"))
+        .map_err(|e| anyhow::anyhow!("--input-len: {e}"))?;
+    let output = LengthDist::from_str(a.output_len.as_deref().unwrap_or("32"))
+        .map_err(|e| anyhow::anyhow!("--output-len: {e}"))?;
+    let mut rng = ChaCha8Rng::seed_from_u64(a.seed);
+    let offsets = arrivals(a, n)?;
+    let requests = offsets
+        .into_iter()
+        .map(|arrival_s| {
+            let o = output.sample(&mut rng).min(context - 1);
+            let i = input.sample(&mut rng).min(context - o);
+            PlannedRequest {
+                prompt_ids: workload::random_prompt_ids(i, vocab, &mut rng),
+                max_tokens: o,
+                arrival_s,
+            }
+        })
+        .collect();
+    Ok(PhasePlan {
+        name: "stream".into(),
+        warmup: false,
+        params: json!({"num_requests": n, "input_len": input.to_string(),
+            "output_len": output.to_string(), "rate": a.rate, "arrival": a.arrival}),
+        requests,
+    })
+}
+
+fn workload_plan(
+    a: &RunArgs,
+    path: &std::path::Path,
+    tokenizer: Option<&crate::model::Tokenizer>,
+) -> anyhow::Result<PhasePlan> {
+    let reqs = workload::read_jsonl(path)?;
+    let offsets = arrivals(a, reqs.len())?;
+    let mut requests = Vec::with_capacity(reqs.len());
+    for (n, (r, arrival_s)) in reqs.iter().zip(offsets).enumerate() {
+        let prompt_ids = match (&r.prompt_ids, &r.prompt, tokenizer) {
+            (Some(ids), _, _) => ids.clone(),
+            (None, Some(text), Some(t)) => t.encode(text)?,
+            (None, Some(_), None) => bail!(
+                "{}: request {} has a text prompt, but the model has no tokenizer.json (use prompt_ids)",
+                path.display(),
+                n + 1
+            ),
+            (None, None, _) => bail!("{}: request {} has no prompt", path.display(), n + 1),
+        };
+        requests.push(PlannedRequest {
+            prompt_ids,
+            max_tokens: r.max_tokens,
+            arrival_s,
+        });
+    }
+    Ok(PhasePlan {
+        name: "workload".into(),
+        warmup: false,
+        params: json!({"file": path.display().to_string(), "num_requests": requests.len(),
+            "rate": a.rate, "arrival": a.arrival}),
+        requests,
+    })
+}
+
+pub fn run(a: RunArgs) -> anyhow::Result<()> {
+    let source = crate::model::open(&a.model.model)
+        .with_context(|| format!("opening model `{}`", a.model.model))?;
+    let cfg = source.config.clone();
+    let (mode, plans) = if let Some(path) = &a.workload {
+        (
+            "workload",
+            vec![workload_plan(&a, path, source.tokenizer.as_ref())?],
+        )
+    } else if let Some(n) = a.num_requests {
+        (
+            "stream",
+            vec![stream_plan(&a, n, cfg.vocab_size, cfg.max_context)?],
+        )
+    } else {
+        ("grid", grid_plans(&a, cfg.vocab_size)?)
+    };
+    if let Some(path) = &a.save_workload {
+        let reqs: Vec<WorkloadRequest> = plans
+            .iter()
+            .filter(|p| !p.warmup)
+            .flat_map(|p| &p.requests)
+            .map(|r| WorkloadRequest {
+                prompt_ids: Some(r.prompt_ids.clone()),
+                prompt: None,
+                max_tokens: r.max_tokens,
+            })
+            .collect();
+        workload::write_jsonl(path, &reqs)?;
+        eprintln!(
+            "wrote workload {} ({} requests)",
+            path.display(),
+            reqs.len()
+        );
+    }
+
+    let loaded = source
+        .load(a.model.load_options())
+        .with_context(|| format!("loading model `{}`", a.model.model))?;
+    let weights_kind = loaded.weights_kind;
+    let (model, _tokenizer) = loaded.into_model(CpuBackend)?;
+    let block_bytes = KvCache::<CpuBackend>::block_bytes(&cfg, a.block_size.max(1), 4);
+    let num_blocks = match a.kv_blocks {
+        Some(n) => n,
+        None => parse_bytes(&a.kv_memory).context("--kv-memory")? / block_bytes,
+    };
+    let engine_cfg = EngineConfig {
+        block_size: a.block_size,
+        num_blocks,
+        max_num_seqs: a.max_num_seqs,
+        max_num_batched_tokens: a.max_num_batched_tokens,
+        enable_prefix_caching: !a.no_prefix_caching,
+    };
+    let epoch = Instant::now();
+    let mut engine = Engine::new(model, engine_cfg, epoch)?;
+    let out_path = a.out.clone().unwrap_or_else(|| {
+        let stamp = crate::util::utc_timestamp().replace(':', "");
+        PathBuf::from("infermeter-results").join(format!("run-{stamp}.json"))
+    });
+    let results = RunResults {
+        schema_version: SCHEMA_VERSION,
+        kind: "run".into(),
+        tool: ToolInfo::current(),
+        command: std::env::args().collect(),
+        config: serde_json::to_value(&a)?,
+        started_at: crate::util::utc_timestamp(),
+        complete: false,
+        hardware: Hardware {
+            host: HostInfo::collect(),
+            gpus: Vec::new(),
+        },
+        model: ModelInfo {
+            source: a.model.model.clone(),
+            weights: weights_kind.into(),
+            backend: "cpu".into(),
+            dtype: "f32".into(),
+            num_parameters: cfg.num_parameters(),
+            config: cfg.clone(),
+        },
+        engine: EngineInfo {
+            config: engine_cfg,
+            kv_pool_bytes: num_blocks * block_bytes,
+        },
+        workload: json!({
+            "mode": mode,
+            "seed": a.seed,
+            "sampling": {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p},
+            "ignore_eos": mode != "workload" || a.ignore_eos,
+            "num_phases": plans.len(),
+            "num_requests": plans.iter().map(|p| p.requests.len()).sum::<usize>(),
+        }),
+        phases: Vec::new(),
+    };
+    let mut writer = ResultsWriter::new(&out_path, results)
+        .with_context(|| format!("writing {}", out_path.display()))?;
+    eprintln!(
+        "model {} ({}, {:.1}M parameters, {} weights) on cpu; KV pool {} blocks x {} tokens ({:.1} MiB); results -> {}",
+        a.model.model,
+        serde_json::to_value(cfg.arch)?.as_str().unwrap_or("?"),
+        cfg.num_parameters() as f64 / 1e6,
+        weights_kind,
+        num_blocks,
+        a.block_size,
+        (num_blocks * block_bytes) as f64 / (1u64 << 20) as f64,
+        out_path.display()
+    );
+
+    let total: usize = plans.iter().map(|p| p.requests.len()).sum();
+    let bar = if a.no_progress {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(total as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} requests {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let opts = PhaseOptions {
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+        },
+        ignore_eos: mode != "workload" || a.ignore_eos,
+        save_output_ids: a.save_output_ids,
+    };
+    opts.sampling.validate()?;
+    for plan in &plans {
+        bar.set_message(plan.name.clone());
+        let idx = writer.results.phases.len();
+        writer.results.phases.push(Phase {
+            name: plan.name.clone(),
+            warmup: plan.warmup,
+            params: plan.params.clone(),
+            started_s: engine.now_s(),
+            ended_s: None,
+            requests: Vec::new(),
+            steps: Vec::new(),
+            summary: None,
+            engine_summary: None,
+        });
+        let mut save_err = None;
+        let outcome = run_phase(&mut engine, &plan.requests, opts, |ev| {
+            let PhaseEvent::RequestDone(so_far) = ev;
+            bar.inc(1);
+            let phase = &mut writer.results.phases[idx];
+            phase.requests = so_far.requests.clone();
+            phase.steps = so_far.steps.clone();
+            if let Err(e) = writer.save(false) {
+                save_err.get_or_insert(e);
+            }
+        })?;
+        if let Some(e) = save_err {
+            return Err(e).with_context(|| format!("writing {}", out_path.display()));
+        }
+        let records: Vec<_> = outcome.requests.iter().map(|r| r.record.clone()).collect();
+        let phase = &mut writer.results.phases[idx];
+        phase.started_s = outcome.started_s;
+        phase.ended_s = Some(outcome.ended_s);
+        phase.summary = Some(summarize(&records, None, None));
+        phase.engine_summary = Some(EngineSummary::of(&outcome.steps, &outcome.requests));
+        phase.requests = outcome.requests;
+        phase.steps = outcome.steps;
+        writer.save(true)?;
+    }
+    bar.finish_and_clear();
+    writer.results.complete = true;
+    writer.save(true)?;
+    print_summary(&writer.results);
+    eprintln!("results: {}", out_path.display());
+    Ok(())
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |s| format!("{:.1}", s * 1e3))
+}
+
+fn print_summary(r: &RunResults) {
+    println!(
+        "{:<28} {:>5} {:>6} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7}",
+        "phase",
+        "reqs",
+        "fail",
+        "out tok/s",
+        "req/s",
+        "TTFT p50",
+        "TTFT p99",
+        "TPOT p50",
+        "E2EL p50",
+        "prefill/s",
+        "decode/s",
+        "preempt"
+    );
+    for p in r.phases.iter().filter(|p| !p.warmup) {
+        let (Some(s), Some(e)) = (&p.summary, &p.engine_summary) else {
+            continue;
+        };
+        let l = &s.latency;
+        println!(
+            "{:<28} {:>5} {:>6} {:>10.1} {:>10.2} {:>9} {:>9} {:>9} {:>9} {:>10.1} {:>10.1} {:>7}",
+            p.name,
+            s.completed,
+            s.failed,
+            s.throughput.output_tokens_per_s,
+            s.throughput.requests_per_s,
+            ms(l.ttft.as_ref().map(|x| x.p50)),
+            ms(l.ttft.as_ref().map(|x| x.p99)),
+            ms(l.tpot.as_ref().map(|x| x.p50)),
+            ms(l.e2el.as_ref().map(|x| x.p50)),
+            e.prefill_tokens_per_s,
+            e.decode_tokens_per_s,
+            e.preemptions
+        );
+    }
+    println!(
+        "(times in ms; prefill/s and decode/s: tokens per second of step time attributed to each)"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("1.5GB").unwrap(), 1_500_000_000);
+        assert!(parse_bytes("12 parsecs")
+            .unwrap_err()
+            .to_string()
+            .contains("parsecs"));
+    }
+}

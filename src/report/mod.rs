@@ -1,0 +1,3 @@
+//! Results files (versioned schema) and, later, reports built from them.
+
+pub mod results;

@@ -1,0 +1,232 @@
+//! The results file: one JSON document per run, versioned (`schema_version`), validated by
+//! `schemas/results.schema.json`. It carries the exact command and resolved config, the tool version
+//! and git commit, the hardware, the model and engine settings, the workload, and per phase the
+//! per-request and per-step records and their summaries. Reports are built from these files only.
+//!
+//! Written incrementally and atomically ([`ResultsWriter`]): the file on disk is always a complete
+//! JSON document, and an interrupted run keeps every phase and request it finished (`complete` stays
+//! false until the end).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::engine::{EngineConfig, FinishReason, StepRecord};
+use crate::error::{Error, Result};
+use crate::metrics::{RequestRecord, RunSummary};
+use crate::model::ModelConfig;
+use crate::telemetry::host::HostInfo;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ToolInfo {
+    pub name: String,
+    pub version: String,
+    pub git_commit: String,
+}
+
+impl ToolInfo {
+    pub fn current() -> Self {
+        Self {
+            name: env!("CARGO_PKG_NAME").into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            git_commit: env!("INFERMETER_GIT_COMMIT").into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Hardware {
+    pub host: HostInfo,
+    /// GPUs seen (filled once the CUDA backend and NVML telemetry land).
+    pub gpus: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelInfo {
+    /// Directory or embedded name.
+    pub source: String,
+    /// "safetensors" or "dummy".
+    pub weights: String,
+    pub backend: String,
+    /// Compute dtype of the backend.
+    pub dtype: String,
+    pub num_parameters: usize,
+    pub config: ModelConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EngineInfo {
+    #[serde(flatten)]
+    pub config: EngineConfig,
+    /// Bytes of the KV pool (K and V, all layers).
+    pub kv_pool_bytes: usize,
+}
+
+/// A request as the engine served it: the common record plus engine-side facts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EngineRequestRecord {
+    #[serde(flatten)]
+    pub record: RequestRecord,
+    /// When the scheduler first put it in a step.
+    pub admitted_s: Option<f64>,
+    pub num_preemptions: usize,
+    pub prefix_hit_tokens: usize,
+    pub finish_reason: Option<FinishReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_ids: Option<Vec<u32>>,
+}
+
+/// Engine-side totals of a phase, from its step records.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EngineSummary {
+    pub steps: usize,
+    /// Step time attributed to prefill: each step's time split in proportion to its prefill and
+    /// decode token counts.
+    pub prefill_time_s: f64,
+    pub decode_time_s: f64,
+    pub prefill_tokens: usize,
+    pub decode_tokens: usize,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+    pub mean_batch_size: f64,
+    pub max_batch_size: usize,
+    pub preemptions: usize,
+    pub peak_kv_blocks_used: usize,
+    /// Prompt tokens served from the prefix cache ÷ prompt tokens of admitted requests.
+    pub prefix_hit_rate: f64,
+}
+
+impl EngineSummary {
+    pub fn of(steps: &[StepRecord], requests: &[EngineRequestRecord]) -> Self {
+        let mut s = EngineSummary {
+            steps: steps.len(),
+            prefill_time_s: 0.0,
+            decode_time_s: 0.0,
+            prefill_tokens: 0,
+            decode_tokens: 0,
+            prefill_tokens_per_s: 0.0,
+            decode_tokens_per_s: 0.0,
+            mean_batch_size: 0.0,
+            max_batch_size: 0,
+            preemptions: 0,
+            peak_kv_blocks_used: 0,
+            prefix_hit_rate: 0.0,
+        };
+        for st in steps {
+            let f = st.prefill_fraction();
+            s.prefill_time_s += st.duration_s() * f;
+            s.decode_time_s += st.duration_s() * (1.0 - f);
+            s.prefill_tokens += st.prefill_tokens;
+            s.decode_tokens += st.decode_tokens;
+            s.mean_batch_size += st.batch_size as f64;
+            s.max_batch_size = s.max_batch_size.max(st.batch_size);
+            s.preemptions += st.preemptions;
+            s.peak_kv_blocks_used = s.peak_kv_blocks_used.max(st.kv_blocks_used);
+        }
+        let rate = |tokens: usize, t: f64| if t > 0.0 { tokens as f64 / t } else { 0.0 };
+        s.prefill_tokens_per_s = rate(s.prefill_tokens, s.prefill_time_s);
+        s.decode_tokens_per_s = rate(s.decode_tokens, s.decode_time_s);
+        if !steps.is_empty() {
+            s.mean_batch_size /= steps.len() as f64;
+        }
+        let prompt: usize = requests.iter().map(|r| r.record.prompt_tokens).sum();
+        let hits: usize = requests.iter().map(|r| r.prefix_hit_tokens).sum();
+        if prompt > 0 {
+            s.prefix_hit_rate = hits as f64 / prompt as f64;
+        }
+        s
+    }
+}
+
+/// One phase of a run: a grid cell repeat, a warmup, or the whole stream.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Phase {
+    pub name: String,
+    pub warmup: bool,
+    /// What defines the phase (grid: batch_size, input_len, output_len, repeat; stream: rate, ...).
+    pub params: serde_json::Value,
+    pub started_s: f64,
+    pub ended_s: Option<f64>,
+    pub requests: Vec<EngineRequestRecord>,
+    pub steps: Vec<StepRecord>,
+    pub summary: Option<RunSummary>,
+    pub engine_summary: Option<EngineSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunResults {
+    pub schema_version: u32,
+    /// "run" (the offline engine benchmark).
+    pub kind: String,
+    pub tool: ToolInfo,
+    /// The command line, as given.
+    pub command: Vec<String>,
+    /// Every option after defaults, config file and command line were merged.
+    pub config: serde_json::Value,
+    pub started_at: String,
+    /// False until the run ended normally.
+    pub complete: bool,
+    pub hardware: Hardware,
+    pub model: ModelInfo,
+    pub engine: EngineInfo,
+    pub workload: serde_json::Value,
+    /// Times in phases, requests and steps are seconds from this run's epoch (monotonic clock).
+    pub phases: Vec<Phase>,
+}
+
+/// Keeps a results document and writes it atomically, at most every `interval` unless forced.
+pub struct ResultsWriter {
+    path: PathBuf,
+    pub results: RunResults,
+    last_write: Option<Instant>,
+    interval: Duration,
+}
+
+impl ResultsWriter {
+    pub fn new(path: &Path, results: RunResults) -> Result<Self> {
+        let mut w = Self {
+            path: path.to_path_buf(),
+            results,
+            last_write: None,
+            interval: Duration::from_secs(1),
+        };
+        w.save(true)?;
+        Ok(w)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Write the document if forced or if the interval has passed since the last write.
+    pub fn save(&mut self, force: bool) -> Result<()> {
+        if !force && self.last_write.is_some_and(|t| t.elapsed() < self.interval) {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec_pretty(&self.results).map_err(|e| Error::Json {
+            file: self.path.display().to_string(),
+            source: e,
+        })?;
+        crate::util::write_atomic(&self.path, &bytes)?;
+        self.last_write = Some(Instant::now());
+        Ok(())
+    }
+}
+
+/// Read a results file (any kind this version understands).
+pub fn read_results(path: &Path) -> Result<RunResults> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let r: RunResults = serde_json::from_str(&text).map_err(|source| Error::Json {
+        file: path.display().to_string(),
+        source,
+    })?;
+    if r.schema_version != SCHEMA_VERSION {
+        return Err(Error::Invalid(format!(
+            "{}: schema_version {} is not supported (this build reads {SCHEMA_VERSION})",
+            path.display(),
+            r.schema_version
+        )));
+    }
+    Ok(r)
+}

@@ -1,0 +1,352 @@
+//! `infermeter run` end to end: every mode writes a results file that validates against
+//! `schemas/results.schema.json`; workload replay through the batching engine gives HF's greedy
+//! continuations; config files merge under the command line; an interrupted run keeps its records.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn validate(path: &Path) -> Value {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("schemas/results.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+    doc
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(infermeter_bin())
+        .arg("run")
+        .arg("--no-progress")
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr,
+    )
+}
+
+#[test]
+fn grid_mode_writes_a_valid_results_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("grid.json");
+    let (ok, stdout, err) = run(&[
+        "--batch-size",
+        "1,3",
+        "--input-len",
+        "8,20",
+        "--output-len",
+        "5",
+        "--warmup",
+        "1",
+        "--repeats",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("bs=3 in=20 out=5 rep1"), "{stdout}");
+    let doc = validate(&out);
+    assert_eq!(doc["complete"], true);
+    let phases = doc["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 2 * 2 * 3);
+    for p in phases {
+        let bs = p["params"]["batch_size"].as_u64().unwrap() as usize;
+        let reqs = p["requests"].as_array().unwrap();
+        assert_eq!(reqs.len(), bs);
+        for r in reqs {
+            assert_eq!(r["output_tokens"], 5);
+            assert_eq!(r["prompt_tokens"], p["params"]["input_len"]);
+            assert_eq!(r["chunk_times_s"].as_array().unwrap().len(), 5);
+        }
+        assert!(
+            p["summary"]["throughput"]["output_tokens_per_s"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+        assert!(!p["steps"].as_array().unwrap().is_empty());
+    }
+    assert_eq!(phases.iter().filter(|p| p["warmup"] == true).count(), 4);
+}
+
+/// The golden prompts as a workload file, replayed through the batching engine with a tiny token
+/// budget and KV pool, give exactly HF's greedy continuations.
+#[test]
+fn workload_replay_reproduces_golden_greedy_under_batching() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in FIXTURES {
+        let g = golden(name);
+        let wl = dir.path().join(format!("{name}.jsonl"));
+        let lines: Vec<String> = g
+            .iter()
+            .map(|p| {
+                serde_json::json!({"prompt_ids": p.ids, "max_tokens": p.greedy.len()}).to_string()
+            })
+            .collect();
+        std::fs::write(&wl, lines.join("\n") + "\n").unwrap();
+        let longest = g
+            .iter()
+            .map(|p| p.ids.len() + p.greedy.len())
+            .max()
+            .unwrap();
+        let kv_blocks = (longest.div_ceil(4) + 3).to_string();
+        let out = dir.path().join(format!("{name}.json"));
+        let model = model_dir(name);
+        let (ok, _, err) = run(&[
+            "--model",
+            model.to_str().unwrap(),
+            "--workload",
+            wl.to_str().unwrap(),
+            "--temperature",
+            "0",
+            "--ignore-eos",
+            "--save-output-ids",
+            "--max-num-batched-tokens",
+            "7",
+            "--block-size",
+            "4",
+            "--kv-blocks",
+            &kv_blocks,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{name}: {err}");
+        let doc = validate(&out);
+        let reqs = doc["phases"][0]["requests"].as_array().unwrap();
+        assert_eq!(reqs.len(), 4);
+        for r in reqs {
+            let i = r["id"].as_u64().unwrap() as usize;
+            let ids: Vec<u32> = r["output_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(ids, g[i].greedy, "{name} prompt{i}");
+        }
+        let steps = doc["phases"][0]["steps"].as_array().unwrap();
+        assert!(steps.iter().all(|s| s["prefill_tokens"].as_u64().unwrap()
+            + s["decode_tokens"].as_u64().unwrap()
+            <= 7));
+    }
+}
+
+#[test]
+fn stream_mode_saves_a_workload_that_replays_the_same_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("stream.json");
+    let wl = dir.path().join("saved.jsonl");
+    let (ok, _, err) = run(&[
+        "--num-requests",
+        "12",
+        "--input-len",
+        "uniform:3:40",
+        "--output-len",
+        "exp:6:12",
+        "--rate",
+        "400",
+        "--arrival",
+        "gamma:0.5",
+        "--seed",
+        "7",
+        "--save-workload",
+        wl.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let doc = validate(&out);
+    let reqs = doc["phases"][0]["requests"].as_array().unwrap();
+    assert_eq!(reqs.len(), 12);
+    let scheduled: Vec<f64> = reqs
+        .iter()
+        .map(|r| r["scheduled_s"].as_f64().unwrap())
+        .collect();
+    assert!(
+        scheduled.iter().any(|&s| s > scheduled[0]),
+        "arrivals are spread out"
+    );
+    let saved = infermeter::workload::read_jsonl(&wl).unwrap();
+    assert_eq!(saved.len(), 12);
+    let out2 = dir.path().join("replay.json");
+    let (ok, _, err) = run(&[
+        "--workload",
+        wl.to_str().unwrap(),
+        "--ignore-eos",
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let doc2 = validate(&out2);
+    let tokens = |d: &Value| -> Vec<(u64, u64, u64)> {
+        let mut v: Vec<_> = d["phases"][0]["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_u64().unwrap(),
+                    r["prompt_tokens"].as_u64().unwrap(),
+                    r["output_tokens"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(tokens(&doc), tokens(&doc2));
+}
+
+#[test]
+fn config_file_options_are_overridden_by_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(
+        &cfg,
+        "batch_size = [2]\ninput_len = \"6\"\noutput_len = \"3\"\nwarmup = 0\nseed = 11\nno_prefix_caching = true\n",
+    )
+    .unwrap();
+    let out = dir.path().join("cfg.json");
+    let (ok, _, err) = run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--seed",
+        "12",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let doc = validate(&out);
+    assert_eq!(doc["config"]["seed"], 12);
+    assert_eq!(doc["config"]["batch_size"], serde_json::json!([2]));
+    assert_eq!(doc["engine"]["enable_prefix_caching"], false);
+    assert_eq!(doc["phases"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn bad_options_and_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let wl = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &wl,
+        "{\"prompt_ids\": [1,2], \"max_tokens\": 3}\n{\"prompt_ids\": [1], \"max_tokens\": 0}\n",
+    )
+    .unwrap();
+    let (ok, _, err) = run(&["--workload", wl.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("bad.jsonl:2"), "{err}");
+    let (ok, _, err) = run(&["--num-requests", "3", "--input-len", "zipf:2"]);
+    assert!(!ok);
+    assert!(err.contains("--input-len") && err.contains("zipf"), "{err}");
+    let (ok, _, err) = run(&["--kv-memory", "12 parsecs"]);
+    assert!(!ok);
+    assert!(err.contains("parsecs"), "{err}");
+    let (ok, _, err) = run(&["--num-requests", "3", "--rate=-1"]);
+    assert!(!ok);
+    assert!(err.contains("rate"), "{err}");
+}
+
+/// A request that cannot run (longer than the context) is recorded as failed; the run goes on.
+#[test]
+fn a_bad_request_is_recorded_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let wl = dir.path().join("w.jsonl");
+    let long: Vec<u32> = (0..300).map(|i| i % 100).collect();
+    std::fs::write(
+        &wl,
+        format!(
+            "{}\n{}\n",
+            serde_json::json!({"prompt_ids": [1, 2, 3], "max_tokens": 4}),
+            serde_json::json!({"prompt_ids": long, "max_tokens": 4})
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("w.json");
+    let (ok, _, err) = run(&[
+        "--workload",
+        wl.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let doc = validate(&out);
+    let reqs = doc["phases"][0]["requests"].as_array().unwrap();
+    assert_eq!(reqs.len(), 2);
+    let failed: Vec<_> = reqs.iter().filter(|r| !r["error"].is_null()).collect();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("context of 256"));
+    assert_eq!(doc["phases"][0]["summary"]["failed"], 1);
+}
+
+/// Killed mid-run, the results file is still a complete, valid document holding what was measured.
+#[test]
+fn an_interrupted_run_keeps_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("killed.json");
+    let mut child = Command::new(infermeter_bin())
+        .args([
+            "run",
+            "--no-progress",
+            "--num-requests",
+            "100000",
+            "--rate",
+            "300",
+        ])
+        .args([
+            "--input-len",
+            "8",
+            "--output-len",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // wait until at least one incremental save with records has happened
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let n = std::fs::read_to_string(&out)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .map_or(0, |d| {
+                d["phases"][0]["requests"].as_array().map_or(0, |r| r.len())
+            });
+        if n > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no records saved within 60 s"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let doc = validate(&out);
+    assert_eq!(doc["complete"], false);
+    let reqs = doc["phases"][0]["requests"].as_array().unwrap();
+    assert!(!reqs.is_empty());
+    assert!(reqs.iter().all(|r| r["output_tokens"] == 4));
+}
