@@ -6,13 +6,17 @@
 
 pub mod backend;
 pub mod cli;
+pub mod client;
 pub mod engine;
 pub mod error;
 pub mod kv;
 pub mod metrics;
+pub mod mock;
 pub mod model;
 pub mod report;
 pub mod sched;
+pub mod server;
+pub mod study;
 pub mod telemetry;
 pub mod util;
 pub mod workload;

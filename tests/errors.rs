@@ -183,10 +183,7 @@ fn unsupported_dtype_is_named() {
 }
 
 fn run_cli(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(infermeter_bin())
-        .args(args)
-        .output()
-        .unwrap();
+    let out = infermeter_cmd().args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     (out.status.success(), stderr)

@@ -59,7 +59,7 @@ fn cli_logits_and_generate_reproduce_golden() {
             .join(",");
         let out_file = tmp.path().join(format!("{name}.safetensors"));
         let dir = model_dir(name);
-        let st = std::process::Command::new(infermeter_bin())
+        let st = infermeter_cmd()
             .args([
                 "logits",
                 "--model",
@@ -83,7 +83,7 @@ fn cli_logits_and_generate_reproduce_golden() {
         let written_ids = written.iter().find(|t| t.name == "ids").unwrap();
         assert_eq!(written_ids.shape, vec![g.ids.len()]);
 
-        let out = std::process::Command::new(infermeter_bin())
+        let out = infermeter_cmd()
             .args(["generate", "--model", dir.to_str().unwrap(), "--ids", &ids])
             .args([
                 "--max-tokens",

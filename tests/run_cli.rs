@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 use serde_json::Value;
@@ -27,7 +26,7 @@ fn validate(path: &Path) -> Value {
 }
 
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(infermeter_bin())
+    let out = infermeter_cmd()
         .arg("run")
         .arg("--no-progress")
         .args(args)
@@ -303,7 +302,7 @@ fn a_bad_request_is_recorded_and_the_run_goes_on() {
 fn an_interrupted_run_keeps_its_records() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("killed.json");
-    let mut child = Command::new(infermeter_bin())
+    let mut child = infermeter_cmd()
         .args([
             "run",
             "--no-progress",

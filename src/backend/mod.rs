@@ -10,6 +10,7 @@
 //! ```
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::Result;
 use crate::model::tensor_store::HostTensor;

@@ -1,9 +1,9 @@
 use anyhow::Context;
 use clap::Args;
 
-use super::{ModelArgs, PromptArgs};
-use crate::backend::cpu::CpuBackend;
-use crate::engine::{generate, GenerateRequest, SamplingParams};
+use super::backend::{BackendArgs, EngineBackend};
+use super::{ModelArgs, PromptArgs, SamplingArgs};
+use crate::engine::{generate, GenerateRequest};
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
@@ -11,21 +11,13 @@ pub struct GenerateArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub prompt: PromptArgs,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// Number of tokens to generate at most.
     #[arg(long, default_value_t = 32)]
     pub max_tokens: usize,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    /// Keep only the K most likely tokens (0: off).
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-    /// Keep the smallest set of tokens whose probability reaches P (1: off).
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
-    /// Seed of the sampler.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Do not stop at the end-of-sequence token.
     #[arg(long)]
     pub ignore_eos: bool,
@@ -39,6 +31,7 @@ struct JsonOut<'a> {
     model: &'a str,
     weights: &'a str,
     backend: &'a str,
+    dtype: &'a str,
     prompt_ids: &'a [u32],
     output_ids: &'a [u32],
     text: Option<String>,
@@ -50,6 +43,11 @@ struct JsonOut<'a> {
 }
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
+    let backend = super::backend::open(&a.backend)?;
+    super::backend::dispatch!(backend, b => run_on(a, b))
+}
+
+fn run_on<B: EngineBackend>(a: GenerateArgs, backend: B) -> anyhow::Result<()> {
     // Validate the prompt against the config and tokenizer before reading or generating weights.
     let source = crate::model::open(&a.model.model)
         .with_context(|| format!("opening model `{}`", a.model.model))?;
@@ -61,16 +59,11 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         .load(a.model.load_options())
         .with_context(|| format!("loading model `{}`", a.model.model))?;
     let weights_kind = loaded.weights_kind;
-    let (model, tokenizer) = loaded.into_model(CpuBackend)?;
+    let (model, tokenizer) = loaded.into_model(backend)?;
     let req = GenerateRequest {
         prompt_ids: prompt_ids.clone(),
         max_tokens: a.max_tokens,
-        sampling: SamplingParams {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            seed: a.seed,
-        },
+        sampling: a.sampling.params(),
         ignore_eos: a.ignore_eos,
     };
     let out = generate(&model, &req)?;
@@ -82,7 +75,8 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         let j = JsonOut {
             model: &a.model.model,
             weights: weights_kind,
-            backend: "cpu",
+            backend: model.backend.name(),
+            dtype: model.backend.dtype_name(),
             prompt_ids: &prompt_ids,
             output_ids: &out.output_ids,
             text,

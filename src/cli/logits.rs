@@ -3,8 +3,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
+use super::backend::{BackendArgs, EngineBackend};
 use super::{ModelArgs, PromptArgs};
-use crate::backend::cpu::CpuBackend;
 use crate::engine::generate::all_logits;
 use crate::model::tensor_store::{write_safetensors, OutTensor};
 
@@ -14,12 +14,19 @@ pub struct LogitsArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub prompt: PromptArgs,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// Output safetensors file: `logits` f32 [tokens, vocab] and `ids` i32 [tokens].
     #[arg(long)]
     pub out: PathBuf,
 }
 
 pub fn run(a: LogitsArgs) -> anyhow::Result<()> {
+    let backend = super::backend::open(&a.backend)?;
+    super::backend::dispatch!(backend, b => run_on(a, b))
+}
+
+fn run_on<B: EngineBackend>(a: LogitsArgs, backend: B) -> anyhow::Result<()> {
     // Validate the prompt against the config and tokenizer before reading or generating weights.
     let source = crate::model::open(&a.model.model)
         .with_context(|| format!("opening model `{}`", a.model.model))?;
@@ -30,7 +37,7 @@ pub fn run(a: LogitsArgs) -> anyhow::Result<()> {
     let loaded = source
         .load(a.model.load_options())
         .with_context(|| format!("loading model `{}`", a.model.model))?;
-    let (model, _tokenizer) = loaded.into_model(CpuBackend)?;
+    let (model, _tokenizer) = loaded.into_model(backend)?;
     let logits = all_logits(&model, &ids)?;
     let ids_i32: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
     write_safetensors(
@@ -42,10 +49,11 @@ pub fn run(a: LogitsArgs) -> anyhow::Result<()> {
     )
     .with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!(
-        "wrote {} ({} tokens x {} vocab)",
+        "wrote {} ({} tokens x {} vocab; {})",
         a.out.display(),
         ids.len(),
-        model.config.vocab_size
+        model.config.vocab_size,
+        model.backend.describe()
     );
     Ok(())
 }

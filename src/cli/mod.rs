@@ -1,10 +1,17 @@
 //! Command-line interface: each command is thin glue over the library.
 
+pub mod backend;
 pub mod config_file;
 mod generate;
 mod info;
+pub mod kernels;
+pub mod load;
 mod logits;
+pub mod mock_server;
+mod report;
 pub mod run;
+mod serve;
+pub mod telemetry_opts;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -36,6 +43,17 @@ pub enum Command {
     Info(info::InfoArgs),
     /// The offline benchmark: run a grid, a stream or a workload file through the engine.
     Run(Box<run::RunArgs>),
+    /// Load-test an OpenAI-compatible server (vLLM, TGI, SGLang, llama.cpp): open or closed loop,
+    /// sweeps, the client's self-calibration.
+    Load(Box<load::LoadArgs>),
+    /// A synthetic OpenAI-compatible streaming server with configurable timing and errors.
+    MockServer(Box<mock_server::MockServerArgs>),
+    /// Reports: compare results files in Markdown, HTML (inline SVG plots) or JSON.
+    Report(report::ReportArgs),
+    /// Serve the reference engine over an OpenAI-compatible HTTP API.
+    Serve(Box<serve::ServeArgs>),
+    /// Kernel studies: time every op at model shapes against the measured ceilings (roofline).
+    Kernels(kernels::KernelsArgs),
 }
 
 /// Which model to run.
@@ -57,6 +75,34 @@ impl ModelArgs {
         crate::model::LoadOptions {
             dummy_weights: self.dummy_weights,
             dummy_seed: self.dummy_seed,
+        }
+    }
+}
+
+/// Sampling options shared by the commands that generate.
+#[derive(Debug, Clone, Args, serde::Serialize)]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Keep only the K most likely tokens (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches P (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Seed of the sampler (for `run`, also of prompts and arrivals).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> crate::engine::SamplingParams {
+        crate::engine::SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
         }
     }
 }
@@ -104,5 +150,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Info(a) => info::run(a),
         Command::Run(a) => run::run(*a),
+        Command::Load(a) => load::run(*a),
+        Command::MockServer(a) => mock_server::run(*a),
+        Command::Report(a) => report::run(a),
+        Command::Serve(a) => serve::run(*a),
+        Command::Kernels(a) => kernels::run(a),
     }
 }

@@ -9,15 +9,14 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-use super::ModelArgs;
-use crate::backend::cpu::CpuBackend;
+use super::{ModelArgs, SamplingArgs};
 use crate::engine::offline::{run_phase, PhaseEvent, PhaseOptions, PlannedRequest};
-use crate::engine::{Engine, EngineConfig, SamplingParams};
+use crate::engine::{Engine, EngineConfig};
 use crate::metrics::summarize;
 use crate::model::KvCache;
 use crate::report::results::{
@@ -27,22 +26,22 @@ use crate::report::results::{
 use crate::telemetry::host::HostInfo;
 use crate::workload::{self, Arrival, LengthDist, WorkloadRequest};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendChoice {
-    /// The best available backend (the CPU until the CUDA backend lands).
-    Auto,
-    Cpu,
-}
+pub use super::backend::BackendChoice;
+use super::backend::EngineBackend;
+use super::telemetry_opts::{print_energy, RunTelemetry, TelemetryArgs};
 
 #[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct RunArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub model: ModelArgs,
-    /// Backend to run on.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    pub backend: BackendChoice,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub backend: super::backend::BackendArgs,
+    /// CUDA: the fraction of the GPU memory free at start that weights, activations and the KV pool
+    /// may use; the pool gets what is left (--kv-blocks overrides it; --kv-memory is for the CPU).
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
     /// Read options from a TOML or JSON file (keys are option names); the command line wins.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -106,16 +105,9 @@ pub struct RunArgs {
     pub save_workload: Option<PathBuf>,
 
     // --- sampling ---
-    /// Seed of prompts, arrivals and sampling.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Sampling temperature (0: greedy).
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub sampling: SamplingArgs,
     /// Workload mode: do not stop at EOS (grid and stream always ignore EOS: exact lengths).
     #[arg(long)]
     pub ignore_eos: bool,
@@ -130,6 +122,11 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+
+    // --- telemetry, energy and cost ---
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 /// A phase to run: its name, parameters and requests.
@@ -194,7 +191,8 @@ fn grid_plans(a: &RunArgs, vocab: usize) -> anyhow::Result<Vec<PhasePlan>> {
                     .map(|r| (true, r))
                     .chain((0..a.repeats).map(|r| (false, r)));
                 for (warmup, rep) in runs {
-                    let seed = a.seed ^ (cell << 32) ^ ((rep as u64) << 16) ^ u64::from(warmup);
+                    let seed =
+                        a.sampling.seed ^ (cell << 32) ^ ((rep as u64) << 16) ^ u64::from(warmup);
                     let mut rng = ChaCha8Rng::seed_from_u64(seed);
                     let requests = (0..b)
                         .map(|_| PlannedRequest {
@@ -226,7 +224,8 @@ fn arrivals(a: &RunArgs, n: usize) -> anyhow::Result<Vec<f64>> {
         Some(rate) => {
             let arrival =
                 Arrival::from_str(&a.arrival).map_err(|e| anyhow::anyhow!("--arrival: {e}"))?;
-            Ok(workload::send_offsets(n, rate, arrival, a.seed).context("--rate / --arrival")?)
+            Ok(workload::send_offsets(n, rate, arrival, a.sampling.seed)
+                .context("--rate / --arrival")?)
         }
     }
 }
@@ -236,7 +235,7 @@ fn stream_plan(a: &RunArgs, n: usize, vocab: usize, context: usize) -> anyhow::R
         .map_err(|e| anyhow::anyhow!("--input-len: {e}"))?;
     let output = LengthDist::from_str(a.output_len.as_deref().unwrap_or("32"))
         .map_err(|e| anyhow::anyhow!("--output-len: {e}"))?;
-    let mut rng = ChaCha8Rng::seed_from_u64(a.seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(a.sampling.seed);
     let offsets = arrivals(a, n)?;
     let requests = offsets
         .into_iter()
@@ -294,6 +293,12 @@ fn workload_plan(
 }
 
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
+    let backend = super::backend::open(&a.backend)?;
+    super::backend::dispatch!(backend, b => run_on(a, b))
+}
+
+fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
+    a.telemetry.validate()?;
     let source = crate::model::open(&a.model.model)
         .with_context(|| format!("opening model `{}`", a.model.model))?;
     let cfg = source.config.clone();
@@ -333,11 +338,18 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         .load(a.model.load_options())
         .with_context(|| format!("loading model `{}`", a.model.model))?;
     let weights_kind = loaded.weights_kind;
-    let (model, _tokenizer) = loaded.into_model(CpuBackend)?;
-    let block_bytes = KvCache::<CpuBackend>::block_bytes(&cfg, a.block_size.max(1), 4);
+    let (model, _tokenizer) = loaded.into_model(backend)?;
+    let (backend_name, dtype, on, gpus) = (
+        model.backend.name(),
+        model.backend.dtype_name(),
+        model.backend.describe(),
+        model.backend.gpus(),
+    );
+    let block_bytes =
+        KvCache::<B>::block_bytes(&cfg, a.block_size.max(1), model.backend.elem_bytes());
     let num_blocks = match a.kv_blocks {
         Some(n) => n,
-        None => parse_bytes(&a.kv_memory).context("--kv-memory")? / block_bytes,
+        None => model.backend.auto_kv_blocks(&model, &a)?,
     };
     let engine_cfg = EngineConfig {
         block_size: a.block_size,
@@ -348,6 +360,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     };
     let epoch = Instant::now();
     let mut engine = Engine::new(model, engine_cfg, epoch)?;
+    let mut tel = RunTelemetry::start(&a.telemetry, epoch)?;
     let out_path = a.out.clone().unwrap_or_else(|| {
         let stamp = crate::util::utc_timestamp().replace(':', "");
         PathBuf::from("infermeter-results").join(format!("run-{stamp}.json"))
@@ -362,13 +375,13 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         complete: false,
         hardware: Hardware {
             host: HostInfo::collect(),
-            gpus: Vec::new(),
+            gpus,
         },
         model: ModelInfo {
             source: a.model.model.clone(),
             weights: weights_kind.into(),
-            backend: "cpu".into(),
-            dtype: "f32".into(),
+            backend: backend_name.into(),
+            dtype: dtype.into(),
             num_parameters: cfg.num_parameters(),
             config: cfg.clone(),
         },
@@ -378,18 +391,19 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         },
         workload: json!({
             "mode": mode,
-            "seed": a.seed,
-            "sampling": {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p},
+            "seed": a.sampling.seed,
+            "sampling": {"temperature": a.sampling.temperature, "top_k": a.sampling.top_k, "top_p": a.sampling.top_p},
             "ignore_eos": mode != "workload" || a.ignore_eos,
             "num_phases": plans.len(),
             "num_requests": plans.iter().map(|p| p.requests.len()).sum::<usize>(),
         }),
         phases: Vec::new(),
+        telemetry: tel.section(),
     };
     let mut writer = ResultsWriter::new(&out_path, results)
         .with_context(|| format!("writing {}", out_path.display()))?;
     eprintln!(
-        "model {} ({}, {:.1}M parameters, {} weights) on cpu; KV pool {} blocks x {} tokens ({:.1} MiB); results -> {}",
+        "model {} ({}, {:.1}M parameters, {} weights) on {on}; KV pool {} blocks x {} tokens ({:.1} MiB); results -> {}",
         a.model.model,
         serde_json::to_value(cfg.arch)?.as_str().unwrap_or("?"),
         cfg.num_parameters() as f64 / 1e6,
@@ -399,6 +413,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         (num_blocks * block_bytes) as f64 / (1u64 << 20) as f64,
         out_path.display()
     );
+    eprintln!("{}", tel.describe());
 
     let total: usize = plans.iter().map(|p| p.requests.len()).sum();
     let bar = if a.no_progress {
@@ -414,12 +429,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         .progress_chars("=> "),
     );
     let opts = PhaseOptions {
-        sampling: SamplingParams {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            seed: a.seed,
-        },
+        sampling: a.sampling.params(),
         ignore_eos: mode != "workload" || a.ignore_eos,
         save_output_ids: a.save_output_ids,
     };
@@ -437,7 +447,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             steps: Vec::new(),
             summary: None,
             engine_summary: None,
+            energy: None,
         });
+        tel.mark();
         let mut save_err = None;
         let outcome = run_phase(&mut engine, &plan.requests, opts, |ev| {
             let PhaseEvent::RequestDone(so_far) = ev;
@@ -449,6 +461,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                 save_err.get_or_insert(e);
             }
         })?;
+        tel.mark();
         if let Some(e) = save_err {
             return Err(e).with_context(|| format!("writing {}", out_path.display()));
         }
@@ -460,12 +473,15 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         phase.engine_summary = Some(EngineSummary::of(&outcome.steps, &outcome.requests));
         phase.requests = outcome.requests;
         phase.steps = outcome.steps;
+        tel.after_phase(&mut writer.results, idx);
         writer.save(true)?;
     }
     bar.finish_and_clear();
+    tel.finish(&mut writer.results);
     writer.results.complete = true;
     writer.save(true)?;
     print_summary(&writer.results);
+    print_energy(&writer.results);
     eprintln!("results: {}", out_path.display());
     Ok(())
 }

@@ -24,6 +24,14 @@ pub struct EngineConfig {
     pub enable_prefix_caching: bool,
 }
 
+/// Per-request options beyond `EngineRequest` (kept apart so existing callers stay unchanged).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestOptions {
+    /// EOS tokens cannot be sampled before the request has this many output tokens (the OpenAI /
+    /// vLLM `min_tokens`): their logits are masked. Ignored with `ignore_eos`.
+    pub min_tokens: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct EngineRequest {
     pub prompt_ids: Vec<u32>,
@@ -102,6 +110,7 @@ pub struct StepOutput {
 struct Runtime {
     sampler: Sampler,
     max_tokens: usize,
+    min_tokens: usize,
     ignore_eos: bool,
     added_s: f64,
     admitted_s: Option<f64>,
@@ -191,7 +200,22 @@ impl<B: Backend> Engine<B> {
 
     /// Validate and queue a request.
     pub fn add_request(&mut self, req: EngineRequest) -> Result<RequestId> {
+        self.add_request_with(req, RequestOptions::default())
+    }
+
+    /// Validate and queue a request with extra options (`min_tokens`).
+    pub fn add_request_with(
+        &mut self,
+        req: EngineRequest,
+        opts: RequestOptions,
+    ) -> Result<RequestId> {
         req.sampling.validate()?;
+        if opts.min_tokens > req.max_tokens {
+            return Err(Error::Invalid(format!(
+                "min_tokens ({}) must not exceed max_tokens ({})",
+                opts.min_tokens, req.max_tokens
+            )));
+        }
         check_prompt(&req.prompt_ids, req.max_tokens, &self.model.config)?;
         if req.max_tokens == 0 {
             return Err(Error::Invalid("max_tokens must be at least 1".into()));
@@ -212,6 +236,7 @@ impl<B: Backend> Engine<B> {
             Runtime {
                 sampler: Sampler::new(req.sampling),
                 max_tokens: req.max_tokens,
+                min_tokens: if req.ignore_eos { 0 } else { opts.min_tokens },
                 ignore_eos: req.ignore_eos,
                 added_s: self.now_s(),
                 admitted_s: None,
@@ -241,7 +266,7 @@ impl<B: Backend> Engine<B> {
             }
         }
         let block_size = self.cache.geom.block_size;
-        let logits = {
+        let mut logits = {
             let chunks: Vec<SeqChunk> = plan
                 .chunks
                 .iter()
@@ -266,13 +291,22 @@ impl<B: Backend> Engine<B> {
             self.model.forward(&meta, &mut self.cache)?
         };
         let vocab = self.model.config.vocab_size;
+        let eos_ids = &self.model.config.eos_token_ids;
         let mut sampled = Vec::new();
         for (row, c) in plan.chunks.iter().filter(|c| c.samples).enumerate() {
             let r = self
                 .reqs
                 .get_mut(&c.id)
                 .expect("runtime of a running request");
-            let tok = r.sampler.sample(&logits[row * vocab..(row + 1) * vocab]);
+            let row_logits = &mut logits[row * vocab..(row + 1) * vocab];
+            if r.token_times_s.len() < r.min_tokens && eos_ids.len() < vocab {
+                for &e in eos_ids {
+                    if let Some(l) = row_logits.get_mut(e as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            let tok = r.sampler.sample(row_logits);
             sampled.push((c.id, tok));
         }
         let end_s = self.now_s();

@@ -6,6 +6,8 @@ pub mod generate;
 pub mod offline;
 pub mod sampling;
 
-pub use core::{Engine, EngineConfig, EngineRequest, FinishedRequest, StepRecord, TokenEvent};
+pub use core::{
+    Engine, EngineConfig, EngineRequest, FinishedRequest, RequestOptions, StepRecord, TokenEvent,
+};
 pub use generate::{generate, FinishReason, GenerateOutput, GenerateRequest};
 pub use sampling::{Sampler, SamplingParams};

@@ -10,6 +10,7 @@
 //! The definitions follow DESIGN.md ("Metric definitions") exactly; times are seconds on one monotonic
 //! clock from the run's epoch.
 
+pub mod energy;
 pub mod requests;
 pub mod stats;
 

@@ -33,6 +33,16 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of `text` without the special tokens the post-processor would add (for text that
+    /// already carries them, e.g. a rendered chat template starting with `bos_token`).
+    pub fn encode_no_special(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(format!("{}: encoding failed: {e}", self.source)))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner

@@ -152,6 +152,10 @@ pub struct Phase {
     pub steps: Vec<StepRecord>,
     pub summary: Option<RunSummary>,
     pub engine_summary: Option<EngineSummary>,
+    /// Energy (from the telemetry timeline), prefill/decode split, cost and emissions of the
+    /// phase's window.
+    #[serde(default)]
+    pub energy: Option<crate::metrics::energy::EnergyReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -173,6 +177,9 @@ pub struct RunResults {
     pub workload: serde_json::Value,
     /// Times in phases, requests and steps are seconds from this run's epoch (monotonic clock).
     pub phases: Vec<Phase>,
+    /// Telemetry sources, timeline and the run's energy and cost (same clock as the phases).
+    #[serde(default)]
+    pub telemetry: Option<crate::telemetry::TelemetrySection>,
 }
 
 /// Keeps a results document and writes it atomically, at most every `interval` unless forced.
@@ -214,19 +221,94 @@ impl ResultsWriter {
     }
 }
 
-/// Read a results file (any kind this version understands).
-pub fn read_results(path: &Path) -> Result<RunResults> {
+/// A results file of any kind this version reads, as told by its `kind` field.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResultsFile {
+    /// `kind: "run"`: the offline benchmark of the reference engine.
+    Run(Box<RunResults>),
+    /// `kind: "load"`: the load generator against an HTTP server.
+    Load(Box<super::load_results::LoadResults>),
+    /// `kind: "kernels"`: kernel studies (roofline).
+    Kernels(Box<super::kernels_results::KernelsResults>),
+}
+
+/// The kinds [`read_results`] understands.
+pub const KINDS: &[&str] = &["run", "load", "kernels"];
+
+impl ResultsFile {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ResultsFile::Run(_) => "run",
+            ResultsFile::Load(_) => "load",
+            ResultsFile::Kernels(_) => "kernels",
+        }
+    }
+}
+
+/// Read a results file of any kind this version understands, dispatching on `kind`. Errors name the
+/// file and the field at fault (`phases[0].summary.completed: invalid type ...`).
+pub fn read_results(path: &Path) -> Result<ResultsFile> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let r: RunResults = serde_json::from_str(&text).map_err(|source| Error::Json {
-        file: path.display().to_string(),
+    let file = path.display().to_string();
+    let doc: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        file: file.clone(),
         source,
     })?;
-    if r.schema_version != SCHEMA_VERSION {
-        return Err(Error::Invalid(format!(
-            "{}: schema_version {} is not supported (this build reads {SCHEMA_VERSION})",
-            path.display(),
-            r.schema_version
-        )));
+    let Some(top) = doc.as_object() else {
+        return Err(Error::config(
+            &file,
+            "(top level)",
+            "expected a JSON object",
+        ));
+    };
+    match top.get("schema_version") {
+        Some(v) if v.as_u64() == Some(u64::from(SCHEMA_VERSION)) => {}
+        Some(v) => {
+            return Err(Error::config(
+                &file,
+                "schema_version",
+                format!("{v} is not supported (this build reads {SCHEMA_VERSION})"),
+            ))
+        }
+        None => return Err(Error::config(&file, "schema_version", "missing")),
     }
-    Ok(r)
+    let kinds = KINDS.join(", ");
+    let kind = match top.get("kind") {
+        Some(serde_json::Value::String(k)) => k.clone(),
+        Some(v) => {
+            return Err(Error::config(
+                &file,
+                "kind",
+                format!("{v} is not a string (kinds: {kinds})"),
+            ))
+        }
+        None => {
+            return Err(Error::config(
+                &file,
+                "kind",
+                format!("missing (kinds: {kinds})"),
+            ))
+        }
+    };
+    match kind.as_str() {
+        "run" => Ok(ResultsFile::Run(Box::new(parse_kind(&file, doc)?))),
+        "load" => Ok(ResultsFile::Load(Box::new(parse_kind(&file, doc)?))),
+        "kernels" => Ok(ResultsFile::Kernels(Box::new(parse_kind(&file, doc)?))),
+        other => Err(Error::config(
+            &file,
+            "kind",
+            format!("unknown kind `{other}` (this build reads: {kinds})"),
+        )),
+    }
+}
+
+/// Deserialize a whole document as one kind's type; the error names the path of the field at fault.
+fn parse_kind<T: serde::de::DeserializeOwned>(file: &str, doc: serde_json::Value) -> Result<T> {
+    serde_path_to_error::deserialize(doc).map_err(|e| {
+        let field = match e.path().to_string() {
+            p if p == "." => "(top level)".to_string(),
+            p => p,
+        };
+        Error::config(file, &field, e.into_inner().to_string())
+    })
 }

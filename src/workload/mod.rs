@@ -8,10 +8,16 @@
 //! - [`file`](mod@file): JSONL workload files, one request per line, so any target (the reference engine, an
 //!   HTTP server, another framework) can be driven by the same requests.
 //! - [`random_prompt_ids`]: synthetic prompts of a given length.
+//! - [`dataset`]: ShareGPT conversations and prompt files; [`profile`]: named workload profiles
+//!   (`chat`, `code-generation`, `classification`, `fixed-length`); [`session`]: the single- and
+//!   multi-turn sessions `infermeter load` sends, built from any of these sources.
 
 pub mod arrival;
+pub mod dataset;
 pub mod dist;
 pub mod file;
+pub mod profile;
+pub mod session;
 
 pub use arrival::{send_offsets, Arrival};
 pub use dist::LengthDist;

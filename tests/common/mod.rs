@@ -103,3 +103,11 @@ pub fn write_config(dir: &Path, v: &serde_json::Value) {
 pub fn infermeter_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_infermeter"))
 }
+
+/// The binary on the CPU backend (`INFERMETER_BACKEND=cpu`): these tests compare against CPU
+/// references exactly, so on a GPU machine `--backend auto` must not move them to CUDA.
+pub fn infermeter_cmd() -> std::process::Command {
+    let mut c = std::process::Command::new(infermeter_bin());
+    c.env("INFERMETER_BACKEND", "cpu");
+    c
+}

@@ -1,0 +1,12 @@
+//! Kernel study: LayerNorm, RMSNorm, fused residual-add + RMSNorm, in-place add.
+//!
+//! CUDA source: `kernels/norm.cu` (CUDA studies run when the CUDA backend exists; until then they
+//! are skipped with the reason printed). CPU reference: `src/backend/cpu/norm.rs`. Shapes, bytes
+//! and FLOPs: `src/study` (`cargo bench --bench norm`; the same cases: `infermeter kernels --op
+//! norm`).
+
+mod common;
+
+fn main() {
+    common::main_for(infermeter::study::Family::Norm);
+}

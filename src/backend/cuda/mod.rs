@@ -1,0 +1,986 @@
+//! The CUDA backend: every op of the forward pass on one GPU, through cudarc.
+//!
+//! - [`device`]: probing before use (cudarc panics when a library is missing) and describing GPUs;
+//! - [`compile`]: the `kernels/*.cu` sources, embedded at build time, compiled by NVRTC at run time
+//!   for the device's own `sm_XX` (CUBIN) and cached on disk;
+//! - [`ops`]: one launch wrapper per kernel;
+//! - [`gemm`]: `linear` through cuBLAS (bf16/f16 with f32 accumulation, f32 in f32);
+//! - [`memory`]: the device memory plan (weights, activations, KV pool from
+//!   `--gpu-memory-utilization`);
+//! - [`params`]: bindgen's output for `kernels/params.h` (committed; `scripts/check-bindings`).
+//!
+//! [`CudaBackend<T>`] is generic over the compute dtype `T` ([`half::bf16`], [`half::f16`], `f32`):
+//! buffers are `CudaSlice<T>`, kernels come from the modules compiled with `-DIM_DTYPE` of `T`.
+//! Layouts are the CPU reference's (`backend::cpu`), element for element; tests/cuda_*.rs compare the
+//! two. Everything runs on one stream; host reads (`download`) synchronise it, which is also where a
+//! kernel fault would surface, as a typed error.
+
+pub mod compile;
+pub mod device;
+pub mod gemm;
+pub mod memory;
+pub mod ops;
+#[rustfmt::skip]
+#[allow(
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code,
+    clippy::all,
+    clippy::pedantic
+)]
+pub mod params;
+
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, DeviceRepr, ValidAsZeroBits};
+
+use super::{Backend, BatchMeta, KvGeometry};
+use crate::engine::SamplingParams;
+use crate::error::{Error, Result};
+use crate::model::tensor_store::HostTensor;
+
+pub use device::{probe, CudaProbe, GpuInfo, LibraryStatus};
+pub use memory::{MemoryPlan, PlanInputs};
+pub use params::SamplingRowParams;
+
+fn err(msg: impl Into<String>) -> Error {
+    Error::Backend {
+        backend: "cuda",
+        msg: msg.into(),
+    }
+}
+
+fn drv(what: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
+    move |e| err(format!("{what}: {e}"))
+}
+
+/// A compute dtype of the CUDA backend.
+pub trait CudaDtype:
+    DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + Unpin + std::fmt::Debug + 'static
+{
+    /// "bf16", "f16", "f32"
+    const NAME: &'static str;
+    /// The `-DIM_DTYPE` id (params.h).
+    const DTYPE_ID: u32;
+    /// cuBLAS's name for it.
+    const CUDA_DATA_TYPE: cudarc::cublas::sys::cudaDataType;
+    /// Round-to-nearest-even from f32 (as the kernels' `from_float`).
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl CudaDtype for half::bf16 {
+    const NAME: &'static str = "bf16";
+    const DTYPE_ID: u32 = params::IM_DTYPE_BF16;
+    const CUDA_DATA_TYPE: cudarc::cublas::sys::cudaDataType =
+        cudarc::cublas::sys::cudaDataType::CUDA_R_16BF;
+    fn from_f32(v: f32) -> Self {
+        half::bf16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+}
+
+impl CudaDtype for half::f16 {
+    const NAME: &'static str = "f16";
+    const DTYPE_ID: u32 = params::IM_DTYPE_F16;
+    const CUDA_DATA_TYPE: cudarc::cublas::sys::cudaDataType =
+        cudarc::cublas::sys::cudaDataType::CUDA_R_16F;
+    fn from_f32(v: f32) -> Self {
+        half::f16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+}
+
+impl CudaDtype for f32 {
+    const NAME: &'static str = "f32";
+    const DTYPE_ID: u32 = params::IM_DTYPE_F32;
+    const CUDA_DATA_TYPE: cudarc::cublas::sys::cudaDataType =
+        cudarc::cublas::sys::cudaDataType::CUDA_R_32F;
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+/// How to open the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// Device ordinal (as the driver numbers them, after CUDA_VISIBLE_DEVICES).
+    pub ordinal: usize,
+    /// Compiled-kernel cache folder; None compiles every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        Self {
+            ordinal: 0,
+            cache_dir: compile::default_cache_dir(),
+        }
+    }
+}
+
+/// How the kernels were obtained when the backend opened.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CompileReport {
+    pub nvrtc_version: String,
+    /// "sm_90" (CUBIN) or "compute_90" (PTX, JIT-compiled by the driver)
+    pub target: String,
+    pub modules_compiled: usize,
+    pub modules_from_cache: usize,
+    pub seconds: f64,
+    pub cache_dir: Option<PathBuf>,
+    pub include_dirs: Vec<PathBuf>,
+    /// NVRTC warnings (file: log), empty for clean compiles.
+    pub warnings: Vec<String>,
+}
+
+/// One opened device with the kernels of one dtype; shared by clones of a backend.
+struct Device {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    gemm: gemm::Gemm,
+    kernels: ops::Kernels,
+    info: GpuInfo,
+    free_at_open: usize,
+    compile: CompileReport,
+    /// All-zero u32 row indices for the bias broadcast in `linear`, grown on demand.
+    zero_rows: Mutex<Option<CudaSlice<u32>>>,
+}
+
+/// The CUDA backend for compute dtype `T`. Cloning shares the device, stream and kernels.
+pub struct CudaBackend<T: CudaDtype> {
+    dev: Arc<Device>,
+    _dtype: PhantomData<T>,
+}
+
+impl<T: CudaDtype> Clone for CudaBackend<T> {
+    fn clone(&self) -> Self {
+        Self {
+            dev: self.dev.clone(),
+            _dtype: PhantomData,
+        }
+    }
+}
+
+impl<T: CudaDtype> std::fmt::Debug for CudaBackend<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("dtype", &T::NAME)
+            .field("device", &self.dev.info)
+            .finish()
+    }
+}
+
+impl<T: CudaDtype> CudaBackend<T> {
+    /// Open device 0 with the default kernel cache.
+    pub fn new() -> Result<Self> {
+        Self::with_options(&CudaOptions::default())
+    }
+
+    /// Probe, create the context and stream, compile (or load from the cache) and load every kernel
+    /// for this dtype, create the cuBLAS handle. Without a usable GPU: `Error::Backend` "no CUDA
+    /// device: <reason>", never a panic.
+    pub fn with_options(opts: &CudaOptions) -> Result<Self> {
+        let info = device::require(opts.ordinal)?;
+        let ctx = CudaContext::new(opts.ordinal).map_err(drv("creating the CUDA context"))?;
+        // One stream, no cross-stream hazards: cudarc's per-buffer event tracking would only add
+        // two event records per kernel argument.
+        // SAFETY: called before any buffer or stream of this context exists.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(drv("creating a stream"))?;
+
+        let t0 = Instant::now();
+        let compiler = compile::Compiler::new(opts.cache_dir.clone())?;
+        let target = compiler.target_for(info.compute_capability)?;
+        let mut modules = Vec::with_capacity(compile::KERNEL_FILES.len());
+        let (mut compiled, mut cached, mut warnings) = (0, 0, Vec::new());
+        for file in compile::KERNEL_FILES {
+            let mut c = compiler.compile(file, T::NAME, T::DTYPE_ID, target)?;
+            let module = match ctx.load_module(c.image.clone().into_module_source()) {
+                Ok(m) => m,
+                Err(e) if c.from_cache => {
+                    // a stale or foreign cache entry: drop it and compile afresh
+                    if let Some(p) = compiler.cache_path(file, T::NAME, T::DTYPE_ID, target) {
+                        compile::evict(&p);
+                    }
+                    eprintln!(
+                        "warning: cached kernels/{} did not load ({e}); recompiling",
+                        file.name
+                    );
+                    c = compiler.compile(file, T::NAME, T::DTYPE_ID, target)?;
+                    ctx.load_module(c.image.clone().into_module_source())
+                        .map_err(|e| err(format!("loading kernels/{}: {e}", file.name)))?
+                }
+                Err(e) => {
+                    return Err(err(format!(
+                        "loading kernels/{} ({}, NVRTC {}): {e}",
+                        file.name,
+                        target.arch_name(),
+                        compiler.version_string()
+                    )))
+                }
+            };
+            if c.from_cache {
+                cached += 1;
+            } else {
+                compiled += 1;
+            }
+            if !c.log.is_empty() {
+                warnings.push(format!("{}: {}", file.name, c.log));
+            }
+            modules.push((file.name, module));
+        }
+        let kernels = ops::Kernels::load(&modules, info.multiprocessors)?;
+        let gemm = gemm::Gemm::new(stream.clone())?;
+        let (free_at_open, _) = ctx.mem_get_info().map_err(drv("cuMemGetInfo"))?;
+        let mut info = info;
+        info.free_memory_bytes = Some(free_at_open);
+        let compile = CompileReport {
+            nvrtc_version: compiler.version_string(),
+            target: target.arch_name(),
+            modules_compiled: compiled,
+            modules_from_cache: cached,
+            seconds: t0.elapsed().as_secs_f64(),
+            cache_dir: compiler.cache_dir.clone(),
+            include_dirs: compiler.include_dirs.clone(),
+            warnings,
+        };
+        Ok(Self {
+            dev: Arc::new(Device {
+                ctx,
+                stream,
+                gemm,
+                kernels,
+                info,
+                free_at_open,
+                compile,
+                zero_rows: Mutex::new(None),
+            }),
+            _dtype: PhantomData,
+        })
+    }
+
+    pub fn dtype(&self) -> &'static str {
+        T::NAME
+    }
+
+    /// Bytes per element of the compute dtype.
+    pub fn elem_bytes(&self) -> usize {
+        std::mem::size_of::<T>()
+    }
+
+    /// The GPU (free memory as of opening).
+    pub fn gpu(&self) -> &GpuInfo {
+        &self.dev.info
+    }
+
+    pub fn compile_report(&self) -> &CompileReport {
+        &self.dev.compile
+    }
+
+    /// Free device memory when the backend opened (after its context and kernels).
+    pub fn free_at_open(&self) -> usize {
+        self.dev.free_at_open
+    }
+
+    /// (free, total) device memory now.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.dev.ctx.mem_get_info().map_err(drv("cuMemGetInfo"))
+    }
+
+    /// The stream every op is queued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.dev.stream
+    }
+
+    /// Wait for every queued op (and surface an asynchronous kernel error).
+    pub fn synchronize(&self) -> Result<()> {
+        self.dev.stream.synchronize().map_err(drv("synchronizing"))
+    }
+
+    /// The memory plan for a model already uploaded through this backend (see [`memory`]).
+    pub fn plan_memory(
+        &self,
+        cfg: &crate::model::ModelConfig,
+        utilization: f64,
+        block_size: usize,
+        max_num_batched_tokens: usize,
+        max_num_seqs: usize,
+    ) -> Result<MemoryPlan> {
+        self.synchronize()?;
+        let (free_now, total) = self.mem_info()?;
+        memory::plan(
+            cfg,
+            PlanInputs {
+                total_bytes: total,
+                free_at_open_bytes: self.dev.free_at_open,
+                free_after_weights_bytes: free_now,
+                utilization,
+                elem_bytes: self.elem_bytes(),
+                block_size,
+                max_num_batched_tokens,
+                max_num_seqs,
+            },
+        )
+    }
+
+    fn s(&self) -> &CudaStream {
+        &self.dev.stream
+    }
+
+    fn k(&self) -> &ops::Kernels {
+        &self.dev.kernels
+    }
+
+    // ---- sampling on the GPU (the engine samples on the host today; these are tested wrappers) ----
+
+    /// Upload f32 data (e.g. logits for the sampling kernels).
+    pub fn upload_f32(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
+        if data.is_empty() {
+            return self
+                .dev
+                .stream
+                .alloc_zeros::<f32>(1)
+                .map_err(drv("cuMemAlloc"));
+        }
+        self.dev
+            .stream
+            .clone_htod(data)
+            .map_err(drv("copying to the device"))
+    }
+
+    /// Greedy tokens of `rows` rows of f32 logits [rows, vocab] (argmax, first index on ties).
+    pub fn argmax_rows(
+        &self,
+        logits: &CudaSlice<f32>,
+        rows: usize,
+        vocab: usize,
+    ) -> Result<Vec<u32>> {
+        check_len(logits.len(), rows * vocab, "logits")?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = self
+            .dev
+            .stream
+            .alloc_zeros::<u32>(rows)
+            .map_err(drv("cuMemAlloc"))?;
+        ops::argmax_rows(
+            self.k(),
+            self.s(),
+            &mut out,
+            logits,
+            ops::u32_of(rows, "rows")?,
+            ops::u32_of(vocab, "vocab")?,
+        )?;
+        self.read_u32(&out)
+    }
+
+    /// Sampled tokens: row r of f32 logits [rows, vocab] with `params[r]` (temperature, top-k, top-p
+    /// and the row's uniform draw; see sampling.cu). `rows = params.len()`.
+    pub fn sample_rows(
+        &self,
+        logits: &CudaSlice<f32>,
+        params: &[SamplingRowParams],
+        vocab: usize,
+    ) -> Result<Vec<u32>> {
+        let rows = params.len();
+        check_len(logits.len(), rows * vocab, "logits")?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        if vocab == 0 {
+            return Err(Error::Invalid("sampling from an empty vocabulary".into()));
+        }
+        let p = self
+            .dev
+            .stream
+            .clone_htod(params)
+            .map_err(drv("copying to the device"))?;
+        let mut out = self
+            .dev
+            .stream
+            .alloc_zeros::<u32>(rows)
+            .map_err(drv("cuMemAlloc"))?;
+        ops::sample_rows(
+            self.k(),
+            self.s(),
+            &mut out,
+            logits,
+            &p,
+            ops::u32_of(rows, "rows")?,
+            ops::u32_of(vocab, "vocab")?,
+        )?;
+        self.read_u32(&out)
+    }
+
+    fn read_u32(&self, buf: &CudaSlice<u32>) -> Result<Vec<u32>> {
+        let v = self
+            .dev
+            .stream
+            .clone_dtoh(buf)
+            .map_err(drv("copying to the host"))?;
+        self.synchronize()?;
+        Ok(v)
+    }
+
+    /// `len` zero row indices on the device (grown, never shrunk).
+    fn with_zero_rows<R>(
+        &self,
+        len: usize,
+        f: impl FnOnce(&CudaView<u32>) -> Result<R>,
+    ) -> Result<R> {
+        let mut guard = self.dev.zero_rows.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_none_or(|b| b.len() < len) {
+            let n = len.max(4096).next_power_of_two();
+            *guard = Some(
+                self.dev
+                    .stream
+                    .alloc_zeros::<u32>(n)
+                    .map_err(drv("cuMemAlloc"))?,
+            );
+        }
+        let buf = guard
+            .as_ref()
+            .ok_or_else(|| err("zero row indices missing"))?;
+        let view = buf.slice(..len);
+        f(&view)
+    }
+}
+
+/// The sampling kernel's parameters of one row, from the engine's parameters and the row's uniform
+/// draw (the engine's seeded RNG draws it on the host).
+pub fn sampling_row_params(p: &SamplingParams, uniform: f32) -> SamplingRowParams {
+    SamplingRowParams {
+        temperature: p.temperature,
+        top_k: u32::try_from(p.top_k).unwrap_or(u32::MAX),
+        top_p: p.top_p,
+        uniform,
+    }
+}
+
+fn check_len(have: usize, need: usize, name: &str) -> Result<()> {
+    if have >= need {
+        Ok(())
+    } else {
+        Err(err(format!(
+            "buffer `{name}` holds {have} elements, op needs {need}"
+        )))
+    }
+}
+
+fn need<T>(buf: &CudaSlice<T>, len: usize, name: &str) -> Result<()> {
+    check_len(buf.len(), len, name)
+}
+
+/// One step's metadata on the device: every u32 array of [`BatchMeta`] in one buffer (one upload),
+/// plus the host-side facts the launches need.
+pub struct CudaMeta {
+    buf: CudaSlice<u32>,
+    token_ids: Range<usize>,
+    positions: Range<usize>,
+    slot_mapping: Range<usize>,
+    query_start_loc: Range<usize>,
+    seq_lens: Range<usize>,
+    block_tables: Range<usize>,
+    logits_indices: Range<usize>,
+    pub num_tokens: usize,
+    pub num_seqs: usize,
+    pub num_logits: usize,
+    pub max_blocks_per_seq: usize,
+    /// Largest token id and position of the step (host-side checks against table sizes).
+    pub max_token_id: Option<u32>,
+    pub max_position: Option<u32>,
+}
+
+impl CudaMeta {
+    fn view(&self, r: &Range<usize>) -> CudaView<'_, u32> {
+        self.buf.slice(r.clone())
+    }
+}
+
+/// u32 size of an op argument.
+fn u(v: usize, what: &str) -> Result<u32> {
+    ops::u32_of(v, what)
+}
+
+fn kv_params(g: &KvGeometry) -> Result<params::KvGeometry> {
+    Ok(params::KvGeometry {
+        num_blocks: u(g.num_blocks, "num_blocks")?,
+        block_size: u(g.block_size, "block_size")?,
+        num_kv_heads: u(g.num_kv_heads, "num_kv_heads")?,
+        head_dim: u(g.head_dim, "head_dim")?,
+    })
+}
+
+impl<T: CudaDtype> Backend for CudaBackend<T> {
+    type Buffer = CudaSlice<T>;
+    type Meta = CudaMeta;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn upload(&self, t: &HostTensor) -> Result<CudaSlice<T>> {
+        if t.data.is_empty() {
+            return self.zeros(0);
+        }
+        let host: Vec<T> = t.data.iter().map(|&v| T::from_f32(v)).collect();
+        self.dev
+            .stream
+            .clone_htod(&host)
+            .map_err(drv("copying to the device"))
+    }
+
+    fn zeros(&self, len: usize) -> Result<CudaSlice<T>> {
+        // at least one element: a zero-byte allocation is an error in the driver
+        self.dev
+            .stream
+            .alloc_zeros::<T>(len.max(1))
+            .map_err(|e| err(format!("allocating {len} elements of {}: {e}", T::NAME)))
+    }
+
+    fn download(&self, buf: &CudaSlice<T>, len: usize) -> Result<Vec<f32>> {
+        need(buf, len, "download")?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let host = self
+            .dev
+            .stream
+            .clone_dtoh(&buf.slice(..len))
+            .map_err(drv("copying to the host"))?;
+        self.synchronize()?;
+        Ok(host.into_iter().map(T::to_f32).collect())
+    }
+
+    fn prepare(&self, meta: &BatchMeta, geom: &KvGeometry) -> Result<CudaMeta> {
+        meta.validate(geom)
+            .map_err(|msg| err(format!("bad batch metadata: {msg}")))?;
+        self.dev
+            .ctx
+            .bind_to_thread()
+            .map_err(drv("binding the CUDA context"))?;
+        let parts: [&[u32]; 7] = [
+            &meta.token_ids,
+            &meta.positions,
+            &meta.slot_mapping,
+            &meta.query_start_loc,
+            &meta.seq_lens,
+            &meta.block_tables,
+            &meta.logits_indices,
+        ];
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut host = Vec::with_capacity(total.max(1));
+        let mut ranges: [Range<usize>; 7] = Default::default();
+        for (r, p) in ranges.iter_mut().zip(parts) {
+            *r = host.len()..host.len() + p.len();
+            host.extend_from_slice(p);
+        }
+        if host.is_empty() {
+            host.push(0);
+        }
+        let buf = self
+            .dev
+            .stream
+            .clone_htod(&host)
+            .map_err(drv("copying step metadata"))?;
+        let [token_ids, positions, slot_mapping, query_start_loc, seq_lens, block_tables, logits_indices] =
+            ranges;
+        Ok(CudaMeta {
+            buf,
+            token_ids,
+            positions,
+            slot_mapping,
+            query_start_loc,
+            seq_lens,
+            block_tables,
+            logits_indices,
+            num_tokens: meta.num_tokens(),
+            num_seqs: meta.num_seqs(),
+            num_logits: meta.num_logits(),
+            max_blocks_per_seq: meta.max_blocks_per_seq,
+            max_token_id: meta.token_ids.iter().copied().max(),
+            max_position: meta.positions.iter().copied().max(),
+        })
+    }
+
+    fn embedding(
+        &self,
+        out: &mut CudaSlice<T>,
+        table: &CudaSlice<T>,
+        pos_table: Option<&CudaSlice<T>>,
+        meta: &CudaMeta,
+        hidden: usize,
+    ) -> Result<()> {
+        if hidden == 0 {
+            return Err(Error::Invalid("embedding: hidden size 0".into()));
+        }
+        need(out, meta.num_tokens * hidden, "out")?;
+        let vocab = table.len() / hidden;
+        if let Some(bad) = meta.max_token_id.filter(|&t| t as usize >= vocab) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let max_positions = pos_table.map_or(0, |p| p.len() / hidden);
+        if pos_table.is_some() {
+            if let Some(p) = meta.max_position.filter(|&p| p as usize >= max_positions) {
+                return Err(err(format!(
+                    "position {p} exceeds the {max_positions} learned positions"
+                )));
+            }
+        }
+        ops::embedding(
+            self.k(),
+            self.s(),
+            out,
+            table,
+            pos_table,
+            &meta.view(&meta.token_ids),
+            &meta.view(&meta.positions),
+            u(meta.num_tokens, "num_tokens")?,
+            u(hidden, "hidden")?,
+            u(vocab, "vocab")?,
+            u(max_positions, "max_positions")?,
+        )
+    }
+
+    fn layernorm(
+        &self,
+        out: &mut CudaSlice<T>,
+        x: &CudaSlice<T>,
+        weight: &CudaSlice<T>,
+        bias: &CudaSlice<T>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        need(out, rows * cols, "out")?;
+        need(x, rows * cols, "x")?;
+        need(weight, cols, "weight")?;
+        need(bias, cols, "bias")?;
+        ops::layernorm(
+            self.k(),
+            self.s(),
+            out,
+            x,
+            weight,
+            bias,
+            u(rows, "rows")?,
+            u(cols, "cols")?,
+            eps,
+        )
+    }
+
+    fn rmsnorm(
+        &self,
+        out: &mut CudaSlice<T>,
+        x: &CudaSlice<T>,
+        weight: &CudaSlice<T>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        need(out, rows * cols, "out")?;
+        need(x, rows * cols, "x")?;
+        need(weight, cols, "weight")?;
+        ops::rmsnorm(
+            self.k(),
+            self.s(),
+            out,
+            x,
+            weight,
+            u(rows, "rows")?,
+            u(cols, "cols")?,
+            eps,
+        )
+    }
+
+    fn add_rmsnorm(
+        &self,
+        residual: &mut CudaSlice<T>,
+        delta: &CudaSlice<T>,
+        out: &mut CudaSlice<T>,
+        weight: &CudaSlice<T>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        need(out, rows * cols, "out")?;
+        need(residual, rows * cols, "residual")?;
+        need(delta, rows * cols, "delta")?;
+        need(weight, cols, "weight")?;
+        ops::add_rmsnorm(
+            self.k(),
+            self.s(),
+            residual,
+            delta,
+            out,
+            weight,
+            u(rows, "rows")?,
+            u(cols, "cols")?,
+            eps,
+        )
+    }
+
+    fn add_inplace(&self, x: &mut CudaSlice<T>, y: &CudaSlice<T>, len: usize) -> Result<()> {
+        need(x, len, "x")?;
+        need(y, len, "y")?;
+        ops::add_inplace(self.k(), self.s(), x, y, len as u64)
+    }
+
+    fn linear(
+        &self,
+        out: &mut CudaSlice<T>,
+        x: &CudaSlice<T>,
+        weight: &CudaSlice<T>,
+        bias: Option<&CudaSlice<T>>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        need(out, m * n, "out")?;
+        need(x, m * k, "x")?;
+        need(weight, n * k, "weight")?;
+        // cuBLAS works in the calling thread's current context (kernel launches bind it themselves)
+        self.dev
+            .ctx
+            .bind_to_thread()
+            .map_err(drv("binding the CUDA context"))?;
+        if let Some(b) = bias {
+            need(b, n, "bias")?;
+            if m > 0 {
+                // out[r] = bias for every row, then out += x · wᵀ (beta = 1): see gemm.rs
+                self.with_zero_rows(m, |zeros| {
+                    ops::gather_logit_rows(
+                        self.k(),
+                        self.s(),
+                        out,
+                        b,
+                        zeros,
+                        u(m, "m")?,
+                        1,
+                        u(n, "n")?,
+                    )
+                })?;
+            }
+        }
+        self.dev
+            .gemm
+            .linear(&self.dev.stream, out, x, weight, bias.is_some(), m, n, k)
+    }
+
+    fn rope(
+        &self,
+        qkv: &mut CudaSlice<T>,
+        cos_sin: &CudaSlice<T>,
+        meta: &CudaMeta,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<()> {
+        let row_len = (num_heads + 2 * num_kv_heads) * head_dim;
+        need(qkv, meta.num_tokens * row_len, "qkv")?;
+        if head_dim == 0 {
+            return Err(Error::Invalid("rope: head_dim 0".into()));
+        }
+        let max = cos_sin.len() / head_dim;
+        if let Some(p) = meta.max_position.filter(|&p| p as usize >= max) {
+            return Err(err(format!(
+                "position {p} exceeds the RoPE table of {max} positions"
+            )));
+        }
+        ops::rope(
+            self.k(),
+            self.s(),
+            qkv,
+            cos_sin,
+            &meta.view(&meta.positions),
+            params::RopeParams {
+                num_tokens: u(meta.num_tokens, "num_tokens")?,
+                num_rot_heads: u(num_heads + num_kv_heads, "num_rot_heads")?,
+                head_dim: u(head_dim, "head_dim")?,
+                qkv_stride: u(row_len, "qkv_stride")?,
+                max_positions: u(max, "max_positions")?,
+            },
+        )
+    }
+
+    fn write_kv(
+        &self,
+        k_cache: &mut CudaSlice<T>,
+        v_cache: &mut CudaSlice<T>,
+        qkv: &CudaSlice<T>,
+        meta: &CudaMeta,
+        geom: &KvGeometry,
+        num_heads: usize,
+    ) -> Result<()> {
+        need(k_cache, geom.layer_len(), "k_cache")?;
+        need(v_cache, geom.layer_len(), "v_cache")?;
+        let row_len = num_heads * geom.head_dim + 2 * geom.slot_len();
+        need(qkv, meta.num_tokens * row_len, "qkv")?;
+        ops::write_kv(
+            self.k(),
+            self.s(),
+            k_cache,
+            v_cache,
+            qkv,
+            &meta.view(&meta.slot_mapping),
+            params::KvWriteParams {
+                kv: kv_params(geom)?,
+                num_tokens: u(meta.num_tokens, "num_tokens")?,
+                num_heads: u(num_heads, "num_heads")?,
+                qkv_stride: u(row_len, "qkv_stride")?,
+            },
+        )
+    }
+
+    fn attention(
+        &self,
+        out: &mut CudaSlice<T>,
+        qkv: &CudaSlice<T>,
+        k_cache: &CudaSlice<T>,
+        v_cache: &CudaSlice<T>,
+        meta: &CudaMeta,
+        geom: &KvGeometry,
+        num_heads: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let q_size = num_heads * geom.head_dim;
+        let row_len = q_size + 2 * geom.slot_len();
+        need(out, meta.num_tokens * q_size, "out")?;
+        need(qkv, meta.num_tokens * row_len, "qkv")?;
+        need(k_cache, geom.layer_len(), "k_cache")?;
+        need(v_cache, geom.layer_len(), "v_cache")?;
+        ops::paged_attention_naive(
+            self.k(),
+            self.s(),
+            out,
+            qkv,
+            k_cache,
+            v_cache,
+            &meta.view(&meta.query_start_loc),
+            &meta.view(&meta.seq_lens),
+            &meta.view(&meta.positions),
+            &meta.view(&meta.block_tables),
+            params::PagedAttentionParams {
+                kv: kv_params(geom)?,
+                num_tokens: u(meta.num_tokens, "num_tokens")?,
+                num_seqs: u(meta.num_seqs, "num_seqs")?,
+                num_heads: u(num_heads, "num_heads")?,
+                max_blocks_per_seq: u(meta.max_blocks_per_seq, "max_blocks_per_seq")?,
+                q_stride: u(row_len, "q_stride")?,
+                out_stride: u(q_size, "out_stride")?,
+                scale,
+            },
+        )
+    }
+
+    fn gelu_new(&self, x: &mut CudaSlice<T>, len: usize) -> Result<()> {
+        need(x, len, "x")?;
+        ops::gelu_new(self.k(), self.s(), x, len as u64)
+    }
+
+    fn silu_mul(
+        &self,
+        out: &mut CudaSlice<T>,
+        x: &CudaSlice<T>,
+        rows: usize,
+        inter: usize,
+    ) -> Result<()> {
+        need(out, rows * inter, "out")?;
+        need(x, rows * 2 * inter, "x")?;
+        ops::silu_mul(
+            self.k(),
+            self.s(),
+            out,
+            x,
+            u(rows, "rows")?,
+            u(inter, "inter")?,
+        )
+    }
+
+    fn gather_logit_rows(
+        &self,
+        out: &mut CudaSlice<T>,
+        x: &CudaSlice<T>,
+        meta: &CudaMeta,
+        cols: usize,
+    ) -> Result<()> {
+        need(out, meta.num_logits * cols, "out")?;
+        need(x, meta.num_tokens * cols, "x")?;
+        ops::gather_logit_rows(
+            self.k(),
+            self.s(),
+            out,
+            x,
+            &meta.view(&meta.logits_indices),
+            u(meta.num_logits, "num_logits")?,
+            u(meta.num_tokens, "num_tokens")?,
+            u(cols, "cols")?,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_without_a_gpu_is_a_clean_error() {
+        if device::probe(false).usable() {
+            return; // a GPU machine: tests/cuda_*.rs cover the backend itself
+        }
+        let e = CudaBackend::<half::bf16>::new().unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(
+                e,
+                Error::Backend {
+                    backend: "cuda",
+                    ..
+                }
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("no CUDA device: "), "{msg}");
+    }
+
+    #[test]
+    fn dtype_round_trips_and_names() {
+        assert_eq!(
+            <half::bf16 as CudaDtype>::from_f32(1.0 + 1.0 / 512.0).to_f32(),
+            1.0
+        );
+        assert_eq!(
+            <half::f16 as CudaDtype>::from_f32(0.1).to_f32(),
+            half::f16::from_f32(0.1).to_f32()
+        );
+        assert_eq!(<f32 as CudaDtype>::NAME, "f32");
+        assert_eq!(ops::vec_width::<half::bf16>(), 8);
+        assert_eq!(ops::vec_width::<f32>(), 4);
+        let p = sampling_row_params(
+            &SamplingParams {
+                temperature: 0.7,
+                top_k: usize::MAX,
+                top_p: 0.9,
+                seed: 1,
+            },
+            0.25,
+        );
+        assert_eq!((p.top_k, p.uniform), (u32::MAX, 0.25));
+    }
+}

@@ -1,0 +1,507 @@
+//! One launch wrapper per kernel: arguments in the exact order of the kernel's signature
+//! (`kernels/*.cu`), launch geometry as the kernel files and `kernels/params.h` document.
+//!
+//! | kernel                  | grid                                         | block                    |
+//! |-------------------------|----------------------------------------------|--------------------------|
+//! | embedding, gather_logit_rows, layernorm, rmsnorm, add_rmsnorm, rope, write_kv | one block per row (the kernels grid-stride, so the grid is capped at [`MAX_ROW_BLOCKS`]) | `IM_ROW_THREADS` |
+//! | add_inplace, gelu_new, silu_mul | min(ceil(16-byte vectors / threads), SMs × `IM_ELEMENTWISE_BLOCKS_PER_SM`) | `IM_ELEMENTWISE_THREADS` |
+//! | paged_attention_naive   | (num_tokens, num_heads)                      | `IM_ATTN_THREADS`        |
+//! | argmax_rows, sample_rows| one block per row (capped as rows)           | `IM_SAMPLING_THREADS`    |
+//!
+//! The wrappers check what the kernels rely on the host for (sizes fit in u32, attention's head_dim
+//! and GQA requirements) and return typed errors; they do not check buffer lengths (the `Backend`
+//! impl does, against the shapes of the op).
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig,
+    PushKernelArg,
+};
+
+use super::params::{
+    KvWriteParams, PagedAttentionParams, RopeParams, SamplingRowParams, IM_ATTN_MAX_HEAD_DIM,
+    IM_ATTN_THREADS, IM_ELEMENTWISE_BLOCKS_PER_SM, IM_ELEMENTWISE_THREADS, IM_ROW_THREADS,
+    IM_SAMPLING_THREADS,
+};
+use crate::error::{Error, Result};
+
+// SAFETY: the parameter structs are #[repr(C)] plain data of 4-byte fields (params.h; bindgen's
+// layout tests in params.rs check size and alignment), passed to kernels by value.
+unsafe impl DeviceRepr for KvWriteParams {}
+unsafe impl DeviceRepr for RopeParams {}
+unsafe impl DeviceRepr for PagedAttentionParams {}
+unsafe impl DeviceRepr for SamplingRowParams {}
+
+/// Grid cap of the grid-stride row kernels (any grid size is correct; past this, blocks loop).
+pub const MAX_ROW_BLOCKS: u32 = 65_535;
+
+fn err(msg: impl Into<String>) -> Error {
+    Error::Backend {
+        backend: "cuda",
+        msg: msg.into(),
+    }
+}
+
+/// `v` as u32, or an error naming it.
+pub fn u32_of(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| {
+        err(format!(
+            "{what} = {v} does not fit the kernels' 32-bit sizes"
+        ))
+    })
+}
+
+fn launched(name: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
+    move |e| err(format!("launching {name}: {e}"))
+}
+
+/// Every kernel, loaded from the modules compiled for one dtype.
+#[derive(Debug, Clone)]
+pub struct Kernels {
+    pub embedding: CudaFunction,
+    pub gather_logit_rows: CudaFunction,
+    pub layernorm: CudaFunction,
+    pub rmsnorm: CudaFunction,
+    pub add_rmsnorm: CudaFunction,
+    pub add_inplace: CudaFunction,
+    pub rope: CudaFunction,
+    pub write_kv: CudaFunction,
+    pub paged_attention_naive: CudaFunction,
+    pub gelu_new: CudaFunction,
+    pub silu_mul: CudaFunction,
+    pub argmax_rows: CudaFunction,
+    pub sample_rows: CudaFunction,
+    /// Multiprocessors of the device (elementwise grid cap).
+    pub sms: u32,
+}
+
+impl Kernels {
+    /// Look every kernel up in the loaded modules (file name -> module).
+    pub fn load(modules: &[(&'static str, Arc<CudaModule>)], sms: u32) -> Result<Self> {
+        let get = |file: &str, name: &str| -> Result<CudaFunction> {
+            let (_, m) = modules
+                .iter()
+                .find(|(f, _)| *f == file)
+                .ok_or_else(|| err(format!("kernels/{file} was not loaded")))?;
+            m.load_function(name)
+                .map_err(|e| err(format!("kernel `{name}` in kernels/{file}: {e}")))
+        };
+        Ok(Self {
+            embedding: get("embedding.cu", "embedding")?,
+            gather_logit_rows: get("embedding.cu", "gather_logit_rows")?,
+            layernorm: get("norm.cu", "layernorm")?,
+            rmsnorm: get("norm.cu", "rmsnorm")?,
+            add_rmsnorm: get("norm.cu", "add_rmsnorm")?,
+            add_inplace: get("norm.cu", "add_inplace")?,
+            rope: get("rope.cu", "rope")?,
+            write_kv: get("kv_write.cu", "write_kv")?,
+            paged_attention_naive: get("attention.cu", "paged_attention_naive")?,
+            gelu_new: get("activation.cu", "gelu_new")?,
+            silu_mul: get("activation.cu", "silu_mul")?,
+            argmax_rows: get("sampling.cu", "argmax_rows")?,
+            sample_rows: get("sampling.cu", "sample_rows")?,
+            sms: sms.max(1),
+        })
+    }
+
+    /// One block per row, grid-stride beyond [`MAX_ROW_BLOCKS`].
+    fn rows(rows: u32, threads: u32) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (rows.clamp(1, MAX_ROW_BLOCKS), 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// Elementwise grid over `items` work items (16-byte vectors, or elements on the scalar path).
+    fn elementwise(&self, items: u64) -> LaunchConfig {
+        let threads = IM_ELEMENTWISE_THREADS;
+        let cap = u64::from(self.sms) * u64::from(IM_ELEMENTWISE_BLOCKS_PER_SM);
+        let blocks = items.div_ceil(u64::from(threads)).clamp(1, cap.max(1));
+        LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+}
+
+/// 16 / sizeof(T): elements per 16-byte vector (the kernels' IM_VEC).
+pub fn vec_width<T>() -> u32 {
+    (16 / std::mem::size_of::<T>()) as u32
+}
+
+/// A kernel pointer argument that is NULL (e.g. embedding's `pos_table` for Llama).
+const NULL_PTR: u64 = 0;
+
+/// `embedding(out, table, pos_table | NULL, token_ids, positions, num_tokens, hidden, vocab,
+/// max_positions)`: out[t] = table[token_ids[t]] (+ pos_table[positions[t]]).
+#[allow(clippy::too_many_arguments)]
+pub fn embedding<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    out: &mut CudaSlice<T>,
+    table: &CudaSlice<T>,
+    pos_table: Option<&CudaSlice<T>>,
+    token_ids: &CudaView<u32>,
+    positions: &CudaView<u32>,
+    num_tokens: u32,
+    hidden: u32,
+    vocab: u32,
+    max_positions: u32,
+) -> Result<()> {
+    if num_tokens == 0 {
+        return Ok(());
+    }
+    let mut b = s.launch_builder(&k.embedding);
+    b.arg(out).arg(table);
+    match pos_table {
+        Some(p) => b.arg(p),
+        None => b.arg(&NULL_PTR),
+    };
+    b.arg(token_ids)
+        .arg(positions)
+        .arg(&num_tokens)
+        .arg(&hidden)
+        .arg(&vocab)
+        .arg(&max_positions);
+    // SAFETY: argument order and types follow embedding.cu; the Backend impl checked the lengths.
+    unsafe { b.launch(Kernels::rows(num_tokens, IM_ROW_THREADS)) }
+        .map(drop)
+        .map_err(launched("embedding"))
+}
+
+/// `gather_logit_rows(out, x, indices, num_rows, num_tokens, cols)`: out[i] = x[indices[i]] (a zero
+/// row for an index >= num_tokens).
+#[allow(clippy::too_many_arguments)]
+pub fn gather_logit_rows<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    out: &mut CudaSlice<T>,
+    x: &CudaSlice<T>,
+    indices: &CudaView<u32>,
+    num_rows: u32,
+    num_tokens: u32,
+    cols: u32,
+) -> Result<()> {
+    if num_rows == 0 {
+        return Ok(());
+    }
+    let mut b = s.launch_builder(&k.gather_logit_rows);
+    b.arg(out)
+        .arg(x)
+        .arg(indices)
+        .arg(&num_rows)
+        .arg(&num_tokens)
+        .arg(&cols);
+    // SAFETY: as embedding.cu's gather_logit_rows declares.
+    unsafe { b.launch(Kernels::rows(num_rows, IM_ROW_THREADS)) }
+        .map(drop)
+        .map_err(launched("gather_logit_rows"))
+}
+
+/// `layernorm(out, x, weight, bias, rows, cols, eps)`.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    out: &mut CudaSlice<T>,
+    x: &CudaSlice<T>,
+    weight: &CudaSlice<T>,
+    bias: &CudaSlice<T>,
+    rows: u32,
+    cols: u32,
+    eps: f32,
+) -> Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let mut b = s.launch_builder(&k.layernorm);
+    b.arg(out)
+        .arg(x)
+        .arg(weight)
+        .arg(bias)
+        .arg(&rows)
+        .arg(&cols)
+        .arg(&eps);
+    // SAFETY: as norm.cu's layernorm declares.
+    unsafe { b.launch(Kernels::rows(rows, IM_ROW_THREADS)) }
+        .map(drop)
+        .map_err(launched("layernorm"))
+}
+
+/// `rmsnorm(out, x, weight, rows, cols, eps)`.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    out: &mut CudaSlice<T>,
+    x: &CudaSlice<T>,
+    weight: &CudaSlice<T>,
+    rows: u32,
+    cols: u32,
+    eps: f32,
+) -> Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let mut b = s.launch_builder(&k.rmsnorm);
+    b.arg(out)
+        .arg(x)
+        .arg(weight)
+        .arg(&rows)
+        .arg(&cols)
+        .arg(&eps);
+    // SAFETY: as norm.cu's rmsnorm declares.
+    unsafe { b.launch(Kernels::rows(rows, IM_ROW_THREADS)) }
+        .map(drop)
+        .map_err(launched("rmsnorm"))
+}
+
+/// `add_rmsnorm(residual, delta, out, weight, rows, cols, eps)`: residual += delta; out =
+/// rmsnorm(residual).
+#[allow(clippy::too_many_arguments)]
+pub fn add_rmsnorm<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    residual: &mut CudaSlice<T>,
+    delta: &CudaSlice<T>,
+    out: &mut CudaSlice<T>,
+    weight: &CudaSlice<T>,
+    rows: u32,
+    cols: u32,
+    eps: f32,
+) -> Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let mut b = s.launch_builder(&k.add_rmsnorm);
+    b.arg(residual)
+        .arg(delta)
+        .arg(out)
+        .arg(weight)
+        .arg(&rows)
+        .arg(&cols)
+        .arg(&eps);
+    // SAFETY: as norm.cu's add_rmsnorm declares.
+    unsafe { b.launch(Kernels::rows(rows, IM_ROW_THREADS)) }
+        .map(drop)
+        .map_err(launched("add_rmsnorm"))
+}
+
+/// `add_inplace(x, y, len)`: x += y over `len` elements (len is uint64 in the kernel).
+pub fn add_inplace<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    x: &mut CudaSlice<T>,
+    y: &CudaSlice<T>,
+    len: u64,
+) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let cfg = k.elementwise(len.div_ceil(u64::from(vec_width::<T>())));
+    let mut b = s.launch_builder(&k.add_inplace);
+    b.arg(x).arg(y).arg(&len);
+    // SAFETY: as norm.cu's add_inplace declares.
+    unsafe { b.launch(cfg) }
+        .map(drop)
+        .map_err(launched("add_inplace"))
+}
+
+/// `gelu_new(x, len)`, in place (len is uint64 in the kernel).
+pub fn gelu_new<T>(k: &Kernels, s: &CudaStream, x: &mut CudaSlice<T>, len: u64) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let cfg = k.elementwise(len.div_ceil(u64::from(vec_width::<T>())));
+    let mut b = s.launch_builder(&k.gelu_new);
+    b.arg(x).arg(&len);
+    // SAFETY: as activation.cu's gelu_new declares.
+    unsafe { b.launch(cfg) }
+        .map(drop)
+        .map_err(launched("gelu_new"))
+}
+
+/// `silu_mul(out, x, rows, inter)`: out[r, j] = silu(x[r, j]) * x[r, inter + j].
+pub fn silu_mul<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    out: &mut CudaSlice<T>,
+    x: &CudaSlice<T>,
+    rows: u32,
+    inter: u32,
+) -> Result<()> {
+    if rows == 0 || inter == 0 {
+        return Ok(());
+    }
+    let w = vec_width::<T>();
+    let per_row = if inter % w == 0 { inter / w } else { inter };
+    let cfg = k.elementwise(u64::from(rows) * u64::from(per_row));
+    let mut b = s.launch_builder(&k.silu_mul);
+    b.arg(out).arg(x).arg(&rows).arg(&inter);
+    // SAFETY: as activation.cu's silu_mul declares.
+    unsafe { b.launch(cfg) }
+        .map(drop)
+        .map_err(launched("silu_mul"))
+}
+
+/// `rope(qkv, cos_sin, positions, RopeParams)`, in place on the Q and K heads.
+pub fn rope<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    qkv: &mut CudaSlice<T>,
+    cos_sin: &CudaSlice<T>,
+    positions: &CudaView<u32>,
+    p: RopeParams,
+) -> Result<()> {
+    if p.num_tokens == 0 {
+        return Ok(());
+    }
+    if p.head_dim % 2 != 0 {
+        return Err(err(format!("rope: head_dim {} is odd", p.head_dim)));
+    }
+    let mut b = s.launch_builder(&k.rope);
+    b.arg(qkv).arg(cos_sin).arg(positions).arg(&p);
+    // SAFETY: as rope.cu declares.
+    unsafe { b.launch(Kernels::rows(p.num_tokens, IM_ROW_THREADS)) }
+        .map(drop)
+        .map_err(launched("rope"))
+}
+
+/// `write_kv(k_cache, v_cache, qkv, slot_mapping, KvWriteParams)`.
+pub fn write_kv<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    k_cache: &mut CudaSlice<T>,
+    v_cache: &mut CudaSlice<T>,
+    qkv: &CudaSlice<T>,
+    slot_mapping: &CudaView<u32>,
+    p: KvWriteParams,
+) -> Result<()> {
+    if p.num_tokens == 0 {
+        return Ok(());
+    }
+    let mut b = s.launch_builder(&k.write_kv);
+    b.arg(k_cache)
+        .arg(v_cache)
+        .arg(qkv)
+        .arg(slot_mapping)
+        .arg(&p);
+    // SAFETY: as kv_write.cu declares.
+    unsafe { b.launch(Kernels::rows(p.num_tokens, IM_ROW_THREADS)) }
+        .map(drop)
+        .map_err(launched("write_kv"))
+}
+
+/// Check what `paged_attention_naive` needs from the host (it writes nothing when these fail).
+pub fn check_attention<T>(p: &PagedAttentionParams) -> Result<()> {
+    let d = p.kv.head_dim;
+    let w = vec_width::<T>();
+    if d == 0 || d % w != 0 || d > IM_ATTN_MAX_HEAD_DIM {
+        return Err(err(format!(
+            "attention: head_dim {d} unsupported by paged_attention_naive (a multiple of {w} up to \
+             {IM_ATTN_MAX_HEAD_DIM} for this dtype)"
+        )));
+    }
+    if p.kv.num_kv_heads == 0 || p.num_heads % p.kv.num_kv_heads != 0 {
+        return Err(err(format!(
+            "attention: {} heads not divisible by {} KV heads",
+            p.num_heads, p.kv.num_kv_heads
+        )));
+    }
+    if p.num_heads > 65_535 {
+        return Err(err(format!(
+            "attention: {} heads exceed the grid's y limit",
+            p.num_heads
+        )));
+    }
+    Ok(())
+}
+
+/// `paged_attention_naive(out, qkv, k_cache, v_cache, query_start_loc, seq_lens, positions,
+/// block_tables, PagedAttentionParams)`; grid (num_tokens, num_heads), IM_ATTN_THREADS threads.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention_naive<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    out: &mut CudaSlice<T>,
+    qkv: &CudaSlice<T>,
+    k_cache: &CudaSlice<T>,
+    v_cache: &CudaSlice<T>,
+    query_start_loc: &CudaView<u32>,
+    seq_lens: &CudaView<u32>,
+    positions: &CudaView<u32>,
+    block_tables: &CudaView<u32>,
+    p: PagedAttentionParams,
+) -> Result<()> {
+    check_attention::<T>(&p)?;
+    if p.num_tokens == 0 || p.num_seqs == 0 {
+        return Ok(());
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (p.num_tokens, p.num_heads, 1),
+        block_dim: (IM_ATTN_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut b = s.launch_builder(&k.paged_attention_naive);
+    b.arg(out)
+        .arg(qkv)
+        .arg(k_cache)
+        .arg(v_cache)
+        .arg(query_start_loc)
+        .arg(seq_lens)
+        .arg(positions)
+        .arg(block_tables)
+        .arg(&p);
+    // SAFETY: as attention.cu declares; check_attention validated its host-side requirements.
+    unsafe { b.launch(cfg) }
+        .map(drop)
+        .map_err(launched("paged_attention_naive"))
+}
+
+/// `argmax_rows(out, logits, num_rows, vocab)`: f32 logits whatever the compute dtype.
+pub fn argmax_rows(
+    k: &Kernels,
+    s: &CudaStream,
+    out: &mut CudaSlice<u32>,
+    logits: &CudaSlice<f32>,
+    num_rows: u32,
+    vocab: u32,
+) -> Result<()> {
+    if num_rows == 0 {
+        return Ok(());
+    }
+    let mut b = s.launch_builder(&k.argmax_rows);
+    b.arg(out).arg(logits).arg(&num_rows).arg(&vocab);
+    // SAFETY: as sampling.cu's argmax_rows declares.
+    unsafe { b.launch(Kernels::rows(num_rows, IM_SAMPLING_THREADS)) }
+        .map(drop)
+        .map_err(launched("argmax_rows"))
+}
+
+/// `sample_rows(out, logits, params, num_rows, vocab)`.
+pub fn sample_rows(
+    k: &Kernels,
+    s: &CudaStream,
+    out: &mut CudaSlice<u32>,
+    logits: &CudaSlice<f32>,
+    params: &CudaSlice<SamplingRowParams>,
+    num_rows: u32,
+    vocab: u32,
+) -> Result<()> {
+    if num_rows == 0 {
+        return Ok(());
+    }
+    let mut b = s.launch_builder(&k.sample_rows);
+    b.arg(out)
+        .arg(logits)
+        .arg(params)
+        .arg(&num_rows)
+        .arg(&vocab);
+    // SAFETY: as sampling.cu's sample_rows declares.
+    unsafe { b.launch(Kernels::rows(num_rows, IM_SAMPLING_THREADS)) }
+        .map(drop)
+        .map_err(launched("sample_rows"))
+}

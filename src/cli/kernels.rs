@@ -1,0 +1,253 @@
+//! `infermeter kernels`: the kernel studies as a quick table and a results file (`kind:
+//! "kernels"`).
+//!
+//! The same ops and shapes as `cargo bench` (`src/study`), timed with a simple loop (warmup, then
+//! the median and minimum of N runs) instead of criterion, against ceilings measured at the start.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+
+use crate::report::kernels_results::{
+    KernelRow, KernelsHardware, KernelsResults, KernelsWriter, SkippedCase, TimingInfo, KIND,
+};
+use crate::report::results::{ToolInfo, SCHEMA_VERSION};
+use crate::study::ceiling::{self, CeilingOptions};
+use crate::study::roofline::{self, Peak};
+use crate::study::sweep::{self, SweepSpec};
+use crate::study::timing::{self, TimingConfig};
+use crate::study::{hardware, ops, runner, Case, Device};
+use crate::telemetry::host::HostInfo;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelBackend {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Args, serde::Serialize)]
+pub struct KernelsArgs {
+    /// Ops or op families to study, comma-separated (default: all). Ops: layernorm, rmsnorm,
+    /// add_rmsnorm, add_inplace, rope, gelu_new, silu_mul, embedding, gather_logit_rows, write_kv,
+    /// attention_prefill, attention_decode, matmul, argmax, sample, decode_step. Families: norm,
+    /// rope, activation, embedding, kv_write, attention, matmul, sampling, decode_step.
+    #[arg(long, value_delimiter = ',')]
+    pub op: Vec<String>,
+    /// Take the shapes from this model (an embedded name or a Hugging Face directory) instead of
+    /// the default sweep over several models.
+    #[arg(long, value_name = "FROM_MODEL")]
+    pub shapes: Option<String>,
+    /// Backend to measure.
+    #[arg(long, value_enum, default_value_t = KernelBackend::Cpu)]
+    pub backend: KernelBackend,
+    /// Results file (default: infermeter-results/kernels-<UTC time>.json).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Timed runs per case (the median and minimum are reported).
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Untimed runs per case before timing.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Shortest run in milliseconds: fast ops are called back to back until a run lasts this long.
+    #[arg(long, default_value_t = 2.0)]
+    pub min_run_ms: f64,
+    /// List the cases (with bytes and FLOPs per call) and the GPU spec table, then exit.
+    #[arg(long)]
+    pub list: bool,
+}
+
+const CPU_SPEC_NOTE: &str =
+    "no spec peak for CPUs: the spec table lists GPUs only (vendors publish \
+no sustained bandwidth and FLOP figure per CPU SKU and VM shape); CPU rows are compared with the \
+measured ceilings only";
+
+pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
+    let device = match a.backend {
+        KernelBackend::Cpu => Device::Cpu,
+        KernelBackend::Cuda => Device::Cuda,
+    };
+    if let Err(e) = device.availability() {
+        bail!("--backend {}: {e}", device.name());
+    }
+    if a.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    if !(a.min_run_ms.is_finite() && a.min_run_ms >= 0.0) {
+        bail!("--min-run-ms must be a number >= 0");
+    }
+    let selected = ops::parse_selection(&a.op).context("--op")?;
+    let cases = match &a.shapes {
+        Some(spec) => {
+            let src = crate::model::open(spec).with_context(|| format!("--shapes {spec}"))?;
+            let cases =
+                sweep::model_cases(spec, &src.config, &selected, &SweepSpec::for_one_model());
+            if cases.is_empty() {
+                let names: Vec<&str> = selected.iter().map(|o| o.name()).collect();
+                bail!(
+                    "--shapes {spec}: no case: {} do(es) not apply to a {:?} model \
+                     (layernorm, add_inplace and gelu_new are GPT-2's; rmsnorm, add_rmsnorm, \
+                     silu_mul and rope Llama's)",
+                    names.join(", "),
+                    src.config.arch
+                );
+            }
+            cases
+        }
+        None => sweep::default_cases(&selected)?,
+    };
+    let dtype = device.dtype();
+    if a.list {
+        list(&cases, dtype);
+        return Ok(());
+    }
+
+    eprintln!("measuring the {} ceilings ...", device.name());
+    let ceilings = ceiling::measure_cpu(&CeilingOptions::default())?;
+    println!("{}", roofline::describe_ceilings(&ceilings));
+    println!("  spec peak: {CPU_SPEC_NOTE}");
+    let peak = Peak::from(&ceilings);
+
+    let timing_cfg = TimingConfig {
+        warmup: a.warmup,
+        runs: a.runs,
+        min_run_s: a.min_run_ms / 1e3,
+    };
+    let out_path = a.out.clone().unwrap_or_else(|| {
+        let stamp = crate::util::utc_timestamp().replace(':', "");
+        PathBuf::from("infermeter-results").join(format!("kernels-{stamp}.json"))
+    });
+    let results = KernelsResults {
+        schema_version: SCHEMA_VERSION,
+        kind: KIND.into(),
+        tool: ToolInfo::current(),
+        command: std::env::args().collect(),
+        config: serde_json::to_value(&a)?,
+        started_at: crate::util::utc_timestamp(),
+        complete: false,
+        hardware: KernelsHardware {
+            host: HostInfo::collect(),
+            gpus: Vec::new(),
+        },
+        backend: device.name().into(),
+        dtype: dtype.name().into(),
+        ceilings: ceilings.clone(),
+        spec: None,
+        spec_note: Some(CPU_SPEC_NOTE.into()),
+        timing: TimingInfo {
+            method: "host clock around back-to-back calls; per-call time = run time / calls".into(),
+            warmup_runs: timing_cfg.warmup,
+            runs: timing_cfg.runs,
+            min_run_s: timing_cfg.min_run_s,
+        },
+        rows: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let mut writer = KernelsWriter::new(&out_path, results)
+        .with_context(|| format!("writing {}", out_path.display()))?;
+
+    println!();
+    println!("{}", roofline::table_header(false));
+    for case in &cases {
+        let shape = serde_json::to_value(&case.shape)?;
+        let measured = runner::prepare(device, case)
+            .and_then(|mut run| timing::measure(&mut run, &timing_cfg));
+        let t = match measured {
+            Ok(t) => t,
+            Err(e) => {
+                println!(
+                    "{:<18} {:<15} {:<48} skipped: {e}",
+                    case.op.name(),
+                    model_of(case),
+                    case.shape_label()
+                );
+                writer.results.skipped.push(SkippedCase {
+                    op: case.op.name().into(),
+                    model: case.model.clone(),
+                    shape,
+                    reason: e.to_string(),
+                });
+                writer.save()?;
+                continue;
+            }
+        };
+        let cost = case.cost(dtype);
+        let a = roofline::assess(cost, t.median_s, peak, None);
+        println!("{}", roofline::table_line(case, t.median_s, &a, false));
+        writer.results.rows.push(KernelRow {
+            op: case.op.name().into(),
+            family: case.op.family().name().into(),
+            model: case.model.clone(),
+            shape,
+            backend: device.name().into(),
+            dtype: dtype.name().into(),
+            time_median_s: t.median_s,
+            time_min_s: t.min_s,
+            runs: t.runs,
+            calls_per_run: t.calls_per_run,
+            bytes: cost.bytes,
+            flops: cost.flops,
+            arithmetic_intensity: a.intensity,
+            achieved_gb_s: a.achieved_gb_s,
+            achieved_gflop_s: a.achieved_gflop_s,
+            bound: a.bound,
+            pct_of_measured_ceiling: a.pct_of_ceiling,
+            pct_of_spec_peak: a.pct_of_spec,
+        });
+        writer.save()?;
+    }
+    writer.results.complete = true;
+    writer.save()?;
+    println!(
+        "\n{} rows, {} skipped; results: {}",
+        writer.results.rows.len(),
+        writer.results.skipped.len(),
+        writer.path().display()
+    );
+    Ok(())
+}
+
+fn model_of(case: &Case) -> &str {
+    case.model.as_deref().unwrap_or("-")
+}
+
+fn list(cases: &[Case], dtype: crate::study::Dtype) {
+    println!(
+        "{:<18} {:<15} {:<48} {:>14} {:>16} {:>8}",
+        "op", "model", "shape", "bytes", "FLOPs", "FLOP/B"
+    );
+    for c in cases {
+        let cost = c.cost(dtype);
+        println!(
+            "{:<18} {:<15} {:<48} {:>14} {:>16} {:>8.2}",
+            c.op.name(),
+            model_of(c),
+            c.shape_label(),
+            cost.bytes,
+            cost.flops,
+            cost.intensity()
+        );
+    }
+    println!("\n{} cases ({} elements)", cases.len(), dtype.name());
+    println!(
+        "\nGPU spec table (dense peaks; CUDA rows report % of these once the CUDA backend lands):"
+    );
+    println!(
+        "{:<16} {:>9} {:>10} {:>10} {:>10} {:>10}  source",
+        "GPU", "GB/s", "FP32 TF", "TF32 TF", "BF16 TF", "FP16 TF"
+    );
+    for s in hardware::GPU_SPECS {
+        println!(
+            "{:<16} {:>9.0} {:>10.1} {:>10.1} {:>10.1} {:>10.1}  {}",
+            s.name,
+            s.memory_gb_s,
+            s.fp32_tflops,
+            s.tf32_tflops,
+            s.bf16_tflops,
+            s.fp16_tflops,
+            s.source
+        );
+    }
+}

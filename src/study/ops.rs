@@ -1,0 +1,946 @@
+//! The ops under study, their shapes, and the bytes and FLOPs of one call.
+//!
+//! Op names are the kernel names of `kernels/*.cu` (and the functions of `src/backend/cpu/*.rs`);
+//! families are the kernel files and the bench targets: `kernels/norm.cu` ↔ `benches/norm.rs`.
+//!
+//! # What is counted
+//!
+//! `s` is the element size of the compute dtype (4 for the CPU's f32); logits are f32 whatever the
+//! dtype (the lm_head output).
+//!
+//! - **Bytes** are the compulsory memory traffic of one call: every input element read once, every
+//!   output element written once, weights and KV cache included. Integer metadata counts 4 bytes
+//!   per element read (token ids, positions, slot mappings, block-table entries). Re-reads an
+//!   implementation makes (the GQA group re-reading its KV head, a second pass over a norm row,
+//!   attention re-reading keys per query) are not counted: they are what separates an
+//!   implementation from the roofline, so they show up as a lower achieved bandwidth, not as more
+//!   bytes.
+//! - **FLOPs** count each add, subtract, multiply and divide as 1, a fused multiply-add as 2, and a
+//!   transcendental (exp, tanh) as 1. Comparisons, max and the softmax of attention (its exps and
+//!   sums are O(keys), not O(keys · head_dim)) are not counted; a matmul is `2 m n k`.
+//!
+//! The formulas match the roofline notes at the top of each kernel file; attention counts K/V once
+//! per KV head (the compulsory traffic), where `kernels/attention.cu` states the naive kernel's own
+//! traffic (once per query head).
+
+use crate::error::{Error, Result};
+use crate::model::{Arch, ModelConfig};
+
+use super::Dtype;
+
+/// An op family: one kernel file, one bench target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    Norm,
+    Rope,
+    Activation,
+    Embedding,
+    KvWrite,
+    Attention,
+    Matmul,
+    Sampling,
+    DecodeStep,
+}
+
+impl Family {
+    pub const ALL: [Family; 9] = [
+        Family::Norm,
+        Family::Rope,
+        Family::Activation,
+        Family::Embedding,
+        Family::KvWrite,
+        Family::Attention,
+        Family::Matmul,
+        Family::Sampling,
+        Family::DecodeStep,
+    ];
+
+    /// The bench target's name (`benches/<name>.rs`), also the kernel file's stem where one exists.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Norm => "norm",
+            Family::Rope => "rope",
+            Family::Activation => "activation",
+            Family::Embedding => "embedding",
+            Family::KvWrite => "kv_write",
+            Family::Attention => "attention",
+            Family::Matmul => "matmul",
+            Family::Sampling => "sampling",
+            Family::DecodeStep => "decode_step",
+        }
+    }
+
+    /// The CUDA source of this family, where one exists (GEMMs go through cuBLAS; a decode step is
+    /// every kernel in turn).
+    pub fn kernel_file(self) -> Option<&'static str> {
+        match self {
+            Family::Norm => Some("kernels/norm.cu"),
+            Family::Rope => Some("kernels/rope.cu"),
+            Family::Activation => Some("kernels/activation.cu"),
+            Family::Embedding => Some("kernels/embedding.cu"),
+            Family::KvWrite => Some("kernels/kv_write.cu"),
+            Family::Attention => Some("kernels/attention.cu"),
+            Family::Sampling => Some("kernels/sampling.cu"),
+            Family::Matmul | Family::DecodeStep => None,
+        }
+    }
+
+    pub fn ops(self) -> Vec<Op> {
+        Op::ALL.into_iter().filter(|o| o.family() == self).collect()
+    }
+}
+
+/// One op under study.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Layernorm,
+    Rmsnorm,
+    AddRmsnorm,
+    AddInplace,
+    Rope,
+    GeluNew,
+    SiluMul,
+    Embedding,
+    GatherLogitRows,
+    WriteKv,
+    /// Attention of a whole prompt (every token of a fresh sequence), causal.
+    AttentionPrefill,
+    /// One new token per sequence over its cached context.
+    AttentionDecode,
+    /// `out = x · wᵀ`, the linear layer (CPU: the register-tiled GEMM; GPU: cuBLAS).
+    Matmul,
+    Argmax,
+    /// Temperature / top-k / top-p sampling.
+    Sample,
+    /// A whole decode step of a model with dummy weights: forward pass and greedy pick.
+    DecodeStep,
+}
+
+impl Op {
+    pub const ALL: [Op; 16] = [
+        Op::Layernorm,
+        Op::Rmsnorm,
+        Op::AddRmsnorm,
+        Op::AddInplace,
+        Op::Rope,
+        Op::GeluNew,
+        Op::SiluMul,
+        Op::Embedding,
+        Op::GatherLogitRows,
+        Op::WriteKv,
+        Op::AttentionPrefill,
+        Op::AttentionDecode,
+        Op::Matmul,
+        Op::Argmax,
+        Op::Sample,
+        Op::DecodeStep,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Layernorm => "layernorm",
+            Op::Rmsnorm => "rmsnorm",
+            Op::AddRmsnorm => "add_rmsnorm",
+            Op::AddInplace => "add_inplace",
+            Op::Rope => "rope",
+            Op::GeluNew => "gelu_new",
+            Op::SiluMul => "silu_mul",
+            Op::Embedding => "embedding",
+            Op::GatherLogitRows => "gather_logit_rows",
+            Op::WriteKv => "write_kv",
+            Op::AttentionPrefill => "attention_prefill",
+            Op::AttentionDecode => "attention_decode",
+            Op::Matmul => "matmul",
+            Op::Argmax => "argmax",
+            Op::Sample => "sample",
+            Op::DecodeStep => "decode_step",
+        }
+    }
+
+    pub fn family(self) -> Family {
+        match self {
+            Op::Layernorm | Op::Rmsnorm | Op::AddRmsnorm | Op::AddInplace => Family::Norm,
+            Op::Rope => Family::Rope,
+            Op::GeluNew | Op::SiluMul => Family::Activation,
+            Op::Embedding | Op::GatherLogitRows => Family::Embedding,
+            Op::WriteKv => Family::KvWrite,
+            Op::AttentionPrefill | Op::AttentionDecode => Family::Attention,
+            Op::Matmul => Family::Matmul,
+            Op::Argmax | Op::Sample => Family::Sampling,
+            Op::DecodeStep => Family::DecodeStep,
+        }
+    }
+
+    /// The CPU reference this op runs on the CPU backend.
+    pub fn cpu_reference(self) -> &'static str {
+        match self {
+            Op::Layernorm => "backend/cpu/norm.rs: layernorm",
+            Op::Rmsnorm => "backend/cpu/norm.rs: rmsnorm",
+            Op::AddRmsnorm => "backend/cpu/norm.rs: add_rmsnorm",
+            Op::AddInplace => "backend/cpu/norm.rs: add_inplace",
+            Op::Rope => "backend/cpu/rope.rs: rope",
+            Op::GeluNew => "backend/cpu/activation.rs: gelu_new",
+            Op::SiluMul => "backend/cpu/activation.rs: silu_mul",
+            Op::Embedding => "backend/cpu/embedding.rs: embedding",
+            Op::GatherLogitRows => "backend/cpu/embedding.rs: gather_rows",
+            Op::WriteKv => "backend/cpu/kv_write.rs: write_kv",
+            Op::AttentionPrefill | Op::AttentionDecode => {
+                "backend/cpu/attention.rs: paged_attention"
+            }
+            Op::Matmul => "backend/cpu/matmul.rs: linear",
+            Op::Argmax => "engine/sampling.rs: argmax",
+            Op::Sample => "engine/sampling.rs: Sampler::sample",
+            Op::DecodeStep => "model/forward.rs: Model::forward + argmax",
+        }
+    }
+}
+
+/// Resolve `--op` values: op names or family names (a family selects all its ops). Order follows
+/// [`Op::ALL`]; duplicates collapse.
+pub fn parse_selection(names: &[String]) -> Result<Vec<Op>> {
+    let mut picked = Vec::new();
+    for raw in names {
+        let name = raw.trim();
+        if name.is_empty() {
+            continue;
+        }
+        let ops: Vec<Op> = if let Some(op) = Op::ALL.into_iter().find(|o| o.name() == name) {
+            vec![op]
+        } else if let Some(f) = Family::ALL.into_iter().find(|f| f.name() == name) {
+            f.ops()
+        } else {
+            let ops: Vec<&str> = Op::ALL.iter().map(|o| o.name()).collect();
+            let fams: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
+            return Err(Error::Invalid(format!(
+                "unknown op `{name}` (ops: {}; families: {})",
+                ops.join(", "),
+                fams.join(", ")
+            )));
+        };
+        picked.extend(ops);
+    }
+    if picked.is_empty() {
+        return Ok(Op::ALL.to_vec());
+    }
+    Ok(Op::ALL.into_iter().filter(|o| picked.contains(o)).collect())
+}
+
+/// Shape parameters of one call. Serialized (untagged) as the `shape` object of a results row.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Shape {
+    /// layernorm, rmsnorm, add_rmsnorm: x, out: [rows, cols]
+    Rows { rows: usize, cols: usize },
+    /// add_inplace, gelu_new: [len]
+    Elementwise { len: usize },
+    /// silu_mul: out [rows, inter]; x [rows, 2 inter]
+    SiluMul { rows: usize, inter: usize },
+    /// rope over the Q and K heads of the fused QKV rows, one position per token
+    Rope {
+        tokens: usize,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+    },
+    /// embedding: out [tokens, hidden] from table [vocab, hidden] (+ learned positions)
+    Embedding {
+        tokens: usize,
+        hidden: usize,
+        vocab: usize,
+        learned_positions: bool,
+    },
+    /// gather_logit_rows: out [rows, cols] = x [tokens, cols] at `rows` indices
+    Gather {
+        rows: usize,
+        tokens: usize,
+        cols: usize,
+    },
+    /// write_kv: the K and V of `tokens` tokens into the paged cache
+    WriteKv {
+        tokens: usize,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        block_size: usize,
+    },
+    /// attention: `seqs` sequences, each with `query_len` new tokens at the end of a context of
+    /// `context_len` tokens (prefill: query_len = context_len; decode: query_len = 1)
+    Attention {
+        seqs: usize,
+        query_len: usize,
+        context_len: usize,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        block_size: usize,
+    },
+    /// matmul: out [m, n] = x [m, k] · w [n, k]ᵀ; `proj` names the layer it comes from
+    Matmul {
+        m: usize,
+        n: usize,
+        k: usize,
+        proj: &'static str,
+    },
+    /// argmax over logits [rows, vocab] (f32)
+    Logits { rows: usize, vocab: usize },
+    /// sample over logits [rows, vocab] (f32) with temperature, top-k and top-p
+    Sampling {
+        rows: usize,
+        vocab: usize,
+        temperature: f64,
+        top_k: usize,
+        top_p: f64,
+    },
+    /// a decode step: `batch` sequences, each adding one token to a context of `context` tokens
+    DecodeStep {
+        batch: usize,
+        context: usize,
+        block_size: usize,
+        #[serde(skip)]
+        config: Box<ModelConfig>,
+    },
+}
+
+/// Bytes moved and FLOPs done by one call (see the module docs for what is counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cost {
+    pub bytes: u64,
+    pub flops: u64,
+}
+
+impl Cost {
+    /// FLOPs per byte.
+    pub fn intensity(&self) -> f64 {
+        if self.bytes == 0 {
+            0.0
+        } else {
+            self.flops as f64 / self.bytes as f64
+        }
+    }
+}
+
+/// One study case: an op at one shape, and the model its shape comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Case {
+    pub op: Op,
+    /// The model config the shape was taken from.
+    pub model: Option<String>,
+    pub shape: Shape,
+}
+
+const IDX: u64 = 4; // bytes of an integer metadata element (u32)
+
+fn u(v: usize) -> u64 {
+    v as u64
+}
+
+impl Case {
+    /// A short, unique description of the shape, e.g. `rows=64,cols=4096`; `heads=32/8` is query
+    /// heads / KV heads.
+    pub fn shape_label(&self) -> String {
+        match &self.shape {
+            Shape::Rows { rows, cols } => format!("rows={rows},cols={cols}"),
+            Shape::Elementwise { len } => format!("len={len}"),
+            Shape::SiluMul { rows, inter } => format!("rows={rows},inter={inter}"),
+            Shape::Rope {
+                tokens,
+                num_heads,
+                num_kv_heads,
+                head_dim,
+            } => format!("tokens={tokens},heads={num_heads}/{num_kv_heads},d={head_dim}"),
+            Shape::Embedding {
+                tokens,
+                hidden,
+                vocab,
+                learned_positions,
+            } => format!(
+                "tokens={tokens},hidden={hidden},vocab={vocab}{}",
+                if *learned_positions { ",+pos" } else { "" }
+            ),
+            Shape::Gather { rows, tokens, cols } => {
+                format!("rows={rows},tokens={tokens},cols={cols}")
+            }
+            Shape::WriteKv {
+                tokens,
+                num_kv_heads,
+                head_dim,
+                block_size,
+                ..
+            } => format!("tokens={tokens},kv_heads={num_kv_heads},d={head_dim},bs={block_size}"),
+            Shape::Attention {
+                seqs,
+                query_len,
+                context_len,
+                num_heads,
+                num_kv_heads,
+                head_dim,
+                block_size,
+            } => format!(
+                "seqs={seqs},q={query_len},ctx={context_len},heads={num_heads}/{num_kv_heads},\
+                 d={head_dim},bs={block_size}"
+            ),
+            Shape::Matmul { m, n, k, proj } => format!("{proj}:m={m},n={n},k={k}"),
+            Shape::Logits { rows, vocab } => format!("rows={rows},vocab={vocab}"),
+            Shape::Sampling {
+                rows,
+                vocab,
+                temperature,
+                top_k,
+                top_p,
+            } => format!("rows={rows},vocab={vocab},t={temperature},k={top_k},p={top_p}"),
+            Shape::DecodeStep {
+                batch,
+                context,
+                block_size,
+                ..
+            } => format!("batch={batch},ctx={context},bs={block_size}"),
+        }
+    }
+
+    /// `op/model/shape`: the criterion benchmark id and the table's row name.
+    pub fn id(&self) -> String {
+        match &self.model {
+            Some(m) => format!("{}/{m}/{}", self.op.name(), self.shape_label()),
+            None => format!("{}/{}", self.op.name(), self.shape_label()),
+        }
+    }
+
+    /// Bytes and FLOPs of one call with elements of `dtype`.
+    pub fn cost(&self, dtype: Dtype) -> Cost {
+        let s = dtype.bytes();
+        match (&self.shape, self.op) {
+            (&Shape::Rows { rows, cols }, op) => {
+                let (n, c) = (u(rows) * u(cols), u(cols));
+                match op {
+                    // read x, write out; weight and bias once
+                    Op::Layernorm => Cost {
+                        bytes: s * (2 * n + 2 * c),
+                        flops: 8 * n,
+                    },
+                    // read residual, delta; write residual, out; weight once
+                    Op::AddRmsnorm => Cost {
+                        bytes: s * (4 * n + c),
+                        flops: 5 * n,
+                    },
+                    // rmsnorm: read x, write out; weight once
+                    _ => Cost {
+                        bytes: s * (2 * n + c),
+                        flops: 4 * n,
+                    },
+                }
+            }
+            (&Shape::Elementwise { len }, op) => match op {
+                // x += y: read x and y, write x
+                Op::AddInplace => Cost {
+                    bytes: 3 * s * u(len),
+                    flops: u(len),
+                },
+                // gelu_new in place: read, write; 8 arithmetic ops and a tanh per element
+                _ => Cost {
+                    bytes: 2 * s * u(len),
+                    flops: 9 * u(len),
+                },
+            },
+            // read gate and up, write out; exp, add, divide, multiply per element
+            (&Shape::SiluMul { rows, inter }, _) => Cost {
+                bytes: 3 * s * u(rows) * u(inter),
+                flops: 4 * u(rows) * u(inter),
+            },
+            (
+                &Shape::Rope {
+                    tokens,
+                    num_heads,
+                    num_kv_heads,
+                    head_dim,
+                },
+                _,
+            ) => {
+                let (t, r, d) = (u(tokens), u(num_heads + num_kv_heads), u(head_dim));
+                // Q and K heads read and written; one cos/sin row and one position per token;
+                // 6 FLOPs per rotated pair, head_dim / 2 pairs per head
+                Cost {
+                    bytes: 2 * s * t * r * d + s * t * d + IDX * t,
+                    flops: 3 * t * r * d,
+                }
+            }
+            (
+                &Shape::Embedding {
+                    tokens,
+                    hidden,
+                    learned_positions,
+                    ..
+                },
+                _,
+            ) => {
+                let (t, h) = (u(tokens), u(hidden));
+                // table row read, out row written (+ position row read and added); token ids and
+                // positions read
+                if learned_positions {
+                    Cost {
+                        bytes: 3 * s * t * h + 2 * IDX * t,
+                        flops: t * h,
+                    }
+                } else {
+                    Cost {
+                        bytes: 2 * s * t * h + IDX * t,
+                        flops: 0,
+                    }
+                }
+            }
+            (&Shape::Gather { rows, cols, .. }, _) => Cost {
+                bytes: 2 * s * u(rows) * u(cols) + IDX * u(rows),
+                flops: 0,
+            },
+            (
+                &Shape::WriteKv {
+                    tokens,
+                    num_kv_heads,
+                    head_dim,
+                    ..
+                },
+                _,
+            ) => {
+                let kv = u(num_kv_heads) * u(head_dim);
+                // K and V read from the QKV rows and written to their slots; one slot id per token
+                Cost {
+                    bytes: 4 * s * u(tokens) * kv + IDX * u(tokens),
+                    flops: 0,
+                }
+            }
+            (
+                &Shape::Attention {
+                    seqs,
+                    query_len,
+                    context_len,
+                    num_heads,
+                    num_kv_heads,
+                    head_dim,
+                    block_size,
+                },
+                _,
+            ) => attention_cost(
+                s,
+                u(seqs),
+                u(query_len),
+                u(context_len),
+                u(num_heads),
+                u(num_kv_heads),
+                u(head_dim),
+                u(block_size),
+            ),
+            (&Shape::Matmul { m, n, k, .. }, _) => {
+                let (m, n, k) = (u(m), u(n), u(k));
+                Cost {
+                    bytes: s * (m * k + n * k + m * n),
+                    flops: 2 * m * n * k,
+                }
+            }
+            // f32 logits read once, one token id written per row; comparisons only
+            (&Shape::Logits { rows, vocab }, _) => Cost {
+                bytes: 4 * u(rows) * u(vocab) + IDX * u(rows),
+                flops: 0,
+            },
+            // the same bytes; per logit: divide by the temperature, subtract the max, exp (the
+            // minimum an exact sampler does; the CPU sampler also sorts the row, not counted)
+            (&Shape::Sampling { rows, vocab, .. }, _) => Cost {
+                bytes: 4 * u(rows) * u(vocab) + IDX * u(rows),
+                flops: 3 * u(rows) * u(vocab),
+            },
+            (
+                Shape::DecodeStep {
+                    batch,
+                    context,
+                    config,
+                    ..
+                },
+                _,
+            ) => decode_step_cost(config, *batch, *context, dtype),
+        }
+    }
+
+    /// Bytes a runner allocates for this case (buffers, weights, cache), to check memory first.
+    pub fn alloc_bytes(&self) -> u64 {
+        const F: u64 = 4; // the CPU backend's f32
+        match &self.shape {
+            &Shape::Rows { rows, cols } => F * (4 * u(rows) * u(cols) + 2 * u(cols)),
+            &Shape::Elementwise { len } => F * 2 * u(len),
+            &Shape::SiluMul { rows, inter } => F * 3 * u(rows) * u(inter),
+            &Shape::Rope {
+                tokens,
+                num_heads,
+                num_kv_heads,
+                head_dim,
+            } => F * u(tokens) * u(head_dim) * (u(num_heads + 2 * num_kv_heads) + 1),
+            &Shape::Embedding {
+                tokens,
+                hidden,
+                vocab,
+                learned_positions,
+            } => {
+                let pos = if learned_positions { u(tokens) } else { 0 };
+                F * u(hidden) * (u(vocab) + pos + u(tokens))
+            }
+            &Shape::Gather { rows, tokens, cols } => F * u(cols) * u(rows + tokens),
+            &Shape::WriteKv {
+                tokens,
+                num_heads,
+                num_kv_heads,
+                head_dim,
+                block_size,
+            } => {
+                let slots = u(tokens.div_ceil(block_size.max(1)) * block_size);
+                F * u(head_dim)
+                    * (u(tokens) * u(num_heads + 2 * num_kv_heads) + 2 * slots * u(num_kv_heads))
+            }
+            &Shape::Attention {
+                seqs,
+                query_len,
+                context_len,
+                num_heads,
+                num_kv_heads,
+                head_dim,
+                block_size,
+            } => {
+                let slots = u(seqs) * u(context_len.div_ceil(block_size.max(1)) * block_size);
+                let t = u(seqs) * u(query_len);
+                F * u(head_dim)
+                    * (2 * slots * u(num_kv_heads) + t * u(2 * num_heads + 2 * num_kv_heads))
+            }
+            &Shape::Matmul { m, n, k, .. } => F * (u(m) * u(k) + u(n) * u(k) + u(m) * u(n)),
+            &Shape::Logits { rows, vocab } | &Shape::Sampling { rows, vocab, .. } => {
+                F * 3 * u(rows) * u(vocab)
+            }
+            Shape::DecodeStep {
+                batch,
+                context,
+                config,
+                ..
+            } => {
+                let kv = 2
+                    * u(config.num_layers)
+                    * u(*batch)
+                    * u(context.next_multiple_of(16))
+                    * u(config.kv_size());
+                F * (u(config.num_parameters()) + kv + u(*batch) * u(config.vocab_size))
+            }
+        }
+    }
+}
+
+/// Attention over `seqs` sequences of `q` new tokens ending a context of `c` tokens.
+///
+/// Bytes: each sequence's K and V read once per KV head (2 c nkv d), Q read and out written
+/// (q H d each), one position per new token and the block-table entries of the context.
+/// FLOPs: 4 H d per (query, key) pair (q·k and p·v, 2 each per element); new token i (of q) sees
+/// c − q + i + 1 keys, so a sequence has q c − q (q − 1) / 2 pairs.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_cost(
+    s: u64,
+    seqs: u64,
+    q: u64,
+    c: u64,
+    h: u64,
+    nkv: u64,
+    d: u64,
+    block_size: u64,
+) -> Cost {
+    let pairs = (q * c).saturating_sub(q * q.saturating_sub(1) / 2);
+    let blocks = c.div_ceil(block_size.max(1));
+    Cost {
+        bytes: seqs * (s * (2 * c * nkv * d + 2 * q * h * d) + IDX * (q + blocks)),
+        flops: seqs * 4 * h * d * pairs,
+    }
+}
+
+/// Weight elements of every linear layer of the model (the lm_head included, tied or not).
+pub fn matmul_params(cfg: &ModelConfig) -> u64 {
+    let h = u(cfg.hidden_size);
+    let up_rows = match cfg.arch {
+        Arch::Gpt2 => u(cfg.intermediate_size),
+        Arch::Llama => 2 * u(cfg.intermediate_size),
+    };
+    let per_layer = h * u(cfg.q_size() + 2 * cfg.kv_size())
+        + u(cfg.q_size()) * h
+        + up_rows * h
+        + h * u(cfg.intermediate_size);
+    u(cfg.num_layers) * per_layer + u(cfg.vocab_size) * h
+}
+
+/// A decode step of `batch` sequences, each adding one token to reach `context` tokens.
+///
+/// Bytes: every weight the step reads once (all parameters except the unread part of the embedding
+/// table and of GPT-2's position table, of which `batch` rows are read; a tied lm_head reads the
+/// whole table), K and V of `context` tokens per sequence and layer read, the new token's K and V
+/// written. Activations (a few KiB per token) are not counted.
+/// FLOPs: 2 · batch · (weights of the linear layers and the lm_head), plus attention's
+/// 4 · heads · head_dim · context per token and layer. Norms, RoPE and activations (< 1 %) are not
+/// counted.
+pub fn decode_step_cost(cfg: &ModelConfig, batch: usize, context: usize, dtype: Dtype) -> Cost {
+    let s = dtype.bytes();
+    let (b, l, h) = (u(batch), u(context), u(cfg.hidden_size));
+    let layers = u(cfg.num_layers);
+    let mut weights = u(cfg.num_parameters());
+    let mut rows_read = b * h; // embedding rows
+    if cfg.arch == Arch::Gpt2 {
+        weights -= u(cfg.max_context) * h;
+        rows_read += b * h; // position rows
+    }
+    if !cfg.tie_word_embeddings {
+        weights -= u(cfg.vocab_size) * h; // the input table: only `batch` rows are read
+    }
+    let kv = u(cfg.kv_size());
+    let kv_bytes = 2 * layers * b * (l + 1) * kv * s;
+    let attn_flops = 4 * layers * b * u(cfg.num_heads) * u(cfg.head_dim) * l;
+    Cost {
+        bytes: s * (weights + rows_read) + kv_bytes + IDX * 3 * b,
+        flops: 2 * b * matmul_params(cfg) + attn_flops,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(op: Op, shape: Shape) -> Case {
+        Case {
+            op,
+            model: None,
+            shape,
+        }
+    }
+
+    #[test]
+    fn norm_and_elementwise_costs_by_hand() {
+        // 2 rows of 8, f32: x and out 2·16·4 = 128 B, weight 32 B
+        let rms = case(Op::Rmsnorm, Shape::Rows { rows: 2, cols: 8 });
+        assert_eq!(
+            rms.cost(Dtype::F32),
+            Cost {
+                bytes: 160,
+                flops: 64
+            }
+        );
+        let ln = case(Op::Layernorm, Shape::Rows { rows: 2, cols: 8 });
+        assert_eq!(
+            ln.cost(Dtype::Bf16),
+            Cost {
+                bytes: 2 * (32 + 16),
+                flops: 128
+            }
+        );
+        let fused = case(Op::AddRmsnorm, Shape::Rows { rows: 2, cols: 8 });
+        assert_eq!(fused.cost(Dtype::F32).bytes, 4 * (64 + 8));
+        assert_eq!(fused.cost(Dtype::F32).flops, 80);
+        let add = case(Op::AddInplace, Shape::Elementwise { len: 10 });
+        assert_eq!(
+            add.cost(Dtype::F32),
+            Cost {
+                bytes: 120,
+                flops: 10
+            }
+        );
+        let gelu = case(Op::GeluNew, Shape::Elementwise { len: 10 });
+        assert_eq!(
+            gelu.cost(Dtype::F16),
+            Cost {
+                bytes: 40,
+                flops: 90
+            }
+        );
+        let silu = case(Op::SiluMul, Shape::SiluMul { rows: 3, inter: 5 });
+        assert_eq!(
+            silu.cost(Dtype::F32),
+            Cost {
+                bytes: 180,
+                flops: 60
+            }
+        );
+    }
+
+    #[test]
+    fn rope_embedding_kv_costs_by_hand() {
+        // 2 tokens, 4 Q heads + 2 K heads of 8: 2·2·6·8 elements read+written, 2 cos/sin rows of 8,
+        // 2 positions; 3·2·6·8 FLOPs
+        let rope = case(
+            Op::Rope,
+            Shape::Rope {
+                tokens: 2,
+                num_heads: 4,
+                num_kv_heads: 2,
+                head_dim: 8,
+            },
+        );
+        assert_eq!(
+            rope.cost(Dtype::F32),
+            Cost {
+                bytes: 4 * 192 + 4 * 16 + 8,
+                flops: 288
+            }
+        );
+        let emb = |learned| {
+            case(
+                Op::Embedding,
+                Shape::Embedding {
+                    tokens: 3,
+                    hidden: 4,
+                    vocab: 100,
+                    learned_positions: learned,
+                },
+            )
+            .cost(Dtype::F32)
+        };
+        assert_eq!(
+            emb(false),
+            Cost {
+                bytes: 2 * 48 + 12,
+                flops: 0
+            }
+        );
+        assert_eq!(
+            emb(true),
+            Cost {
+                bytes: 3 * 48 + 24,
+                flops: 12
+            }
+        );
+        let kv = case(
+            Op::WriteKv,
+            Shape::WriteKv {
+                tokens: 5,
+                num_heads: 8,
+                num_kv_heads: 2,
+                head_dim: 4,
+                block_size: 16,
+            },
+        );
+        // K and V: 5 tokens × 8 elements, each read and written
+        assert_eq!(
+            kv.cost(Dtype::F32),
+            Cost {
+                bytes: 4 * 4 * 40 + 20,
+                flops: 0
+            }
+        );
+    }
+
+    #[test]
+    fn attention_costs_by_hand() {
+        // decode: 2 sequences, 1 new token over 10 keys, 4 heads sharing 2 KV heads of 8
+        let dec = case(
+            Op::AttentionDecode,
+            Shape::Attention {
+                seqs: 2,
+                query_len: 1,
+                context_len: 10,
+                num_heads: 4,
+                num_kv_heads: 2,
+                head_dim: 8,
+                block_size: 4,
+            },
+        );
+        // per seq: K,V 2·10·2·8 = 320, q + out 2·4·8 = 64 elements; 1 position + 3 blocks
+        let c = dec.cost(Dtype::F32);
+        assert_eq!(c.bytes, 2 * (4 * (320 + 64) + 4 * (1 + 3)));
+        assert_eq!(c.flops, 2 * 4 * 4 * 8 * 10);
+        // prefill of 3 tokens: 1 + 2 + 3 = 6 (query, key) pairs
+        let pre = case(
+            Op::AttentionPrefill,
+            Shape::Attention {
+                seqs: 1,
+                query_len: 3,
+                context_len: 3,
+                num_heads: 2,
+                num_kv_heads: 2,
+                head_dim: 4,
+                block_size: 16,
+            },
+        );
+        let c = pre.cost(Dtype::F32);
+        assert_eq!(c.flops, 4 * 2 * 4 * 6);
+        assert_eq!(c.bytes, 4 * (2 * 3 * 2 * 4 + 2 * 3 * 2 * 4) + 4 * (3 + 1));
+    }
+
+    #[test]
+    fn matmul_and_sampling_costs_by_hand() {
+        let mm = case(
+            Op::Matmul,
+            Shape::Matmul {
+                m: 2,
+                n: 3,
+                k: 4,
+                proj: "x",
+            },
+        );
+        assert_eq!(
+            mm.cost(Dtype::F32),
+            Cost {
+                bytes: 4 * (8 + 12 + 6),
+                flops: 48
+            }
+        );
+        assert!((mm.cost(Dtype::F32).intensity() - 48.0 / 104.0).abs() < 1e-12);
+        // logits are f32 whatever the dtype
+        let am = case(Op::Argmax, Shape::Logits { rows: 2, vocab: 10 }).cost(Dtype::Bf16);
+        assert_eq!(
+            am,
+            Cost {
+                bytes: 88,
+                flops: 0
+            }
+        );
+        let shape = Shape::Sampling {
+            rows: 2,
+            vocab: 10,
+            temperature: 0.8,
+            top_k: 0,
+            top_p: 1.0,
+        };
+        let sample = case(Op::Sample, shape);
+        assert_eq!(sample.cost(Dtype::F32).flops, 60);
+        assert_eq!(sample.shape_label(), "rows=2,vocab=10,t=0.8,k=0,p=1");
+    }
+
+    #[test]
+    fn decode_step_cost_of_a_tiny_llama_by_hand() {
+        let cfg = crate::model::config::ModelConfig::from_json_str(
+            r#"{"model_type": "llama", "vocab_size": 10, "hidden_size": 4,
+                "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+                "intermediate_size": 6, "max_position_embeddings": 32}"#,
+            "test",
+        )
+        .unwrap();
+        // head_dim 2, q 4, kv 2. Per layer: qkv 4·8 = 32, o 16, gate+up 12·4 = 48, down 24 → 120;
+        // 2 layers + lm_head 40 = 280 matmul weights
+        assert_eq!(matmul_params(&cfg), 280);
+        // parameters: 2·(120 + 2 norms of 4) + embed 40 + final norm 4 + untied head 40 = 340;
+        // read: 340 − 40 (embedding table) + 1 row of 4 = 304 elements
+        assert_eq!(cfg.num_parameters(), 340);
+        let c = decode_step_cost(&cfg, 1, 5, Dtype::F32);
+        // KV: 2 (K, V) · 2 layers · (5 read + 1 written) · 2 elements
+        let kv = 2 * 2 * 6 * 2;
+        assert_eq!(c.bytes, 4 * (304 + kv) + 12);
+        // 2·280 + attention 4 · 2 layers · 2 heads · 2 · 5
+        assert_eq!(c.flops, 560 + 160);
+    }
+
+    #[test]
+    fn selection_takes_ops_and_families() {
+        let s = |v: &[&str]| parse_selection(&v.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+        assert_eq!(s(&[]).unwrap().len(), Op::ALL.len());
+        assert_eq!(
+            s(&["norm"]).unwrap(),
+            vec![Op::Layernorm, Op::Rmsnorm, Op::AddRmsnorm, Op::AddInplace]
+        );
+        assert_eq!(
+            s(&["matmul", "rmsnorm"]).unwrap(),
+            vec![Op::Rmsnorm, Op::Matmul]
+        );
+        let err = s(&["softmax"]).unwrap_err().to_string();
+        assert!(err.contains("unknown op `softmax`") && err.contains("attention_decode"));
+        for f in Family::ALL {
+            assert!(!f.ops().is_empty(), "{f:?}");
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Where a measured call sits on the roofline, and the table both `cargo bench` and
+//! `infermeter kernels` print.
+//!
+//! An op with arithmetic intensity I (FLOPs per byte) can at best reach min(P, I·B) FLOP/s on a
+//! device with compute ceiling P and bandwidth B. Below the ridge point P / B it is
+//! **memory-bound** and its percentage is achieved GB/s ÷ B; above it **compute-bound**, achieved
+//! GFLOP/s ÷ P (both are achieved ÷ attainable). The bound is decided against the measured
+//! ceilings; the spec percentage uses the spec's own ridge. Ops without FLOPs (copies) are
+//! memory-bound.
+//!
+//! Small working sets stay in the CPU's caches between repeated calls, so a memory-bound op can
+//! show more than 100 % of the DRAM read ceiling: that is cache bandwidth, and says the shape is
+//! small.
+
+use super::ceiling::Ceilings;
+use super::ops::{Case, Cost};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bound {
+    Memory,
+    Compute,
+}
+
+/// Bandwidth and compute of a roofline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Peak {
+    pub memory_gb_s: f64,
+    pub compute_gflop_s: f64,
+}
+
+impl Peak {
+    pub fn ridge(&self) -> f64 {
+        if self.memory_gb_s > 0.0 {
+            self.compute_gflop_s / self.memory_gb_s
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    /// Achieved ÷ attainable at intensity `ai`, in percent.
+    fn percent(&self, ai: f64, gb_s: f64, gflop_s: f64) -> Option<f64> {
+        let (num, den) = if ai < self.ridge() {
+            (gb_s, self.memory_gb_s)
+        } else {
+            (gflop_s, self.compute_gflop_s)
+        };
+        (den > 0.0 && num.is_finite()).then(|| 100.0 * num / den)
+    }
+}
+
+impl From<&Ceilings> for Peak {
+    fn from(c: &Ceilings) -> Self {
+        Peak {
+            memory_gb_s: c.memory_gb_s,
+            compute_gflop_s: c.compute_gflop_s,
+        }
+    }
+}
+
+/// One call's time on the roofline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Assessment {
+    pub achieved_gb_s: f64,
+    pub achieved_gflop_s: f64,
+    /// FLOPs per byte.
+    pub intensity: f64,
+    pub bound: Bound,
+    pub pct_of_ceiling: Option<f64>,
+    pub pct_of_spec: Option<f64>,
+}
+
+/// Place a call of `cost` taking `time_s` against the measured `ceiling` (and a spec peak, if any).
+pub fn assess(cost: Cost, time_s: f64, ceiling: Peak, spec: Option<Peak>) -> Assessment {
+    let t = if time_s > 0.0 { time_s } else { f64::NAN };
+    let gb_s = cost.bytes as f64 / t / 1e9;
+    let gflop_s = cost.flops as f64 / t / 1e9;
+    let ai = cost.intensity();
+    Assessment {
+        achieved_gb_s: gb_s,
+        achieved_gflop_s: gflop_s,
+        intensity: ai,
+        bound: if ai < ceiling.ridge() {
+            Bound::Memory
+        } else {
+            Bound::Compute
+        },
+        pct_of_ceiling: ceiling.percent(ai, gb_s, gflop_s),
+        pct_of_spec: spec.and_then(|s| s.percent(ai, gb_s, gflop_s)),
+    }
+}
+
+/// Seconds in the unit that suits them.
+pub fn fmt_time(s: f64) -> String {
+    if !s.is_finite() {
+        "-".into()
+    } else if s < 1e-6 {
+        format!("{:.0} ns", s * 1e9)
+    } else if s < 1e-3 {
+        format!("{:.2} µs", s * 1e6)
+    } else if s < 1.0 {
+        format!("{:.2} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+fn fmt_rate(v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn fmt_pct(p: Option<f64>) -> String {
+    p.map_or("-".into(), |p| format!("{p:.0}%"))
+}
+
+/// The table's column header.
+pub fn table_header(with_spec: bool) -> String {
+    let mut s = format!(
+        "{:<18} {:<15} {:<48} {:>10} {:>8} {:>9} {:>7} {:>7} {:>7}",
+        "op", "model", "shape", "time", "GB/s", "GFLOP/s", "FLOP/B", "bound", "%ceil"
+    );
+    if with_spec {
+        s.push_str(&format!(" {:>6}", "%spec"));
+    }
+    s
+}
+
+/// One table line: the case, its (median) time and where it sits.
+pub fn table_line(case: &Case, time_s: f64, a: &Assessment, with_spec: bool) -> String {
+    let mut s = format!(
+        "{:<18} {:<15} {:<48} {:>10} {:>8} {:>9} {:>7} {:>7} {:>7}",
+        case.op.name(),
+        case.model.as_deref().unwrap_or("-"),
+        case.shape_label(),
+        fmt_time(time_s),
+        fmt_rate(a.achieved_gb_s),
+        if a.achieved_gflop_s > 0.0 {
+            fmt_rate(a.achieved_gflop_s)
+        } else {
+            "-".into()
+        },
+        format!("{:.2}", a.intensity),
+        match a.bound {
+            Bound::Memory => "memory",
+            Bound::Compute => "compute",
+        },
+        fmt_pct(a.pct_of_ceiling)
+    );
+    if with_spec {
+        s.push_str(&format!(" {:>6}", fmt_pct(a.pct_of_spec)));
+    }
+    s
+}
+
+/// The ceilings as a few printed lines.
+pub fn describe_ceilings(c: &Ceilings) -> String {
+    let one = c
+        .memory_gb_s_one_thread
+        .map_or(String::new(), |g| format!("; one thread: {g:.1} GB/s"));
+    format!(
+        "{} ceilings (measured): read {:.1} GB/s{one} [{}]\n  compute {:.1} GFLOP/s [{}]\n  \
+         ridge point {:.1} FLOP/byte",
+        c.device.name().to_uppercase(),
+        c.memory_gb_s,
+        c.memory_method,
+        c.compute_gflop_s,
+        c.compute_method,
+        c.ridge()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CEIL: Peak = Peak {
+        memory_gb_s: 10.0,
+        compute_gflop_s: 100.0,
+    };
+
+    #[test]
+    fn memory_and_compute_bound_percentages() {
+        // 1 GB and 1 GFLOP in 0.2 s: intensity 1 < ridge 10 → memory-bound at 5 GB/s = 50 %
+        let a = assess(
+            Cost {
+                bytes: 1_000_000_000,
+                flops: 1_000_000_000,
+            },
+            0.2,
+            CEIL,
+            None,
+        );
+        assert_eq!(a.bound, Bound::Memory);
+        assert!((a.achieved_gb_s - 5.0).abs() < 1e-9);
+        assert!((a.pct_of_ceiling.unwrap() - 50.0).abs() < 1e-9);
+        assert_eq!(a.pct_of_spec, None);
+        // 0.1 GB and 20 GFLOP in 0.5 s: intensity 200 > 10 → compute-bound at 40 GFLOP/s = 40 %;
+        // against a spec of 1000 GFLOP/s, 100 GB/s (ridge 10): 4 %
+        let spec = Peak {
+            memory_gb_s: 100.0,
+            compute_gflop_s: 1000.0,
+        };
+        let a = assess(
+            Cost {
+                bytes: 100_000_000,
+                flops: 20_000_000_000,
+            },
+            0.5,
+            CEIL,
+            Some(spec),
+        );
+        assert_eq!(a.bound, Bound::Compute);
+        assert!((a.pct_of_ceiling.unwrap() - 40.0).abs() < 1e-9);
+        assert!((a.pct_of_spec.unwrap() - 4.0).abs() < 1e-9);
+        // a copy: no FLOPs, memory-bound
+        let a = assess(
+            Cost {
+                bytes: 10_000_000_000,
+                flops: 0,
+            },
+            1.0,
+            CEIL,
+            None,
+        );
+        assert_eq!(a.bound, Bound::Memory);
+        assert!((a.pct_of_ceiling.unwrap() - 100.0).abs() < 1e-9);
+        // no time: nothing to divide by, no percentage and no panic
+        let a = assess(Cost { bytes: 1, flops: 1 }, 0.0, CEIL, None);
+        assert_eq!(a.pct_of_ceiling, None);
+    }
+
+    #[test]
+    fn formats_times() {
+        assert_eq!(fmt_time(5e-8), "50 ns");
+        assert_eq!(fmt_time(2.5e-5), "25.00 µs");
+        assert_eq!(fmt_time(0.0123), "12.30 ms");
+        assert_eq!(fmt_time(2.0), "2.00 s");
+    }
+}

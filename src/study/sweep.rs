@@ -1,0 +1,506 @@
+//! The shapes studied, taken from model configs.
+//!
+//! [`model_cases`] turns one model's config into cases for the chosen ops (norms, activations and
+//! RoPE at the model's hidden and intermediate sizes and head layout, attention with its head count
+//! and GQA ratio, matmuls at its projection shapes, sampling over its vocabulary, a whole decode
+//! step of it) at the token counts, batch sizes and context lengths of a [`SweepSpec`]. Ops of the
+//! other architecture are left out (`layernorm`, `add_inplace` and `gelu_new` are GPT-2's;
+//! `rmsnorm`, `add_rmsnorm`, `silu_mul` and `rope` Llama's). Context lengths are capped at the
+//! model's context.
+//!
+//! [`default_cases`] is the curated sweep of `cargo bench` and of `infermeter kernels` without
+//! `--shapes`: a few shapes per op from the configs in `models/`, chosen to span what matters
+//! (GPT-2 small against Llama widths, MHA against GQA 4 and 8, head_dim 64 against 128, decode
+//! batches against prefill chunks) while a full `cargo bench` stays within minutes on a 2-core
+//! machine.
+
+use crate::error::Result;
+use crate::model::{Arch, ModelConfig};
+
+use super::ops::{Case, Op, Shape};
+
+/// Tokens per KV-cache block in every study (the engine's default).
+pub const BLOCK_SIZE: usize = 16;
+
+/// Sampling parameters of the `sample` study: a typical chat setting.
+pub const SAMPLE_TEMPERATURE: f64 = 0.8;
+pub const SAMPLE_TOP_K: usize = 50;
+pub const SAMPLE_TOP_P: f64 = 0.95;
+
+/// The sizes a sweep visits.
+#[derive(Debug, Clone, Default)]
+pub struct SweepSpec {
+    /// Rows of the token-wise ops (norms, activations, RoPE, embedding, KV write): a decode batch
+    /// or a prefill chunk.
+    pub tokens: Vec<usize>,
+    /// (batch, context) of decode attention.
+    pub decode: Vec<(usize, usize)>,
+    /// Prompt lengths of prefill attention (one sequence each).
+    pub prefill: Vec<usize>,
+    /// Rows of the matmuls.
+    pub gemm_m: Vec<usize>,
+    /// Which linear layers: `qkv`, `o`, `gate_up` (Llama) or `up` (GPT-2), `down`, `lm_head`.
+    pub projections: Vec<&'static str>,
+    /// Rows (sequences) of argmax and sample.
+    pub sampling_rows: Vec<usize>,
+    /// (batch, context) of the whole decode step.
+    pub step: Vec<(usize, usize)>,
+}
+
+impl SweepSpec {
+    /// The sweep of `infermeter kernels --shapes MODEL`: decode and prefill sizes of one model.
+    pub fn for_one_model() -> Self {
+        Self {
+            tokens: vec![1, 64, 1024],
+            decode: vec![(1, 2048), (16, 1024)],
+            prefill: vec![512],
+            gemm_m: vec![1, 16, 256],
+            projections: vec!["qkv", "o", "gate_up", "up", "down", "lm_head"],
+            sampling_rows: vec![1, 16],
+            step: vec![(1, 512), (16, 512)],
+        }
+    }
+
+    fn tokens(t: &[usize]) -> Self {
+        Self {
+            tokens: t.to_vec(),
+            ..Self::default()
+        }
+    }
+}
+
+/// (n, k) of a linear layer of `cfg`, by projection name; `None` when the model has no such layer.
+pub fn projection(cfg: &ModelConfig, proj: &str) -> Option<(usize, usize)> {
+    let h = cfg.hidden_size;
+    match (proj, cfg.arch) {
+        ("qkv", _) => Some((cfg.q_size() + 2 * cfg.kv_size(), h)),
+        ("o", _) => Some((h, cfg.q_size())),
+        ("gate_up", Arch::Llama) => Some((2 * cfg.intermediate_size, h)),
+        ("up", Arch::Gpt2) => Some((cfg.intermediate_size, h)),
+        ("down", _) => Some((h, cfg.intermediate_size)),
+        ("lm_head", _) => Some((cfg.vocab_size, h)),
+        _ => None,
+    }
+}
+
+/// Cases of `ops` for one model. `model` labels the cases (and names the model to load for a decode
+/// step's dummy weights).
+pub fn model_cases(model: &str, cfg: &ModelConfig, ops: &[Op], spec: &SweepSpec) -> Vec<Case> {
+    let llama = cfg.arch == Arch::Llama;
+    let gpt2 = cfg.arch == Arch::Gpt2;
+    let ctx = |c: usize| c.clamp(1, cfg.max_context);
+    let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
+    let mut out: Vec<Case> = Vec::new();
+    let mut push = |op: Op, shape: Shape| {
+        let case = Case {
+            op,
+            model: Some(model.to_string()),
+            shape,
+        };
+        if !out.contains(&case) {
+            out.push(case);
+        }
+    };
+    for &op in ops {
+        match op {
+            Op::Layernorm if gpt2 => {
+                for &t in &spec.tokens {
+                    push(op, Shape::Rows { rows: t, cols: h });
+                }
+            }
+            Op::Rmsnorm | Op::AddRmsnorm if llama => {
+                for &t in &spec.tokens {
+                    push(op, Shape::Rows { rows: t, cols: h });
+                }
+            }
+            Op::AddInplace if gpt2 => {
+                for &t in &spec.tokens {
+                    push(op, Shape::Elementwise { len: t * h });
+                }
+            }
+            Op::GeluNew if gpt2 => {
+                for &t in &spec.tokens {
+                    push(op, Shape::Elementwise { len: t * inter });
+                }
+            }
+            Op::SiluMul if llama => {
+                for &t in &spec.tokens {
+                    push(op, Shape::SiluMul { rows: t, inter });
+                }
+            }
+            Op::Rope if llama => {
+                for &t in &spec.tokens {
+                    push(
+                        op,
+                        Shape::Rope {
+                            tokens: ctx(t),
+                            num_heads: cfg.num_heads,
+                            num_kv_heads: cfg.num_kv_heads,
+                            head_dim: cfg.head_dim,
+                        },
+                    );
+                }
+            }
+            Op::Embedding => {
+                for &t in &spec.tokens {
+                    push(
+                        op,
+                        Shape::Embedding {
+                            // learned positions: one prompt of t tokens, within the position table
+                            tokens: if gpt2 { ctx(t) } else { t },
+                            hidden: h,
+                            vocab: cfg.vocab_size,
+                            learned_positions: gpt2,
+                        },
+                    );
+                }
+            }
+            Op::GatherLogitRows => {
+                for &(b, _) in &spec.decode {
+                    push(
+                        op,
+                        Shape::Gather {
+                            rows: b,
+                            tokens: b,
+                            cols: h,
+                        },
+                    );
+                }
+            }
+            Op::WriteKv => {
+                for &t in &spec.tokens {
+                    push(
+                        op,
+                        Shape::WriteKv {
+                            tokens: ctx(t),
+                            num_heads: cfg.num_heads,
+                            num_kv_heads: cfg.num_kv_heads,
+                            head_dim: cfg.head_dim,
+                            block_size: BLOCK_SIZE,
+                        },
+                    );
+                }
+            }
+            Op::AttentionPrefill => {
+                for &l in &spec.prefill {
+                    let l = ctx(l);
+                    push(
+                        op,
+                        Shape::Attention {
+                            seqs: 1,
+                            query_len: l,
+                            context_len: l,
+                            num_heads: cfg.num_heads,
+                            num_kv_heads: cfg.num_kv_heads,
+                            head_dim: cfg.head_dim,
+                            block_size: BLOCK_SIZE,
+                        },
+                    );
+                }
+            }
+            Op::AttentionDecode => {
+                for &(b, c) in &spec.decode {
+                    push(
+                        op,
+                        Shape::Attention {
+                            seqs: b,
+                            query_len: 1,
+                            context_len: ctx(c),
+                            num_heads: cfg.num_heads,
+                            num_kv_heads: cfg.num_kv_heads,
+                            head_dim: cfg.head_dim,
+                            block_size: BLOCK_SIZE,
+                        },
+                    );
+                }
+            }
+            Op::Matmul => {
+                for &proj in &spec.projections {
+                    if let Some((n, k)) = projection(cfg, proj) {
+                        for &m in &spec.gemm_m {
+                            push(op, Shape::Matmul { m, n, k, proj });
+                        }
+                    }
+                }
+            }
+            Op::Argmax => {
+                for &rows in &spec.sampling_rows {
+                    push(
+                        op,
+                        Shape::Logits {
+                            rows,
+                            vocab: cfg.vocab_size,
+                        },
+                    );
+                }
+            }
+            Op::Sample => {
+                for &rows in &spec.sampling_rows {
+                    push(
+                        op,
+                        Shape::Sampling {
+                            rows,
+                            vocab: cfg.vocab_size,
+                            temperature: SAMPLE_TEMPERATURE,
+                            top_k: SAMPLE_TOP_K,
+                            top_p: SAMPLE_TOP_P,
+                        },
+                    );
+                }
+            }
+            Op::DecodeStep => {
+                for &(b, c) in &spec.step {
+                    push(
+                        op,
+                        Shape::DecodeStep {
+                            batch: b,
+                            context: ctx(c),
+                            block_size: BLOCK_SIZE,
+                            config: Box::new(cfg.clone()),
+                        },
+                    );
+                }
+            }
+            // an op of the other architecture
+            _ => {}
+        }
+    }
+    out.retain(|c| !has_zero(&c.shape));
+    out
+}
+
+/// A size of zero makes no case (an empty sweep list entry, a zero batch).
+fn has_zero(shape: &Shape) -> bool {
+    serde_json::to_value(shape)
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .is_some_and(|m| {
+            m.iter()
+                .any(|(k, v)| v.as_u64() == Some(0) && !matches!(k.as_str(), "top_k"))
+        })
+}
+
+/// The curated default sweep, restricted to `ops`: (model, ops, sizes) entries.
+fn default_plan() -> Vec<(&'static str, Vec<Op>, SweepSpec)> {
+    let decode = vec![(1, 2048), (16, 1024)];
+    vec![
+        // norms: GPT-2's LayerNorm at 768, Llama 3.1 8B's RMSNorm at 4096; decode to prefill rows
+        (
+            "gpt2",
+            vec![Op::Layernorm],
+            SweepSpec::tokens(&[1, 64, 1024]),
+        ),
+        (
+            "llama-3.1-8b",
+            vec![Op::Rmsnorm],
+            SweepSpec::tokens(&[1, 64, 1024]),
+        ),
+        (
+            "llama-3.1-8b",
+            vec![Op::AddRmsnorm, Op::SiluMul, Op::Rope, Op::WriteKv],
+            SweepSpec::tokens(&[64, 1024]),
+        ),
+        (
+            "gpt2",
+            vec![Op::AddInplace, Op::GeluNew, Op::Embedding],
+            SweepSpec::tokens(&[64, 1024]),
+        ),
+        // RoPE at head_dim 64 (Llama 3.2 1B) beside 128 (8B)
+        (
+            "llama-3.2-1b",
+            vec![Op::Rope],
+            SweepSpec::tokens(&[64, 1024]),
+        ),
+        // a Llama embedding table (32000 × 2048) beside GPT-2's learned positions
+        (
+            "tinyllama-1.1b",
+            vec![Op::Embedding],
+            SweepSpec::tokens(&[64, 1024]),
+        ),
+        // MHA (40 KV heads) writes 5× the bytes of GQA-4 8B
+        (
+            "llama-2-13b",
+            vec![Op::WriteKv],
+            SweepSpec::tokens(&[64, 1024]),
+        ),
+        (
+            "llama-3.1-8b",
+            vec![Op::GatherLogitRows],
+            SweepSpec {
+                decode: vec![(64, 0)],
+                ..SweepSpec::default()
+            },
+        ),
+        // attention: MHA (13B, GPT-2), GQA 4 (8B), GQA 8 (TinyLlama)
+        (
+            "gpt2",
+            vec![Op::AttentionPrefill],
+            SweepSpec {
+                prefill: vec![512],
+                ..SweepSpec::default()
+            },
+        ),
+        (
+            "llama-3.1-8b",
+            vec![Op::AttentionPrefill, Op::AttentionDecode],
+            SweepSpec {
+                prefill: vec![512],
+                decode: decode.clone(),
+                ..SweepSpec::default()
+            },
+        ),
+        (
+            "llama-2-13b",
+            vec![Op::AttentionDecode],
+            SweepSpec {
+                decode: decode.clone(),
+                ..SweepSpec::default()
+            },
+        ),
+        (
+            "tinyllama-1.1b",
+            vec![Op::AttentionDecode],
+            SweepSpec {
+                decode,
+                ..SweepSpec::default()
+            },
+        ),
+        // GEMM: 8B's QKV (6144 × 4096) and down (4096 × 14336) from GEMV (decode) to a prefill
+        // chunk
+        (
+            "llama-3.1-8b",
+            vec![Op::Matmul],
+            SweepSpec {
+                gemm_m: vec![1, 16, 128],
+                projections: vec!["qkv"],
+                ..SweepSpec::default()
+            },
+        ),
+        (
+            "llama-3.1-8b",
+            vec![Op::Matmul],
+            SweepSpec {
+                gemm_m: vec![1, 128],
+                projections: vec!["down"],
+                ..SweepSpec::default()
+            },
+        ),
+        // sampling over GPT-2's 50257 and Llama 3's 128256 logits
+        (
+            "gpt2",
+            vec![Op::Argmax],
+            SweepSpec {
+                sampling_rows: vec![1, 64],
+                ..SweepSpec::default()
+            },
+        ),
+        (
+            "llama-3.1-8b",
+            vec![Op::Argmax, Op::Sample],
+            SweepSpec {
+                sampling_rows: vec![1, 16],
+                ..SweepSpec::default()
+            },
+        ),
+        // whole decode steps: GPT-2 small at batch 1 and 16, TinyLlama 1.1B at batch 1
+        (
+            "gpt2",
+            vec![Op::DecodeStep],
+            SweepSpec {
+                step: vec![(1, 512), (16, 512)],
+                ..SweepSpec::default()
+            },
+        ),
+        (
+            "tinyllama-1.1b",
+            vec![Op::DecodeStep],
+            SweepSpec {
+                step: vec![(1, 1024)],
+                ..SweepSpec::default()
+            },
+        ),
+    ]
+}
+
+/// The default sweep's cases for `ops`, in [`Op::ALL`] order.
+pub fn default_cases(ops: &[Op]) -> Result<Vec<Case>> {
+    let mut cases: Vec<Case> = Vec::new();
+    for (model, plan_ops, spec) in default_plan() {
+        let wanted: Vec<Op> = plan_ops.into_iter().filter(|o| ops.contains(o)).collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let cfg = crate::model::open(model)?.config;
+        cases.extend(model_cases(model, &cfg, &wanted, &spec));
+    }
+    let mut ordered = Vec::with_capacity(cases.len());
+    for op in Op::ALL {
+        ordered.extend(cases.iter().filter(|c| c.op == op).cloned());
+    }
+    Ok(ordered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_sweep_covers_every_op_with_model_shapes() {
+        let cases = default_cases(&Op::ALL).unwrap();
+        for op in Op::ALL {
+            assert!(cases.iter().any(|c| c.op == op), "{op:?} has no case");
+        }
+        let ids: Vec<String> = cases.iter().map(|c| c.id()).collect();
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len(), "duplicate ids: {ids:#?}");
+        // shapes come from the configs: Llama 3.1 8B's RMSNorm width, GQA 32/8 with head_dim 128
+        assert!(ids.contains(&"rmsnorm/llama-3.1-8b/rows=64,cols=4096".to_string()));
+        assert!(cases.iter().any(|c| c.op == Op::AttentionDecode
+            && c.shape
+                == Shape::Attention {
+                    seqs: 16,
+                    query_len: 1,
+                    context_len: 1024,
+                    num_heads: 32,
+                    num_kv_heads: 8,
+                    head_dim: 128,
+                    block_size: BLOCK_SIZE,
+                }));
+        let only_norm = default_cases(&[Op::Rmsnorm]).unwrap();
+        assert!(only_norm.iter().all(|c| c.op == Op::Rmsnorm));
+    }
+
+    #[test]
+    fn model_cases_follow_the_architecture_and_context() {
+        let gpt2 = crate::model::open("tiny-gpt2").unwrap().config;
+        let cases = model_cases("tiny-gpt2", &gpt2, &Op::ALL, &SweepSpec::for_one_model());
+        assert!(cases.iter().any(|c| c.op == Op::Layernorm));
+        assert!(!cases
+            .iter()
+            .any(|c| matches!(c.op, Op::Rmsnorm | Op::Rope | Op::SiluMul)));
+        // tiny-gpt2 has 128 positions: contexts and learned-position prompts are capped there
+        for c in &cases {
+            match c.shape {
+                Shape::Attention { context_len, .. } => assert!(context_len <= 128),
+                Shape::Embedding { tokens, .. } => assert!(tokens <= 128),
+                Shape::DecodeStep { context, .. } => assert!(context <= 128),
+                _ => {}
+            }
+        }
+        let llama = crate::model::open("tiny-llama").unwrap().config;
+        let cases = model_cases("tiny-llama", &llama, &Op::ALL, &SweepSpec::for_one_model());
+        assert!(cases.iter().any(|c| c.op == Op::Rope));
+        assert!(cases.iter().any(|c| matches!(
+            c.shape,
+            Shape::Matmul {
+                proj: "gate_up",
+                n: 344,
+                k: 64,
+                ..
+            }
+        )));
+        assert!(!cases.iter().any(|c| c.op == Op::Layernorm));
+    }
+}

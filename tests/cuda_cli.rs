@@ -1,0 +1,260 @@
+//! The CUDA backend from the outside: the probe fails cleanly without a GPU (no panic), the
+//! `--backend cuda` flag of every engine command gives the clear "no CUDA device: <reason>" message
+//! there (and runs on a GPU), `info` reports GPUs and libraries, and the NVRTC path compiles every
+//! kernel file to CUBIN for every dtype — the last needs only NVRTC, not a GPU (it runs here when
+//! libnvrtc is on the loader path, e.g. `LD_LIBRARY_PATH=.venv-cuda/lib/python3*/site-packages/nvidia/cu13/lib`
+//! and `--no-default-features --features cuda-13`; otherwise it prints `skipped: NVRTC not available: ...`).
+
+mod common;
+
+use std::process::Command;
+
+use common::{infermeter_bin, model_dir};
+use infermeter::backend::cuda::compile::{Compiler, Image, Target, KERNEL_FILES};
+use infermeter::backend::cuda::{self, CudaBackend, CudaDtype};
+
+fn gpu() -> bool {
+    cuda::probe(false).usable()
+}
+
+#[test]
+fn probe_and_open_fail_cleanly_without_a_gpu() {
+    let p = cuda::probe(false);
+    if p.usable() {
+        assert!(!p.gpus.is_empty());
+        println!("GPU present: {:?}", p.gpus);
+        return;
+    }
+    let reason = p.error.clone().unwrap();
+    assert!(reason.starts_with("no CUDA device: "), "{reason}");
+    println!("skipped: {reason}");
+    for e in [
+        CudaBackend::<half::bf16>::new()
+            .err()
+            .map(|e| e.to_string()),
+        CudaBackend::<half::f16>::new().err().map(|e| e.to_string()),
+        CudaBackend::<f32>::new().err().map(|e| e.to_string()),
+    ] {
+        let e = e.expect("opening CUDA without a GPU must fail");
+        assert!(e.starts_with("backend `cuda`: no CUDA device: "), "{e}");
+    }
+}
+
+fn ids() -> &'static str {
+    "1,2,3,4,5"
+}
+
+#[test]
+fn backend_cuda_flag_gives_the_clear_message_or_runs() {
+    let dir = model_dir("tiny-llama");
+    let model = dir.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out_file = tmp.path().join("logits.safetensors");
+    let results = tmp.path().join("run.json");
+    let commands: Vec<Vec<String>> = vec![
+        vec![
+            "generate",
+            "--model",
+            model,
+            "--ids",
+            ids(),
+            "--max-tokens",
+            "4",
+            "--json",
+        ],
+        vec![
+            "logits",
+            "--model",
+            model,
+            "--ids",
+            ids(),
+            "--out",
+            out_file.to_str().unwrap(),
+        ],
+        vec![
+            "run",
+            "--model",
+            model,
+            "--batch-size",
+            "2",
+            "--input-len",
+            "8",
+            "--output-len",
+            "4",
+            "--warmup",
+            "0",
+            "--no-progress",
+            "--out",
+            results.to_str().unwrap(),
+        ],
+    ]
+    .into_iter()
+    .map(|v| v.into_iter().map(String::from).collect())
+    .collect();
+    for dtype in ["bf16", "f16", "f32"] {
+        for args in &commands {
+            let out = Command::new(infermeter_bin())
+                .args(args)
+                .args(["--backend", "cuda", "--dtype", dtype])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if gpu() {
+                assert!(
+                    out.status.success(),
+                    "{} on cuda {dtype}: {stderr}",
+                    args[0]
+                );
+                if args[0] == "generate" {
+                    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                    assert_eq!(
+                        (j["backend"].as_str(), j["dtype"].as_str()),
+                        (Some("cuda"), Some(dtype))
+                    );
+                }
+                if args[0] == "run" {
+                    let j: serde_json::Value =
+                        serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+                    assert_eq!(j["model"]["backend"], "cuda");
+                    assert_eq!(j["model"]["dtype"], dtype);
+                    assert!(
+                        stderr.contains("GPU memory:"),
+                        "the memory plan is reported: {stderr}"
+                    );
+                }
+            } else {
+                assert!(
+                    !out.status.success(),
+                    "{} --backend cuda without a GPU must fail",
+                    args[0]
+                );
+                assert!(
+                    stderr.contains("no CUDA device: "),
+                    "{} --backend cuda: unclear message: {stderr}",
+                    args[0]
+                );
+                assert!(!stderr.contains("panicked"), "{stderr}");
+            }
+        }
+    }
+}
+
+#[test]
+fn auto_picks_cuda_exactly_when_usable() {
+    let dir = model_dir("tiny-llama");
+    let out = Command::new(infermeter_bin())
+        .args(["generate", "--model", dir.to_str().unwrap(), "--ids", ids()])
+        .args(["--max-tokens", "3", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = if gpu() { "cuda" } else { "cpu" };
+    assert_eq!(j["backend"], want);
+}
+
+#[test]
+fn info_reports_gpus_and_libraries() {
+    let out = Command::new(infermeter_bin()).arg("info").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("CUDA libs: NVRTC"), "{text}");
+    if gpu() {
+        assert!(
+            text.contains("GPU 0:") && text.contains("compute capability"),
+            "{text}"
+        );
+    } else {
+        assert!(text.contains("GPUs:     none"), "{text}");
+        assert!(
+            text.contains("cuda:     unavailable: no CUDA device: "),
+            "{text}"
+        );
+    }
+    let out = Command::new(infermeter_bin())
+        .args(["info", "--json"])
+        .output()
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(j["cuda"]["build_api"].is_string(), "{j}");
+    assert!(j["cuda"]["nvrtc"]["loads"].is_boolean(), "{j}");
+}
+
+/// The run-time compile path itself (in-memory headers, include folder discovery, CUBIN extraction,
+/// the cache), for every kernel file and dtype. Needs NVRTC and its fp16/bf16 headers, no GPU.
+#[test]
+fn nvrtc_compiles_every_kernel_file_to_cubin() {
+    let cache = tempfile::tempdir().unwrap();
+    let c = match Compiler::new(Some(cache.path().to_path_buf())) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("skipped: NVRTC not available: {e}");
+            return;
+        }
+    };
+    println!(
+        "NVRTC {} (archs {:?}); include {:?}",
+        c.version_string(),
+        c.supported_archs,
+        c.include_dirs
+    );
+    let archs: Vec<u32> = [80u32, 90]
+        .into_iter()
+        .filter(|a| c.supported_archs.is_empty() || c.supported_archs.contains(a))
+        .collect();
+    assert!(
+        !archs.is_empty(),
+        "this NVRTC supports neither sm_80 nor sm_90"
+    );
+    fn dtypes() -> [(&'static str, u32); 3] {
+        [
+            (half::bf16::NAME, half::bf16::DTYPE_ID),
+            (half::f16::NAME, half::f16::DTYPE_ID),
+            (<f32 as CudaDtype>::NAME, <f32 as CudaDtype>::DTYPE_ID),
+        ]
+    }
+    // two threads: NVRTC compiles are independent
+    let jobs: Vec<_> = archs
+        .iter()
+        .flat_map(|&a| dtypes().into_iter().map(move |d| (a, d)))
+        .flat_map(|(a, d)| KERNEL_FILES.iter().map(move |f| (a, d, f)))
+        .collect();
+    let (left, right) = jobs.split_at(jobs.len() / 2);
+    std::thread::scope(|s| {
+        for half_jobs in [left, right] {
+            let c = &c;
+            s.spawn(move || {
+                for &(arch, (dtype, id), file) in half_jobs {
+                    let what = format!("{} {dtype} sm_{arch}", file.name);
+                    let out = c
+                        .compile(file, dtype, id, Target::Cubin(arch))
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    assert!(!out.from_cache, "{what}: fresh cache");
+                    assert!(out.log.is_empty(), "{what}: NVRTC warnings:\n{}", out.log);
+                    match &out.image {
+                        Image::Cubin(b) => assert!(b.starts_with(b"\x7fELF"), "{what}: not ELF"),
+                        Image::Ptx(_) => panic!("{what}: PTX instead of CUBIN"),
+                    }
+                    // second time: from the cache, the same bytes
+                    let again = c.compile(file, dtype, id, Target::Cubin(arch)).unwrap();
+                    assert!(
+                        again.from_cache && again.image == out.image,
+                        "{what}: cache"
+                    );
+                }
+            });
+        }
+    });
+    // PTX for the driver to JIT (a device newer than this NVRTC)
+    let (dtype, id) = dtypes()[0];
+    let ptx = c
+        .compile(&KERNEL_FILES[0], dtype, id, Target::Ptx(archs[0]))
+        .unwrap();
+    assert!(matches!(&ptx.image, Image::Ptx(s) if s.contains(".entry gelu_new")));
+    let files = std::fs::read_dir(cache.path()).unwrap().count();
+    assert_eq!(files, jobs.len() + 1, "one cache entry per compile");
+}

@@ -1,0 +1,682 @@
+//! Every CUDA kernel against its CPU reference (`backend::cpu`), on random inputs over several shapes:
+//! odd sizes (scalar and 16-byte vector paths), GQA ratios 1/4/8, head_dim 64 and 128, paged
+//! attention over mixed prefill/decode/chunk lengths with block sizes 16 and 32, and the sampling
+//! kernels against the engine's host sampler. For bf16, f16 and f32.
+//!
+//! Inputs are rounded to the compute dtype first, so both sides see the same values; the CPU then
+//! computes in f32 and the GPU computes in f32 and rounds its output to the dtype once. Tolerances
+//! (eps = 2^-7 bf16, 2^-10 f16, 2^-23 f32; "one rounding" is at most eps/2 relative):
+//! - copies (embedding rows, gather, KV write): exact;
+//! - one rounding of an f32 result (add, activations, RoPE, attention, embedding + positions):
+//!   rel eps, abs 1e-5 (f32 transcendental functions and FMA contraction differ by a few f32 ulps);
+//! - reductions (norms): rel eps + 1e-5 (summation order), abs eps;
+//! - GEMMs: rel eps + abs 1e-5 · Σ|x||w| (f32 accumulation in another order).
+//!
+//! Without a GPU every test prints `skipped: no CUDA device: <reason>` and passes.
+
+#[macro_use]
+mod cuda_support;
+
+use cuda_support::*;
+use infermeter::backend::cpu;
+use infermeter::backend::cuda::{sampling_row_params, CudaBackend, CudaDtype};
+use infermeter::backend::{Backend, BatchMeta, KvGeometry};
+use infermeter::engine::batch::{build_batch, LogitsWanted, SeqChunk};
+use infermeter::engine::{Sampler, SamplingParams};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+type B<T> = CudaBackend<T>;
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// (rel, abs) for results rounded once from an f32 computation.
+fn one_rounding<T: CudaDtype>() -> (f32, f32) {
+    (eps::<T>().max(4.0 * f32::EPSILON), 1e-5)
+}
+
+fn download<T: CudaDtype>(b: &B<T>, buf: &<B<T> as Backend>::Buffer, len: usize) -> Vec<f32> {
+    b.download(buf, len).expect("download")
+}
+
+/// A batch of sequences given as (tokens already cached, new tokens), with block tables drawn from a
+/// shuffled pool so that no sequence's blocks are contiguous. Returns the meta and the geometry.
+fn paged_batch(
+    seqs: &[(usize, usize)],
+    block_size: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    vocab: u32,
+    r: &mut ChaCha8Rng,
+) -> (BatchMeta, KvGeometry) {
+    let need: usize = seqs
+        .iter()
+        .map(|&(c, n)| (c + n).div_ceil(block_size))
+        .sum();
+    let num_blocks = need + 5; // spare blocks hold garbage that attention must not read
+    let mut pool: Vec<u32> = (0..num_blocks as u32).collect();
+    pool.shuffle(r);
+    let mut tables = Vec::new();
+    let mut next = 0;
+    for &(c, n) in seqs {
+        let k = (c + n).div_ceil(block_size);
+        tables.push(pool[next..next + k].to_vec());
+        next += k;
+    }
+    let tokens: Vec<Vec<u32>> = seqs
+        .iter()
+        .map(|&(_, n)| (0..n).map(|_| r.random_range(0..vocab)).collect())
+        .collect();
+    let chunks: Vec<SeqChunk> = seqs
+        .iter()
+        .zip(&tokens)
+        .zip(&tables)
+        .map(|((&(c, _), t), table)| SeqChunk {
+            tokens: t,
+            start_pos: c,
+            block_table: table,
+            logits: LogitsWanted::Last,
+        })
+        .collect();
+    let meta = build_batch(&chunks, block_size);
+    let geom = KvGeometry {
+        num_blocks,
+        block_size,
+        num_kv_heads,
+        head_dim,
+    };
+    meta.validate(&geom).expect("valid test batch");
+    (meta, geom)
+}
+
+// ---- norms and elementwise ------------------------------------------------------------------------
+
+fn check_norms<T: CudaDtype>(b: &B<T>) {
+    let mut r = rng(1);
+    let e = eps::<T>();
+    let (rel, abs) = (e + 1e-5, e);
+    for &rows in &[1usize, 3, 17] {
+        for &cols in &[1usize, 7, 64, 100, 1000, 4096, 4100] {
+            let what = format!("{} rows={rows} cols={cols}", T::NAME);
+            let x = rand_t::<T>(&mut r, rows * cols, 2.0);
+            let w = rand_t::<T>(&mut r, cols, 1.5);
+            let bias = rand_t::<T>(&mut r, cols, 0.5);
+            let (dx, dw, db) = (upload(b, &x), upload(b, &w), upload(b, &bias));
+            let mut dout = b.zeros(rows * cols).unwrap();
+            let mut want = vec![0.0; rows * cols];
+
+            b.layernorm(&mut dout, &dx, &dw, &db, rows, cols, 1e-5)
+                .unwrap();
+            cpu::norm::layernorm(&mut want, &x, &w, &bias, rows, cols, 1e-5);
+            assert_close(
+                &format!("layernorm {what}"),
+                &download(b, &dout, rows * cols),
+                &want,
+                rel,
+                abs,
+            );
+
+            b.rmsnorm(&mut dout, &dx, &dw, rows, cols, 1e-6).unwrap();
+            cpu::norm::rmsnorm(&mut want, &x, &w, rows, cols, 1e-6);
+            assert_close(
+                &format!("rmsnorm {what}"),
+                &download(b, &dout, rows * cols),
+                &want,
+                rel,
+                abs,
+            );
+
+            // residual += delta is rounded to T once (bit-exact); out = rmsnorm(stored residual)
+            let delta = rand_t::<T>(&mut r, rows * cols, 1.0);
+            let mut dres = upload(b, &x);
+            b.add_rmsnorm(
+                &mut dres,
+                &upload(b, &delta),
+                &mut dout,
+                &dw,
+                rows,
+                cols,
+                1e-6,
+            )
+            .unwrap();
+            let res: Vec<f32> =
+                round::<T>(&x.iter().zip(&delta).map(|(a, d)| a + d).collect::<Vec<_>>());
+            assert_eq!(
+                download(b, &dres, rows * cols),
+                res,
+                "add_rmsnorm residual {what}"
+            );
+            cpu::norm::rmsnorm(&mut want, &res, &w, rows, cols, 1e-6);
+            assert_close(
+                &format!("add_rmsnorm {what}"),
+                &download(b, &dout, rows * cols),
+                &want,
+                rel,
+                abs,
+            );
+        }
+    }
+}
+
+#[test]
+fn norms_match_cpu() {
+    for_each_dtype!(check_norms);
+}
+
+fn check_elementwise<T: CudaDtype>(b: &B<T>) {
+    let mut r = rng(2);
+    let (rel, abs) = one_rounding::<T>();
+    for &len in &[1usize, 7, 8, 1000, 4099, 65_537] {
+        let what = format!("{} len={len}", T::NAME);
+        let x = rand_t::<T>(&mut r, len, 4.0);
+        let y = rand_t::<T>(&mut r, len, 4.0);
+        let mut dx = upload(b, &x);
+        b.add_inplace(&mut dx, &upload(b, &y), len).unwrap();
+        let mut want = x.clone();
+        cpu::norm::add_inplace(&mut want, &y);
+        assert_close(
+            &format!("add_inplace {what}"),
+            &download(b, &dx, len),
+            &want,
+            rel,
+            abs,
+        );
+
+        let mut dx = upload(b, &x);
+        b.gelu_new(&mut dx, len).unwrap();
+        let mut want = x.clone();
+        cpu::activation::gelu_new(&mut want);
+        assert_close(
+            &format!("gelu_new {what}"),
+            &download(b, &dx, len),
+            &want,
+            rel,
+            abs,
+        );
+    }
+    for &rows in &[1usize, 5, 33] {
+        for &inter in &[1usize, 7, 172, 256, 1000] {
+            let x = rand_t::<T>(&mut r, rows * 2 * inter, 6.0);
+            let mut dout = b.zeros(rows * inter).unwrap();
+            b.silu_mul(&mut dout, &upload(b, &x), rows, inter).unwrap();
+            let mut want = vec![0.0; rows * inter];
+            cpu::activation::silu_mul(&mut want, &x, rows, inter);
+            assert_close(
+                &format!("silu_mul {} rows={rows} inter={inter}", T::NAME),
+                &download(b, &dout, rows * inter),
+                &want,
+                rel,
+                abs,
+            );
+        }
+    }
+}
+
+#[test]
+fn elementwise_kernels_match_cpu() {
+    for_each_dtype!(check_elementwise);
+}
+
+// ---- GEMM -----------------------------------------------------------------------------------------
+
+fn check_linear<T: CudaDtype>(b: &B<T>) {
+    let mut r = rng(3);
+    let e = eps::<T>();
+    for &(m, n, k) in &[
+        (1usize, 1usize, 1usize),
+        (1, 64, 64),
+        (3, 17, 33),
+        (7, 172, 64),
+        (33, 128, 256),
+        (130, 96, 300),
+        (1, 512, 128),
+    ] {
+        for with_bias in [false, true] {
+            let x = rand_t::<T>(&mut r, m * k, 1.0);
+            let w = rand_t::<T>(&mut r, n * k, 0.5);
+            let bias = rand_t::<T>(&mut r, n, 1.0);
+            let mut dout = b.zeros(m * n).unwrap();
+            // garbage in out must not leak through (beta = 0 without bias; overwritten with bias)
+            let garbage = rand_t::<T>(&mut r, m * n, 100.0);
+            let mut dout_g = upload(b, &garbage);
+            let db = upload(b, &bias);
+            let bias_arg = with_bias.then_some(&db);
+            b.linear(&mut dout, &upload(b, &x), &upload(b, &w), bias_arg, m, n, k)
+                .unwrap();
+            b.linear(
+                &mut dout_g,
+                &upload(b, &x),
+                &upload(b, &w),
+                bias_arg,
+                m,
+                n,
+                k,
+            )
+            .unwrap();
+            let mut want = vec![0.0; m * n];
+            cpu::matmul::linear(&mut want, &x, &w, with_bias.then_some(&bias[..]), m, n, k);
+            let got = download(b, &dout, m * n);
+            assert_eq!(
+                got,
+                download(b, &dout_g, m * n),
+                "linear ignores out's old contents"
+            );
+            // per-element bound: rel eps on the result + 1e-5 of the sum of |terms|
+            for i in 0..m {
+                for j in 0..n {
+                    let mag: f32 = (0..k)
+                        .map(|t| (x[i * k + t] * w[j * k + t]).abs())
+                        .sum::<f32>()
+                        + if with_bias { bias[j].abs() } else { 0.0 };
+                    let (g, wv) = (got[i * n + j], want[i * n + j]);
+                    assert!(
+                        (g - wv).abs() <= e * wv.abs() + 1e-5 * mag + 1e-7,
+                        "linear {} m={m} n={n} k={k} bias={with_bias} [{i},{j}]: got {g} want {wv}",
+                        T::NAME
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_matches_cpu() {
+    for_each_dtype!(check_linear);
+}
+
+// ---- embedding and row gathers ------------------------------------------------------------------
+
+fn check_embedding<T: CudaDtype>(b: &B<T>) {
+    let mut r = rng(4);
+    let vocab = 50;
+    for &hidden in &[8usize, 64, 100, 7] {
+        let (meta, geom) = paged_batch(&[(0, 5), (3, 1), (10, 9)], 16, 1, 8, vocab, &mut r);
+        let t = meta.num_tokens();
+        let table = rand_t::<T>(&mut r, vocab as usize * hidden, 1.0);
+        let pos = rand_t::<T>(&mut r, 40 * hidden, 1.0);
+        let dm = b.prepare(&meta, &geom).unwrap();
+        let mut dout = b.zeros(t * hidden).unwrap();
+        let mut want = vec![0.0; t * hidden];
+
+        b.embedding(&mut dout, &upload(b, &table), None, &dm, hidden)
+            .unwrap();
+        cpu::embedding::embedding(
+            &mut want,
+            &table,
+            None,
+            &meta.token_ids,
+            &meta.positions,
+            hidden,
+        );
+        assert_eq!(
+            download(b, &dout, t * hidden),
+            want,
+            "embedding {} hidden={hidden}",
+            T::NAME
+        );
+
+        b.embedding(
+            &mut dout,
+            &upload(b, &table),
+            Some(&upload(b, &pos)),
+            &dm,
+            hidden,
+        )
+        .unwrap();
+        cpu::embedding::embedding(
+            &mut want,
+            &table,
+            Some(&pos),
+            &meta.token_ids,
+            &meta.positions,
+            hidden,
+        );
+        let (rel, abs) = one_rounding::<T>();
+        assert_close(
+            &format!("embedding+positions {} hidden={hidden}", T::NAME),
+            &download(b, &dout, t * hidden),
+            &want,
+            rel,
+            abs,
+        );
+
+        // gather_logit_rows: the rows the sequences want logits for
+        let cols = hidden * 3;
+        let x = rand_t::<T>(&mut r, t * cols, 1.0);
+        let l = meta.num_logits();
+        let mut dg = b.zeros(l * cols).unwrap();
+        b.gather_logit_rows(&mut dg, &upload(b, &x), &dm, cols)
+            .unwrap();
+        let mut want = vec![0.0; l * cols];
+        cpu::embedding::gather_rows(&mut want, &x, &meta.logits_indices, cols);
+        assert_eq!(
+            download(b, &dg, l * cols),
+            want,
+            "gather {} cols={cols}",
+            T::NAME
+        );
+
+        // a token id outside the table is a typed error, not a fault
+        let mut bad = meta.clone();
+        bad.token_ids[0] = vocab + 3;
+        let dbad = b.prepare(&bad, &geom).unwrap();
+        assert!(b
+            .embedding(&mut dout, &upload(b, &table), None, &dbad, hidden)
+            .is_err());
+    }
+}
+
+#[test]
+fn embedding_and_gather_match_cpu() {
+    for_each_dtype!(check_embedding);
+}
+
+// ---- RoPE, KV write, attention ---------------------------------------------------------------------
+
+fn cos_sin(max_pos: usize, head_dim: usize) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut t = vec![0.0f32; max_pos * head_dim];
+    for p in 0..max_pos {
+        for i in 0..half {
+            let a = p as f64 * 10000f64.powf(-2.0 * i as f64 / head_dim as f64);
+            t[p * head_dim + i] = a.cos() as f32;
+            t[p * head_dim + half + i] = a.sin() as f32;
+        }
+    }
+    t
+}
+
+fn check_rope<T: CudaDtype>(b: &B<T>) {
+    let mut r = rng(5);
+    let (rel, abs) = one_rounding::<T>();
+    for &(heads, kv_heads) in &[(8usize, 8usize), (8, 2), (8, 1)] {
+        for &head_dim in &[64usize, 128, 16, 6] {
+            let (meta, geom) = paged_batch(
+                &[(0, 13), (200, 1), (57, 4)],
+                16,
+                kv_heads,
+                head_dim,
+                100,
+                &mut r,
+            );
+            let t = meta.num_tokens();
+            let row = (heads + 2 * kv_heads) * head_dim;
+            let qkv = rand_t::<T>(&mut r, t * row, 2.0);
+            let table = round::<T>(&cos_sin(256, head_dim));
+            let dm = b.prepare(&meta, &geom).unwrap();
+            let mut d = upload(b, &qkv);
+            b.rope(&mut d, &upload(b, &table), &dm, heads, kv_heads, head_dim)
+                .unwrap();
+            let mut want = qkv.clone();
+            cpu::rope::rope(
+                &mut want,
+                row,
+                &table,
+                &meta.positions,
+                heads + kv_heads,
+                head_dim,
+            );
+            assert_close(
+                &format!("rope {} heads={heads}/{kv_heads} d={head_dim}", T::NAME),
+                &download(b, &d, t * row),
+                &want,
+                rel,
+                abs,
+            );
+        }
+    }
+}
+
+#[test]
+fn rope_matches_cpu() {
+    for_each_dtype!(check_rope);
+}
+
+/// Mixed batches: decode steps (1 new token after a context), a prefill from 0, a chunked prefill in
+/// the middle of a sequence, sequences shorter than a block and spanning many.
+const SEQS: &[(usize, usize)] = &[
+    (0, 1),
+    (0, 19),
+    (45, 1),
+    (30, 7),
+    (70, 1),
+    (1, 1),
+    (100, 33),
+];
+
+fn check_kv_write_and_attention<T: CudaDtype>(b: &B<T>) {
+    let mut r = rng(6);
+    let (rel, abs) = one_rounding::<T>();
+    for &block_size in &[16usize, 32] {
+        for &(heads, kv_heads) in &[(8usize, 8usize), (8, 2), (8, 1)] {
+            for &head_dim in &[64usize, 128] {
+                let what = format!(
+                    "{} block={block_size} heads={heads}/{kv_heads} (GQA {}) d={head_dim}",
+                    T::NAME,
+                    heads / kv_heads
+                );
+                let (meta, geom) = paged_batch(SEQS, block_size, kv_heads, head_dim, 100, &mut r);
+                let t = meta.num_tokens();
+                let q_size = heads * head_dim;
+                let row = q_size + 2 * geom.slot_len();
+                let qkv = rand_t::<T>(&mut r, t * row, 1.0);
+                // caches full of garbage: slots of the context hold "earlier" tokens' K/V, the rest
+                // must never be read
+                let mut kc = rand_t::<T>(&mut r, geom.layer_len(), 1.0);
+                let mut vc = rand_t::<T>(&mut r, geom.layer_len(), 1.0);
+                let dm = b.prepare(&meta, &geom).unwrap();
+                let mut dk = upload(b, &kc);
+                let mut dv = upload(b, &vc);
+                let dqkv = upload(b, &qkv);
+                b.write_kv(&mut dk, &mut dv, &dqkv, &dm, &geom, heads)
+                    .unwrap();
+                cpu::kv_write::write_kv(&mut kc, &mut vc, &qkv, &meta.slot_mapping, &geom, q_size);
+                assert_eq!(download(b, &dk, geom.layer_len()), kc, "write_kv K {what}");
+                assert_eq!(download(b, &dv, geom.layer_len()), vc, "write_kv V {what}");
+
+                let scale = 1.0 / (head_dim as f32).sqrt();
+                let mut dout = b.zeros(t * q_size).unwrap();
+                b.attention(&mut dout, &dqkv, &dk, &dv, &dm, &geom, heads, scale)
+                    .unwrap();
+                let mut want = vec![0.0; t * q_size];
+                cpu::attention::paged_attention(
+                    &mut want, &qkv, &kc, &vc, &meta, &geom, heads, scale,
+                );
+                assert_close(
+                    &format!("attention {what}"),
+                    &download(b, &dout, t * q_size),
+                    &want,
+                    rel,
+                    abs,
+                );
+            }
+        }
+    }
+    // head_dim the naive kernel cannot take: a typed error
+    let (meta, geom) = paged_batch(&[(0, 2)], 16, 1, 264, 10, &mut r);
+    let dm = b.prepare(&meta, &geom).unwrap();
+    let row = 2 * 264 + 2 * 264;
+    let mut out = b.zeros(2 * 2 * 264).unwrap();
+    let qkv = b.zeros(2 * row).unwrap();
+    let kc = b.zeros(geom.layer_len()).unwrap();
+    let e = b
+        .attention(&mut out, &qkv, &kc, &kc, &dm, &geom, 2, 1.0)
+        .unwrap_err();
+    assert!(e.to_string().contains("head_dim 264"), "{e}");
+}
+
+#[test]
+fn kv_write_and_paged_attention_match_cpu() {
+    for_each_dtype!(check_kv_write_and_attention);
+}
+
+// ---- sampling ----------------------------------------------------------------------------------
+
+fn check_argmax<T: CudaDtype>(b: &B<T>) {
+    let mut r = rng(7);
+    for &vocab in &[1usize, 7, 1000, 50_257] {
+        let rows = 5;
+        let mut logits: Vec<f32> = (0..rows * vocab)
+            .map(|_| r.random_range(-10.0..10.0))
+            .collect();
+        if vocab > 3 {
+            // a tie (the first index wins) and a row of -inf (0)
+            let m = logits[vocab..2 * vocab]
+                .iter()
+                .cloned()
+                .fold(f32::MIN, f32::max)
+                + 1.0;
+            logits[vocab + 1] = m;
+            logits[vocab + vocab - 1] = m;
+            logits[2 * vocab..3 * vocab].fill(f32::NEG_INFINITY);
+        }
+        let d = b.upload_f32(&logits).unwrap();
+        let got = b.argmax_rows(&d, rows, vocab).unwrap();
+        let want: Vec<u32> = logits
+            .chunks(vocab)
+            .map(infermeter::engine::sampling::argmax)
+            .collect();
+        assert_eq!(got, want, "argmax_rows vocab={vocab}");
+    }
+}
+
+#[test]
+fn argmax_rows_matches_host_argmax() {
+    for_each_dtype!(check_argmax);
+}
+
+/// The host sampler's algorithm with an explicit uniform draw: kept tokens in rank order with their
+/// weights (a copy of `Sampler`'s steps, to tell a genuine mismatch from a draw that falls within f32
+/// rounding of a boundary between two tokens).
+fn host_cdf(logits: &[f32], p: &SamplingParams) -> Vec<(u32, f32)> {
+    let mut c: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l / p.temperature))
+        .collect();
+    c.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if p.top_k > 0 && p.top_k < c.len() {
+        c.truncate(p.top_k);
+    }
+    let max = c[0].1;
+    for x in c.iter_mut() {
+        x.1 = (x.1 - max).exp();
+    }
+    if p.top_p < 1.0 {
+        let total: f32 = c.iter().map(|x| x.1).sum();
+        let mut acc = 0.0;
+        let mut keep = c.len();
+        for (i, x) in c.iter().enumerate() {
+            acc += x.1 / total;
+            if acc >= p.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+        c.truncate(keep);
+    }
+    let total: f32 = c.iter().map(|x| x.1).sum();
+    let mut acc = 0.0;
+    c.iter()
+        .map(|&(id, w)| {
+            acc += w / total;
+            (id, acc)
+        })
+        .collect()
+}
+
+fn check_sampling<T: CudaDtype>(b: &B<T>) {
+    let mut r = rng(8);
+    let vocab = 1000;
+    let (mut total, mut near_boundary) = (0, 0);
+    for &temperature in &[0.0f32, 0.7, 1.0, 1.5] {
+        for &top_k in &[0usize, 1, 5, 50] {
+            for &top_p in &[1.0f32, 0.9, 0.5] {
+                let rows = 16;
+                let mut logits: Vec<f32> = (0..rows * vocab)
+                    .map(|_| r.random_range(-4.0..4.0))
+                    .collect();
+                // ties in rank order
+                logits[3] = logits[7];
+                let mut params = Vec::new();
+                let mut want = Vec::new();
+                let mut cdfs = Vec::new();
+                for row in 0..rows {
+                    let sp = SamplingParams {
+                        temperature,
+                        top_k,
+                        top_p,
+                        seed: 1000 + row as u64,
+                    };
+                    // the Sampler's first draw, reproduced: one f32 from its seeded stream
+                    let u: f32 = ChaCha8Rng::seed_from_u64(sp.seed).random();
+                    let lr = &logits[row * vocab..(row + 1) * vocab];
+                    want.push(Sampler::new(sp).sample(lr));
+                    params.push(sampling_row_params(&sp, u));
+                    cdfs.push((u, (temperature > 0.0).then(|| host_cdf(lr, &sp))));
+                }
+                let d = b.upload_f32(&logits).unwrap();
+                let got = b.sample_rows(&d, &params, vocab).unwrap();
+                for (row, (g, w)) in got.iter().zip(&want).enumerate() {
+                    total += 1;
+                    if g == w {
+                        continue;
+                    }
+                    let (u, cdf) = &cdfs[row];
+                    let what = format!(
+                        "sample_rows {} t={temperature} k={top_k} p={top_p} row {row}: gpu {g} host {w}",
+                        T::NAME
+                    );
+                    let cdf = cdf.as_ref().unwrap_or_else(|| panic!("{what} (greedy)"));
+                    // allowed only when the draw sits within f32 rounding of the boundary between
+                    // the two tokens, which must be neighbours in rank order
+                    let pos = |t: u32| cdf.iter().position(|&(id, _)| id == t);
+                    let (pg, pw) = (pos(*g), pos(*w));
+                    let ok = match (pg, pw) {
+                        (Some(a), Some(c)) if a.abs_diff(c) == 1 => {
+                            (cdf[a.min(c)].1 - u).abs() < 1e-4
+                        }
+                        _ => false,
+                    };
+                    assert!(ok, "{what}");
+                    near_boundary += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        near_boundary * 100 <= total,
+        "{near_boundary} of {total} draws differ at boundaries: more than rounding explains"
+    );
+}
+
+#[test]
+fn sample_rows_matches_the_host_sampler() {
+    for_each_dtype!(check_sampling);
+}
+
+/// Sampling rows can be launched for many rows at once and argmax agrees with temperature 0.
+fn check_sampling_shapes<T: CudaDtype>(b: &B<T>) {
+    let mut r = rng(9);
+    for &(rows, vocab) in &[(1usize, 1usize), (3, 2), (300, 128), (2, 128_256)] {
+        let logits: Vec<f32> = (0..rows * vocab)
+            .map(|_| r.random_range(-3.0..3.0))
+            .collect();
+        let d = b.upload_f32(&logits).unwrap();
+        let greedy = vec![sampling_row_params(&SamplingParams::greedy(), 0.5); rows];
+        assert_eq!(
+            b.sample_rows(&d, &greedy, vocab).unwrap(),
+            b.argmax_rows(&d, rows, vocab).unwrap(),
+            "rows={rows} vocab={vocab}"
+        );
+    }
+}
+
+#[test]
+fn sampling_kernels_over_shapes() {
+    for_each_dtype!(check_sampling_shapes);
+}

@@ -1,0 +1,261 @@
+//! `infermeter kernels` end to end, and the kernel studies' definitions: the CPU run writes a
+//! results file that validates against `schemas/results.schema.json`; `--backend cuda` fails with a
+//! clear reason; bytes and FLOPs per call match hand-computed figures at real model shapes; every
+//! op family has a bench target named as its kernel file.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use infermeter::study::ops::{decode_step_cost, matmul_params};
+use infermeter::study::sweep::{self, SweepSpec};
+use infermeter::study::{Dtype, Family, Op, Shape};
+use serde_json::Value;
+
+fn validate(path: &Path) -> Value {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("schemas/results.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+    doc
+}
+
+fn kernels(args: &[&str]) -> (bool, String, String) {
+    let out = infermeter_cmd().arg("kernels").args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr,
+    )
+}
+
+#[test]
+fn cpu_kernels_write_a_valid_results_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("kernels.json");
+    let (ok, stdout, err) = kernels(&[
+        "--backend",
+        "cpu",
+        "--op",
+        "rmsnorm,silu_mul,attention_decode,argmax",
+        "--shapes",
+        "tiny-llama",
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--min-run-ms",
+        "0.2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("CPU ceilings (measured)"), "{stdout}");
+    assert!(stdout.contains("%ceil"), "{stdout}");
+    let doc = validate(&out);
+    assert_eq!(doc["kind"], "kernels");
+    assert_eq!(doc["complete"], true);
+    assert_eq!(doc["backend"], "cpu");
+    assert_eq!(doc["dtype"], "f32");
+    assert!(doc["spec"].is_null());
+    assert!(doc["spec_note"].as_str().unwrap().contains("CPU"));
+    assert!(doc["ceilings"]["memory_gb_s"].as_f64().unwrap() > 0.0);
+    assert!(doc["ceilings"]["compute_gflop_s"].as_f64().unwrap() > 0.0);
+    assert!(doc["tool"]["git_commit"].as_str().is_some());
+    assert!(doc["hardware"]["host"]["logical_cpus"].as_u64().unwrap() >= 1);
+    let rows = doc["rows"].as_array().unwrap();
+    // tiny-llama (hidden 64, inter 172, 4/2 heads of 16, 256 positions, vocab 512): tokens 1, 64,
+    // 1024 for the token-wise ops, decode (1, 2048→256) and (16, 1024→256), sampling rows 1 and 16
+    let count = |op: &str| rows.iter().filter(|r| r["op"] == op).count();
+    assert_eq!(count("rmsnorm"), 3);
+    assert_eq!(count("silu_mul"), 3);
+    assert_eq!(count("attention_decode"), 2);
+    assert_eq!(count("argmax"), 2);
+    assert_eq!(rows.len(), 10);
+    assert!(doc["skipped"].as_array().unwrap().is_empty());
+    for r in rows {
+        assert_eq!(r["backend"], "cpu");
+        assert_eq!(r["model"], "tiny-llama");
+        assert!(r["pct_of_spec_peak"].is_null());
+        assert!(r["pct_of_measured_ceiling"].as_f64().unwrap() > 0.0);
+        assert!(r["time_min_s"].as_f64().unwrap() <= r["time_median_s"].as_f64().unwrap());
+        let (bytes, t) = (
+            r["bytes"].as_f64().unwrap(),
+            r["time_median_s"].as_f64().unwrap(),
+        );
+        let gb_s = r["achieved_gb_s"].as_f64().unwrap();
+        assert!(
+            (gb_s - bytes / t / 1e9).abs() <= 1e-9 * gb_s.max(1.0),
+            "{r}"
+        );
+    }
+    // rmsnorm of one row of 64: x and out 2·64·4 bytes, weight 64·4; 4 FLOPs per element
+    let one = rows
+        .iter()
+        .find(|r| r["op"] == "rmsnorm" && r["shape"]["rows"] == 1)
+        .unwrap();
+    assert_eq!(one["bytes"], 768);
+    assert_eq!(one["flops"], 256);
+    assert_eq!(one["bound"], "memory");
+    assert_eq!(one["family"], "norm");
+    // decode attention is capped at the model's 256 positions
+    assert!(rows
+        .iter()
+        .filter(|r| r["op"] == "attention_decode")
+        .all(|r| r["shape"]["context_len"] == 256));
+}
+
+#[test]
+fn cuda_backend_fails_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("k.json");
+    let (ok, _, err) = kernels(&["--backend", "cuda", "--out", out.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("--backend cuda"), "{err}");
+    assert!(err.contains("no CUDA backend"), "{err}");
+    assert!(!out.exists(), "no results file for a refused backend");
+}
+
+#[test]
+fn bad_selections_are_reported_without_running() {
+    let (ok, _, err) = kernels(&["--op", "softmax"]);
+    assert!(!ok);
+    assert!(
+        err.contains("unknown op `softmax`") && err.contains("decode_step"),
+        "{err}"
+    );
+    let (ok, _, err) = kernels(&["--op", "rmsnorm", "--shapes", "tiny-gpt2"]);
+    assert!(!ok);
+    assert!(err.contains("no case") && err.contains("Llama's"), "{err}");
+    let (ok, _, err) = kernels(&["--shapes", "no-such-model"]);
+    assert!(!ok);
+    assert!(err.contains("no-such-model"), "{err}");
+    let (ok, _, err) = kernels(&["--runs", "0"]);
+    assert!(!ok);
+    assert!(err.contains("--runs"), "{err}");
+}
+
+#[test]
+fn list_shows_cases_costs_and_the_spec_table() {
+    let (ok, stdout, err) = kernels(&["--list", "--op", "matmul", "--shapes", "llama-3.1-8b"]);
+    assert!(ok, "{err}");
+    // Llama 3.1 8B's QKV projection as a GEMV: weights 6144·4096, x 4096, out 6144 (f32)
+    assert!(stdout.contains("qkv:m=1,n=6144,k=4096"), "{stdout}");
+    assert!(stdout.contains(&(4 * (4096 + 6144 * 4096 + 6144)).to_string()));
+    for gpu in [
+        "A10",
+        "A100 40GB",
+        "A100 80GB SXM",
+        "L4",
+        "H100 SXM",
+        "H100 PCIe",
+        "H200",
+    ] {
+        assert!(stdout.contains(gpu), "{gpu} missing:\n{stdout}");
+    }
+}
+
+fn cfg(name: &str) -> infermeter::model::ModelConfig {
+    infermeter::model::open(name).unwrap().config
+}
+
+fn one(
+    name: &str,
+    op: Op,
+    spec: &SweepSpec,
+    pick: impl Fn(&Shape) -> bool,
+) -> infermeter::study::Case {
+    sweep::model_cases(name, &cfg(name), &[op], spec)
+        .into_iter()
+        .find(|c| pick(&c.shape))
+        .unwrap_or_else(|| panic!("no {op:?} case for {name}"))
+}
+
+/// Bytes and FLOPs per call at real shapes, computed by hand from the configs in `models/`.
+#[test]
+fn costs_at_real_model_shapes_match_hand_computation() {
+    let spec = SweepSpec::for_one_model();
+    // Llama 3.1 8B, decode attention of one sequence at 2048 tokens: K and V of 8 KV heads of 128
+    // (2·2048·8·128 elements), q and out of 32 heads (2·32·128), f32; one position and 128
+    // block-table entries. FLOPs: 4·32·128 per key.
+    let c = one("llama-3.1-8b", Op::AttentionDecode, &spec, |s| {
+        matches!(s, Shape::Attention { seqs: 1, .. })
+    })
+    .cost(Dtype::F32);
+    assert_eq!(
+        c.bytes,
+        4 * (2 * 2048 * 8 * 128 + 2 * 32 * 128) + 4 * (1 + 128)
+    );
+    assert_eq!(c.flops, 4 * 32 * 128 * 2048);
+    // the same in bf16 halves the tensor bytes, not the metadata
+    let bf = one("llama-3.1-8b", Op::AttentionDecode, &spec, |s| {
+        matches!(s, Shape::Attention { seqs: 1, .. })
+    })
+    .cost(Dtype::Bf16);
+    assert_eq!(bf.bytes, 2 * (2 * 2048 * 8 * 128 + 2 * 32 * 128) + 4 * 129);
+
+    // Llama 3.1 8B MLP at 64 tokens: silu_mul reads gate and up, writes out: 3·64·14336 floats
+    let c = one("llama-3.1-8b", Op::SiluMul, &spec, |s| {
+        matches!(s, Shape::SiluMul { rows: 64, .. })
+    })
+    .cost(Dtype::F32);
+    assert_eq!((c.bytes, c.flops), (4 * 3 * 64 * 14336, 4 * 64 * 14336));
+
+    // GPT-2 small: 124,439,808 parameters (tied head). A decode step at batch 1, context 512 reads
+    // every weight except the unused position rows (1024·768 table, 1 row read) plus one embedding
+    // row, K and V of 513 token slots in 12 layers of 768; FLOPs: 2 per matmul weight (the tied
+    // lm_head's 50257·768 included) plus attention's 4·12 heads·64·512 per layer.
+    let gpt2 = cfg("gpt2");
+    assert_eq!(gpt2.num_parameters(), 124_439_808);
+    let per_layer = 768 * 2304 + 768 * 768 + 2 * 768 * 3072;
+    assert_eq!(matmul_params(&gpt2), 12 * per_layer + 50257 * 768);
+    let c = decode_step_cost(&gpt2, 1, 512, Dtype::F32);
+    let weights = 124_439_808 - 1024 * 768 + 2 * 768;
+    let kv = 2 * 12 * 513 * 768;
+    assert_eq!(c.bytes, 4 * (weights + kv) + 12);
+    assert_eq!(
+        c.flops,
+        2 * (12 * per_layer + 50257 * 768) + 4 * 12 * 12 * 64 * 512
+    );
+    assert_eq!(
+        one("gpt2", Op::DecodeStep, &spec, |s| matches!(
+            s,
+            Shape::DecodeStep { batch: 1, .. }
+        ))
+        .cost(Dtype::F32),
+        c
+    );
+}
+
+/// A reader goes from `kernels/norm.cu` to `benches/norm.rs` without searching.
+#[test]
+fn every_family_has_a_bench_named_as_its_kernel_file() {
+    let manifest = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    for f in Family::ALL {
+        let bench = repo().join("benches").join(format!("{}.rs", f.name()));
+        assert!(bench.is_file(), "{} missing", bench.display());
+        assert!(
+            manifest.contains(&format!("name = \"{}\"\nharness = false", f.name())),
+            "no [[bench]] entry for {}",
+            f.name()
+        );
+        if let Some(k) = f.kernel_file() {
+            assert!(repo().join(k).is_file(), "{k} missing");
+            assert_eq!(
+                Path::new(k).file_stem().unwrap().to_str().unwrap(),
+                f.name()
+            );
+        }
+    }
+}
