@@ -258,3 +258,98 @@ fn nvrtc_compiles_every_kernel_file_to_cubin() {
     let files = std::fs::read_dir(cache.path()).unwrap().count();
     assert_eq!(files, jobs.len() + 1, "one cache entry per compile");
 }
+
+/// `serve --backend cuda`: without a GPU the server does not start and says why; on a GPU it serves
+/// a greedy completion equal to `generate --backend cuda` (both one request alone, so the same
+/// kernels see the same shapes).
+#[test]
+fn serve_on_cuda_or_the_clear_message() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = model_dir("tiny-llama");
+    let model = dir.to_str().unwrap();
+    let mut child = Command::new(infermeter_bin())
+        .args([
+            "serve",
+            "--model",
+            model,
+            "--port",
+            "0",
+            "--backend",
+            "cuda",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    if !gpu() {
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(
+            !status.success(),
+            "serve --backend cuda without a GPU must fail"
+        );
+        assert!(stderr.contains("no CUDA device: "), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        return;
+    }
+    let addr = first
+        .trim()
+        .strip_prefix("http://")
+        .expect("the first line is the address")
+        .to_string();
+    let body = format!(
+        r#"{{"prompt": [{}], "max_tokens": 12, "temperature": 0, "ignore_eos": true, "return_token_ids": true}}"#,
+        ids()
+    );
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let json = &resp[resp.find("\r\n\r\n").expect("HTTP response") + 4..];
+    let j: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {resp}"));
+    let served: Vec<u64> = j["choices"][0]["token_ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{j}"))
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let out = Command::new(infermeter_bin())
+        .args(["generate", "--model", model, "--ids", ids()])
+        .args([
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "0",
+            "--ignore-eos",
+            "--json",
+        ])
+        .args(["--backend", "cuda"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let g: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let generated: Vec<u64> = g["output_ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{g}"))
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(served, generated);
+}

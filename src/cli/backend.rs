@@ -5,7 +5,6 @@
 //! `fn run_on<B: EngineBackend>(args, backend: B)` and [`dispatch!`] calls it with whichever backend
 //! [`open`] returned (one instantiation per backend and dtype).
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use crate::backend::cpu::CpuBackend;
@@ -125,10 +124,22 @@ pub trait EngineBackend: Backend + Sized + 'static {
     fn gpus(&self) -> Vec<serde_json::Value> {
         Vec::new()
     }
-    /// KV-pool blocks for `run` when `--kv-blocks` is not given: `--kv-memory` on the CPU, the memory
-    /// plan from `--gpu-memory-utilization` on CUDA (reported on stderr).
-    fn auto_kv_blocks(&self, model: &Model<Self>, a: &super::run::RunArgs)
-        -> anyhow::Result<usize>;
+    /// KV-pool blocks when `--kv-blocks` is not given: `--kv-memory` on the CPU, the memory plan
+    /// from `--gpu-memory-utilization` on CUDA (reported on stderr).
+    fn auto_kv_blocks(&self, model: &Model<Self>, s: &KvSizing) -> anyhow::Result<usize>;
+}
+
+/// What sizes the KV pool when no block count is given (`run` and `serve` share it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KvSizing {
+    pub block_size: usize,
+    /// CPU: bytes of KV memory (`--kv-memory`).
+    pub cpu_kv_bytes: usize,
+    /// CUDA: fraction of the free GPU memory for weights, activations and the pool.
+    pub gpu_memory_utilization: f64,
+    /// CUDA: the activation workspace is sized for these.
+    pub max_num_batched_tokens: usize,
+    pub max_num_seqs: usize,
 }
 
 impl EngineBackend for CpuBackend {
@@ -141,13 +152,9 @@ impl EngineBackend for CpuBackend {
     fn describe(&self) -> String {
         "cpu (f32)".into()
     }
-    fn auto_kv_blocks(
-        &self,
-        model: &Model<Self>,
-        a: &super::run::RunArgs,
-    ) -> anyhow::Result<usize> {
-        let block_bytes = KvCache::<Self>::block_bytes(&model.config, a.block_size.max(1), 4);
-        Ok(super::run::parse_bytes(&a.kv_memory).context("--kv-memory")? / block_bytes.max(1))
+    fn auto_kv_blocks(&self, model: &Model<Self>, s: &KvSizing) -> anyhow::Result<usize> {
+        let block_bytes = KvCache::<Self>::block_bytes(&model.config, s.block_size.max(1), 4);
+        Ok(s.cpu_kv_bytes / block_bytes.max(1))
     }
 }
 
@@ -178,17 +185,13 @@ impl<T: CudaDtype> EngineBackend for CudaBackend<T> {
             .map(|v| vec![v])
             .unwrap_or_default()
     }
-    fn auto_kv_blocks(
-        &self,
-        model: &Model<Self>,
-        a: &super::run::RunArgs,
-    ) -> anyhow::Result<usize> {
+    fn auto_kv_blocks(&self, model: &Model<Self>, s: &KvSizing) -> anyhow::Result<usize> {
         let plan = self.plan_memory(
             &model.config,
-            a.gpu_memory_utilization,
-            a.block_size,
-            a.max_num_batched_tokens,
-            a.max_num_seqs,
+            s.gpu_memory_utilization,
+            s.block_size,
+            s.max_num_batched_tokens,
+            s.max_num_seqs,
         )?;
         eprintln!("{plan}");
         Ok(plan.num_blocks)

@@ -349,7 +349,16 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
         KvCache::<B>::block_bytes(&cfg, a.block_size.max(1), model.backend.elem_bytes());
     let num_blocks = match a.kv_blocks {
         Some(n) => n,
-        None => model.backend.auto_kv_blocks(&model, &a)?,
+        None => model.backend.auto_kv_blocks(
+            &model,
+            &super::backend::KvSizing {
+                block_size: a.block_size,
+                cpu_kv_bytes: parse_bytes(&a.kv_memory).context("--kv-memory")?,
+                gpu_memory_utilization: a.gpu_memory_utilization,
+                max_num_batched_tokens: a.max_num_batched_tokens,
+                max_num_seqs: a.max_num_seqs,
+            },
+        )?,
     };
     let engine_cfg = EngineConfig {
         block_size: a.block_size,

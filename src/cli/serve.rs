@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use super::run::{parse_bytes, BackendChoice};
+use super::backend::BackendArgs;
+use super::run::parse_bytes;
 use super::ModelArgs;
 use crate::server::{self, KvSize, ServerConfig};
 
@@ -17,9 +18,12 @@ use crate::server::{self, KvSize, ServerConfig};
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Backend to run on.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    pub backend: BackendChoice,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// CUDA: the fraction of the GPU memory free at start that weights, activations and the KV pool
+    /// may use; the pool gets what is left (--kv-blocks overrides it; --kv-memory is for the CPU).
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
     /// Address to bind (loopback by default; anything else is reachable from other machines).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -46,7 +50,7 @@ pub struct ServeArgs {
     /// KV-cache blocks in the pool (overrides --kv-memory).
     #[arg(long)]
     pub kv_blocks: Option<usize>,
-    /// Memory for the KV pool, e.g. 512MiB, 2GiB, 1.5GB.
+    /// CPU: memory for the KV pool, e.g. 512MiB, 2GiB, 1.5GB.
     #[arg(long, default_value = "1GiB")]
     pub kv_memory: String,
     /// Most sequences in one step.
@@ -70,14 +74,11 @@ fn parse_host(host: &str) -> anyhow::Result<IpAddr> {
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
-    match a.backend {
-        // `auto` serves on the CPU until the server drives the CUDA backend
-        BackendChoice::Auto | BackendChoice::Cpu => {}
-        #[allow(unreachable_patterns)]
-        other => bail!(
-            "serve: --backend {} is not wired into the server yet (use --backend cpu or auto, which serve on the CPU)",
-            format!("{other:?}").to_lowercase()
-        ),
+    if !(a.gpu_memory_utilization > 0.0 && a.gpu_memory_utilization <= 1.0) {
+        bail!(
+            "--gpu-memory-utilization must be in (0, 1], got {}",
+            a.gpu_memory_utilization
+        );
     }
     let host = parse_host(&a.host)?;
     if !host.is_loopback() {
@@ -95,11 +96,15 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     }
     let kv = match a.kv_blocks {
         Some(n) => KvSize::Blocks(n),
-        None => KvSize::Bytes(parse_bytes(&a.kv_memory).context("--kv-memory")?),
+        None => KvSize::Auto {
+            cpu_bytes: parse_bytes(&a.kv_memory).context("--kv-memory")?,
+            gpu_memory_utilization: a.gpu_memory_utilization,
+        },
     };
     let config = ServerConfig {
         model: a.model.model.clone(),
         load: a.model.load_options(),
+        backend: a.backend.clone(),
         served_model_name: a.served_model_name.clone(),
         chat_template: a.chat_template.clone(),
         host,

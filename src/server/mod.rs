@@ -32,17 +32,21 @@ use tokio::sync::oneshot;
 
 pub use template::{ChatTemplate, TemplateError};
 
-use crate::backend::cpu::CpuBackend;
+use crate::cli::backend::{BackendArgs, EngineBackend, KvSizing};
 use crate::engine::{Engine, EngineConfig};
 use crate::model::{KvCache, LoadOptions, ModelConfig, Tokenizer};
 use worker::{Command, Shared};
 
 /// How big the KV pool is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum KvSize {
     Blocks(usize),
-    /// Bytes of KV memory (f32 on the CPU backend), divided into blocks.
-    Bytes(usize),
+    /// CPU: bytes of KV memory (f32), divided into blocks. CUDA: what the memory plan leaves of
+    /// `gpu_memory_utilization` of the free GPU memory (reported on stderr).
+    Auto {
+        cpu_bytes: usize,
+        gpu_memory_utilization: f64,
+    },
 }
 
 /// Everything `serve` needs.
@@ -51,6 +55,8 @@ pub struct ServerConfig {
     /// A model directory or an embedded model name.
     pub model: String,
     pub load: LoadOptions,
+    /// Which backend (and CUDA dtype and device) the engine runs on.
+    pub backend: BackendArgs,
     /// The name reported in responses and `/v1/models` (default: `model` as given).
     pub served_model_name: Option<String>,
     /// A Jinja chat template file overriding the model's.
@@ -76,6 +82,7 @@ impl ServerConfig {
         Self {
             model: model.into(),
             load: LoadOptions::default(),
+            backend: BackendArgs::default(),
             served_model_name: None,
             chat_template: None,
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -83,7 +90,10 @@ impl ServerConfig {
             api_key: None,
             max_waiting: 1024,
             block_size: 16,
-            kv: KvSize::Bytes(1 << 30),
+            kv: KvSize::Auto {
+                cpu_bytes: 1 << 30,
+                gpu_memory_utilization: 0.9,
+            },
             max_num_seqs: 256,
             max_num_batched_tokens: 2048,
             enable_prefix_caching: true,
@@ -104,6 +114,8 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("backend: {0}")]
+    Backend(String),
     #[error("the engine thread stopped during startup")]
     EngineThread,
 }
@@ -117,7 +129,8 @@ pub struct ServerInfo {
     pub kv_pool_bytes: usize,
     /// "safetensors" or "dummy"
     pub weights: &'static str,
-    pub backend: &'static str,
+    /// The backend in words: "cpu (f32)", "cuda:0 NVIDIA H100 ... (sm_90, bf16; ...)".
+    pub backend: String,
     pub has_tokenizer: bool,
     /// Where the chat template came from.
     pub chat_template: String,
@@ -192,18 +205,39 @@ struct Startup {
     engine: EngineConfig,
     kv_pool_bytes: usize,
     weights: &'static str,
+    backend: String,
 }
 
-fn build_engine(cfg: &ServerConfig) -> Result<(Engine<CpuBackend>, Instant, Startup), ServeError> {
+fn build_engine<B: EngineBackend>(
+    cfg: &ServerConfig,
+    backend: B,
+) -> Result<(Engine<B>, Instant, Startup), ServeError> {
     let source = crate::model::open(&cfg.model)?;
     let loaded = source.load(cfg.load)?;
     let weights = loaded.weights_kind;
     let config = loaded.config.clone();
-    let (model, tokenizer) = loaded.into_model(CpuBackend)?;
-    let block_bytes = KvCache::<CpuBackend>::block_bytes(&config, cfg.block_size.max(1), 4);
+    let (model, tokenizer) = loaded.into_model(backend)?;
+    let described = model.backend.describe();
+    let block_bytes =
+        KvCache::<B>::block_bytes(&config, cfg.block_size.max(1), model.backend.elem_bytes());
     let num_blocks = match cfg.kv {
         KvSize::Blocks(n) => n,
-        KvSize::Bytes(b) => b / block_bytes.max(1),
+        KvSize::Auto {
+            cpu_bytes,
+            gpu_memory_utilization,
+        } => model
+            .backend
+            .auto_kv_blocks(
+                &model,
+                &KvSizing {
+                    block_size: cfg.block_size,
+                    cpu_kv_bytes: cpu_bytes,
+                    gpu_memory_utilization,
+                    max_num_batched_tokens: cfg.max_num_batched_tokens,
+                    max_num_seqs: cfg.max_num_seqs,
+                },
+            )
+            .map_err(|e| ServeError::Backend(format!("{e:#}")))?,
     };
     let engine_cfg = EngineConfig {
         block_size: cfg.block_size,
@@ -223,6 +257,7 @@ fn build_engine(cfg: &ServerConfig) -> Result<(Engine<CpuBackend>, Instant, Star
             engine: engine_cfg,
             kv_pool_bytes: num_blocks * block_bytes,
             weights,
+            backend: described,
         },
     ))
 }
@@ -262,7 +297,16 @@ pub async fn spawn(config: ServerConfig) -> Result<(SocketAddr, ServerHandle), S
         .name("infermeter-engine".into())
         .spawn(move || {
             let _alive = AliveGuard(thread_shared.clone());
-            match build_engine(&thread_cfg) {
+            // The backend is opened here, on the thread that drives it (a CUDA context is used
+            // from the thread that made it current).
+            let opened = match crate::cli::backend::open(&thread_cfg.backend) {
+                Ok(o) => o,
+                Err(e) => {
+                    let _ = startup_tx.send(Err(ServeError::Engine(e)));
+                    return;
+                }
+            };
+            crate::cli::backend::dispatch!(opened, b => match build_engine(&thread_cfg, b) {
                 Ok((engine, epoch, startup)) => {
                     if startup_tx.send(Ok(startup)).is_ok() {
                         worker::run(engine, epoch, cmd_rx, thread_shared, thread_cfg.max_waiting);
@@ -271,7 +315,7 @@ pub async fn spawn(config: ServerConfig) -> Result<(SocketAddr, ServerHandle), S
                 Err(e) => {
                     let _ = startup_tx.send(Err(e));
                 }
-            }
+            })
         })?;
     let startup = match startup_rx.await {
         Ok(Ok(s)) => s,
@@ -292,7 +336,7 @@ pub async fn spawn(config: ServerConfig) -> Result<(SocketAddr, ServerHandle), S
         engine: startup.engine,
         kv_pool_bytes: startup.kv_pool_bytes,
         weights: startup.weights,
-        backend: "cpu",
+        backend: startup.backend.clone(),
         has_tokenizer: startup.tokenizer.is_some(),
         chat_template: template.origin().to_string(),
     };

@@ -13,9 +13,11 @@ pub struct TestServer {
     pub client: reqwest::Client,
 }
 
-/// A server config for tests: a small KV pool, the rest default.
+/// A server config for tests: the CPU backend (the tests compare with CPU references exactly), a
+/// small KV pool, the rest default.
 pub fn config(model: &str) -> ServerConfig {
     let mut c = ServerConfig::new(model);
+    c.backend.backend = infermeter::cli::backend::BackendChoice::Cpu;
     c.kv = KvSize::Blocks(512);
     c
 }
