@@ -141,7 +141,7 @@ fn energy_per_phase_from_a_rapl_tree_at_known_power() {
     let out = dir.path().join("r.json");
     let (ok, stdout, err) = run(&[
         "--num-requests",
-        "6",
+        "20",
         "--input-len",
         "24",
         "--output-len",
@@ -181,9 +181,10 @@ fn energy_per_phase_from_a_rapl_tree_at_known_power() {
     let dur = e["duration_s"].as_f64().unwrap();
     assert!(dur > 0.2, "{dur}");
     let j = m["energy_j"].as_f64().unwrap();
-    // the writer's 0.5 ms granularity and file-read races bound the error
+    // The fake counter advances only while the writer thread runs: on a loaded machine it can be
+    // descheduled for tens of milliseconds at a phase edge. A ~1 s phase keeps that under 10%.
     assert!(
-        (j - 48.0 * dur).abs() < 0.05 * 48.0 * dur,
+        (j - 48.0 * dur).abs() < 0.10 * 48.0 * dur,
         "{j} J over {dur} s"
     );
     let split_sum = m["prefill_j"].as_f64().unwrap()
@@ -191,9 +192,9 @@ fn energy_per_phase_from_a_rapl_tree_at_known_power() {
         + m["idle_j"].as_f64().unwrap();
     assert!((split_sum - j).abs() < 1e-6 * j);
     let out_tokens = e["work"]["output_tokens"].as_f64().unwrap();
-    assert_eq!(out_tokens, 72.0);
+    assert_eq!(out_tokens, 240.0);
     let jpo = m["j_per_output_token"].as_f64().unwrap();
-    assert!((jpo - m["decode_j"].as_f64().unwrap() / 72.0).abs() < 1e-9);
+    assert!((jpo - m["decode_j"].as_f64().unwrap() / 240.0).abs() < 1e-9);
     assert_eq!(m["devices"].as_array().unwrap().len(), 2);
     assert!(m["peak_power_w"].as_f64().unwrap() > 30.0);
     assert_eq!(m["peak_memory_of"], "host process_rss");

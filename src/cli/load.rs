@@ -17,14 +17,14 @@ use clap::Args;
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::telemetry_opts::TelemetryArgs;
+use super::telemetry_opts::{RunTelemetry, TelemetryArgs};
 use crate::client::calibrate::{self, CheckSpec};
 use crate::client::executor::{LiveRecords, Progress, StepOutcome};
 use crate::client::sweep;
 use crate::client::{
     parse_duration, ClientOptions, Endpoint, Mode, OpenAiClient, Runner, StepPlan, Warmup,
 };
-use crate::metrics::energy::{self, CostParams, EnergyOptions, EnergyReport, Work};
+use crate::metrics::energy::{self, EnergyReport, Work};
 use crate::metrics::{summarize, RequestRecord, Slo};
 use crate::model::Tokenizer;
 use crate::report::load_results::{
@@ -32,9 +32,7 @@ use crate::report::load_results::{
 };
 use crate::report::results::Hardware;
 use crate::telemetry::host::HostInfo;
-use crate::telemetry::{
-    open_sources, resolve_scope, SamplerHandle, TelemetryConfig, TelemetrySampler, TelemetrySection,
-};
+use crate::telemetry::TelemetrySection;
 use crate::workload::profile::Profile;
 use crate::workload::session::{self, Prefix, SessionSpec, Source};
 use crate::workload::{Arrival, LengthDist};
@@ -466,146 +464,46 @@ fn empty_step(name: &str, plan: &StepPlan, started_s: f64) -> LoadStep {
     }
 }
 
-/// Telemetry around a load run (NVML GPUs, RAPL, host), sampled on the run's clock so energy is
-/// attributed to steps by time window, as `run` attributes it to phases.
-struct LoadTelemetry {
-    sampler: Option<SamplerHandle>,
-    section: TelemetrySection,
-    opts: EnergyOptions,
-    enabled: bool,
+/// The step's energy over its measured window (first measured send to last measured end), its
+/// busy time split between prefill and decode by the requests in flight.
+fn step_energy(tel: &RunTelemetry, step: &LoadStep) -> Option<EnergyReport> {
+    let timeline = tel.snapshot()?;
+    let records: Vec<RequestRecord> = step.requests.iter().map(|r| r.record.clone()).collect();
+    let window = match (
+        records.iter().map(|r| r.send_s).reduce(f64::min),
+        records.iter().map(RequestRecord::finish_s).reduce(f64::max),
+    ) {
+        (Some(a), Some(b)) if b > a => (a, b),
+        _ => (step.started_s, step.ended_s?),
+    };
+    let work = match &step.summary {
+        Some(s) => Work {
+            requests: s.completed as f64,
+            input_tokens: s.total_input_tokens as f64,
+            output_tokens: s.total_output_tokens as f64,
+        },
+        None => Work::of_records(&records),
+    };
+    let ok: Vec<RequestRecord> = records.into_iter().filter(|r| r.is_ok()).collect();
+    let segments = energy::segments_from_requests(&ok);
+    Some(energy::summarize(
+        Some(&timeline),
+        window,
+        &work,
+        Some(&segments),
+        tel.energy_options(),
+    ))
 }
 
-impl LoadTelemetry {
-    fn start(a: &TelemetryArgs, epoch: Instant) -> anyhow::Result<Self> {
-        let (interval, gpus, scope) = a.validate()?;
-        let mut section = TelemetrySection {
-            interval_s: interval.as_secs_f64(),
-            energy_scope: scope,
-            energy_devices: Vec::new(),
-            sources: Vec::new(),
-            gpus: Vec::new(),
-            rapl_zones: Vec::new(),
-            counter_events: Vec::new(),
-            timeline: None,
-            energy: None,
-        };
-        let mut sampler = None;
-        if !a.no_telemetry {
-            let opened = open_sources(&TelemetryConfig {
-                gpus,
-                powercap_root: a.powercap_root.clone(),
-                interval,
-                ..TelemetryConfig::default()
-            });
-            section.sources = opened.statuses.clone();
-            section.gpus = opened.gpus.clone();
-            section.rapl_zones = opened.rapl_zones.clone();
-            section.energy_devices = resolve_scope(&opened.statuses, scope);
-            sampler = Some(
-                TelemetrySampler::start(opened.sources, interval, epoch, a.timeline_points)
-                    .context("starting telemetry")?,
-            );
-        }
-        let gpus_in_scope = section
-            .energy_devices
-            .iter()
-            .filter(|d| d.starts_with("gpu"))
-            .count();
-        let opts = EnergyOptions {
-            scope: section.energy_devices.clone(),
-            cost: a.gpu_price.map(|p| CostParams {
-                usd_per_gpu_hour: p,
-                num_gpus: f64::from(a.num_gpus.unwrap_or(gpus_in_scope.max(1) as u32)),
-            }),
-            grid_intensity_g_per_kwh: a.grid_intensity,
-        };
-        Ok(LoadTelemetry {
-            sampler,
-            section,
-            opts,
-            enabled: !a.no_telemetry,
-        })
-    }
-
-    fn describe(&self) -> String {
-        if !self.enabled {
-            return "telemetry off".into();
-        }
-        if self.section.energy_devices.is_empty() {
-            let why: Vec<String> = self
-                .section
-                .sources
-                .iter()
-                .filter(|s| !s.available)
-                .map(|s| format!("{}: {}", s.source, s.reason.as_deref().unwrap_or("?")))
-                .collect();
-            format!(
-                "telemetry every {} ms, no energy source ({})",
-                self.section.interval_s * 1e3,
-                why.join("; ")
-            )
-        } else {
-            format!(
-                "telemetry every {} ms: energy of {}",
-                self.section.interval_s * 1e3,
-                self.section.energy_devices.join("+")
-            )
-        }
-    }
-
-    /// An extra sample now (at step edges, so a step's counter difference needs no interpolation).
-    fn mark(&self) {
-        if let Some(s) = &self.sampler {
-            s.sample_now();
-        }
-    }
-
-    /// The step's energy over its measured window (first measured send to last measured end).
-    fn step_energy(&self, step: &LoadStep) -> Option<EnergyReport> {
-        self.sampler.as_ref()?;
-        let records: Vec<RequestRecord> = step.requests.iter().map(|r| r.record.clone()).collect();
-        let window = match (
-            records.iter().map(|r| r.send_s).reduce(f64::min),
-            records.iter().map(RequestRecord::finish_s).reduce(f64::max),
-        ) {
-            (Some(a), Some(b)) if b > a => (a, b),
-            _ => (step.started_s, step.ended_s?),
-        };
-        let work = match &step.summary {
-            Some(s) => Work {
-                requests: s.completed as f64,
-                input_tokens: s.total_input_tokens as f64,
-                output_tokens: s.total_output_tokens as f64,
-            },
-            None => Work::of_records(&records),
-        };
-        let ok: Vec<RequestRecord> = records.into_iter().filter(|r| r.is_ok()).collect();
-        let segments = energy::segments_from_requests(&ok);
-        let timeline = self.sampler.as_ref().map(|s| s.snapshot());
-        Some(energy::summarize(
-            timeline.as_ref(),
-            window,
-            &work,
-            Some(&segments),
-            &self.opts,
-        ))
-    }
-
-    /// The section with the timeline so far (or, with `stop`, the final one).
-    fn section(&mut self, steps: &[LoadStep], stop: bool) -> Option<TelemetrySection> {
-        if stop {
-            if let Some(s) = self.sampler.take() {
-                self.section.counter_events = s.counter_events();
-                self.section.timeline = Some(s.stop());
-            }
-        } else if let Some(s) = &self.sampler {
-            self.section.counter_events = s.counter_events();
-            self.section.timeline = Some(s.snapshot());
-        }
-        let reports: Vec<EnergyReport> = steps.iter().filter_map(|s| s.energy.clone()).collect();
-        self.section.energy = EnergyReport::combine(&reports, &self.opts);
-        self.enabled.then(|| self.section.clone())
-    }
+/// The telemetry section with the steps' energy combined (with `stop`, the final timeline).
+fn load_section(
+    tel: &mut RunTelemetry,
+    steps: &[LoadStep],
+    stop: bool,
+) -> Option<TelemetrySection> {
+    let reports: Vec<EnergyReport> = steps.iter().filter_map(|s| s.energy.clone()).collect();
+    let energy = EnergyReport::combine(&reports, tel.energy_options());
+    tel.section_with(energy, stop)
 }
 
 /// The progress line.
@@ -673,7 +571,7 @@ async fn run_step(
     writer: &mut LoadResultsWriter,
     line: &mut ProgressLine,
     slo: Option<&Slo>,
-    tel: &mut LoadTelemetry,
+    tel: &mut RunTelemetry,
 ) -> anyhow::Result<usize> {
     let idx = writer.results.steps.len();
     tel.mark();
@@ -714,9 +612,9 @@ async fn run_step(
     outcome.warmup.sort_by_key(|r| r.record.id);
     tel.mark();
     let mut step = finish_step(name, plan, outcome, slo);
-    step.energy = tel.step_energy(&step);
+    step.energy = step_energy(tel, &step);
     writer.results.steps[idx] = step;
-    writer.results.telemetry = tel.section(&writer.results.steps, false);
+    writer.results.telemetry = load_section(tel, &writer.results.steps, false);
     if writer.results.target.server_model.is_none() {
         writer.results.target.server_model = runner
             .server_model
@@ -842,11 +740,10 @@ async fn run_load(a: LoadArgs) -> anyhow::Result<()> {
     results.client_timing.extend(timing);
     let out_path = a.out.clone().unwrap_or_else(|| default_out("load"));
     let epoch = Instant::now();
-    let mut tel = LoadTelemetry::start(&a.telemetry, epoch)?;
-    results.telemetry = tel.section(&[], false);
+    let mut tel = RunTelemetry::start(&a.telemetry, epoch)?;
+    results.telemetry = load_section(&mut tel, &[], false);
     results.hardware.gpus = tel
-        .section
-        .gpus
+        .gpus()
         .iter()
         .filter_map(|g| serde_json::to_value(g).ok())
         .collect();
@@ -978,7 +875,7 @@ async fn run_load(a: LoadArgs) -> anyhow::Result<()> {
         .await?;
     }
     line.bar.finish_and_clear();
-    writer.results.telemetry = tel.section(&writer.results.steps, true);
+    writer.results.telemetry = load_section(&mut tel, &writer.results.steps, true);
     let interrupted = *cancel.borrow();
     writer.results.complete = !interrupted;
     writer.save(true)?;

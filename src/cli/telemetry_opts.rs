@@ -117,7 +117,9 @@ impl TelemetryArgs {
     }
 }
 
-/// The telemetry of one run: the sampler (when on), what was found, and the energy options.
+/// The telemetry of one `run` or `load`: the sampler (when on), what was found, and the energy
+/// options. `run` measures phases with [`RunTelemetry::after_phase`]; `load` measures its steps
+/// through [`RunTelemetry::snapshot`] and [`RunTelemetry::section_with`].
 pub struct RunTelemetry {
     sampler: Option<SamplerHandle>,
     section: TelemetrySection,
@@ -233,6 +235,37 @@ impl RunTelemetry {
     /// The energy options (scope, price, grid intensity) phases are measured with.
     pub fn energy_options(&self) -> &EnergyOptions {
         &self.opts
+    }
+
+    /// Whether telemetry is on (`--no-telemetry` not given).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The timeline so far (`None` when nothing is sampled).
+    pub fn snapshot(&self) -> Option<crate::telemetry::Timeline> {
+        self.sampler.as_ref().map(|s| s.snapshot())
+    }
+
+    /// The section with the timeline so far (with `stop`: sampling stops and the final timeline,
+    /// with the sampler's own cost, goes in) and `energy` as the whole-run energy; `None` when
+    /// telemetry is off.
+    pub fn section_with(
+        &mut self,
+        energy: Option<EnergyReport>,
+        stop: bool,
+    ) -> Option<TelemetrySection> {
+        if stop {
+            if let Some(s) = self.sampler.take() {
+                self.section.counter_events = s.counter_events();
+                self.section.timeline = Some(s.stop());
+            }
+        } else if let Some(s) = &self.sampler {
+            self.section.counter_events = s.counter_events();
+            self.section.timeline = Some(s.snapshot());
+        }
+        self.section.energy = energy;
+        self.enabled.then(|| self.section.clone())
     }
 
     /// Sample now: call right before a phase starts and right after it ends, so the phase's
