@@ -129,6 +129,52 @@ pub trait EngineBackend: Backend + Sized + 'static {
     fn auto_kv_blocks(&self, model: &Model<Self>, s: &KvSizing) -> anyhow::Result<usize>;
 }
 
+/// The engine's options, shared by `run` and `serve`.
+#[derive(Debug, Clone, Args, serde::Serialize)]
+pub struct EngineArgs {
+    /// CUDA: the fraction of the GPU memory free at start that weights, activations and the KV pool
+    /// may use; the pool gets what is left (--kv-blocks overrides it; --kv-memory is for the CPU).
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
+    /// Tokens per KV-cache block.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// KV-cache blocks in the pool (overrides --kv-memory and the CUDA memory plan).
+    #[arg(long)]
+    pub kv_blocks: Option<usize>,
+    /// CPU: memory for the KV pool, e.g. 512MiB, 2GiB, 1.5GB.
+    #[arg(long, default_value = "1GiB")]
+    pub kv_memory: String,
+    /// Most sequences in one step.
+    #[arg(long, default_value_t = 256)]
+    pub max_num_seqs: usize,
+    /// Most tokens in one step (prefill chunks are cut to fit).
+    #[arg(long, default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+    /// Turn prefix caching off.
+    #[arg(long)]
+    pub no_prefix_caching: bool,
+}
+
+impl EngineArgs {
+    /// `--gpu-memory-utilization` in (0, 1], `--kv-memory` parsed: how the pool is sized when
+    /// `--kv-blocks` is not given.
+    pub fn kv_sizing(&self) -> anyhow::Result<KvSizing> {
+        use anyhow::Context;
+        let u = self.gpu_memory_utilization;
+        if !(u > 0.0 && u <= 1.0) {
+            anyhow::bail!("--gpu-memory-utilization must be in (0, 1], got {u}");
+        }
+        Ok(KvSizing {
+            block_size: self.block_size,
+            cpu_kv_bytes: super::run::parse_bytes(&self.kv_memory).context("--kv-memory")?,
+            gpu_memory_utilization: u,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_num_seqs: self.max_num_seqs,
+        })
+    }
+}
+
 /// What sizes the KV pool when no block count is given (`run` and `serve` share it).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KvSizing {

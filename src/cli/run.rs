@@ -38,33 +38,12 @@ pub struct RunArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub backend: super::backend::BackendArgs,
-    /// CUDA: the fraction of the GPU memory free at start that weights, activations and the KV pool
-    /// may use; the pool gets what is left (--kv-blocks overrides it; --kv-memory is for the CPU).
-    #[arg(long, default_value_t = 0.9)]
-    pub gpu_memory_utilization: f64,
     /// Read options from a TOML or JSON file (keys are option names); the command line wins.
     #[arg(long)]
     pub config: Option<PathBuf>,
-
-    // --- engine ---
-    /// Tokens per KV-cache block.
-    #[arg(long, default_value_t = 16)]
-    pub block_size: usize,
-    /// KV-cache blocks in the pool (overrides --kv-memory).
-    #[arg(long)]
-    pub kv_blocks: Option<usize>,
-    /// Memory for the KV pool, e.g. 512MiB, 2GiB, 1.5GB.
-    #[arg(long, default_value = "1GiB")]
-    pub kv_memory: String,
-    /// Most sequences in one step.
-    #[arg(long, default_value_t = 256)]
-    pub max_num_seqs: usize,
-    /// Most tokens in one step (prefill chunks are cut to fit).
-    #[arg(long, default_value_t = 2048)]
-    pub max_num_batched_tokens: usize,
-    /// Turn prefix caching off.
-    #[arg(long)]
-    pub no_prefix_caching: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub engine: super::backend::EngineArgs,
 
     // --- grid mode ---
     /// Grid: batch sizes, comma-separated (default 1,8).
@@ -346,26 +325,19 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
         model.backend.gpus(),
     );
     let block_bytes =
-        KvCache::<B>::block_bytes(&cfg, a.block_size.max(1), model.backend.elem_bytes());
-    let num_blocks = match a.kv_blocks {
+        KvCache::<B>::block_bytes(&cfg, a.engine.block_size.max(1), model.backend.elem_bytes());
+    let num_blocks = match a.engine.kv_blocks {
         Some(n) => n,
-        None => model.backend.auto_kv_blocks(
-            &model,
-            &super::backend::KvSizing {
-                block_size: a.block_size,
-                cpu_kv_bytes: parse_bytes(&a.kv_memory).context("--kv-memory")?,
-                gpu_memory_utilization: a.gpu_memory_utilization,
-                max_num_batched_tokens: a.max_num_batched_tokens,
-                max_num_seqs: a.max_num_seqs,
-            },
-        )?,
+        None => model
+            .backend
+            .auto_kv_blocks(&model, &a.engine.kv_sizing()?)?,
     };
     let engine_cfg = EngineConfig {
-        block_size: a.block_size,
+        block_size: a.engine.block_size,
         num_blocks,
-        max_num_seqs: a.max_num_seqs,
-        max_num_batched_tokens: a.max_num_batched_tokens,
-        enable_prefix_caching: !a.no_prefix_caching,
+        max_num_seqs: a.engine.max_num_seqs,
+        max_num_batched_tokens: a.engine.max_num_batched_tokens,
+        enable_prefix_caching: !a.engine.no_prefix_caching,
     };
     let epoch = Instant::now();
     let mut engine = Engine::new(model, engine_cfg, epoch)?;
@@ -418,7 +390,7 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
         cfg.num_parameters() as f64 / 1e6,
         weights_kind,
         num_blocks,
-        a.block_size,
+        a.engine.block_size,
         (num_blocks * block_bytes) as f64 / (1u64 << 20) as f64,
         out_path.display()
     );

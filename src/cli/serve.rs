@@ -10,7 +10,6 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use super::backend::BackendArgs;
-use super::run::parse_bytes;
 use super::ModelArgs;
 use crate::server::{self, KvSize, ServerConfig};
 
@@ -20,10 +19,6 @@ pub struct ServeArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub backend: BackendArgs,
-    /// CUDA: the fraction of the GPU memory free at start that weights, activations and the KV pool
-    /// may use; the pool gets what is left (--kv-blocks overrides it; --kv-memory is for the CPU).
-    #[arg(long, default_value_t = 0.9)]
-    pub gpu_memory_utilization: f64,
     /// Address to bind (loopback by default; anything else is reachable from other machines).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -43,25 +38,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub chat_template: Option<PathBuf>,
 
-    // --- engine ---
-    /// Tokens per KV-cache block.
-    #[arg(long, default_value_t = 16)]
-    pub block_size: usize,
-    /// KV-cache blocks in the pool (overrides --kv-memory).
-    #[arg(long)]
-    pub kv_blocks: Option<usize>,
-    /// CPU: memory for the KV pool, e.g. 512MiB, 2GiB, 1.5GB.
-    #[arg(long, default_value = "1GiB")]
-    pub kv_memory: String,
-    /// Most sequences in one step.
-    #[arg(long, default_value_t = 256)]
-    pub max_num_seqs: usize,
-    /// Most tokens in one step (prefill chunks are cut to fit).
-    #[arg(long, default_value_t = 2048)]
-    pub max_num_batched_tokens: usize,
-    /// Turn prefix caching off.
-    #[arg(long)]
-    pub no_prefix_caching: bool,
+    #[command(flatten)]
+    pub engine: super::backend::EngineArgs,
 }
 
 fn parse_host(host: &str) -> anyhow::Result<IpAddr> {
@@ -74,12 +52,6 @@ fn parse_host(host: &str) -> anyhow::Result<IpAddr> {
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
-    if !(a.gpu_memory_utilization > 0.0 && a.gpu_memory_utilization <= 1.0) {
-        bail!(
-            "--gpu-memory-utilization must be in (0, 1], got {}",
-            a.gpu_memory_utilization
-        );
-    }
     let host = parse_host(&a.host)?;
     if !host.is_loopback() {
         eprintln!(
@@ -94,11 +66,12 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     if a.max_waiting == 0 {
         bail!("--max-waiting must be at least 1");
     }
-    let kv = match a.kv_blocks {
+    let sizing = a.engine.kv_sizing()?;
+    let kv = match a.engine.kv_blocks {
         Some(n) => KvSize::Blocks(n),
         None => KvSize::Auto {
-            cpu_bytes: parse_bytes(&a.kv_memory).context("--kv-memory")?,
-            gpu_memory_utilization: a.gpu_memory_utilization,
+            cpu_bytes: sizing.cpu_kv_bytes,
+            gpu_memory_utilization: sizing.gpu_memory_utilization,
         },
     };
     let config = ServerConfig {
@@ -111,11 +84,11 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         port: a.port,
         api_key: a.api_key.clone(),
         max_waiting: a.max_waiting,
-        block_size: a.block_size,
+        block_size: a.engine.block_size,
         kv,
-        max_num_seqs: a.max_num_seqs,
-        max_num_batched_tokens: a.max_num_batched_tokens,
-        enable_prefix_caching: !a.no_prefix_caching,
+        max_num_seqs: a.engine.max_num_seqs,
+        max_num_batched_tokens: a.engine.max_num_batched_tokens,
+        enable_prefix_caching: !a.engine.no_prefix_caching,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
