@@ -122,18 +122,25 @@ fn energy_per_phase_from_a_rapl_tree_at_known_power() {
     let writer = {
         let (pc, stop) = (pc.clone(), stop.clone());
         std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            // In place (the source keeps the file open, so a renamed file would go unseen) and at a
+            // fixed width without truncating: a truncate-then-write would let the source read an
+            // empty file now and then.
+            let open = |zone: &str| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(pc.join(zone).join("energy_uj"))
+                    .unwrap()
+            };
+            let (package, dram) = (open("intel-rapl:0"), open("intel-rapl:0:1"));
             let t0 = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 let t = t0.elapsed().as_secs_f64();
-                // in place (the source keeps the file open), µJ
-                let _ = std::fs::write(
-                    pc.join("intel-rapl:0/energy_uj"),
-                    format!("{}\n", (40.0 * t * 1e6) as u64),
-                );
-                let _ = std::fs::write(
-                    pc.join("intel-rapl:0:1/energy_uj"),
-                    format!("{}\n", (8.0 * t * 1e6) as u64),
-                );
+                // µJ
+                let _ = package
+                    .write_all_at(format!("{:020}\n", (40.0 * t * 1e6) as u64).as_bytes(), 0);
+                let _ =
+                    dram.write_all_at(format!("{:020}\n", (8.0 * t * 1e6) as u64).as_bytes(), 0);
                 std::thread::sleep(Duration::from_micros(500));
             }
         })
