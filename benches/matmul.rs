@@ -4,8 +4,9 @@
 //!
 //! CPU: the batch-invariant AVX2/FMA register-tiled kernel `src/backend/cpu/matmul.rs` (the same
 //! kernel, at a large square shape, is the measured compute ceiling). GPU: cuBLAS through the CUDA
-//! backend, when it exists (skipped with the reason printed until then). Shapes, bytes and FLOPs:
-//! `src/study` (`cargo bench --bench matmul`; the same cases: `infermeter kernels --op matmul`).
+//! backend (skipped with the reason printed without a GPU; its square GEMM is the GPU compute
+//! ceiling). Shapes, bytes and FLOPs: `src/study` (`cargo bench --bench matmul`; the same cases:
+//! `infermeter kernels --op matmul`).
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! Kernel study: LayerNorm, RMSNorm, fused residual-add + RMSNorm, in-place add.
 //!
-//! CUDA source: `kernels/norm.cu` (CUDA studies run when the CUDA backend exists; until then they
-//! are skipped with the reason printed). CPU reference: `src/backend/cpu/norm.rs`. Shapes, bytes
+//! CUDA source: `kernels/norm.cu` (CUDA studies run on a usable GPU; without one they print
+//! `skipped: no CUDA device: <reason>`). CPU reference: `src/backend/cpu/norm.rs`. Shapes, bytes
 //! and FLOPs: `src/study` (`cargo bench --bench norm`; the same cases: `infermeter kernels --op
 //! norm`).
 

@@ -1,6 +1,6 @@
 //! `infermeter kernels` end to end, and the kernel studies' definitions: the CPU run writes a
 //! results file that validates against `schemas/results.schema.json`; `--backend cuda` fails with a
-//! clear reason; bytes and FLOPs per call match hand-computed figures at real model shapes; every
+//! clear reason without a GPU (and runs with one); bytes and FLOPs per call match hand-computed figures at real model shapes; every
 //! op family has a bench target named as its kernel file.
 
 mod common;
@@ -116,15 +116,108 @@ fn cpu_kernels_write_a_valid_results_file() {
         .all(|r| r["shape"]["context_len"] == 256));
 }
 
+/// Without a GPU (this machine, CI), `--backend cuda` fails with the probe's reason, for every
+/// dtype and with the cold-L2 flush, and writes nothing. On a GPU machine it runs (see
+/// `cuda_kernels_run_on_a_gpu`).
 #[test]
 fn cuda_backend_fails_with_a_clear_message() {
+    if infermeter::backend::cuda::probe(false).usable() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("k.json");
-    let (ok, _, err) = kernels(&["--backend", "cuda", "--out", out.to_str().unwrap()]);
+    for extra in [
+        &[][..],
+        &["--dtype", "f16"][..],
+        &["--dtype", "f32", "--cold-l2"][..],
+    ] {
+        let mut args = vec!["--backend", "cuda", "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = kernels(&args);
+        assert!(!ok);
+        assert!(err.contains("--backend cuda"), "{err}");
+        assert!(err.contains("no CUDA device: "), "{err}");
+        assert!(!out.exists(), "no results file for a refused backend");
+    }
+}
+
+/// On a GPU machine: a small CUDA run writes a valid file with GPU rows, the GPU's name and
+/// ceilings (skipped without a GPU).
+#[test]
+fn cuda_kernels_run_on_a_gpu() {
+    if !infermeter::backend::cuda::probe(false).usable() {
+        eprintln!("skipped: no usable GPU");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("k.json");
+    let (ok, stdout, err) = kernels(&[
+        "--backend",
+        "cuda",
+        "--dtype",
+        "bf16",
+        "--cold-l2",
+        "--op",
+        "rmsnorm,matmul,argmax",
+        "--shapes",
+        "tiny-llama",
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("CUDA ceilings (measured)"), "{stdout}");
+    let doc = validate(&out);
+    assert_eq!(
+        (doc["backend"].as_str(), doc["dtype"].as_str()),
+        (Some("cuda"), Some("bf16"))
+    );
+    assert_eq!(doc["ceilings"]["device"], "cuda");
+    assert!(doc["hardware"]["gpus"][0]["name"].as_str().is_some());
+    let rows = doc["rows"].as_array().unwrap();
+    assert!(!rows.is_empty());
+    for r in rows {
+        assert_eq!(
+            (r["backend"].as_str(), r["dtype"].as_str()),
+            (Some("cuda"), Some("bf16"))
+        );
+    }
+}
+
+#[test]
+fn dtype_and_cold_l2_options_parse_and_are_checked() {
+    // bf16 costs: 2 bytes per element (Llama 3.1 8B's QKV GEMV), listed without opening a GPU
+    let (ok, stdout, err) = kernels(&[
+        "--list",
+        "--backend",
+        "cuda",
+        "--dtype",
+        "bf16",
+        "--cold-l2",
+        "--op",
+        "matmul",
+        "--shapes",
+        "llama-3.1-8b",
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains(&(2 * (4096 + 6144 * 4096 + 6144)).to_string()));
+    assert!(stdout.contains("(bf16 elements)"), "{stdout}");
+    // the CPU computes in f32 and has no L2 flush
+    let (ok, _, err) = kernels(&["--backend", "cpu", "--dtype", "bf16", "--op", "norm"]);
     assert!(!ok);
-    assert!(err.contains("--backend cuda"), "{err}");
-    assert!(err.contains("no CUDA backend"), "{err}");
-    assert!(!out.exists(), "no results file for a refused backend");
+    assert!(err.contains("f32 only"), "{err}");
+    let (ok, _, err) = kernels(&["--backend", "cpu", "--cold-l2", "--op", "norm"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--cold-l2 applies to --backend cuda only"),
+        "{err}"
+    );
+    let (ok, _, err) = kernels(&["--backend", "cuda", "--dtype", "fp8"]);
+    assert!(!ok);
+    assert!(err.contains("fp8"), "{err}");
 }
 
 #[test]

@@ -1,26 +1,36 @@
 //! The shared driver of the kernel-study benches (`benches/<family>.rs`).
 //!
 //! Each bench target runs the default sweep of its op family (`infermeter::study::sweep`) under
-//! criterion, on every device a study may target: the CPU backend always; CUDA is skipped with the
-//! printed reason while the build has no CUDA backend. Every case declares its bytes and FLOPs per
-//! call as criterion `Throughput` (elements = FLOPs), and is timed through `iter_custom` so the
+//! criterion, on every device a study may target: the CPU backend always; CUDA when a GPU is usable
+//! (otherwise it prints `skipped: no CUDA device: <reason>` and goes on, so `cargo bench` runs
+//! everywhere). Every case declares its bytes and FLOPs per call as criterion `Throughput`
+//! (elements = FLOPs), and is timed through `iter_custom`: with the host clock on the CPU, with
+//! CUDA events on the GPU (the sum of the event-timed iterations, returned as a Duration). The
 //! per-iteration times of criterion's measurement samples are kept; at the end the bench measures
-//! the CPU's ceilings (streaming read bandwidth, CPU GEMM FLOP/s) and prints, for every op and
-//! shape, the median time, GB/s, GFLOP/s, the bound and the % of the measured ceiling.
+//! each device's ceilings (CPU: streaming read bandwidth and CPU GEMM FLOP/s; GPU: device-to-device
+//! copy bandwidth and cuBLAS GEMM FLOP/s) and prints, for every op and shape, the median time,
+//! GB/s, GFLOP/s, the bound, the % of the measured ceiling and, on a GPU in the spec table, the %
+//! of its spec peak.
+//!
+//! Environment: `INFERMETER_BENCH_COLD_L2=1` flushes the GPU's L2 before every timed call (outside
+//! the timed region; calls are then timed one by one, so a bench takes longer);
+//! `INFERMETER_BENCH_DTYPE=bf16|f16|f32` picks the GPU compute dtype (default bf16);
+//! `INFERMETER_BENCH_CUDA_DEVICE` the device ordinal (default 0).
 //!
 //! Sample sizes and times are set low (10 samples, 0.3 s warmup, 1 s measurement) so that the whole
 //! `cargo bench` finishes in minutes on a small machine; criterion's own options override them
 //! (`cargo bench --bench norm -- --measurement-time 5 rmsnorm`).
 
 use std::cell::RefCell;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
 use infermeter::study::ceiling::{measure_cpu, CeilingOptions};
+use infermeter::study::gpu::{self, GpuCeilingOptions};
 use infermeter::study::roofline::{self, Peak};
-use infermeter::study::runner::{self, RunFn};
+use infermeter::study::runner::{self, RunFn, Target};
 use infermeter::study::timing::median;
-use infermeter::study::{sweep, Case, Device, Family};
+use infermeter::study::{sweep, Case, Device, Dtype, Family};
 
 /// Criterion samples per case; the table uses the median of the last this-many samples (the
 /// measurement phase, after criterion's warmup calls).
@@ -29,6 +39,41 @@ const SAMPLE_SIZE: usize = 10;
 fn fail(what: &str, e: impl std::fmt::Display) -> ! {
     eprintln!("error: {what}: {e}");
     std::process::exit(1)
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"))
+}
+
+/// The GPU dtype and ordinal from the environment.
+fn gpu_settings() -> (Dtype, usize) {
+    let dtype = match std::env::var("INFERMETER_BENCH_DTYPE") {
+        Ok(v) => Dtype::parse(&v).unwrap_or_else(|| {
+            fail(
+                "INFERMETER_BENCH_DTYPE",
+                format!("`{v}` is not one of bf16, f16, f32"),
+            )
+        }),
+        Err(_) => Device::Cuda.dtype(),
+    };
+    let ordinal = match std::env::var("INFERMETER_BENCH_CUDA_DEVICE") {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            fail(
+                "INFERMETER_BENCH_CUDA_DEVICE",
+                format!("`{v}` is not an ordinal"),
+            )
+        }),
+        Err(_) => 0,
+    };
+    (dtype, ordinal)
+}
+
+/// The studies of one device: its target (kept open for the ceilings), how the clock timed, and
+/// the median time per call of each case.
+struct Studied {
+    target: Target,
+    method: String,
+    rows: Vec<(Case, f64)>,
 }
 
 /// Run the studies of one op family.
@@ -43,20 +88,41 @@ pub fn main_for(family: Family) {
     let cases =
         sweep::default_cases(&family.ops()).unwrap_or_else(|e| fail("building the sweep", e));
     let kernel = family.kernel_file().unwrap_or("no kernel file");
-    let mut rows: Vec<(Case, f64)> = Vec::new();
+    let cold_l2 = env_flag("INFERMETER_BENCH_COLD_L2");
+    let (gpu_dtype, ordinal) = gpu_settings();
+    let mut studied: Vec<Studied> = Vec::new();
     for device in Device::ALL {
-        if let Err(e) = device.availability() {
-            println!(
-                "{} ({kernel}) on {}: skipped: {e}",
-                family.name(),
-                device.name()
-            );
-            continue;
-        }
-        let dtype = device.dtype();
-        let mut group = c.benchmark_group(format!("{}/{}", family.name(), device.name()));
+        let dtype = match device {
+            Device::Cpu => Dtype::F32,
+            Device::Cuda => gpu_dtype,
+        };
+        let target = match Target::open(device, dtype, ordinal) {
+            Ok(t) => t,
+            Err(e) => {
+                println!(
+                    "{} ({kernel}) on {}: skipped: {}",
+                    family.name(),
+                    device.name(),
+                    gpu::reason(&e)
+                );
+                continue;
+            }
+        };
+        let mut clock = target
+            .clock(cold_l2 && device == Device::Cuda)
+            .unwrap_or_else(|e| fail("creating the clock", e));
+        let method = clock.method();
+        let mut rows: Vec<(Case, f64)> = Vec::new();
+        let mut group = c.benchmark_group(format!(
+            "{}/{}",
+            family.name(),
+            match device {
+                Device::Cpu => device.name().to_string(),
+                Device::Cuda => format!("cuda-{}", dtype.name()),
+            }
+        ));
         for case in &cases {
-            if let Err(e) = runner::check_memory(case) {
+            if let Err(e) = target.check_memory(case) {
                 println!("{}: skipped: {e}", case.id());
                 continue;
             }
@@ -74,16 +140,12 @@ pub fn main_for(family: Family) {
             let mut prepared: Option<RunFn> = None;
             group.bench_function(case.id(), |b| {
                 let run = prepared.get_or_insert_with(|| {
-                    runner::prepare(device, case).unwrap_or_else(|e| fail(&case.id(), e))
+                    runner::prepare(&target, case).unwrap_or_else(|e| fail(&case.id(), e))
                 });
                 b.iter_custom(|iters| {
-                    let t = Instant::now();
-                    for _ in 0..iters {
-                        if let Err(e) = run() {
-                            fail(&case.id(), e);
-                        }
-                    }
-                    let elapsed = t.elapsed();
+                    let elapsed = clock
+                        .time(run, iters)
+                        .unwrap_or_else(|e| fail(&case.id(), e));
                     per_iter
                         .borrow_mut()
                         .push(elapsed.as_secs_f64() / iters.max(1) as f64);
@@ -98,22 +160,68 @@ pub fn main_for(family: Family) {
             }
         }
         group.finish();
+        drop(clock);
+        studied.push(Studied {
+            target,
+            method,
+            rows,
+        });
     }
     c.final_summary();
-    if rows.is_empty() {
-        return;
+    for Studied {
+        target,
+        method,
+        rows,
+    } in &studied
+    {
+        if rows.is_empty() {
+            continue;
+        }
+        let (ceilings, spec) = match target {
+            Target::Cpu => (
+                measure_cpu(&CeilingOptions::default())
+                    .unwrap_or_else(|e| fail("measuring the CPU ceilings", e)),
+                Err("none for CPUs (the spec table lists GPUs), so no % of spec peak".to_string()),
+            ),
+            Target::Cuda(s) => (
+                s.measure_ceilings(&GpuCeilingOptions::default())
+                    .unwrap_or_else(|e| fail("measuring the GPU ceilings", e)),
+                s.spec(),
+            ),
+        };
+        let dtype = target.dtype();
+        let peak = Peak::from(&ceilings);
+        let spec_peak = spec.as_ref().ok().map(Peak::from);
+        println!(
+            "\n== {} studies ({kernel}) on {}, {} ==",
+            family.name(),
+            target.device().name(),
+            dtype.name()
+        );
+        if let Target::Cuda(s) = target {
+            println!("GPU: {} ({})", s.gpu().name, s.gpu().arch());
+        }
+        println!("{}", roofline::describe_ceilings(&ceilings));
+        match &spec {
+            Ok(p) => println!(
+                "  spec peak: {} {:.0} GB/s, {:.0} GFLOP/s {} (dense) [{}]",
+                p.name,
+                p.memory_gb_s,
+                p.compute_gflop_s,
+                dtype.name(),
+                p.source
+            ),
+            Err(why) => println!("  spec peak: {why}"),
+        }
+        println!("  timing: {method}\n");
+        println!("{}", roofline::table_header(spec_peak.is_some()));
+        for (case, t) in rows {
+            let a = roofline::assess(case.cost(dtype), *t, peak, spec_peak);
+            println!(
+                "{}",
+                roofline::table_line(case, *t, &a, spec_peak.is_some())
+            );
+        }
+        println!();
     }
-    // every row so far is a CPU row; GPU rows will divide by the GPU's own ceilings and spec
-    let ceilings =
-        measure_cpu(&CeilingOptions::default()).unwrap_or_else(|e| fail("measuring ceilings", e));
-    let peak = Peak::from(&ceilings);
-    println!("\n== {} studies ({kernel}) ==", family.name());
-    println!("{}", roofline::describe_ceilings(&ceilings));
-    println!("  spec peak: none for CPUs (the spec table lists GPUs), so no % of spec peak\n");
-    println!("{}", roofline::table_header(false));
-    for (case, t) in &rows {
-        let a = roofline::assess(case.cost(Device::Cpu.dtype()), *t, peak, None);
-        println!("{}", roofline::table_line(case, *t, &a, false));
-    }
-    println!();
 }

@@ -3,21 +3,27 @@
 //!
 //! The same ops and shapes as `cargo bench` (`src/study`), timed with a simple loop (warmup, then
 //! the median and minimum of N runs) instead of criterion, against ceilings measured at the start.
+//! `--backend cuda` opens the CUDA backend once (`--dtype`, `--cuda-device`), times with CUDA
+//! events (`--cold-l2` flushes the L2 before every call) and measures the GPU's copy bandwidth and
+//! cuBLAS GEMM throughput as its ceilings; GPU rows also get a % of the device's spec peak.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
+use super::backend::DtypeChoice;
 use crate::report::kernels_results::{
     KernelRow, KernelsHardware, KernelsResults, KernelsWriter, SkippedCase, TimingInfo, KIND,
 };
 use crate::report::results::{ToolInfo, SCHEMA_VERSION};
-use crate::study::ceiling::{self, CeilingOptions};
+use crate::study::ceiling::{self, CeilingOptions, GpuCeilingOptions};
+use crate::study::gpu;
 use crate::study::roofline::{self, Peak};
+use crate::study::runner::{self, Target};
 use crate::study::sweep::{self, SweepSpec};
 use crate::study::timing::{self, TimingConfig};
-use crate::study::{hardware, ops, runner, Case, Device};
+use crate::study::{hardware, ops, Case, Device, Dtype};
 use crate::telemetry::host::HostInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -42,6 +48,17 @@ pub struct KernelsArgs {
     /// Backend to measure.
     #[arg(long, value_enum, default_value_t = KernelBackend::Cpu)]
     pub backend: KernelBackend,
+    /// Compute dtype (default: bf16 on CUDA; the CPU backend computes in f32 only). Bytes per call
+    /// count 2 bytes per element for bf16 and f16.
+    #[arg(long, value_enum)]
+    pub dtype: Option<DtypeChoice>,
+    /// CUDA device ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub cuda_device: usize,
+    /// CUDA only: before every timed call, write a buffer larger than the L2 cache (outside the
+    /// timed region), so each call starts with a cold L2; calls are then timed one by one.
+    #[arg(long)]
+    pub cold_l2: bool,
     /// Results file (default: infermeter-results/kernels-<UTC time>.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -64,19 +81,36 @@ const CPU_SPEC_NOTE: &str =
 no sustained bandwidth and FLOP figure per CPU SKU and VM shape); CPU rows are compared with the \
 measured ceilings only";
 
+/// The dtype `a` asks for on `device`.
+fn dtype_of(a: &KernelsArgs, device: Device) -> anyhow::Result<Dtype> {
+    let d = a.dtype.map(|d| match d {
+        DtypeChoice::Bf16 => Dtype::Bf16,
+        DtypeChoice::F16 => Dtype::F16,
+        DtypeChoice::F32 => Dtype::F32,
+    });
+    match (device, d) {
+        (Device::Cpu, Some(d)) if d != Dtype::F32 => bail!(
+            "--dtype {}: the CPU backend computes in f32 only (use --backend cuda)",
+            d.name()
+        ),
+        (_, d) => Ok(d.unwrap_or(device.dtype())),
+    }
+}
+
 pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
     let device = match a.backend {
         KernelBackend::Cpu => Device::Cpu,
         KernelBackend::Cuda => Device::Cuda,
     };
-    if let Err(e) = device.availability() {
-        bail!("--backend {}: {e}", device.name());
-    }
     if a.runs == 0 {
         bail!("--runs must be at least 1");
     }
     if !(a.min_run_ms.is_finite() && a.min_run_ms >= 0.0) {
         bail!("--min-run-ms must be a number >= 0");
+    }
+    let dtype = dtype_of(&a, device)?;
+    if a.cold_l2 && device == Device::Cpu {
+        bail!("--cold-l2 applies to --backend cuda only");
     }
     let selected = ops::parse_selection(&a.op).context("--op")?;
     let cases = match &a.shapes {
@@ -98,23 +132,68 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
         }
         None => sweep::default_cases(&selected)?,
     };
-    let dtype = device.dtype();
     if a.list {
         list(&cases, dtype);
         return Ok(());
     }
 
+    if let Err(e) = device.availability() {
+        bail!("--backend {}: {}", device.name(), gpu::reason(&e));
+    }
+    if device == Device::Cuda {
+        eprintln!(
+            "opening the CUDA backend ({}, device {}; compiling or loading the kernels) ...",
+            dtype.name(),
+            a.cuda_device
+        );
+    }
+    let target = Target::open(device, dtype, a.cuda_device)
+        .map_err(|e| anyhow::anyhow!("--backend {}: {}", device.name(), gpu::reason(&e)))?;
+
     eprintln!("measuring the {} ceilings ...", device.name());
-    let ceilings = ceiling::measure_cpu(&CeilingOptions::default())?;
+    let (ceilings, spec, spec_note, gpus) = match &target {
+        Target::Cpu => (
+            ceiling::measure_cpu(&CeilingOptions::default())?,
+            None,
+            Some(CPU_SPEC_NOTE.to_string()),
+            Vec::new(),
+        ),
+        Target::Cuda(s) => {
+            let c = ceiling::measure_gpu(s, &GpuCeilingOptions::default())?;
+            let (spec, note) = match s.spec() {
+                Ok(p) => (Some(p), None),
+                Err(why) => (None, Some(why)),
+            };
+            (c, spec, note, vec![s.describe()])
+        }
+    };
+    if let Target::Cuda(s) = &target {
+        let g = s.gpu();
+        println!("GPU: {} ({}), {}", g.name, g.arch(), dtype.name());
+    }
     println!("{}", roofline::describe_ceilings(&ceilings));
-    println!("  spec peak: {CPU_SPEC_NOTE}");
+    match (&spec, &spec_note) {
+        (Some(p), _) => println!(
+            "  spec peak: {} {:.0} GB/s, {:.0} GFLOP/s {} (dense) [{}]",
+            p.name,
+            p.memory_gb_s,
+            p.compute_gflop_s,
+            dtype.name(),
+            p.source
+        ),
+        (None, Some(note)) => println!("  spec peak: {note}"),
+        (None, None) => {}
+    }
     let peak = Peak::from(&ceilings);
+    let spec_peak = spec.as_ref().map(Peak::from);
+    let with_spec = spec_peak.is_some();
 
     let timing_cfg = TimingConfig {
         warmup: a.warmup,
         runs: a.runs,
         min_run_s: a.min_run_ms / 1e3,
     };
+    let mut clock = target.clock(a.cold_l2)?;
     let out_path = a.out.clone().unwrap_or_else(|| {
         let stamp = crate::util::utc_timestamp().replace(':', "");
         PathBuf::from("infermeter-results").join(format!("kernels-{stamp}.json"))
@@ -129,15 +208,15 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
         complete: false,
         hardware: KernelsHardware {
             host: HostInfo::collect(),
-            gpus: Vec::new(),
+            gpus,
         },
         backend: device.name().into(),
         dtype: dtype.name().into(),
         ceilings: ceilings.clone(),
-        spec: None,
-        spec_note: Some(CPU_SPEC_NOTE.into()),
+        spec,
+        spec_note,
         timing: TimingInfo {
-            method: "host clock around back-to-back calls; per-call time = run time / calls".into(),
+            method: clock.method(),
             warmup_runs: timing_cfg.warmup,
             runs: timing_cfg.runs,
             min_run_s: timing_cfg.min_run_s,
@@ -149,11 +228,11 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", out_path.display()))?;
 
     println!();
-    println!("{}", roofline::table_header(false));
+    println!("{}", roofline::table_header(with_spec));
     for case in &cases {
         let shape = serde_json::to_value(&case.shape)?;
-        let measured = runner::prepare(device, case)
-            .and_then(|mut run| timing::measure(&mut run, &timing_cfg));
+        let measured = runner::prepare(&target, case)
+            .and_then(|mut run| timing::measure_with(&mut run, &timing_cfg, clock.as_mut()));
         let t = match measured {
             Ok(t) => t,
             Err(e) => {
@@ -174,8 +253,8 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
             }
         };
         let cost = case.cost(dtype);
-        let a = roofline::assess(cost, t.median_s, peak, None);
-        println!("{}", roofline::table_line(case, t.median_s, &a, false));
+        let a = roofline::assess(cost, t.median_s, peak, spec_peak);
+        println!("{}", roofline::table_line(case, t.median_s, &a, with_spec));
         writer.results.rows.push(KernelRow {
             op: case.op.name().into(),
             family: case.op.family().name().into(),
@@ -232,7 +311,7 @@ fn list(cases: &[Case], dtype: crate::study::Dtype) {
     }
     println!("\n{} cases ({} elements)", cases.len(), dtype.name());
     println!(
-        "\nGPU spec table (dense peaks; CUDA rows report % of these once the CUDA backend lands):"
+        "\nGPU spec table (dense peaks; CUDA rows report % of the device's entry for their dtype):"
     );
     println!(
         "{:<16} {:>9} {:>10} {:>10} {:>10} {:>10}  source",

@@ -19,7 +19,8 @@ pub const KIND: &str = "kernels";
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KernelsHardware {
     pub host: HostInfo,
-    /// GPUs seen (filled once the CUDA backend lands).
+    /// The GPU a CUDA run measured (name, compute capability, memory, driver, L2 size, how the
+    /// kernels were compiled); empty for CPU runs.
     pub gpus: Vec<serde_json::Value>,
 }
 
@@ -97,7 +98,7 @@ pub struct KernelsResults {
     pub backend: String,
     pub dtype: String,
     pub ceilings: Ceilings,
-    /// Null for CPUs; `spec_note` says why.
+    /// Null for CPUs and GPUs missing from the spec table; `spec_note` says why.
     pub spec: Option<SpecPeak>,
     pub spec_note: Option<String>,
     pub timing: TimingInfo,

@@ -11,8 +11,9 @@
 //!   the engine's attainable compute, not the silicon's peak (no vendor peak is tabulated for
 //!   CPUs).
 //!
-//! GPU (with the CUDA backend, later): device-to-device copy bandwidth and the cuBLAS GEMM's
-//! FLOP/s; the vendor peaks are in [`super::hardware`].
+//! GPU (measured on the device by [`super::gpu::CudaSession::measure_ceilings`], re-exported here
+//! as [`measure_gpu`]): device-to-device copy bandwidth (read + write bytes) and the cuBLAS GEMM's
+//! FLOP/s in the run's dtype; the vendor peaks are in [`super::hardware`].
 
 use std::time::Instant;
 
@@ -77,6 +78,16 @@ impl Default for CeilingOptions {
             gemm_calls: 5,
         }
     }
+}
+
+pub use super::gpu::GpuCeilingOptions;
+
+/// Measure a GPU's ceilings: the device-to-device copy and the cuBLAS GEMM (see [`super::gpu`]).
+pub fn measure_gpu(
+    session: &super::gpu::CudaSession,
+    opts: &GpuCeilingOptions,
+) -> Result<Ceilings> {
+    session.measure_ceilings(opts)
 }
 
 /// Measure the CPU's ceilings.

@@ -12,18 +12,23 @@
 //!   `Backend` trait are built generically over the backend; the sampler and the whole decode step
 //!   go through their own code paths.
 //! - [`timing`]: the quick timing loop of `infermeter kernels` (warmup, then median and min of N
-//!   runs); criterion does its own.
+//!   runs) over a clock (host clock or CUDA events); criterion does its own loop with the same
+//!   clocks.
 //! - [`ceiling`]: ceilings measured on the machine at hand (CPU: streaming read bandwidth and the
 //!   CPU GEMM's FLOP/s), and [`hardware`]: vendor peak figures of the GPUs the engine targets.
+//! - [`gpu`]: the CUDA side: the backend opened once per run ([`gpu::CudaSession`]), CUDA-event
+//!   timing with an optional cold-L2 flush, the device-to-device copy and cuBLAS GEMM ceilings,
+//!   and the spec peak of the device by name.
 //! - [`roofline`]: achieved GB/s and GFLOP/s, the bound that applies (arithmetic intensity against
 //!   the ridge point), % of the measured ceiling and % of the spec peak; and the printed table.
 //!
-//! Devices: a study case runs on a [`Device`]. The CPU backend always exists. The studies have no
-//! CUDA path yet, so [`Device::Cuda`] cases are reported as skipped with that reason (a CUDA arm in
-//! [`runner::prepare`], GPU timing with CUDA events and the device-to-device copy ceiling arrive
-//! with the CUDA backend).
+//! Devices: a study case runs on a [`Device`], opened as a [`runner::Target`]. The CPU backend
+//! always exists (f32). CUDA runs in bf16, f16 or f32; without a usable GPU, opening it fails with
+//! "no CUDA device: <reason>" (`backend::cuda::probe`), and benches print that as the reason the
+//! CUDA studies were skipped.
 
 pub mod ceiling;
+pub mod gpu;
 pub mod hardware;
 pub mod ops;
 pub mod roofline;
@@ -56,7 +61,7 @@ impl Device {
     /// Every device a study may target, in the order benches visit them.
     pub const ALL: [Device; 2] = [Device::Cpu, Device::Cuda];
 
-    /// The compute dtype of this device's backend.
+    /// The default compute dtype of this device's backend (CUDA also runs f16 and f32).
     pub fn dtype(self) -> Dtype {
         match self {
             Device::Cpu => Dtype::F32,
@@ -65,22 +70,21 @@ impl Device {
         }
     }
 
-    /// `Ok` when studies can run on this device here; otherwise the reason they cannot.
+    /// `Ok` when studies can run on this device here; otherwise the reason they cannot ("no CUDA
+    /// device: ..."). Probes only; opening the backend ([`runner::Target::open`]) may still fail.
     pub fn availability(self) -> Result<()> {
         match self {
             Device::Cpu => Ok(()),
-            Device::Cuda => Err(Error::Backend {
-                backend: "cuda",
-                msg: NO_CUDA.into(),
-            }),
+            Device::Cuda => match crate::backend::cuda::probe(false).error {
+                None => Ok(()),
+                Some(msg) => Err(Error::Backend {
+                    backend: "cuda",
+                    msg,
+                }),
+            },
         }
     }
 }
-
-/// Why CUDA studies do not run in this build.
-pub const NO_CUDA: &str = "no CUDA backend for the kernel studies in this build: GPU kernels \
-cannot be measured yet (CUDA-event timing and the GPU ceilings are not implemented), so CUDA \
-studies are skipped";
 
 /// Element type of a study's tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -100,11 +104,42 @@ impl Dtype {
         }
     }
 
+    /// "f32", "f16" or "bf16" (what [`Dtype::name`] gives).
+    pub fn parse(name: &str) -> Option<Self> {
+        [Dtype::F32, Dtype::F16, Dtype::Bf16]
+            .into_iter()
+            .find(|d| d.name().eq_ignore_ascii_case(name.trim()))
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Dtype::F32 => "f32",
             Dtype::F16 => "f16",
             Dtype::Bf16 => "bf16",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtypes_parse_by_name() {
+        for d in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+            assert_eq!(Dtype::parse(d.name()), Some(d));
+        }
+        assert_eq!(Dtype::parse(" BF16 "), Some(Dtype::Bf16));
+        assert_eq!(Dtype::parse("fp8"), None);
+    }
+
+    #[test]
+    fn cuda_availability_is_the_probe() {
+        assert!(Device::Cpu.availability().is_ok());
+        let probe = crate::backend::cuda::probe(false);
+        match Device::Cuda.availability() {
+            Ok(()) => assert!(probe.usable()),
+            Err(e) => assert!(e.to_string().contains("no CUDA device: "), "{e}"),
         }
     }
 }

@@ -165,8 +165,12 @@ pub fn describe_ceilings(c: &Ceilings) -> String {
     let one = c
         .memory_gb_s_one_thread
         .map_or(String::new(), |g| format!("; one thread: {g:.1} GB/s"));
+    let memory = match c.device {
+        super::Device::Cpu => "read",
+        super::Device::Cuda => "copy (read + write)",
+    };
     format!(
-        "{} ceilings (measured): read {:.1} GB/s{one} [{}]\n  compute {:.1} GFLOP/s [{}]\n  \
+        "{} ceilings (measured): {memory} {:.1} GB/s{one} [{}]\n  compute {:.1} GFLOP/s [{}]\n  \
          ridge point {:.1} FLOP/byte",
         c.device.name().to_uppercase(),
         c.memory_gb_s,

@@ -3,14 +3,19 @@
 //!
 //! Ops of the `Backend` trait are set up generically over the backend ([`prepare_on`]): inputs are
 //! uploaded with `Backend::upload`, metadata goes through `Backend::prepare` (validated once), and
-//! the closure calls the trait method, so a second backend gets the same studies. The sampler (host
-//! code in `engine::sampling`) runs on the CPU only. Inputs are deterministic pseudo-random values;
-//! KV blocks are handed out in a shuffled order, as a paged cache's pool would after some churn.
+//! the closure calls the trait method, so the CPU and CUDA backends get the same studies. Argmax and
+//! sampling are not backend ops: on the CPU they run the engine's host sampler
+//! (`engine::sampling`), on a GPU the CUDA backend's sampling kernels ([`super::gpu`]). Inputs are
+//! deterministic pseudo-random values; KV blocks are handed out in a shuffled order, as a paged
+//! cache's pool would after some churn.
 //!
-//! The closure runs the op synchronously on the CPU. Calls repeat on the same buffers, so in-place
-//! ops see their own output again: `gelu_new` starts from values in [6, 7), where tanh rounds to
-//! exactly 1 in f32 and each value is a fixed point (the tanh is still computed), so every call
-//! sees the same data instead of decaying towards zero and denormals.
+//! On the CPU the closure runs the op synchronously; on a GPU ([`Target::Cuda`], see
+//! [`super::gpu`]) it queues the op on the backend's stream, and CUDA events time it. Calls repeat
+//! on the same buffers, so in-place ops see their own output again: `gelu_new` starts from values
+//! in [6, 7), where tanh rounds to exactly 1 in f32 and each value is a fixed point (the tanh is
+//! still computed; in bf16 and f16 too, since the kernels compute in f32 and the inputs are
+//! representable), so every call sees the same data instead of decaying towards zero and
+//! denormals.
 
 use rayon::prelude::*;
 
@@ -22,7 +27,8 @@ use crate::model::tensor_store::HostTensor;
 use crate::model::Model;
 
 use super::ops::{Case, Op, Shape};
-use super::Device;
+use super::timing::{Clock, HostClock};
+use super::{Device, Dtype};
 
 /// Runs the op once.
 pub type RunFn = Box<dyn FnMut() -> Result<()>>;
@@ -30,19 +36,77 @@ pub type RunFn = Box<dyn FnMut() -> Result<()>>;
 /// Fraction of the available memory a case may allocate.
 const MEMORY_SHARE: f64 = 0.8;
 
-/// Set a case up on `device`. Fails with the reason when the device is unavailable or the case does
-/// not fit in memory.
-pub fn prepare(device: Device, case: &Case) -> Result<RunFn> {
-    device.availability()?;
-    check_memory(case)?;
-    match (device, case.op) {
-        (Device::Cpu, Op::Argmax | Op::Sample) => prepare_host_sampling(case),
-        (Device::Cpu, _) => prepare_on(CpuBackend, case),
-        // `availability` refused above; kept explicit so a CUDA arm is added here with the backend
-        (Device::Cuda, _) => Err(Error::Backend {
-            backend: "cuda",
-            msg: super::NO_CUDA.into(),
-        }),
+/// Where cases run: the CPU backend, or a CUDA device opened once for the whole run.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Cpu,
+    Cuda(Box<super::gpu::CudaSession>),
+}
+
+impl Target {
+    /// Open `device` with compute dtype `dtype` (the CPU computes in f32 only) on CUDA device
+    /// `ordinal`. Without a usable GPU: "no CUDA device: <reason>".
+    pub fn open(device: Device, dtype: Dtype, ordinal: usize) -> Result<Self> {
+        match device {
+            Device::Cpu if dtype != Dtype::F32 => Err(Error::Invalid(format!(
+                "the CPU backend computes in f32, not {}",
+                dtype.name()
+            ))),
+            Device::Cpu => Ok(Target::Cpu),
+            Device::Cuda => Ok(Target::Cuda(Box::new(super::gpu::CudaSession::open(
+                dtype, ordinal,
+            )?))),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        match self {
+            Target::Cpu => Device::Cpu,
+            Target::Cuda(_) => Device::Cuda,
+        }
+    }
+
+    /// The compute dtype: what the bytes of every case are counted in.
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            Target::Cpu => Dtype::F32,
+            Target::Cuda(s) => s.dtype(),
+        }
+    }
+
+    /// `Err` with the reason when the case does not fit in this target's memory.
+    pub fn check_memory(&self, case: &Case) -> Result<()> {
+        match self {
+            Target::Cpu => check_memory(case),
+            Target::Cuda(s) => s.check_memory(case),
+        }
+    }
+
+    /// The clock that times this target's calls: the host clock on the CPU, CUDA events on a GPU
+    /// (with an L2 flush before every call when `cold_l2`).
+    pub fn clock(&self, cold_l2: bool) -> Result<Box<dyn Clock>> {
+        match self {
+            Target::Cpu if cold_l2 => Err(Error::Invalid(
+                "the cold-L2 flush applies to CUDA studies only".into(),
+            )),
+            Target::Cpu => Ok(Box::new(HostClock)),
+            Target::Cuda(s) => Ok(Box::new(s.clock(cold_l2)?)),
+        }
+    }
+}
+
+/// Set a case up on `target`. Fails with the reason when the case does not fit in memory.
+pub fn prepare(target: &Target, case: &Case) -> Result<RunFn> {
+    match (target, case.op) {
+        (Target::Cpu, Op::Argmax | Op::Sample) => {
+            check_memory(case)?;
+            prepare_host_sampling(case)
+        }
+        (Target::Cpu, _) => {
+            check_memory(case)?;
+            prepare_on(CpuBackend, case)
+        }
+        (Target::Cuda(session), _) => session.prepare(case),
     }
 }
 
@@ -438,7 +502,7 @@ mod tests {
             let cfg = crate::model::open(name).unwrap().config;
             for case in model_cases(name, &cfg, &Op::ALL, &small) {
                 let mut run =
-                    prepare(Device::Cpu, &case).unwrap_or_else(|e| panic!("{}: {e}", case.id()));
+                    prepare(&Target::Cpu, &case).unwrap_or_else(|e| panic!("{}: {e}", case.id()));
                 run().unwrap_or_else(|e| panic!("{}: {e}", case.id()));
                 run().unwrap();
             }
@@ -454,16 +518,21 @@ mod tests {
     }
 
     #[test]
-    fn cuda_is_refused_with_the_reason() {
-        let cfg = crate::model::open("tiny-llama").unwrap().config;
-        let case = model_cases(
-            "tiny-llama",
-            &cfg,
-            &[Op::Rmsnorm],
-            &SweepSpec::for_one_model(),
-        )
-        .remove(0);
-        let err = prepare(Device::Cuda, &case).err().unwrap().to_string();
-        assert!(err.contains("no CUDA backend"), "{err}");
+    fn targets_open_or_say_why() {
+        let cpu = Target::open(Device::Cpu, Dtype::F32, 0).unwrap();
+        assert_eq!((cpu.device(), cpu.dtype()), (Device::Cpu, Dtype::F32));
+        assert!(cpu.clock(false).is_ok());
+        assert!(cpu.clock(true).is_err());
+        let e = Target::open(Device::Cpu, Dtype::Bf16, 0).unwrap_err();
+        assert!(e.to_string().contains("computes in f32"), "{e}");
+        if crate::backend::cuda::probe(false).usable() {
+            return; // a GPU machine: the GPU studies run (benches, `infermeter kernels`)
+        }
+        for dtype in [Dtype::Bf16, Dtype::F16, Dtype::F32] {
+            let e = Target::open(Device::Cuda, dtype, 0)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("no CUDA device: "), "{e}");
+        }
     }
 }

@@ -3,8 +3,13 @@
 //!
 //! A run is `calls_per_run` back-to-back calls, enough to last at least `min_run_time`, so that the
 //! clock's resolution and overhead (tens of nanoseconds) do not matter for microsecond ops; a
-//! call's time is the run's time divided by the calls. CPU only: a GPU timing loop records CUDA
-//! events around the calls instead of reading the host clock.
+//! call's time is the run's time divided by the calls.
+//!
+//! What reads the time is a [`Clock`]: [`HostClock`] reads the host's monotonic clock around the
+//! calls (the CPU backend, whose ops run synchronously); `study::gpu::EventClock` records CUDA
+//! events on the backend's stream around them (GPU ops are queued asynchronously, so the host clock
+//! would time the queueing), optionally flushing the L2 cache before every call. Criterion's
+//! `iter_custom` in the benches uses the same clocks.
 
 use std::time::{Duration, Instant};
 
@@ -44,8 +49,39 @@ pub struct Timing {
     pub calls_per_run: u64,
 }
 
-/// Time `run` as `cfg` says.
+/// Reads the time of a batch of calls.
+pub trait Clock {
+    /// The time of `calls` calls of `run` (what a run or a criterion sample counts).
+    fn time(&mut self, run: &mut dyn FnMut() -> Result<()>, calls: u64) -> Result<Duration>;
+    /// How the time is taken, for results files.
+    fn method(&self) -> String;
+}
+
+/// The host's monotonic clock around back-to-back calls.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostClock;
+
+impl Clock for HostClock {
+    fn time(&mut self, run: &mut dyn FnMut() -> Result<()>, calls: u64) -> Result<Duration> {
+        let t = Instant::now();
+        for _ in 0..calls {
+            run()?;
+        }
+        Ok(t.elapsed())
+    }
+
+    fn method(&self) -> String {
+        "host clock around back-to-back calls; per-call time = run time / calls".into()
+    }
+}
+
+/// Time `run` as `cfg` says, with the host clock.
 pub fn measure(run: &mut RunFn, cfg: &TimingConfig) -> Result<Timing> {
+    measure_with(run, cfg, &mut HostClock)
+}
+
+/// Time `run` as `cfg` says, reading time from `clock`.
+pub fn measure_with(run: &mut RunFn, cfg: &TimingConfig, clock: &mut dyn Clock) -> Result<Timing> {
     if cfg.runs == 0 {
         return Err(Error::Invalid("timing needs at least one run".into()));
     }
@@ -55,19 +91,11 @@ pub fn measure(run: &mut RunFn, cfg: &TimingConfig) -> Result<Timing> {
             cfg.min_run_s
         )));
     }
-    // calibration: a cold call (page faults, cold caches), then one timed call
+    // calibration: a cold call (page faults, cold caches, first launches), then one timed call
     run()?;
-    let t = Instant::now();
-    run()?;
-    let first = t.elapsed().as_secs_f64().max(1e-9);
-    let calls = ((cfg.min_run_s / first).ceil() as u64).clamp(1, MAX_CALLS_PER_RUN);
-    let mut timed_run = || -> Result<Duration> {
-        let t = Instant::now();
-        for _ in 0..calls {
-            run()?;
-        }
-        Ok(t.elapsed())
-    };
+    let first = clock.time(run, 1)?.as_secs_f64().max(1e-9);
+    let calls = calls_per_run(cfg.min_run_s, first);
+    let mut timed_run = || clock.time(run, calls);
     for _ in 0..cfg.warmup {
         timed_run()?;
     }
@@ -81,6 +109,21 @@ pub fn measure(run: &mut RunFn, cfg: &TimingConfig) -> Result<Timing> {
         runs: cfg.runs,
         calls_per_run: calls,
     })
+}
+
+/// Calls per run so that a run of calls taking `per_call_s` each lasts at least `min_run_s`.
+pub fn calls_per_run(min_run_s: f64, per_call_s: f64) -> u64 {
+    let per_call = if per_call_s.is_finite() && per_call_s > 0.0 {
+        per_call_s
+    } else {
+        1e-9
+    };
+    let calls = (min_run_s / per_call).ceil();
+    if calls.is_finite() {
+        (calls as u64).clamp(1, MAX_CALLS_PER_RUN)
+    } else {
+        1
+    }
 }
 
 /// The median (mean of the middle two for an even count); NaN for no values.
@@ -106,6 +149,49 @@ mod tests {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(&mut []).is_nan());
+    }
+
+    #[test]
+    fn calls_per_run_batches_short_calls() {
+        assert_eq!(calls_per_run(0.002, 0.001), 2);
+        assert_eq!(calls_per_run(0.002, 0.01), 1);
+        assert_eq!(calls_per_run(0.0, 1e-6), 1);
+        assert_eq!(calls_per_run(1.0, 0.0), MAX_CALLS_PER_RUN);
+        assert_eq!(calls_per_run(1.0, f64::NAN), MAX_CALLS_PER_RUN);
+    }
+
+    #[test]
+    fn measure_with_uses_the_clock() {
+        /// Every call "takes" 1 ms.
+        struct Fake(u64);
+        impl Clock for Fake {
+            fn time(
+                &mut self,
+                run: &mut dyn FnMut() -> Result<()>,
+                calls: u64,
+            ) -> Result<Duration> {
+                for _ in 0..calls {
+                    run()?;
+                }
+                self.0 += calls;
+                Ok(Duration::from_millis(calls))
+            }
+            fn method(&self) -> String {
+                "fake".into()
+            }
+        }
+        let mut clock = Fake(0);
+        let mut run: RunFn = Box::new(|| Ok(()));
+        let cfg = TimingConfig {
+            warmup: 1,
+            runs: 3,
+            min_run_s: 0.0025,
+        };
+        let t = measure_with(&mut run, &cfg, &mut clock).unwrap();
+        assert_eq!(t.calls_per_run, 3);
+        assert!((t.median_s - 1e-3).abs() < 1e-12 && (t.min_s - 1e-3).abs() < 1e-12);
+        // calibration (1) + warmup and runs of 3 calls each
+        assert_eq!(clock.0, 1 + 4 * 3);
     }
 
     #[test]
