@@ -81,7 +81,7 @@ pub fn part(ctx: &Context, r: &KernelsResults) -> Part {
         id: "kernels".into(),
         title: "Kernel studies".into(),
         caption: format!(
-            "{}: {} {} on {}; measured ceilings {} GB/s ({}) and {} GFLOP/s ({}), {} threads; {}. \
+            "{}: {} {} on {}; measured ceilings {} GB/s ({}) and {} GFLOP/s ({}), {}; {}. \
              Times: {}, median of {} runs after {} warmups.",
             ctx.label,
             r.backend,
@@ -91,7 +91,12 @@ pub fn part(ctx: &Context, r: &KernelsResults) -> Part {
             c.memory_method,
             number(c.compute_gflop_s),
             c.compute_method,
-            c.threads,
+            match (r.backend.as_str(), c.threads) {
+                ("cpu", 1) => "1 CPU thread".to_string(),
+                ("cpu", n) => format!("{n} CPU threads"),
+                // one host thread drives the GPU's stream: the count says nothing about the GPU
+                (_, _) => "one host thread driving the stream".to_string(),
+            },
             spec,
             r.timing.method,
             r.timing.runs,
