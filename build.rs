@@ -45,7 +45,9 @@ fn regen_bindings() {
         .header("kernels/params.h")
         .raw_line("//! The kernels' host/device ABI: bindgen's output for `kernels/params.h`. GENERATED, do not")
         .raw_line("//! edit: change the header, then `scripts/check-bindings --write` (CI diffs the two).")
-        .allowlist_type("KvGeometry|KvWriteParams|RopeParams|PagedAttentionParams|SamplingRowParams")
+        .allowlist_type(
+            "KvGeometry|KvWriteParams|RopeParams|PagedAttentionParams|DecodeAttentionParams|PrefillAttentionParams|SamplingRowParams",
+        )
         .allowlist_var("IM_.*")
         .derive_default(true)
         .derive_debug(true)

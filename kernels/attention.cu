@@ -1,6 +1,8 @@
 // attention.cu — paged causal attention over a flattened variable-length batch: the plain reference
-// variant (prefill and decode alike). The optimised flash-style prefill and split-KV decode kernels are
-// separate, later work; they are tested against this one and the CPU reference.
+// variant (prefill and decode alike), the CUDA backend's `naive` attention variant. The optimised
+// kernels of the `auto` variant are attention_prefill.cu (flash-style, tensor cores) and
+// attention_decode.cu (split-KV); tests/cuda_kernels.rs checks all of them against the CPU reference,
+// and docs/attention.md describes the variants.
 //
 // What it computes (CPU reference: src/backend/cpu/attention.rs). Sequence s owns batch rows
 // query_start_loc[s] .. query_start_loc[s + 1]. For each such token t, at position p = positions[t],

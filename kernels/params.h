@@ -34,7 +34,7 @@
  *    compared element by element between backends, and the block pool / prefix cache logic is shared.
  *  - The price: one head's keys of a block are strided by num_kv_heads * head_dim, not contiguous
  *    ("HND" would make a block's keys of one head contiguous, which a tiled tensor-core kernel
- *    prefers). The planned flash/split-KV kernels load [block_size, head_dim] tiles row by row, each
+ *    prefers). The split-KV decode and flash prefill kernels load keys row by row, each
  *    row a contiguous head_dim run, which keeps full-line loads with NHD.
  *
  * Slot numbers are uint32 (slots = num_blocks * block_size < 2^32); kernels form element offsets in
@@ -83,6 +83,24 @@ typedef unsigned long long uint64_t;
 /* Largest head_dim paged_attention_naive supports; head_dim must also be a multiple of
  * 16 / sizeof(T) (8 for bf16/f16, 4 for f32) so that each head row is whole 16-byte vectors. */
 #define IM_ATTN_MAX_HEAD_DIM 256
+
+/* paged_decode_d{64,128,256} (kernels/attention_decode.cu, split-KV / flash-decoding): grid
+ * (decode sequences, num_kv_heads * head chunks, num_splits), 4 warps per block, one key per thread per
+ * iteration. A block serves up to IM_DECODE_HEADS query heads of one GQA group (a larger group is
+ * split into chunks of that many heads, one chunk per block). */
+#define IM_DECODE_THREADS 128
+#define IM_DECODE_HEADS 8
+/* Keys a decode block covers per iteration (one per thread); a split's length is a multiple of it. */
+#define IM_DECODE_KEYS_PER_ITER 128
+/* Most splits of one sequence (sizes the host's partial-result scratch). */
+#define IM_DECODE_MAX_SPLITS 64
+/* paged_decode_reduce: grid (decode sequences, num_heads), this many threads. */
+#define IM_DECODE_REDUCE_THREADS 128
+
+/* flash_prefill_d{64,128} (kernels/attention_prefill.cu, bf16/f16 tensor cores): grid (query tiles,
+ * num_heads), 4 warps per block, each warp 16 query rows of the tile's IM_PREFILL_BLOCK_M. */
+#define IM_PREFILL_THREADS 128
+#define IM_PREFILL_BLOCK_M 64
 
 /* argmax_rows and sample_rows: one block per row (grid-stride over rows). A block per row is the
  * unit of the row-wide reductions; 512 threads keeps the per-thread register budget at 128. */
@@ -134,6 +152,38 @@ typedef struct PagedAttentionParams {
     uint32_t out_stride;         /**< elements between tokens' output rows (num_heads * head_dim) */
     float scale;                 /**< softmax scale, usually 1 / sqrt(head_dim) */
 } PagedAttentionParams;
+
+/** paged_decode_d*: split-KV attention of decode sequences (one new token each). Decode sequence i
+ * is sequence decode_seqs[i]; its token row is query_start_loc[s] and its keys 0 .. seq_lens[s] - 1,
+ * cut into splits of partition_len keys (split z covers keys z * partition_len ..). With
+ * num_splits == 1 the kernel writes out directly; otherwise each block writes its partial result
+ * and paged_decode_reduce combines them. */
+typedef struct DecodeAttentionParams {
+    KvGeometry kv;
+    uint32_t num_decode;         /**< rows of decode_seqs */
+    uint32_t num_seqs;
+    uint32_t num_heads;          /**< query heads; a multiple of kv.num_kv_heads */
+    uint32_t max_blocks_per_seq; /**< row length of block_tables */
+    uint32_t q_stride;           /**< elements between tokens' Q rows (the fused QKV row length) */
+    uint32_t out_stride;         /**< elements between tokens' output rows */
+    uint32_t num_splits;         /**< gridDim.z; 1..IM_DECODE_MAX_SPLITS */
+    uint32_t partition_len;      /**< keys per split, a multiple of IM_DECODE_KEYS_PER_ITER */
+    float scale;                 /**< softmax scale, usually 1 / sqrt(head_dim) */
+} DecodeAttentionParams;
+
+/** flash_prefill_d*: causal attention of prefill sequences (two or more new tokens each) in query
+ * tiles of IM_PREFILL_BLOCK_M rows. Tile i is (sequence tiles[2 i], tile index tiles[2 i + 1]) and
+ * covers that sequence's new-token rows tiles[2 i + 1] * IM_PREFILL_BLOCK_M ... */
+typedef struct PrefillAttentionParams {
+    KvGeometry kv;
+    uint32_t num_tiles;          /**< rows of tiles */
+    uint32_t num_seqs;
+    uint32_t num_heads;          /**< query heads; a multiple of kv.num_kv_heads */
+    uint32_t max_blocks_per_seq; /**< row length of block_tables */
+    uint32_t q_stride;           /**< elements between tokens' Q rows (the fused QKV row length) */
+    uint32_t out_stride;         /**< elements between tokens' output rows */
+    float scale;                 /**< softmax scale, usually 1 / sqrt(head_dim) */
+} PrefillAttentionParams;
 
 /** sample_rows: one per logits row. */
 typedef struct SamplingRowParams {

@@ -1,7 +1,9 @@
 //! Every CUDA kernel against its CPU reference (`backend::cpu`), on random inputs over several shapes:
 //! odd sizes (scalar and 16-byte vector paths), GQA ratios 1/4/8, head_dim 64 and 128, paged
 //! attention over mixed prefill/decode/chunk lengths with block sizes 16 and 32, and the sampling
-//! kernels against the engine's host sampler. For bf16, f16 and f32.
+//! kernels against the engine's host sampler. For bf16, f16 and f32. Both attention variants
+//! (`naive`; `auto` = flash prefill + split-KV decode, docs/attention.md) over contexts of 1, 15, 17,
+//! 1000 and 8192 keys, prefill, decode and chunked prefill over a cached prefix in one batch.
 //!
 //! Inputs are rounded to the compute dtype first, so both sides see the same values; the CPU then
 //! computes in f32 and the GPU computes in f32 and rounds its output to the dtype once. Tolerances
@@ -10,6 +12,8 @@
 //! - one rounding of an f32 result (add, activations, RoPE, attention, embedding + positions):
 //!   rel eps, abs 1e-5 (f32 transcendental functions and FMA contraction differ by a few f32 ulps);
 //! - reductions (norms): rel eps + 1e-5 (summation order), abs eps;
+//! - flash prefill attention (bf16/f16): rel eps, abs eps · max|V| (it rounds the softmax weights to
+//!   the dtype before P·V, as FlashAttention does: at most eps/2 · max|V| absolute);
 //! - GEMMs: rel eps + abs 1e-5 · Σ|x||w| (f32 accumulation in another order).
 //!
 //! Without a GPU every test prints `skipped: no CUDA device: <reason>` and passes.
@@ -19,7 +23,7 @@ mod cuda_support;
 
 use cuda_support::*;
 use infermeter::backend::cpu;
-use infermeter::backend::cuda::{sampling_row_params, CudaBackend, CudaDtype};
+use infermeter::backend::cuda::{sampling_row_params, AttentionVariant, CudaBackend, CudaDtype};
 use infermeter::backend::{Backend, BatchMeta, KvGeometry};
 use infermeter::engine::batch::{build_batch, LogitsWanted, SeqChunk};
 use infermeter::engine::{Sampler, SamplingParams};
@@ -512,6 +516,163 @@ fn check_kv_write_and_attention<T: CudaDtype>(b: &B<T>) {
 #[test]
 fn kv_write_and_paged_attention_match_cpu() {
     for_each_dtype!(check_kv_write_and_attention);
+}
+
+// ---- attention variants ------------------------------------------------------------------------
+
+/// Mixed batch for the variants: decode at contexts 1, 2, 15, 17, 1000 and 8192 (none a multiple of
+/// the block size but the last), prefills of 15, 17 and 130 tokens (three query tiles), and chunked
+/// prefill over cached prefixes (2 tokens after 17, 100 after 900, 64 up to 8192).
+const VARIANT_MIXED: &[(usize, usize)] = &[
+    (0, 1),
+    (14, 1),
+    (0, 15),
+    (16, 1),
+    (999, 1),
+    (0, 17),
+    (8191, 1),
+    (0, 130),
+    (1, 1),
+    (900, 100),
+    (17, 2),
+    (8128, 64),
+];
+
+/// Decode only (f32's `auto` runs the split-KV kernel only on such steps).
+const VARIANT_DECODE: &[(usize, usize)] = &[
+    (0, 1),
+    (14, 1),
+    (16, 1),
+    (31, 1),
+    (999, 1),
+    (4095, 1),
+    (8191, 1),
+];
+
+/// Per batch row: does it belong to a sequence with two or more new tokens (a prefill row)?
+fn prefill_rows(meta: &BatchMeta) -> Vec<bool> {
+    let mut rows = vec![false; meta.num_tokens()];
+    for w in meta.query_start_loc.windows(2) {
+        let (a, b) = (w[0] as usize, w[1] as usize);
+        rows[a..b].fill(b - a >= 2);
+    }
+    rows
+}
+
+/// The rows of `v` ([rows, width]) where `keep[row] == want`, concatenated.
+fn pick_rows(v: &[f32], width: usize, keep: &[bool], want: bool) -> Vec<f32> {
+    v.chunks(width)
+        .zip(keep)
+        .filter(|(_, &k)| k == want)
+        .flat_map(|(row, _)| row.iter().copied())
+        .collect()
+}
+
+fn check_attention_variants<T: CudaDtype>(b: &B<T>) {
+    let mut r = rng(11);
+    let (rel, abs) = one_rounding::<T>();
+    // V is uniform in [-1, 1), so eps * max|V| = eps
+    let (flash_rel, flash_abs) = if T::NAME == "f32" {
+        (rel, abs)
+    } else {
+        (eps::<T>(), eps::<T>())
+    };
+    // (block_size, heads, kv_heads, head_dim): GQA 1/4/8 x head_dim 64/128 x block 16/32, and a
+    // head_dim without optimised kernels (auto falls back to the naive kernel)
+    let mut configs = Vec::new();
+    for &block_size in &[16usize, 32] {
+        for &(heads, kv_heads) in &[(8usize, 8usize), (8, 2), (8, 1)] {
+            for &head_dim in &[64usize, 128] {
+                configs.push((block_size, heads, kv_heads, head_dim));
+            }
+        }
+    }
+    configs.push((16, 8, 2, 96));
+    // 32 query heads over 2 KV heads: a GQA group of 16 = two decode head chunks
+    configs.push((16, 32, 2, 64));
+    for (batch_name, batch) in [("mixed", VARIANT_MIXED), ("decode", VARIANT_DECODE)] {
+        for &(block_size, heads, kv_heads, head_dim) in &configs {
+            let what = format!(
+                "{} {batch_name} block={block_size} heads={heads}/{kv_heads} (GQA {}) d={head_dim}",
+                T::NAME,
+                heads / kv_heads
+            );
+            let (meta, geom) = paged_batch(batch, block_size, kv_heads, head_dim, 100, &mut r);
+            let t = meta.num_tokens();
+            let q_size = heads * head_dim;
+            let row = q_size + 2 * geom.slot_len();
+            let qkv = rand_t::<T>(&mut r, t * row, 1.0);
+            let mut kc = rand_t::<T>(&mut r, geom.layer_len(), 1.0);
+            let mut vc = rand_t::<T>(&mut r, geom.layer_len(), 1.0);
+            let dm = b.prepare(&meta, &geom).unwrap();
+            let mut dk = upload(b, &kc);
+            let mut dv = upload(b, &vc);
+            let dqkv = upload(b, &qkv);
+            b.write_kv(&mut dk, &mut dv, &dqkv, &dm, &geom, heads)
+                .unwrap();
+            cpu::kv_write::write_kv(&mut kc, &mut vc, &qkv, &meta.slot_mapping, &geom, q_size);
+            let scale = 1.0 / (head_dim as f32).sqrt();
+            let mut want = vec![0.0; t * q_size];
+            cpu::attention::paged_attention(&mut want, &qkv, &kc, &vc, &meta, &geom, heads, scale);
+            let is_prefill = prefill_rows(&meta);
+
+            let runs = [
+                ("naive", AttentionVariant::Naive, None),
+                ("auto", AttentionVariant::Auto, None),
+                ("auto splits=1", AttentionVariant::Auto, Some(1)),
+                ("auto splits=7", AttentionVariant::Auto, Some(7)),
+            ];
+            for (label, variant, splits) in runs {
+                let mut bv = b.clone().with_attention_variant(variant);
+                bv.set_decode_splits(splits);
+                let mut dout = bv.zeros(t * q_size).unwrap();
+                bv.attention(&mut dout, &dqkv, &dk, &dv, &dm, &geom, heads, scale)
+                    .unwrap_or_else(|e| panic!("{label} {what}: {e}"));
+                let got = download(&bv, &dout, t * q_size);
+                for (rows_name, prefill) in [("decode rows", false), ("prefill rows", true)] {
+                    let (tr, ta) = if prefill && variant == AttentionVariant::Auto {
+                        (flash_rel, flash_abs)
+                    } else {
+                        (rel, abs)
+                    };
+                    assert_close(
+                        &format!("attention {label} {what} {rows_name}"),
+                        &pick_rows(&got, q_size, &is_prefill, prefill),
+                        &pick_rows(&want, q_size, &is_prefill, prefill),
+                        tr,
+                        ta,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_variants_match_cpu() {
+    for_each_dtype!(check_attention_variants);
+}
+
+/// The variant comes from INFERMETER_ATTENTION when the backend opens (default naive) and can be
+/// changed per clone.
+#[test]
+fn attention_variant_selection() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let b = open::<half::bf16>();
+    let from_env = std::env::var("INFERMETER_ATTENTION").ok();
+    if from_env.as_deref().is_none_or(|v| v.trim().is_empty()) {
+        assert_eq!(b.attention_variant(), AttentionVariant::Naive);
+    }
+    let auto = b.clone().with_attention_variant(AttentionVariant::Auto);
+    assert_eq!(auto.attention_variant(), AttentionVariant::Auto);
+    assert_eq!(
+        b.clone()
+            .with_attention_variant(AttentionVariant::Naive)
+            .attention_variant(),
+        AttentionVariant::Naive
+    );
 }
 
 // ---- sampling ----------------------------------------------------------------------------------

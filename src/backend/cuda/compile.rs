@@ -53,6 +53,21 @@ pub const KERNEL_FILES: &[KernelFile] = &[
         kernels: &["paged_attention_naive"],
     },
     KernelFile {
+        name: "attention_decode.cu",
+        source: include_str!("../../../kernels/attention_decode.cu"),
+        kernels: &[
+            "paged_decode_d64",
+            "paged_decode_d128",
+            "paged_decode_d256",
+            "paged_decode_reduce",
+        ],
+    },
+    KernelFile {
+        name: "attention_prefill.cu",
+        source: include_str!("../../../kernels/attention_prefill.cu"),
+        kernels: &["flash_prefill_d64", "flash_prefill_d128"],
+    },
+    KernelFile {
         name: "embedding.cu",
         source: include_str!("../../../kernels/embedding.cu"),
         kernels: &["embedding", "gather_logit_rows"],

@@ -4,6 +4,8 @@
 //! - [`compile`]: the `kernels/*.cu` sources, embedded at build time, compiled by NVRTC at run time
 //!   for the device's own `sm_XX` (CUBIN) and cached on disk;
 //! - [`ops`]: one launch wrapper per kernel;
+//! - [`attention`]: the attention variants (naive; flash prefill + split-KV decode), the split
+//!   heuristic and their launches (docs/attention.md);
 //! - [`gemm`]: `linear` through cuBLAS (bf16/f16 with f32 accumulation, f32 in f32);
 //! - [`memory`]: the device memory plan (weights, activations, KV pool from
 //!   `--gpu-memory-utilization`);
@@ -15,6 +17,7 @@
 //! two. Everything runs on one stream; host reads (`download`) synchronise it, which is also where a
 //! kernel fault would surface, as a typed error.
 
+pub mod attention;
 pub mod compile;
 pub mod device;
 pub mod gemm;
@@ -44,6 +47,7 @@ use crate::engine::SamplingParams;
 use crate::error::{Error, Result};
 use crate::model::tensor_store::HostTensor;
 
+pub use attention::AttentionVariant;
 pub use device::{probe, CudaProbe, GpuInfo, LibraryStatus};
 pub use memory::{MemoryPlan, PlanInputs};
 pub use params::SamplingRowParams;
@@ -157,11 +161,18 @@ struct Device {
     compile: CompileReport,
     /// All-zero u32 row indices for the bias broadcast in `linear`, grown on demand.
     zero_rows: Mutex<Option<CudaSlice<u32>>>,
+    /// The split-KV decode's partial results (acc, (m, l)), grown on demand, never shrunk. Ops run
+    /// in order on the one stream, so successive attention calls can share it.
+    decode_scratch: Mutex<Option<(CudaSlice<f32>, CudaSlice<f32>)>>,
 }
 
-/// The CUDA backend for compute dtype `T`. Cloning shares the device, stream and kernels.
+/// The CUDA backend for compute dtype `T`. Cloning shares the device, stream and kernels; the
+/// attention settings are per clone.
 pub struct CudaBackend<T: CudaDtype> {
     dev: Arc<Device>,
+    attention: AttentionVariant,
+    /// Forced split count of the split-KV decode (tests, tuning); None: the heuristic.
+    decode_splits: Option<u32>,
     _dtype: PhantomData<T>,
 }
 
@@ -169,6 +180,8 @@ impl<T: CudaDtype> Clone for CudaBackend<T> {
     fn clone(&self) -> Self {
         Self {
             dev: self.dev.clone(),
+            attention: self.attention,
+            decode_splits: self.decode_splits,
             _dtype: PhantomData,
         }
     }
@@ -179,6 +192,7 @@ impl<T: CudaDtype> std::fmt::Debug for CudaBackend<T> {
         f.debug_struct("CudaBackend")
             .field("dtype", &T::NAME)
             .field("device", &self.dev.info)
+            .field("attention", &self.attention)
             .finish()
     }
 }
@@ -191,8 +205,10 @@ impl<T: CudaDtype> CudaBackend<T> {
 
     /// Probe, create the context and stream, compile (or load from the cache) and load every kernel
     /// for this dtype, create the cuBLAS handle. Without a usable GPU: `Error::Backend` "no CUDA
-    /// device: <reason>", never a panic.
+    /// device: <reason>", never a panic. The attention variant comes from `INFERMETER_ATTENTION`
+    /// (`naive`, the default, or `auto`; see [`attention`]).
     pub fn with_options(opts: &CudaOptions) -> Result<Self> {
+        let attention = AttentionVariant::from_env()?;
         let info = device::require(opts.ordinal)?;
         let ctx = CudaContext::new(opts.ordinal).map_err(drv("creating the CUDA context"))?;
         // One stream, no cross-stream hazards: cudarc's per-buffer event tracking would only add
@@ -267,9 +283,33 @@ impl<T: CudaDtype> CudaBackend<T> {
                 free_at_open,
                 compile,
                 zero_rows: Mutex::new(None),
+                decode_scratch: Mutex::new(None),
             }),
+            attention,
+            decode_splits: None,
             _dtype: PhantomData,
         })
+    }
+
+    /// The attention variant [`Backend::attention`] runs.
+    pub fn attention_variant(&self) -> AttentionVariant {
+        self.attention
+    }
+
+    pub fn set_attention_variant(&mut self, v: AttentionVariant) {
+        self.attention = v;
+    }
+
+    /// This backend (sharing the device) with another attention variant.
+    pub fn with_attention_variant(mut self, v: AttentionVariant) -> Self {
+        self.attention = v;
+        self
+    }
+
+    /// Force the split-KV decode's number of splits (clamped to 1..=64 and to the context; tests and
+    /// tuning); None returns to the heuristic ([`attention::plan_decode_splits`]).
+    pub fn set_decode_splits(&mut self, splits: Option<u32>) {
+        self.decode_splits = splits;
     }
 
     pub fn dtype(&self) -> &'static str {
@@ -436,6 +476,135 @@ impl<T: CudaDtype> CudaBackend<T> {
         Ok(v)
     }
 
+    /// Whether the `Auto` attention variant has kernels for this step: flash prefill needs bf16/f16,
+    /// sm_80+ and head_dim 64/128; split-KV decode head_dim 64/128/256. Otherwise the whole step
+    /// runs the naive kernel.
+    fn auto_attention_applies(&self, meta: &CudaMeta, geom: &KvGeometry) -> bool {
+        attention::auto_supported(
+            std::mem::size_of::<T>(),
+            self.dev.info.compute_capability,
+            geom.head_dim,
+            meta.num_prefill_tiles > 0,
+            meta.num_decode > 0,
+        )
+    }
+
+    /// The `Auto` variant: flash prefill over the prefill sequences' query tiles, split-KV decode
+    /// (and its reduce) over the decode sequences. Together they cover every row of the batch.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_auto(
+        &self,
+        out: &mut CudaSlice<T>,
+        qkv: &CudaSlice<T>,
+        k_cache: &CudaSlice<T>,
+        v_cache: &CudaSlice<T>,
+        meta: &CudaMeta,
+        kv: params::KvGeometry,
+        num_heads: u32,
+        q_stride: u32,
+        out_stride: u32,
+        scale: f32,
+    ) -> Result<()> {
+        let x = attention::AttnInputs {
+            qkv,
+            k_cache,
+            v_cache,
+            query_start_loc: meta.view(&meta.query_start_loc),
+            seq_lens: meta.view(&meta.seq_lens),
+            block_tables: meta.view(&meta.block_tables),
+        };
+        let num_seqs = u(meta.num_seqs, "num_seqs")?;
+        let max_blocks_per_seq = u(meta.max_blocks_per_seq, "max_blocks_per_seq")?;
+        if meta.num_prefill_tiles > 0 {
+            attention::flash_prefill(
+                self.k(),
+                self.s(),
+                out,
+                &x,
+                &meta.view(&meta.prefill_tiles),
+                params::PrefillAttentionParams {
+                    kv,
+                    num_tiles: u(meta.num_prefill_tiles, "prefill tiles")?,
+                    num_seqs,
+                    num_heads,
+                    max_blocks_per_seq,
+                    q_stride,
+                    out_stride,
+                    scale,
+                },
+            )?;
+        }
+        if meta.num_decode == 0 {
+            return Ok(());
+        }
+        let group = num_heads / kv.num_kv_heads.max(1);
+        let max_ctx = meta.max_decode_ctx as usize;
+        let plan = match self.decode_splits {
+            Some(n) => attention::split_plan_for(n as usize, max_ctx),
+            None => attention::plan_decode_splits(attention::SplitInputs {
+                num_decode: meta.num_decode,
+                kv_units: (kv.num_kv_heads * attention::decode_head_chunks(group)) as usize,
+                max_ctx,
+                block_size: kv.block_size as usize,
+                sms: self.k().sms as usize,
+            }),
+        };
+        let (acc_len, ml_len) = attention::scratch_lens(
+            meta.num_decode,
+            num_heads as usize,
+            plan.num_splits as usize,
+            kv.head_dim as usize,
+        );
+        // with one split the kernel writes `out` directly and never touches the scratch
+        let (acc_len, ml_len) = if plan.num_splits > 1 {
+            (acc_len, ml_len)
+        } else {
+            (1, 1)
+        };
+        let mut guard = self
+            .dev
+            .decode_scratch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if guard
+            .as_ref()
+            .is_none_or(|(a, m)| a.len() < acc_len || m.len() < ml_len)
+        {
+            let (have_a, have_m) = guard.as_ref().map_or((0, 0), |(a, m)| (a.len(), m.len()));
+            let alloc = |n: usize| {
+                self.dev
+                    .stream
+                    .alloc_zeros::<f32>(n.max(1))
+                    .map_err(drv("cuMemAlloc (decode scratch)"))
+            };
+            *guard = Some((alloc(acc_len.max(have_a))?, alloc(ml_len.max(have_m))?));
+        }
+        let (part_acc, part_ml) = guard
+            .as_mut()
+            .ok_or_else(|| err("decode scratch missing"))?;
+        attention::paged_decode(
+            self.k(),
+            self.s(),
+            out,
+            part_acc,
+            part_ml,
+            &x,
+            &meta.view(&meta.decode_seqs),
+            params::DecodeAttentionParams {
+                kv,
+                num_decode: u(meta.num_decode, "decode sequences")?,
+                num_seqs,
+                num_heads,
+                max_blocks_per_seq,
+                q_stride,
+                out_stride,
+                num_splits: plan.num_splits,
+                partition_len: plan.partition_len,
+                scale,
+            },
+        )
+    }
+
     /// `len` zero row indices on the device (grown, never shrunk).
     fn with_zero_rows<R>(
         &self,
@@ -496,6 +665,10 @@ pub struct CudaMeta {
     seq_lens: Range<usize>,
     block_tables: Range<usize>,
     logits_indices: Range<usize>,
+    /// [num_decode] sequences with one new token ([`attention::decode_seqs`])
+    decode_seqs: Range<usize>,
+    /// [num_prefill_tiles, 2] the flash prefill's work items ([`attention::prefill_tiles`])
+    prefill_tiles: Range<usize>,
     pub num_tokens: usize,
     pub num_seqs: usize,
     pub num_logits: usize,
@@ -503,6 +676,12 @@ pub struct CudaMeta {
     /// Largest token id and position of the step (host-side checks against table sizes).
     pub max_token_id: Option<u32>,
     pub max_position: Option<u32>,
+    /// Sequences with exactly one new token (decode rows).
+    pub num_decode: usize,
+    /// Query tiles of the sequences with two or more new tokens.
+    pub num_prefill_tiles: usize,
+    /// Longest context among the decode sequences (0 without any).
+    pub max_decode_ctx: u32,
 }
 
 impl CudaMeta {
@@ -573,7 +752,14 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
             .ctx
             .bind_to_thread()
             .map_err(drv("binding the CUDA context"))?;
-        let parts: [&[u32]; 7] = [
+        let decode_seqs = attention::decode_seqs(&meta.query_start_loc);
+        let prefill_tiles = attention::prefill_tiles(&meta.query_start_loc);
+        let max_decode_ctx = decode_seqs
+            .iter()
+            .map(|&s| meta.seq_lens[s as usize])
+            .max()
+            .unwrap_or(0);
+        let parts: [&[u32]; 9] = [
             &meta.token_ids,
             &meta.positions,
             &meta.slot_mapping,
@@ -581,10 +767,12 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
             &meta.seq_lens,
             &meta.block_tables,
             &meta.logits_indices,
+            &decode_seqs,
+            &prefill_tiles,
         ];
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut host = Vec::with_capacity(total.max(1));
-        let mut ranges: [Range<usize>; 7] = Default::default();
+        let mut ranges: [Range<usize>; 9] = Default::default();
         for (r, p) in ranges.iter_mut().zip(parts) {
             *r = host.len()..host.len() + p.len();
             host.extend_from_slice(p);
@@ -597,7 +785,7 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
             .stream
             .clone_htod(&host)
             .map_err(drv("copying step metadata"))?;
-        let [token_ids, positions, slot_mapping, query_start_loc, seq_lens, block_tables, logits_indices] =
+        let [token_ids, positions, slot_mapping, query_start_loc, seq_lens, block_tables, logits_indices, decode_range, tiles_range] =
             ranges;
         Ok(CudaMeta {
             buf,
@@ -608,12 +796,17 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
             seq_lens,
             block_tables,
             logits_indices,
+            decode_seqs: decode_range,
+            prefill_tiles: tiles_range,
             num_tokens: meta.num_tokens(),
             num_seqs: meta.num_seqs(),
             num_logits: meta.num_logits(),
             max_blocks_per_seq: meta.max_blocks_per_seq,
             max_token_id: meta.token_ids.iter().copied().max(),
             max_position: meta.positions.iter().copied().max(),
+            num_decode: decode_seqs.len(),
+            num_prefill_tiles: prefill_tiles.len() / 2,
+            max_decode_ctx,
         })
     }
 
@@ -865,6 +1058,24 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         need(qkv, meta.num_tokens * row_len, "qkv")?;
         need(k_cache, geom.layer_len(), "k_cache")?;
         need(v_cache, geom.layer_len(), "v_cache")?;
+        let kv = kv_params(geom)?;
+        let num_heads_u = u(num_heads, "num_heads")?;
+        let q_stride = u(row_len, "q_stride")?;
+        let out_stride = u(q_size, "out_stride")?;
+        if self.attention == AttentionVariant::Auto && self.auto_attention_applies(meta, geom) {
+            return self.attention_auto(
+                out,
+                qkv,
+                k_cache,
+                v_cache,
+                meta,
+                kv,
+                num_heads_u,
+                q_stride,
+                out_stride,
+                scale,
+            );
+        }
         ops::paged_attention_naive(
             self.k(),
             self.s(),
@@ -877,13 +1088,13 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
             &meta.view(&meta.positions),
             &meta.view(&meta.block_tables),
             params::PagedAttentionParams {
-                kv: kv_params(geom)?,
+                kv,
                 num_tokens: u(meta.num_tokens, "num_tokens")?,
                 num_seqs: u(meta.num_seqs, "num_seqs")?,
-                num_heads: u(num_heads, "num_heads")?,
+                num_heads: num_heads_u,
                 max_blocks_per_seq: u(meta.max_blocks_per_seq, "max_blocks_per_seq")?,
-                q_stride: u(row_len, "q_stride")?,
-                out_stride: u(q_size, "out_stride")?,
+                q_stride,
+                out_stride,
                 scale,
             },
         )

@@ -6,6 +6,7 @@
 //! | embedding, gather_logit_rows, layernorm, rmsnorm, add_rmsnorm, rope, write_kv | one block per row (the kernels grid-stride, so the grid is capped at [`MAX_ROW_BLOCKS`]) | `IM_ROW_THREADS` |
 //! | add_inplace, gelu_new, silu_mul | min(ceil(16-byte vectors / threads), SMs × `IM_ELEMENTWISE_BLOCKS_PER_SM`) | `IM_ELEMENTWISE_THREADS` |
 //! | paged_attention_naive   | (num_tokens, num_heads)                      | `IM_ATTN_THREADS`        |
+//! | paged_decode_d*, paged_decode_reduce, flash_prefill_d* | see [`super::attention`] | |
 //! | argmax_rows, sample_rows| one block per row (capped as rows)           | `IM_SAMPLING_THREADS`    |
 //!
 //! The wrappers check what the kernels rely on the host for (sizes fit in u32, attention's head_dim
@@ -68,6 +69,11 @@ pub struct Kernels {
     pub rope: CudaFunction,
     pub write_kv: CudaFunction,
     pub paged_attention_naive: CudaFunction,
+    /// `paged_decode_d64`, `_d128`, `_d256` (attention_decode.cu; see [`super::attention`]).
+    pub paged_decode: [CudaFunction; 3],
+    pub paged_decode_reduce: CudaFunction,
+    /// `flash_prefill_d64`, `_d128` (attention_prefill.cu; empty in the f32 module).
+    pub flash_prefill: [CudaFunction; 2],
     pub gelu_new: CudaFunction,
     pub silu_mul: CudaFunction,
     pub argmax_rows: CudaFunction,
@@ -97,6 +103,16 @@ impl Kernels {
             rope: get("rope.cu", "rope")?,
             write_kv: get("kv_write.cu", "write_kv")?,
             paged_attention_naive: get("attention.cu", "paged_attention_naive")?,
+            paged_decode: [
+                get("attention_decode.cu", "paged_decode_d64")?,
+                get("attention_decode.cu", "paged_decode_d128")?,
+                get("attention_decode.cu", "paged_decode_d256")?,
+            ],
+            paged_decode_reduce: get("attention_decode.cu", "paged_decode_reduce")?,
+            flash_prefill: [
+                get("attention_prefill.cu", "flash_prefill_d64")?,
+                get("attention_prefill.cu", "flash_prefill_d128")?,
+            ],
             gelu_new: get("activation.cu", "gelu_new")?,
             silu_mul: get("activation.cu", "silu_mul")?,
             argmax_rows: get("sampling.cu", "argmax_rows")?,

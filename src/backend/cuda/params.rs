@@ -11,6 +11,13 @@ pub const IM_ELEMENTWISE_THREADS: u32 = 256;
 pub const IM_ELEMENTWISE_BLOCKS_PER_SM: u32 = 8;
 pub const IM_ATTN_THREADS: u32 = 128;
 pub const IM_ATTN_MAX_HEAD_DIM: u32 = 256;
+pub const IM_DECODE_THREADS: u32 = 128;
+pub const IM_DECODE_HEADS: u32 = 8;
+pub const IM_DECODE_KEYS_PER_ITER: u32 = 128;
+pub const IM_DECODE_MAX_SPLITS: u32 = 64;
+pub const IM_DECODE_REDUCE_THREADS: u32 = 128;
+pub const IM_PREFILL_THREADS: u32 = 128;
+pub const IM_PREFILL_BLOCK_M: u32 = 64;
 pub const IM_SAMPLING_THREADS: u32 = 512;
 pub const IM_PAD_SLOT: u32 = 4294967295;
 #[doc = " Shape of one layer's paged K (or V) cache: [num_blocks, block_size, num_kv_heads, head_dim]."]
@@ -127,6 +134,96 @@ const _: () = {
         [::std::mem::offset_of!(PagedAttentionParams, out_stride) - 36usize];
     ["Offset of field: PagedAttentionParams::scale"]
         [::std::mem::offset_of!(PagedAttentionParams, scale) - 40usize];
+};
+#[doc = " paged_decode_d*: split-KV attention of decode sequences (one new token each). Decode sequence i\n is sequence decode_seqs[i]; its token row is query_start_loc[s] and its keys 0 .. seq_lens[s] - 1,\n cut into splits of partition_len keys (split z covers keys z * partition_len ..). With\n num_splits == 1 the kernel writes out directly; otherwise each block writes its partial result\n and paged_decode_reduce combines them."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, PartialEq)]
+pub struct DecodeAttentionParams {
+    pub kv: KvGeometry,
+    #[doc = "< rows of decode_seqs"]
+    pub num_decode: u32,
+    pub num_seqs: u32,
+    #[doc = "< query heads; a multiple of kv.num_kv_heads"]
+    pub num_heads: u32,
+    #[doc = "< row length of block_tables"]
+    pub max_blocks_per_seq: u32,
+    #[doc = "< elements between tokens' Q rows (the fused QKV row length)"]
+    pub q_stride: u32,
+    #[doc = "< elements between tokens' output rows"]
+    pub out_stride: u32,
+    #[doc = "< gridDim.z; 1..IM_DECODE_MAX_SPLITS"]
+    pub num_splits: u32,
+    #[doc = "< keys per split, a multiple of IM_DECODE_KEYS_PER_ITER"]
+    pub partition_len: u32,
+    #[doc = "< softmax scale, usually 1 / sqrt(head_dim)"]
+    pub scale: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of DecodeAttentionParams"][::std::mem::size_of::<DecodeAttentionParams>() - 52usize];
+    ["Alignment of DecodeAttentionParams"]
+        [::std::mem::align_of::<DecodeAttentionParams>() - 4usize];
+    ["Offset of field: DecodeAttentionParams::kv"]
+        [::std::mem::offset_of!(DecodeAttentionParams, kv) - 0usize];
+    ["Offset of field: DecodeAttentionParams::num_decode"]
+        [::std::mem::offset_of!(DecodeAttentionParams, num_decode) - 16usize];
+    ["Offset of field: DecodeAttentionParams::num_seqs"]
+        [::std::mem::offset_of!(DecodeAttentionParams, num_seqs) - 20usize];
+    ["Offset of field: DecodeAttentionParams::num_heads"]
+        [::std::mem::offset_of!(DecodeAttentionParams, num_heads) - 24usize];
+    ["Offset of field: DecodeAttentionParams::max_blocks_per_seq"]
+        [::std::mem::offset_of!(DecodeAttentionParams, max_blocks_per_seq) - 28usize];
+    ["Offset of field: DecodeAttentionParams::q_stride"]
+        [::std::mem::offset_of!(DecodeAttentionParams, q_stride) - 32usize];
+    ["Offset of field: DecodeAttentionParams::out_stride"]
+        [::std::mem::offset_of!(DecodeAttentionParams, out_stride) - 36usize];
+    ["Offset of field: DecodeAttentionParams::num_splits"]
+        [::std::mem::offset_of!(DecodeAttentionParams, num_splits) - 40usize];
+    ["Offset of field: DecodeAttentionParams::partition_len"]
+        [::std::mem::offset_of!(DecodeAttentionParams, partition_len) - 44usize];
+    ["Offset of field: DecodeAttentionParams::scale"]
+        [::std::mem::offset_of!(DecodeAttentionParams, scale) - 48usize];
+};
+#[doc = " flash_prefill_d*: causal attention of prefill sequences (two or more new tokens each) in query\n tiles of IM_PREFILL_BLOCK_M rows. Tile i is (sequence tiles[2 i], tile index tiles[2 i + 1]) and\n covers that sequence's new-token rows tiles[2 i + 1] * IM_PREFILL_BLOCK_M ..."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, PartialEq)]
+pub struct PrefillAttentionParams {
+    pub kv: KvGeometry,
+    #[doc = "< rows of tiles"]
+    pub num_tiles: u32,
+    pub num_seqs: u32,
+    #[doc = "< query heads; a multiple of kv.num_kv_heads"]
+    pub num_heads: u32,
+    #[doc = "< row length of block_tables"]
+    pub max_blocks_per_seq: u32,
+    #[doc = "< elements between tokens' Q rows (the fused QKV row length)"]
+    pub q_stride: u32,
+    #[doc = "< elements between tokens' output rows"]
+    pub out_stride: u32,
+    #[doc = "< softmax scale, usually 1 / sqrt(head_dim)"]
+    pub scale: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of PrefillAttentionParams"][::std::mem::size_of::<PrefillAttentionParams>() - 44usize];
+    ["Alignment of PrefillAttentionParams"]
+        [::std::mem::align_of::<PrefillAttentionParams>() - 4usize];
+    ["Offset of field: PrefillAttentionParams::kv"]
+        [::std::mem::offset_of!(PrefillAttentionParams, kv) - 0usize];
+    ["Offset of field: PrefillAttentionParams::num_tiles"]
+        [::std::mem::offset_of!(PrefillAttentionParams, num_tiles) - 16usize];
+    ["Offset of field: PrefillAttentionParams::num_seqs"]
+        [::std::mem::offset_of!(PrefillAttentionParams, num_seqs) - 20usize];
+    ["Offset of field: PrefillAttentionParams::num_heads"]
+        [::std::mem::offset_of!(PrefillAttentionParams, num_heads) - 24usize];
+    ["Offset of field: PrefillAttentionParams::max_blocks_per_seq"]
+        [::std::mem::offset_of!(PrefillAttentionParams, max_blocks_per_seq) - 28usize];
+    ["Offset of field: PrefillAttentionParams::q_stride"]
+        [::std::mem::offset_of!(PrefillAttentionParams, q_stride) - 32usize];
+    ["Offset of field: PrefillAttentionParams::out_stride"]
+        [::std::mem::offset_of!(PrefillAttentionParams, out_stride) - 36usize];
+    ["Offset of field: PrefillAttentionParams::scale"]
+        [::std::mem::offset_of!(PrefillAttentionParams, scale) - 40usize];
 };
 #[doc = " sample_rows: one per logits row."]
 #[repr(C)]

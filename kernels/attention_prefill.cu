@@ -1,0 +1,327 @@
+// attention_prefill.cu — flash-style causal prefill attention over the paged KV cache, on tensor cores
+// (mma.sync m16n8k16, bf16/f16 inputs, f32 accumulation): the prefill half of the `auto` attention
+// variant (src/backend/cuda/attention.rs launches it for sequences with two or more new tokens;
+// docs/attention.md has the design and what a GPU session still has to validate).
+//
+// What it computes (the same as paged_attention_naive and src/backend/cpu/attention.rs, restricted to
+// prefill sequences). Sequence s owns batch rows q0 = query_start_loc[s] .. query_start_loc[s + 1]
+// (q_len rows), the last q_len tokens of its context of ctx = seq_lens[s] tokens, so local row r is at
+// position ctx - q_len + r. For each row and query head h of KV head kvh = h / G:
+//     score_j = scale * dot(q[q0 + r, h], K[s, j, kvh])     for keys j = 0 ..= ctx - q_len + r (causal)
+//     out[q0 + r, h] = sum_j softmax(score)_j V[s, j, kvh]
+// Every key, the earlier context's and the new tokens' alike, is read through the block table from the
+// paged cache (write_kv runs before attention in the forward pass), so chunked prefill and prefix-cache
+// hits need nothing special: a chunk is q_len new rows over a longer context.
+//
+// Layouts (row-major, T = bf16 or f16; cache layout and its reasons in params.h):
+//   out:             [num_tokens, out_stride], head h at columns h * head_dim ..
+//   qkv:             [num_tokens, q_stride], Q head h at columns h * head_dim ..
+//   k_cache/v_cache: [num_blocks, block_size, num_kv_heads, head_dim]
+//   query_start_loc: uint32 [num_seqs + 1];  seq_lens: uint32 [num_seqs]
+//   block_tables:    uint32 [num_seqs, max_blocks_per_seq]
+//   tiles:           uint32 [num_tiles, 2]  (sequence, query tile index), built by the host
+//
+// Algorithm, flash_prefill_d{64,128} (one exported kernel per head_dim D): grid (num_tiles, num_heads),
+// IM_PREFILL_THREADS = 128 threads (4 warps); block (i, h) computes IM_PREFILL_BLOCK_M = 64 query rows
+// of one head, warp w rows 16 w .. 16 w + 15 of them (FlashAttention-2's split of Q over warps).
+//  - Q: each warp loads its 16 x D query fragment once into registers in the m16n8k16 A-operand
+//    layout (D / 16 fragments of 4 registers).
+//  - K/V: tiles of BN keys (64 for D = 64, 32 for D = 128) are copied with 16-byte loads through the
+//    block table into shared memory, [BN][D + 8] each (the 8-element pad makes the fragment reads
+//    below bank-conflict free); keys past the tile's last causal key are zero-filled.
+//  - S = Q Kᵀ with mma.sync (B fragments read from the K tile as 32-bit pairs), scaled by
+//    scale * log2(e), causal and context masks applied; online softmax per row in f32 (running max
+//    and sum; the 4 lanes sharing a row reduce with two xor shuffles); the f32 probabilities are
+//    rounded to T and reused in registers as the A operand of O += P V (FlashAttention-2's register
+//    reuse: the C layout of two adjacent n-tiles is the A layout of one k-step); V's B fragments are
+//    read as 16-bit elements from the V tile (ldmatrix.trans would do this in one instruction: tuning).
+//  - At the end O / l is rounded to T and stored as 4-byte pairs.
+// Shared memory (static): 2 * BN * (D + 8) * sizeof(T) = 18 KiB at D = 64, 17 KiB at D = 128.
+// The f32 build compiles these kernels to an empty body (no f32 tensor-core path); the host runs
+// paged_attention_naive for f32 prefill instead.
+// Numerics: the probabilities P are rounded to T before P V (as FlashAttention does), so the result
+// differs from the f32 reference by up to about eps_T * max|V| absolute, besides the final rounding.
+// Requirements (checked by the host; the kernel returns without writing when they fail): head_dim
+// == the kernel's D, num_heads % num_kv_heads == 0, blockDim.x == IM_PREFILL_THREADS, sm_80 or newer.
+// Keys whose block id is >= num_blocks are read as zeros.
+//
+// Roofline (per sequence, n = q_len, c = ctx, H heads, Hkv KV heads, D, s = sizeof(T)):
+//   FLOPs ≈ 4 H D (n c - n^2 / 2)  (causal);  bytes ≈ 2 n H D s (q, out) + ceil(n / 64) H 2 c D s
+//   (K/V re-read per query tile and head, mostly from L2; DRAM sees about 2 Hkv c D s).
+//   A 4096-token prefill of Llama-3-8B (H 32, D 128): ~137 GFLOP per layer, 4.4 TFLOP for 32 layers,
+//   compute-bound: the target is a useful fraction of the dense bf16 tensor peak (H100 SXM ~990
+//   TFLOP/s; FlashAttention-2 reaches ~35-50 % of it, this first version with synchronous loads and
+//   no ldmatrix much less — to be measured).
+#include "common.cuh"
+
+// mma.sync m16n8k16 with bf16/f16 needs sm_80; older targets (and f32) get empty kernels.
+#if IM_DTYPE != IM_DTYPE_F32 && __CUDA_ARCH__ >= 800
+#define IM_PREFILL_MMA 1
+#else
+#define IM_PREFILL_MMA 0
+#endif
+
+#if IM_PREFILL_MMA
+
+namespace {
+
+constexpr int WARPS = IM_PREFILL_THREADS / im::WARP;
+constexpr int BM = IM_PREFILL_BLOCK_M;
+static_assert(BM == WARPS * 16, "one 16-row m-tile per warp");
+constexpr float LOG2E = 1.4426950408889634f;
+
+template <int D>
+struct Tile {
+    static constexpr int BN = D <= 64 ? 64 : 32;  // keys per K/V tile
+    static constexpr int LD = D + 8;              // shared row stride in elements (16-byte pad)
+    static constexpr int SMEM = 2 * BN * LD;      // elements of T: K tile then V tile
+};
+
+// Two f32 values rounded to T and packed into 32 bits (lower half = a, as the mma operands expect).
+__device__ __forceinline__ uint32_t pack2(float a, float b) {
+#if IM_DTYPE == IM_DTYPE_BF16
+    const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+#else
+    const __half2 v = __floats2half2_rn(a, b);
+#endif
+    return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// Two T elements (lo at p[0]) packed into 32 bits from separate addresses.
+__device__ __forceinline__ uint32_t pack2_elems(const T* lo, const T* hi) {
+    const uint32_t a = *reinterpret_cast<const unsigned short*>(lo);
+    const uint32_t b = *reinterpret_cast<const unsigned short*>(hi);
+    return a | (b << 16);
+}
+
+// D(16x8, f32) += A(16x16, T, row-major) * B(16x8, T, column-major).
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+#if IM_DTYPE == IM_DTYPE_BF16
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+template <int D>
+__device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restrict__ out,
+                                              const T* __restrict__ qkv, const T* __restrict__ k_cache,
+                                              const T* __restrict__ v_cache,
+                                              const uint32_t* __restrict__ query_start_loc,
+                                              const uint32_t* __restrict__ seq_lens,
+                                              const uint32_t* __restrict__ block_tables,
+                                              const uint32_t* __restrict__ tiles,
+                                              const PrefillAttentionParams& p) {
+    constexpr int BN = Tile<D>::BN, LD = Tile<D>::LD;
+    constexpr int KD = D / 16;  // k-steps of Q Kᵀ
+    constexpr int NT = BN / 8;  // n-tiles of S
+    constexpr int DT = D / 8;   // n-tiles of O
+    constexpr int R = D / im::VEC;  // 16-byte vectors per head row
+    T* ks = smem;
+    T* vs = smem + BN * LD;
+
+    const uint32_t nkv = p.kv.num_kv_heads, bs = p.kv.block_size;
+    const uint32_t h = blockIdx.y, kvh = h / (p.num_heads / nkv);
+    const uint32_t s = tiles[2 * blockIdx.x], mt = tiles[2 * blockIdx.x + 1];
+    const uint32_t q0 = query_start_loc[s], q_len = query_start_loc[s + 1] - q0;
+    const uint32_t ctx = uint32_t(min(uint64_t(seq_lens[s]), uint64_t(p.max_blocks_per_seq) * bs));
+    if (q_len == 0 || q_len > ctx || mt * BM >= q_len) return;  // uniform per block
+    const uint32_t* table = block_tables + uint64_t(s) * p.max_blocks_per_seq;
+    const uint32_t first_pos = ctx - q_len;                        // position of local row 0
+    const uint32_t row0 = mt * BM;                                 // the tile's first local row
+    const uint32_t rows = min(uint32_t(BM), q_len - row0);
+    const uint32_t kmax = min(ctx, first_pos + row0 + rows);       // keys 0 .. kmax - 1
+
+    const unsigned tid = threadIdx.x, lane = tid % im::WARP, warp = tid / im::WARP;
+    const unsigned gid = lane >> 2, tig = lane & 3;
+    const uint32_t ra = row0 + warp * 16 + gid, rb = ra + 8;  // this lane's two local rows
+    const uint32_t pos_a = first_pos + ra, pos_b = first_pos + rb;
+
+    // Q fragments (A operand), rows past q_len are zero.
+    uint32_t qf[KD][4];
+    {
+        const T* qa = qkv + uint64_t(q0 + ra) * p.q_stride + uint64_t(h) * D;
+        const T* qb = qkv + uint64_t(q0 + rb) * p.q_stride + uint64_t(h) * D;
+        const bool va = ra < q_len, vb = rb < q_len;
+#pragma unroll
+        for (int kc = 0; kc < KD; ++kc) {
+            const int c0 = kc * 16 + tig * 2;
+            qf[kc][0] = va ? *reinterpret_cast<const uint32_t*>(qa + c0) : 0u;
+            qf[kc][1] = vb ? *reinterpret_cast<const uint32_t*>(qb + c0) : 0u;
+            qf[kc][2] = va ? *reinterpret_cast<const uint32_t*>(qa + c0 + 8) : 0u;
+            qf[kc][3] = vb ? *reinterpret_cast<const uint32_t*>(qb + c0 + 8) : 0u;
+        }
+    }
+
+    const float qk_scale = p.scale * LOG2E;
+    float m_a = im::neg_inf(), m_b = im::neg_inf(), l_a = 0.f, l_b = 0.f;  // l: this lane's share
+    float o[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[dt][e] = 0.f;
+
+    for (uint32_t kb = 0; kb < kmax; kb += BN) {
+        __syncthreads();  // the previous tile is consumed
+        for (uint32_t x = tid; x < uint32_t(BN * R); x += IM_PREFILL_THREADS) {
+            const uint32_t n = x / R, v = x % R, j = kb + n;
+            uint4 kv4 = make_uint4(0, 0, 0, 0), vv4 = make_uint4(0, 0, 0, 0);
+            if (j < kmax) {
+                const uint32_t block = table[j / bs];
+                if (block < p.kv.num_blocks) {
+                    const uint64_t off = ((uint64_t(block) * bs + j % bs) * nkv + kvh) * D + v * im::VEC;
+                    kv4 = *reinterpret_cast<const uint4*>(k_cache + off);
+                    vv4 = *reinterpret_cast<const uint4*>(v_cache + off);
+                }
+            }
+            *reinterpret_cast<uint4*>(ks + n * LD + v * im::VEC) = kv4;
+            *reinterpret_cast<uint4*>(vs + n * LD + v * im::VEC) = vv4;
+        }
+        __syncthreads();
+
+        // S = Q Kᵀ for this warp's 16 rows and the tile's BN keys
+        float sc[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) sc[nt][e] = 0.f;
+            const T* krow = ks + (nt * 8 + gid) * LD + tig * 2;
+#pragma unroll
+            for (int kc = 0; kc < KD; ++kc) {
+                const uint32_t b0 = *reinterpret_cast<const uint32_t*>(krow + kc * 16);
+                const uint32_t b1 = *reinterpret_cast<const uint32_t*>(krow + kc * 16 + 8);
+                mma16816(sc[nt], qf[kc], b0, b1);
+            }
+        }
+        // scale, mask (causal and context), row max
+        float mx_a = im::neg_inf(), mx_b = im::neg_inf();
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const uint32_t j = kb + nt * 8 + tig * 2 + e;
+                sc[nt][e] = (j < kmax && j <= pos_a) ? sc[nt][e] * qk_scale : im::neg_inf();
+                sc[nt][2 + e] = (j < kmax && j <= pos_b) ? sc[nt][2 + e] * qk_scale : im::neg_inf();
+                mx_a = fmaxf(mx_a, sc[nt][e]);
+                mx_b = fmaxf(mx_b, sc[nt][2 + e]);
+            }
+        }
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(im::FULL_MASK, mx_a, 1));
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(im::FULL_MASK, mx_a, 2));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(im::FULL_MASK, mx_b, 1));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(im::FULL_MASK, mx_b, 2));
+        // Key 0 is in the first tile and visible to every row, so m is finite from then on; a row
+        // with no visible key in a later tile keeps its max (mx = -inf).
+        const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+        const float corr_a = exp2f(m_a - mn_a), corr_b = exp2f(m_b - mn_b);  // 0 on the first tile
+        m_a = mn_a;
+        m_b = mn_b;
+        float sum_a = 0.f, sum_b = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            sc[nt][0] = exp2f(sc[nt][0] - mn_a);
+            sc[nt][1] = exp2f(sc[nt][1] - mn_a);
+            sc[nt][2] = exp2f(sc[nt][2] - mn_b);
+            sc[nt][3] = exp2f(sc[nt][3] - mn_b);
+            sum_a += sc[nt][0] + sc[nt][1];
+            sum_b += sc[nt][2] + sc[nt][3];
+        }
+        l_a = l_a * corr_a + sum_a;
+        l_b = l_b * corr_b + sum_b;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) {
+            o[dt][0] *= corr_a;
+            o[dt][1] *= corr_a;
+            o[dt][2] *= corr_b;
+            o[dt][3] *= corr_b;
+        }
+        // O += P V: the C fragments of n-tiles 2kk, 2kk + 1 are the A fragment of k-step kk
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            const uint32_t a[4] = {pack2(sc[2 * kk][0], sc[2 * kk][1]),
+                                   pack2(sc[2 * kk][2], sc[2 * kk][3]),
+                                   pack2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                                   pack2(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+            const T* v0 = vs + (kk * 16 + tig * 2) * LD + gid;
+#pragma unroll
+            for (int dt = 0; dt < DT; ++dt) {
+                const T* vp = v0 + dt * 8;
+                const uint32_t b0 = pack2_elems(vp, vp + LD);
+                const uint32_t b1 = pack2_elems(vp + 8 * LD, vp + 9 * LD);
+                mma16816(o[dt], a, b0, b1);
+            }
+        }
+    }
+
+    // full row sums over the 4 lanes of each row, then store
+    l_a += __shfl_xor_sync(im::FULL_MASK, l_a, 1);
+    l_a += __shfl_xor_sync(im::FULL_MASK, l_a, 2);
+    l_b += __shfl_xor_sync(im::FULL_MASK, l_b, 1);
+    l_b += __shfl_xor_sync(im::FULL_MASK, l_b, 2);
+    const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
+    T* oa = out + uint64_t(q0 + ra) * p.out_stride + uint64_t(h) * D + tig * 2;
+    T* ob = out + uint64_t(q0 + rb) * p.out_stride + uint64_t(h) * D + tig * 2;
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) {
+        if (ra < q_len)
+            *reinterpret_cast<uint32_t*>(oa + dt * 8) = pack2(o[dt][0] * inv_a, o[dt][1] * inv_a);
+        if (rb < q_len)
+            *reinterpret_cast<uint32_t*>(ob + dt * 8) = pack2(o[dt][2] * inv_b, o[dt][3] * inv_b);
+    }
+}
+
+__device__ __forceinline__ bool prefill_params_ok(const PrefillAttentionParams& p, uint32_t d) {
+    return blockIdx.x < p.num_tiles && blockIdx.y < p.num_heads && p.kv.head_dim == d &&
+           p.kv.num_kv_heads != 0 && p.kv.block_size != 0 && p.num_heads % p.kv.num_kv_heads == 0 &&
+           blockDim.x == IM_PREFILL_THREADS;
+}
+
+}  // namespace
+
+#endif  // IM_PREFILL_MMA
+
+// The exported kernels, one per head_dim (D = 64, 128). Empty bodies where IM_PREFILL_MMA is 0: the
+// host never launches them there (it runs paged_attention_naive for f32 and before sm_80).
+extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS) flash_prefill_d64(
+    T* __restrict__ out,                           // [num_tokens, out_stride]
+    const T* __restrict__ qkv,                     // [num_tokens, q_stride]
+    const T* __restrict__ k_cache,                 // [num_blocks, block_size, num_kv_heads, 64]
+    const T* __restrict__ v_cache,                 // [num_blocks, block_size, num_kv_heads, 64]
+    const uint32_t* __restrict__ query_start_loc,  // [num_seqs + 1]
+    const uint32_t* __restrict__ seq_lens,         // [num_seqs]
+    const uint32_t* __restrict__ block_tables,     // [num_seqs, max_blocks_per_seq]
+    const uint32_t* __restrict__ tiles,            // [num_tiles, 2]
+    PrefillAttentionParams p) {
+#if IM_PREFILL_MMA
+    __shared__ __align__(16) T smem[Tile<64>::SMEM];
+    if (!prefill_params_ok(p, 64)) return;
+    prefill_block<64>(smem, out, qkv, k_cache, v_cache, query_start_loc, seq_lens, block_tables, tiles, p);
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS) flash_prefill_d128(
+    T* __restrict__ out,                           // [num_tokens, out_stride]
+    const T* __restrict__ qkv,                     // [num_tokens, q_stride]
+    const T* __restrict__ k_cache,                 // [num_blocks, block_size, num_kv_heads, 128]
+    const T* __restrict__ v_cache,                 // [num_blocks, block_size, num_kv_heads, 128]
+    const uint32_t* __restrict__ query_start_loc,  // [num_seqs + 1]
+    const uint32_t* __restrict__ seq_lens,         // [num_seqs]
+    const uint32_t* __restrict__ block_tables,     // [num_seqs, max_blocks_per_seq]
+    const uint32_t* __restrict__ tiles,            // [num_tiles, 2]
+    PrefillAttentionParams p) {
+#if IM_PREFILL_MMA
+    __shared__ __align__(16) T smem[Tile<128>::SMEM];
+    if (!prefill_params_ok(p, 128)) return;
+    prefill_block<128>(smem, out, qkv, k_cache, v_cache, query_start_loc, seq_lens, block_tables, tiles, p);
+#endif
+}
+
