@@ -11,33 +11,9 @@ use common::*;
 use infermeter::study::ops::{decode_step_cost, matmul_params};
 use infermeter::study::sweep::{self, SweepSpec};
 use infermeter::study::{Dtype, Family, Op, Shape};
-use serde_json::Value;
-
-fn validate(path: &Path) -> Value {
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("schemas/results.schema.json")).unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
-        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
-    let errors: Vec<String> = validator
-        .iter_errors(&doc)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
-    doc
-}
 
 fn kernels(args: &[&str]) -> (bool, String, String) {
-    let out = infermeter_cmd().arg("kernels").args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        stderr,
-    )
+    run_cli(&[&["kernels"], args].concat())
 }
 
 #[test]
@@ -63,7 +39,7 @@ fn cpu_kernels_write_a_valid_results_file() {
     assert!(ok, "{err}");
     assert!(stdout.contains("CPU ceilings (measured)"), "{stdout}");
     assert!(stdout.contains("%ceil"), "{stdout}");
-    let doc = validate(&out);
+    let doc = validate_results(&out);
     assert_eq!(doc["kind"], "kernels");
     assert_eq!(doc["complete"], true);
     assert_eq!(doc["backend"], "cpu");
@@ -170,7 +146,7 @@ fn cuda_kernels_run_on_a_gpu() {
     ]);
     assert!(ok, "{err}");
     assert!(stdout.contains("CUDA ceilings (measured)"), "{stdout}");
-    let doc = validate(&out);
+    let doc = validate_results(&out);
     assert_eq!(
         (doc["backend"].as_str(), doc["dtype"].as_str()),
         (Some("cuda"), Some("bf16"))

@@ -138,22 +138,6 @@ fn server() -> Option<&'static Server> {
     }
 }
 
-fn validate(path: &Path) -> Value {
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("schemas/results.schema.json")).unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
-        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
-    let errors: Vec<String> = validator
-        .iter_errors(&doc)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
-    doc
-}
-
 /// Run `load` against the server; the requests of the server are serialised by one lock, so the
 /// tests send few, short requests.
 fn load(s: &Server, out: &Path, args: &[&str]) -> Value {
@@ -166,7 +150,7 @@ fn load(s: &Server, out: &Path, args: &[&str]) -> Value {
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "load {args:?} failed: {stderr}");
-    let doc = validate(out);
+    let doc = validate_results(out);
     assert_eq!(doc["complete"], true);
     assert!(
         doc["target"]["server_model"]

@@ -7,7 +7,6 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -428,22 +427,6 @@ async fn cancellation_stops_and_keeps_what_finished() {
 // ----------------------------------------------------------------------------------------------
 // The CLI end to end.
 
-fn validate(path: &Path) -> Value {
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("schemas/results.schema.json")).unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
-        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
-    let errors: Vec<String> = validator
-        .iter_errors(&doc)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
-    doc
-}
-
 /// `infermeter mock-server --port 0 ARGS`, killed on drop.
 struct MockProcess {
     child: Child,
@@ -480,18 +463,7 @@ impl Drop for MockProcess {
 }
 
 fn load(args: &[&str]) -> (bool, String, String) {
-    let out = infermeter_cmd()
-        .args(["load", "--no-progress"])
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        stderr,
-    )
+    run_cli(&[&["load", "--no-progress"], args].concat())
 }
 
 #[test]
@@ -551,7 +523,7 @@ fn cli_runs_every_arrival_and_loop_and_writes_valid_results() {
         let (ok, stdout, err) = load(&args);
         assert!(ok, "{name}: {err}");
         assert!(stdout.contains("TTFT p50"), "{name}: {stdout}");
-        let doc = validate(&out);
+        let doc = validate_results(&out);
         assert_eq!(doc["kind"], "load");
         assert_eq!(doc["complete"], true);
         assert_eq!(doc["target"]["server_model"], "infermeter-mock");
@@ -608,7 +580,7 @@ fn cli_sweep_stops_at_saturation_in_one_file() {
         "--no-self-check",
     ]);
     assert!(ok, "{err}");
-    let doc = validate(&out);
+    let doc = validate_results(&out);
     let sweep = &doc["sweep"];
     assert!(sweep["max_throughput_rps"].as_f64().unwrap() > 10.0);
     assert_eq!(sweep["rates"].as_array().unwrap().len(), 3);
@@ -673,7 +645,7 @@ fn cli_errors_tokenizer_check_and_calibration() {
     assert!(ok, "{err}");
     assert!(stdout.contains("errors:"), "{stdout}");
     assert!(stdout.contains("output tokens: usage"), "{stdout}");
-    let doc = validate(&out);
+    let doc = validate_results(&out);
     let step = &doc["steps"][0];
     let s = &step["summary"];
     assert_eq!(
@@ -730,7 +702,7 @@ fn cli_errors_tokenizer_check_and_calibration() {
     ]);
     assert!(ok, "{err}");
     assert!(stdout.contains("dispatch lag p50"), "{stdout}");
-    let doc = validate(&cal);
+    let doc = validate_results(&cal);
     let checks = doc["client_timing"].as_array().unwrap();
     assert_eq!(checks.len(), 2);
     assert!(checks[0]["dispatch_lag"]["p99"].is_number());
@@ -791,7 +763,7 @@ fn cli_ctrl_c_writes_partial_results() {
         "an interrupted run exits non-zero"
     );
     assert!(stderr.contains("partial results"), "{stderr}");
-    let doc = validate(&out);
+    let doc = validate_results(&out);
     assert_eq!(doc["complete"], false);
     let step = &doc["steps"][0];
     assert_eq!(step["interrupted"], true);

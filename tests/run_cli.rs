@@ -4,41 +4,11 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use serde_json::Value;
 
-fn validate(path: &Path) -> Value {
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("schemas/results.schema.json")).unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
-        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
-    let errors: Vec<String> = validator
-        .iter_errors(&doc)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
-    doc
-}
-
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = infermeter_cmd()
-        .arg("run")
-        .arg("--no-progress")
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        stderr,
-    )
+    run_cli(&[&["run", "--no-progress"], args].concat())
 }
 
 #[test]
@@ -61,7 +31,7 @@ fn grid_mode_writes_a_valid_results_file() {
     ]);
     assert!(ok, "{err}");
     assert!(stdout.contains("bs=3 in=20 out=5 rep1"), "{stdout}");
-    let doc = validate(&out);
+    let doc = validate_results(&out);
     assert_eq!(doc["complete"], true);
     let phases = doc["phases"].as_array().unwrap();
     assert_eq!(phases.len(), 2 * 2 * 3);
@@ -127,7 +97,7 @@ fn workload_replay_reproduces_golden_greedy_under_batching() {
             out.to_str().unwrap(),
         ]);
         assert!(ok, "{name}: {err}");
-        let doc = validate(&out);
+        let doc = validate_results(&out);
         let reqs = doc["phases"][0]["requests"].as_array().unwrap();
         assert_eq!(reqs.len(), 4);
         for r in reqs {
@@ -171,7 +141,7 @@ fn stream_mode_saves_a_workload_that_replays_the_same_requests() {
         out.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    let doc = validate(&out);
+    let doc = validate_results(&out);
     let reqs = doc["phases"][0]["requests"].as_array().unwrap();
     assert_eq!(reqs.len(), 12);
     let scheduled: Vec<f64> = reqs
@@ -193,7 +163,7 @@ fn stream_mode_saves_a_workload_that_replays_the_same_requests() {
         out2.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    let doc2 = validate(&out2);
+    let doc2 = validate_results(&out2);
     let tokens = |d: &Value| -> Vec<(u64, u64, u64)> {
         let mut v: Vec<_> = d["phases"][0]["requests"]
             .as_array()
@@ -232,7 +202,7 @@ fn config_file_options_are_overridden_by_the_command_line() {
         out.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    let doc = validate(&out);
+    let doc = validate_results(&out);
     assert_eq!(doc["config"]["seed"], 12);
     assert_eq!(doc["config"]["batch_size"], serde_json::json!([2]));
     assert_eq!(doc["engine"]["enable_prefix_caching"], false);
@@ -285,7 +255,7 @@ fn a_bad_request_is_recorded_and_the_run_goes_on() {
         out.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    let doc = validate(&out);
+    let doc = validate_results(&out);
     let reqs = doc["phases"][0]["requests"].as_array().unwrap();
     assert_eq!(reqs.len(), 2);
     let failed: Vec<_> = reqs.iter().filter(|r| !r["error"].is_null()).collect();
@@ -343,7 +313,7 @@ fn an_interrupted_run_keeps_its_records() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let doc = validate(&out);
+    let doc = validate_results(&out);
     assert_eq!(doc["complete"], false);
     let reqs = doc["phases"][0]["requests"].as_array().unwrap();
     assert!(!reqs.is_empty());

@@ -13,35 +13,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-fn validate(path: &Path) -> Value {
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("schemas/results.schema.json")).unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let errors: Vec<String> = validator
-        .iter_errors(&doc)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
-    doc
-}
-
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = infermeter_cmd()
-        .arg("run")
-        .arg("--no-progress")
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        stderr,
-    )
+    run_cli(&[&["run", "--no-progress"], args].concat())
 }
 
 fn no_nvidia_driver() -> bool {
@@ -67,7 +40,7 @@ fn missing_nvml_and_rapl_are_recorded_and_cost_still_computed() {
         out.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    let doc = validate(&out);
+    let doc = validate_results(&out);
     let t = &doc["telemetry"];
     let sources = t["sources"].as_array().unwrap();
     let by = |name: &str| sources.iter().find(|s| s["source"] == name).unwrap();
@@ -171,7 +144,7 @@ fn energy_per_phase_from_a_rapl_tree_at_known_power() {
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     assert!(ok, "{err}");
-    let doc = validate(&out);
+    let doc = validate_results(&out);
     let t = &doc["telemetry"];
     if no_nvidia_driver() {
         assert_eq!(
@@ -233,7 +206,7 @@ fn no_telemetry_and_bad_options() {
         out.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    let doc = validate(&out);
+    let doc = validate_results(&out);
     assert!(doc["telemetry"]["timeline"].is_null());
     assert_eq!(doc["telemetry"]["sources"], serde_json::json!([]));
     assert!(doc["phases"][0]["energy"]["cost"]["total_usd"].is_number());

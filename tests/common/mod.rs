@@ -111,3 +111,32 @@ pub fn infermeter_cmd() -> std::process::Command {
     c.env("INFERMETER_BACKEND", "cpu");
     c
 }
+
+/// Check a results file against `schemas/results.schema.json` (every error listed) and return it.
+pub fn validate_results(path: &Path) -> serde_json::Value {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("schemas/results.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+    doc
+}
+
+/// `infermeter ARGS` on the CPU backend: (success, stdout, stderr). A panic is always a failure.
+pub fn run_cli(args: &[&str]) -> (bool, String, String) {
+    let out = infermeter_cmd().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr,
+    )
+}
