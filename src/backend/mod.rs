@@ -295,3 +295,21 @@ pub trait Backend: Send + Sync {
         cols: usize,
     ) -> Result<()>;
 }
+
+/// The error every backend gives when a buffer is shorter than an op needs (`name` is the op's
+/// argument).
+pub(crate) fn check_len(
+    backend: &'static str,
+    have: usize,
+    need: usize,
+    name: &str,
+) -> crate::error::Result<()> {
+    if have >= need {
+        Ok(())
+    } else {
+        Err(crate::error::Error::Backend {
+            backend,
+            msg: format!("buffer `{name}` holds {have} elements, op needs {need}"),
+        })
+    }
+}

@@ -271,23 +271,7 @@ pub fn render(report: &Report, svgs: &[(String, String)]) -> String {
         out.push_str("</div>\n");
     }
 
-    let header: Vec<String> = ["run", "timing", "throughput window", "energy", "cost"]
-        .map(String::from)
-        .to_vec();
-    let rows: Vec<Vec<String>> = report
-        .rows
-        .iter()
-        .map(|r| {
-            let m = &r.measurement;
-            vec![
-                r.label.clone(),
-                m.timing.clone(),
-                m.window.clone(),
-                m.energy.clone(),
-                m.cost.clone(),
-            ]
-        })
-        .collect();
+    let (header, rows) = report.measurement_table();
     if !rows.is_empty() {
         out.push_str("<h2 id=\"measured\">How each figure was measured</h2>\n");
         table(&mut out, &header, &rows, &[1, 2, 3, 4]);

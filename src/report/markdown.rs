@@ -208,23 +208,7 @@ pub fn render(report: &Report, plot_dir: &str) -> String {
     if request_rows {
         out.push_str("## How each figure was measured\n\n");
     }
-    let header: Vec<String> = ["run", "timing", "throughput window", "energy", "cost"]
-        .map(String::from)
-        .to_vec();
-    let rows: Vec<Vec<String>> = report
-        .rows
-        .iter()
-        .map(|r| {
-            let m = &r.measurement;
-            vec![
-                r.label.clone(),
-                m.timing.clone(),
-                m.window.clone(),
-                m.energy.clone(),
-                m.cost.clone(),
-            ]
-        })
-        .collect();
+    let (header, rows) = report.measurement_table();
     if request_rows {
         table(&mut out, &header, &rows);
     }

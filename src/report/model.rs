@@ -28,6 +28,30 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
+impl Report {
+    /// The "how each figure was measured" table, one row per row of the report: header and cells.
+    pub fn measurement_table(&self) -> (Vec<String>, Vec<Vec<String>>) {
+        let header = ["run", "timing", "throughput window", "energy", "cost"]
+            .map(String::from)
+            .to_vec();
+        let rows = self
+            .rows
+            .iter()
+            .map(|r| {
+                let m = &r.measurement;
+                vec![
+                    r.label.clone(),
+                    m.timing.clone(),
+                    m.window.clone(),
+                    m.energy.clone(),
+                    m.cost.clone(),
+                ]
+            })
+            .collect();
+        (header, rows)
+    }
+}
+
 /// One results file.
 #[derive(Debug, Clone, Serialize)]
 pub struct Source {

@@ -31,12 +31,7 @@ fn check(cond: bool, what: impl FnOnce() -> String) -> Result<()> {
 }
 
 fn need(buf: &[f32], len: usize, name: &str) -> Result<()> {
-    check(buf.len() >= len, || {
-        format!(
-            "buffer `{name}` holds {} elements, op needs {len}",
-            buf.len()
-        )
-    })
+    super::check_len("cpu", buf.len(), len, name)
 }
 
 impl Backend for CpuBackend {

@@ -641,13 +641,7 @@ pub fn sampling_row_params(p: &SamplingParams, uniform: f32) -> SamplingRowParam
 }
 
 fn check_len(have: usize, need: usize, name: &str) -> Result<()> {
-    if have >= need {
-        Ok(())
-    } else {
-        Err(err(format!(
-            "buffer `{name}` holds {have} elements, op needs {need}"
-        )))
-    }
+    super::check_len("cuda", have, need, name)
 }
 
 fn need<T>(buf: &CudaSlice<T>, len: usize, name: &str) -> Result<()> {
