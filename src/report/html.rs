@@ -152,19 +152,7 @@ pub fn render(report: &Report, svgs: &[(String, String)]) -> String {
     }
 
     out.push_str("<h2 id=\"files\">Results files</h2>\n");
-    let header: Vec<String> = [
-        "file",
-        "kind",
-        "started",
-        "complete",
-        "framework",
-        "model",
-        "hardware",
-        "workload",
-        "groups",
-    ]
-    .map(String::from)
-    .to_vec();
+    let header: Vec<String> = super::model::SOURCES_HEADER.map(String::from).to_vec();
     let rows: Vec<Vec<String>> = report
         .sources
         .iter()

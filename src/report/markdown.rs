@@ -116,19 +116,7 @@ pub fn render(report: &Report, plot_dir: &str) -> String {
     }
 
     out.push_str("## Results files\n\n");
-    let header: Vec<String> = [
-        "file",
-        "kind",
-        "started",
-        "complete",
-        "framework",
-        "model",
-        "hardware",
-        "workload",
-        "groups",
-    ]
-    .map(String::from)
-    .to_vec();
+    let header: Vec<String> = super::model::SOURCES_HEADER.map(String::from).to_vec();
     let rows: Vec<Vec<String>> = report
         .sources
         .iter()

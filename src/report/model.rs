@@ -28,6 +28,19 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
+/// The columns of the "Results files" table (one row per source).
+pub const SOURCES_HEADER: [&str; 9] = [
+    "file",
+    "kind",
+    "started",
+    "complete",
+    "framework",
+    "model",
+    "hardware",
+    "workload",
+    "groups",
+];
+
 impl Report {
     /// The "how each figure was measured" table, one row per row of the report: header and cells.
     pub fn measurement_table(&self) -> (Vec<String>, Vec<Vec<String>>) {

@@ -9,7 +9,7 @@ use super::{
     hardware_key, hardware_text, measurement, params_text, request_figures, samples, Context,
 };
 use crate::metrics::energy::segments_from_requests;
-use crate::metrics::{summarize, RequestRecord};
+use crate::metrics::RequestRecord;
 use crate::report::compare::fingerprint;
 use crate::report::format::{duration, number};
 use crate::report::load_results::{LoadResults, LoadStep, TimingCheck};
@@ -53,18 +53,14 @@ pub fn part(ctx: &Context, r: &LoadResults) -> Part {
     let mut step_rows = Vec::new();
     for st in &steps {
         let records: Vec<RequestRecord> = st.requests.iter().map(|q| q.record.clone()).collect();
-        let summary = match &st.summary {
-            Some(s) => s.clone(),
-            None => {
-                notes.push(format!(
-                    "{} · {}: the step has no summary (interrupted); it was computed from its {} recorded requests.",
-                    ctx.label,
-                    st.name,
-                    records.len()
-                ));
-                summarize(&records, None, st.params.concurrency)
-            }
-        };
+        let summary = super::summary_or_recomputed(
+            st.summary.as_ref(),
+            &records,
+            st.params.concurrency,
+            "step",
+            &format!("{} · {}", ctx.label, st.name),
+            &mut notes,
+        );
         let mut figures = request_figures(&summary, &records, ctx.opts);
         let mut m = measurement(
             super::timing_text(&clock, &summary),

@@ -27,6 +27,28 @@ pub struct Context<'a> {
 /// Why energy, power and GPU memory are absent from a file without telemetry.
 pub const NO_TELEMETRY: &str = "no telemetry in this file";
 
+/// A phase's or step's records and summary; an interrupted one has no stored summary, so it is
+/// computed from the records it kept, and a note says so (`what`: "phase" or "step").
+pub fn summary_or_recomputed(
+    stored: Option<&RunSummary>,
+    records: &[RequestRecord],
+    concurrency: Option<usize>,
+    what: &str,
+    label: &str,
+    notes: &mut Vec<String>,
+) -> RunSummary {
+    match stored {
+        Some(s) => s.clone(),
+        None => {
+            notes.push(format!(
+                "{label}: the {what} has no summary (interrupted); it was computed from its {} recorded requests.",
+                records.len()
+            ));
+            crate::metrics::summarize(records, None, concurrency)
+        }
+    }
+}
+
 /// The latency, throughput and goodput figures of a summary; energy, power, memory and cost absent
 /// (the kind fills them when its file has them). With a report SLO, goodput is recomputed from
 /// `records` with it.

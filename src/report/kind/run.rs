@@ -11,7 +11,7 @@ use super::{
 };
 use crate::engine::StepRecord;
 use crate::metrics::energy::WorkSegment;
-use crate::metrics::{summarize, RequestRecord};
+use crate::metrics::RequestRecord;
 use crate::report::compare::fingerprint;
 use crate::report::model::{MatchKeys, Panel, Part, Plot, PlotData, Row, Series, Source, Table};
 use crate::report::results::{EngineSummary, Phase, RunResults};
@@ -46,18 +46,14 @@ pub fn part(ctx: &Context, r: &RunResults) -> Part {
     let mut engine_rows = Vec::new();
     for p in &measured {
         let records: Vec<RequestRecord> = p.requests.iter().map(|q| q.record.clone()).collect();
-        let summary = match &p.summary {
-            Some(s) => s.clone(),
-            None => {
-                notes.push(format!(
-                    "{} · {}: the phase has no summary (interrupted); it was computed from its {} recorded requests.",
-                    ctx.label,
-                    p.name,
-                    records.len()
-                ));
-                summarize(&records, None, None)
-            }
-        };
+        let summary = super::summary_or_recomputed(
+            p.summary.as_ref(),
+            &records,
+            None,
+            "phase",
+            &format!("{} · {}", ctx.label, p.name),
+            &mut notes,
+        );
         let engine = p
             .engine_summary
             .clone()
