@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::report::kernels_results::SpecPeak;
 
 use super::ceiling::Ceilings;
-use super::ops::{Case, Op, Shape};
+use super::ops::{Case, Op};
 use super::roofline::Peak;
 use super::runner::{self, RunFn};
 use super::timing::Clock;
@@ -50,16 +50,7 @@ pub const MIN_FLUSH_BYTES: usize = 256 * MIB;
 /// Event pairs recorded before the host reads them back (cold-L2 timing).
 const EVENT_CHUNK: usize = 64;
 
-fn err(msg: impl Into<String>) -> Error {
-    Error::Backend {
-        backend: "cuda",
-        msg: msg.into(),
-    }
-}
-
-fn drv(what: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
-    move |e| err(format!("{what}: {e}"))
-}
+use crate::backend::cuda::{drv, err};
 
 /// The message of an error without the "backend `cuda`: " prefix (e.g. "no CUDA device: ...").
 pub fn reason(e: &Error) -> String {
@@ -538,34 +529,7 @@ impl Clock for EventClock {
 
 /// Argmax or sampling over f32 logits rows with the GPU sampling kernels.
 fn prepare_gpu_sampling<T: CudaDtype>(b: CudaBackend<T>, case: &Case) -> Result<RunFn> {
-    let (rows, vocab, params) = match case.shape {
-        Shape::Logits { rows, vocab } => (rows, vocab, None),
-        Shape::Sampling {
-            rows,
-            vocab,
-            temperature,
-            top_k,
-            top_p,
-        } => (
-            rows,
-            vocab,
-            Some(crate::engine::SamplingParams {
-                temperature: temperature as f32,
-                top_k,
-                top_p: top_p as f32,
-                seed: 0,
-            }),
-        ),
-        _ => {
-            return Err(Error::Invalid(format!(
-                "{} needs a logits shape",
-                case.op.name()
-            )))
-        }
-    };
-    if vocab == 0 {
-        return Err(Error::Invalid("sampling over an empty vocabulary".into()));
-    }
+    let (rows, vocab, params) = runner::sampling_shape(case)?;
     // logits spread like a model's (as the CPU study's)
     let logits = b.upload_f32(&runner::fill(rows * vocab, 7, -12.0, 12.0))?;
     match params {

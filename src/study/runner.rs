@@ -398,8 +398,9 @@ where
     Ok(run)
 }
 
-/// Argmax or sampling over logits rows with the engine's CPU sampler.
-fn prepare_host_sampling(case: &Case) -> Result<RunFn> {
+/// The rows, vocabulary and sampling parameters of an argmax (`None`) or sampling case, on any
+/// backend.
+pub(crate) fn sampling_shape(case: &Case) -> Result<(usize, usize, Option<SamplingParams>)> {
     let (rows, vocab, params) = match case.shape {
         Shape::Logits { rows, vocab } => (rows, vocab, None),
         Shape::Sampling {
@@ -428,6 +429,12 @@ fn prepare_host_sampling(case: &Case) -> Result<RunFn> {
     if vocab == 0 {
         return Err(Error::Invalid("sampling over an empty vocabulary".into()));
     }
+    Ok((rows, vocab, params))
+}
+
+/// Argmax or sampling over logits rows with the engine's CPU sampler.
+fn prepare_host_sampling(case: &Case) -> Result<RunFn> {
+    let (rows, vocab, params) = sampling_shape(case)?;
     // logits spread like a model's: most far below the top few
     let logits = fill(rows * vocab, 7, -12.0, 12.0);
     match params {

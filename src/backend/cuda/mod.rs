@@ -52,14 +52,16 @@ pub use device::{probe, CudaProbe, GpuInfo, LibraryStatus};
 pub use memory::{MemoryPlan, PlanInputs};
 pub use params::SamplingRowParams;
 
-fn err(msg: impl Into<String>) -> Error {
+/// A CUDA backend error with `msg`.
+pub(crate) fn err(msg: impl Into<String>) -> Error {
     Error::Backend {
         backend: "cuda",
         msg: msg.into(),
     }
 }
 
-fn drv(what: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
+/// A driver error, prefixed with what was being done.
+pub(crate) fn drv(what: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
     move |e| err(format!("{what}: {e}"))
 }
 
