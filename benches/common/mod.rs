@@ -15,7 +15,11 @@
 //! Environment: `INFERMETER_BENCH_COLD_L2=1` flushes the GPU's L2 before every timed call (outside
 //! the timed region; calls are then timed one by one, so a bench takes longer);
 //! `INFERMETER_BENCH_DTYPE=bf16|f16|f32` picks the GPU compute dtype (default bf16);
-//! `INFERMETER_BENCH_CUDA_DEVICE` the device ordinal (default 0).
+//! `INFERMETER_BENCH_CUDA_DEVICE` the device ordinal (default 0);
+//! `INFERMETER_BENCH_ATTENTION=naive,auto,auto-1split` the CUDA attention implementations studied
+//! side by side (default all; `study::variant`; the table gets their speed-up over naive);
+//! `INFERMETER_BENCH_SWEEP=attention-acceptance` issue 5's attention shapes instead of the default
+//! sweep (`study::sweep::Sweep`).
 //!
 //! Sample sizes and times are set low (10 samples, 0.3 s warmup, 1 s measurement) so that the whole
 //! `cargo bench` finishes in minutes on a small machine; criterion's own options override them
@@ -27,10 +31,12 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput};
 use infermeter::study::ceiling::{measure_cpu, CeilingOptions};
 use infermeter::study::gpu::{self, GpuCeilingOptions};
-use infermeter::study::roofline::{self, Peak};
+use infermeter::study::roofline::{self, Columns, Peak};
 use infermeter::study::runner::{self, RunFn, Target};
+use infermeter::study::sweep::Sweep;
 use infermeter::study::timing::median;
-use infermeter::study::{sweep, Case, Device, Dtype, Family};
+use infermeter::study::variant::{self, Variant};
+use infermeter::study::{Case, Device, Dtype, Family};
 
 /// Criterion samples per case; the table uses the median of the last this-many samples (the
 /// measurement phase, after criterion's warmup calls).
@@ -68,6 +74,21 @@ fn gpu_settings() -> (Dtype, usize) {
     (dtype, ordinal)
 }
 
+/// The named sweep and the CUDA attention variants from the environment.
+fn sweep_settings() -> (Sweep, Vec<Variant>) {
+    let sweep = match std::env::var("INFERMETER_BENCH_SWEEP") {
+        Ok(v) => Sweep::parse(&v).unwrap_or_else(|e| fail("INFERMETER_BENCH_SWEEP", e)),
+        Err(_) => Sweep::Default,
+    };
+    let variants = match std::env::var("INFERMETER_BENCH_ATTENTION") {
+        Ok(v) => {
+            variant::parse_list(&[v]).unwrap_or_else(|e| fail("INFERMETER_BENCH_ATTENTION", e))
+        }
+        Err(_) => Variant::ALL.to_vec(),
+    };
+    (sweep, variants)
+}
+
 /// The studies of one device: its target (kept open for the ceilings), how the clock timed, and
 /// the median time per call of each case.
 struct Studied {
@@ -85,8 +106,17 @@ pub fn main_for(family: Family) {
         .nresamples(10_000)
         .without_plots()
         .configure_from_args();
-    let cases =
-        sweep::default_cases(&family.ops()).unwrap_or_else(|e| fail("building the sweep", e));
+    let (sweep, variants) = sweep_settings();
+    let family_cases = sweep
+        .cases(&family.ops())
+        .unwrap_or_else(|e| fail("building the sweep", e));
+    if family_cases.is_empty() {
+        println!(
+            "{}: no case in the {} sweep (INFERMETER_BENCH_SWEEP)",
+            family.name(),
+            sweep.name()
+        );
+    }
     let kernel = family.kernel_file().unwrap_or("no kernel file");
     let cold_l2 = env_flag("INFERMETER_BENCH_COLD_L2");
     let (gpu_dtype, ordinal) = gpu_settings();
@@ -108,6 +138,8 @@ pub fn main_for(family: Family) {
                 continue;
             }
         };
+        // CUDA attention: one case per implementation, naive first
+        let cases = variant::expand(&family_cases, device, &variants);
         let mut clock = target
             .clock(cold_l2 && device == Device::Cuda)
             .unwrap_or_else(|e| fail("creating the clock", e));
@@ -214,13 +246,22 @@ pub fn main_for(family: Family) {
             Err(why) => println!("  spec peak: {why}"),
         }
         println!("  timing: {method}\n");
-        println!("{}", roofline::table_header(spec_peak.is_some()));
+        let columns = Columns {
+            spec: spec_peak.is_some(),
+            variants: rows.iter().any(|(c, _)| c.variant.is_some()),
+        };
+        println!("{}", roofline::table_header(columns));
         for (case, t) in rows {
             let a = roofline::assess(case.cost(dtype), *t, peak, spec_peak);
-            println!(
-                "{}",
-                roofline::table_line(case, *t, &a, spec_peak.is_some())
-            );
+            let speedup = variant::speedup_over_naive(case, *t, rows);
+            println!("{}", roofline::table_line(case, *t, &a, speedup, columns));
+        }
+        let summary = variant::summary(rows);
+        if !summary.is_empty() {
+            println!("\nattention variants (median time per call; speed-up over naive):");
+            for line in summary {
+                println!("{line}");
+            }
         }
         println!();
     }

@@ -6,6 +6,9 @@
 //! `--backend cuda` opens the CUDA backend once (`--dtype`, `--cuda-device`), times with CUDA
 //! events (`--cold-l2` flushes the L2 before every call) and measures the GPU's copy bandwidth and
 //! cuBLAS GEMM throughput as its ceilings; GPU rows also get a % of the device's spec peak.
+//! Attention on CUDA runs once per implementation (`--attention`, `study::variant`), and each row
+//! gets its speed-up over the naive kernel at the same shape. `--sweep attention-acceptance` takes
+//! issue 5's attention shapes instead of the default sweep.
 
 use std::path::PathBuf;
 
@@ -19,11 +22,12 @@ use crate::report::kernels_results::{
 use crate::report::results::{ToolInfo, SCHEMA_VERSION};
 use crate::study::ceiling::{self, CeilingOptions, GpuCeilingOptions};
 use crate::study::gpu;
+use crate::study::roofline::Columns;
 use crate::study::roofline::{self, Peak};
 use crate::study::runner::{self, Target};
-use crate::study::sweep::{self, SweepSpec};
+use crate::study::sweep::{self, Sweep, SweepSpec};
 use crate::study::timing::{self, TimingConfig};
-use crate::study::{hardware, ops, Case, Device, Dtype};
+use crate::study::{hardware, ops, variant, Case, Device, Dtype};
 use crate::telemetry::host::HostInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -43,8 +47,19 @@ pub struct KernelsArgs {
     pub op: Vec<String>,
     /// Take the shapes from this model (an embedded name or a Hugging Face directory) instead of
     /// the default sweep over several models.
-    #[arg(long, value_name = "FROM_MODEL")]
+    #[arg(long, value_name = "FROM_MODEL", conflicts_with = "sweep")]
     pub shapes: Option<String>,
+    /// A named set of shapes instead of the default sweep: `attention-acceptance` is issue 5's
+    /// attention acceptance (decode at contexts 1k/4k/16k for batches 1/16/64, prefill of
+    /// 512/2k/8k tokens; Llama 3 8B's 32/8 heads of 128, blocks of 16), sized for a GPU.
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    pub sweep: String,
+    /// CUDA attention implementations to study side by side, comma-separated: `naive` (the
+    /// baseline), `auto` (split-KV decode, flash prefill), `auto-1split` (split-KV decode forced
+    /// to one split; decode only), or `all` (default). Rows get a variant column and their
+    /// speed-up over naive at the same shape. The CPU has one implementation, the reference.
+    #[arg(long, value_delimiter = ',', value_name = "VARIANTS")]
+    pub attention: Vec<String>,
     /// Backend to measure.
     #[arg(long, value_enum, default_value_t = KernelBackend::Cpu)]
     pub backend: KernelBackend,
@@ -112,6 +127,13 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
     if a.cold_l2 && device == Device::Cpu {
         bail!("--cold-l2 applies to --backend cuda only");
     }
+    if !a.attention.is_empty() && device == Device::Cpu {
+        bail!(
+            "--attention applies to --backend cuda only (the CPU has one attention \
+             implementation, the reference)"
+        );
+    }
+    let variants = variant::parse_list(&a.attention).context("--attention")?;
     let selected = ops::parse_selection(&a.op).context("--op")?;
     let cases = match &a.shapes {
         Some(spec) => {
@@ -130,8 +152,23 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
             }
             cases
         }
-        None => sweep::default_cases(&selected)?,
+        None => {
+            let named = Sweep::parse(&a.sweep).context("--sweep")?;
+            let cases = named.cases(&selected)?;
+            if cases.is_empty() {
+                bail!(
+                    "--sweep {}: no case for the selected ops (it has attention_prefill and \
+                     attention_decode cases only)",
+                    named.name()
+                );
+            }
+            cases
+        }
     };
+    let cases = variant::expand(&cases, device, &variants);
+    if cases.is_empty() {
+        bail!("--attention: no case (auto-1split applies to attention_decode only)");
+    }
     if a.list {
         list(&cases, dtype);
         return Ok(());
@@ -186,7 +223,10 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
     }
     let peak = Peak::from(&ceilings);
     let spec_peak = spec.as_ref().map(Peak::from);
-    let with_spec = spec_peak.is_some();
+    let columns = Columns {
+        spec: spec_peak.is_some(),
+        variants: cases.iter().any(|c| c.variant.is_some()),
+    };
 
     let timing_cfg = TimingConfig {
         warmup: a.warmup,
@@ -228,7 +268,9 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", out_path.display()))?;
 
     println!();
-    println!("{}", roofline::table_header(with_spec));
+    println!("{}", roofline::table_header(columns));
+    // every measured case with its median time: the naive rows the speed-ups divide
+    let mut timed: Vec<(Case, f64)> = Vec::new();
     for case in &cases {
         let shape = serde_json::to_value(&case.shape)?;
         let measured = runner::prepare(&target, case)
@@ -237,15 +279,18 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
             Ok(t) => t,
             Err(e) => {
                 println!(
-                    "{:<18} {:<15} {:<48} skipped: {e}",
+                    "{:<18} {:<15} {:<48} {}skipped: {e}",
                     case.op.name(),
                     model_of(case),
-                    case.shape_label()
+                    case.shape_label(),
+                    case.variant
+                        .map_or(String::new(), |v| format!("{:<11} ", v.name()))
                 );
                 writer.results.skipped.push(SkippedCase {
                     op: case.op.name().into(),
                     model: case.model.clone(),
                     shape,
+                    variant: case.variant.map(|v| v.name().to_string()),
                     reason: e.to_string(),
                 });
                 writer.save()?;
@@ -254,12 +299,18 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
         };
         let cost = case.cost(dtype);
         let a = roofline::assess(cost, t.median_s, peak, spec_peak);
-        println!("{}", roofline::table_line(case, t.median_s, &a, with_spec));
+        timed.push((case.clone(), t.median_s));
+        let speedup = variant::speedup_over_naive(case, t.median_s, &timed);
+        println!(
+            "{}",
+            roofline::table_line(case, t.median_s, &a, speedup, columns)
+        );
         writer.results.rows.push(KernelRow {
             op: case.op.name().into(),
             family: case.op.family().name().into(),
             model: case.model.clone(),
             shape,
+            variant: case.variant.map(|v| v.name().to_string()),
             backend: device.name().into(),
             dtype: dtype.name().into(),
             time_median_s: t.median_s,
@@ -274,11 +325,19 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
             bound: a.bound,
             pct_of_measured_ceiling: a.pct_of_ceiling,
             pct_of_spec_peak: a.pct_of_spec,
+            speedup_over_naive: speedup,
         });
         writer.save()?;
     }
     writer.results.complete = true;
     writer.save()?;
+    let summary = variant::summary(&timed);
+    if !summary.is_empty() {
+        println!("\nattention variants (median time per call; speed-up over naive):");
+        for line in summary {
+            println!("{line}");
+        }
+    }
     println!(
         "\n{} rows, {} skipped; results: {}",
         writer.results.rows.len(),
@@ -293,17 +352,32 @@ fn model_of(case: &Case) -> &str {
 }
 
 fn list(cases: &[Case], dtype: crate::study::Dtype) {
+    let with_variants = cases.iter().any(|c| c.variant.is_some());
+    let variant_col = |v: &str| {
+        if with_variants {
+            format!(" {v:<11}")
+        } else {
+            String::new()
+        }
+    };
     println!(
-        "{:<18} {:<15} {:<48} {:>14} {:>16} {:>8}",
-        "op", "model", "shape", "bytes", "FLOPs", "FLOP/B"
+        "{:<18} {:<15} {:<48}{} {:>14} {:>16} {:>8}",
+        "op",
+        "model",
+        "shape",
+        variant_col("variant"),
+        "bytes",
+        "FLOPs",
+        "FLOP/B"
     );
     for c in cases {
         let cost = c.cost(dtype);
         println!(
-            "{:<18} {:<15} {:<48} {:>14} {:>16} {:>8.2}",
+            "{:<18} {:<15} {:<48}{} {:>14} {:>16} {:>8.2}",
             c.op.name(),
             model_of(c),
             c.shape_label(),
+            variant_col(c.variant.map_or("-", |v| v.name())),
             cost.bytes,
             cost.flops,
             cost.intensity()

@@ -54,6 +54,11 @@ pub struct KernelRow {
     pub model: Option<String>,
     /// Shape parameters (rows, cols, heads, context, ...).
     pub shape: serde_json::Value,
+    /// The implementation studied where the device has several (CUDA attention: `naive`, `auto`,
+    /// `auto-1split`; `study::variant`). Absent where it has one: every CPU row (the reference)
+    /// and every other CUDA op.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
     pub backend: String,
     pub dtype: String,
     pub time_median_s: f64,
@@ -73,6 +78,11 @@ pub struct KernelRow {
     pub pct_of_measured_ceiling: Option<f64>,
     /// Null where the device has no spec entry (every CPU).
     pub pct_of_spec_peak: Option<f64>,
+    /// Rows with a `variant`: the naive variant's median time at the same op, model and shape
+    /// divided by this row's (1 for the naive row itself). Absent on rows without a variant and
+    /// where the naive variant did not run (not chosen, or skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speedup_over_naive: Option<f64>,
 }
 
 /// A case that did not run, and why.
@@ -81,6 +91,9 @@ pub struct SkippedCase {
     pub op: String,
     pub model: Option<String>,
     pub shape: serde_json::Value,
+    /// As in [`KernelRow::variant`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
     pub reason: String,
 }
 

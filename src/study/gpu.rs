@@ -40,6 +40,7 @@ use super::ops::{Case, Op};
 use super::roofline::Peak;
 use super::runner::{self, RunFn};
 use super::timing::Clock;
+use super::variant::Variant;
 use super::{Device, Dtype};
 
 const MIB: usize = 1 << 20;
@@ -159,12 +160,20 @@ impl CudaSession {
     }
 
     /// Set a case up on the GPU: buffers uploaded, metadata prepared, a closure that queues one
-    /// call (argmax, sampling and the decode step also wait for their result).
+    /// call (argmax, sampling and the decode step also wait for their result). A case with a
+    /// variant runs on a clone of the backend set to it; a variant with no kernel of its own for
+    /// the case here is refused with the reason (it would time the naive kernel again).
     pub fn prepare(&self, case: &Case) -> Result<RunFn> {
+        if let Some(why) = case
+            .variant
+            .and_then(|v| v.unsupported_reason(case, self.dtype, self.gpu.compute_capability))
+        {
+            return Err(Error::Invalid(why));
+        }
         self.check_memory(case)?;
         let run = with_backend!(&self.backend, b => match case.op {
             Op::Argmax | Op::Sample => prepare_gpu_sampling(b.clone(), case),
-            _ => runner::prepare_on(b.clone(), case),
+            _ => runner::prepare_on(with_variant(b.clone(), case.variant), case),
         })?;
         // uploads are queued on the stream: surface their errors here rather than in a timing
         self.synchronize()?;
@@ -281,6 +290,16 @@ impl CudaSession {
     }
 }
 
+/// `b` set to run `variant` (unchanged for `None`: the backend's own setting).
+fn with_variant<T: CudaDtype>(mut b: CudaBackend<T>, variant: Option<Variant>) -> CudaBackend<T> {
+    if let Some(v) = variant {
+        let (attention, splits) = v.cuda_settings();
+        b.set_attention_variant(attention);
+        b.set_decode_splits(splits);
+    }
+    b
+}
+
 /// Best (shortest) time of `calls` single calls.
 fn best_of(
     clock: &mut EventClock,
@@ -374,9 +393,11 @@ pub fn flush_bytes(l2: Option<usize>) -> usize {
     (2 * l2.unwrap_or(0)).max(MIN_FLUSH_BYTES)
 }
 
-/// Device bytes a case allocates in `dtype` (the runner's f32 estimate scaled to the element size).
+/// Device bytes a case allocates in `dtype`: the runner's f32 estimate scaled to the element size,
+/// plus its variant's scratch (split-KV decode's partial results).
 pub fn device_alloc_bytes(case: &Case, dtype: Dtype) -> u64 {
-    case.alloc_bytes() / 4 * dtype.bytes()
+    let scratch = case.variant.map_or(0, |v| v.scratch_bytes(case));
+    case.alloc_bytes() / 4 * dtype.bytes() + scratch
 }
 
 /// `Err` with the reason when a case needs more than 80 % of `free` device bytes.
@@ -631,6 +652,29 @@ mod tests {
         assert!(check_device_memory(&case, Dtype::Bf16, usize::MAX).is_ok());
         let e = check_device_memory(&case, Dtype::Bf16, 16).unwrap_err();
         assert!(e.to_string().contains("too large for this GPU"), "{e}");
+    }
+
+    #[test]
+    fn the_largest_acceptance_decode_fits_an_80_gib_gpu() {
+        use crate::study::sweep::Sweep;
+        let cases = Sweep::AttentionAcceptance
+            .cases(&[Op::AttentionDecode])
+            .unwrap();
+        let biggest =
+            crate::study::variant::expand(&cases[cases.len() - 1..], Device::Cuda, &Variant::ALL);
+        let gib = 1u64 << 30;
+        for case in &biggest {
+            // 64 × 16k keys: K and V of 8 KV heads of 128 in bf16 are 4 GiB (+ scratch for auto)
+            let need = device_alloc_bytes(case, Dtype::Bf16);
+            assert!(need > 4 * gib && need < 5 * gib, "{}: {need}", case.id());
+            assert!(check_device_memory(case, Dtype::Bf16, 78 * gib as usize).is_ok());
+            assert!(check_device_memory(case, Dtype::Bf16, 4 * gib as usize).is_err());
+        }
+        assert!(
+            device_alloc_bytes(&biggest[1], Dtype::Bf16)
+                > device_alloc_bytes(&biggest[0], Dtype::Bf16),
+            "auto counts its split-KV scratch"
+        );
     }
 
     #[test]

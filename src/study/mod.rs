@@ -19,6 +19,9 @@
 //! - [`gpu`]: the CUDA side: the backend opened once per run ([`gpu::CudaSession`]), CUDA-event
 //!   timing with an optional cold-L2 flush, the device-to-device copy and cuBLAS GEMM ceilings,
 //!   and the spec peak of the device by name.
+//! - [`variant`]: the implementations of an op studied side by side (CUDA attention: the naive
+//!   kernel as the baseline, split-KV decode and flash prefill), and each one's speed-up over the
+//!   baseline.
 //! - [`roofline`]: achieved GB/s and GFLOP/s, the bound that applies (arithmetic intensity against
 //!   the ridge point), % of the measured ceiling and % of the spec peak; and the printed table.
 //!
@@ -35,6 +38,7 @@ pub mod roofline;
 pub mod runner;
 pub mod sweep;
 pub mod timing;
+pub mod variant;
 
 pub use ops::{Case, Cost, Family, Op, Shape};
 

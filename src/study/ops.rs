@@ -321,13 +321,17 @@ impl Cost {
     }
 }
 
-/// One study case: an op at one shape, and the model its shape comes from.
+/// One study case: an op at one shape, the model its shape comes from, and, for an op with several
+/// implementations on the device, which one runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Case {
     pub op: Op,
     /// The model config the shape was taken from.
     pub model: Option<String>,
     pub shape: Shape,
+    /// The implementation studied (CUDA attention: `naive`, `auto`, `auto-1split`); `None` where
+    /// the device has one (every CPU op: the reference). Set by [`super::variant::expand`].
+    pub variant: Option<super::variant::Variant>,
 }
 
 const IDX: u64 = 4; // bytes of an integer metadata element (u32)
@@ -399,12 +403,18 @@ impl Case {
         }
     }
 
-    /// `op/model/shape`: the criterion benchmark id and the table's row name.
+    /// `op/model/shape` (`/variant` where there is one): the criterion benchmark id and the
+    /// table's row name.
     pub fn id(&self) -> String {
-        match &self.model {
+        let mut id = match &self.model {
             Some(m) => format!("{}/{m}/{}", self.op.name(), self.shape_label()),
             None => format!("{}/{}", self.op.name(), self.shape_label()),
+        };
+        if let Some(v) = self.variant {
+            id.push('/');
+            id.push_str(v.name());
         }
+        id
     }
 
     /// Bytes and FLOPs of one call with elements of `dtype`.
@@ -708,6 +718,7 @@ mod tests {
             op,
             model: None,
             shape,
+            variant: None,
         }
     }
 

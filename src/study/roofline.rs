@@ -121,25 +121,55 @@ fn fmt_pct(p: Option<f64>) -> String {
     p.map_or("-".into(), |p| format!("{p:.0}%"))
 }
 
+/// Which optional columns a table has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Columns {
+    /// `%spec`: % of the device's spec peak (GPUs in the spec table).
+    pub spec: bool,
+    /// `variant` and `vs naive`: the implementation (CUDA attention) and its speed-up over the
+    /// naive kernel at the same shape.
+    pub variants: bool,
+}
+
 /// The table's column header.
-pub fn table_header(with_spec: bool) -> String {
-    let mut s = format!(
-        "{:<18} {:<15} {:<48} {:>10} {:>8} {:>9} {:>7} {:>7} {:>7}",
-        "op", "model", "shape", "time", "GB/s", "GFLOP/s", "FLOP/B", "bound", "%ceil"
-    );
-    if with_spec {
+pub fn table_header(cols: Columns) -> String {
+    let mut s = format!("{:<18} {:<15} {:<48}", "op", "model", "shape");
+    if cols.variants {
+        s.push_str(&format!(" {:<11}", "variant"));
+    }
+    s.push_str(&format!(
+        " {:>10} {:>8} {:>9} {:>7} {:>7} {:>7}",
+        "time", "GB/s", "GFLOP/s", "FLOP/B", "bound", "%ceil"
+    ));
+    if cols.spec {
         s.push_str(&format!(" {:>6}", "%spec"));
+    }
+    if cols.variants {
+        s.push_str(&format!(" {:>8}", "vs naive"));
     }
     s
 }
 
-/// One table line: the case, its (median) time and where it sits.
-pub fn table_line(case: &Case, time_s: f64, a: &Assessment, with_spec: bool) -> String {
+/// One table line: the case, its (median) time, where it sits and (with variants) its speed-up
+/// over the naive variant at the same shape.
+pub fn table_line(
+    case: &Case,
+    time_s: f64,
+    a: &Assessment,
+    speedup: Option<f64>,
+    cols: Columns,
+) -> String {
     let mut s = format!(
-        "{:<18} {:<15} {:<48} {:>10} {:>8} {:>9} {:>7} {:>7} {:>7}",
+        "{:<18} {:<15} {:<48}",
         case.op.name(),
         case.model.as_deref().unwrap_or("-"),
         case.shape_label(),
+    );
+    if cols.variants {
+        s.push_str(&format!(" {:<11}", case.variant.map_or("-", |v| v.name())));
+    }
+    s.push_str(&format!(
+        " {:>10} {:>8} {:>9} {:>7} {:>7} {:>7}",
         fmt_time(time_s),
         fmt_rate(a.achieved_gb_s),
         if a.achieved_gflop_s > 0.0 {
@@ -153,11 +183,20 @@ pub fn table_line(case: &Case, time_s: f64, a: &Assessment, with_spec: bool) -> 
             Bound::Compute => "compute",
         },
         fmt_pct(a.pct_of_ceiling)
-    );
-    if with_spec {
+    ));
+    if cols.spec {
         s.push_str(&format!(" {:>6}", fmt_pct(a.pct_of_spec)));
     }
+    if cols.variants {
+        s.push_str(&format!(" {:>8}", fmt_speedup(speedup)));
+    }
     s
+}
+
+/// `4.20×`, or `-` when there is no ratio.
+pub fn fmt_speedup(r: Option<f64>) -> String {
+    r.filter(|r| r.is_finite())
+        .map_or("-".into(), |r| format!("{r:.2}×"))
 }
 
 /// The ceilings as a few printed lines.
@@ -239,6 +278,60 @@ mod tests {
         // no time: nothing to divide by, no percentage and no panic
         let a = assess(Cost { bytes: 1, flops: 1 }, 0.0, CEIL, None);
         assert_eq!(a.pct_of_ceiling, None);
+    }
+
+    #[test]
+    fn variant_columns_appear_only_when_asked() {
+        use crate::study::ops::{Op, Shape};
+        use crate::study::variant::Variant;
+        let case = Case {
+            op: Op::AttentionDecode,
+            model: Some("llama-3.1-8b".into()),
+            shape: Shape::Attention {
+                seqs: 1,
+                query_len: 1,
+                context_len: 1024,
+                num_heads: 32,
+                num_kv_heads: 8,
+                head_dim: 128,
+                block_size: 16,
+            },
+            variant: Some(Variant::AutoOneSplit),
+        };
+        let a = assess(
+            Cost {
+                bytes: 10,
+                flops: 1,
+            },
+            1e-3,
+            CEIL,
+            None,
+        );
+        let plain = Columns::default();
+        assert!(!table_header(plain).contains("variant"));
+        assert!(!table_line(&case, 1e-3, &a, Some(3.0), plain).contains("auto-1split"));
+        let cols = Columns {
+            spec: true,
+            variants: true,
+        };
+        let header = table_header(cols);
+        assert!(
+            header.contains("variant") && header.ends_with("vs naive"),
+            "{header}"
+        );
+        let line = table_line(&case, 1e-3, &a, Some(3.0), cols);
+        assert!(
+            line.contains(" auto-1split ") && line.ends_with("3.00×"),
+            "{line}"
+        );
+        // columns line up with the header
+        assert_eq!(
+            header.chars().count(),
+            line.chars().count(),
+            "{header}\n{line}"
+        );
+        assert!(table_line(&case, 1e-3, &a, None, cols).ends_with(" -"));
+        assert_eq!(fmt_speedup(Some(f64::INFINITY)), "-");
     }
 
     #[test]

@@ -8,13 +8,16 @@
 //! `rmsnorm`, `add_rmsnorm`, `silu_mul` and `rope` Llama's). Context lengths are capped at the
 //! model's context.
 //!
+//! [`Sweep`] names the sets of shapes a run can take: `default` and `attention-acceptance` (issue 5's
+//! attention shapes, [`attention_acceptance_cases`]).
+//!
 //! [`default_cases`] is the curated sweep of `cargo bench` and of `infermeter kernels` without
 //! `--shapes`: a few shapes per op from the configs in `models/`, chosen to span what matters
 //! (GPT-2 small against Llama widths, MHA against GQA 4 and 8, head_dim 64 against 128, decode
 //! batches against prefill chunks) while a full `cargo bench` stays within minutes on a 2-core
 //! machine.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{Arch, ModelConfig};
 
 use super::ops::{Case, Op, Shape};
@@ -96,6 +99,7 @@ pub fn model_cases(model: &str, cfg: &ModelConfig, ops: &[Op], spec: &SweepSpec)
             op,
             model: Some(model.to_string()),
             shape,
+            variant: None,
         };
         if !out.contains(&case) {
             out.push(case);
@@ -422,6 +426,84 @@ fn default_plan() -> Vec<(&'static str, Vec<Op>, SweepSpec)> {
     ]
 }
 
+/// The model whose head layout the attention acceptance sweep uses: Llama 3.1 8B (32 query heads
+/// over 8 KV heads of 128; Llama 3 8B has the same).
+pub const ACCEPTANCE_MODEL: &str = "llama-3.1-8b";
+/// Decode batches of the attention acceptance sweep.
+pub const ACCEPTANCE_DECODE_BATCHES: [usize; 3] = [1, 16, 64];
+/// Decode contexts (keys per sequence) of the attention acceptance sweep: 1k, 4k, 16k.
+pub const ACCEPTANCE_DECODE_CONTEXTS: [usize; 3] = [1024, 4096, 16384];
+/// Prompt lengths of the attention acceptance sweep's prefills: 512, 2k, 8k.
+pub const ACCEPTANCE_PREFILL: [usize; 3] = [512, 2048, 8192];
+
+/// A named set of shapes for `infermeter kernels --sweep` and `INFERMETER_BENCH_SWEEP`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sweep {
+    /// The curated sweep over several models ([`default_cases`]).
+    Default,
+    /// Attention only, at the shapes of issue 5's acceptance ([`attention_acceptance_cases`]):
+    /// decode at contexts 1k/4k/16k for batches 1/16/64 and prefill of 512/2k/8k tokens, Llama 3
+    /// 8B's head layout, blocks of 16. Sized for a GPU: on the CPU reference an 8k prefill takes
+    /// minutes per call.
+    AttentionAcceptance,
+}
+
+impl Sweep {
+    pub const ALL: [Sweep; 2] = [Sweep::Default, Sweep::AttentionAcceptance];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Sweep::Default => "default",
+            Sweep::AttentionAcceptance => "attention-acceptance",
+        }
+    }
+
+    /// By name; the error lists the names.
+    pub fn parse(name: &str) -> Result<Self> {
+        let name = name.trim();
+        Self::ALL
+            .into_iter()
+            .find(|s| s.name().eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|s| s.name()).collect();
+                Error::Invalid(format!(
+                    "unknown sweep `{name}` (sweeps: {})",
+                    names.join(", ")
+                ))
+            })
+    }
+
+    /// This sweep's cases of `ops`, in [`Op::ALL`] order (possibly none: the acceptance sweep has
+    /// attention cases only).
+    pub fn cases(self, ops: &[Op]) -> Result<Vec<Case>> {
+        match self {
+            Sweep::Default => default_cases(ops),
+            Sweep::AttentionAcceptance => attention_acceptance_cases(ops),
+        }
+    }
+}
+
+/// The attention acceptance sweep's cases of `ops` ([`Sweep::AttentionAcceptance`]): prefill of
+/// each of [`ACCEPTANCE_PREFILL`] (one sequence), then decode for every (batch, context) of
+/// [`ACCEPTANCE_DECODE_BATCHES`] × [`ACCEPTANCE_DECODE_CONTEXTS`], batch by batch.
+pub fn attention_acceptance_cases(ops: &[Op]) -> Result<Vec<Case>> {
+    let cfg = crate::model::open(ACCEPTANCE_MODEL)?.config;
+    let spec = SweepSpec {
+        decode: ACCEPTANCE_DECODE_BATCHES
+            .iter()
+            .flat_map(|&b| ACCEPTANCE_DECODE_CONTEXTS.iter().map(move |&c| (b, c)))
+            .collect(),
+        prefill: ACCEPTANCE_PREFILL.to_vec(),
+        ..SweepSpec::default()
+    };
+    let attention: Vec<Op> = [Op::AttentionPrefill, Op::AttentionDecode]
+        .into_iter()
+        .filter(|o| ops.contains(o))
+        .collect();
+    Ok(model_cases(ACCEPTANCE_MODEL, &cfg, &attention, &spec))
+}
+
 /// The default sweep's cases for `ops`, in [`Op::ALL`] order.
 pub fn default_cases(ops: &[Op]) -> Result<Vec<Case>> {
     let mut cases: Vec<Case> = Vec::new();
@@ -470,6 +552,68 @@ mod tests {
                 }));
         let only_norm = default_cases(&[Op::Rmsnorm]).unwrap();
         assert!(only_norm.iter().all(|c| c.op == Op::Rmsnorm));
+    }
+
+    #[test]
+    fn acceptance_sweep_is_exactly_the_issue_shapes() {
+        let cases = Sweep::AttentionAcceptance.cases(&Op::ALL).unwrap();
+        let shape = |seqs, q, ctx| Shape::Attention {
+            seqs,
+            query_len: q,
+            context_len: ctx,
+            num_heads: 32,
+            num_kv_heads: 8,
+            head_dim: 128,
+            block_size: 16,
+        };
+        let mut want: Vec<(Op, Shape)> = vec![];
+        for l in [512, 2048, 8192] {
+            want.push((Op::AttentionPrefill, shape(1, l, l)));
+        }
+        for b in [1, 16, 64] {
+            for c in [1024, 4096, 16384] {
+                want.push((Op::AttentionDecode, shape(b, 1, c)));
+            }
+        }
+        let got: Vec<(Op, Shape)> = cases.iter().map(|c| (c.op, c.shape.clone())).collect();
+        assert_eq!(got, want);
+        assert!(cases
+            .iter()
+            .all(|c| c.model.as_deref() == Some(ACCEPTANCE_MODEL) && c.variant.is_none()));
+        // bf16 decode at batch 64 over 16k keys: K and V of 8 KV heads of 128, 4 GiB
+        let big = &cases[got.len() - 1];
+        let bytes = big.cost(crate::study::Dtype::Bf16).bytes;
+        assert_eq!(
+            bytes,
+            64 * (2 * (2 * 16384 * 8 * 128 + 2 * 32 * 128) + 4 * (1 + 1024))
+        );
+        // one op picks its half; non-attention ops have no case here
+        let decode = Sweep::AttentionAcceptance
+            .cases(&[Op::AttentionDecode])
+            .unwrap();
+        assert_eq!(decode.len(), 9);
+        assert!(Sweep::AttentionAcceptance
+            .cases(&[Op::Matmul])
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn sweeps_parse_by_name() {
+        for s in Sweep::ALL {
+            assert_eq!(Sweep::parse(s.name()).unwrap(), s);
+        }
+        assert_eq!(
+            Sweep::parse(" Attention-Acceptance ").unwrap(),
+            Sweep::AttentionAcceptance
+        );
+        let e = Sweep::parse("issue5").unwrap_err().to_string();
+        assert!(e.contains("unknown sweep `issue5`") && e.contains("attention-acceptance"));
+        // the default sweep is the curated one
+        assert_eq!(
+            Sweep::Default.cases(&[Op::Rmsnorm]).unwrap(),
+            default_cases(&[Op::Rmsnorm]).unwrap()
+        );
     }
 
     #[test]

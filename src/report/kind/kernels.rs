@@ -24,7 +24,7 @@ pub fn part(ctx: &Context, r: &KernelsResults) -> Part {
             .skipped
             .iter()
             .take(5)
-            .map(|s| format!("{} ({})", s.op, s.reason))
+            .map(|s| format!("{} ({})", op_label(&s.op, s.variant.as_deref()), s.reason))
             .collect();
         notes.push(format!(
             "{}: {} cases skipped: {}{}",
@@ -49,7 +49,7 @@ pub fn part(ctx: &Context, r: &KernelsResults) -> Part {
         .map(|k| {
             vec![
                 ctx.label.to_string(),
-                k.op.clone(),
+                op_label(&k.op, k.variant.as_deref()),
                 k.model.clone().unwrap_or_default(),
                 super::params_text(&k.shape, &[]),
                 duration(k.time_median_s),
@@ -149,7 +149,11 @@ pub fn part(ctx: &Context, r: &KernelsResults) -> Part {
         .filter(|k| k.arithmetic_intensity > 0.0 && k.achieved_gflop_s > 0.0)
         .map(|k| RoofPoint {
             series: k.family.clone(),
-            name: format!("{} {}", k.op, super::params_text(&k.shape, &[])),
+            name: format!(
+                "{} {}",
+                op_label(&k.op, k.variant.as_deref()),
+                super::params_text(&k.shape, &[])
+            ),
             intensity: k.arithmetic_intensity,
             achieved_gflop_s: k.achieved_gflop_s,
         })
@@ -180,7 +184,7 @@ pub fn part(ctx: &Context, r: &KernelsResults) -> Part {
     let cases: Vec<_> = r
         .rows
         .iter()
-        .map(|k| json!([k.op, k.model, k.shape, k.dtype]))
+        .map(|k| json!([k.op, k.model, k.shape, k.dtype, k.variant]))
         .collect();
     let models: Vec<String> = {
         let mut m: Vec<String> = r.rows.iter().filter_map(|k| k.model.clone()).collect();
@@ -219,5 +223,14 @@ pub fn part(ctx: &Context, r: &KernelsResults) -> Part {
         tables: vec![table],
         plots,
         notes,
+    }
+}
+
+/// The op as the report names it: with its variant where the device has several implementations
+/// (`attention_decode [auto]`), so rows of one shape stay apart.
+fn op_label(op: &str, variant: Option<&str>) -> String {
+    match variant {
+        Some(v) => format!("{op} [{v}]"),
+        None => op.to_string(),
     }
 }
