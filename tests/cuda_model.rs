@@ -94,6 +94,7 @@ fn round_in_place<T: CudaDtype>(v: &mut [f32]) {
 impl<T: CudaDtype> Backend for Emulated<T> {
     type Buffer = Vec<f32>;
     type Meta = BatchMeta;
+    type Graph = ();
 
     fn name(&self) -> &'static str {
         "cpu-emulating-cuda"
@@ -584,4 +585,229 @@ fn check_engine<T: CudaDtype>(b: &CudaBackend<T>) {
 #[test]
 fn engine_on_the_gpu_matches_cpu_greedy() {
     for_each_dtype!(check_engine);
+}
+
+// ---- CUDA graphs --------------------------------------------------------------------------------
+
+/// Index of the largest value (first on ties).
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Prefill `prompt_lens` sequences (seeded random tokens) in one step on both models, then decode:
+/// sequence `i` takes `decode_steps[i]` steps, so the batch shrinks across buckets as sequences
+/// finish. Both models are fed the same tokens (the eager model's argmax). At every decode step the
+/// graphed model (graphs on) must give, for its real rows, what the eager model (graphs off) gives
+/// on the same step padded to the same key (`graphs::pad_to_key`: the launches the graph recorded,
+/// run kernel by kernel), within the replay check's tolerance; and the unpadded eager step within
+/// the dtype's logits tolerance. Returns the largest relative difference replay vs padded eager.
+fn compare_decode<T: CudaDtype>(
+    what: &str,
+    eager: &Model<CudaBackend<T>>,
+    graphed: &Model<CudaBackend<T>>,
+    prompt_lens: &[usize],
+    decode_steps: &[usize],
+) -> f32 {
+    use infermeter::engine::batch::{build_batch, LogitsWanted, SeqChunk};
+    use infermeter::model::graphs;
+    use rand::{Rng, SeedableRng};
+
+    let block_size = 16;
+    let vocab = eager.config.vocab_size;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut tables = Vec::new();
+    let mut next_block = 1u32; // block 0 is where padding rows read (never written)
+    for (&p, &d) in prompt_lens.iter().zip(decode_steps) {
+        let blocks = (p + d).div_ceil(block_size) as u32;
+        tables.push((next_block..next_block + blocks).collect::<Vec<u32>>());
+        next_block += blocks;
+    }
+    let mut kv_e = eager.alloc_kv(next_block as usize, block_size).unwrap();
+    let mut kv_g = graphed.alloc_kv(next_block as usize, block_size).unwrap();
+    let mut kv_p = eager.alloc_kv(next_block as usize, block_size).unwrap();
+    let prompts: Vec<Vec<u32>> = prompt_lens
+        .iter()
+        .map(|&p| (0..p).map(|_| rng.random_range(0..vocab as u32)).collect())
+        .collect();
+    let chunks: Vec<SeqChunk> = prompts
+        .iter()
+        .zip(&tables)
+        .map(|(p, t)| SeqChunk {
+            tokens: p,
+            start_pos: 0,
+            block_table: t,
+            logits: LogitsWanted::Last,
+        })
+        .collect();
+    let meta = build_batch(&chunks, block_size);
+    let first = eager.forward(&meta, &mut kv_e).unwrap();
+    graphed.forward(&meta, &mut kv_g).unwrap();
+    eager.forward(&meta, &mut kv_p).unwrap();
+    let mut next: Vec<u32> = first.chunks(vocab).map(argmax).collect();
+    let mut worst = 0f32;
+    let longest = decode_steps.iter().copied().max().unwrap_or(0);
+    for step in 0..longest {
+        let active: Vec<usize> = (0..prompts.len())
+            .filter(|&i| step < decode_steps[i])
+            .collect();
+        let toks: Vec<[u32; 1]> = active.iter().map(|&i| [next[i]]).collect();
+        let chunks: Vec<SeqChunk> = active
+            .iter()
+            .zip(&toks)
+            .map(|(&i, tok)| SeqChunk {
+                tokens: tok,
+                start_pos: prompt_lens[i] + step,
+                block_table: &tables[i],
+                logits: LogitsWanted::Last,
+            })
+            .collect();
+        let meta = build_batch(&chunks, block_size);
+        let key = graphs::graph_key(&meta).expect("a decode step qualifies");
+        let padded = graphs::pad_to_key(&meta, key, block_size);
+        let want = eager.forward(&meta, &mut kv_e).unwrap();
+        let got = graphed.forward(&meta, &mut kv_g).unwrap();
+        let same_launches = eager.forward(&padded, &mut kv_p).unwrap();
+        let n = active.len();
+        let d = graphs::relative_difference(&got, &same_launches[..n * vocab]);
+        assert!(
+            d <= graphs::CHECK_TOLERANCE,
+            "{what}: step {step} (batch {n} -> {key:?}): replayed logits {d:e} (relative) away from the same padded step run eagerly"
+        );
+        worst = worst.max(d);
+        let (i, e) = worst_abs(&got, &want);
+        assert!(
+            e <= logits_tol::<T>(),
+            "{what}: step {step} (batch {n}): |graphed - eager| = {e} at {i} > {}",
+            logits_tol::<T>()
+        );
+        for (row, &i) in active.iter().enumerate() {
+            next[i] = argmax(&want[row * vocab..(row + 1) * vocab]);
+        }
+    }
+    let stats = graphed.graph_stats();
+    assert!(
+        stats.enabled,
+        "{what}: graphs turned off: {:?}",
+        stats.disabled_reason
+    );
+    assert!(stats.replayed > 0, "{what}: nothing replayed: {stats:?}");
+    assert!(
+        stats.max_check_difference <= graphs::CHECK_TOLERANCE,
+        "{what}: {stats:?}"
+    );
+    worst
+}
+
+/// (index, value) of the largest |a - b|.
+fn worst_abs(a: &[f32], b: &[f32]) -> (usize, f32) {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .enumerate()
+        .fold(
+            (0, 0.0),
+            |best, (i, d)| if d > best.1 { (i, d) } else { best },
+        )
+}
+
+fn check_graphs<T: CudaDtype>(b: &CudaBackend<T>) {
+    use infermeter::backend::cuda::AttentionVariant;
+    for variant in [AttentionVariant::Naive, AttentionVariant::Auto] {
+        let bk = b.clone().with_attention_variant(variant);
+        for name in FIXTURES {
+            let eager = load_with(name, bk.clone());
+            eager.set_graphs(false);
+            let graphed = load_with(name, bk.clone());
+            assert!(
+                graphed.graph_stats().enabled,
+                "graphs on by default on CUDA"
+            );
+            // five sequences (bucket 8), then three (4), two (2), one (1); the longest context
+            // crosses 256 (a context bucket) where the model allows it
+            let ctx = graphed.config.max_context;
+            let long = (ctx - 30).min(250);
+            let what = format!("{} {variant:?} {name}", T::NAME);
+            let d = compare_decode(
+                &what,
+                &eager,
+                &graphed,
+                &[long, 7, 40, 1, 90],
+                &[24, 3, 12, 6, 3],
+            );
+            println!("{what}: replay vs padded eager max relative difference {d:e}");
+        }
+        // a longer context (tiny-llama with its RoPE table extended): the split-KV decode plans
+        // several splits per sequence, and contexts cross 2048
+        let mut loaded = model::load(
+            model_dir("tiny-llama").to_str().unwrap(),
+            LoadOptions::default(),
+        )
+        .unwrap();
+        loaded.config.max_context = 4096;
+        let eager = loaded.into_model(bk.clone()).unwrap().0;
+        eager.set_graphs(false);
+        let mut loaded = model::load(
+            model_dir("tiny-llama").to_str().unwrap(),
+            LoadOptions::default(),
+        )
+        .unwrap();
+        loaded.config.max_context = 4096;
+        let graphed = loaded.into_model(bk.clone()).unwrap().0;
+        let what = format!("{} {variant:?} tiny-llama at 4k", T::NAME);
+        let d = compare_decode(&what, &eager, &graphed, &[2040, 700, 3], &[16, 9, 5]);
+        println!("{what}: replay vs padded eager max relative difference {d:e}");
+    }
+}
+
+/// Graph replay against eager execution: decode steps replayed from recorded CUDA graphs give the
+/// logits the same steps give kernel by kernel (both attention variants, every dtype, batches
+/// padded to buckets, contexts crossing buckets), and the greedy tokens follow.
+#[test]
+fn graph_replay_matches_eager() {
+    for_each_dtype!(check_graphs);
+}
+
+/// `generate` with graphs on and off gives the same greedy tokens on every fixture (bf16).
+#[test]
+fn greedy_with_and_without_graphs_agree() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let b = open::<half::bf16>();
+    for name in FIXTURES {
+        let r = reference(name);
+        let graphed = load_with(name, b.clone());
+        let eager = load_with(name, b.clone());
+        eager.set_graphs(false);
+        for (i, (p, g)) in r.prompts.iter().zip(&r.greedy).enumerate() {
+            let with = greedy(&graphed, p, g.len());
+            let without = greedy(&eager, p, g.len());
+            assert_greedy_agrees(
+                &format!("{name} prompt{i}: graphs on vs CPU"),
+                &with,
+                g,
+                &r.margins[i],
+                flip_margin::<half::bf16>(),
+            );
+            assert_greedy_agrees(
+                &format!("{name} prompt{i}: graphs off vs CPU"),
+                &without,
+                g,
+                &r.margins[i],
+                flip_margin::<half::bf16>(),
+            );
+        }
+        let s = graphed.graph_stats();
+        assert!(
+            s.replayed > 0 && s.disabled_reason.is_none(),
+            "{name}: {s:?}"
+        );
+    }
 }

@@ -15,6 +15,10 @@ pub mod cuda;
 use crate::error::Result;
 use crate::model::tensor_store::HostTensor;
 
+/// The slot of a padding token: it writes no K/V (`kernels/params.h`: `IM_PAD_SLOT`). Padded
+/// decode steps (the rows a CUDA graph bucket has beyond the real batch) use it.
+pub const PAD_SLOT: u32 = u32::MAX;
+
 /// Shape of the paged KV cache of one layer (K and V each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct KvGeometry {
@@ -57,6 +61,11 @@ pub struct BatchMeta {
     pub max_blocks_per_seq: usize,
     /// [num_logits] batch rows whose logits are wanted (usually each sequence's last new token)
     pub logits_indices: Vec<u32>,
+    /// The context length decode attention plans its work for (the CUDA split-KV decode's split
+    /// count and partition length); at least every sequence's length. None: the step's longest
+    /// decode context. Graph-replayed steps set their bucket's, so every replay of a graph has the
+    /// launch plan it was recorded with.
+    pub decode_plan_ctx: Option<u32>,
 }
 
 impl BatchMeta {
@@ -129,6 +138,9 @@ impl BatchMeta {
                         self.positions[row]
                     ));
                 }
+                if self.slot_mapping[row] == PAD_SLOT {
+                    continue; // a padding token: writes nothing
+                }
                 let slot = self.slot_mapping[row] as usize;
                 let expect =
                     table[pos / geom.block_size] as usize * geom.block_size + pos % geom.block_size;
@@ -141,6 +153,13 @@ impl BatchMeta {
         }
         if let Some(&i) = self.logits_indices.iter().find(|&&i| i as usize >= t) {
             return Err(format!("logits index {i} outside the batch of {t} tokens"));
+        }
+        if let (Some(plan), Some(&longest)) = (self.decode_plan_ctx, self.seq_lens.iter().max()) {
+            if plan < longest {
+                return Err(format!(
+                    "decode_plan_ctx {plan} is shorter than the longest sequence ({longest})"
+                ));
+            }
         }
         Ok(())
     }
@@ -163,6 +182,51 @@ pub trait Backend: Send + Sync {
     fn download(&self, buf: &Self::Buffer, len: usize) -> Result<Vec<f32>>;
     /// Prepare one step's metadata (validated against the cache geometry).
     fn prepare(&self, meta: &BatchMeta, geom: &KvGeometry) -> Result<Self::Meta>;
+
+    // ---- recorded steps (CUDA graphs); backends without them keep the defaults ----
+
+    /// A recorded sequence of ops that [`Backend::replay`] runs again, reading and writing the
+    /// same buffers (`()` where the backend records nothing).
+    type Graph: Send;
+
+    /// Whether [`Backend::capture`] works on this backend.
+    fn can_capture(&self) -> bool {
+        false
+    }
+
+    /// Record the ops `record` queues, without running them. The buffers they use (and the
+    /// metadata, refilled in place by [`Backend::refill`]) must outlive the graph and stay where
+    /// they are: nothing may be allocated or freed while recording.
+    fn capture(&self, record: &mut dyn FnMut() -> Result<()>) -> Result<Self::Graph> {
+        let _ = record;
+        Err(crate::error::Error::Invalid(format!(
+            "the {} backend cannot record steps",
+            self.name()
+        )))
+    }
+
+    /// Run a recorded graph again (queued like any op).
+    fn replay(&self, graph: &Self::Graph) -> Result<()> {
+        let _ = graph;
+        Err(crate::error::Error::Invalid(format!(
+            "the {} backend cannot replay steps",
+            self.name()
+        )))
+    }
+
+    /// Put another step's metadata into `dst`, which [`Backend::prepare`] made from a step of the
+    /// same shape (tokens, sequences, logits rows, block-table width, decode plan): backends with
+    /// graphs overwrite `dst`'s device arrays in place, so a graph recorded with `dst` reads it.
+    fn refill(&self, dst: &mut Self::Meta, meta: &BatchMeta, geom: &KvGeometry) -> Result<()> {
+        *dst = self.prepare(meta, geom)?;
+        Ok(())
+    }
+
+    /// Changes whenever the backend reallocates a buffer of its own (scratch space) that a
+    /// recorded graph may point to: graphs recorded under another epoch must not be replayed.
+    fn graph_epoch(&self) -> u64 {
+        0
+    }
 
     /// out[t] = table[token_ids[t]] (+ pos_table[positions[t]] for GPT-2).
     /// out: [num_tokens, hidden]; table: [vocab, hidden]; pos_table: [max_context, hidden]

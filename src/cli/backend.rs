@@ -154,6 +154,10 @@ pub struct EngineArgs {
     /// Turn prefix caching off.
     #[arg(long)]
     pub no_prefix_caching: bool,
+    /// CUDA: run every decode step kernel by kernel instead of replaying recorded CUDA graphs
+    /// (to measure what the graphs save).
+    #[arg(long)]
+    pub no_cuda_graphs: bool,
 }
 
 impl EngineArgs {

@@ -318,6 +318,8 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
         .with_context(|| format!("loading model `{}`", a.model.model))?;
     let weights_kind = loaded.weights_kind;
     let (model, _tokenizer) = loaded.into_model(backend)?;
+    model.set_graphs(!a.engine.no_cuda_graphs);
+    let records_graphs = model.backend.can_capture();
     let (backend_name, dtype, on, gpus) = (
         model.backend.name(),
         model.backend.dtype_name(),
@@ -369,6 +371,7 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
         engine: EngineInfo {
             config: engine_cfg,
             kv_pool_bytes: num_blocks * block_bytes,
+            cuda_graphs: engine.model().graph_stats().enabled,
         },
         workload: json!({
             "mode": mode,
@@ -429,7 +432,9 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
             summary: None,
             engine_summary: None,
             energy: None,
+            graphs: None,
         });
+        let graphs_before = engine.model().graph_stats();
         tel.mark();
         let mut save_err = None;
         let outcome = run_phase(&mut engine, &plan.requests, opts, |ev| {
@@ -452,6 +457,9 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
         phase.ended_s = Some(outcome.ended_s);
         phase.summary = Some(summarize(&records, None, None));
         phase.engine_summary = Some(EngineSummary::of(&outcome.steps, &outcome.requests));
+        if records_graphs {
+            phase.graphs = Some(engine.model().graph_stats().since(&graphs_before));
+        }
         phase.requests = outcome.requests;
         phase.steps = outcome.steps;
         tel.after_phase(&mut writer.results, idx);
@@ -462,9 +470,24 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
     writer.results.complete = true;
     writer.save(true)?;
     print_summary(&writer.results);
+    if records_graphs {
+        print_graphs(&engine.model().graph_stats());
+    }
     print_energy(&writer.results);
     eprintln!("results: {}", out_path.display());
     Ok(())
+}
+
+fn print_graphs(g: &crate::model::graphs::GraphStats) {
+    match (&g.disabled_reason, g.enabled) {
+        (Some(why), _) => println!("CUDA graphs: turned off during the run: {why}"),
+        (None, false) => println!("CUDA graphs: off (--no-cuda-graphs)"),
+        (None, true) => println!(
+            "CUDA graphs: {} decode steps replayed, {} graphs recorded, {} steps eager, {} invalidations; \
+             largest check difference {:.1e}",
+            g.replayed, g.recorded, g.eager, g.invalidations, g.max_check_difference
+        ),
+    }
 }
 
 fn ms(v: Option<f64>) -> String {

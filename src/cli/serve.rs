@@ -89,6 +89,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         max_num_seqs: a.engine.max_num_seqs,
         max_num_batched_tokens: a.engine.max_num_batched_tokens,
         enable_prefix_caching: !a.engine.no_prefix_caching,
+        cuda_graphs: !a.engine.no_cuda_graphs,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

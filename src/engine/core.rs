@@ -143,6 +143,12 @@ impl<B: Backend> Engine<B> {
             )));
         }
         let cache = model.alloc_kv(cfg.num_blocks, cfg.block_size)?;
+        if model.graph_stats().enabled {
+            // recorded decode graphs point into the workspace: grow it to the step limits now, not
+            // in the middle of the run (which would drop every recording)
+            let rows = crate::model::graphs::padded_rows(cfg.max_num_seqs);
+            model.reserve(cfg.max_num_batched_tokens.max(rows), rows)?;
+        }
         let kv = KvCacheManager::new(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_caching);
         let sched = Scheduler::new(
             SchedulerConfig {

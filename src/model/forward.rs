@@ -2,10 +2,14 @@
 //!
 //! One call processes a flattened variable-length batch (prefill chunks and decode tokens mixed),
 //! writes the new tokens' K/V into the paged cache, and returns logits for the requested rows.
+//! Decode steps are replayed from recorded graphs where the backend can record them
+//! (`model::graphs`); every other step runs its ops one by one.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::config::{Arch, ModelConfig};
+use super::graphs::{self, GraphKey, GraphStats, StepGraphs};
 use super::rope::cos_sin_table;
 use super::tensor_store::HostTensor;
 use super::weights::ModelWeights;
@@ -14,6 +18,8 @@ use crate::error::{Error, Result};
 
 /// The paged KV cache of every layer, in backend memory.
 pub struct KvCache<B: Backend> {
+    /// Unique per allocation: recorded graphs are bound to the cache they write.
+    pub id: u64,
     pub geom: KvGeometry,
     /// per layer: [num_blocks, block_size, num_kv_heads, head_dim]
     pub k: Vec<B::Buffer>,
@@ -28,8 +34,17 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
+/// Ids of KV caches and workspaces (recorded graphs are bound to both).
+static NEXT_ALLOCATION_ID: AtomicU64 = AtomicU64::new(1);
+
+fn next_allocation_id() -> u64 {
+    NEXT_ALLOCATION_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Activation buffers, grown to the largest batch seen and reused.
 struct Workspace<B: Backend> {
+    /// Unique per allocation (a grown workspace is a new one).
+    id: u64,
     tokens: usize,
     logits_rows: usize,
     /// [tokens, hidden] residual stream
@@ -58,13 +73,20 @@ pub struct Model<B: Backend> {
     weights: ModelWeights<B::Buffer>,
     /// [max_context, head_dim] (Llama only)
     cos_sin: Option<B::Buffer>,
-    workspace: Mutex<Option<Workspace<B>>>,
+    /// One step at a time: the workspace and the graphs that point into it.
+    state: Mutex<StepState<B>>,
+}
+
+struct StepState<B: Backend> {
+    workspace: Option<Workspace<B>>,
+    graphs: StepGraphs<B>,
 }
 
 impl<B: Backend> Model<B> {
     /// Upload host weights to the backend.
     pub fn new(backend: B, config: ModelConfig, weights: ModelWeights<HostTensor>) -> Result<Self> {
         let weights = weights.try_map(|t| backend.upload(&t))?;
+        let backend_records = backend.can_capture();
         let cos_sin = match &config.rope {
             Some(rope) => {
                 let table = cos_sin_table(rope, config.head_dim, config.max_context);
@@ -80,7 +102,10 @@ impl<B: Backend> Model<B> {
             backend,
             weights,
             cos_sin,
-            workspace: Mutex::new(None),
+            state: Mutex::new(StepState {
+                workspace: None,
+                graphs: StepGraphs::new(backend_records),
+            }),
         })
     }
 
@@ -107,7 +132,12 @@ impl<B: Backend> Model<B> {
             k.push(self.backend.zeros(geom.layer_len())?);
             v.push(self.backend.zeros(geom.layer_len())?);
         }
-        Ok(KvCache { geom, k, v })
+        Ok(KvCache {
+            id: next_allocation_id(),
+            geom,
+            k,
+            v,
+        })
     }
 
     fn workspace_for(&self, tokens: usize, logits_rows: usize) -> Result<Workspace<B>> {
@@ -118,6 +148,7 @@ impl<B: Backend> Model<B> {
         };
         let b = &self.backend;
         Ok(Workspace {
+            id: next_allocation_id(),
             tokens,
             logits_rows,
             x: b.zeros(tokens * c.hidden_size)?,
@@ -130,6 +161,53 @@ impl<B: Backend> Model<B> {
             last: b.zeros(logits_rows * c.hidden_size)?,
             logits: b.zeros(logits_rows * c.vocab_size)?,
         })
+    }
+
+    /// Replay decode steps from recorded graphs (CUDA graphs; on by default where the backend
+    /// records). Off: every step runs its ops one by one (`--no-cuda-graphs`). A backend that
+    /// cannot record ignores `true`.
+    pub fn set_graphs(&self, on: bool) {
+        let on = on && self.backend.can_capture();
+        self.lock_state().graphs.set_enabled(on);
+    }
+
+    /// What the graphs did so far.
+    pub fn graph_stats(&self) -> GraphStats {
+        self.lock_state().graphs.stats().clone()
+    }
+
+    /// The keys recorded now (tests, logs).
+    pub fn graph_keys(&self) -> Vec<GraphKey> {
+        self.lock_state().graphs.keys()
+    }
+
+    /// Grow the activation workspace to `tokens` rows and `logits_rows` logits rows now, so that
+    /// it does not grow (and drop the recorded graphs) in the middle of a run. The engine reserves
+    /// its step limits when it starts.
+    pub fn reserve(&self, tokens: usize, logits_rows: usize) -> Result<()> {
+        let mut st = self.lock_state();
+        self.ensure_workspace(&mut st, tokens, logits_rows)
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, StepState<B>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ensure_workspace(&self, st: &mut StepState<B>, t: usize, l: usize) -> Result<()> {
+        if st
+            .workspace
+            .as_ref()
+            .is_none_or(|w| w.tokens < t || w.logits_rows < l)
+        {
+            let (old_t, old_l) = st
+                .workspace
+                .as_ref()
+                .map_or((0, 0), |w| (w.tokens, w.logits_rows));
+            // free the old one first: both at once may not fit on a GPU
+            st.workspace = None;
+            st.workspace = Some(self.workspace_for(t.max(old_t), l.max(old_l).max(1))?);
+        }
+        Ok(())
     }
 
     /// Run one step. Returns logits `[meta.num_logits(), vocab]` on the host, row i for batch row
@@ -149,23 +227,114 @@ impl<B: Backend> Model<B> {
         if t == 0 {
             return Ok(Vec::new());
         }
-        let dev_meta = self.backend.prepare(meta, &kv.geom)?;
-        let mut guard = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
-        if guard
-            .as_ref()
-            .is_none_or(|w| w.tokens < t || w.logits_rows < l)
-        {
-            let (old_t, old_l) = guard.as_ref().map_or((0, 0), |w| (w.tokens, w.logits_rows));
-            *guard = Some(self.workspace_for(t.max(old_t), l.max(old_l).max(1))?);
+        let mut guard = self.lock_state();
+        let st = &mut *guard;
+        if st.graphs.enabled() {
+            if let Some(key) = graphs::graph_key(meta) {
+                return self.forward_recorded(st, meta, key, kv);
+            }
         }
-        let ws = guard.as_mut().expect("workspace allocated above");
-        self.run_layers(ws, &dev_meta, t, kv)?;
+        st.graphs.count_eager();
+        let dev_meta = self.backend.prepare(meta, &kv.geom)?;
+        self.ensure_workspace(st, t, l)?;
+        let ws = st
+            .workspace
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("no workspace".into()))?;
+        self.run_step(ws, &dev_meta, t, l, kv)?;
+        self.backend.download(&ws.logits, l * c.vocab_size)
+    }
+
+    /// A decode step through the graph of its key: replayed when recorded, else run eagerly,
+    /// recorded and checked (`model::graphs`).
+    fn forward_recorded(
+        &self,
+        st: &mut StepState<B>,
+        meta: &BatchMeta,
+        key: GraphKey,
+        kv: &mut KvCache<B>,
+    ) -> Result<Vec<f32>> {
+        let b = &self.backend;
+        let vocab = self.config.vocab_size;
+        let n = meta.num_seqs();
+        // the embedding op checks token ids when it runs; a replay runs no op on the host
+        if let Some(&bad) = meta.token_ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let padded = graphs::pad_to_key(meta, key, kv.geom.block_size);
+        self.ensure_workspace(st, key.batch, key.batch)?;
+        let StepState { workspace, graphs } = st;
+        let ws = workspace
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("no workspace".into()))?;
+        graphs.bind(kv.id, ws.id, b.graph_epoch());
+        if let Some((dev_meta, graph)) = graphs.get_mut(key) {
+            b.refill(dev_meta, &padded, &kv.geom)?;
+            b.replay(graph)?;
+            graphs.count_replay();
+            return b.download(&ws.logits, n * vocab);
+        }
+        // the key's first step: its eager run is the result; then record it and check the
+        // recording by replaying the same step (idempotent: it rewrites the same K/V)
+        graphs.count_eager();
+        let dev_meta = b.prepare(&padded, &kv.geom)?;
+        self.run_step(ws, &dev_meta, key.batch, key.batch, kv)?;
+        let eager = b.download(&ws.logits, n * vocab)?;
+        // the eager run may have grown the backend's scratch buffers: record against the new ones
+        let epoch = b.graph_epoch();
+        graphs.bind(kv.id, ws.id, epoch);
+        let recorded = b.capture(&mut || self.run_step(ws, &dev_meta, key.batch, key.batch, kv));
+        let graph = match recorded {
+            Ok(g) => g,
+            Err(e) => {
+                graphs.disable(format!(
+                    "recording a decode step of {} sequences (context bucket {}) failed: {e}",
+                    key.batch, key.ctx
+                ));
+                return Ok(eager);
+            }
+        };
+        b.replay(&graph)?;
+        let replayed = b.download(&ws.logits, n * vocab)?;
+        let difference = graphs::relative_difference(&replayed, &eager);
+        if b.graph_epoch() != epoch {
+            graphs.disable(format!(
+                "the backend reallocated a buffer while recording a decode step of {} sequences",
+                key.batch
+            ));
+            return Ok(eager);
+        }
+        if difference > graphs::CHECK_TOLERANCE {
+            graphs.disable(format!(
+                "the recorded decode step of {} sequences (context bucket {}) replayed logits \
+                 {difference:e} (relative) away from its eager run",
+                key.batch, key.ctx
+            ));
+            return Ok(eager);
+        }
+        graphs.insert(key, dev_meta, graph, difference);
+        Ok(eager)
+    }
+
+    /// Embedding, every layer, the final norm and the LM head for the rows in `meta`'s logits
+    /// indices; leaves logits `[l, vocab]` in `ws.logits`.
+    fn run_step(
+        &self,
+        ws: &mut Workspace<B>,
+        meta: &B::Meta,
+        t: usize,
+        l: usize,
+        kv: &mut KvCache<B>,
+    ) -> Result<()> {
+        let c = &self.config;
+        self.run_layers(ws, meta, t, kv)?;
         let b = &self.backend;
         let h = c.hidden_size;
-        b.gather_logit_rows(&mut ws.last, &ws.xn, &dev_meta, h)?;
+        b.gather_logit_rows(&mut ws.last, &ws.xn, meta, h)?;
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
-        b.linear(&mut ws.logits, &ws.last, head, None, l, c.vocab_size, h)?;
-        b.download(&ws.logits, l * c.vocab_size)
+        b.linear(&mut ws.logits, &ws.last, head, None, l, c.vocab_size, h)
     }
 
     /// Embedding, every layer and the final norm; leaves the final-normed hidden states in `ws.xn`.

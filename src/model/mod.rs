@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod forward;
+pub mod graphs;
 pub mod registry;
 pub mod rope;
 pub mod tensor_store;

@@ -61,6 +61,10 @@ pub struct EngineInfo {
     pub config: EngineConfig,
     /// Bytes of the KV pool (K and V, all layers).
     pub kv_pool_bytes: usize,
+    /// Whether decode steps were replayed from CUDA graphs (`--no-cuda-graphs` turns them off;
+    /// the CPU backend has none).
+    #[serde(default)]
+    pub cuda_graphs: bool,
 }
 
 /// A request as the engine served it: the common record plus engine-side facts.
@@ -156,6 +160,9 @@ pub struct Phase {
     /// phase's window.
     #[serde(default)]
     pub energy: Option<crate::metrics::energy::EnergyReport>,
+    /// Decode steps replayed from CUDA graphs in this phase (backends that record graphs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphs: Option<crate::model::graphs::GraphStats>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -73,6 +73,8 @@ pub struct ServerConfig {
     pub max_num_seqs: usize,
     pub max_num_batched_tokens: usize,
     pub enable_prefix_caching: bool,
+    /// Replay decode steps from CUDA graphs (backends that record them).
+    pub cuda_graphs: bool,
 }
 
 impl ServerConfig {
@@ -97,6 +99,7 @@ impl ServerConfig {
             max_num_seqs: 256,
             max_num_batched_tokens: 2048,
             enable_prefix_caching: true,
+            cuda_graphs: true,
         }
     }
 }
@@ -217,6 +220,7 @@ fn build_engine<B: EngineBackend>(
     let weights = loaded.weights_kind;
     let config = loaded.config.clone();
     let (model, tokenizer) = loaded.into_model(backend)?;
+    model.set_graphs(cfg.cuda_graphs);
     let described = model.backend.describe();
     let block_bytes =
         KvCache::<B>::block_bytes(&config, cfg.block_size.max(1), model.backend.elem_bytes());

@@ -37,6 +37,8 @@ fn need(buf: &[f32], len: usize, name: &str) -> Result<()> {
 impl Backend for CpuBackend {
     type Buffer = Vec<f32>;
     type Meta = BatchMeta;
+    /// The CPU records nothing: every step runs its ops (`can_capture` is false).
+    type Graph = ();
 
     fn name(&self) -> &'static str {
         "cpu"

@@ -43,10 +43,17 @@ fn err(msg: impl Into<String>) -> Error {
     }
 }
 
-/// A cuBLAS handle bound to the backend's stream.
+/// cuBLAS's workspace: NVIDIA recommends 32 MiB on Hopper (4 MiB before); one size for all.
+const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// A cuBLAS handle bound to the backend's stream, with a workspace of its own.
 #[derive(Debug)]
 pub struct Gemm {
     blas: CudaBlas,
+    /// Set with cublasSetWorkspace: without it cuBLAS allocates its workspace itself, which is
+    /// illegal while a step is being recorded into a CUDA graph (`graph.rs`). Kept alive as long
+    /// as the handle.
+    _workspace: CudaSlice<u8>,
 }
 
 impl Gemm {
@@ -56,8 +63,25 @@ impl Gemm {
         if !unsafe { blas_sys::is_culib_present() } {
             return Err(err("cuBLAS (libcublas) did not load"));
         }
-        let blas = CudaBlas::new(stream).map_err(|e| err(format!("cublasCreate: {e}")))?;
-        Ok(Self { blas })
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| err(format!("cublasCreate: {e}")))?;
+        let workspace = stream
+            .alloc_zeros::<u8>(WORKSPACE_BYTES)
+            .map_err(|e| err(format!("allocating the cuBLAS workspace: {e}")))?;
+        {
+            let (ptr, _sync) = workspace.device_ptr(&stream);
+            // SAFETY: a live handle and a device buffer of WORKSPACE_BYTES that outlives it (both
+            // owned by Self; fields drop in declaration order, the handle first).
+            let status = unsafe {
+                blas_sys::cublasSetWorkspace_v2(*blas.handle(), ptr as *mut c_void, WORKSPACE_BYTES)
+            };
+            if status != blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(err(format!("cublasSetWorkspace: {status:?}")));
+            }
+        }
+        Ok(Self {
+            blas,
+            _workspace: workspace,
+        })
     }
 
     /// out[m, n] = x[m, k] · w[n, k]ᵀ + (beta = 1: out, else 0) — see the module docs for the

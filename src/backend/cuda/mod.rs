@@ -7,6 +7,7 @@
 //! - [`attention`]: the attention variants (naive; flash prefill + split-KV decode), the split
 //!   heuristic and their launches (docs/attention.md);
 //! - [`gemm`]: `linear` through cuBLAS (bf16/f16 with f32 accumulation, f32 in f32);
+//! - [`graph`]: recording a step into a CUDA graph and replaying it (`model::graphs` decides when);
 //! - [`memory`]: the device memory plan (weights, activations, KV pool from
 //!   `--gpu-memory-utilization`);
 //! - [`params`]: bindgen's output for `kernels/params.h` (committed; `scripts/check-bindings`).
@@ -21,6 +22,7 @@ pub mod attention;
 pub mod compile;
 pub mod device;
 pub mod gemm;
+pub mod graph;
 pub mod memory;
 pub mod ops;
 #[rustfmt::skip]
@@ -37,6 +39,7 @@ pub mod params;
 use std::marker::PhantomData;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -166,6 +169,9 @@ struct Device {
     /// The split-KV decode's partial results (acc, (m, l)), grown on demand, never shrunk. Ops run
     /// in order on the one stream, so successive attention calls can share it.
     decode_scratch: Mutex<Option<(CudaSlice<f32>, CudaSlice<f32>)>>,
+    /// Bumped whenever `zero_rows` or `decode_scratch` is reallocated: a graph recorded before
+    /// points at freed memory ([`Backend::graph_epoch`]).
+    epoch: AtomicU64,
 }
 
 /// The CUDA backend for compute dtype `T`. Cloning shares the device, stream and kernels; the
@@ -286,6 +292,7 @@ impl<T: CudaDtype> CudaBackend<T> {
                 compile,
                 zero_rows: Mutex::new(None),
                 decode_scratch: Mutex::new(None),
+                epoch: AtomicU64::new(0),
             }),
             attention,
             decode_splits: None,
@@ -573,13 +580,15 @@ impl<T: CudaDtype> CudaBackend<T> {
             .is_none_or(|(a, m)| a.len() < acc_len || m.len() < ml_len)
         {
             let (have_a, have_m) = guard.as_ref().map_or((0, 0), |(a, m)| (a.len(), m.len()));
+            // powers of two: few reallocations, each of which invalidates recorded graphs
             let alloc = |n: usize| {
                 self.dev
                     .stream
-                    .alloc_zeros::<f32>(n.max(1))
+                    .alloc_zeros::<f32>(n.max(1).next_power_of_two())
                     .map_err(drv("cuMemAlloc (decode scratch)"))
             };
             *guard = Some((alloc(acc_len.max(have_a))?, alloc(ml_len.max(have_m))?));
+            self.dev.epoch.fetch_add(1, Ordering::Relaxed);
         }
         let (part_acc, part_ml) = guard
             .as_mut()
@@ -622,6 +631,7 @@ impl<T: CudaDtype> CudaBackend<T> {
                     .alloc_zeros::<u32>(n)
                     .map_err(drv("cuMemAlloc"))?,
             );
+            self.dev.epoch.fetch_add(1, Ordering::Relaxed);
         }
         let buf = guard
             .as_ref()
@@ -651,9 +661,15 @@ fn need<T>(buf: &CudaSlice<T>, len: usize, name: &str) -> Result<()> {
 }
 
 /// One step's metadata on the device: every u32 array of [`BatchMeta`] in one buffer (one upload),
-/// plus the host-side facts the launches need.
+/// plus the host-side facts the launches need ([`MetaLayout`], reached through `Deref`).
 pub struct CudaMeta {
     buf: CudaSlice<u32>,
+    layout: MetaLayout,
+}
+
+/// Where each array sits in [`CudaMeta`]'s buffer, and the host-side facts of the step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetaLayout {
     token_ids: Range<usize>,
     positions: Range<usize>,
     slot_mapping: Range<usize>,
@@ -676,14 +692,114 @@ pub struct CudaMeta {
     pub num_decode: usize,
     /// Query tiles of the sequences with two or more new tokens.
     pub num_prefill_tiles: usize,
-    /// Longest context among the decode sequences (0 without any).
+    /// The context the split-KV decode plans for: `BatchMeta::decode_plan_ctx`, else the longest
+    /// context among the decode sequences (0 without any).
     pub max_decode_ctx: u32,
+}
+
+impl MetaLayout {
+    /// Whether a step with this layout can be refilled into metadata of `other`'s: the same arrays
+    /// at the same places and the same launch-relevant sizes (token ids and positions may differ).
+    fn same_shape(&self, other: &MetaLayout) -> bool {
+        let ranges = |l: &MetaLayout| {
+            [
+                l.token_ids.clone(),
+                l.positions.clone(),
+                l.slot_mapping.clone(),
+                l.query_start_loc.clone(),
+                l.seq_lens.clone(),
+                l.block_tables.clone(),
+                l.logits_indices.clone(),
+                l.decode_seqs.clone(),
+                l.prefill_tiles.clone(),
+            ]
+        };
+        ranges(self) == ranges(other)
+            && (self.num_tokens, self.num_seqs, self.num_logits)
+                == (other.num_tokens, other.num_seqs, other.num_logits)
+            && self.max_blocks_per_seq == other.max_blocks_per_seq
+            && (self.num_decode, self.num_prefill_tiles, self.max_decode_ctx)
+                == (
+                    other.num_decode,
+                    other.num_prefill_tiles,
+                    other.max_decode_ctx,
+                )
+    }
+}
+
+impl std::ops::Deref for CudaMeta {
+    type Target = MetaLayout;
+    fn deref(&self) -> &MetaLayout {
+        &self.layout
+    }
 }
 
 impl CudaMeta {
     fn view(&self, r: &Range<usize>) -> CudaView<'_, u32> {
         self.buf.slice(r.clone())
     }
+}
+
+/// A step's metadata validated and flattened into one u32 array (the work lists of the attention
+/// variants included), with where each part sits.
+fn step_arrays(meta: &BatchMeta, geom: &KvGeometry) -> Result<(Vec<u32>, MetaLayout)> {
+    meta.validate(geom)
+        .map_err(|msg| err(format!("bad batch metadata: {msg}")))?;
+    let decode_seqs = attention::decode_seqs(&meta.query_start_loc);
+    let prefill_tiles = attention::prefill_tiles(&meta.query_start_loc);
+    let longest_decode = decode_seqs
+        .iter()
+        .map(|&s| meta.seq_lens[s as usize])
+        .max()
+        .unwrap_or(0);
+    let parts: [&[u32]; 9] = [
+        &meta.token_ids,
+        &meta.positions,
+        &meta.slot_mapping,
+        &meta.query_start_loc,
+        &meta.seq_lens,
+        &meta.block_tables,
+        &meta.logits_indices,
+        &decode_seqs,
+        &prefill_tiles,
+    ];
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut host = Vec::with_capacity(total.max(1));
+    let mut ranges: [Range<usize>; 9] = Default::default();
+    for (r, p) in ranges.iter_mut().zip(parts) {
+        *r = host.len()..host.len() + p.len();
+        host.extend_from_slice(p);
+    }
+    if host.is_empty() {
+        host.push(0);
+    }
+    let [token_ids, positions, slot_mapping, query_start_loc, seq_lens, block_tables, logits_indices, decode_range, tiles_range] =
+        ranges;
+    let layout = MetaLayout {
+        token_ids,
+        positions,
+        slot_mapping,
+        query_start_loc,
+        seq_lens,
+        block_tables,
+        logits_indices,
+        decode_seqs: decode_range,
+        prefill_tiles: tiles_range,
+        num_tokens: meta.num_tokens(),
+        num_seqs: meta.num_seqs(),
+        num_logits: meta.num_logits(),
+        max_blocks_per_seq: meta.max_blocks_per_seq,
+        max_token_id: meta.token_ids.iter().copied().max(),
+        max_position: meta.positions.iter().copied().max(),
+        num_decode: decode_seqs.len(),
+        num_prefill_tiles: prefill_tiles.len() / 2,
+        max_decode_ctx: if decode_seqs.is_empty() {
+            0
+        } else {
+            meta.decode_plan_ctx.unwrap_or(longest_decode)
+        },
+    };
+    Ok((host, layout))
 }
 
 /// u32 size of an op argument.
@@ -742,68 +858,63 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
     }
 
     fn prepare(&self, meta: &BatchMeta, geom: &KvGeometry) -> Result<CudaMeta> {
-        meta.validate(geom)
-            .map_err(|msg| err(format!("bad batch metadata: {msg}")))?;
+        let (host, layout) = step_arrays(meta, geom)?;
         self.dev
             .ctx
             .bind_to_thread()
             .map_err(drv("binding the CUDA context"))?;
-        let decode_seqs = attention::decode_seqs(&meta.query_start_loc);
-        let prefill_tiles = attention::prefill_tiles(&meta.query_start_loc);
-        let max_decode_ctx = decode_seqs
-            .iter()
-            .map(|&s| meta.seq_lens[s as usize])
-            .max()
-            .unwrap_or(0);
-        let parts: [&[u32]; 9] = [
-            &meta.token_ids,
-            &meta.positions,
-            &meta.slot_mapping,
-            &meta.query_start_loc,
-            &meta.seq_lens,
-            &meta.block_tables,
-            &meta.logits_indices,
-            &decode_seqs,
-            &prefill_tiles,
-        ];
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        let mut host = Vec::with_capacity(total.max(1));
-        let mut ranges: [Range<usize>; 9] = Default::default();
-        for (r, p) in ranges.iter_mut().zip(parts) {
-            *r = host.len()..host.len() + p.len();
-            host.extend_from_slice(p);
-        }
-        if host.is_empty() {
-            host.push(0);
-        }
         let buf = self
             .dev
             .stream
             .clone_htod(&host)
             .map_err(drv("copying step metadata"))?;
-        let [token_ids, positions, slot_mapping, query_start_loc, seq_lens, block_tables, logits_indices, decode_range, tiles_range] =
-            ranges;
-        Ok(CudaMeta {
-            buf,
-            token_ids,
-            positions,
-            slot_mapping,
-            query_start_loc,
-            seq_lens,
-            block_tables,
-            logits_indices,
-            decode_seqs: decode_range,
-            prefill_tiles: tiles_range,
-            num_tokens: meta.num_tokens(),
-            num_seqs: meta.num_seqs(),
-            num_logits: meta.num_logits(),
-            max_blocks_per_seq: meta.max_blocks_per_seq,
-            max_token_id: meta.token_ids.iter().copied().max(),
-            max_position: meta.positions.iter().copied().max(),
-            num_decode: decode_seqs.len(),
-            num_prefill_tiles: prefill_tiles.len() / 2,
-            max_decode_ctx,
-        })
+        Ok(CudaMeta { buf, layout })
+    }
+
+    type Graph = graph::StepGraph;
+
+    fn can_capture(&self) -> bool {
+        true
+    }
+
+    fn capture(&self, record: &mut dyn FnMut() -> Result<()>) -> Result<graph::StepGraph> {
+        graph::capture(&self.dev.stream, record)
+    }
+
+    fn replay(&self, graph: &graph::StepGraph) -> Result<()> {
+        graph.launch()
+    }
+
+    fn refill(&self, dst: &mut CudaMeta, meta: &BatchMeta, geom: &KvGeometry) -> Result<()> {
+        let (host, layout) = step_arrays(meta, geom)?;
+        if !layout.same_shape(&dst.layout) {
+            return Err(err(format!(
+                "refill: a step of {} tokens, {} sequences, {} block-table columns and decode plan \
+                 context {} does not fit metadata prepared for {}, {}, {} and {}",
+                layout.num_tokens,
+                layout.num_seqs,
+                layout.max_blocks_per_seq,
+                layout.max_decode_ctx,
+                dst.num_tokens,
+                dst.num_seqs,
+                dst.max_blocks_per_seq,
+                dst.max_decode_ctx
+            )));
+        }
+        self.dev
+            .ctx
+            .bind_to_thread()
+            .map_err(drv("binding the CUDA context"))?;
+        self.dev
+            .stream
+            .memcpy_htod(&host, &mut dst.buf)
+            .map_err(drv("copying step metadata"))?;
+        dst.layout = layout;
+        Ok(())
+    }
+
+    fn graph_epoch(&self) -> u64 {
+        self.dev.epoch.load(Ordering::Relaxed)
     }
 
     fn embedding(
