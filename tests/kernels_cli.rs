@@ -1,11 +1,14 @@
 //! `infermeter kernels` end to end, and the kernel studies' definitions: the CPU run writes a
 //! results file that validates against `schemas/results.schema.json`; `--backend cuda` fails with a
 //! clear reason without a GPU (and runs with one); bytes and FLOPs per call match hand-computed figures at real model shapes; every
-//! op family has a bench target named as its kernel file.
+//! op family has a bench target named as its kernel file. CUDA attention variants and the
+//! acceptance sweep are listed without a GPU; the GPU session's Python scripts compile, and the
+//! ratio script's table is checked on the sample files of `tests/fixtures/attention/`.
 
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 
 use common::*;
 use infermeter::study::ops::{decode_step_cost, matmul_params};
@@ -63,6 +66,9 @@ fn cpu_kernels_write_a_valid_results_file() {
     for r in rows {
         assert_eq!(r["backend"], "cpu");
         assert_eq!(r["model"], "tiny-llama");
+        // one implementation on the CPU (the reference): no variant, no speed-up
+        assert!(r.get("variant").is_none(), "{r}");
+        assert!(r.get("speedup_over_naive").is_none(), "{r}");
         assert!(r["pct_of_spec_peak"].is_null());
         assert!(r["pct_of_measured_ceiling"].as_f64().unwrap() > 0.0);
         assert!(r["time_min_s"].as_f64().unwrap() <= r["time_median_s"].as_f64().unwrap());
@@ -327,4 +333,344 @@ fn every_family_has_a_bench_named_as_its_kernel_file() {
             );
         }
     }
+}
+
+/// `--list` shows what a CUDA run would time, without a GPU: every attention case once per
+/// variant (naive first), the acceptance sweep's shapes; the CPU keeps one row per shape.
+#[test]
+fn attention_variants_and_the_acceptance_sweep_are_listed() {
+    let acceptance = ["--op", "attention", "--sweep", "attention-acceptance"];
+    let (ok, stdout, err) = kernels(&[&["--list", "--backend", "cuda"][..], &acceptance].concat());
+    assert!(ok, "{err}");
+    assert!(stdout.contains("33 cases (bf16 elements)"), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].contains("variant"), "{}", lines[0]);
+    let shape = |seqs: usize, q: usize, ctx: usize| {
+        format!("seqs={seqs},q={q},ctx={ctx},heads=32/8,d=128,bs=16")
+    };
+    let variants_of = |op: &str, shape: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.starts_with(op) && l.contains(&format!(" {shape} ")))
+            .map(|l| l.split_whitespace().nth(3).unwrap_or_default().to_string())
+            .collect()
+    };
+    for l in [512, 2048, 8192] {
+        assert_eq!(
+            variants_of("attention_prefill", &shape(1, l, l)),
+            ["naive", "auto"],
+            "{stdout}"
+        );
+    }
+    for b in [1, 16, 64] {
+        for c in [1024, 4096, 16384] {
+            assert_eq!(
+                variants_of("attention_decode", &shape(b, 1, c)),
+                ["naive", "auto", "auto-1split"],
+                "{stdout}"
+            );
+        }
+    }
+    // a subset of the variants, in any order: naive still comes first
+    let (ok, stdout, err) = kernels(&[
+        "--list",
+        "--backend",
+        "cuda",
+        "--attention",
+        "auto-1split,naive",
+        "--op",
+        "attention_decode",
+        "--sweep",
+        "attention-acceptance",
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("18 cases"), "{stdout}");
+    let first = stdout.lines().nth(1).unwrap_or_default();
+    assert!(first.contains(" naive "), "{first}");
+    // the CPU: the same 12 shapes, one row each, no variant column
+    let (ok, stdout, err) = kernels(&[&["--list"][..], &acceptance].concat());
+    assert!(ok, "{err}");
+    assert!(stdout.contains("12 cases (f32 elements)"), "{stdout}");
+    assert!(!stdout.contains("variant") && !stdout.contains(" naive "));
+}
+
+#[test]
+fn attention_and_sweep_options_are_checked() {
+    let refused = |args: &[&str], want: &[&str]| {
+        let (ok, _, err) = kernels(args);
+        assert!(!ok, "{args:?} ran");
+        for w in want {
+            assert!(err.contains(w), "{args:?}: `{w}` not in {err}");
+        }
+    };
+    refused(
+        &[
+            "--backend",
+            "cpu",
+            "--attention",
+            "auto",
+            "--op",
+            "attention",
+        ],
+        &["--attention applies to --backend cuda only", "reference"],
+    );
+    refused(
+        &["--list", "--backend", "cuda", "--attention", "naive,flash2"],
+        &[
+            "--attention",
+            "unknown attention variant `flash2`",
+            "auto-1split",
+        ],
+    );
+    refused(
+        &["--list", "--sweep", "issue5"],
+        &["--sweep", "unknown sweep `issue5`", "attention-acceptance"],
+    );
+    refused(
+        &[
+            "--list",
+            "--sweep",
+            "attention-acceptance",
+            "--op",
+            "matmul",
+        ],
+        &["attention_prefill and attention_decode cases only"],
+    );
+    refused(
+        &[
+            "--list",
+            "--sweep",
+            "attention-acceptance",
+            "--shapes",
+            "gpt2",
+        ],
+        &["--shapes"],
+    );
+    // only auto-1split on prefill: nothing to run
+    refused(
+        &[
+            "--list",
+            "--backend",
+            "cuda",
+            "--attention",
+            "auto-1split",
+            "--op",
+            "attention_prefill",
+        ],
+        &["auto-1split applies to attention_decode only"],
+    );
+}
+
+/// `python3` if it runs here; otherwise the reason (the test then prints it and skips).
+fn python3() -> Result<(), String> {
+    match Command::new("python3").arg("--version").output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!("python3 --version failed: {}", o.status)),
+        Err(e) => Err(format!("python3 not found: {e}")),
+    }
+}
+
+/// The GPU session's Python scripts compile (byte-code written to a temporary directory, not
+/// next to the scripts).
+#[test]
+fn gpu_session_scripts_compile() {
+    if let Err(why) = python3() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let scripts = repo().join("scripts/gpu");
+    let mut compiled = 0;
+    for entry in std::fs::read_dir(&scripts).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("py") {
+            continue;
+        }
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)",
+            ])
+            .arg(&path)
+            .arg(dir.path().join("out.pyc"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        compiled += 1;
+    }
+    assert!(
+        compiled >= 3,
+        "sdpa_compare.py, attention_ratios.py, hf_generate.py"
+    );
+}
+
+/// scripts/gpu/attention_ratios.py on the sample files of tests/fixtures/attention/ (round
+/// numbers, not measurements: tests/fixtures/attention/README.md): the ratios, the targets and
+/// the Markdown table, and a clear error for a file it cannot use.
+#[test]
+fn attention_ratios_script_on_sample_files() {
+    let fixtures = repo().join("tests/fixtures/attention");
+    let ours = fixtures.join("kernels-attention-bf16.json");
+    let sdpa = fixtures.join("sdpa-compare.json");
+    // the sample is a valid kernels results file, variants and speed-ups included
+    let doc = validate_results(&ours);
+    assert!(doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["variant"] == "auto-1split"));
+    if let Err(why) = python3() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (md, json) = (dir.path().join("r.md"), dir.path().join("r.json"));
+    let script = repo().join("scripts/gpu/attention_ratios.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg("--ours")
+        .arg(&ours)
+        .arg("--sdpa")
+        .arg(&sdpa)
+        .arg("--out-md")
+        .arg(&md)
+        .arg("--out-json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let close = |v: &serde_json::Value, want: f64| {
+        let got = v.as_f64().unwrap_or(f64::NAN);
+        assert!(
+            (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+            "{got} != {want}"
+        );
+    };
+    assert_eq!(r["kind"], "attention_ratios");
+    close(&r["d2d_gb_s"], 3000.0);
+    // prefill: auto at 100 and 450 TFLOP/s against SDPA flash at 200 and 500; naive 8× and 22.5×
+    // slower than auto
+    let prefill = r["prefill"].as_array().unwrap();
+    assert_eq!(prefill.len(), 2);
+    assert_eq!(prefill[0]["shape"]["query_len"], 512);
+    close(&prefill[0]["auto_vs_sdpa_flash"], 0.5);
+    close(&prefill[0]["auto_speedup_over_naive"], 8.0);
+    assert_eq!(prefill[0]["target_met"], false);
+    close(&prefill[1]["auto_vs_sdpa_flash"], 0.9);
+    close(&prefill[1]["auto_tflop_s"], 450.0);
+    close(&prefill[1]["auto_speedup_over_naive"], 22.5);
+    assert_eq!(prefill[1]["target_met"], true);
+    // decode, sorted by (batch, context): auto at 1500, 2400, (skipped), 2700 GB/s of a 3000 GB/s
+    // copy; the 85 % target applies from 4096 keys
+    let decode = r["decode"].as_array().unwrap();
+    let ctx: Vec<(u64, u64)> = decode
+        .iter()
+        .map(|d| {
+            (
+                d["shape"]["seqs"].as_u64().unwrap(),
+                d["shape"]["context_len"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ctx, [(1, 1024), (1, 16384), (16, 4096), (64, 16384)]);
+    close(&decode[0]["auto_pct_of_d2d"], 50.0);
+    assert_eq!(decode[0]["target_applies"], false);
+    assert!(decode[0]["target_met"].is_null());
+    close(&decode[0]["auto_1split_speedup_over_naive"], 7.5);
+    close(&decode[0]["pytorch"]["sdpa_flash"]["auto_gb_s_ratio"], 1.5);
+    close(&decode[1]["auto_pct_of_d2d"], 80.0);
+    assert_eq!(decode[1]["target_met"], false);
+    assert!(decode[2]["auto_ms"].is_null() && decode[2]["target_met"].is_null());
+    assert!(decode[2]["skipped"]["auto"]
+        .as_str()
+        .unwrap()
+        .contains("too large"));
+    close(&decode[2]["auto_1split_speedup_over_naive"], 4.0);
+    close(&decode[3]["auto_pct_of_d2d"], 90.0);
+    close(&decode[3]["auto_speedup_over_naive"], 10.0);
+    close(&decode[3]["pytorch"]["matmul"]["auto_gb_s_ratio"], 1.35);
+    assert_eq!(decode[3]["target_met"], true);
+    assert_eq!(
+        r["summary"],
+        serde_json::json!({
+            "prefill": {"met": 1, "judged": 2, "shapes": 2},
+            "decode": {"met": 1, "judged": 2, "shapes": 3}
+        })
+    );
+    let table = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        table.contains("| 64 × 16384 |") && table.contains("90.0 %"),
+        "{table}"
+    );
+    assert!(table.contains("auto did not run at seqs=16"), "{table}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), table);
+
+    // a CPU file has no variants: refused, naming the file and the field
+    let cpu = repo().join("tests/fixtures/results/kernels.json");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg("--ours")
+        .arg(&cpu)
+        .arg("--sdpa")
+        .arg(&sdpa)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("kernels.json: rows: no attention row with a `variant`"),
+        "{stderr}"
+    );
+    // a row missing a field: the file, the row and the field
+    let broken = dir.path().join("broken.json");
+    let mut bad: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sdpa).unwrap()).unwrap();
+    bad["rows"][1].as_object_mut().unwrap().remove("flops");
+    std::fs::write(&broken, bad.to_string()).unwrap();
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg("--ours")
+        .arg(&ours)
+        .arg("--sdpa")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("broken.json: rows[1].flops: missing"),
+        "{stderr}"
+    );
+}
+
+/// The report keeps the variants of one shape apart.
+#[test]
+fn report_names_attention_variants() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = repo().join("tests/fixtures/attention/kernels-attention-bf16.json");
+    let (ok, _, err) = run_cli(&[
+        "report",
+        ours.to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--format",
+        "md",
+    ]);
+    assert!(ok, "{err}");
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    for v in ["naive", "auto", "auto-1split"] {
+        assert!(
+            md.contains(&format!("attention_decode [{v}]")),
+            "{v} missing:\n{md}"
+        );
+    }
+    assert!(md.contains("| matmul |"), "{md}");
 }
