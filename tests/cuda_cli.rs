@@ -353,3 +353,70 @@ fn serve_on_cuda_or_the_clear_message() {
         .collect();
     assert_eq!(served, generated);
 }
+
+/// `run` records whether decode steps were replayed from CUDA graphs: on the CPU never (no
+/// `graphs` in the phases, `--no-cuda-graphs` accepted and changing nothing); on a GPU, replays in
+/// every measured phase with graphs on, none with `--no-cuda-graphs`.
+#[test]
+fn run_records_cuda_graphs() {
+    let dir = model_dir("tiny-llama");
+    let tmp = tempfile::tempdir().unwrap();
+    let backends: &[&str] = if gpu() { &["cpu", "cuda"] } else { &["cpu"] };
+    for backend in backends {
+        for graphs_off in [false, true] {
+            let results = tmp.path().join(format!("run-{backend}-{graphs_off}.json"));
+            let mut cmd = Command::new(infermeter_bin());
+            cmd.args([
+                "run",
+                "--model",
+                dir.to_str().unwrap(),
+                "--backend",
+                backend,
+            ])
+            .args([
+                "--batch-size",
+                "1,3",
+                "--input-len",
+                "8",
+                "--output-len",
+                "12",
+            ])
+            .args(["--warmup", "1", "--no-progress", "--out"])
+            .arg(&results);
+            if graphs_off {
+                cmd.arg("--no-cuda-graphs");
+            }
+            let out = cmd.output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{backend} {graphs_off}: {stderr}");
+            let j: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+            let on = *backend == "cuda" && !graphs_off;
+            assert_eq!(j["engine"]["cuda_graphs"], on, "{backend} {graphs_off}");
+            let phases = j["phases"].as_array().unwrap();
+            let measured: Vec<_> = phases.iter().filter(|p| p["warmup"] == false).collect();
+            assert_eq!(measured.len(), 2);
+            for p in measured {
+                let g = &p["graphs"];
+                match *backend {
+                    "cpu" => assert!(g.is_null(), "the CPU records no graphs: {g}"),
+                    _ => {
+                        let steps = p["engine_summary"]["steps"].as_u64().unwrap();
+                        let replayed = g["replayed"].as_u64().unwrap();
+                        assert!(g["disabled_reason"].is_null(), "{g}");
+                        if on {
+                            // 12 output tokens: 11 decode steps per request batch, the first of
+                            // a key recorded (eager), the rest replayed
+                            assert!(replayed > 0 && replayed < steps, "{g} of {steps} steps");
+                            assert!(stdout.contains("CUDA graphs: "), "{stdout}");
+                        } else {
+                            assert_eq!(replayed, 0, "{g}");
+                            assert_eq!(g["eager"].as_u64(), Some(steps), "{g}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
