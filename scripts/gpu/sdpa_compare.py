@@ -19,7 +19,9 @@ calibrate, then runs of back-to-back calls lasting at least `--min-run-ms`; `--w
 runs, then `--runs` timed runs; the median and the minimum per call. CUDA events are recorded on
 the current stream around each run. With `--cold-l2`, every call is preceded by a write of a buffer
 of max(2 × L2, 256 MiB) outside the timed region, and each call is timed on its own (a run's time
-is the sum).
+is the sum). Python dispatches each call in some microseconds of host time: without `--cold-l2`,
+decode calls shorter than that are timed at the host's pace, not the GPU's; with it, the flush
+(tens of microseconds on the GPU) keeps the stream busy while the host queues the timed call.
 
 Bytes and FLOPs per call are the formulas of `attention_cost` in src/study/ops.rs, so GB/s and
 TFLOP/s compare directly with our rows: bytes = seqs · (s · (2 · C · H_kv · D + 2 · q · H · D) +
