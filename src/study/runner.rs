@@ -376,6 +376,8 @@ where
             _,
         ) => {
             let weights = crate::model::weights::dummy_weights(config, 0);
+            // the engine's path: on CUDA the warm-up call records the step into a CUDA graph and
+            // the timed calls replay it (model::graphs; `run --no-cuda-graphs` times the other)
             let model = Model::new(b, (**config).clone(), weights)?;
             let (meta, num_blocks) =
                 paged_meta(*batch, 1, *context, *block_size, config.vocab_size)?;
