@@ -420,3 +420,46 @@ fn run_records_cuda_graphs() {
         }
     }
 }
+
+/// `--attention` (env INFERMETER_ATTENTION) is checked when parsed, and the variant a run used is in
+/// its results file; on a GPU `auto` runs and is named in the backend line.
+#[test]
+fn attention_flag_is_validated_and_recorded() {
+    let dir = model_dir("tiny-llama");
+    let out = Command::new(infermeter_bin())
+        .args(["generate", "--model", dir.to_str().unwrap(), "--ids", ids()])
+        .args(["--max-tokens", "2", "--attention", "bogus"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--attention") && stderr.contains("unknown attention variant `bogus`"),
+        "{stderr}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = if gpu() { "cuda" } else { "cpu" };
+    let results = tmp.path().join("run.json");
+    let out = Command::new(infermeter_bin())
+        .args([
+            "run",
+            "--model",
+            dir.to_str().unwrap(),
+            "--backend",
+            backend,
+        ])
+        .args(["--batch-size", "2", "--input-len", "8", "--output-len", "4"])
+        .args(["--warmup", "0", "--no-progress", "--out"])
+        .arg(&results)
+        .env("INFERMETER_ATTENTION", "auto")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+    assert_eq!(j["config"]["attention"], "auto", "{}", j["config"]);
+    if backend == "cuda" {
+        assert!(stderr.contains("attention auto"), "{stderr}");
+    }
+}

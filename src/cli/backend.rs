@@ -8,7 +8,7 @@
 use clap::{Args, ValueEnum};
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::{self, CudaBackend, CudaDtype, CudaOptions};
+use crate::backend::cuda::{self, AttentionVariant, CudaBackend, CudaDtype, CudaOptions};
 use crate::backend::Backend;
 use crate::model::{KvCache, Model};
 
@@ -45,6 +45,15 @@ pub struct BackendArgs {
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0)]
     pub cuda_device: usize,
+    /// CUDA attention kernels: `naive` (the reference kernel; the default until a GPU session has
+    /// validated the others) or `auto` (flash prefill on tensor cores, split-KV paged decode).
+    /// docs/attention.md.
+    #[arg(long, env = "INFERMETER_ATTENTION", default_value = "naive", value_parser = parse_attention)]
+    pub attention: AttentionVariant,
+}
+
+fn parse_attention(s: &str) -> Result<AttentionVariant, String> {
+    s.parse()
 }
 
 impl Default for BackendArgs {
@@ -53,6 +62,7 @@ impl Default for BackendArgs {
             backend: BackendChoice::Auto,
             dtype: DtypeChoice::Bf16,
             cuda_device: 0,
+            attention: AttentionVariant::default(),
         }
     }
 }
@@ -83,10 +93,17 @@ fn open_cuda(a: &BackendArgs) -> crate::Result<Opened> {
         ordinal: a.cuda_device,
         ..CudaOptions::default()
     };
+    let v = a.attention;
     Ok(match a.dtype {
-        DtypeChoice::Bf16 => Opened::CudaBf16(CudaBackend::with_options(&opts)?),
-        DtypeChoice::F16 => Opened::CudaF16(CudaBackend::with_options(&opts)?),
-        DtypeChoice::F32 => Opened::CudaF32(CudaBackend::with_options(&opts)?),
+        DtypeChoice::Bf16 => {
+            Opened::CudaBf16(CudaBackend::with_options(&opts)?.with_attention_variant(v))
+        }
+        DtypeChoice::F16 => {
+            Opened::CudaF16(CudaBackend::with_options(&opts)?.with_attention_variant(v))
+        }
+        DtypeChoice::F32 => {
+            Opened::CudaF32(CudaBackend::with_options(&opts)?.with_attention_variant(v))
+        }
     })
 }
 
@@ -219,11 +236,12 @@ impl<T: CudaDtype> EngineBackend for CudaBackend<T> {
         let g = self.gpu();
         let c = self.compile_report();
         format!(
-            "cuda:{} {} ({}, {}; kernels: NVRTC {} for {}, {} compiled, {} cached)",
+            "cuda:{} {} ({}, {}, attention {}; kernels: NVRTC {} for {}, {} compiled, {} cached)",
             g.ordinal,
             g.name,
             g.arch(),
             T::NAME,
+            self.attention_variant().name(),
             c.nvrtc_version,
             c.target,
             c.modules_compiled,
