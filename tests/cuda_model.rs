@@ -621,31 +621,18 @@ fn compare_decode<T: CudaDtype>(
     let block_size = 16;
     let vocab = eager.config.vocab_size;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-    let mut tables = Vec::new();
-    let mut next_block = 1u32; // block 0 is where padding rows read (never written)
-    for (&p, &d) in prompt_lens.iter().zip(decode_steps) {
-        let blocks = (p + d).div_ceil(block_size) as u32;
-        tables.push((next_block..next_block + blocks).collect::<Vec<u32>>());
-        next_block += blocks;
-    }
-    let mut kv_e = eager.alloc_kv(next_block as usize, block_size).unwrap();
-    let mut kv_g = graphed.alloc_kv(next_block as usize, block_size).unwrap();
-    let mut kv_p = eager.alloc_kv(next_block as usize, block_size).unwrap();
+    let (tables, num_blocks) = common::consecutive_tables(
+        prompt_lens.iter().zip(decode_steps).map(|(p, d)| p + d),
+        block_size,
+    );
+    let mut kv_e = eager.alloc_kv(num_blocks, block_size).unwrap();
+    let mut kv_g = graphed.alloc_kv(num_blocks, block_size).unwrap();
+    let mut kv_p = eager.alloc_kv(num_blocks, block_size).unwrap();
     let prompts: Vec<Vec<u32>> = prompt_lens
         .iter()
         .map(|&p| (0..p).map(|_| rng.random_range(0..vocab as u32)).collect())
         .collect();
-    let chunks: Vec<SeqChunk> = prompts
-        .iter()
-        .zip(&tables)
-        .map(|(p, t)| SeqChunk {
-            tokens: p,
-            start_pos: 0,
-            block_table: t,
-            logits: LogitsWanted::Last,
-        })
-        .collect();
-    let meta = build_batch(&chunks, block_size);
+    let meta = common::prefill_batch(&prompts, &tables, block_size);
     let first = eager.forward(&meta, &mut kv_e).unwrap();
     graphed.forward(&meta, &mut kv_g).unwrap();
     eager.forward(&meta, &mut kv_p).unwrap();

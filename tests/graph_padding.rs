@@ -22,15 +22,9 @@ fn padded_equals_unpadded(
     steps: usize,
 ) -> Vec<GraphKey> {
     let vocab = m.config.vocab_size;
-    let mut tables = Vec::new();
-    let mut next = 1u32; // block 0: where padding rows read
-    for &l in lens {
-        let blocks = (l + steps).div_ceil(BLOCK) as u32;
-        tables.push((next..next + blocks).collect::<Vec<u32>>());
-        next += blocks;
-    }
-    let mut plain: KvCache<CpuBackend> = m.alloc_kv(next as usize, BLOCK).unwrap();
-    let mut padded: KvCache<CpuBackend> = m.alloc_kv(next as usize, BLOCK).unwrap();
+    let (tables, num_blocks) = consecutive_tables(lens.iter().map(|l| l + steps), BLOCK);
+    let mut plain: KvCache<CpuBackend> = m.alloc_kv(num_blocks, BLOCK).unwrap();
+    let mut padded: KvCache<CpuBackend> = m.alloc_kv(num_blocks, BLOCK).unwrap();
     let prompts: Vec<Vec<u32>> = lens
         .iter()
         .enumerate()
@@ -40,17 +34,7 @@ fn padded_equals_unpadded(
                 .collect()
         })
         .collect();
-    let chunks: Vec<SeqChunk> = prompts
-        .iter()
-        .zip(&tables)
-        .map(|(p, t)| SeqChunk {
-            tokens: p,
-            start_pos: 0,
-            block_table: t,
-            logits: LogitsWanted::Last,
-        })
-        .collect();
-    let prefill = build_batch(&chunks, BLOCK);
+    let prefill = prefill_batch(&prompts, &tables, BLOCK);
     assert_eq!(graph_key(&prefill).is_some(), lens.iter().all(|&l| l == 1));
     m.forward(&prefill, &mut plain).unwrap();
     m.forward(&prefill, &mut padded).unwrap();

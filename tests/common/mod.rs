@@ -140,3 +140,41 @@ pub fn run_cli(args: &[&str]) -> (bool, String, String) {
         stderr,
     )
 }
+
+/// Block tables of consecutive blocks for sequences of `lens` tokens each (room for their decode
+/// steps included), from block 1 on: block 0 stays unused, as padding rows of graph-padded steps
+/// read it. Returns the tables and the pool size they need.
+pub fn consecutive_tables(
+    lens: impl IntoIterator<Item = usize>,
+    block_size: usize,
+) -> (Vec<Vec<u32>>, usize) {
+    let mut tables = Vec::new();
+    let mut next = 1u32;
+    for len in lens {
+        let blocks = len.div_ceil(block_size) as u32;
+        tables.push((next..next + blocks).collect());
+        next += blocks;
+    }
+    (tables, next as usize)
+}
+
+/// One step prefilling whole prompts over their block tables, with the logits of each prompt's
+/// last token.
+pub fn prefill_batch(
+    prompts: &[Vec<u32>],
+    tables: &[Vec<u32>],
+    block_size: usize,
+) -> infermeter::backend::BatchMeta {
+    use infermeter::engine::batch::{build_batch, LogitsWanted, SeqChunk};
+    let chunks: Vec<SeqChunk> = prompts
+        .iter()
+        .zip(tables)
+        .map(|(p, t)| SeqChunk {
+            tokens: p,
+            start_pos: 0,
+            block_table: t,
+            logits: LogitsWanted::Last,
+        })
+        .collect();
+    build_batch(&chunks, block_size)
+}
