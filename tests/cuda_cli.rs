@@ -463,3 +463,65 @@ fn attention_flag_is_validated_and_recorded() {
         assert!(stderr.contains("attention auto"), "{stderr}");
     }
 }
+
+/// `kernels --backend cuda` studies every attention case once per variant and the decode step
+/// twice, `eager` and replayed from a CUDA `graphs`, each row with its speed-up over the baseline
+/// of its op (the baseline's own row gives 1). Without a GPU: the clear message.
+#[test]
+fn kernel_studies_time_each_variant_on_a_gpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("kernels.json");
+    let out = Command::new(infermeter_bin())
+        .args(["kernels", "--backend", "cuda", "--shapes", "tiny-llama"])
+        .args(["--op", "attention_decode,decode_step"])
+        .args([
+            "--runs",
+            "3",
+            "--warmup",
+            "1",
+            "--min-run-ms",
+            "0.2",
+            "--out",
+        ])
+        .arg(&results)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !gpu() {
+        assert!(!out.status.success());
+        assert!(stderr.contains("no CUDA device: "), "{stderr}");
+        println!("skipped: no CUDA device");
+        return;
+    }
+    assert!(out.status.success(), "{stderr}");
+    let doc = common::validate_results(&results);
+    assert!(doc["skipped"].as_array().unwrap().is_empty(), "{doc}");
+    let rows = doc["rows"].as_array().unwrap();
+    let variants = |op: &str| -> Vec<(String, f64)> {
+        rows.iter()
+            .filter(|r| r["op"] == op)
+            .map(|r| {
+                let v = r["variant"].as_str().unwrap().to_string();
+                (v, r["speedup_over_baseline"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let step = variants("decode_step");
+    let names: Vec<&str> = step.iter().map(|(v, _)| v.as_str()).collect();
+    // the sweep's decode-step shapes, each eager then graphs
+    assert!(!names.is_empty() && names.len() % 2 == 0, "{names:?}");
+    for pair in step.chunks(2) {
+        assert_eq!(
+            (pair[0].0.as_str(), pair[1].0.as_str()),
+            ("eager", "graphs")
+        );
+        assert_eq!(pair[0].1, 1.0);
+        assert!(pair[1].1 > 0.0);
+    }
+    let decode = variants("attention_decode");
+    assert!(decode.iter().any(|(v, _)| v == "naive"), "{decode:?}");
+    assert!(decode.iter().any(|(v, _)| v == "auto-1split"), "{decode:?}");
+    assert!(stdout.contains("vs base"), "{stdout}");
+    assert!(stdout.contains("speed-up over the baseline"), "{stdout}");
+}

@@ -68,7 +68,7 @@ fn cpu_kernels_write_a_valid_results_file() {
         assert_eq!(r["model"], "tiny-llama");
         // one implementation on the CPU (the reference): no variant, no speed-up
         assert!(r.get("variant").is_none(), "{r}");
-        assert!(r.get("speedup_over_naive").is_none(), "{r}");
+        assert!(r.get("speedup_over_baseline").is_none(), "{r}");
         assert!(r["pct_of_spec_peak"].is_null());
         assert!(r["pct_of_measured_ceiling"].as_f64().unwrap() > 0.0);
         assert!(r["time_min_s"].as_f64().unwrap() <= r["time_median_s"].as_f64().unwrap());

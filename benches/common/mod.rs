@@ -84,7 +84,7 @@ fn sweep_settings() -> (Sweep, Vec<Variant>) {
         Ok(v) => {
             variant::parse_list(&[v]).unwrap_or_else(|e| fail("INFERMETER_BENCH_ATTENTION", e))
         }
-        Err(_) => Variant::ALL.to_vec(),
+        Err(_) => Variant::ATTENTION.to_vec(),
     };
     (sweep, variants)
 }
@@ -253,12 +253,12 @@ pub fn main_for(family: Family) {
         println!("{}", roofline::table_header(columns));
         for (case, t) in rows {
             let a = roofline::assess(case.cost(dtype), *t, peak, spec_peak);
-            let speedup = variant::speedup_over_naive(case, *t, rows);
+            let speedup = variant::speedup_over_baseline(case, *t, rows);
             println!("{}", roofline::table_line(case, *t, &a, speedup, columns));
         }
         let summary = variant::summary(rows);
         if !summary.is_empty() {
-            println!("\nattention variants (median time per call; speed-up over naive):");
+            println!("\nvariants (median time per call; speed-up over the baseline: naive attention, eager step):");
             for line in summary {
                 println!("{line}");
             }

@@ -78,11 +78,16 @@ pub struct KernelRow {
     pub pct_of_measured_ceiling: Option<f64>,
     /// Null where the device has no spec entry (every CPU).
     pub pct_of_spec_peak: Option<f64>,
-    /// Rows with a `variant`: the naive variant's median time at the same op, model and shape
-    /// divided by this row's (1 for the naive row itself). Absent on rows without a variant and
-    /// where the naive variant did not run (not chosen, or skipped).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub speedup_over_naive: Option<f64>,
+    /// Rows with a `variant`: the baseline variant's median time (naive attention, the eager
+    /// decode step) at the same op, model and shape divided by this row's (1 for the baseline row
+    /// itself). Absent on rows without a variant and where the baseline did not run (not chosen,
+    /// or skipped). Files written before the decode-step variants call it `speedup_over_naive`.
+    #[serde(
+        default,
+        alias = "speedup_over_naive",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub speedup_over_baseline: Option<f64>,
 }
 
 /// A case that did not run, and why.

@@ -292,8 +292,7 @@ impl CudaSession {
 
 /// `b` set to run `variant` (unchanged for `None`: the backend's own setting).
 fn with_variant<T: CudaDtype>(mut b: CudaBackend<T>, variant: Option<Variant>) -> CudaBackend<T> {
-    if let Some(v) = variant {
-        let (attention, splits) = v.cuda_settings();
+    if let Some((attention, splits)) = variant.and_then(Variant::cuda_settings) {
         b.set_attention_variant(attention);
         b.set_decode_splits(splits);
     }
@@ -660,8 +659,11 @@ mod tests {
         let cases = Sweep::AttentionAcceptance
             .cases(&[Op::AttentionDecode])
             .unwrap();
-        let biggest =
-            crate::study::variant::expand(&cases[cases.len() - 1..], Device::Cuda, &Variant::ALL);
+        let biggest = crate::study::variant::expand(
+            &cases[cases.len() - 1..],
+            Device::Cuda,
+            &Variant::ATTENTION,
+        );
         let gib = 1u64 << 30;
         for case in &biggest {
             // 64 × 16k keys: K and V of 8 KV heads of 128 in bf16 are 4 GiB (+ scratch for auto)

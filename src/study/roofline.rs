@@ -126,8 +126,9 @@ fn fmt_pct(p: Option<f64>) -> String {
 pub struct Columns {
     /// `%spec`: % of the device's spec peak (GPUs in the spec table).
     pub spec: bool,
-    /// `variant` and `vs naive`: the implementation (CUDA attention) and its speed-up over the
-    /// naive kernel at the same shape.
+    /// `variant` and `vs base`: the implementation (CUDA attention; the decode step eager or from a
+    /// CUDA graph) and its speed-up over the baseline variant (naive attention, the eager step) at
+    /// the same shape.
     pub variants: bool,
 }
 
@@ -145,13 +146,13 @@ pub fn table_header(cols: Columns) -> String {
         s.push_str(&format!(" {:>6}", "%spec"));
     }
     if cols.variants {
-        s.push_str(&format!(" {:>8}", "vs naive"));
+        s.push_str(&format!(" {:>8}", "vs base"));
     }
     s
 }
 
 /// One table line: the case, its (median) time, where it sits and (with variants) its speed-up
-/// over the naive variant at the same shape.
+/// over the baseline variant at the same shape.
 pub fn table_line(
     case: &Case,
     time_s: f64,
@@ -316,7 +317,7 @@ mod tests {
         };
         let header = table_header(cols);
         assert!(
-            header.contains("variant") && header.ends_with("vs naive"),
+            header.contains("variant") && header.ends_with("vs base"),
             "{header}"
         );
         let line = table_line(&case, 1e-3, &a, Some(3.0), cols);

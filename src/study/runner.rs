@@ -28,6 +28,7 @@ use crate::model::Model;
 
 use super::ops::{Case, Op, Shape};
 use super::timing::{Clock, HostClock};
+use super::variant::Variant;
 use super::{Device, Dtype};
 
 /// Runs the op once.
@@ -377,8 +378,11 @@ where
         ) => {
             let weights = crate::model::weights::dummy_weights(config, 0);
             // the engine's path: on CUDA the warm-up call records the step into a CUDA graph and
-            // the timed calls replay it (model::graphs; `run --no-cuda-graphs` times the other)
+            // the timed calls replay it (model::graphs); the `eager` variant launches every
+            // kernel from the host instead (`run --no-cuda-graphs`)
             let model = Model::new(b, (**config).clone(), weights)?;
+            model.set_graphs(case.variant != Some(Variant::Eager));
+            let graphs = case.variant == Some(Variant::Graphs);
             let (meta, num_blocks) =
                 paged_meta(*batch, 1, *context, *block_size, config.vocab_size)?;
             let mut kv = model.alloc_kv(num_blocks, *block_size)?;
@@ -387,6 +391,14 @@ where
                 let logits = model.forward(&meta, &mut kv)?;
                 for row in logits.chunks(vocab) {
                     std::hint::black_box(argmax(row));
+                }
+                // a failed recording turns graphs off (the step still runs, eagerly): timing
+                // that as `graphs` would mislabel the eager step
+                if graphs && !model.graph_stats().enabled {
+                    let why = model.graph_stats().disabled_reason.unwrap_or_default();
+                    return Err(Error::Invalid(format!(
+                        "CUDA graphs were turned off, the step would run eagerly: {why}"
+                    )));
                 }
                 Ok(())
             })
