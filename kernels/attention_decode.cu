@@ -265,6 +265,7 @@ __device__ __forceinline__ void decode_block(float* __restrict__ smem, T* __rest
 // Uniform launch checks shared by the exported kernels.
 __device__ __forceinline__ bool decode_params_ok(const DecodeAttentionParams& p, uint32_t d) {
     return blockIdx.x < p.num_decode && p.kv.head_dim == d && p.kv.num_kv_heads != 0 &&
+           p.num_heads != 0 &&
            p.kv.block_size != 0 && p.num_heads % p.kv.num_kv_heads == 0 && p.num_splits >= 1 &&
            p.num_splits <= IM_DECODE_MAX_SPLITS && p.partition_len != 0 &&
            p.partition_len % IM_DECODE_KEYS_PER_ITER == 0 && blockDim.x == IM_DECODE_THREADS &&

@@ -220,18 +220,22 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
         mx_b = fmaxf(mx_b, __shfl_xor_sync(im::FULL_MASK, mx_b, 1));
         mx_b = fmaxf(mx_b, __shfl_xor_sync(im::FULL_MASK, mx_b, 2));
         // Key 0 is in the first tile and visible to every row, so m is finite from then on; a row
-        // with no visible key in a later tile keeps its max (mx = -inf).
+        // with no visible key in a later tile keeps its max (mx = -inf). The subtrahend is 0 while
+        // m is still -inf (FlashAttention-2's guard): exp2(-inf - -inf) would be NaN should a row
+        // ever start with a tile it sees nothing of (a sliding window, keys split over blocks).
         const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
-        const float corr_a = exp2f(m_a - mn_a), corr_b = exp2f(m_b - mn_b);  // 0 on the first tile
+        const float sub_a = mn_a == im::neg_inf() ? 0.f : mn_a;
+        const float sub_b = mn_b == im::neg_inf() ? 0.f : mn_b;
+        const float corr_a = exp2f(m_a - sub_a), corr_b = exp2f(m_b - sub_b);  // 0 on the first tile
         m_a = mn_a;
         m_b = mn_b;
         float sum_a = 0.f, sum_b = 0.f;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-            sc[nt][0] = exp2f(sc[nt][0] - mn_a);
-            sc[nt][1] = exp2f(sc[nt][1] - mn_a);
-            sc[nt][2] = exp2f(sc[nt][2] - mn_b);
-            sc[nt][3] = exp2f(sc[nt][3] - mn_b);
+            sc[nt][0] = exp2f(sc[nt][0] - sub_a);
+            sc[nt][1] = exp2f(sc[nt][1] - sub_a);
+            sc[nt][2] = exp2f(sc[nt][2] - sub_b);
+            sc[nt][3] = exp2f(sc[nt][3] - sub_b);
             sum_a += sc[nt][0] + sc[nt][1];
             sum_b += sc[nt][2] + sc[nt][3];
         }

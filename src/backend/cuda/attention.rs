@@ -253,7 +253,7 @@ pub struct AttnInputs<'a, T> {
 }
 
 fn check_common(num_heads: u32, num_kv_heads: u32, what: &str) -> Result<()> {
-    if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+    if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
         return Err(err(format!(
             "{what}: {num_heads} heads not divisible by {num_kv_heads} KV heads"
         )));
@@ -389,6 +389,20 @@ pub fn flash_prefill<T>(
     };
     if p.num_tiles == 0 {
         return Ok(());
+    }
+    // what the kernel reads without checking: the tile list, and 4-byte Q loads / output stores
+    if tiles.len() < 2 * p.num_tiles as usize {
+        return Err(err(format!(
+            "prefill attention: {} tile entries for {} tiles",
+            tiles.len() / 2,
+            p.num_tiles
+        )));
+    }
+    if p.q_stride % 2 != 0 || p.out_stride % 2 != 0 {
+        return Err(err(format!(
+            "prefill attention: row strides {} / {} must be even (4-byte accesses)",
+            p.q_stride, p.out_stride
+        )));
     }
     let cfg = LaunchConfig {
         grid_dim: (p.num_tiles, p.num_heads, 1),

@@ -90,7 +90,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         name: "sampling.cu",
         source: include_str!("../../../kernels/sampling.cu"),
-        kernels: &["argmax_rows", "sample_rows"],
+        kernels: &["argmax_rows", "sample_rows", "ban_tokens"],
     },
 ];
 
@@ -598,15 +598,18 @@ fn read_cached(path: &Path, target: Target) -> Option<Image> {
 }
 
 /// Write `bytes` to `path` through a temporary file in the same folder and a rename, so readers
-/// (other processes sharing the cache) never see half a file.
+/// (other processes and threads sharing the cache) never see half a file. The temporary name is
+/// unique per process and call: two threads compiling the same kernel must not write one file.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{}.tmp",
         path.file_name()
             .map_or("kernel".into(), |n| n.to_string_lossy()),
-        std::process::id()
+        std::process::id(),
+        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path).inspect_err(|_| {

@@ -10,12 +10,14 @@
 //!
 //! Recording uses `CU_STREAM_CAPTURE_MODE_THREAD_LOCAL`: other threads may go on using CUDA (the
 //! NVML sampler, another backend); only this thread's calls on the captured stream are recorded,
-//! and an operation that is illegal during capture (an allocation, a synchronisation) invalidates
-//! the capture, which then fails with an error instead of recording a partial step.
+//! and an operation that is illegal during capture (a synchronisation, a copy from pageable host
+//! memory, freeing memory that is not a graph allocation) invalidates the capture, which then fails
+//! with an error instead of recording a partial step. (An allocation would be recorded as a graph
+//! memory node; the step allocates nothing because its eager run just before grew every buffer.)
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode, CUstreamCaptureStatus};
 use cudarc::driver::{CudaGraph, CudaStream};
 
 use super::{drv, err};
@@ -57,6 +59,16 @@ pub fn capture(
         .map_err(drv("cuStreamBeginCapture"))?;
     let recorded = record();
     let ended = stream.end_capture(CUgraphInstantiate_flags(0));
+    if ended.is_err() && still_capturing(stream) {
+        // cudarc's end_capture first hands back an error stored earlier by a Drop (and clears
+        // it) without calling cuStreamEndCapture: end the capture for real, keep the first error
+        let again = stream.end_capture(CUgraphInstantiate_flags(0));
+        if again.is_err() || still_capturing(stream) {
+            return Err(err(
+                "the step capture could not be ended: the stream is left capturing",
+            ));
+        }
+    }
     recorded?;
     let graph = ended
         .map_err(drv("cuStreamEndCapture / cuGraphInstantiate"))?
@@ -64,4 +76,12 @@ pub fn capture(
     // the first launch would otherwise pay for moving the graph's resources to the device
     graph.upload().map_err(drv("cuGraphUpload"))?;
     Ok(StepGraph { graph })
+}
+
+/// Whether `stream` is (still) in a capture, valid or invalidated.
+fn still_capturing(stream: &CudaStream) -> bool {
+    !matches!(
+        stream.capture_status(),
+        Ok(CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+    )
 }
