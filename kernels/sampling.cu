@@ -1,7 +1,11 @@
-// sampling.cu — next-token selection from f32 logits: greedy argmax, and temperature / top-k / top-p
-// sampling driven by one uniform random number per row from the host.
+// sampling.cu — next-token selection from the LM head's logits: greedy argmax, and temperature /
+// top-k / top-p sampling driven by one uniform random number per row from the host. The engine picks
+// every token here (Backend::pick_tokens): only the picked ids travel back to the host.
 //
-// What it computes (CPU reference: src/engine/sampling.rs, `argmax` and `Sampler::sample`):
+// What it computes (CPU reference: src/engine/sampling.rs, `argmax`, `pick` and `pick_rows`):
+//   ban_tokens:   logits[row, token] = -inf for each (row, token) pair of bans, in place (the
+//                 end-of-sequence tokens of requests below their min_tokens); pairs out of range are
+//                 ignored.
 //   argmax_rows:  out[r] = the index of the largest logit of row r, the first one on ties (as
 //                 torch.argmax). NaNs never win; a row of -inf/NaN only gives 0.
 //   sample_rows:  with P = params[r]:
@@ -12,11 +16,15 @@
 //     reaches top_p * (total kept weight); finally return the first token of the kept prefix at which
 //     the running weight exceeds uniform * (total kept weight) — inverse-CDF sampling in rank order.
 //     This is the CPU sampler's algorithm step for step, with exact weights: for the same uniform
-//     draw both pick the same token unless the draw falls within f32 rounding of the CPU's running
-//     sum at a boundary between two tokens.
+//     draw both pick the same token unless the draw (or top_p) falls within f32 rounding (~1e-6) of
+//     the CPU's running sum at a boundary between two tokens. Degenerate rows differ on purpose:
+//     where c_max is not finite (a +inf or NaN logit, an all -inf row, or l / temperature
+//     overflowing) there is no distribution, and the kernel returns the argmax where the CPU's NaN
+//     weights give an arbitrary token.
 //
-// Layouts: logits f32 [num_rows, vocab] (the lm_head output; f32 whatever the compute dtype);
-//   out uint32 [num_rows]; params SamplingRowParams [num_rows] (params.h).
+// Layouts: logits T [num_rows, vocab] (the lm_head output in the compute dtype, each element read as
+//   f32, so the CPU reference sees the same values after a download); out uint32 [num_rows]; params
+//   SamplingRowParams [num_rows] (params.h); bans uint32 [num_bans, 2] (row, token).
 //
 // Algorithm: one block of IM_SAMPLING_THREADS threads per row (grid-stride over rows). No sort and no
 // copy of the row. Every cut above is "the largest rank key tau such that the weight of the kept
@@ -36,14 +44,14 @@
 // tokens are needed does a second search, over their indices, run. The top-k cut is the same search
 // with weight 1 per token (a count).
 //
-// Roofline: every pass reads the row (4 vocab bytes, from L2 after the first) and does one IEEE
+// Roofline: every pass reads the row (sizeof(T) vocab bytes, from L2 after the first) and does one IEEE
 // division per element (the same c_i as the CPU, so ties and order agree); exps only for tokens in
 // range. Passes per row: 2 (max/min, total) + per cut <= 8 search passes + 1 tie pass: about 11 for
 // plain temperature sampling, up to ~30 with top-k and top-p. For a 128k vocabulary that is tens to a
 // few hundred microseconds per row on one SM, rows in parallel across SMs: fine next to a decode step
 // of a small batch, not a tuned sampler (a sorting-free rejection sampler, FlashInfer style, is the
 // later, faster variant). 124 registers per thread at 512 threads (see REGISTERS.md), no spills.
-// argmax_rows is one pass: 4 vocab bytes per row, memory-bound.
+// argmax_rows is one pass: sizeof(T) vocab bytes per row, memory-bound. ban_tokens: a few bytes.
 #include "common.cuh"
 
 namespace {
@@ -69,13 +77,13 @@ __device__ __forceinline__ bool beats(float av, uint32_t ai, float bv, uint32_t 
     return av > bv || (av == bv && ai < bi);
 }
 
-__device__ uint32_t argmax_row(const float* __restrict__ row, uint32_t vocab) {
+__device__ uint32_t argmax_row(const T* __restrict__ row, uint32_t vocab) {
     __shared__ float parked_v[im::WARP];
     __shared__ uint32_t parked_i[im::WARP];
     float bv = im::neg_inf();
     uint32_t bi = 0xffffffffu;  // "none": loses every tie
     for (uint32_t i = threadIdx.x; i < vocab; i += blockDim.x) {
-        const float v = row[i];
+        const float v = im::to_float(row[i]);
         if (v > bv) {  // strict: a thread keeps its first maximum
             bv = v;
             bi = i;
@@ -120,13 +128,16 @@ constexpr float FIX_ONE = 1099511627776.f;  // 2^40
 constexpr float TWO_POW_64 = 18446744073709551616.f;
 
 struct Row {
-    const float* __restrict__ logits;  // [vocab]
+    const T* __restrict__ logits;  // [vocab]
     uint32_t vocab;
     float temperature;
     float cmax;  // largest scaled logit
-    __device__ __forceinline__ float scaled(uint32_t i) const { return logits[i] / temperature; }
+    __device__ __forceinline__ float scaled(uint32_t i) const {
+        return im::to_float(logits[i]) / temperature;
+    }
+    // A NaN (which sorts below -inf when its sign bit is set) weighs nothing.
     __device__ __forceinline__ uint64_t weight(float c) const {
-        return __float2ull_rz(expf(c - cmax) * FIX_ONE);
+        return c == c ? __float2ull_rz(expf(c - cmax) * FIX_ONE) : 0ull;
     }
 };
 
@@ -263,7 +274,7 @@ __device__ uint64_t select_cut(const Row& row, uint64_t cut, uint32_t vmin, uint
 
 extern "C" __global__ void __launch_bounds__(IM_SAMPLING_THREADS)
     argmax_rows(uint32_t* __restrict__ out,         // [num_rows]
-                const float* __restrict__ logits,   // [num_rows, vocab]
+                const T* __restrict__ logits,       // [num_rows, vocab]
                 uint32_t num_rows, uint32_t vocab) {
     for (uint32_t r = blockIdx.x; r < num_rows; r += gridDim.x) {
         const uint32_t best = argmax_row(logits + uint64_t(r) * vocab, vocab);
@@ -273,11 +284,11 @@ extern "C" __global__ void __launch_bounds__(IM_SAMPLING_THREADS)
 
 extern "C" __global__ void __launch_bounds__(IM_SAMPLING_THREADS)
     sample_rows(uint32_t* __restrict__ out,                     // [num_rows]
-                const float* __restrict__ logits,               // [num_rows, vocab]
+                const T* __restrict__ logits,                   // [num_rows, vocab]
                 const SamplingRowParams* __restrict__ params,   // [num_rows]
                 uint32_t num_rows, uint32_t vocab) {
     for (uint32_t r = blockIdx.x; r < num_rows; r += gridDim.x) {
-        const float* row_logits = logits + uint64_t(r) * vocab;
+        const T* row_logits = logits + uint64_t(r) * vocab;
         const SamplingRowParams sp = params[r];
         uint32_t token;
         if (!(sp.temperature > 0.f) || vocab == 0) {
@@ -312,5 +323,15 @@ extern "C" __global__ void __launch_bounds__(IM_SAMPLING_THREADS)
             }
         }
         if (threadIdx.x == 0) out[r] = min(token, vocab - 1);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(IM_ELEMENTWISE_THREADS)
+    ban_tokens(T* __restrict__ logits,             // [num_rows, vocab]
+               const uint32_t* __restrict__ bans,  // [num_bans, 2]: (row, token)
+               uint32_t num_bans, uint32_t num_rows, uint32_t vocab) {
+    for (unsigned long long b = im::grid_thread(); b < num_bans; b += im::grid_threads()) {
+        const uint32_t row = bans[2 * b], token = bans[2 * b + 1];
+        if (row < num_rows && token < vocab) logits[uint64_t(row) * vocab + token] = im::from_float(im::neg_inf());
     }
 }

@@ -12,6 +12,7 @@
 pub mod cpu;
 pub mod cuda;
 
+use crate::engine::sampling::{TokenBan, TokenDraw};
 use crate::error::Result;
 use crate::model::tensor_store::HostTensor;
 
@@ -226,6 +227,24 @@ pub trait Backend: Send + Sync {
     /// recorded graph may point to: graphs recorded under another epoch must not be replayed.
     fn graph_epoch(&self) -> u64 {
         0
+    }
+
+    // ---- picking tokens on the device ----
+
+    /// Pick one token per row of `logits` [draws.len(), vocab] on the device, with `draws[r]` for
+    /// row r and the `bans` (row, token) set to -inf in place, and copy only the tokens back: what
+    /// [`crate::engine::sampling::pick`] picks from the same logits, up to the rounding noted in
+    /// `kernels/sampling.cu`. `None` where the backend has no device sampler (the caller
+    /// downloads the logits and picks on the host).
+    fn pick_tokens(
+        &self,
+        logits: &mut Self::Buffer,
+        vocab: usize,
+        draws: &[TokenDraw],
+        bans: &[TokenBan],
+    ) -> Result<Option<Vec<u32>>> {
+        let _ = (logits, vocab, draws, bans);
+        Ok(None)
     }
 
     /// out[t] = table[token_ids[t]] (+ pos_table[positions[t]] for GPT-2).

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::batch::{build_batch, LogitsWanted, SeqChunk};
 use super::generate::{check_prompt, FinishReason};
-use super::sampling::{Sampler, SamplingParams};
+use super::sampling::{Sampler, SamplingParams, TokenBan};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::kv::{KvCacheManager, KvStats, RequestId};
@@ -272,7 +272,26 @@ impl<B: Backend> Engine<B> {
             }
         }
         let block_size = self.cache.geom.block_size;
-        let mut logits = {
+        // one pick per sampling chunk, in logits-row order: its draw (the request's RNG advances
+        // here, wherever the token is picked) and, below min_tokens, its end-of-sequence bans
+        let eos_ids = &self.model.config.eos_token_ids;
+        let vocab = self.model.config.vocab_size;
+        let mut draws = Vec::new();
+        let mut bans = Vec::new();
+        for (row, c) in plan.chunks.iter().filter(|c| c.samples).enumerate() {
+            let r = self
+                .reqs
+                .get_mut(&c.id)
+                .expect("runtime of a running request");
+            draws.push(r.sampler.draw());
+            if r.token_times_s.len() < r.min_tokens && eos_ids.len() < vocab {
+                bans.extend(eos_ids.iter().map(|&token| TokenBan {
+                    row: row as u32,
+                    token,
+                }));
+            }
+        }
+        let picked = {
             let chunks: Vec<SeqChunk> = plan
                 .chunks
                 .iter()
@@ -294,27 +313,16 @@ impl<B: Backend> Engine<B> {
                 })
                 .collect();
             let meta = build_batch(&chunks, block_size);
-            self.model.forward(&meta, &mut self.cache)?
+            self.model
+                .forward_pick(&meta, &mut self.cache, &draws, &bans)?
         };
-        let vocab = self.model.config.vocab_size;
-        let eos_ids = &self.model.config.eos_token_ids;
-        let mut sampled = Vec::new();
-        for (row, c) in plan.chunks.iter().filter(|c| c.samples).enumerate() {
-            let r = self
-                .reqs
-                .get_mut(&c.id)
-                .expect("runtime of a running request");
-            let row_logits = &mut logits[row * vocab..(row + 1) * vocab];
-            if r.token_times_s.len() < r.min_tokens && eos_ids.len() < vocab {
-                for &e in eos_ids {
-                    if let Some(l) = row_logits.get_mut(e as usize) {
-                        *l = f32::NEG_INFINITY;
-                    }
-                }
-            }
-            let tok = r.sampler.sample(row_logits);
-            sampled.push((c.id, tok));
-        }
+        let sampled: Vec<(RequestId, u32)> = plan
+            .chunks
+            .iter()
+            .filter(|c| c.samples)
+            .map(|c| c.id)
+            .zip(picked)
+            .collect();
         let end_s = self.now_s();
         self.sched.complete_step(&plan, &sampled);
         let kv_blocks_used = self.sched.kv().num_used_blocks();

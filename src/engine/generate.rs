@@ -111,8 +111,12 @@ pub fn generate<B: Backend>(model: &Model<B>, req: &GenerateRequest) -> Result<G
             }],
             block_size,
         );
-        let logits = model.forward(&meta, &mut kv)?;
-        let tok = sampler.sample(&logits);
+        let draw = sampler.draw();
+        let tok = model
+            .forward_pick(&meta, &mut kv, &[draw], &[])?
+            .first()
+            .copied()
+            .ok_or_else(|| Error::Invalid("a step of the prompt picked no token".into()))?;
         pos += pending.len();
         out.output_ids.push(tok);
         let now = start.elapsed().as_secs_f64();

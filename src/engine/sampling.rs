@@ -1,5 +1,12 @@
 //! Sampling from logits: greedy, temperature, top-k, top-p, with a seeded RNG per request so runs are
 //! reproducible.
+//!
+//! A pick is split in two: the request's [`Sampler`] draws the row's uniform number from its RNG
+//! ([`Sampler::draw`]: one draw per non-greedy pick, none for greedy), and [`pick`] turns logits,
+//! parameters and that number into a token. The engine hands the draws to the model, which picks on
+//! the device where the backend can (CUDA's `sample_rows`, the same algorithm with exact weights;
+//! `Backend::pick_tokens`) and with [`pick`] on the host otherwise, so a seed gives the same RNG
+//! stream wherever the tokens are picked.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -68,67 +75,151 @@ impl Sampler {
         }
     }
 
-    /// Pick the next token from `logits` [vocab].
+    /// Pick the next token from `logits` [vocab]: [`Sampler::draw`], then [`pick`].
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.params.is_greedy() {
-            return argmax(logits);
-        }
-        let probs = self.filtered_probs(logits);
-        let u: f32 = self.rng.random();
-        let total: f32 = probs.iter().map(|&(_, p)| p).sum();
-        let mut acc = 0.0;
-        for &(id, p) in &probs {
-            acc += p / total;
-            if u < acc {
-                return id;
-            }
-        }
-        probs.last().map_or(0, |&(id, _)| id)
+        let draw = self.draw();
+        pick(logits, &draw)
     }
 
-    /// (token, unnormalised probability) after temperature, top-k and top-p, most likely first.
-    fn filtered_probs(&self, logits: &[f32]) -> Vec<(u32, f32)> {
+    /// The next pick's parameters and uniform number (drawn from the request's RNG unless the
+    /// request is greedy, which draws none).
+    pub fn draw(&mut self) -> TokenDraw {
         let p = &self.params;
-        let mut cands: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, l / p.temperature))
-            .collect();
-        // Descending by logit; ties by token id, so the order is deterministic.
-        cands.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if p.top_k > 0 && p.top_k < cands.len() {
-            cands.truncate(p.top_k);
+        TokenDraw {
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            uniform: if p.is_greedy() {
+                0.0
+            } else {
+                self.rng.random()
+            },
         }
-        let max = cands[0].1;
-        for c in cands.iter_mut() {
-            c.1 = (c.1 - max).exp();
-        }
-        if p.top_p < 1.0 {
-            let total: f32 = cands.iter().map(|c| c.1).sum();
-            let mut acc = 0.0;
-            let mut keep = cands.len();
-            for (i, c) in cands.iter().enumerate() {
-                acc += c.1 / total;
-                if acc >= p.top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            cands.truncate(keep);
-        }
-        cands
     }
 }
 
-/// Index of the largest logit; the first one on ties (as torch.argmax).
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
+/// How to pick one token from a row of logits: the request's sampling parameters and the uniform
+/// number in [0, 1) drawn for this pick (unused when greedy).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenDraw {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 0 means no top-k cut.
+    pub top_k: usize,
+    /// 1 means no nucleus cut.
+    pub top_p: f32,
+    pub uniform: f32,
+}
+
+impl TokenDraw {
+    /// The greedy pick (argmax).
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            uniform: 0.0,
         }
     }
-    best as u32
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+}
+
+/// A token a row may not pick (its logit counts as -inf): the end-of-sequence tokens of a request
+/// that has not reached its `min_tokens`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBan {
+    /// The row of the step's logits.
+    pub row: u32,
+    pub token: u32,
+}
+
+/// Pick one token per row of `logits` [draws.len(), vocab] on the host: the `bans` set to -inf
+/// first, then [`pick`] with the row's draw.
+pub fn pick_rows(
+    logits: &mut [f32],
+    vocab: usize,
+    draws: &[TokenDraw],
+    bans: &[TokenBan],
+) -> Vec<u32> {
+    for ban in bans {
+        let i = ban.row as usize * vocab + ban.token as usize;
+        if (ban.token as usize) < vocab {
+            if let Some(l) = logits.get_mut(i) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+    logits
+        .chunks(vocab.max(1))
+        .zip(draws)
+        .map(|(row, draw)| pick(row, draw))
+        .collect()
+}
+
+/// The token `draw` picks from `logits` [vocab], on the host: greedy is the argmax (first on
+/// ties); otherwise inverse-CDF sampling with `draw.uniform` over the tokens left by temperature,
+/// top-k and top-p, most likely first. The reference of the device sampler (sampling.cu).
+pub fn pick(logits: &[f32], draw: &TokenDraw) -> u32 {
+    if draw.is_greedy() {
+        return argmax(logits);
+    }
+    let probs = filtered_probs(logits, draw);
+    let total: f32 = probs.iter().map(|&(_, p)| p).sum();
+    let mut acc = 0.0;
+    for &(id, p) in &probs {
+        acc += p / total;
+        if draw.uniform < acc {
+            return id;
+        }
+    }
+    probs.last().map_or(0, |&(id, _)| id)
+}
+
+/// (token, unnormalised probability) after temperature, top-k and top-p, most likely first.
+fn filtered_probs(logits: &[f32], p: &TokenDraw) -> Vec<(u32, f32)> {
+    let mut cands: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l / p.temperature))
+        .collect();
+    // Descending by logit; ties by token id, so the order is deterministic.
+    cands.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if p.top_k > 0 && p.top_k < cands.len() {
+        cands.truncate(p.top_k);
+    }
+    let max = cands[0].1;
+    for c in cands.iter_mut() {
+        c.1 = (c.1 - max).exp();
+    }
+    if p.top_p < 1.0 {
+        let total: f32 = cands.iter().map(|c| c.1).sum();
+        let mut acc = 0.0;
+        let mut keep = cands.len();
+        for (i, c) in cands.iter().enumerate() {
+            acc += c.1 / total;
+            if acc >= p.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+        cands.truncate(keep);
+    }
+    cands
+}
+
+/// Index of the largest logit; the first one on ties (as torch.argmax). NaNs never win (as in
+/// sampling.cu's argmax_rows); a row of NaNs only gives 0.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &l) in logits.iter().enumerate() {
+        if !l.is_nan() && best.is_none_or(|(_, b)| l > b) {
+            best = Some((i, l));
+        }
+    }
+    best.map_or(0, |(i, _)| i as u32)
 }
 
 #[cfg(test)]
@@ -148,6 +239,59 @@ mod tests {
     fn greedy_takes_first_max() {
         let mut s = Sampler::new(SamplingParams::greedy());
         assert_eq!(s.sample(&[0.1, 3.0, 3.0, -1.0]), 1);
+        // NaNs never win, wherever they are (as the device's argmax_rows)
+        assert_eq!(argmax(&[f32::NAN, 1.0, 2.0]), 2);
+        assert_eq!(argmax(&[1.0, f32::NAN, 2.0, f32::NAN]), 2);
+        assert_eq!(argmax(&[f32::NAN, f32::NAN]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 3]), 0);
+        assert_eq!(argmax(&[]), 0);
+    }
+
+    #[test]
+    fn draws_use_the_rng_only_when_sampling() {
+        // greedy draws nothing: its sampler's stream is untouched
+        let mut g = Sampler::new(params(0.0, 0, 1.0, 5));
+        assert_eq!(g.draw(), TokenDraw::greedy());
+        // a draw then a pick is exactly `sample`
+        let logits: Vec<f32> = (0..40).map(|i| (i as f32 * 0.61).cos() * 3.0).collect();
+        let (mut a, mut b) = (
+            Sampler::new(params(0.8, 10, 0.9, 11)),
+            Sampler::new(params(0.8, 10, 0.9, 11)),
+        );
+        for _ in 0..50 {
+            let d = a.draw();
+            assert!((0.0..1.0).contains(&d.uniform));
+            assert_eq!((d.temperature, d.top_k, d.top_p), (0.8, 10, 0.9));
+            assert_eq!(pick(&logits, &d), b.sample(&logits));
+        }
+    }
+
+    #[test]
+    fn rows_are_picked_with_their_draws_and_bans() {
+        let vocab = 4;
+        // row 0 prefers token 3, row 1 token 0
+        let mut logits = vec![0.0, 1.0, 2.0, 5.0, 9.0, 1.0, 2.0, 3.0];
+        let draws = [TokenDraw::greedy(); 2];
+        assert_eq!(pick_rows(&mut logits.clone(), vocab, &draws, &[]), [3, 0]);
+        // banning row 0's best leaves its second; out-of-range bans are ignored
+        let bans = [
+            TokenBan { row: 0, token: 3 },
+            TokenBan { row: 1, token: 7 },
+            TokenBan { row: 5, token: 0 },
+        ];
+        assert_eq!(pick_rows(&mut logits, vocab, &draws, &bans), [2, 0]);
+        assert_eq!(logits[3], f32::NEG_INFINITY);
+        // a sampling draw: uniform 0 takes the most likely token, just below 1 the least likely
+        let mut row = vec![0.0, 1.0, 2.0, 5.0];
+        let mut d = TokenDraw {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            uniform: 0.0,
+        };
+        assert_eq!(pick_rows(&mut row.clone(), 4, &[d], &[]), [3]);
+        d.uniform = 0.999_999;
+        assert_eq!(pick_rows(&mut row, 4, &[d], &[]), [0]);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::rope::cos_sin_table;
 use super::tensor_store::HostTensor;
 use super::weights::ModelWeights;
 use crate::backend::{Backend, BatchMeta, KvGeometry};
+use crate::engine::sampling::{self, TokenBan, TokenDraw};
 use crate::error::{Error, Result};
 
 /// The paged KV cache of every layer, in backend memory.
@@ -68,13 +69,15 @@ struct Workspace<B: Backend> {
 }
 
 pub struct Model<B: Backend> {
+    /// One step at a time: the workspace and the graphs that point into it. First, so it drops
+    /// first: the graphs go before the weights and the backend (its modules, its cuBLAS
+    /// workspace) they point into.
+    state: Mutex<StepState<B>>,
     pub config: ModelConfig,
     pub backend: B,
     weights: ModelWeights<B::Buffer>,
     /// [max_context, head_dim] (Llama only)
     cos_sin: Option<B::Buffer>,
-    /// One step at a time: the workspace and the graphs that point into it.
-    state: Mutex<StepState<B>>,
 }
 
 struct StepState<B: Backend> {
@@ -213,6 +216,65 @@ impl<B: Backend> Model<B> {
     /// Run one step. Returns logits `[meta.num_logits(), vocab]` on the host, row i for batch row
     /// `meta.logits_indices[i]`.
     pub fn forward(&self, meta: &BatchMeta, kv: &mut KvCache<B>) -> Result<Vec<f32>> {
+        if meta.num_tokens() == 0 {
+            return Ok(Vec::new());
+        }
+        let vocab = self.config.vocab_size;
+        self.step(meta, kv, |b, logits, rows| b.download(logits, rows * vocab))
+    }
+
+    /// Run one step and pick one token per logits row: `draws[i]` for row i (row i of
+    /// [`Model::forward`]'s logits), the `bans` counting as -inf. Picked on the device where the
+    /// backend can ([`Backend::pick_tokens`]: only the tokens are copied back), else from the
+    /// downloaded logits with [`sampling::pick_rows`]: the same tokens either way, up to the
+    /// rounding noted in `kernels/sampling.cu`.
+    pub fn forward_pick(
+        &self,
+        meta: &BatchMeta,
+        kv: &mut KvCache<B>,
+        draws: &[TokenDraw],
+        bans: &[TokenBan],
+    ) -> Result<Vec<u32>> {
+        let l = meta.num_logits();
+        if draws.len() != l {
+            return Err(Error::Invalid(format!(
+                "{} draws for a step with {l} logits rows",
+                draws.len()
+            )));
+        }
+        if let Some(ban) = bans.iter().find(|b| b.row as usize >= l) {
+            return Err(Error::Invalid(format!(
+                "a banned token for row {} of a step with {l} logits rows",
+                ban.row
+            )));
+        }
+        if meta.num_tokens() == 0 {
+            return Ok(Vec::new());
+        }
+        let vocab = self.config.vocab_size;
+        // a step without logits rows (prefill chunks that end short of their prompt) still runs:
+        // it writes their K/V
+        self.step(meta, kv, |b, logits, rows| {
+            if rows == 0 {
+                return Ok(Vec::new());
+            }
+            if let Some(tokens) = b.pick_tokens(logits, vocab, &draws[..rows], bans)? {
+                return Ok(tokens);
+            }
+            let mut host = b.download(logits, rows * vocab)?;
+            Ok(sampling::pick_rows(&mut host, vocab, &draws[..rows], bans))
+        })
+    }
+
+    /// Run one step (`meta` has tokens) and read its result with `finish(backend, logits,
+    /// rows)`, where `logits` holds `[rows, vocab]` for `meta`'s logits rows (`finish` may
+    /// change them: the next step rewrites them).
+    fn step<R>(
+        &self,
+        meta: &BatchMeta,
+        kv: &mut KvCache<B>,
+        finish: impl FnOnce(&B, &mut B::Buffer, usize) -> Result<R>,
+    ) -> Result<R> {
         let c = &self.config;
         if let Some(&p) = meta.positions.iter().max() {
             if p as usize >= c.max_context {
@@ -224,14 +286,11 @@ impl<B: Backend> Model<B> {
         }
         let t = meta.num_tokens();
         let l = meta.num_logits();
-        if t == 0 {
-            return Ok(Vec::new());
-        }
         let mut guard = self.lock_state();
         let st = &mut *guard;
         if st.graphs.enabled() {
             if let Some(key) = graphs::graph_key(meta) {
-                return self.forward_recorded(st, meta, key, kv);
+                return self.step_recorded(st, meta, key, kv, finish);
             }
         }
         st.graphs.count_eager();
@@ -242,18 +301,21 @@ impl<B: Backend> Model<B> {
             .as_mut()
             .ok_or_else(|| Error::Invalid("no workspace".into()))?;
         self.run_step(ws, &dev_meta, t, l, kv)?;
-        self.backend.download(&ws.logits, l * c.vocab_size)
+        finish(&self.backend, &mut ws.logits, l)
     }
 
     /// A decode step through the graph of its key: replayed when recorded, else run eagerly,
-    /// recorded and checked (`model::graphs`).
-    fn forward_recorded(
+    /// recorded and checked (`model::graphs`). A recording that fails, or whose check replay
+    /// fails or differs from the eager run, turns graphs off: the step's result is the eager
+    /// run's either way.
+    fn step_recorded<R>(
         &self,
         st: &mut StepState<B>,
         meta: &BatchMeta,
         key: GraphKey,
         kv: &mut KvCache<B>,
-    ) -> Result<Vec<f32>> {
+        finish: impl FnOnce(&B, &mut B::Buffer, usize) -> Result<R>,
+    ) -> Result<R> {
         let b = &self.backend;
         let vocab = self.config.vocab_size;
         let n = meta.num_seqs();
@@ -274,48 +336,60 @@ impl<B: Backend> Model<B> {
             b.refill(dev_meta, &padded, &kv.geom)?;
             b.replay(graph)?;
             graphs.count_replay();
-            return b.download(&ws.logits, n * vocab);
+            return finish(b, &mut ws.logits, n);
         }
         // the key's first step: its eager run is the result; then record it and check the
         // recording by replaying the same step (idempotent: it rewrites the same K/V)
         graphs.count_eager();
         let dev_meta = b.prepare(&padded, &kv.geom)?;
         self.run_step(ws, &dev_meta, key.batch, key.batch, kv)?;
+        // the check's reference, before `finish` (picking tokens bans some logits in place)
         let eager = b.download(&ws.logits, n * vocab)?;
-        // the eager run may have grown the backend's scratch buffers: record against the new ones
+        let result = finish(b, &mut ws.logits, n)?;
+        // the eager run (and the finish) may have grown the backend's scratch buffers: record
+        // against the new ones
         let epoch = b.graph_epoch();
         graphs.bind(kv.id, ws.id, epoch);
         let recorded = b.capture(&mut || self.run_step(ws, &dev_meta, key.batch, key.batch, kv));
+        let what = format!(
+            "a decode step of {} sequences (context bucket {})",
+            key.batch, key.ctx
+        );
         let graph = match recorded {
             Ok(g) => g,
             Err(e) => {
-                graphs.disable(format!(
-                    "recording a decode step of {} sequences (context bucket {}) failed: {e}",
-                    key.batch, key.ctx
-                ));
-                return Ok(eager);
+                graphs.disable(format!("recording {what} failed: {e}"));
+                return Ok(result);
             }
         };
-        b.replay(&graph)?;
-        let replayed = b.download(&ws.logits, n * vocab)?;
-        let difference = graphs::relative_difference(&replayed, &eager);
+        // checked before the replay: a graph recorded against buffers reallocated meanwhile
+        // would launch on freed memory
         if b.graph_epoch() != epoch {
             graphs.disable(format!(
-                "the backend reallocated a buffer while recording a decode step of {} sequences",
-                key.batch
+                "the backend reallocated a buffer while recording {what}"
             ));
-            return Ok(eager);
+            return Ok(result);
         }
+        let replayed = b
+            .replay(&graph)
+            .and_then(|()| b.download(&ws.logits, n * vocab));
+        let replayed = match replayed {
+            Ok(v) => v,
+            Err(e) => {
+                graphs.disable(format!("replaying the recording of {what} failed: {e}"));
+                return Ok(result);
+            }
+        };
+        let difference = graphs::relative_difference(&replayed, &eager);
         if difference > graphs::CHECK_TOLERANCE {
             graphs.disable(format!(
-                "the recorded decode step of {} sequences (context bucket {}) replayed logits \
-                 {difference:e} (relative) away from its eager run",
-                key.batch, key.ctx
+                "the recording of {what} replayed logits {difference:e} (relative) away from \
+                 its eager run"
             ));
-            return Ok(eager);
+            return Ok(result);
         }
         graphs.insert(key, dev_meta, graph, difference);
-        Ok(eager)
+        Ok(result)
     }
 
     /// Embedding, every layer, the final norm and the LM head for the rows in `meta`'s logits

@@ -4,8 +4,8 @@
 //! - [`CudaSession`]: the CUDA backend of one compute dtype (bf16, f16 or f32) on one device,
 //!   opened once (kernels compiled or loaded from the cache) and shared by every case. Ops of the
 //!   `Backend` trait are set up through `runner::prepare_on`, exactly as on the CPU; argmax and
-//!   sampling use the backend's GPU sampling kernels (`argmax_rows`, `sample_rows`) over f32 logits
-//!   already on the device. Those two, and the decode step, copy their result to the host and
+//!   sampling use the backend's GPU sampling kernels (`argmax_rows`, `sample_rows`) over logits in
+//!   the compute dtype already on the device. Those two, and the decode step, copy their result to the host and
 //!   synchronise, as the engine does, so their time includes that copy.
 //! - [`EventClock`]: a `timing::Clock` that records CUDA events on the backend's stream around the
 //!   calls and reads the time between them (`cuEventElapsedTime`, about 0.5 µs resolution). GPU ops
@@ -33,6 +33,7 @@ use cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
 use crate::backend::cuda::{self, CudaBackend, CudaDtype, CudaOptions, GpuInfo};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::model::tensor_store::HostTensor;
 use crate::report::kernels_results::SpecPeak;
 
 use super::ceiling::Ceilings;
@@ -547,11 +548,16 @@ impl Clock for EventClock {
     }
 }
 
-/// Argmax or sampling over f32 logits rows with the GPU sampling kernels.
+/// Argmax or sampling over logits rows in the compute dtype (as the LM head leaves them) with the
+/// GPU sampling kernels.
 fn prepare_gpu_sampling<T: CudaDtype>(b: CudaBackend<T>, case: &Case) -> Result<RunFn> {
     let (rows, vocab, params) = runner::sampling_shape(case)?;
     // logits spread like a model's (as the CPU study's)
-    let logits = b.upload_f32(&runner::fill(rows * vocab, 7, -12.0, 12.0))?;
+    let len = rows * vocab;
+    let logits = b.upload(&HostTensor::new(
+        vec![len],
+        runner::fill(len, 7, -12.0, 12.0),
+    ))?;
     match params {
         None => Ok(Box::new(move || {
             std::hint::black_box(b.argmax_rows(&logits, rows, vocab)?);

@@ -5,8 +5,8 @@
 //!
 //! # What is counted
 //!
-//! `s` is the element size of the compute dtype (4 for the CPU's f32); logits are f32 whatever the
-//! dtype (the lm_head output).
+//! `s` is the element size of the compute dtype (4 for the CPU's f32), logits included (the LM
+//! head's output, which the sampling kernels read as it is).
 //!
 //! - **Bytes** are the compulsory memory traffic of one call: every input element read once, every
 //!   output element written once, weights and KV cache included. Integer metadata counts 4 bytes
@@ -192,7 +192,7 @@ impl Op {
             Op::Matmul => "backend/cpu/matmul.rs: linear",
             Op::Argmax => "engine/sampling.rs: argmax",
             Op::Sample => "engine/sampling.rs: Sampler::sample",
-            Op::DecodeStep => "model/forward.rs: Model::forward + argmax",
+            Op::DecodeStep => "model/forward.rs: Model::forward_pick (greedy)",
         }
     }
 }
@@ -283,9 +283,9 @@ pub enum Shape {
         k: usize,
         proj: &'static str,
     },
-    /// argmax over logits [rows, vocab] (f32)
+    /// argmax over logits [rows, vocab] (the compute dtype: f32 on the CPU)
     Logits { rows: usize, vocab: usize },
-    /// sample over logits [rows, vocab] (f32) with temperature, top-k and top-p
+    /// sample over logits [rows, vocab] (the compute dtype) with temperature, top-k and top-p
     Sampling {
         rows: usize,
         vocab: usize,
@@ -547,15 +547,16 @@ impl Case {
                     flops: 2 * m * n * k,
                 }
             }
-            // f32 logits read once, one token id written per row; comparisons only
+            // logits (in the compute dtype: the LM head's output) read once, one token id
+            // written per row; comparisons only
             (&Shape::Logits { rows, vocab }, _) => Cost {
-                bytes: 4 * u(rows) * u(vocab) + IDX * u(rows),
+                bytes: s * u(rows) * u(vocab) + IDX * u(rows),
                 flops: 0,
             },
             // the same bytes; per logit: divide by the temperature, subtract the max, exp (the
             // minimum an exact sampler does; the CPU sampler also sorts the row, not counted)
             (&Shape::Sampling { rows, vocab, .. }, _) => Cost {
-                bytes: 4 * u(rows) * u(vocab) + IDX * u(rows),
+                bytes: s * u(rows) * u(vocab) + IDX * u(rows),
                 flops: 3 * u(rows) * u(vocab),
             },
             (
@@ -892,15 +893,16 @@ mod tests {
             }
         );
         assert!((mm.cost(Dtype::F32).intensity() - 48.0 / 104.0).abs() < 1e-12);
-        // logits are f32 whatever the dtype
-        let am = case(Op::Argmax, Shape::Logits { rows: 2, vocab: 10 }).cost(Dtype::Bf16);
+        // logits in the compute dtype (the LM head's output), a 4-byte id per row
+        let am = case(Op::Argmax, Shape::Logits { rows: 2, vocab: 10 });
         assert_eq!(
-            am,
+            am.cost(Dtype::Bf16),
             Cost {
-                bytes: 88,
+                bytes: 2 * 20 + 2 * 4,
                 flops: 0
             }
         );
+        assert_eq!(am.cost(Dtype::F32).bytes, 4 * 20 + 2 * 4);
         let shape = Shape::Sampling {
             rows: 2,
             vocab: 10,

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, BatchMeta, KvGeometry};
-use crate::engine::sampling::{argmax, Sampler, SamplingParams};
+use crate::engine::sampling::{argmax, Sampler, SamplingParams, TokenDraw};
 use crate::error::{Error, Result};
 use crate::model::tensor_store::HostTensor;
 use crate::model::Model;
@@ -386,12 +386,11 @@ where
             let (meta, num_blocks) =
                 paged_meta(*batch, 1, *context, *block_size, config.vocab_size)?;
             let mut kv = model.alloc_kv(num_blocks, *block_size)?;
-            let vocab = config.vocab_size;
+            // greedy picks as the engine makes them: on the device where the backend can
+            let draws = vec![TokenDraw::greedy(); meta.num_logits()];
             Box::new(move || {
-                let logits = model.forward(&meta, &mut kv)?;
-                for row in logits.chunks(vocab) {
-                    std::hint::black_box(argmax(row));
-                }
+                let tokens = model.forward_pick(&meta, &mut kv, &draws, &[])?;
+                std::hint::black_box(tokens);
                 // a failed recording turns graphs off (the step still runs, eagerly): timing
                 // that as `graphs` would mislabel the eager step
                 if graphs && !model.graph_stats().enabled {

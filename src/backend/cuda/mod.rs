@@ -46,6 +46,7 @@ use std::time::Instant;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, DeviceRepr, ValidAsZeroBits};
 
 use super::{Backend, BatchMeta, KvGeometry};
+use crate::engine::sampling::{TokenBan, TokenDraw};
 use crate::engine::SamplingParams;
 use crate::error::{Error, Result};
 use crate::model::tensor_store::HostTensor;
@@ -393,27 +394,12 @@ impl<T: CudaDtype> CudaBackend<T> {
         &self.dev.kernels
     }
 
-    // ---- sampling on the GPU (the engine samples on the host today; these are tested wrappers) ----
+    // ---- picking tokens on the GPU (the engine's path: `Backend::pick_tokens`) ----
 
-    /// Upload f32 data (e.g. logits for the sampling kernels).
-    pub fn upload_f32(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
-        if data.is_empty() {
-            return self
-                .dev
-                .stream
-                .alloc_zeros::<f32>(1)
-                .map_err(drv("cuMemAlloc"));
-        }
-        self.dev
-            .stream
-            .clone_htod(data)
-            .map_err(drv("copying to the device"))
-    }
-
-    /// Greedy tokens of `rows` rows of f32 logits [rows, vocab] (argmax, first index on ties).
+    /// Greedy tokens of `rows` rows of logits [rows, vocab] (argmax, first index on ties).
     pub fn argmax_rows(
         &self,
-        logits: &CudaSlice<f32>,
+        logits: &CudaSlice<T>,
         rows: usize,
         vocab: usize,
     ) -> Result<Vec<u32>> {
@@ -421,11 +407,7 @@ impl<T: CudaDtype> CudaBackend<T> {
         if rows == 0 {
             return Ok(Vec::new());
         }
-        let mut out = self
-            .dev
-            .stream
-            .alloc_zeros::<u32>(rows)
-            .map_err(drv("cuMemAlloc"))?;
+        let mut out = self.alloc_u32(rows)?;
         ops::argmax_rows(
             self.k(),
             self.s(),
@@ -437,11 +419,11 @@ impl<T: CudaDtype> CudaBackend<T> {
         self.read_u32(&out)
     }
 
-    /// Sampled tokens: row r of f32 logits [rows, vocab] with `params[r]` (temperature, top-k, top-p
+    /// Sampled tokens: row r of logits [rows, vocab] with `params[r]` (temperature, top-k, top-p
     /// and the row's uniform draw; see sampling.cu). `rows = params.len()`.
     pub fn sample_rows(
         &self,
-        logits: &CudaSlice<f32>,
+        logits: &CudaSlice<T>,
         params: &[SamplingRowParams],
         vocab: usize,
     ) -> Result<Vec<u32>> {
@@ -458,11 +440,7 @@ impl<T: CudaDtype> CudaBackend<T> {
             .stream
             .clone_htod(params)
             .map_err(drv("copying to the device"))?;
-        let mut out = self
-            .dev
-            .stream
-            .alloc_zeros::<u32>(rows)
-            .map_err(drv("cuMemAlloc"))?;
+        let mut out = self.alloc_u32(rows)?;
         ops::sample_rows(
             self.k(),
             self.s(),
@@ -473,6 +451,43 @@ impl<T: CudaDtype> CudaBackend<T> {
             ops::u32_of(vocab, "vocab")?,
         )?;
         self.read_u32(&out)
+    }
+
+    /// Set `logits[row, token]` to -inf in place for each ban (the first `rows` rows of `[rows,
+    /// vocab]`); bans outside them are ignored.
+    pub fn ban_tokens(
+        &self,
+        logits: &mut CudaSlice<T>,
+        rows: usize,
+        vocab: usize,
+        bans: &[TokenBan],
+    ) -> Result<()> {
+        check_len(logits.len(), rows * vocab, "logits")?;
+        if bans.is_empty() || rows == 0 {
+            return Ok(());
+        }
+        let pairs: Vec<u32> = bans.iter().flat_map(|b| [b.row, b.token]).collect();
+        let pairs = self
+            .dev
+            .stream
+            .clone_htod(&pairs)
+            .map_err(drv("copying to the device"))?;
+        ops::ban_tokens(
+            self.k(),
+            self.s(),
+            logits,
+            &pairs,
+            ops::u32_of(bans.len(), "bans")?,
+            ops::u32_of(rows, "rows")?,
+            ops::u32_of(vocab, "vocab")?,
+        )
+    }
+
+    fn alloc_u32(&self, len: usize) -> Result<CudaSlice<u32>> {
+        self.dev
+            .stream
+            .alloc_zeros::<u32>(len)
+            .map_err(drv("cuMemAlloc"))
     }
 
     fn read_u32(&self, buf: &CudaSlice<u32>) -> Result<Vec<u32>> {
@@ -644,11 +659,22 @@ impl<T: CudaDtype> CudaBackend<T> {
 /// The sampling kernel's parameters of one row, from the engine's parameters and the row's uniform
 /// draw (the engine's seeded RNG draws it on the host).
 pub fn sampling_row_params(p: &SamplingParams, uniform: f32) -> SamplingRowParams {
-    SamplingRowParams {
+    draw_params(&TokenDraw {
         temperature: p.temperature,
-        top_k: u32::try_from(p.top_k).unwrap_or(u32::MAX),
+        top_k: p.top_k,
         top_p: p.top_p,
         uniform,
+    })
+}
+
+/// The sampling kernel's parameters of one row's draw (a top-k beyond u32 is no cut, as any
+/// top-k of at least the vocabulary).
+pub fn draw_params(d: &TokenDraw) -> SamplingRowParams {
+    SamplingRowParams {
+        temperature: d.temperature,
+        top_k: u32::try_from(d.top_k).unwrap_or(u32::MAX),
+        top_p: d.top_p,
+        uniform: d.uniform,
     }
 }
 
@@ -915,6 +941,28 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
 
     fn graph_epoch(&self) -> u64 {
         self.dev.epoch.load(Ordering::Relaxed)
+    }
+
+    /// Bans in place, then one block per row: `argmax_rows` when every draw is greedy (one pass),
+    /// else `sample_rows` (greedy rows take its argmax path). Only the `rows` u32 ids are copied
+    /// back, instead of `rows * vocab` logits.
+    fn pick_tokens(
+        &self,
+        logits: &mut CudaSlice<T>,
+        vocab: usize,
+        draws: &[TokenDraw],
+        bans: &[TokenBan],
+    ) -> Result<Option<Vec<u32>>> {
+        let rows = draws.len();
+        need(logits, rows * vocab, "logits")?;
+        self.ban_tokens(logits, rows, vocab, bans)?;
+        let tokens = if draws.iter().all(TokenDraw::is_greedy) {
+            self.argmax_rows(logits, rows, vocab)?
+        } else {
+            let params: Vec<SamplingRowParams> = draws.iter().map(draw_params).collect();
+            self.sample_rows(logits, &params, vocab)?
+        };
+        Ok(Some(tokens))
     }
 
     fn embedding(

@@ -8,6 +8,7 @@
 //! | paged_attention_naive   | (num_tokens, num_heads)                      | `IM_ATTN_THREADS`        |
 //! | paged_decode_d*, paged_decode_reduce, flash_prefill_d* | see [`super::attention`] | |
 //! | argmax_rows, sample_rows| one block per row (capped as rows)           | `IM_SAMPLING_THREADS`    |
+//! | ban_tokens              | elementwise over the bans                    | `IM_ELEMENTWISE_THREADS` |
 //!
 //! The wrappers check what the kernels rely on the host for (sizes fit in u32, attention's head_dim
 //! and GQA requirements) and return typed errors; they do not check buffer lengths (the `Backend`
@@ -78,6 +79,7 @@ pub struct Kernels {
     pub silu_mul: CudaFunction,
     pub argmax_rows: CudaFunction,
     pub sample_rows: CudaFunction,
+    pub ban_tokens: CudaFunction,
     /// Multiprocessors of the device (elementwise grid cap).
     pub sms: u32,
 }
@@ -117,6 +119,7 @@ impl Kernels {
             silu_mul: get("activation.cu", "silu_mul")?,
             argmax_rows: get("sampling.cu", "argmax_rows")?,
             sample_rows: get("sampling.cu", "sample_rows")?,
+            ban_tokens: get("sampling.cu", "ban_tokens")?,
             sms: sms.max(1),
         })
     }
@@ -478,11 +481,11 @@ pub fn paged_attention_naive<T>(
 }
 
 /// `argmax_rows(out, logits, num_rows, vocab)`: f32 logits whatever the compute dtype.
-pub fn argmax_rows(
+pub fn argmax_rows<T: DeviceRepr>(
     k: &Kernels,
     s: &CudaStream,
     out: &mut CudaSlice<u32>,
-    logits: &CudaSlice<f32>,
+    logits: &CudaSlice<T>,
     num_rows: u32,
     vocab: u32,
 ) -> Result<()> {
@@ -498,11 +501,11 @@ pub fn argmax_rows(
 }
 
 /// `sample_rows(out, logits, params, num_rows, vocab)`.
-pub fn sample_rows(
+pub fn sample_rows<T: DeviceRepr>(
     k: &Kernels,
     s: &CudaStream,
     out: &mut CudaSlice<u32>,
-    logits: &CudaSlice<f32>,
+    logits: &CudaSlice<T>,
     params: &CudaSlice<SamplingRowParams>,
     num_rows: u32,
     vocab: u32,
@@ -520,4 +523,29 @@ pub fn sample_rows(
     unsafe { b.launch(Kernels::rows(num_rows, IM_SAMPLING_THREADS)) }
         .map(drop)
         .map_err(launched("sample_rows"))
+}
+
+/// `ban_tokens(logits, bans, num_bans, num_rows, vocab)`.
+pub fn ban_tokens<T: DeviceRepr>(
+    k: &Kernels,
+    s: &CudaStream,
+    logits: &mut CudaSlice<T>,
+    bans: &CudaSlice<u32>,
+    num_bans: u32,
+    num_rows: u32,
+    vocab: u32,
+) -> Result<()> {
+    if num_bans == 0 {
+        return Ok(());
+    }
+    let mut b = s.launch_builder(&k.ban_tokens);
+    b.arg(logits)
+        .arg(bans)
+        .arg(&num_bans)
+        .arg(&num_rows)
+        .arg(&vocab);
+    // SAFETY: as sampling.cu's ban_tokens declares.
+    unsafe { b.launch(k.elementwise(u64::from(num_bans))) }
+        .map(drop)
+        .map_err(launched("ban_tokens"))
 }
