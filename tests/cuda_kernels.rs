@@ -26,6 +26,7 @@ use infermeter::backend::cpu;
 use infermeter::backend::cuda::{sampling_row_params, AttentionVariant, CudaBackend, CudaDtype};
 use infermeter::backend::{Backend, BatchMeta, KvGeometry};
 use infermeter::engine::batch::{build_batch, LogitsWanted, SeqChunk};
+use infermeter::engine::sampling::{kept_weights, TokenDraw};
 use infermeter::engine::{Sampler, SamplingParams};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -716,39 +717,19 @@ fn argmax_rows_matches_host_argmax() {
     for_each_dtype!(check_argmax);
 }
 
-/// The host sampler's algorithm with an explicit uniform draw: kept tokens in rank order with their
-/// weights (a copy of `Sampler`'s steps, to tell a genuine mismatch from a draw that falls within f32
-/// rounding of a boundary between two tokens).
+/// The host sampler's kept tokens in rank order with their cumulative probabilities (to tell a
+/// genuine mismatch from a draw that falls within f32 rounding of a boundary between two tokens).
 fn host_cdf(logits: &[f32], p: &SamplingParams) -> Vec<(u32, f32)> {
-    let mut c: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i as u32, l / p.temperature))
-        .collect();
-    c.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if p.top_k > 0 && p.top_k < c.len() {
-        c.truncate(p.top_k);
-    }
-    let max = c[0].1;
-    for x in c.iter_mut() {
-        x.1 = (x.1 - max).exp();
-    }
-    if p.top_p < 1.0 {
-        let total: f32 = c.iter().map(|x| x.1).sum();
-        let mut acc = 0.0;
-        let mut keep = c.len();
-        for (i, x) in c.iter().enumerate() {
-            acc += x.1 / total;
-            if acc >= p.top_p {
-                keep = i + 1;
-                break;
-            }
-        }
-        c.truncate(keep);
-    }
-    let total: f32 = c.iter().map(|x| x.1).sum();
+    let draw = TokenDraw {
+        temperature: p.temperature,
+        top_k: p.top_k,
+        top_p: p.top_p,
+        uniform: 0.0,
+    };
+    let kept = kept_weights(logits, &draw);
+    let total: f32 = kept.iter().map(|x| x.1).sum();
     let mut acc = 0.0;
-    c.iter()
+    kept.iter()
         .map(|&(id, w)| {
             acc += w / total;
             (id, acc)
@@ -848,7 +829,7 @@ fn sampling_kernels_over_shapes() {
 /// sampling, only the ids copied back. With greedy draws and uniform draws of 0 (the most likely
 /// kept token) the host's `pick_rows` must agree exactly.
 fn check_pick_tokens<T: CudaDtype>(b: &B<T>) {
-    use infermeter::engine::sampling::{pick_rows, TokenBan, TokenDraw};
+    use infermeter::engine::sampling::{pick_rows, TokenBan};
     let mut r = rng(10);
     for &(rows, vocab) in &[(1usize, 7usize), (4, 1000), (3, 50_257)] {
         let logits = rand_t::<T>(&mut r, rows * vocab, 5.0);

@@ -166,7 +166,7 @@ pub fn pick(logits: &[f32], draw: &TokenDraw) -> u32 {
     if draw.is_greedy() {
         return argmax(logits);
     }
-    let probs = filtered_probs(logits, draw);
+    let probs = kept_weights(logits, draw);
     let total: f32 = probs.iter().map(|&(_, p)| p).sum();
     let mut acc = 0.0;
     for &(id, p) in &probs {
@@ -178,8 +178,9 @@ pub fn pick(logits: &[f32], draw: &TokenDraw) -> u32 {
     probs.last().map_or(0, |&(id, _)| id)
 }
 
-/// (token, unnormalised probability) after temperature, top-k and top-p, most likely first.
-fn filtered_probs(logits: &[f32], p: &TokenDraw) -> Vec<(u32, f32)> {
+/// The tokens a non-greedy `p` may draw from `logits` (after temperature, top-k and top-p), most
+/// likely first, each with its unnormalised probability: what [`pick`] inverts the CDF of.
+pub fn kept_weights(logits: &[f32], p: &TokenDraw) -> Vec<(u32, f32)> {
     let mut cands: Vec<(u32, f32)> = logits
         .iter()
         .enumerate()
