@@ -229,6 +229,13 @@ pub trait Backend: Send + Sync {
         0
     }
 
+    /// Grow the backend's own per-row buffers (scratch it keeps between ops) for steps of up to
+    /// `rows` tokens now, so that a later step does not reallocate them and drop recorded graphs.
+    fn reserve_rows(&self, rows: usize) -> Result<()> {
+        let _ = rows;
+        Ok(())
+    }
+
     // ---- picking tokens on the device ----
 
     /// Pick one token per row of `logits` [draws.len(), vocab] on the device, with `draws[r]` for

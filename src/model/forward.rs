@@ -184,12 +184,14 @@ impl<B: Backend> Model<B> {
         self.lock_state().graphs.keys()
     }
 
-    /// Grow the activation workspace to `tokens` rows and `logits_rows` logits rows now, so that
-    /// it does not grow (and drop the recorded graphs) in the middle of a run. The engine reserves
-    /// its step limits when it starts.
+    /// Grow the activation workspace to `tokens` rows and `logits_rows` logits rows now, and the
+    /// backend's own per-row buffers with it ([`Backend::reserve_rows`]), so that neither grows
+    /// (and drops the recorded graphs) in the middle of a run. The engine reserves its step limits
+    /// when it starts.
     pub fn reserve(&self, tokens: usize, logits_rows: usize) -> Result<()> {
         let mut st = self.lock_state();
-        self.ensure_workspace(&mut st, tokens, logits_rows)
+        self.ensure_workspace(&mut st, tokens, logits_rows)?;
+        self.backend.reserve_rows(tokens)
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, StepState<B>> {

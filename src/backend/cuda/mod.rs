@@ -943,6 +943,11 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         self.dev.epoch.load(Ordering::Relaxed)
     }
 
+    /// The zero row indices of the biased GEMMs (`linear` with a bias broadcasts it through them).
+    fn reserve_rows(&self, rows: usize) -> Result<()> {
+        self.with_zero_rows(rows.max(1), |_| Ok(()))
+    }
+
     /// Bans in place, then one block per row: `argmax_rows` when every draw is greedy (one pass),
     /// else `sample_rows` (greedy rows take its argmax path). Only the `rows` u32 ids are copied
     /// back, instead of `rows * vocab` logits.
