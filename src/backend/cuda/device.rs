@@ -115,6 +115,32 @@ fn version_string(v: i32) -> String {
     format!("{}.{}", v / 1000, (v % 1000) / 10)
 }
 
+/// The driver's CUDA version (major, minor), where the driver is loaded and answers.
+pub fn driver_cuda_version() -> Option<(i32, i32)> {
+    if !driver_present() {
+        return None;
+    }
+    let mut version = 0;
+    // SAFETY: driver present; cuDriverGetVersion needs no cuInit and exists in every driver.
+    unsafe { drv_sys::cuDriverGetVersion(&mut version) }
+        .result()
+        .ok()?;
+    Some((version / 1000, (version % 1000) / 10))
+}
+
+/// Why kernels compiled by NVRTC `nvrtc` (major, minor) may not load on a driver of CUDA
+/// `driver`: an NVRTC of a newer major version than the driver makes images the driver does not
+/// know. `None` when the versions fit.
+pub fn nvrtc_driver_mismatch(nvrtc: (i32, i32), driver: (i32, i32)) -> Option<String> {
+    (nvrtc.0 > driver.0).then(|| {
+        format!(
+            "NVRTC {}.{} is newer than the driver (CUDA {}.{}): put an NVRTC of CUDA {}.x or older \
+             first on LD_LIBRARY_PATH (or update the driver)",
+            nvrtc.0, nvrtc.1, driver.0, driver.1, driver.0
+        )
+    })
+}
+
 /// The NVIDIA kernel module version from /proc (no NVML needed); None without the driver.
 pub fn kernel_driver_version() -> Option<String> {
     let text = std::fs::read_to_string("/proc/driver/nvidia/version").ok()?;
@@ -363,6 +389,19 @@ pub fn require(ordinal: usize) -> Result<GpuInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nvrtc_newer_than_the_driver_is_named() {
+        assert_eq!(nvrtc_driver_mismatch((12, 8), (13, 0)), None);
+        assert_eq!(nvrtc_driver_mismatch((13, 0), (13, 0)), None);
+        assert_eq!(nvrtc_driver_mismatch((12, 9), (12, 2)), None);
+        let why = nvrtc_driver_mismatch((13, 0), (12, 4)).unwrap();
+        assert!(
+            why.contains("NVRTC 13.0 is newer than the driver (CUDA 12.4)")
+                && why.contains("CUDA 12.x or older"),
+            "{why}"
+        );
+    }
 
     #[test]
     fn version_strings() {

@@ -231,6 +231,18 @@ impl<T: CudaDtype> CudaBackend<T> {
         let target = compiler.target_for(info.compute_capability)?;
         let mut modules = Vec::with_capacity(compile::KERNEL_FILES.len());
         let (mut compiled, mut cached, mut warnings) = (0, 0, Vec::new());
+        // the driver's refusal, with the likely cause when NVRTC is newer than the driver
+        let load_error = |file: &compile::KernelFile, e: cudarc::driver::DriverError| {
+            let hint = device::driver_cuda_version()
+                .and_then(|d| device::nvrtc_driver_mismatch(compiler.version, d))
+                .map_or(String::new(), |why| format!(" ({why})"));
+            err(format!(
+                "loading kernels/{} ({}, NVRTC {}): {e}{hint}",
+                file.name,
+                target.arch_name(),
+                compiler.version_string()
+            ))
+        };
         for file in compile::KERNEL_FILES {
             let mut c = compiler.compile(file, T::NAME, T::DTYPE_ID, target)?;
             let module = match ctx.load_module(c.image.clone().into_module_source()) {
@@ -246,16 +258,9 @@ impl<T: CudaDtype> CudaBackend<T> {
                     );
                     c = compiler.compile(file, T::NAME, T::DTYPE_ID, target)?;
                     ctx.load_module(c.image.clone().into_module_source())
-                        .map_err(|e| err(format!("loading kernels/{}: {e}", file.name)))?
+                        .map_err(|e| load_error(file, e))?
                 }
-                Err(e) => {
-                    return Err(err(format!(
-                        "loading kernels/{} ({}, NVRTC {}): {e}",
-                        file.name,
-                        target.arch_name(),
-                        compiler.version_string()
-                    )))
-                }
+                Err(e) => return Err(load_error(file, e)),
             };
             if c.from_cache {
                 cached += 1;
