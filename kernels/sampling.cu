@@ -16,11 +16,12 @@
 //     reaches top_p * (total kept weight); finally return the first token of the kept prefix at which
 //     the running weight exceeds uniform * (total kept weight) — inverse-CDF sampling in rank order.
 //     This is the CPU sampler's algorithm step for step, with exact weights: for the same uniform
-//     draw both pick the same token unless the draw (or top_p) falls within f32 rounding (~1e-6) of
-//     the CPU's running sum at a boundary between two tokens. Degenerate rows differ on purpose:
-//     where c_max is not finite (a +inf or NaN logit, an all -inf row, or l / temperature
-//     overflowing) there is no distribution, and the kernel returns the argmax where the CPU's NaN
-//     weights give an arbitrary token.
+//     draw both pick the same token unless the draw (or top_p) falls within the f32 rounding of
+//     the CPU's running sum (about 1e-6 at a 50k vocabulary) of a boundary between two tokens.
+//     Degenerate rows differ on purpose: where c_max is not finite (a +inf or positive NaN logit,
+//     an all -inf row, or l / temperature overflowing) there is no distribution and the kernel
+//     returns the argmax, where the CPU's NaN weights give an arbitrary token; a NaN below the
+//     maximum (a negative NaN sorts below -inf) weighs 0 here.
 //
 // Layouts: logits T [num_rows, vocab] (the lm_head output in the compute dtype, each element read as
 //   f32, so the CPU reference sees the same values after a download); out uint32 [num_rows]; params

@@ -801,8 +801,9 @@ fn greedy_with_and_without_graphs_agree() {
 
 // ---- tokens picked on the GPU -------------------------------------------------------------------
 
-/// Run `reqs` (prompt, sampling) through a batching engine on `b` (CUDA graphs on) and return each
-/// request's output ids, in request order.
+/// Run `reqs` (prompt, sampling) through a batching engine on `b` (CUDA graphs on; every prompt
+/// prefilled in the first step, so the copies of a prompt share every step) and return each
+/// request's output ids, in request order. Checks that decode steps were replayed from graphs.
 fn engine_outputs<T: CudaDtype>(
     b: &CudaBackend<T>,
     name: &str,
@@ -813,9 +814,11 @@ fn engine_outputs<T: CudaDtype>(
         block_size: 16,
         num_blocks: 256,
         max_num_seqs: 16,
-        max_num_batched_tokens: 2048,
+        max_num_batched_tokens: 4096,
         enable_prefix_caching: false,
     };
+    let prompt_tokens: usize = reqs.iter().map(|(p, _)| p.len()).sum();
+    assert!(prompt_tokens <= cfg.max_num_batched_tokens && reqs.len() <= cfg.max_num_seqs);
     let mut engine = Engine::new(load_with(name, b.clone()), cfg, Instant::now()).unwrap();
     let ids: Vec<u64> = reqs
         .iter()
@@ -836,6 +839,11 @@ fn engine_outputs<T: CudaDtype>(
             outputs.insert(f.id, f.output_ids);
         }
     }
+    let g = engine.model().graph_stats();
+    assert!(
+        g.enabled && g.replayed > 0 && g.disabled_reason.is_none(),
+        "{name}: {g:?}"
+    );
     ids.iter().map(|id| outputs.remove(id).unwrap()).collect()
 }
 

@@ -175,7 +175,14 @@ pub fn pick(logits: &[f32], draw: &TokenDraw) -> u32 {
             return id;
         }
     }
-    probs.last().map_or(0, |&(id, _)| id)
+    // the f32 running sum can end a little below 1: a draw above it takes the last token that
+    // has weight — never a weightless one (a banned, -inf token sorts last), as on the device
+    probs
+        .iter()
+        .rev()
+        .find(|&&(_, p)| p > 0.0)
+        .or(probs.last())
+        .map_or(0, |&(id, _)| id)
 }
 
 /// The tokens a non-greedy `p` may draw from `logits` (after temperature, top-k and top-p), most
@@ -211,16 +218,16 @@ pub fn kept_weights(logits: &[f32], p: &TokenDraw) -> Vec<(u32, f32)> {
     cands
 }
 
-/// Index of the largest logit; the first one on ties (as torch.argmax). NaNs never win (as in
-/// sampling.cu's argmax_rows); a row of NaNs only gives 0.
+/// Index of the largest logit; the first one on ties (as torch.argmax). NaNs never win, and a
+/// row of only -inf and NaN gives 0 (as sampling.cu's argmax_rows).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best: Option<(usize, f32)> = None;
+    let mut best = (0, f32::NEG_INFINITY);
     for (i, &l) in logits.iter().enumerate() {
-        if !l.is_nan() && best.is_none_or(|(_, b)| l > b) {
-            best = Some((i, l));
+        if l > best.1 {
+            best = (i, l);
         }
     }
-    best.map_or(0, |(i, _)| i as u32)
+    best.0 as u32
 }
 
 #[cfg(test)]
@@ -245,6 +252,8 @@ mod tests {
         assert_eq!(argmax(&[1.0, f32::NAN, 2.0, f32::NAN]), 2);
         assert_eq!(argmax(&[f32::NAN, f32::NAN]), 0);
         assert_eq!(argmax(&[f32::NEG_INFINITY; 3]), 0);
+        assert_eq!(argmax(&[f32::NAN, f32::NEG_INFINITY, f32::NEG_INFINITY]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, 1.0, 1.0]), 1);
         assert_eq!(argmax(&[]), 0);
     }
 
@@ -292,7 +301,13 @@ mod tests {
         };
         assert_eq!(pick_rows(&mut row.clone(), 4, &[d], &[]), [3]);
         d.uniform = 0.999_999;
-        assert_eq!(pick_rows(&mut row, 4, &[d], &[]), [0]);
+        assert_eq!(pick_rows(&mut row.clone(), 4, &[d], &[]), [0]);
+        // past the running sum's end (it can fall short of 1): the last token with weight, not a
+        // banned one
+        d.uniform = 1.0;
+        assert_eq!(pick_rows(&mut row.clone(), 4, &[d], &[]), [0]);
+        let ban = [TokenBan { row: 0, token: 0 }];
+        assert_eq!(pick_rows(&mut row, 4, &[d], &ban), [1]);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use super::params::{
     IM_ATTN_THREADS, IM_ELEMENTWISE_BLOCKS_PER_SM, IM_ELEMENTWISE_THREADS, IM_ROW_THREADS,
     IM_SAMPLING_THREADS,
 };
+use super::CudaDtype;
 use crate::error::{Error, Result};
 
 // SAFETY: the parameter structs are #[repr(C)] plain data of 4-byte fields (params.h; bindgen's
@@ -480,8 +481,8 @@ pub fn paged_attention_naive<T>(
         .map_err(launched("paged_attention_naive"))
 }
 
-/// `argmax_rows(out, logits, num_rows, vocab)`: f32 logits whatever the compute dtype.
-pub fn argmax_rows<T: DeviceRepr>(
+/// `argmax_rows(out, logits, num_rows, vocab)`: logits in the module's compute dtype.
+pub fn argmax_rows<T: CudaDtype>(
     k: &Kernels,
     s: &CudaStream,
     out: &mut CudaSlice<u32>,
@@ -501,7 +502,7 @@ pub fn argmax_rows<T: DeviceRepr>(
 }
 
 /// `sample_rows(out, logits, params, num_rows, vocab)`.
-pub fn sample_rows<T: DeviceRepr>(
+pub fn sample_rows<T: CudaDtype>(
     k: &Kernels,
     s: &CudaStream,
     out: &mut CudaSlice<u32>,
@@ -526,7 +527,7 @@ pub fn sample_rows<T: DeviceRepr>(
 }
 
 /// `ban_tokens(logits, bans, num_bans, num_rows, vocab)`.
-pub fn ban_tokens<T: DeviceRepr>(
+pub fn ban_tokens<T: CudaDtype>(
     k: &Kernels,
     s: &CudaStream,
     logits: &mut CudaSlice<T>,
