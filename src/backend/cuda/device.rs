@@ -120,12 +120,16 @@ pub fn driver_cuda_version() -> Option<(i32, i32)> {
     if !driver_present() {
         return None;
     }
-    let mut version = 0;
-    // SAFETY: driver present; cuDriverGetVersion needs no cuInit and exists in every driver.
-    unsafe { drv_sys::cuDriverGetVersion(&mut version) }
-        .result()
-        .ok()?;
+    let version = raw_driver_version().ok()?;
     Some((version / 1000, (version % 1000) / 10))
+}
+
+/// cuDriverGetVersion (e.g. 13000). Call only when the driver library is present; needs no cuInit.
+fn raw_driver_version() -> std::result::Result<i32, drv::DriverError> {
+    let mut version = 0;
+    // SAFETY: the caller checked that the driver is present; the call exists in every driver.
+    unsafe { drv_sys::cuDriverGetVersion(&mut version) }.result()?;
+    Ok(version)
 }
 
 /// Why kernels compiled by NVRTC `nvrtc` (major, minor) may not load on a driver of CUDA
@@ -244,11 +248,8 @@ fn init_driver() -> Result<i32> {
         )));
     }
     drv::init().map_err(|e| no_device(format!("cuInit failed: {e}")))?;
-    let mut version = 0;
-    // SAFETY: driver present and initialised; cuDriverGetVersion exists in every driver.
-    unsafe { drv_sys::cuDriverGetVersion(&mut version) }
-        .result()
-        .map_err(|e| no_device(format!("cuDriverGetVersion failed: {e}")))?;
+    let version =
+        raw_driver_version().map_err(|e| no_device(format!("cuDriverGetVersion failed: {e}")))?;
     let (major, minor) = (version / 1000, (version % 1000) / 10);
     if (major, minor) < BUILD_API {
         return Err(no_device(format!(

@@ -963,8 +963,8 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         draws: &[TokenDraw],
         bans: &[TokenBan],
     ) -> Result<Option<Vec<u32>>> {
+        // each of these checks the logits' length
         let rows = draws.len();
-        need(logits, rows * vocab, "logits")?;
         self.ban_tokens(logits, rows, vocab, bans)?;
         let tokens = if draws.iter().all(TokenDraw::is_greedy) {
             self.argmax_rows(logits, rows, vocab)?
