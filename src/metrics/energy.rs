@@ -19,7 +19,9 @@
 //! and the `coverage` (fraction of the window the samples span). Where a device has both, the two
 //! estimates are reported side by side (`counter_energy_j`, `integrated_energy_j`).
 //!
-//! Derived: `avg_power_w` = energy ÷ window; `peak_power_w` = largest sum over the scope's devices of
+//! Derived: `avg_power_w` = energy ÷ the part of the window the samples cover, per device, summed
+//! over the scope (a window the samples cover only partly is not diluted by the uncovered time;
+//! `coverage` says how much was covered); `peak_power_w` = largest sum over the scope's devices of
 //! a point's maximum power; `peak_memory_bytes` = the scope's GPUs' peak `memory_used` summed (host
 //! process RSS when the scope has no GPU); `j_per_request`, `j_per_token` (input + output),
 //! `tokens_per_j`, `output_tokens_per_j` over all the window's energy.
@@ -422,7 +424,8 @@ fn measure(
             counter_energy_j: counter_j,
             integrated_energy_j: integrated_j,
             coverage: (delta.covered_s / duration).min(1.0),
-            avg_power_w: delta.delta / duration,
+            // the delta is over the covered part of the window only: average over that part
+            avg_power_w: delta.delta / delta.covered_s,
             peak_power_w,
             peak_memory_bytes,
         });
@@ -486,7 +489,8 @@ fn measure(
         energy_j,
         counter_energy_j: all(|d| d.counter_energy_j),
         integrated_energy_j: all(|d| d.integrated_energy_j),
-        avg_power_w: energy_j / duration,
+        // each device's average over the time its series covers, summed over the scope
+        avg_power_w: devices.iter().map(|d| d.avg_power_w).sum(),
         peak_power_w,
         peak_memory_bytes,
         peak_memory_of,
@@ -552,20 +556,21 @@ impl EnergyMeasure {
                         d.method = EnergyMethod::Mixed;
                         d.measured_by = format!("{}; {}", d.measured_by, od.measured_by);
                     }
-                    d.coverage = ((d.coverage * dur_self + od.coverage * dur_o) / dt).min(1.0);
+                    let covered = d.coverage * dur_self + od.coverage * dur_o;
+                    d.coverage = (covered / dt).min(1.0);
                     d.energy_j += od.energy_j;
                     d.counter_energy_j = add(d.counter_energy_j, od.counter_energy_j);
                     d.integrated_energy_j = add(d.integrated_energy_j, od.integrated_energy_j);
-                    d.avg_power_w = d.energy_j / dt;
+                    if covered > 0.0 {
+                        d.avg_power_w = d.energy_j / covered;
+                    }
                     d.peak_power_w = max(d.peak_power_w, od.peak_power_w);
                     d.peak_memory_bytes = max(d.peak_memory_bytes, od.peak_memory_bytes);
                 }
                 None => self.devices.push(od.clone()),
             }
         }
-        if total > 0.0 {
-            self.avg_power_w = self.energy_j / total;
-        }
+        self.avg_power_w = self.devices.iter().map(|d| d.avg_power_w).sum();
     }
 }
 
@@ -930,6 +935,27 @@ mod tests {
         assert!(close(m.avg_power_w, 100.0, 1e-6));
         assert!(close(m.j_per_request.unwrap(), 200.0, 1e-6));
         assert!(close(c.cost.unwrap().total_usd, 0.004, 1e-9));
+    }
+
+    #[test]
+    fn average_power_is_over_the_covered_part_of_the_window() {
+        // 100 W sampled over [0, 10]; the window [5, 15] is half covered: 500 J over 5 s covered.
+        let tl = synthetic_timeline(|_| 100.0, |t| 100.0 * t, 0.01, 10.0, true);
+        let m = summarize(Some(&tl), (5.0, 15.0), &Work::default(), None, &gpu_opts())
+            .energy
+            .unwrap();
+        assert!(close(m.coverage, 0.5, 1e-9), "{}", m.coverage);
+        assert!(close(m.energy_j, 500.0, 1e-6));
+        assert!(close(m.avg_power_w, 100.0, 1e-6), "{}", m.avg_power_w);
+        assert!(close(m.devices[0].avg_power_w, 100.0, 1e-6));
+        // combined with a fully covered window at the same power: still 100 W
+        let full = summarize(Some(&tl), (1.0, 3.0), &Work::default(), None, &gpu_opts());
+        let half = summarize(Some(&tl), (5.0, 15.0), &Work::default(), None, &gpu_opts());
+        let c = EnergyReport::combine(&[full, half], &gpu_opts()).unwrap();
+        let m = c.energy.unwrap();
+        assert!(close(m.energy_j, 700.0, 1e-6));
+        assert!(close(m.avg_power_w, 100.0, 1e-6), "{}", m.avg_power_w);
+        assert!(close(m.devices[0].avg_power_w, 100.0, 1e-6));
     }
 
     #[test]
