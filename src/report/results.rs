@@ -134,8 +134,11 @@ impl EngineSummary {
         if !steps.is_empty() {
             s.mean_batch_size /= steps.len() as f64;
         }
-        let prompt: usize = requests.iter().map(|r| r.record.prompt_tokens).sum();
-        let hits: usize = requests.iter().map(|r| r.prefix_hit_tokens).sum();
+        // Only admitted requests looked the prefix cache up: a rejected one (never admitted) has no
+        // hits and its prompt must not dilute the rate.
+        let admitted = || requests.iter().filter(|r| r.admitted_s.is_some());
+        let prompt: usize = admitted().map(|r| r.record.prompt_tokens).sum();
+        let hits: usize = admitted().map(|r| r.prefix_hit_tokens).sum();
         if prompt > 0 {
             s.prefix_hit_rate = hits as f64 / prompt as f64;
         }
@@ -318,4 +321,40 @@ fn parse_kind<T: serde::de::DeserializeOwned>(file: &str, doc: serde_json::Value
         };
         Error::config(file, &field, e.into_inner().to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(prompt: usize, hits: usize, admitted: bool) -> EngineRequestRecord {
+        EngineRequestRecord {
+            record: RequestRecord {
+                id: 0,
+                scheduled_s: 0.0,
+                send_s: 0.0,
+                first_token_s: None,
+                chunk_times_s: Vec::new(),
+                end_s: Some(1.0),
+                prompt_tokens: prompt,
+                output_tokens: 0,
+                error: (!admitted).then(|| "rejected".into()),
+            },
+            admitted_s: admitted.then_some(0.0),
+            num_preemptions: 0,
+            prefix_hit_tokens: hits,
+            finish_reason: None,
+            output_ids: None,
+        }
+    }
+
+    #[test]
+    fn prefix_hit_rate_counts_only_admitted_prompts() {
+        // 3 of 8 admitted prompt tokens hit; the rejected request's 312 tokens never looked up.
+        let reqs = [req(4, 0, true), req(4, 3, true), req(312, 0, false)];
+        let s = EngineSummary::of(&[], &reqs);
+        assert_eq!(s.prefix_hit_rate, 3.0 / 8.0);
+        // nothing admitted: no prompt looked up, rate 0 (not NaN)
+        assert_eq!(EngineSummary::of(&[], &reqs[2..]).prefix_hit_rate, 0.0);
+    }
 }
