@@ -4,16 +4,17 @@
 //! Saturation criterion (see [`CRITERION`]): in an open loop a server that keeps up completes
 //! requests at the rate they arrive, only shifted by its latency; a saturated one completes them at
 //! its own service rate, below the arrival rate, while a queue builds. So a step is saturated when
-//! its completion rate, `(completed − 1) / (last end − first end)` over the successful requests, is
-//! below 90% of its realised arrival rate, `(sent − 1) / (last scheduled − first scheduled)` (the
-//! rate the arrival process actually produced, not the nominal one, so Poisson noise does not
-//! count), or when more than 10% of its requests failed, or fewer than two succeeded.
+//! its completion rate, `(ok − 1) / (last end − first end)`, is below 90% of its realised arrival
+//! rate, `(ok − 1) / (last scheduled − first scheduled)` (the rate the arrival process actually
+//! produced, not the nominal one, so Poisson noise does not count), both over the same set: the
+//! successful requests (failed ones are judged by the failure criterion, not counted as arrivals
+//! that never complete); or when more than 10% of its requests failed, or fewer than two succeeded.
 
 use crate::metrics::RunSummary;
 use crate::report::load_results::LoadRequestRecord;
 
 /// The criterion in words, recorded in every sweep's results.
-pub const CRITERION: &str = "a step is saturated when its completion rate ((completed - 1) / (last end - first end), successful requests) is below 90% of its realised arrival rate ((sent - 1) / (last scheduled - first scheduled)), or more than 10% of its requests failed, or fewer than 2 succeeded; the sweep stops after the first saturated step";
+pub const CRITERION: &str = "a step is saturated when its completion rate ((ok - 1) / (last end - first end)) is below 90% of its realised arrival rate ((ok - 1) / (last scheduled - first scheduled)), both over the successful requests, or more than 10% of its requests failed, or fewer than 2 succeeded; the sweep stops after the first saturated step";
 
 /// Completion rate below this fraction of the arrival rate: saturated.
 pub const RATE_FRACTION: f64 = 0.9;
@@ -57,20 +58,17 @@ pub fn saturation(records: &[LoadRequestRecord]) -> (bool, String) {
             ),
         );
     }
-    let mut ends: Vec<f64> = records
-        .iter()
-        .filter(|r| r.record.is_ok())
-        .map(|r| r.record.finish_s())
-        .collect();
+    // Arrivals and completions over one set, the successful requests: counting every arrival but
+    // only the successful completions would call a server that keeps up with 9% failures saturated.
+    let ok: Vec<&LoadRequestRecord> = records.iter().filter(|r| r.record.is_ok()).collect();
+    let mut ends: Vec<f64> = ok.iter().map(|r| r.record.finish_s()).collect();
     if ends.len() < 2 {
         return (true, format!("only {} request(s) succeeded", ends.len()));
     }
     ends.sort_by(f64::total_cmp);
-    let (lo, hi) = records
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |a, r| {
-            (a.0.min(r.record.scheduled_s), a.1.max(r.record.scheduled_s))
-        });
+    let (lo, hi) = ok.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, r| {
+        (a.0.min(r.record.scheduled_s), a.1.max(r.record.scheduled_s))
+    });
     let span_in = hi - lo;
     let span_out = ends[ends.len() - 1] - ends[0];
     if span_in <= 0.0 {
@@ -79,7 +77,7 @@ pub fn saturation(records: &[LoadRequestRecord]) -> (bool, String) {
             "all requests scheduled at one instant: rate not comparable".into(),
         );
     }
-    let arrival = (n - 1) as f64 / span_in;
+    let arrival = (ok.len() - 1) as f64 / span_in;
     let completion = if span_out > 0.0 {
         (ends.len() - 1) as f64 / span_out
     } else {
@@ -145,6 +143,25 @@ mod tests {
             .collect();
         let (sat, why) = saturation(&r);
         assert!(!sat, "{why}");
+    }
+
+    #[test]
+    fn keeping_up_with_ten_percent_failures_is_not_saturated() {
+        // 10/s arrivals served in 0.3 s; every 10th request fails at once. Completions of the
+        // successful requests keep pace with their arrivals: not saturated.
+        let r: Vec<_> = (0..100)
+            .map(|i| {
+                let t = i as f64 * 0.1;
+                if i % 10 == 5 {
+                    rec(t, t + 0.01, false)
+                } else {
+                    rec(t, t + 0.3, true)
+                }
+            })
+            .collect();
+        let (sat, why) = saturation(&r);
+        assert!(!sat, "{why}");
+        assert!(why.contains("10 of 100 failed"), "{why}");
     }
 
     #[test]
