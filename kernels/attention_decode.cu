@@ -33,7 +33,9 @@
 //    shared-memory reads; no shuffles). Each warp keeps an online softmax per head (running max m,
 //    running sum l, all lanes alike) and an accumulator acc[GC][D] spread over its lanes.
 //  - P·V: the lanes split a V head row into 16-byte vectors (D / IM_VEC lanes per row, several rows
-//    per warp step); the weight of each key comes from its lane by a shuffle. After the loop the
+//    per warp step); the weight of each key comes from its lane by a shuffle. The V loads of
+//    V_AHEAD steps are issued together before any is used (memory-level parallelism: the P·V half
+//    of an iteration would otherwise wait out one load latency per step). After the loop the
 //    row-groups of a warp are summed with xor shuffles.
 //  - The 4 warps merge through shared memory (m, l per warp and head; acc [4][GC][D] f32).
 //  - num_splits == 1: out = acc / l, rounded to T. Otherwise the block writes (acc, m, l) of its
@@ -62,6 +64,8 @@ constexpr int WARPS = IM_DECODE_THREADS / im::WARP;
 static_assert(IM_DECODE_THREADS == WARPS * im::WARP, "IM_DECODE_THREADS must be whole warps");
 static_assert(IM_DECODE_KEYS_PER_ITER == IM_DECODE_THREADS, "one key per thread per iteration");
 constexpr float LOG2E = 1.4426950408889634f;
+// P·V steps whose V loads are issued together (16-byte loads in flight per lane, times CH).
+constexpr int V_AHEAD = 4;
 
 // Shared floats of paged_decode_d<D>: staged queries [8][D], warp accumulators [WARPS][8][D],
 // warp (m, l) [WARPS][8][2].
@@ -81,7 +85,10 @@ __device__ __forceinline__ void decode_block(float* __restrict__ smem, T* __rest
     constexpr int RL = R < im::WARP ? R : im::WARP;  // lanes per row in P·V
     constexpr int CH = R / RL;                   // vectors per lane per row in P·V
     constexpr int KPW = im::WARP / RL;           // rows per warp step in P·V
+    constexpr int V_STEPS = im::WARP / KPW;      // warp steps of P·V per iteration
+    constexpr int AHEAD = V_STEPS < V_AHEAD ? V_STEPS : V_AHEAD;  // steps per round of V loads
     static_assert(R * im::VEC == D && CH * RL == R && KPW * RL == im::WARP, "unsupported head_dim");
+    static_assert(V_STEPS % AHEAD == 0, "rounds must cover the P·V steps");
 
     float* q_s = smem;                                // [GC][D]
     float* red = smem + IM_DECODE_HEADS * D;          // [WARPS][GC][D]
@@ -178,22 +185,42 @@ __device__ __forceinline__ void decode_block(float* __restrict__ smem, T* __rest
 #pragma unroll
                 for (int e = 0; e < im::VEC; ++e) acc[g][ch][e] *= corr;
         }
-        // ---- P·V over the warp's 32 keys, KPW rows per step
-        const uint32_t off_lo = uint32_t(off), off_hi = uint32_t(off >> 32);
-#pragma unroll 2
-        for (int st = 0; st < im::WARP / KPW; ++st) {
-            const int src = st * KPW + int(row_sub);  // the lane (key) this row-group reads
-            const bool v_ok = __shfl_sync(im::FULL_MASK, valid, src);
-            const uint64_t v_off = (uint64_t(__shfl_sync(im::FULL_MASK, off_hi, src)) << 32) |
-                                   __shfl_sync(im::FULL_MASK, off_lo, src);
-            float pw[GC];
+        // ---- P·V over the warp's 32 keys, KPW rows per step, V_AHEAD steps per round: a round
+        // issues all its 16-byte V loads back to back and only then converts and accumulates, so
+        // each lane has V_AHEAD * CH loads in flight. (A load guarded per step by `if (valid)`
+        // made ptxas branch around each one, leaving one 16-byte load in flight per lane: the
+        // P·V phase ran latency-bound.) A skipped key (past the split's end, or a block id the
+        // kernel may not read) loads a stand-in row at element 0 of the cache, which always
+        // exists; its weight is 0 and its values are zeroed, so a non-finite stand-in cannot
+        // leak into acc.
+        const uint64_t v_src = valid ? off : 0;
+        const uint32_t off_lo = uint32_t(v_src), off_hi = uint32_t(v_src >> 32);
+#pragma unroll 1
+        for (int st0 = 0; st0 < V_STEPS; st0 += AHEAD) {
+            im::Pack<im::VEC> raw[AHEAD][CH];
+            bool ok[AHEAD];
 #pragma unroll
-            for (int g = 0; g < GC; ++g) pw[g] = __shfl_sync(im::FULL_MASK, w[g], src);
-            if (v_ok) {
+            for (int a = 0; a < AHEAD; ++a) {
+                const int src = (st0 + a) * KPW + int(row_sub);  // the lane (key) this row-group reads
+                ok[a] = __shfl_sync(im::FULL_MASK, valid, src);
+                const uint64_t v_off = (uint64_t(__shfl_sync(im::FULL_MASK, off_hi, src)) << 32) |
+                                       __shfl_sync(im::FULL_MASK, off_lo, src);
+#pragma unroll
+                for (int ch = 0; ch < CH; ++ch)
+                    raw[a][ch] = *reinterpret_cast<const im::Pack<im::VEC>*>(
+                        v_cache + v_off + (row_lane + ch * RL) * im::VEC);
+            }
+#pragma unroll
+            for (int a = 0; a < AHEAD; ++a) {
+                const int src = (st0 + a) * KPW + int(row_sub);
+                float pw[GC];
+#pragma unroll
+                for (int g = 0; g < GC; ++g) pw[g] = __shfl_sync(im::FULL_MASK, w[g], src);
 #pragma unroll
                 for (int ch = 0; ch < CH; ++ch) {
                     float vv[im::VEC];
-                    im::load<im::VEC>(v_cache + v_off + (row_lane + ch * RL) * im::VEC, vv);
+#pragma unroll
+                    for (int e = 0; e < im::VEC; ++e) vv[e] = ok[a] ? im::to_float(raw[a][ch].v[e]) : 0.f;
 #pragma unroll
                     for (int g = 0; g < GC; ++g)
 #pragma unroll
