@@ -556,6 +556,93 @@ fn cli_runs_every_arrival_and_loop_and_writes_valid_results() {
 }
 
 #[test]
+fn cli_no_stream_has_no_tpot_no_split_and_refuses_a_tpot_slo() {
+    let m = MockProcess::start(&["--ttft", "5ms", "--itl", "2ms"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("nostream.json");
+    let base = [
+        "--url",
+        &m.url,
+        "--no-stream",
+        "--concurrency",
+        "2",
+        "--num-requests",
+        "6",
+        "--output-len",
+        "10",
+        "--no-self-check",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let (ok, _, err) = load(&[&base[..], &["--slo", "ttft=1s,tpot=1ms"]].concat());
+    assert!(!ok, "a tpot SLO without streaming must be refused");
+    assert!(err.contains("--slo tpot cannot be checked with --no-stream"), "{err}");
+
+    let (ok, stdout, err) = load(&[&base[..], &["--slo", "e2el=10s", "--gpu-price", "2"]].concat());
+    assert!(ok, "{err}");
+    assert!(stdout.contains("not streamed: TTFT and E2EL"), "{stdout}");
+    let doc = validate_results(&out);
+    assert_eq!(doc["target"]["streaming"], false);
+    let step = &doc["steps"][0];
+    let s = &step["summary"];
+    assert_eq!(s["completed"], 6);
+    assert!(s["latency"]["tpot"].is_null(), "TPOT undefined, not 0: {}", s["latency"]);
+    assert!(s["latency"]["itl"].is_null());
+    assert!(s["latency"]["ttft"]["p50"].as_f64().unwrap() > 0.0);
+    for r in step["requests"].as_array().unwrap() {
+        assert_eq!(r["output_tokens"], 10);
+        assert_eq!(r["chunk_times_s"].as_array().unwrap().len(), 1);
+    }
+    // No first token observed: no prefill/decode split, so no $/1M input or output, not $0.
+    let e = &step["energy"];
+    assert!(e["time_split"].is_null(), "{e}");
+    assert!(e["cost"]["usd_per_1m_output_tokens"].is_null(), "{e}");
+    assert!(e["cost"]["usd_per_1m_input_tokens"].is_null(), "{e}");
+    assert!(e["cost"]["usd_per_1m_tokens"].as_f64().unwrap() > 0.0, "{e}");
+}
+
+#[test]
+fn cli_takes_the_endpoint_from_a_full_url_path() {
+    let m = MockProcess::start(&["--ttft", "1ms", "--itl", "1ms"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("chat.json");
+    let chat_url = format!("{}/v1/chat/completions", m.url);
+    // no --endpoint: the path says chat, so the bodies carry `messages` (the mock answers a
+    // completions body on the chat route with 400)
+    let (ok, _, err) = load(&[
+        "--url",
+        &chat_url,
+        "--num-requests",
+        "3",
+        "--output-len",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let doc = validate_results(&out);
+    assert_eq!(doc["target"]["endpoint"], "chat");
+    assert_eq!(doc["steps"][0]["summary"]["completed"], 3);
+    assert_eq!(doc["steps"][0]["summary"]["failed"], 0);
+    // an --endpoint that contradicts the path is refused before any request
+    let (ok, _, err) = load(&[
+        "--url",
+        &chat_url,
+        "--endpoint",
+        "completions",
+        "--num-requests",
+        "1",
+        "--out",
+        dir.path().join("x.json").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("--endpoint completions contradicts --url"),
+        "{err}"
+    );
+}
+
+#[test]
 fn cli_sweep_stops_at_saturation_in_one_file() {
     // A server that takes 50 ms per request: 4 users reach about 80/s.
     let m = MockProcess::start(&["--ttft", "40ms", "--itl", "5ms"]);

@@ -43,9 +43,10 @@ pub struct LoadArgs {
     /// The server: http://HOST:PORT (optionally with /v1 or the full endpoint path).
     #[arg(long)]
     pub url: Option<String>,
-    /// Which endpoint: completions (/v1/completions) or chat (/v1/chat/completions).
-    #[arg(long, default_value = "completions")]
-    pub endpoint: String,
+    /// Which endpoint: completions (/v1/completions) or chat (/v1/chat/completions). Default: the
+    /// one the --url path names, else completions.
+    #[arg(long)]
+    pub endpoint: Option<String>,
     /// The `model` field (default: the first id of GET /v1/models; left out if that fails).
     #[arg(long)]
     pub model: Option<String>,
@@ -53,7 +54,9 @@ pub struct LoadArgs {
     #[arg(long)]
     #[serde(skip)]
     pub api_key: Option<String>,
-    /// Do not stream: one JSON response per request (only e2el is then meaningful).
+    /// Do not stream: one JSON response per request. TTFT and E2EL are then both the time to the
+    /// whole response; TPOT, ITL and the prefill/decode split are not observed (and `--slo tpot` is
+    /// refused).
     #[arg(long)]
     pub no_stream: bool,
     /// Do not ask for usage in the stream (stream_options.include_usage).
@@ -289,8 +292,28 @@ struct Parsed {
     ignore_eos: bool,
 }
 
+/// `--endpoint` if given, else the endpoint the `--url` path names, else completions; an
+/// `--endpoint` that contradicts the URL's path is an error (the path decides where requests go,
+/// `--endpoint` what their bodies look like).
+fn resolve_endpoint(flag: Option<&str>, url: Option<&str>) -> anyhow::Result<Endpoint> {
+    let from_url = url.and_then(crate::client::openai::endpoint_of_url);
+    let Some(flag) = flag else {
+        return Ok(from_url.unwrap_or(Endpoint::Completions));
+    };
+    let chosen = Endpoint::from_str(flag).map_err(|e| anyhow!("--endpoint: {e}"))?;
+    match from_url {
+        Some(u) if u != chosen => bail!(
+            "--endpoint {chosen} contradicts --url {}, whose path is the {u} endpoint ({}): \
+             drop one of them",
+            url.unwrap_or_default().trim(),
+            u.path()
+        ),
+        _ => Ok(chosen),
+    }
+}
+
 fn parse(a: &LoadArgs) -> anyhow::Result<Parsed> {
-    let endpoint = Endpoint::from_str(&a.endpoint).map_err(|e| anyhow!("--endpoint: {e}"))?;
+    let endpoint = resolve_endpoint(a.endpoint.as_deref(), a.url.as_deref())?;
     let arrival = Arrival::from_str(&a.arrival).map_err(|e| anyhow!("--arrival: {e}"))?;
     let warmup = match &a.warmup {
         Some(w) => Warmup::parse(w)?,
@@ -313,6 +336,13 @@ fn parse(a: &LoadArgs) -> anyhow::Result<Parsed> {
         .as_deref()
         .map(|s| Slo::from_str(s).map_err(|e| anyhow!("--slo: {e}")))
         .transpose()?;
+    if a.no_stream && slo.as_ref().is_some_and(|s| s.tpot_s.is_some()) {
+        bail!(
+            "--slo tpot cannot be checked with --no-stream: a non-streamed response arrives in one \
+             piece, so no per-token time is observed (TPOT is undefined, not 0). Stream, or drop \
+             tpot from --slo"
+        );
+    }
     let profile = a
         .profile
         .as_deref()
@@ -465,8 +495,10 @@ fn empty_step(name: &str, plan: &StepPlan, started_s: f64) -> LoadStep {
 }
 
 /// The step's energy over its measured window (first measured send to last measured end), its
-/// busy time split between prefill and decode by the requests in flight.
-fn step_energy(tel: &RunTelemetry, step: &LoadStep) -> Option<EnergyReport> {
+/// busy time split between prefill and decode by the requests in flight. Not `streaming`, a
+/// response's first token is not observed, so there is no split (no prefill/decode energy or cost):
+/// it would put the whole request in prefill and price decode at $0.
+fn step_energy(tel: &RunTelemetry, step: &LoadStep, streaming: bool) -> Option<EnergyReport> {
     let timeline = tel.snapshot()?;
     let records: Vec<RequestRecord> = step.requests.iter().map(|r| r.record.clone()).collect();
     let window = match (
@@ -485,12 +517,12 @@ fn step_energy(tel: &RunTelemetry, step: &LoadStep) -> Option<EnergyReport> {
         None => Work::of_records(&records),
     };
     let ok: Vec<RequestRecord> = records.into_iter().filter(|r| r.is_ok()).collect();
-    let segments = energy::segments_from_requests(&ok);
+    let segments = streaming.then(|| energy::segments_from_requests(&ok));
     Some(energy::summarize(
         Some(&timeline),
         window,
         &work,
-        Some(&segments),
+        segments.as_deref(),
         tel.energy_options(),
     ))
 }
@@ -612,7 +644,7 @@ async fn run_step(
     outcome.warmup.sort_by_key(|r| r.record.id);
     tel.mark();
     let mut step = finish_step(name, plan, outcome, slo);
-    step.energy = step_energy(tel, &step);
+    step.energy = step_energy(tel, &step, writer.results.target.streaming);
     writer.results.steps[idx] = step;
     writer.results.telemetry = load_section(tel, &writer.results.steps, false);
     if writer.results.target.server_model.is_none() {
@@ -1061,4 +1093,10 @@ fn print_summary(r: &LoadResults) {
         }
     }
     println!("(times in ms; queue = client_queue, send - scheduled)");
+    if !r.target.streaming {
+        println!(
+            "(not streamed: TTFT and E2EL are both the time to the whole response; TPOT and ITL \
+             are not observed, and no prefill/decode split, so no $/1M input or output tokens)"
+        );
+    }
 }

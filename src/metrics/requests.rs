@@ -6,7 +6,10 @@
 //!   schedule (coordinated omission made visible).
 //! - `ttft` = first chunk with non-empty content − send.
 //! - `e2el` = last content chunk − send.
-//! - `tpot` = (e2el − ttft) / (output_tokens − 1), per request; undefined for output_tokens ≤ 1.
+//! - `tpot` = (e2el − ttft) / (output_tokens − 1), per request; undefined for output_tokens ≤ 1, and
+//!   undefined when the response arrived as a single content chunk (a non-streamed response, or a
+//!   stream that delivered everything at once): no per-token timing was observed, and
+//!   (e2el − ttft) = 0 would claim an instant decode.
 //! - `itl` = every gap between consecutive content chunks, pooled over requests.
 //! - throughput = requests, input tokens, output tokens per second over the wall time from the first
 //!   send to the last end of the successful requests; also over the steady-state window (all
@@ -78,9 +81,24 @@ impl RequestRecord {
         self.last_content_s().map(|t| t - self.send_s)
     }
 
-    /// `tpot` = (e2el − ttft) / (output_tokens − 1); `None` for `output_tokens <= 1` or no content.
+    /// Content chunks observed: `chunk_times_s`, or 1 for a record with only `first_token_s`.
+    pub fn content_chunks(&self) -> usize {
+        match self.chunk_times_s.len() {
+            0 => usize::from(self.first_token_s.is_some()),
+            n => n,
+        }
+    }
+
+    /// Whether per-token timing was observed: at least two content chunks. A non-streamed response
+    /// is one chunk whatever its length.
+    pub fn per_token_timing_observed(&self) -> bool {
+        self.content_chunks() >= 2
+    }
+
+    /// `tpot` = (e2el − ttft) / (output_tokens − 1); `None` for `output_tokens <= 1`, no content, or
+    /// a single content chunk (no per-token timing observed, see the module docs).
     pub fn tpot(&self) -> Option<f64> {
-        if self.output_tokens <= 1 {
+        if self.output_tokens <= 1 || !self.per_token_timing_observed() {
             return None;
         }
         let (ttft, e2el) = (self.ttft()?, self.e2el()?);
@@ -111,8 +129,9 @@ pub struct Slo {
 impl Slo {
     /// Whether `r` meets every objective given (`<=`, as vLLM's goodput). A request with no content
     /// fails a `ttft` or `e2el` objective; a request of at most one output token has no `tpot` and
-    /// meets a `tpot` objective (it has no inter-token time to be late on). Failed requests never
-    /// meet it.
+    /// meets a `tpot` objective (it has no inter-token time to be late on); a request of several
+    /// tokens whose `tpot` was not observed (one content chunk: not streamed) fails it, since the
+    /// objective cannot be verified. Failed requests never meet it.
     pub fn is_met_by(&self, r: &RequestRecord) -> bool {
         let within =
             |limit: Option<f64>, value: Option<f64>, undefined_ok: bool| match (limit, value) {
@@ -122,7 +141,7 @@ impl Slo {
             };
         r.is_ok()
             && within(self.ttft_s, r.ttft(), false)
-            && within(self.tpot_s, r.tpot(), true)
+            && within(self.tpot_s, r.tpot(), r.output_tokens <= 1)
             && within(self.e2el_s, r.e2el(), false)
     }
 }
@@ -614,6 +633,26 @@ mod tests {
             0.4
         );
         assert_eq!(summarize(&r, None, None).goodput_requests_per_s, None);
+    }
+
+    #[test]
+    fn a_single_chunk_of_many_tokens_has_no_tpot_and_fails_a_tpot_slo() {
+        // A non-streamed response: 10 tokens arriving in one body at 0.5 s.
+        let whole = rec(0, 0.0, 0.0, &[0.5], Some(0.5), 3, 10, None);
+        assert_eq!((whole.ttft(), whole.e2el()), (Some(0.5), Some(0.5)));
+        assert_eq!(whole.tpot(), None, "no per-token timing observed, not 0");
+        assert!(!whole.per_token_timing_observed());
+        let slo: Slo = "tpot=1ms".parse().unwrap();
+        assert!(!slo.is_met_by(&whole), "unobserved TPOT cannot meet an SLO");
+        // only a first_token_s: one chunk too
+        let mut first_only = whole.clone();
+        first_only.chunk_times_s.clear();
+        assert_eq!(first_only.tpot(), None);
+        // one token in one chunk: no TPOT, and nothing to be late on
+        assert!(slo.is_met_by(&rec(0, 0.0, 0.0, &[0.5], Some(0.5), 3, 1, None)));
+        let s = summarize(&[whole], Some(&slo), None);
+        assert_eq!(s.latency.tpot, None);
+        assert_eq!(s.goodput_requests_per_s, Some(0.0));
     }
 
     #[test]

@@ -48,12 +48,21 @@ pub fn part(ctx: &Context, r: &LoadResults) -> Part {
     if steps.is_empty() {
         notes.push(format!("{}: no measured step.", ctx.label));
     }
+    if !r.target.streaming {
+        notes.push(format!(
+            "{}: not streamed (--no-stream): TTFT is the time to the whole response (equal to \
+             E2EL); TPOT and ITL are not observed, and without a first-token time there is no \
+             prefill/decode split ($/1M input and output tokens, decode J/out tok absent). A TPOT \
+             SLO is met by no request of 2+ tokens (it cannot be verified).",
+            ctx.label
+        ));
+    }
 
     let mut rows = Vec::new();
     let mut step_rows = Vec::new();
     for st in &steps {
         let records: Vec<RequestRecord> = st.requests.iter().map(|q| q.record.clone()).collect();
-        let summary = super::summary_or_recomputed(
+        let mut summary = super::summary_or_recomputed(
             st.summary.as_ref(),
             &records,
             st.params.concurrency,
@@ -61,12 +70,31 @@ pub fn part(ctx: &Context, r: &LoadResults) -> Part {
             &format!("{} · {}", ctx.label, st.name),
             &mut notes,
         );
+        if !r.target.streaming && summary.latency.tpot.is_some() {
+            // Written by an infermeter that took a single-chunk response's TPOT as 0.
+            notes.push(format!(
+                "{} · {}: the stored summary has a TPOT for non-streamed responses (an older \
+                 infermeter took it as 0); latencies and goodput were recomputed from the records.",
+                ctx.label, st.name
+            ));
+            summary = crate::metrics::summarize(
+                &records,
+                summary.slo.as_ref(),
+                st.params.concurrency,
+            );
+        }
         let mut figures = request_figures(&summary, &records, ctx.opts);
-        let mut m = measurement(
-            super::timing_text(&clock, &summary),
-            super::window_text(&summary, ctx.opts),
-        );
-        let segments = segments_from_requests(&records);
+        let mut timing = super::timing_text(&clock, &summary);
+        if !r.target.streaming {
+            timing.push_str(NOT_STREAMED_TIMING);
+        }
+        let mut m = measurement(timing, super::window_text(&summary, ctx.opts));
+        // Not streamed, the first token is not observed: no prefill/decode split.
+        let segments = if r.target.streaming {
+            segments_from_requests(&records)
+        } else {
+            Vec::new()
+        };
         let split = segments.iter().fold((0.0, 0.0), |(p, d), s| {
             let t = s.end_s - s.start_s;
             (
@@ -85,6 +113,7 @@ pub fn part(ctx: &Context, r: &LoadResults) -> Part {
             input_tokens: summary.total_input_tokens,
             output_tokens: summary.total_output_tokens,
             fallback_split: (!segments.is_empty()).then_some(split),
+            no_split_reason: (!r.target.streaming).then(|| NOT_STREAMED_SPLIT.to_string()),
             gpus: None,
         };
         telemetry::fill(
@@ -225,7 +254,11 @@ pub fn part(ctx: &Context, r: &LoadResults) -> Part {
             .flat_map(|s| &s.requests)
             .map(|q| q.record.clone())
             .collect();
-        let spans = telemetry::shade(&segments_from_requests(&records), t0, t1);
+        let spans = if r.target.streaming {
+            telemetry::shade(&segments_from_requests(&records), t0, t1)
+        } else {
+            Vec::new()
+        };
         plots.extend(telemetry::timeline_plot(ctx.label, tl, (t0, t1), t0, spans));
     }
 
@@ -284,6 +317,14 @@ pub fn part(ctx: &Context, r: &LoadResults) -> Part {
         notes,
     }
 }
+
+/// Appended to the timing text of a non-streamed step.
+const NOT_STREAMED_TIMING: &str =
+    "; not streamed: TTFT = time to the whole response (= E2EL), no TPOT or ITL";
+
+/// Why a non-streamed step has no prefill/decode split.
+const NOT_STREAMED_SPLIT: &str =
+    "not streamed: the first token is not observed, so time is not split into prefill and decode";
 
 /// Where the times come from, with the client's own timing error against the in-process mock.
 fn client_clock(checks: &[TimingCheck]) -> String {

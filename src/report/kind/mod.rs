@@ -81,16 +81,27 @@ pub fn request_figures(summary: &RunSummary, records: &[RequestRecord], opts: &O
         (None, None) => Figure::absent("no SLO given (report --slo)"),
     };
     let telemetry = Figure::absent(NO_TELEMETRY);
+    let ok = || records.iter().filter(|r| r.is_ok());
+    let no_tpot = if ok().any(|r| r.output_tokens >= 2) {
+        "no per-token timing observed (single-chunk responses: not streamed)"
+    } else {
+        "no request of 2+ output tokens"
+    };
+    let no_itl = if ok().any(|r| r.output_tokens >= 2) {
+        "no request of 2+ chunks (not streamed)"
+    } else {
+        "no request of 2+ chunks"
+    };
     Figures {
         requests_per_s: rate(t.requests_per_s),
         input_tokens_per_s: rate(t.input_tokens_per_s),
         output_tokens_per_s: rate(t.output_tokens_per_s),
         ttft_p50_s: pick(&l.ttft, |s| s.p50, "no content"),
         ttft_p99_s: pick(&l.ttft, |s| s.p99, "no content"),
-        tpot_p50_s: pick(&l.tpot, |s| s.p50, "no request of 2+ output tokens"),
-        tpot_p99_s: pick(&l.tpot, |s| s.p99, "no request of 2+ output tokens"),
-        itl_p50_s: pick(&l.itl, |s| s.p50, "no request of 2+ chunks"),
-        itl_p99_s: pick(&l.itl, |s| s.p99, "no request of 2+ chunks"),
+        tpot_p50_s: pick(&l.tpot, |s| s.p50, no_tpot),
+        tpot_p99_s: pick(&l.tpot, |s| s.p99, no_tpot),
+        itl_p50_s: pick(&l.itl, |s| s.p50, no_itl),
+        itl_p99_s: pick(&l.itl, |s| s.p99, no_itl),
         e2el_p50_s: pick(&l.e2el, |s| s.p50, "no content"),
         e2el_p99_s: pick(&l.e2el, |s| s.p99, "no content"),
         goodput_requests_per_s: goodput,

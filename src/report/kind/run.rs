@@ -76,6 +76,7 @@ pub fn part(ctx: &Context, r: &RunResults) -> Part {
             input_tokens: summary.total_input_tokens,
             output_tokens: summary.total_output_tokens,
             fallback_split: Some((engine.prefill_time_s, engine.decode_time_s)),
+            no_split_reason: None,
             gpus: Some(r.hardware.gpus.len()),
         };
         telemetry::fill(

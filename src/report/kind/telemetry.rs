@@ -26,6 +26,8 @@ pub struct Window<'a> {
     pub output_tokens: usize,
     /// Prefill and decode time when the report has no split (engine step attribution).
     pub fallback_split: Option<(f64, f64)>,
+    /// Why there is no prefill/decode split at all (e.g. a non-streamed load step), when known.
+    pub no_split_reason: Option<String>,
     /// GPUs the work ran on (the file's hardware section); `None` when unknown (an HTTP server's).
     pub gpus: Option<usize>,
 }
@@ -86,11 +88,15 @@ pub fn fill(
 ) {
     match w.report.and_then(|r| r.energy.as_ref()) {
         Some(e) => {
-            f.joules_per_output_token = Figure::or(
-                e.j_per_output_token
-                    .or_else(|| (w.output_tokens > 0).then(|| e.energy_j / w.output_tokens as f64)),
-                "no output tokens",
-            );
+            f.joules_per_output_token = match &w.no_split_reason {
+                Some(why) => Figure::absent(why.clone()),
+                None => Figure::or(
+                    e.j_per_output_token.or_else(|| {
+                        (w.output_tokens > 0).then(|| e.energy_j / w.output_tokens as f64)
+                    }),
+                    "no output tokens",
+                ),
+            };
             f.tokens_per_joule = Figure::or(e.tokens_per_j, "no energy measured");
             f.avg_power_w = Figure::of(e.avg_power_w);
             f.peak_power_w = Figure::or(e.peak_power_w, "no power samples in this window");
@@ -185,15 +191,22 @@ fn cost(f: &mut Figures, m: &mut Measurement, w: &Window, opts: &Options) {
         let gpus = run_cost
             .map(|c| c.num_gpus)
             .unwrap_or(w.gpus.unwrap_or(1).max(1) as f64);
+        // With a reason for no split, a split stored in the file (by an older infermeter) is not
+        // trusted either.
         let split = w
             .report
             .and_then(|r| r.time_split)
             .map(|t| (t.prefill_s, t.decode_s))
-            .or(w.fallback_split);
+            .or(w.fallback_split)
+            .filter(|_| w.no_split_reason.is_none());
         let Some((prefill_s, decode_s)) = split else {
-            f.usd_per_m_input_tokens = Figure::absent("no prefill/decode time split");
-            f.usd_per_m_output_tokens = Figure::absent("no prefill/decode time split");
-            m.cost = "— no prefill/decode time split in this file".into();
+            let why = w
+                .no_split_reason
+                .clone()
+                .unwrap_or_else(|| "no prefill/decode time split in this file".into());
+            f.usd_per_m_input_tokens = Figure::absent(why.clone());
+            f.usd_per_m_output_tokens = Figure::absent(why.clone());
+            m.cost = format!("— {why}");
             return;
         };
         let usd_per_s = price * gpus / 3600.0;
@@ -213,6 +226,12 @@ fn cost(f: &mut Figures, m: &mut Measurement, w: &Window, opts: &Options) {
         return;
     }
     match run_cost {
+        Some(_) if w.no_split_reason.is_some() => {
+            let why = w.no_split_reason.clone().unwrap_or_default();
+            f.usd_per_m_input_tokens = Figure::absent(why.clone());
+            f.usd_per_m_output_tokens = Figure::absent(why.clone());
+            m.cost = format!("— {why}");
+        }
         Some(c) => {
             f.usd_per_m_input_tokens = Figure::or(c.usd_per_1m_input_tokens, "no input tokens");
             f.usd_per_m_output_tokens = Figure::or(c.usd_per_1m_output_tokens, "no output tokens");
