@@ -667,3 +667,117 @@ fn bad_input_is_an_error_naming_the_file_and_field() {
     }
     assert!(!dir.path().join("out").exists(), "nothing written on error");
 }
+
+/// The sweep fixture's first step, rewritten: (the whole file, with only that step).
+fn probe_file(edit: impl FnOnce(&mut Value)) -> (tempfile::TempDir, PathBuf, ResultsFile) {
+    let mut doc = raw("sweep-saturated");
+    let first = doc["steps"][0].clone();
+    doc["steps"] = Value::Array(vec![first]);
+    doc["sweep"] = Value::Null;
+    edit(&mut doc);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("probe.json");
+    std::fs::write(&p, serde_json::to_string(&doc).unwrap()).unwrap();
+    let f = read_results(&p).unwrap_or_else(|e| panic!("{e}"));
+    (dir, p, f)
+}
+
+#[test]
+fn load_cost_prices_only_the_successful_requests_time() {
+    // Two requests fail after a long wait: their time must not be priced.
+    let (_d, p, f) = probe_file(|doc| {
+        let step = &mut doc["steps"][0];
+        step["energy"] = Value::Null;
+        for k in [0usize, 1] {
+            let r = &mut step["requests"][k];
+            r["error"] = Value::from("http 500");
+            let send = r["send_s"].as_f64().unwrap();
+            r["end_s"] = Value::from(send + 30.0);
+            r["first_token_s"] = Value::Null;
+            r["chunk_times_s"] = Value::Array(vec![]);
+        }
+        let records: Vec<infermeter::metrics::RequestRecord> = step["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_value(r.clone()).unwrap())
+            .collect();
+        step["summary"] =
+            serde_json::to_value(infermeter::metrics::summarize(&records, None, Some(4))).unwrap();
+    });
+    let ResultsFile::Load(l) = &f else {
+        panic!("not a load file")
+    };
+    let records: Vec<_> = l.steps[0]
+        .requests
+        .iter()
+        .map(|q| q.record.clone())
+        .filter(|r| r.is_ok())
+        .collect();
+    let (pre, dec) =
+        energy::segments_from_requests(&records)
+            .iter()
+            .fold((0.0, 0.0), |(p, d), s| {
+                let t = s.end_s - s.start_s;
+                (
+                    p + t * s.prefill_fraction,
+                    d + t * (1.0 - s.prefill_fraction),
+                )
+            });
+    let s = l.steps[0].summary.as_ref().unwrap();
+    let r = build(
+        &[(p, f.clone())],
+        &Options {
+            usd_per_gpu_hour: Some(2.0),
+            ..Options::default()
+        },
+    );
+    let fig = &r.rows[0].figures;
+    let want_in = 2.0 / 3600.0 * pre / s.total_input_tokens as f64 * 1e6;
+    let want_out = 2.0 / 3600.0 * dec / s.total_output_tokens as f64 * 1e6;
+    let got_in = fig.usd_per_m_input_tokens.value.unwrap();
+    let got_out = fig.usd_per_m_output_tokens.value.unwrap();
+    assert!(
+        (got_in - want_in).abs() <= 1e-9 * want_in,
+        "{got_in} vs {want_in}"
+    );
+    assert!(
+        (got_out - want_out).abs() <= 1e-9 * want_out,
+        "{got_out} vs {want_out}"
+    );
+}
+
+#[test]
+fn an_interrupted_open_loop_step_keeps_its_steady_state_and_the_runs_slo() {
+    let (_d, p, f) = probe_file(|doc| {
+        doc["complete"] = Value::from(false);
+        doc["config"]["slo"] = Value::from("e2el=100s");
+        let step = &mut doc["steps"][0];
+        step["summary"] = Value::Null;
+        step["ended_s"] = Value::Null;
+        step["params"]["mode"] = Value::from("open");
+        step["params"]["rate"] = Value::from(50.0);
+        step["params"]["concurrency"] = Value::Null;
+        step["params"]["max_concurrency"] = Value::from(4);
+    });
+    let r = build(&[(p, f)], &Options::default());
+    let row = &r.rows[0];
+    assert!(
+        row.measurement.window.contains("steady state"),
+        "{}",
+        row.measurement.window
+    );
+    assert!(
+        row.measurement
+            .window
+            .contains("goodput SLO e2el=100s (run)"),
+        "{}",
+        row.measurement.window
+    );
+    let g = row.figures.goodput_requests_per_s.value.unwrap();
+    let t = row.figures.requests_per_s.value.unwrap();
+    assert!(
+        (g - t).abs() <= 1e-12 * t,
+        "every request meets e2el=100s: {g} vs {t}"
+    );
+}

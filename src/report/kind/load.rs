@@ -9,7 +9,7 @@ use super::{
     hardware_key, hardware_text, measurement, params_text, request_figures, samples, Context,
 };
 use crate::metrics::energy::segments_from_requests;
-use crate::metrics::RequestRecord;
+use crate::metrics::{RequestRecord, Slo};
 use crate::report::compare::fingerprint;
 use crate::report::format::{duration, number};
 use crate::report::load_results::{LoadResults, LoadStep, TimingCheck};
@@ -58,14 +58,25 @@ pub fn part(ctx: &Context, r: &LoadResults) -> Part {
         ));
     }
 
+    // The run's own SLO, for summaries recomputed from the records (an interrupted step's).
+    let run_slo = r
+        .config
+        .get("slo")
+        .and_then(|v| v.as_str())
+        .and_then(|t| t.parse::<Slo>().ok());
+
     let mut rows = Vec::new();
     let mut step_rows = Vec::new();
     for st in &steps {
         let records: Vec<RequestRecord> = st.requests.iter().map(|q| q.record.clone()).collect();
+        // The slots whose all-busy time is the steady state, as the load command's
+        // `StepPlan::steady_concurrency`: the users of a closed loop, the cap of an open one.
+        let concurrency = st.params.concurrency.or(st.params.max_concurrency);
         let mut summary = super::summary_or_recomputed(
             st.summary.as_ref(),
             &records,
-            st.params.concurrency,
+            run_slo.as_ref(),
+            concurrency,
             "step",
             &format!("{} · {}", ctx.label, st.name),
             &mut notes,
@@ -77,11 +88,7 @@ pub fn part(ctx: &Context, r: &LoadResults) -> Part {
                  infermeter took it as 0); latencies and goodput were recomputed from the records.",
                 ctx.label, st.name
             ));
-            summary = crate::metrics::summarize(
-                &records,
-                summary.slo.as_ref(),
-                st.params.concurrency,
-            );
+            summary = crate::metrics::summarize(&records, summary.slo.as_ref(), concurrency);
         }
         let mut figures = request_figures(&summary, &records, ctx.opts);
         let mut timing = super::timing_text(&clock, &summary);
@@ -89,9 +96,11 @@ pub fn part(ctx: &Context, r: &LoadResults) -> Part {
             timing.push_str(NOT_STREAMED_TIMING);
         }
         let mut m = measurement(timing, super::window_text(&summary, ctx.opts));
-        // Not streamed, the first token is not observed: no prefill/decode split.
+        // The successful requests' busy time, as the load command's step energy (failed requests'
+        // time is not priced). Not streamed, the first token is not observed: no split.
+        let ok: Vec<RequestRecord> = records.iter().filter(|q| q.is_ok()).cloned().collect();
         let segments = if r.target.streaming {
-            segments_from_requests(&records)
+            segments_from_requests(&ok)
         } else {
             Vec::new()
         };
@@ -253,6 +262,7 @@ pub fn part(ctx: &Context, r: &LoadResults) -> Part {
             .iter()
             .flat_map(|s| &s.requests)
             .map(|q| q.record.clone())
+            .filter(|q| q.is_ok())
             .collect();
         let spans = if r.target.streaming {
             telemetry::shade(&segments_from_requests(&records), t0, t1)

@@ -28,10 +28,12 @@ pub struct Context<'a> {
 pub const NO_TELEMETRY: &str = "no telemetry in this file";
 
 /// A phase's or step's records and summary; an interrupted one has no stored summary, so it is
-/// computed from the records it kept, and a note says so (`what`: "phase" or "step").
+/// computed from the records it kept, with the run's SLO (goodput) and steady-state concurrency,
+/// and a note says so (`what`: "phase" or "step").
 pub fn summary_or_recomputed(
     stored: Option<&RunSummary>,
     records: &[RequestRecord],
+    slo: Option<&crate::metrics::Slo>,
     concurrency: Option<usize>,
     what: &str,
     label: &str,
@@ -44,7 +46,7 @@ pub fn summary_or_recomputed(
                 "{label}: the {what} has no summary (interrupted); it was computed from its {} recorded requests.",
                 records.len()
             ));
-            crate::metrics::summarize(records, None, concurrency)
+            crate::metrics::summarize(records, slo, concurrency)
         }
     }
 }

@@ -50,6 +50,7 @@ pub fn part(ctx: &Context, r: &RunResults) -> Part {
             p.summary.as_ref(),
             &records,
             None,
+            None,
             "phase",
             &format!("{} · {}", ctx.label, p.name),
             &mut notes,
