@@ -319,3 +319,62 @@ fn an_interrupted_run_keeps_its_records() {
     assert!(!reqs.is_empty());
     assert!(reqs.iter().all(|r| r["output_tokens"] == 4));
 }
+
+/// The steady state (all slots busy: a grid cell's batch, a stream's --max-num-seqs) and goodput
+/// with --slo are computed for the engine as for `load`; a stream that never fills its slots has no
+/// steady state (null, not the whole-run figure).
+#[test]
+fn phases_have_a_steady_state_and_goodput() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = dir.path().join("grid.json");
+    let (ok, stdout, err) = run(&[
+        "--batch-size",
+        "1,3",
+        "--input-len",
+        "8",
+        "--output-len",
+        "5",
+        "--warmup",
+        "0",
+        "--slo",
+        "e2el=100s",
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("steady o/s"), "{stdout}");
+    let doc = validate_results(&grid);
+    for p in doc["phases"].as_array().unwrap() {
+        let s = &p["summary"];
+        let steady = &s["steady_state"];
+        let d = steady["duration_s"].as_f64().unwrap_or_else(|| panic!("{s}"));
+        assert!(d > 0.0 && d <= s["throughput"]["duration_s"].as_f64().unwrap() + 1e-12);
+        assert!(steady["output_tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(s["slo"]["e2el_s"], 100.0);
+        assert_eq!(
+            s["goodput_requests_per_s"], s["throughput"]["requests_per_s"],
+            "every request meets e2el=100s"
+        );
+    }
+
+    for (seqs, has_steady) in [("2", true), ("64", false)] {
+        let out = dir.path().join(format!("stream{seqs}.json"));
+        let (ok, _, err) = run(&[
+            "--num-requests",
+            "6",
+            "--input-len",
+            "8",
+            "--output-len",
+            "4",
+            "--max-num-seqs",
+            seqs,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        let doc = validate_results(&out);
+        let s = &doc["phases"][0]["summary"];
+        assert_eq!(!s["steady_state"].is_null(), has_steady, "{seqs}: {s}");
+        assert!(s["goodput_requests_per_s"].is_null(), "no --slo: no goodput");
+    }
+}

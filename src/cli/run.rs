@@ -17,7 +17,7 @@ use serde_json::json;
 use super::{ModelArgs, SamplingArgs};
 use crate::engine::offline::{run_phase, PhaseEvent, PhaseOptions, PlannedRequest};
 use crate::engine::{Engine, EngineConfig};
-use crate::metrics::summarize;
+use crate::metrics::{summarize, Slo};
 use crate::model::KvCache;
 use crate::report::results::{
     EngineInfo, EngineSummary, Hardware, ModelInfo, Phase, ResultsWriter, RunResults, ToolInfo,
@@ -91,7 +91,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub ignore_eos: bool,
 
-    // --- output ---
+    // --- metrics and output ---
+    /// Goodput SLOs, e.g. ttft=200ms,tpot=50ms,e2el=10s.
+    #[arg(long)]
+    pub slo: Option<String>,
     /// Keep every request's output token ids in the results file.
     #[arg(long)]
     pub save_output_ids: bool,
@@ -112,6 +115,9 @@ pub struct RunArgs {
 struct PhasePlan {
     name: String,
     warmup: bool,
+    /// Slots whose all-busy time is the phase's steady state: the batch size of a grid cell,
+    /// `--max-num-seqs` for a stream or workload.
+    concurrency: usize,
     params: serde_json::Value,
     requests: Vec<PlannedRequest>,
 }
@@ -181,6 +187,7 @@ fn grid_plans(a: &RunArgs, vocab: usize) -> anyhow::Result<Vec<PhasePlan>> {
                         })
                         .collect();
                     plans.push(PhasePlan {
+                        concurrency: b,
                         name: format!(
                             "bs={b} in={i} out={o} {}{rep}",
                             if warmup { "warmup" } else { "rep" }
@@ -229,6 +236,7 @@ fn stream_plan(a: &RunArgs, n: usize, vocab: usize, context: usize) -> anyhow::R
         })
         .collect();
     Ok(PhasePlan {
+        concurrency: a.engine.max_num_seqs,
         name: "stream".into(),
         warmup: false,
         params: json!({"num_requests": n, "input_len": input.to_string(),
@@ -263,6 +271,7 @@ fn workload_plan(
         });
     }
     Ok(PhasePlan {
+        concurrency: a.engine.max_num_seqs,
         name: "workload".into(),
         warmup: false,
         params: json!({"file": path.display().to_string(), "num_requests": requests.len(),
@@ -278,6 +287,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
 
 fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
     a.telemetry.validate()?;
+    let slo = a
+        .slo
+        .as_deref()
+        .map(|s| Slo::from_str(s).map_err(|e| anyhow::anyhow!("--slo: {e}")))
+        .transpose()?;
     let source = crate::model::open(&a.model.model)
         .with_context(|| format!("opening model `{}`", a.model.model))?;
     let cfg = source.config.clone();
@@ -455,7 +469,7 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
         let phase = &mut writer.results.phases[idx];
         phase.started_s = outcome.started_s;
         phase.ended_s = Some(outcome.ended_s);
-        phase.summary = Some(summarize(&records, None, None));
+        phase.summary = Some(summarize(&records, slo.as_ref(), Some(plan.concurrency)));
         phase.engine_summary = Some(EngineSummary::of(&outcome.steps, &outcome.requests));
         if records_graphs {
             phase.graphs = Some(engine.model().graph_stats().since(&graphs_before));
@@ -496,11 +510,12 @@ fn ms(v: Option<f64>) -> String {
 
 fn print_summary(r: &RunResults) {
     println!(
-        "{:<28} {:>5} {:>6} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7}",
+        "{:<28} {:>5} {:>6} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7} {:>8}",
         "phase",
         "reqs",
         "fail",
         "out tok/s",
+        "steady o/s",
         "req/s",
         "TTFT p50",
         "TTFT p99",
@@ -508,7 +523,8 @@ fn print_summary(r: &RunResults) {
         "E2EL p50",
         "prefill/s",
         "decode/s",
-        "preempt"
+        "preempt",
+        "goodput"
     );
     for p in r.phases.iter().filter(|p| !p.warmup) {
         let (Some(s), Some(e)) = (&p.summary, &p.engine_summary) else {
@@ -516,11 +532,14 @@ fn print_summary(r: &RunResults) {
         };
         let l = &s.latency;
         println!(
-            "{:<28} {:>5} {:>6} {:>10.1} {:>10.2} {:>9} {:>9} {:>9} {:>9} {:>10.1} {:>10.1} {:>7}",
+            "{:<28} {:>5} {:>6} {:>10.1} {:>10} {:>10.2} {:>9} {:>9} {:>9} {:>9} {:>10.1} {:>10.1} {:>7} {:>8}",
             p.name,
             s.completed,
             s.failed,
             s.throughput.output_tokens_per_s,
+            s.steady_state
+                .as_ref()
+                .map_or("-".into(), |t| format!("{:.1}", t.output_tokens_per_s)),
             s.throughput.requests_per_s,
             ms(l.ttft.as_ref().map(|x| x.p50)),
             ms(l.ttft.as_ref().map(|x| x.p99)),
@@ -528,11 +547,15 @@ fn print_summary(r: &RunResults) {
             ms(l.e2el.as_ref().map(|x| x.p50)),
             e.prefill_tokens_per_s,
             e.decode_tokens_per_s,
-            e.preemptions
+            e.preemptions,
+            s.goodput_requests_per_s
+                .map_or("-".into(), |g| format!("{g:.2}")),
         );
     }
     println!(
-        "(times in ms; prefill/s and decode/s: tokens per second of step time attributed to each)"
+        "(times in ms; prefill/s and decode/s: tokens per second of step time attributed to each; \
+         steady o/s: output tokens/s while all slots were busy (grid: the batch, stream/workload: \
+         --max-num-seqs), - when never reached; goodput: requests/s meeting --slo)"
     );
 }
 

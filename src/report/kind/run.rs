@@ -42,15 +42,29 @@ pub fn part(ctx: &Context, r: &RunResults) -> Part {
         ));
     }
 
+    // The run's own SLO, for summaries recomputed from the records (an interrupted phase's).
+    let run_slo = r
+        .config
+        .get("slo")
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<crate::metrics::Slo>().ok());
+
     let mut rows = Vec::new();
     let mut engine_rows = Vec::new();
     for p in &measured {
         let records: Vec<RequestRecord> = p.requests.iter().map(|q| q.record.clone()).collect();
+        // The steady state's slots, as `run` uses them: a grid cell's batch, else max_num_seqs.
+        let concurrency = p
+            .params
+            .get("batch_size")
+            .and_then(Value::as_u64)
+            .map(|b| b as usize)
+            .unwrap_or(r.engine.config.max_num_seqs);
         let summary = super::summary_or_recomputed(
             p.summary.as_ref(),
             &records,
-            None,
-            None,
+            run_slo.as_ref(),
+            Some(concurrency),
             "phase",
             &format!("{} · {}", ctx.label, p.name),
             &mut notes,
