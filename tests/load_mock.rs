@@ -576,7 +576,10 @@ fn cli_no_stream_has_no_tpot_no_split_and_refuses_a_tpot_slo() {
     ];
     let (ok, _, err) = load(&[&base[..], &["--slo", "ttft=1s,tpot=1ms"]].concat());
     assert!(!ok, "a tpot SLO without streaming must be refused");
-    assert!(err.contains("--slo tpot cannot be checked with --no-stream"), "{err}");
+    assert!(
+        err.contains("--slo tpot cannot be checked with --no-stream"),
+        "{err}"
+    );
 
     let (ok, stdout, err) = load(&[&base[..], &["--slo", "e2el=10s", "--gpu-price", "2"]].concat());
     assert!(ok, "{err}");
@@ -586,7 +589,11 @@ fn cli_no_stream_has_no_tpot_no_split_and_refuses_a_tpot_slo() {
     let step = &doc["steps"][0];
     let s = &step["summary"];
     assert_eq!(s["completed"], 6);
-    assert!(s["latency"]["tpot"].is_null(), "TPOT undefined, not 0: {}", s["latency"]);
+    assert!(
+        s["latency"]["tpot"].is_null(),
+        "TPOT undefined, not 0: {}",
+        s["latency"]
+    );
     assert!(s["latency"]["itl"].is_null());
     assert!(s["latency"]["ttft"]["p50"].as_f64().unwrap() > 0.0);
     for r in step["requests"].as_array().unwrap() {
@@ -598,7 +605,10 @@ fn cli_no_stream_has_no_tpot_no_split_and_refuses_a_tpot_slo() {
     assert!(e["time_split"].is_null(), "{e}");
     assert!(e["cost"]["usd_per_1m_output_tokens"].is_null(), "{e}");
     assert!(e["cost"]["usd_per_1m_input_tokens"].is_null(), "{e}");
-    assert!(e["cost"]["usd_per_1m_tokens"].as_f64().unwrap() > 0.0, "{e}");
+    assert!(
+        e["cost"]["usd_per_1m_tokens"].as_f64().unwrap() > 0.0,
+        "{e}"
+    );
 }
 
 #[test]
@@ -612,6 +622,8 @@ fn cli_takes_the_endpoint_from_a_full_url_path() {
     let (ok, _, err) = load(&[
         "--url",
         &chat_url,
+        "--concurrency",
+        "2",
         "--num-requests",
         "3",
         "--output-len",
@@ -630,6 +642,8 @@ fn cli_takes_the_endpoint_from_a_full_url_path() {
         &chat_url,
         "--endpoint",
         "completions",
+        "--concurrency",
+        "1",
         "--num-requests",
         "1",
         "--out",

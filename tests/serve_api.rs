@@ -131,6 +131,18 @@ async fn chat_streaming_and_not_with_the_fallback_template() {
     let models: Value = serde_json::from_str(&models).unwrap();
     assert_eq!(models["data"][0]["id"], "tiny");
     assert_eq!(models["data"][0]["max_model_len"], 256);
+    // one model by id (OpenAI clients' models.retrieve), and OpenAI's 404 for another
+    let (status, one) = s.get_text("/v1/models/tiny").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&one).unwrap(),
+        models["data"][0]
+    );
+    let (status, other) = s.get_text("/v1/models/meta-llama/Llama-3.2-1B").await;
+    assert_eq!(status, 404);
+    let other: Value = serde_json::from_str(&other).unwrap();
+    assert_eq!(error_of(&other)["code"], "model_not_found");
+    assert_eq!(error_of(&other)["param"], "model");
 
     let messages = json!([{"role": "system", "content": "Be brief."},
         {"role": "user", "content": [{"type": "text", "text": "Copy"}, {"type": "text", "text": "right"}]}]);
@@ -402,6 +414,13 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
             "260 tokens",
         ),
         (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 1000}),
+            "max_completion_tokens",
+            Some("context_length_exceeded"),
+            "Reduce the prompt or `max_completion_tokens`",
+        ),
+        (
             "/v1/completions",
             json!({"prompt": "x", "max_tokens": u64::MAX}),
             "max_tokens",
@@ -543,8 +562,20 @@ async fn api_key_guards_the_v1_routes() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let r = s.client.get(s.url("/v1/models")).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 401);
+    // the scheme is case-insensitive
+    let r = s
+        .client
+        .post(s.url("/v1/completions"))
+        .header("authorization", "bearer sekrit")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    for path in ["/v1/models", "/v1/models/tiny-llama"] {
+        let r = s.client.get(s.url(path)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+    }
     // health and metrics stay open
     assert_eq!(s.get_text("/health").await.0, 200);
     assert_eq!(s.get_text("/metrics").await.0, 200);

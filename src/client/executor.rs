@@ -422,8 +422,13 @@ impl Runner {
                 sum.map(|s| s + self.specials)
             }
         });
+        // reasoning tokens are generated tokens too
         let tok_output = if ex.error.is_none() {
-            self.count(&ex.text)
+            match (self.count(&ex.text), ex.reasoning.is_empty()) {
+                (Some(n), true) => Some(n),
+                (Some(n), false) => self.count(&ex.reasoning).map(|r| n + r),
+                (None, _) => None,
+            }
         } else {
             None
         };

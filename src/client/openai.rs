@@ -8,9 +8,18 @@
 //! Timing (seconds from the run's epoch, one [`Instant`] clock): `send_s` just before the request
 //! goes to the connection (after the body is built, so building it counts as client queueing); every
 //! content chunk is stamped when the network read that completed its event returned; `end_s` when
-//! the body closed. A content chunk is an event whose `choices[0].text` (completions) or
-//! `choices[0].delta.content` / `reasoning_content` (chat) is non-empty; role-only and usage-only
-//! chunks are not content.
+//! the body closed, or when `[DONE]` arrived (a server that keeps the body open after it is given
+//! a short grace to close, so the connection can go back to the pool). A content chunk is an event
+//! whose `choices[0].text` (completions) or `choices[0].delta.content` / `reasoning_content` /
+//! `reasoning` (chat) is non-empty; role-only and usage-only chunks are not content. Reasoning and
+//! answer text are kept apart: a multi-turn session replays only the answer, the tokenizer
+//! fallback counts both.
+//!
+//! Leniency, for servers seen in the wild: an empty `finish_reason` (TGI sends `""` on every
+//! chunk) is no finish; `"choices": null` is no choices; an empty `data:` event is a keep-alive;
+//! events separated by a single newline (one SSE event with several JSON lines) are split into
+//! their lines; a bare `{"object": "error", "message": …}` (FastChat-style) is a server error; a
+//! JSON body (`content-type: application/json`) to a streaming request is read as a whole response.
 //!
 //! Failures never panic and never stop a run: each becomes a [`RequestError`] on the exchange, with
 //! whatever was timed before it.
@@ -195,8 +204,10 @@ pub struct Exchange {
     pub first_token_s: Option<f64>,
     pub chunk_times_s: Vec<f64>,
     pub end_s: Option<f64>,
-    /// The generated text (only with `keep_text`).
+    /// The generated answer text (only with `keep_text`).
     pub text: String,
+    /// The generated reasoning text (`reasoning_content` / `reasoning`; only with `keep_text`).
+    pub reasoning: String,
     pub usage: Option<Usage>,
     /// The `model` field of the response.
     pub server_model: Option<String>,
@@ -228,7 +239,23 @@ pub enum ClientError {
     Models { url: String, msg: String },
 }
 
-/// Split a user-given URL into (base, endpoint URL).
+/// How long a response may stay open after `[DONE]` before the client drops it.
+const DRAIN_AFTER_DONE: Duration = Duration::from_millis(200);
+
+/// The endpoint a URL's path names (`…/v1/chat/completions` or `…/v1/completions`), if any.
+pub fn endpoint_of_url(url: &str) -> Option<Endpoint> {
+    let u = url.trim().trim_end_matches('/');
+    if u.ends_with("/v1/chat/completions") {
+        Some(Endpoint::Chat)
+    } else if u.ends_with("/v1/completions") {
+        Some(Endpoint::Completions)
+    } else {
+        None
+    }
+}
+
+/// Split a user-given URL into (base, endpoint URL). A URL with the full endpoint path keeps it
+/// (the caller resolves `endpoint` against it with [`endpoint_of_url`]).
 fn split_url(url: &str, endpoint: Endpoint) -> Result<(String, String), ClientError> {
     let u = url.trim().trim_end_matches('/');
     if u.starts_with("https://") {
@@ -293,9 +320,18 @@ fn excerpt(s: &str, n: usize) -> String {
     format!("{}…", &t[..end])
 }
 
+/// `null` as the type's default (`"choices": null` from some servers' usage chunks).
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 #[derive(Deserialize)]
 struct Chunk {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     choices: Vec<Choice>,
     #[serde(default)]
     usage: Option<Usage>,
@@ -303,6 +339,11 @@ struct Chunk {
     model: Option<String>,
     #[serde(default)]
     error: Option<Value>,
+    /// `"error"` with `message`: the error object FastChat-style servers send bare.
+    #[serde(default)]
+    object: Option<String>,
+    #[serde(default)]
+    message: Option<Value>,
     #[serde(default)]
     mock_emit_s: Option<f64>,
 }
@@ -331,21 +372,25 @@ struct Delta {
     reasoning: Option<String>,
 }
 
+fn non_empty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().filter(|s| !s.is_empty())
+}
+
 impl Choice {
-    /// The content this choice carries, if any.
-    fn content(&self) -> Option<&str> {
-        let d = self.delta.as_ref().or(self.message.as_ref());
-        let from_delta = d.and_then(|d| {
-            [&d.content, &d.reasoning_content, &d.reasoning]
-                .into_iter()
-                .flatten()
-                .map(String::as_str)
-                .find(|s| !s.is_empty())
-        });
-        self.text
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .or(from_delta)
+    fn delta(&self) -> Option<&Delta> {
+        self.delta.as_ref().or(self.message.as_ref())
+    }
+
+    /// The answer text this choice carries, if any: `text` (completions) or `content` (chat).
+    fn answer(&self) -> Option<&str> {
+        non_empty(&self.text).or_else(|| self.delta().and_then(|d| non_empty(&d.content)))
+    }
+
+    /// The reasoning text it carries, if any. `reasoning_content` or else `reasoning`, not both:
+    /// servers that send both (vLLM, for compatibility) send the same text twice.
+    fn reasoning(&self) -> Option<&str> {
+        self.delta()
+            .and_then(|d| non_empty(&d.reasoning_content).or_else(|| non_empty(&d.reasoning)))
     }
 }
 
@@ -557,20 +602,23 @@ impl OpenAiClient {
                 body: excerpt(&String::from_utf8_lossy(&body), 300),
             });
         }
-        if !self.opts.stream {
+        // a server (or gateway) that ignores `stream` answers with one JSON document
+        let json_body = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("application/json"));
+        if !self.opts.stream || json_body {
             return self.read_whole(resp, epoch, ex).await;
         }
         let mut parser = SseParser::new();
         let mut events: Vec<SseEvent> = Vec::new();
         let mut done = false;
-        loop {
+        while !done {
             let Some(bytes) = self.next_bytes(&mut resp).await? else {
                 break;
             };
             let t = epoch.elapsed().as_secs_f64();
-            if done {
-                continue; // drain to the end so the connection goes back to the pool
-            }
             let fed = parser.feed(&bytes, &mut events);
             for ev in events.drain(..) {
                 if !done {
@@ -579,13 +627,23 @@ impl OpenAiClient {
             }
             fed?;
         }
+        if done {
+            // The request ends at [DONE]. Drain what follows (normally just the end of the
+            // chunked body) so the connection goes back to the pool, but only briefly: a server
+            // that keeps the body open must not turn a finished request into an idle timeout.
+            let t = epoch.elapsed().as_secs_f64();
+            let _ = tokio::time::timeout(DRAIN_AFTER_DONE, async {
+                while let Ok(Some(_)) = resp.chunk().await {}
+            })
+            .await;
+            ex.end_s = Some(t);
+            return Ok(());
+        }
         let t = epoch.elapsed().as_secs_f64();
-        if !done {
-            parser.finish(&mut events)?;
-            for ev in events.drain(..) {
-                if !done {
-                    done = self.handle_event(&ev, t, ex)?;
-                }
+        parser.finish(&mut events)?;
+        for ev in events.drain(..) {
+            if !done {
+                done = self.handle_event(&ev, t, ex)?;
             }
         }
         ex.end_s = Some(t);
@@ -604,13 +662,58 @@ impl OpenAiClient {
         if ev.event.as_deref() == Some("error") {
             return Err(RequestError::ServerError(excerpt(data, 300)));
         }
-        let chunk: Chunk = serde_json::from_str(data)
-            .map_err(|e| RequestError::Malformed(format!("{e}: {}", excerpt(data, 200))))?;
-        self.apply_chunk(chunk, t, ex)
+        if data.is_empty() {
+            return Ok(false); // an empty `data:` line used as a keep-alive
+        }
+        match serde_json::from_str::<Chunk>(data) {
+            Ok(chunk) => self.apply_chunk(chunk, t, ex),
+            // Several JSON documents in one event: a server that ends its events with a single
+            // newline (the SSE spec joins such `data:` lines into one event). Take each line as
+            // its own chunk when every line parses; otherwise report the original error.
+            Err(e) if data.contains('\n') => {
+                let lines: Vec<&str> = data
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                let mut done = false;
+                if lines
+                    .iter()
+                    .any(|l| *l != "[DONE]" && serde_json::from_str::<Chunk>(l).is_err())
+                {
+                    return Err(RequestError::Malformed(format!(
+                        "{e}: {}",
+                        excerpt(data, 200)
+                    )));
+                }
+                for line in lines {
+                    if done {
+                        break;
+                    }
+                    done = self.handle_event(
+                        &SseEvent {
+                            event: None,
+                            data: line.to_string(),
+                            id: None,
+                        },
+                        t,
+                        ex,
+                    )?;
+                }
+                Ok(done)
+            }
+            Err(e) => Err(RequestError::Malformed(format!(
+                "{e}: {}",
+                excerpt(data, 200)
+            ))),
+        }
     }
 
     fn apply_chunk(&self, chunk: Chunk, t: f64, ex: &mut Exchange) -> Result<bool, RequestError> {
-        if let Some(err) = chunk.error {
+        let bare_error = (chunk.object.as_deref() == Some("error"))
+            .then_some(chunk.message)
+            .flatten();
+        if let Some(err) = chunk.error.or(bare_error) {
             let msg = match &err {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
@@ -618,24 +721,27 @@ impl OpenAiClient {
             return Err(RequestError::ServerError(excerpt(&msg, 300)));
         }
         if ex.server_model.is_none() {
-            ex.server_model = chunk.model;
+            ex.server_model = chunk.model.filter(|m| !m.is_empty());
         }
         if chunk.usage.is_some() {
             ex.usage = chunk.usage;
         }
         for c in chunk.choices.iter().filter(|c| c.index.unwrap_or(0) == 0) {
-            if let Some(content) = c.content() {
+            let (answer, reasoning) = (c.answer(), c.reasoning());
+            if answer.is_some() || reasoning.is_some() {
                 ex.chunk_times_s.push(t);
                 ex.first_token_s.get_or_insert(t);
                 if self.opts.keep_text {
-                    ex.text.push_str(content);
+                    ex.reasoning.push_str(reasoning.unwrap_or_default());
+                    ex.text.push_str(answer.unwrap_or_default());
                 }
                 if let Some(m) = chunk.mock_emit_s {
                     ex.mock_emit_s.push(m);
                 }
             }
-            if c.finish_reason.is_some() {
-                ex.finish_reason = c.finish_reason.clone();
+            // TGI sends `"finish_reason": ""` on every chunk before the last
+            if let Some(f) = non_empty(&c.finish_reason) {
+                ex.finish_reason = Some(f.to_string());
             }
         }
         Ok(false)
@@ -697,6 +803,20 @@ mod tests {
             .to_string()
             .contains("https"));
         assert!(split_url("h:1", Endpoint::Chat).is_err());
+    }
+
+    #[test]
+    fn a_full_endpoint_path_names_the_endpoint() {
+        assert_eq!(
+            endpoint_of_url("http://h:1/v1/chat/completions/"),
+            Some(Endpoint::Chat)
+        );
+        assert_eq!(
+            endpoint_of_url(" http://h:1/v1/completions"),
+            Some(Endpoint::Completions)
+        );
+        assert_eq!(endpoint_of_url("http://h:1/v1"), None);
+        assert_eq!(endpoint_of_url("http://h:1"), None);
     }
 
     #[test]
@@ -821,6 +941,151 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ex.chunk_times_s, vec![1.0, 3.0]);
-        assert_eq!(ex.text, " ahm");
+        assert_eq!(ex.text, " a");
+        assert_eq!(ex.reasoning, "hm");
+    }
+
+    #[test]
+    fn reasoning_and_answer_in_one_chunk_are_both_kept_apart() {
+        let c = client(Endpoint::Chat);
+        let mut ex = Exchange::default();
+        let both = r#"{"choices":[{"index":0,"delta":{"reasoning":"R","reasoning_content":"R","content":"A"}}]}"#;
+        c.handle_event(&ev(both), 1.0, &mut ex).unwrap();
+        assert_eq!((ex.text.as_str(), ex.reasoning.as_str()), ("A", "R"));
+        assert_eq!(ex.chunk_times_s, vec![1.0], "one chunk, one time");
+        // a non-streamed message with both
+        let mut ex = Exchange::default();
+        let whole = r#"{"choices":[{"message":{"content":"Hello","reasoning_content":"think"},"finish_reason":"stop"}]}"#;
+        c.handle_event(&ev(whole), 1.0, &mut ex).unwrap();
+        assert_eq!(
+            (ex.text.as_str(), ex.reasoning.as_str()),
+            ("Hello", "think")
+        );
+    }
+
+    /// Serve one connection with `response` (raw HTTP) and then keep it open for 30 s.
+    async fn raw_server(response: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 65536];
+            let mut got = Vec::new();
+            // read the request head and its body (content-length)
+            loop {
+                let n = sock.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let len: usize = text[..head_end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if got.len() >= head_end + 4 + len || n == 0 {
+                        break;
+                    }
+                }
+            }
+            sock.write_all(response.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        url
+    }
+
+    fn raw_client(url: &str) -> OpenAiClient {
+        let mut o = ClientOptions::new(url, Endpoint::Chat);
+        o.keep_text = true;
+        o.idle_timeout = Duration::from_secs(10);
+        OpenAiClient::new(o).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stream_kept_open_after_done_ends_at_done() {
+        // chunked body whose terminating chunk never comes
+        const R: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+            3a\r\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n\r\n\
+            e\r\ndata: [DONE]\n\n\r\n";
+        let url = raw_server(R).await;
+        let epoch = Instant::now();
+        let ex = raw_client(&url)
+            .send(&Prompt::Text("x".into()), 4, epoch)
+            .await;
+        assert_eq!(ex.error, None);
+        assert_eq!(ex.text, "Hi");
+        let took = ex.end_s.unwrap() - ex.send_s;
+        assert!(
+            took < 5.0,
+            "ended {took} s after sending: waited for the idle timeout"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_json_body_to_a_streaming_request_is_a_whole_response() {
+        const R: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 135\r\n\r\n\
+            {\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"Hello world\"},\"finish_reason\":\"stop\"}],\"usage\":{\"completion_tokens\":2}}";
+        assert_eq!(
+            R.split("\r\n\r\n").nth(1).unwrap().len(),
+            135,
+            "content-length"
+        );
+        let url = raw_server(R).await;
+        let ex = raw_client(&url)
+            .send(&Prompt::Text("x".into()), 4, Instant::now())
+            .await;
+        assert_eq!(ex.error, None);
+        assert_eq!(ex.text, "Hello world");
+        assert_eq!(ex.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(ex.usage.unwrap().completion_tokens, Some(2));
+    }
+
+    #[test]
+    fn servers_in_the_wild_are_read_leniently() {
+        let c = client(Endpoint::Completions);
+        // TGI: an empty finish_reason on every chunk is no finish
+        let mut ex = Exchange::default();
+        let tgi = r#"{"choices":[{"index":0,"text":"Hello","finish_reason":""}]}"#;
+        c.handle_event(&ev(tgi), 1.0, &mut ex).unwrap();
+        assert_eq!(ex.finish_reason, None);
+        // an empty data line is a keep-alive
+        assert!(!c.handle_event(&ev(""), 1.1, &mut ex).unwrap());
+        // "choices": null in a usage chunk
+        let usage = r#"{"choices":null,"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+        c.handle_event(&ev(usage), 1.2, &mut ex).unwrap();
+        assert_eq!(ex.usage.unwrap().completion_tokens, Some(1));
+        // an empty model is no model
+        let mut ex = Exchange::default();
+        let azure = r#"{"model":"","choices":[]}"#;
+        c.handle_event(&ev(azure), 0.5, &mut ex).unwrap();
+        c.handle_event(&ev(r#"{"model":"gpt","choices":[]}"#), 0.6, &mut ex)
+            .unwrap();
+        assert_eq!(ex.server_model.as_deref(), Some("gpt"));
+        // two JSON lines in one event (events ended by a single newline), then [DONE]
+        let mut ex = Exchange::default();
+        let joined = "{\"choices\":[{\"text\":\"a\"}]}\n{\"choices\":[{\"text\":\"b\",\"finish_reason\":\"stop\"}]}\n[DONE]";
+        assert!(c.handle_event(&ev(joined), 2.0, &mut ex).unwrap());
+        assert_eq!(ex.text, "ab");
+        assert_eq!(ex.chunk_times_s, vec![2.0, 2.0]);
+        assert_eq!(ex.finish_reason.as_deref(), Some("stop"));
+        // ... but a line that does not parse is still malformed
+        let bad = "{\"choices\":[]}\n{oops";
+        assert_eq!(
+            c.handle_event(&ev(bad), 2.0, &mut ex).unwrap_err().kind(),
+            "malformed_json"
+        );
+        // FastChat-style bare error object
+        let e = c
+            .handle_event(
+                &ev(r#"{"object":"error","message":"CUDA out of memory","code":500}"#),
+                3.0,
+                &mut ex,
+            )
+            .unwrap_err();
+        assert_eq!(e.kind(), "server_error");
+        assert!(e.to_string().contains("CUDA out of memory"), "{e}");
     }
 }

@@ -158,18 +158,26 @@ impl<'a> Fields<'a> {
     pub(crate) fn i64(&self, key: &str) -> Result<Option<i64>, ApiError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_i64().map(Some).ok_or_else(|| {
-                ApiError::invalid(key, format!("`{key}` must be an integer, got {}", short(v)))
-            }),
+            Some(v) => v
+                .as_i64()
+                .or_else(|| {
+                    let x = v.as_f64()?;
+                    (x.fract() == 0.0 && x.abs() <= 9_007_199_254_740_992.0).then_some(x as i64)
+                })
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::invalid(key, format!("`{key}` must be an integer, got {}", short(v)))
+                }),
         }
     }
 
-    /// A non-negative integer.
+    /// A non-negative integer (`2.0` counts: Python clients and vLLM's pydantic accept it).
     pub(crate) fn usize(&self, key: &str) -> Result<Option<usize>, ApiError> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v
                 .as_u64()
+                .or_else(|| integral_f64(v))
                 .and_then(|n| usize::try_from(n).ok())
                 .map(Some)
                 .ok_or_else(|| {
@@ -268,6 +276,8 @@ pub(crate) fn parse_prompt(f: &Fields) -> Result<PromptInput, ApiError> {
 pub(crate) struct GenParams {
     /// None: as many as the context allows.
     pub max_tokens: Option<usize>,
+    /// The request's name for it (`max_tokens`, or `max_completion_tokens` on chat), for errors.
+    pub max_tokens_key: &'static str,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
@@ -279,6 +289,13 @@ pub(crate) struct GenParams {
 }
 
 const MAX_STOPS: usize = 16;
+
+/// A JSON number with no fractional part, as a u64 (`2.0` → 2); `None` for anything else.
+fn integral_f64(v: &Value) -> Option<u64> {
+    let x = v.as_f64()?;
+    // 2^53: above it not every integer has an f64, and `as` would saturate silently
+    (x.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(&x)).then_some(x as u64)
+}
 
 fn reject_if(cond: bool, param: &str, msg: &str) -> Result<(), ApiError> {
     if cond {
@@ -518,6 +535,7 @@ pub(crate) fn parse_params(f: &Fields, chat: bool) -> Result<GenParams, ApiError
     let return_token_ids = f.bool("return_token_ids")?.unwrap_or(false);
     Ok(GenParams {
         max_tokens,
+        max_tokens_key: max_key,
         sampling: SamplingParams {
             temperature: temperature as f32,
             top_k,
@@ -679,7 +697,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(chat.max_tokens, Some(4));
+        assert_eq!(chat.max_tokens_key, "max_completion_tokens");
         assert!(chat.include_usage);
+        // integral floats are integers (Python clients send 2.0); fractions are not
+        let floats = parse(json!({"max_tokens": 2.0, "top_k": 40.0})).unwrap();
+        assert_eq!((floats.max_tokens, floats.sampling.top_k), (Some(2), 40));
+        for body in [
+            json!({"max_tokens": 2.5}),
+            json!({"max_tokens": -1.0}),
+            json!({"top_k": 1.5}),
+        ] {
+            assert!(parse(body.clone()).is_err(), "{body}");
+        }
     }
 
     #[test]

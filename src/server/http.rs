@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -68,6 +68,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        // ids may hold slashes (`meta-llama/Llama-3.2-1B`), as OpenAI clients send them
+        .route("/v1/models/{*id}", get(model))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
@@ -100,8 +102,10 @@ async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(|v| v.trim().split_once(' '))
+            // the auth scheme is case-insensitive (RFC 9110 §11.1)
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
         if !given.is_some_and(|g| same_secret(g, key)) {
             let mut e = ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -120,7 +124,7 @@ async fn not_found(req: Request) -> Response {
         StatusCode::NOT_FOUND,
         "invalid_request_error",
         format!(
-            "no route {} {}: the endpoints are POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics",
+            "no route {} {}: the endpoints are POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{{id}}, GET /health, GET /metrics",
             req.method(),
             req.uri().path()
         ),
@@ -163,20 +167,38 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+fn model_object(st: &AppState) -> Value {
+    json!({
+        "id": st.model_name,
+        "object": "model",
+        "created": st.started_unix,
+        "owned_by": "infermeter",
+        "root": st.model_root,
+        "parent": null,
+        "max_model_len": st.max_context,
+    })
+}
+
 async fn models(State(st): State<Arc<AppState>>) -> Response {
-    axum::Json(json!({
-        "object": "list",
-        "data": [{
-            "id": st.model_name,
-            "object": "model",
-            "created": st.started_unix,
-            "owned_by": "infermeter",
-            "root": st.model_root,
-            "parent": null,
-            "max_model_len": st.max_context,
-        }]
-    }))
-    .into_response()
+    axum::Json(json!({"object": "list", "data": [model_object(&st)]})).into_response()
+}
+
+/// `GET /v1/models/{id}`: the served model, or OpenAI's 404 `model_not_found` for any other id.
+async fn model(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    if id == st.model_name {
+        return axum::Json(model_object(&st)).into_response();
+    }
+    let mut e = ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!(
+            "The model `{id}` does not exist: this server serves `{}`",
+            st.model_name
+        ),
+    );
+    e.param = Some("model".into());
+    e.code = Some("model_not_found");
+    e.into_response()
 }
 
 async fn read_body(body: Body) -> Result<Bytes, ApiError> {
@@ -352,19 +374,21 @@ fn check_lengths(
         Some(m) => {
             if n.saturating_add(m) > ctx {
                 return Err(ApiError::invalid(
-                    "max_tokens",
+                    p.max_tokens_key,
                     format!(
-                        "This model's maximum context length is {ctx} tokens. However, you requested {} tokens ({n} in the prompt, {m} for the completion). Reduce the prompt or `max_tokens`.",
-                        n.saturating_add(m)
+                        "This model's maximum context length is {ctx} tokens. However, you requested {} tokens ({n} in the prompt, {m} for the completion). Reduce the prompt or `{}`.",
+                        n.saturating_add(m),
+                        p.max_tokens_key
                     ),
                 )
                 .with_code("context_length_exceeded"));
             }
             if n.saturating_add(m) > cap {
                 return Err(ApiError::invalid(
-                    "max_tokens",
+                    p.max_tokens_key,
                     format!(
-                        "{n} prompt + {m} output tokens cannot fit the server's KV pool of {cap} tokens: reduce `max_tokens`"
+                        "{n} prompt + {m} output tokens cannot fit the server's KV pool of {cap} tokens: reduce `{}`",
+                        p.max_tokens_key
                     ),
                 ));
             }
