@@ -251,10 +251,16 @@ pub fn main_for(family: Family) {
             variants: rows.iter().any(|(c, _)| c.variant.is_some()),
         };
         println!("{}", roofline::table_header(columns));
+        let mut assessed = Vec::new();
         for (case, t) in rows {
             let a = roofline::assess(case.cost(dtype), *t, peak, spec_peak);
             let speedup = variant::speedup_over_baseline(case, *t, rows);
             println!("{}", roofline::table_line(case, *t, &a, speedup, columns));
+            assessed.push(a);
+        }
+        let on_gpu = target.device() == Device::Cuda;
+        if let Some(note) = roofline::above_ceiling_note(&assessed, on_gpu, on_gpu && cold_l2) {
+            println!("\n{note}");
         }
         let summary = variant::summary(rows);
         if !summary.is_empty() {

@@ -272,6 +272,7 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
     println!("{}", roofline::table_header(columns));
     // every measured case with its median time: the naive rows the speed-ups divide
     let mut timed: Vec<(Case, f64)> = Vec::new();
+    let mut assessed: Vec<roofline::Assessment> = Vec::new();
     for case in &cases {
         let shape = serde_json::to_value(&case.shape)?;
         let measured = runner::prepare(&target, case)
@@ -301,6 +302,7 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
         let cost = case.cost(dtype);
         let a = roofline::assess(cost, t.median_s, peak, spec_peak);
         timed.push((case.clone(), t.median_s));
+        assessed.push(a);
         let speedup = variant::speedup_over_baseline(case, t.median_s, &timed);
         println!(
             "{}",
@@ -332,6 +334,9 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
     }
     writer.results.complete = true;
     writer.save()?;
+    if let Some(note) = roofline::above_ceiling_note(&assessed, device == Device::Cuda, a.cold_l2) {
+        println!("\n{note}");
+    }
     let summary = variant::summary(&timed);
     if !summary.is_empty() {
         println!(

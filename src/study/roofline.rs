@@ -90,6 +90,37 @@ pub fn assess(cost: Cost, time_s: f64, ceiling: Peak, spec: Option<Peak>) -> Ass
     }
 }
 
+/// The note printed under a table where memory-bound rows beat the memory ceiling (`None` where
+/// none does): their operands stayed in a cache between back-to-back calls, so the row measures
+/// cache bandwidth, not the DRAM/HBM roofline. `gpu_cold_l2`: GPU calls were preceded by an L2
+/// flush (then only the L1/shared level remains as an explanation).
+pub fn above_ceiling_note<'a>(
+    rows: impl IntoIterator<Item = &'a Assessment>,
+    gpu: bool,
+    gpu_cold_l2: bool,
+) -> Option<String> {
+    let n = rows
+        .into_iter()
+        .filter(|a| a.bound == Bound::Memory && a.pct_of_ceiling.is_some_and(|p| p > 100.0))
+        .count();
+    if n == 0 {
+        return None;
+    }
+    let what = if n == 1 { "row is" } else { "rows are" };
+    let advice = match (gpu, gpu_cold_l2) {
+        (false, _) => "the CPU's caches hold their operands between back-to-back calls, so they \
+                       show cache bandwidth: read them as \"this shape is small\", not as a roofline \
+                       figure",
+        (true, false) => "the GPU's L2 holds their operands between back-to-back calls; time them \
+                          with a cold L2 (--cold-l2, INFERMETER_BENCH_COLD_L2=1) for the HBM roofline",
+        (true, true) => "even with the L2 flushed before every call: check the op's byte count \
+                         (src/study/ops.rs) against what the kernel reads",
+    };
+    Some(format!(
+        "note: {n} memory-bound {what} above 100% of the measured memory ceiling: {advice}."
+    ))
+}
+
 /// Seconds in the unit that suits them.
 pub fn fmt_time(s: f64) -> String {
     if !s.is_finite() {
@@ -279,6 +310,28 @@ mod tests {
         // no time: nothing to divide by, no percentage and no panic
         let a = assess(Cost { bytes: 1, flops: 1 }, 0.0, CEIL, None);
         assert_eq!(a.pct_of_ceiling, None);
+    }
+
+    #[test]
+    fn rows_above_the_memory_ceiling_get_a_note() {
+        let at = |bytes: u64, flops: u64| assess(Cost { bytes, flops }, 1.0, CEIL, None);
+        let within = at(9_000_000_000, 0); // 90 %
+        let above = at(20_000_000_000, 0); // 200 %, memory-bound
+        let compute = at(1_000_000_000, 150_000_000_000); // compute-bound at 150 %: not a cache effect
+        assert_eq!(above_ceiling_note([&within, &compute], false, false), None);
+        let cpu = above_ceiling_note([&within, &above, &above], false, false).unwrap();
+        assert!(
+            cpu.starts_with("note: 2 memory-bound rows are above 100%"),
+            "{cpu}"
+        );
+        assert!(cpu.contains("CPU's caches"), "{cpu}");
+        let gpu = above_ceiling_note([&above], true, false).unwrap();
+        assert!(
+            gpu.contains("1 memory-bound row is") && gpu.contains("--cold-l2"),
+            "{gpu}"
+        );
+        let cold = above_ceiling_note([&above], true, true).unwrap();
+        assert!(cold.contains("byte count"), "{cold}");
     }
 
     #[test]
