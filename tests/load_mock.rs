@@ -609,6 +609,12 @@ fn cli_no_stream_has_no_tpot_no_split_and_refuses_a_tpot_slo() {
         e["cost"]["usd_per_1m_tokens"].as_f64().unwrap() > 0.0,
         "{e}"
     );
+    // Two users: the steady state (both busy) has its own window and work beside the whole step's.
+    let st = &e["steady_state"];
+    let sd = st["duration_s"].as_f64().unwrap_or_else(|| panic!("{e}"));
+    assert!((sd - s["steady_state"]["duration_s"].as_f64().unwrap()).abs() < 1e-12);
+    let want = s["steady_state"]["requests_per_s"].as_f64().unwrap() * sd;
+    assert!((st["work"]["requests"].as_f64().unwrap() - want).abs() < 1e-9 * want.max(1.0));
 }
 
 #[test]

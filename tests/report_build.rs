@@ -532,10 +532,16 @@ fn energy_from_telemetry_fills_the_energy_columns() {
             output_tokens: s.total_output_tokens as f64,
         };
         let segs = energy::segments_from_steps(&p.steps);
-        p.energy = Some(energy::summarize(
+        // the steady state over the cell's batch, as `run` computes it
+        let records: Vec<_> = p.requests.iter().map(|q| q.record.clone()).collect();
+        let bs = p.params["batch_size"].as_u64().unwrap() as usize;
+        let steady_t = infermeter::metrics::summarize(&records, None, Some(bs)).steady_state;
+        let window = infermeter::metrics::steady_window(&records, bs);
+        p.energy = Some(energy::summarize_with_steady_state(
             Some(&timeline),
             (p.started_s, p.ended_s.unwrap()),
             &work,
+            window.zip(steady_t.as_ref()),
             Some(segs.as_slice()),
             &opts,
         ));
@@ -555,6 +561,28 @@ fn energy_from_telemetry_fills_the_energy_columns() {
     section.timeline = Some(timeline);
     r.telemetry = Some(section);
     let measured: Vec<_> = r.phases.iter().filter(|p| !p.warmup).cloned().collect();
+    // Without a prefill/decode split, decode J/out tok is absent: never all energy ÷ output tokens.
+    let mut unsplit = r.clone();
+    for p in unsplit.phases.iter_mut() {
+        let e = p.energy.as_mut().unwrap();
+        if let Some(m) = e.energy.as_mut() {
+            (m.prefill_j, m.decode_j, m.idle_j) = (None, None, None);
+            (m.j_per_input_token, m.j_per_output_token) = (None, None);
+        }
+        e.steady_state = None;
+    }
+    let unsplit = build(
+        &[(fixture("grid"), ResultsFile::Run(Box::new(unsplit)))],
+        &Options::default(),
+    );
+    for row in &unsplit.rows {
+        assert_eq!(
+            absent(&row.figures.joules_per_output_token),
+            "no prefill/decode split: decode energy unknown"
+        );
+        assert!(absent(&row.figures.steady_tokens_per_joule).starts_with("no steady state"));
+        assert!(row.figures.tokens_per_joule.value.is_some());
+    }
     let files = vec![(fixture("grid"), ResultsFile::Run(Box::new(r)))];
     let report = build(&files, &Options::default());
     for p in &measured {
@@ -564,6 +592,11 @@ fn energy_from_telemetry_fills_the_energy_columns() {
         let f = &row.figures;
         assert_eq!(f.joules_per_output_token.value, m.j_per_output_token);
         assert_eq!(f.tokens_per_joule.value, m.tokens_per_j);
+        let steady = e.steady_state.as_ref().expect("a grid cell reaches its batch");
+        let sm = steady.energy.as_ref().unwrap();
+        assert!(steady.duration_s > 0.0 && steady.duration_s <= e.duration_s);
+        assert_eq!(f.steady_tokens_per_joule.value, sm.tokens_per_j);
+        assert!(f.steady_tokens_per_joule.value.unwrap() > 0.0);
         assert_eq!(f.avg_power_w.value, Some(m.avg_power_w));
         assert_eq!(f.peak_power_w.value, m.peak_power_w);
         assert_eq!(f.peak_gpu_memory_bytes.value, m.peak_memory_bytes);

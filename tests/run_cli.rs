@@ -347,7 +347,9 @@ fn phases_have_a_steady_state_and_goodput() {
     for p in doc["phases"].as_array().unwrap() {
         let s = &p["summary"];
         let steady = &s["steady_state"];
-        let d = steady["duration_s"].as_f64().unwrap_or_else(|| panic!("{s}"));
+        let d = steady["duration_s"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{s}"));
         assert!(d > 0.0 && d <= s["throughput"]["duration_s"].as_f64().unwrap() + 1e-12);
         assert!(steady["output_tokens_per_s"].as_f64().unwrap() > 0.0);
         assert_eq!(s["slo"]["e2el_s"], 100.0);
@@ -375,6 +377,9 @@ fn phases_have_a_steady_state_and_goodput() {
         let doc = validate_results(&out);
         let s = &doc["phases"][0]["summary"];
         assert_eq!(!s["steady_state"].is_null(), has_steady, "{seqs}: {s}");
-        assert!(s["goodput_requests_per_s"].is_null(), "no --slo: no goodput");
+        assert!(
+            s["goodput_requests_per_s"].is_null(),
+            "no --slo: no goodput"
+        );
     }
 }

@@ -130,6 +130,8 @@ fn energy_per_phase_from_a_rapl_tree_at_known_power() {
         "20",
         "--arrival",
         "constant",
+        "--max-num-seqs",
+        "1",
         "--powercap-root",
         pc.to_str().unwrap(),
         "--gpus",
@@ -182,7 +184,24 @@ fn energy_per_phase_from_a_rapl_tree_at_known_power() {
     assert!((em["g_co2e"].as_f64().unwrap() - 400.0 * j / 3.6e6).abs() < 1e-9);
     // the run-level energy is the phase's (one measured phase)
     assert_eq!(t["energy"]["energy"]["energy_j"], m["energy_j"]);
-    assert!(stdout.contains("J/out tok"), "{stdout}");
+    // The steady state (one slot busy): its own window, energy at the same 48 W, and the work the
+    // steady-state throughput attributes to it.
+    let st = &e["steady_state"];
+    let sd = st["duration_s"].as_f64().unwrap_or_else(|| panic!("{e}"));
+    let summary_steady = &p["summary"]["steady_state"];
+    assert!((sd - summary_steady["duration_s"].as_f64().unwrap()).abs() < 1e-9);
+    assert!(sd > 0.0 && sd <= dur + 1e-9, "{sd} of {dur}");
+    let sj = st["energy"]["energy_j"].as_f64().unwrap();
+    assert!((sj - 48.0 * sd).abs() < 0.10 * 48.0 * sd, "{sj} J over {sd} s");
+    let sw = &st["work"];
+    let want_out = summary_steady["output_tokens_per_s"].as_f64().unwrap() * sd;
+    assert!((sw["output_tokens"].as_f64().unwrap() - want_out).abs() < 1e-6 * want_out);
+    let tokens = sw["input_tokens"].as_f64().unwrap() + sw["output_tokens"].as_f64().unwrap();
+    let tpj = st["energy"]["tokens_per_j"].as_f64().unwrap();
+    assert!((tpj - tokens / sj).abs() < 1e-9 * tpj);
+    assert!(t["energy"]["steady_state"]["energy"]["energy_j"].is_number());
+    assert!(stdout.contains("decode J/out"), "{stdout}");
+    assert!(stdout.contains("steady tok/J"), "{stdout}");
     assert!(stdout.contains("energy counter"), "{stdout}");
 }
 

@@ -25,7 +25,7 @@ use crate::client::{
     parse_duration, ClientOptions, Endpoint, Mode, OpenAiClient, Runner, StepPlan, Warmup,
 };
 use crate::metrics::energy::{self, EnergyReport, Work};
-use crate::metrics::{summarize, RequestRecord, Slo};
+use crate::metrics::{steady_window, summarize, RequestRecord, Slo};
 use crate::model::Tokenizer;
 use crate::report::load_results::{
     LoadResults, LoadResultsWriter, LoadStep, SweepInfo, TargetInfo, TimingCheck, TokenAccounting,
@@ -401,6 +401,18 @@ fn parse(a: &LoadArgs) -> anyhow::Result<Parsed> {
             _ => 0,
         };
     let num_sessions = a.num_prompts.unwrap_or(total.min(1000)).max(1);
+    // the load mode, checked before the client self-check and the server probe run
+    if !a.sweep {
+        match (a.rate, a.concurrency) {
+            (Some(_), Some(_)) => {
+                bail!("give --rate (open loop) or --concurrency (closed loop), not both")
+            }
+            (None, None) if arrival != Arrival::Burst => {
+                bail!("give --rate R (open loop), --concurrency N (closed loop) or --sweep")
+            }
+            _ => {}
+        }
+    }
     if a.prompt_ids && endpoint == Endpoint::Chat {
         bail!("--prompt-ids: the chat endpoint cannot take token-id prompts");
     }
@@ -516,12 +528,20 @@ fn step_energy(tel: &RunTelemetry, step: &LoadStep, streaming: bool) -> Option<E
         },
         None => Work::of_records(&records),
     };
-    let ok: Vec<RequestRecord> = records.into_iter().filter(|r| r.is_ok()).collect();
+    let ok: Vec<RequestRecord> = records.iter().filter(|r| r.is_ok()).cloned().collect();
     let segments = streaming.then(|| energy::segments_from_requests(&ok));
-    Some(energy::summarize(
+    // The steady state: the same slots `finish_step` found it with (StepPlan::steady_concurrency).
+    let steady = step
+        .params
+        .concurrency
+        .or(step.params.max_concurrency)
+        .and_then(|c| steady_window(&records, c))
+        .zip(step.summary.as_ref().and_then(|s| s.steady_state.as_ref()));
+    Some(energy::summarize_with_steady_state(
         Some(&timeline),
         window,
         &work,
+        steady,
         segments.as_deref(),
         tel.energy_options(),
     ))
@@ -1063,15 +1083,38 @@ fn print_summary(r: &LoadResults) {
             let e: Vec<String> = s.errors.iter().map(|(k, n)| format!("{k}: {n}")).collect();
             println!("  errors: {}", e.join(", "));
         }
-        if let Some(e) = s.energy.as_ref().and_then(|e| e.energy.as_ref()) {
-            println!(
-                "  energy: {:.2} J of {} ({:?}), {:.1} W average, {} J/token",
-                e.energy_j,
-                e.scope.join("+"),
-                e.method,
-                e.avg_power_w,
-                e.j_per_token.map_or("-".into(), |j| format!("{j:.4}")),
-            );
+        if let Some(report) = &s.energy {
+            if let Some(e) = &report.energy {
+                let num = |v: Option<f64>, d: usize| v.map_or("-".into(), |x| format!("{x:.d$}"));
+                println!(
+                    "  energy: {:.2} J of {} ({:?}, sampled every {} ms, {:.0}% covered), {:.1} W \
+                     average; whole step: {} J/token, {} tokens/J",
+                    e.energy_j,
+                    e.scope.join("+"),
+                    e.method,
+                    e.sampling_interval_s * 1e3,
+                    e.coverage * 100.0,
+                    e.avg_power_w,
+                    num(e.j_per_token, 4),
+                    num(e.tokens_per_j, 2),
+                );
+                match report
+                    .steady_state
+                    .as_ref()
+                    .and_then(|st| st.energy.as_ref())
+                {
+                    Some(st) => println!(
+                        "  energy, steady state ({:.3} s, all slots busy): {} J/token, {} tokens/J",
+                        report.steady_state.as_ref().map_or(0.0, |x| x.duration_s),
+                        num(st.j_per_token, 4),
+                        num(st.tokens_per_j, 2),
+                    ),
+                    None => println!(
+                        "  energy, steady state: - (no steady-state window: the step never had \
+                         all its slots busy, or no concurrency to fill: give --max-concurrency)"
+                    ),
+                }
+            }
         }
         if let Some(t) = &s.tokens {
             for (what, m) in [

@@ -476,7 +476,7 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
         }
         phase.requests = outcome.requests;
         phase.steps = outcome.steps;
-        tel.after_phase(&mut writer.results, idx);
+        tel.after_phase(&mut writer.results, idx, plan.concurrency);
         writer.save(true)?;
     }
     bar.finish_and_clear();

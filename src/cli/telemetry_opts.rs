@@ -278,13 +278,13 @@ impl RunTelemetry {
 
     /// Energy, split and cost of a finished phase; refreshes the section's timeline and the
     /// run-level energy (over the measured phases so far) in `results`.
-    pub fn after_phase(&mut self, results: &mut RunResults, idx: usize) {
+    pub fn after_phase(&mut self, results: &mut RunResults, idx: usize, concurrency: usize) {
         let timeline = self.sampler.as_ref().map(|s| s.snapshot());
         if let Some(s) = &self.sampler {
             self.section.counter_events = s.counter_events();
         }
         if let Some(phase) = results.phases.get_mut(idx) {
-            phase.energy = phase_energy(timeline.as_ref(), phase, &self.opts);
+            phase.energy = phase_energy(timeline.as_ref(), phase, Some(concurrency), &self.opts);
         }
         self.section.timeline = timeline;
         self.section.energy = run_energy(&results.phases, &self.opts);
@@ -303,10 +303,12 @@ impl RunTelemetry {
 }
 
 /// A phase's energy report over its window `[started_s, ended_s]`, its work (successful requests)
-/// and its steps as prefill/decode segments.
+/// and its steps as prefill/decode segments; with its steady state over `concurrency` slots (a grid
+/// cell's batch, a stream's max_num_seqs) when the phase reached it.
 pub fn phase_energy(
     timeline: Option<&crate::telemetry::Timeline>,
     phase: &Phase,
+    concurrency: Option<usize>,
     opts: &EnergyOptions,
 ) -> Option<EnergyReport> {
     let end = phase.ended_s?;
@@ -325,10 +327,15 @@ pub fn phase_energy(
         ),
     };
     let segments = energy::segments_from_steps(&phase.steps);
-    Some(energy::summarize(
+    let records: Vec<_> = phase.requests.iter().map(|r| r.record.clone()).collect();
+    let steady = concurrency
+        .and_then(|c| crate::metrics::steady_window(&records, c))
+        .zip(phase.summary.as_ref().and_then(|s| s.steady_state.as_ref()));
+    Some(energy::summarize_with_steady_state(
         timeline,
         (phase.started_s, end),
         &work,
+        steady,
         Some(&segments),
         opts,
     ))
@@ -371,14 +378,15 @@ pub fn print_energy(r: &RunResults) {
     }
     let total = r.telemetry.as_ref().and_then(|t| t.energy.as_ref());
     println!(
-        "{:<28} {:>10} {:>8} {:>8} {:>10} {:>10} {:>9} {:>10} {:>10} {:>11}",
+        "{:<28} {:>10} {:>8} {:>8} {:>12} {:>12} {:>9} {:>10} {:>10} {:>10} {:>11}",
         "phase",
         "energy J",
         "avg W",
         "peak W",
-        "J/in tok",
-        "J/out tok",
+        "prefill J/in",
+        "decode J/out",
         "tok/J",
+        "steady tok/J",
         "$/1M in",
         "$/1M out",
         "gCO2e/1Mtok"
@@ -391,8 +399,9 @@ pub fn print_energy(r: &RunResults) {
     for (name, e) in rows {
         let m = e.energy.as_ref();
         let c = e.cost.as_ref();
+        let steady = e.steady_state.as_ref().and_then(|s| s.energy.as_ref());
         println!(
-            "{:<28} {:>10} {:>8} {:>8} {:>10} {:>10} {:>9} {:>10} {:>10} {:>11}",
+            "{:<28} {:>10} {:>8} {:>8} {:>12} {:>12} {:>9} {:>12} {:>10} {:>10} {:>11}",
             name,
             num(m.map(|m| m.energy_j), 2),
             num(m.map(|m| m.avg_power_w), 1),
@@ -400,6 +409,7 @@ pub fn print_energy(r: &RunResults) {
             num(m.and_then(|m| m.j_per_input_token), 4),
             num(m.and_then(|m| m.j_per_output_token), 4),
             num(m.and_then(|m| m.tokens_per_j), 2),
+            num(steady.and_then(|m| m.tokens_per_j), 2),
             num(c.and_then(|c| c.usd_per_1m_input_tokens), 4),
             num(c.and_then(|c| c.usd_per_1m_output_tokens), 4),
             num(e.emissions.as_ref().and_then(|x| x.g_per_1m_tokens), 1),
@@ -408,8 +418,10 @@ pub fn print_energy(r: &RunResults) {
     let first = phases.iter().find_map(|(_, e)| e.energy.as_ref());
     match first {
         Some(m) => println!(
-            "(energy of {} by {}, sampled every {} ms; J/in tok and J/out tok: prefill and decode energy \
-             split by step tokens, idle excluded)",
+            "(energy of {} by {}, sampled every {} ms; prefill J/in: prefill energy ÷ input tokens, \
+             decode J/out: decode energy ÷ output tokens, split by step tokens, idle excluded; tok/J: \
+             all tokens ÷ all energy of the phase; steady tok/J: the same over the steady state, all \
+             slots busy, - when never reached)",
             m.scope.join("+"),
             match m.method {
                 energy::EnergyMethod::Counter => "energy counter",

@@ -26,6 +26,11 @@
 //! process RSS when the scope has no GPU); `j_per_request`, `j_per_token` (input + output),
 //! `tokens_per_j`, `output_tokens_per_j` over all the window's energy.
 //!
+//! A report's `steady_state` is the same computed over the steady-state window (all concurrency
+//! slots busy: the load step's users or `--max-concurrency`, a grid cell's batch, a stream's
+//! `--max-num-seqs`), with the work the steady-state throughput attributes to that window
+//! ([`Work::from_throughput`]): ramp-up and drain, where slots idle, are left out.
+//!
 //! # Prefill and decode (the attribution rule)
 //!
 //! The busy time of a window is a list of [`WorkSegment`]s, each with a prefill fraction:
@@ -298,6 +303,11 @@ pub struct EnergyReport {
     pub energy: Option<EnergyMeasure>,
     pub cost: Option<Cost>,
     pub emissions: Option<Emissions>,
+    /// The same over the steady-state window (all concurrency slots busy, see
+    /// [`crate::metrics::steady_window`]) with the work the steady-state throughput attributes to
+    /// it; null when the window was not reached (or for files written before it existed).
+    #[serde(default)]
+    pub steady_state: Option<Box<EnergyReport>>,
 }
 
 fn ratio(a: f64, b: f64) -> Option<f64> {
@@ -361,8 +371,32 @@ pub fn summarize(
         energy,
         cost: None,
         emissions: None,
+        steady_state: None,
     };
     r.derive(opts);
+    r
+}
+
+/// [`summarize`] over the whole window, and over its steady-state `window` (when reached) with the
+/// work of the steady-state throughput `steady` ([`Work::from_throughput`]) in `steady_state`.
+pub fn summarize_with_steady_state(
+    timeline: Option<&Timeline>,
+    whole: (f64, f64),
+    work: &Work,
+    steady: Option<((f64, f64), &ThroughputSummary)>,
+    segments: Option<&[WorkSegment]>,
+    opts: &EnergyOptions,
+) -> EnergyReport {
+    let mut r = summarize(timeline, whole, work, segments, opts);
+    r.steady_state = steady.map(|(window, t)| {
+        Box::new(summarize(
+            timeline,
+            window,
+            &Work::from_throughput(t),
+            segments,
+            opts,
+        ))
+    });
     r
 }
 
@@ -622,6 +656,11 @@ impl EnergyReport {
     /// up, peaks are the largest, ratios are recomputed from the sums. `None` for no report.
     pub fn combine(reports: &[EnergyReport], opts: &EnergyOptions) -> Option<EnergyReport> {
         let (first, rest) = reports.split_first()?;
+        // the steady states combined too, when every window has one
+        let steady: Option<Vec<EnergyReport>> = reports
+            .iter()
+            .map(|r| r.steady_state.as_deref().cloned())
+            .collect();
         let mut r = first.clone();
         for o in rest {
             r.start_s = r.start_s.min(o.start_s);
@@ -648,6 +687,9 @@ impl EnergyReport {
             e.derive(&r.work);
         }
         r.derive(opts);
+        r.steady_state = steady
+            .and_then(|s| EnergyReport::combine(&s, opts))
+            .map(Box::new);
         Some(r)
     }
 }

@@ -319,11 +319,11 @@ fn against(rows: &[Row], plots: &mut Vec<Plot>) {
     );
     add(
         "joules-vs-batch",
-        "Energy per output token against batch size",
-        "Joules per output token of each grid cell (mean over repeats): larger batches share the \
-         power among more tokens.",
+        "Decode energy per output token against batch size",
+        "Decode energy ÷ output tokens of each grid cell (mean over repeats): larger batches share \
+         the power among more tokens.",
         "batch size",
-        "J per output token",
+        "decode J per output token",
         curves(rows, batch, |r| &r.figures.joules_per_output_token, ""),
         Corner::UpperRight,
     );

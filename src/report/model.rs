@@ -179,8 +179,12 @@ pub struct Figures {
     pub e2el_p50_s: Figure,
     pub e2el_p99_s: Figure,
     pub goodput_requests_per_s: Figure,
+    /// Decode energy ÷ output tokens (the prefill/decode split's); absent without a split.
     pub joules_per_output_token: Figure,
+    /// All tokens ÷ all energy of the row's window.
     pub tokens_per_joule: Figure,
+    /// All tokens ÷ all energy over the steady-state window (all slots busy).
+    pub steady_tokens_per_joule: Figure,
     pub avg_power_w: Figure,
     pub peak_power_w: Figure,
     pub peak_gpu_memory_bytes: Figure,
@@ -284,7 +288,7 @@ pub const COLUMNS: &[Column] = &[
     },
     Column {
         key: "joules_per_output_token",
-        header: "J/out tok",
+        header: "decode J/out tok",
         unit: Unit::Joules,
         get: |f| &f.joules_per_output_token,
     },
@@ -293,6 +297,12 @@ pub const COLUMNS: &[Column] = &[
         header: "tok/J",
         unit: Unit::PerJoule,
         get: |f| &f.tokens_per_joule,
+    },
+    Column {
+        key: "steady_tokens_per_joule",
+        header: "steady tok/J",
+        unit: Unit::PerJoule,
+        get: |f| &f.steady_tokens_per_joule,
     },
     Column {
         key: "avg_power_w",

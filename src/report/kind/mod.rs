@@ -109,6 +109,7 @@ pub fn request_figures(summary: &RunSummary, records: &[RequestRecord], opts: &O
         goodput_requests_per_s: goodput,
         joules_per_output_token: telemetry.clone(),
         tokens_per_joule: telemetry.clone(),
+        steady_tokens_per_joule: telemetry.clone(),
         avg_power_w: telemetry.clone(),
         peak_power_w: telemetry.clone(),
         peak_gpu_memory_bytes: telemetry,

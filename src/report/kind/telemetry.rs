@@ -88,30 +88,38 @@ pub fn fill(
 ) {
     match w.report.and_then(|r| r.energy.as_ref()) {
         Some(e) => {
-            f.joules_per_output_token = match &w.no_split_reason {
-                Some(why) => Figure::absent(why.clone()),
-                None => Figure::or(
-                    e.j_per_output_token.or_else(|| {
-                        (w.output_tokens > 0).then(|| e.energy_j / w.output_tokens as f64)
-                    }),
-                    "no output tokens",
-                ),
+            // One definition in every row: decode energy ÷ output tokens (never all energy ÷
+            // output tokens, which would also charge prefill and idle energy to output tokens).
+            f.joules_per_output_token = match (&w.no_split_reason, e.decode_j) {
+                (Some(why), _) => Figure::absent(why.clone()),
+                (None, None) => Figure::absent("no prefill/decode split: decode energy unknown"),
+                (None, Some(_)) => Figure::or(e.j_per_output_token, "no output tokens"),
             };
             f.tokens_per_joule = Figure::or(e.tokens_per_j, "no energy measured");
+            let steady = w.report.and_then(|r| r.steady_state.as_deref());
+            f.steady_tokens_per_joule = match steady {
+                Some(st) => Figure::or(
+                    st.energy.as_ref().and_then(|x| x.tokens_per_j),
+                    "no energy or no tokens in the steady state",
+                ),
+                None => Figure::absent(
+                    "no steady state (all slots never busy at once, or not recorded in this file)",
+                ),
+            };
             f.avg_power_w = Figure::of(e.avg_power_w);
             f.peak_power_w = Figure::or(e.peak_power_w, "no power samples in this window");
             m.energy = format!(
-                "{} over {} (every {}, {} samples, {}% of the window covered); J/out tok = {} ÷ \
-                 output tokens, tok/J = all tokens ÷ all energy",
+                "{} over {} (every {}, {} samples, {}% of the window covered); decode J/out tok = \
+                 decode energy ÷ output tokens; tok/J = all tokens ÷ all energy; steady tok/J = the \
+                 same over the steady state ({})",
                 method_name(e.method),
                 e.scope.join(" + "),
                 duration(e.sampling_interval_s),
                 e.samples,
                 number(e.coverage * 100.0),
-                if e.j_per_output_token.is_some() {
-                    "decode energy"
-                } else {
-                    "all energy"
+                match steady {
+                    Some(st) => duration(st.duration_s),
+                    None => "none".into(),
                 }
             );
         }
@@ -120,6 +128,7 @@ pub fn fill(
             for fig in [
                 &mut f.joules_per_output_token,
                 &mut f.tokens_per_joule,
+                &mut f.steady_tokens_per_joule,
                 &mut f.avg_power_w,
                 &mut f.peak_power_w,
             ] {
