@@ -617,6 +617,73 @@ fn cli_no_stream_has_no_tpot_no_split_and_refuses_a_tpot_slo() {
     assert!((st["work"]["requests"].as_f64().unwrap() - want).abs() < 1e-9 * want.max(1.0));
 }
 
+/// No usage and no --tokenizer: output tokens are chunk counts, and the console and the report say
+/// so loudly.
+#[test]
+fn cli_chunk_counted_tokens_are_flagged_in_console_and_report() {
+    let m = MockProcess::start(&["--ttft", "2ms", "--itl", "1ms"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("chunks.json");
+    let (ok, stdout, err) = load(&[
+        "--url",
+        &m.url,
+        "--no-usage",
+        "--concurrency",
+        "2",
+        "--num-requests",
+        "4",
+        "--output-len",
+        "5",
+        "--no-self-check",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let doc = validate_results(&out);
+    assert_eq!(doc["steps"][0]["tokens"]["output_sources"]["chunks"], 4);
+    assert!(err.contains("counted as stream chunks"), "{err}");
+    assert!(stdout.contains("WARNING: output tokens of 4 request(s)"), "{stdout}");
+
+    let rep = dir.path().join("rep");
+    let r = infermeter_cmd()
+        .args(["report", "--format", "json", "--out"])
+        .arg(&rep)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rep.join("report.json")).unwrap()).unwrap();
+    let label = json["rows"][0]["label"].as_str().unwrap();
+    assert!(label.ends_with("[tokens = chunks]"), "{label}");
+    assert!(
+        json["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("counted as stream chunks")),
+        "{}",
+        json["notes"]
+    );
+
+    // With usage, no flag.
+    let (ok, stdout, err) = load(&[
+        "--url",
+        &m.url,
+        "--concurrency",
+        "2",
+        "--num-requests",
+        "4",
+        "--output-len",
+        "5",
+        "--no-self-check",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("counted as stream chunks") && !stdout.contains("WARNING"));
+}
+
 #[test]
 fn cli_takes_the_endpoint_from_a_full_url_path() {
     let m = MockProcess::start(&["--ttft", "1ms", "--itl", "1ms"]);

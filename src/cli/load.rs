@@ -506,6 +506,24 @@ fn empty_step(name: &str, plan: &StepPlan, started_s: f64) -> LoadStep {
     }
 }
 
+/// Successful requests of `step` whose output tokens are the count of stream chunks (no usage
+/// from the server, no `--tokenizer`); `None` when there is none.
+fn chunk_counted(step: &LoadStep) -> Option<usize> {
+    step.tokens
+        .as_ref()
+        .and_then(|t| t.output_sources.get("chunks").copied())
+        .filter(|&n| n > 0)
+}
+
+fn chunk_warning(n: usize) -> String {
+    format!(
+        "output tokens of {n} request(s) are counted as stream chunks: the server sent no usage \
+         and no --tokenizer was given. A chunk may carry several tokens, so output tokens/s, TPOT, \
+         J and $ per output token are per chunk, not per token. Give --tokenizer (or let the \
+         server send usage) for real token counts."
+    )
+}
+
 /// The step's energy over its measured window (first measured send to last measured end), its
 /// busy time split between prefill and decode by the requests in flight. Not `streaming`, a
 /// response's first token is not observed, so there is no split (no prefill/decode energy or cost):
@@ -664,6 +682,9 @@ async fn run_step(
     outcome.warmup.sort_by_key(|r| r.record.id);
     tel.mark();
     let mut step = finish_step(name, plan, outcome, slo);
+    if let Some(n) = chunk_counted(&step) {
+        line.bar.suspend(|| eprintln!("warning: {name}: {}", chunk_warning(n)));
+    }
     step.energy = step_energy(tel, &step, writer.results.target.streaming);
     writer.results.steps[idx] = step;
     writer.results.telemetry = load_section(tel, &writer.results.steps, false);
@@ -1082,6 +1103,9 @@ fn print_summary(r: &LoadResults) {
         if !s.errors.is_empty() {
             let e: Vec<String> = s.errors.iter().map(|(k, n)| format!("{k}: {n}")).collect();
             println!("  errors: {}", e.join(", "));
+        }
+        if let Some(n) = chunk_counted(s) {
+            println!("  WARNING: {}", chunk_warning(n));
         }
         if let Some(report) = &s.energy {
             if let Some(e) = &report.energy {

@@ -146,12 +146,30 @@ pub fn part(ctx: &Context, r: &LoadResults) -> Part {
                     .unwrap_or("no reason recorded")
             ));
         }
+        let chunk_counted = st
+            .tokens
+            .as_ref()
+            .and_then(|t| t.output_sources.get("chunks").copied())
+            .filter(|&n| n > 0);
         let label = format!(
-            "{} · {}{}",
+            "{} · {}{}{}",
             ctx.label,
             st.name,
-            if saturated { " (saturated)" } else { "" }
+            if saturated { " (saturated)" } else { "" },
+            if chunk_counted.is_some() {
+                CHUNKS_MARK
+            } else {
+                ""
+            }
         );
+        if let Some(n) = chunk_counted {
+            notes.push(format!(
+                "{label}: output tokens of {n} of {} successful requests counted as stream chunks \
+                 (no usage from the server, no --tokenizer): its out tok/s, TPOT, decode J/out tok \
+                 and $/1M out tok are per chunk, and a chunk may carry several tokens.",
+                summary.completed
+            ));
+        }
         let errors: Vec<String> = st.errors.iter().map(|(k, n)| format!("{k}: {n}")).collect();
         let sources = st
             .tokens
@@ -327,6 +345,9 @@ pub fn part(ctx: &Context, r: &LoadResults) -> Part {
         notes,
     }
 }
+
+/// Marks the label of a step whose output tokens are (partly) stream-chunk counts.
+const CHUNKS_MARK: &str = " [tokens = chunks]";
 
 /// Appended to the timing text of a non-streamed step.
 const NOT_STREAMED_TIMING: &str =
