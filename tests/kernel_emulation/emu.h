@@ -70,6 +70,11 @@ inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); retu
 inline float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline int __clz(unsigned x) { return x ? __builtin_clz(x) : 32; }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+// f32 -> u64 rounding toward zero (negative and NaN give 0, as the hardware conversion does)
+inline unsigned long long __float2ull_rz(float f) { return f > 0.f ? (unsigned long long)f : 0ull; }
+inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+    return (unsigned long long)(((unsigned __int128)a * b) >> 64);
+}
 using std::isfinite;
 template <class A>
 A min(A a, A b) { return b < a ? b : a; }
