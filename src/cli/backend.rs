@@ -141,6 +141,11 @@ pub trait EngineBackend: Backend + Sized + 'static {
     fn gpus(&self) -> Vec<serde_json::Value> {
         Vec::new()
     }
+    /// The CUDA device ordinal the engine runs on (`None` for the CPU): telemetry measures and
+    /// prices that GPU by default.
+    fn cuda_ordinal(&self) -> Option<usize> {
+        None
+    }
     /// KV-pool blocks when `--kv-blocks` is not given: `--kv-memory` on the CPU, the memory plan
     /// from `--gpu-memory-utilization` on CUDA (reported on stderr).
     fn auto_kv_blocks(&self, model: &Model<Self>, s: &KvSizing) -> anyhow::Result<usize>;
@@ -252,6 +257,9 @@ impl<T: CudaDtype> EngineBackend for CudaBackend<T> {
         serde_json::to_value(self.gpu())
             .map(|v| vec![v])
             .unwrap_or_default()
+    }
+    fn cuda_ordinal(&self) -> Option<usize> {
+        Some(self.gpu().ordinal)
     }
     fn auto_kv_blocks(&self, model: &Model<Self>, s: &KvSizing) -> anyhow::Result<usize> {
         let plan = self.plan_memory(

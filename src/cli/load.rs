@@ -683,7 +683,8 @@ async fn run_step(
     tel.mark();
     let mut step = finish_step(name, plan, outcome, slo);
     if let Some(n) = chunk_counted(&step) {
-        line.bar.suspend(|| eprintln!("warning: {name}: {}", chunk_warning(n)));
+        line.bar
+            .suspend(|| eprintln!("warning: {name}: {}", chunk_warning(n)));
     }
     step.energy = step_energy(tel, &step, writer.results.target.streaming);
     writer.results.steps[idx] = step;
@@ -813,7 +814,8 @@ async fn run_load(a: LoadArgs) -> anyhow::Result<()> {
     results.client_timing.extend(timing);
     let out_path = a.out.clone().unwrap_or_else(|| default_out("load"));
     let epoch = Instant::now();
-    let mut tel = RunTelemetry::start(&a.telemetry, epoch)?;
+    // the server's GPUs are not ours to know: --gpus, else all
+    let mut tel = RunTelemetry::start(&a.telemetry, epoch, None)?;
     results.telemetry = load_section(&mut tel, &[], false);
     results.hardware.gpus = tel
         .gpus()

@@ -334,6 +334,13 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
     let (model, _tokenizer) = loaded.into_model(backend)?;
     model.set_graphs(!a.engine.no_cuda_graphs);
     let records_graphs = model.backend.can_capture();
+    // The engine's GPU (its NVML index) is what telemetry measures and prices by default.
+    let engine_gpu = model.backend.cuda_ordinal().map(|o| {
+        super::telemetry_opts::nvml_index_of_cuda_ordinal(
+            o,
+            std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
+        )
+    });
     let (backend_name, dtype, on, gpus) = (
         model.backend.name(),
         model.backend.dtype_name(),
@@ -357,7 +364,7 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
     };
     let epoch = Instant::now();
     let mut engine = Engine::new(model, engine_cfg, epoch)?;
-    let mut tel = RunTelemetry::start(&a.telemetry, epoch)?;
+    let mut tel = RunTelemetry::start(&a.telemetry, epoch, engine_gpu)?;
     let out_path = a.out.clone().unwrap_or_else(|| {
         let stamp = crate::util::utc_timestamp().replace(':', "");
         PathBuf::from("infermeter-results").join(format!("run-{stamp}.json"))

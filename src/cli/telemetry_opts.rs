@@ -25,9 +25,10 @@ pub struct TelemetryArgs {
     /// Telemetry sampling interval: 20ms, 0.1s, or milliseconds.
     #[arg(long, default_value = "20ms")]
     pub sample_interval: String,
-    /// GPUs to sample through NVML: all, or indices (0,1).
-    #[arg(long, default_value = "all")]
-    pub gpus: String,
+    /// GPUs to sample (and price) through NVML: all, or NVML indices (0,1). Default: for `run` on
+    /// the CUDA backend, the engine's GPU only; otherwise all.
+    #[arg(long)]
+    pub gpus: Option<String>,
     /// Devices whose energy is summed: auto (the GPUs when measured, else CPU packages and DRAM
     /// through RAPL), gpu, cpu or all.
     #[arg(long, default_value = "auto")]
@@ -54,7 +55,7 @@ impl Default for TelemetryArgs {
         Self {
             no_telemetry: false,
             sample_interval: "20ms".into(),
-            gpus: "all".into(),
+            gpus: None,
             energy_scope: "auto".into(),
             timeline_points: crate::telemetry::timeline::DEFAULT_MAX_POINTS,
             gpu_price: None,
@@ -94,9 +95,13 @@ pub fn parse_interval(text: &str) -> anyhow::Result<Duration> {
 
 impl TelemetryArgs {
     /// Check every option (before any work starts).
+    /// `--gpus` is checked here; without it the selection is `All` (see [`gpu_selection`]).
     pub fn validate(&self) -> anyhow::Result<(Duration, GpuSelection, EnergyScope)> {
         let interval = parse_interval(&self.sample_interval)?;
-        let gpus = GpuSelection::from_str(&self.gpus)?;
+        let gpus = match &self.gpus {
+            Some(g) => GpuSelection::from_str(g)?,
+            None => GpuSelection::All,
+        };
         let scope = EnergyScope::from_str(&self.energy_scope)?;
         if let Some(p) = self.gpu_price {
             if !(p.is_finite() && p >= 0.0) {
@@ -117,6 +122,42 @@ impl TelemetryArgs {
     }
 }
 
+/// The GPUs to measure and price: `--gpus` when given; else the engine's GPU when it runs on one
+/// (`engine_gpu`: its NVML index, see [`nvml_index_of_cuda_ordinal`]); else all. `None` for
+/// `engine_gpu` with a CUDA engine means its NVML index is unknown: all GPUs, with a warning.
+pub fn gpu_selection(
+    explicit: Option<&str>,
+    engine_gpu: Option<Option<u32>>,
+) -> anyhow::Result<(GpuSelection, Option<String>)> {
+    if let Some(g) = explicit {
+        return Ok((GpuSelection::from_str(g)?, None));
+    }
+    Ok(match engine_gpu {
+        None => (GpuSelection::All, None),
+        Some(Some(i)) => (GpuSelection::List(vec![i]), None),
+        Some(None) => (
+            GpuSelection::All,
+            Some(
+                "warning: the engine's GPU has no known NVML index (CUDA_VISIBLE_DEVICES names \
+                 GPUs by UUID or MIG): measuring and pricing every GPU; give --gpus N to measure \
+                 the engine's only"
+                    .into(),
+            ),
+        ),
+    })
+}
+
+/// The NVML index of CUDA device `ordinal`: the ordinal itself, or the `ordinal`-th entry of
+/// `CUDA_VISIBLE_DEVICES` when that lists indices; `None` when it lists UUIDs or MIG devices (or
+/// too few entries). Assumes CUDA enumerates in NVML's (PCI bus) order, as with
+/// `CUDA_DEVICE_ORDER=PCI_BUS_ID` or GPUs of one model.
+pub fn nvml_index_of_cuda_ordinal(ordinal: usize, cuda_visible: Option<&str>) -> Option<u32> {
+    match cuda_visible.map(str::trim).filter(|v| !v.is_empty()) {
+        None => u32::try_from(ordinal).ok(),
+        Some(list) => list.split(',').nth(ordinal)?.trim().parse::<u32>().ok(),
+    }
+}
+
 /// The telemetry of one `run` or `load`: the sampler (when on), what was found, and the energy
 /// options. `run` measures phases with [`RunTelemetry::after_phase`]; `load` measures its steps
 /// through [`RunTelemetry::snapshot`] and [`RunTelemetry::section_with`].
@@ -129,8 +170,18 @@ pub struct RunTelemetry {
 
 impl RunTelemetry {
     /// Open the sources and start sampling on `epoch` (the clock of the run's records).
-    pub fn start(a: &TelemetryArgs, epoch: Instant) -> anyhow::Result<Self> {
-        let (interval, gpus, scope) = a.validate()?;
+    /// `engine_gpu`: `Some` for an engine on a GPU (its NVML index, `None` when unknown), which is
+    /// then the default GPU selection, see [`gpu_selection`].
+    pub fn start(
+        a: &TelemetryArgs,
+        epoch: Instant,
+        engine_gpu: Option<Option<u32>>,
+    ) -> anyhow::Result<Self> {
+        let (interval, _, scope) = a.validate()?;
+        let (gpus, warning) = gpu_selection(a.gpus.as_deref(), engine_gpu)?;
+        if let Some(w) = warning {
+            eprintln!("{w}");
+        }
         let mut section = TelemetrySection {
             interval_s: interval.as_secs_f64(),
             energy_scope: scope,
@@ -453,9 +504,46 @@ mod tests {
     }
 
     #[test]
+    fn the_engines_gpu_is_the_default_selection() {
+        // CPU engine or load: all GPUs unless --gpus
+        assert_eq!(gpu_selection(None, None).unwrap().0, GpuSelection::All);
+        // a CUDA engine: its GPU only
+        let (sel, warn) = gpu_selection(None, Some(Some(3))).unwrap();
+        assert_eq!(sel, GpuSelection::List(vec![3]));
+        assert!(warn.is_none());
+        // --gpus wins either way
+        assert_eq!(
+            gpu_selection(Some("0,1"), Some(Some(3))).unwrap().0,
+            GpuSelection::List(vec![0, 1])
+        );
+        assert_eq!(
+            gpu_selection(Some("all"), Some(Some(3))).unwrap().0,
+            GpuSelection::All
+        );
+        // unknown index: all, said loudly
+        let (sel, warn) = gpu_selection(None, Some(None)).unwrap();
+        assert_eq!(sel, GpuSelection::All);
+        assert!(warn.unwrap().contains("--gpus"));
+        assert!(gpu_selection(Some("x"), None).is_err());
+    }
+
+    #[test]
+    fn cuda_ordinals_map_to_nvml_indices() {
+        assert_eq!(nvml_index_of_cuda_ordinal(0, None), Some(0));
+        assert_eq!(nvml_index_of_cuda_ordinal(2, Some("")), Some(2));
+        assert_eq!(nvml_index_of_cuda_ordinal(0, Some("3,1")), Some(3));
+        assert_eq!(nvml_index_of_cuda_ordinal(1, Some(" 3, 1 ")), Some(1));
+        assert_eq!(nvml_index_of_cuda_ordinal(2, Some("3,1")), None);
+        assert_eq!(
+            nvml_index_of_cuda_ordinal(0, Some("GPU-8f1e2c3a-aaaa-bbbb-cccc-0123456789ab")),
+            None
+        );
+    }
+
+    #[test]
     fn bad_telemetry_options_are_named() {
         let a = TelemetryArgs {
-            gpus: "0,x".into(),
+            gpus: Some("0,x".into()),
             ..Default::default()
         };
         assert!(a.validate().unwrap_err().to_string().contains("--gpus"));
