@@ -642,7 +642,10 @@ fn cli_chunk_counted_tokens_are_flagged_in_console_and_report() {
     let doc = validate_results(&out);
     assert_eq!(doc["steps"][0]["tokens"]["output_sources"]["chunks"], 4);
     assert!(err.contains("counted as stream chunks"), "{err}");
-    assert!(stdout.contains("WARNING: output tokens of 4 request(s)"), "{stdout}");
+    assert!(
+        stdout.contains("WARNING: output tokens of 4 request(s)"),
+        "{stdout}"
+    );
 
     let rep = dir.path().join("rep");
     let r = infermeter_cmd()

@@ -592,7 +592,10 @@ fn energy_from_telemetry_fills_the_energy_columns() {
         let f = &row.figures;
         assert_eq!(f.joules_per_output_token.value, m.j_per_output_token);
         assert_eq!(f.tokens_per_joule.value, m.tokens_per_j);
-        let steady = e.steady_state.as_ref().expect("a grid cell reaches its batch");
+        let steady = e
+            .steady_state
+            .as_ref()
+            .expect("a grid cell reaches its batch");
         let sm = steady.energy.as_ref().unwrap();
         assert!(steady.duration_s > 0.0 && steady.duration_s <= e.duration_s);
         assert_eq!(f.steady_tokens_per_joule.value, sm.tokens_per_j);

@@ -192,7 +192,10 @@ fn energy_per_phase_from_a_rapl_tree_at_known_power() {
     assert!((sd - summary_steady["duration_s"].as_f64().unwrap()).abs() < 1e-9);
     assert!(sd > 0.0 && sd <= dur + 1e-9, "{sd} of {dur}");
     let sj = st["energy"]["energy_j"].as_f64().unwrap();
-    assert!((sj - 48.0 * sd).abs() < 0.10 * 48.0 * sd, "{sj} J over {sd} s");
+    assert!(
+        (sj - 48.0 * sd).abs() < 0.10 * 48.0 * sd,
+        "{sj} J over {sd} s"
+    );
     let sw = &st["work"];
     let want_out = summary_steady["output_tokens_per_s"].as_f64().unwrap() * sd;
     assert!((sw["output_tokens"].as_f64().unwrap() - want_out).abs() < 1e-6 * want_out);
