@@ -37,7 +37,9 @@ pub struct SeqState {
     /// Leading tokens whose K/V are in the cache.
     pub num_computed: usize,
     pub num_preemptions: usize,
-    /// Tokens served from the prefix cache at the last admission.
+    /// Prompt tokens served from the prefix cache at the first admission. A recompute after a
+    /// preemption that finds the request's own blocks still cached is not a prefix hit: counting
+    /// it (over prompt and outputs) pushed the engine's hit rate past 100%.
     pub prefix_hit_tokens: usize,
 }
 
@@ -233,7 +235,9 @@ impl Scheduler {
                     .allocate(seq.id, &seq.tokens, hit, total)
                     .expect("can_allocate said yes");
                 seq.num_computed = hit;
-                seq.prefix_hit_tokens = hit;
+                if seq.num_preemptions == 0 {
+                    seq.prefix_hit_tokens = hit.min(seq.prompt_len);
+                }
                 plan.chunks.push(ScheduledChunk {
                     id: seq.id,
                     start: hit,

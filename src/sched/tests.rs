@@ -179,6 +179,32 @@ fn preemption_takes_the_most_recently_admitted_and_recomputes() {
 }
 
 #[test]
+fn a_recompute_finding_its_own_blocks_is_not_a_prefix_hit() {
+    // Distinct prompts, prefix caching on, a pool that forces preemptions: a preempted request's
+    // blocks stay cached, and its recompute finds them again (the KV manager counts those as hits;
+    // with distinct prompts they can only be recompute hits). Its prefix hits must stay 0.
+    let mut sim = Sim::new(6, 2, true, cfg(8, 64));
+    sim.add(1, vec![1, 2, 3], 7);
+    sim.add(2, vec![4, 5, 6], 7);
+    while sim.sched.has_work() {
+        sim.step(50);
+        for id in [1, 2] {
+            if let Some(s) = sim.sched.running_seq(id) {
+                assert_eq!(s.prefix_hit_tokens, 0, "request {id}");
+            }
+        }
+        assert!(sim.steps < 200);
+    }
+    assert!(sim.sched.total_preemptions() > 0, "meant to preempt");
+    assert!(
+        sim.sched.kv().stats().prefix_hit_tokens > 0,
+        "meant to recompute from cached blocks"
+    );
+    assert_eq!(sim.finished[&1], sequential(&[1, 2, 3], 7, 50));
+    assert_eq!(sim.finished[&2], sequential(&[4, 5, 6], 7, 50));
+}
+
+#[test]
 fn fcfs_head_blocks_smaller_requests_behind_it() {
     let mut sim = Sim::new(4, 2, false, cfg(8, 64));
     sim.add(1, vec![1; 5], 1); // 3 blocks
