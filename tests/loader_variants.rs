@@ -190,6 +190,39 @@ fn gqa_ratios_1_2_and_4() {
     }
 }
 
+/// `generation_config.json`'s `eos_token_id` (one id or a list) adds to config.json's: Llama 3
+/// Instruct lists `<|eot_id|>` only there. A bad id names that file.
+#[test]
+fn generation_config_adds_end_of_sequence_tokens() {
+    let dir = copy_model(&model_dir("tiny-llama-bf16"));
+    let base = infermeter::model::open(dir.path().to_str().unwrap())
+        .unwrap()
+        .config
+        .eos_token_ids;
+    let gen = dir.path().join("generation_config.json");
+    std::fs::write(&gen, r#"{"eos_token_id": [199, 7], "do_sample": false}"#).unwrap();
+    let merged = infermeter::model::open(dir.path().to_str().unwrap())
+        .unwrap()
+        .config
+        .eos_token_ids;
+    let mut want = base.clone();
+    for t in [199, 7] {
+        if !want.contains(&t) {
+            want.push(t);
+        }
+    }
+    assert_eq!(merged, want);
+    std::fs::write(&gen, r#"{"eos_token_id": 99999}"#).unwrap();
+    let err = infermeter::model::open(dir.path().to_str().unwrap())
+        .err()
+        .expect("an id outside the vocabulary is refused")
+        .to_string();
+    assert!(
+        err.contains("generation_config.json") && err.contains("eos_token_id"),
+        "{err}"
+    );
+}
+
 /// transformers 5.x style: RoPE settings in `rope_parameters`, no top-level `rope_theta`.
 #[test]
 fn transformers_5_rope_parameters() {

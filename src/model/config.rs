@@ -97,6 +97,33 @@ impl ModelConfig {
         Ok(config)
     }
 
+    /// Add the `eos_token_id`s of a `generation_config.json` (text `text`, named `file` in errors)
+    /// to the config's: transformers' `generate` stops on those, and some models list an
+    /// end-of-turn token only there (Llama 3 Instruct's `<|eot_id|>`). A file without the field
+    /// changes nothing.
+    pub fn merge_generation_config(&mut self, text: &str, file: &str) -> Result<()> {
+        let value: Value = serde_json::from_str(text).map_err(|source| Error::Json {
+            file: file.to_string(),
+            source,
+        })?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| Error::config(file, "<root>", "expected a JSON object"))?;
+        for tok in (Fields { obj, file }).token_list("eos_token_id")? {
+            if tok as usize >= self.vocab_size {
+                return Err(Error::config(
+                    file,
+                    "eos_token_id",
+                    format!("{tok} is outside the vocabulary of {}", self.vocab_size),
+                ));
+            }
+            if !self.eos_token_ids.contains(&tok) {
+                self.eos_token_ids.push(tok);
+            }
+        }
+        Ok(())
+    }
+
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_json_str(&text, &path.display().to_string())

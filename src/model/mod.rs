@@ -100,7 +100,13 @@ fn open_dir(dir: &Path) -> Result<ModelSource> {
             msg: "no config.json".into(),
         });
     }
-    let config = ModelConfig::from_file(&config_path)?;
+    let mut config = ModelConfig::from_file(&config_path)?;
+    let generation_path = dir.join("generation_config.json");
+    if generation_path.is_file() {
+        let text =
+            std::fs::read_to_string(&generation_path).map_err(|e| Error::io(&generation_path, e))?;
+        config.merge_generation_config(&text, &generation_path.display().to_string())?;
+    }
     let tokenizer_path = dir.join("tokenizer.json");
     let tokenizer = if tokenizer_path.is_file() {
         Some(Tokenizer::from_file(&tokenizer_path)?)
