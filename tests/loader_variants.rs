@@ -223,6 +223,53 @@ fn generation_config_adds_end_of_sequence_tokens() {
     );
 }
 
+/// A checkpoint with weights the config does not use is refused, naming them and the config field
+/// that likely disagrees: the forward pass would otherwise run without them (wrong numbers, no
+/// error). Buffers transformers ignores (RoPE's inv_freq) are allowed.
+#[test]
+fn weights_the_config_does_not_use_are_refused() {
+    let load = |dir: &Path| {
+        infermeter::model::load(dir.to_str().unwrap(), Default::default())
+            .err()
+            .map(|e| e.to_string())
+    };
+    // a config with fewer layers than the checkpoint
+    let dir = copy_model(&model_dir("tiny-llama-bf16"));
+    let mut cfg = read_config(dir.path());
+    cfg["num_hidden_layers"] = json!(2);
+    write_config(dir.path(), &cfg);
+    let err = load(dir.path()).expect("an unused layer is refused");
+    assert!(err.contains("model.layers.2."), "{err}");
+    assert!(err.contains("num_hidden_layers (2)"), "{err}");
+    // q/k/v biases in the checkpoint, attention_bias absent from the config
+    let dir = copy_model(&model_dir("tiny-llama-bf16"));
+    let mut ts = tensors(dir.path());
+    let q_rows = ts
+        .iter()
+        .find(|t| t.name == "model.layers.0.self_attn.q_proj.weight")
+        .unwrap()
+        .shape[0];
+    ts.push(OutTensor::f32(
+        "model.layers.0.self_attn.q_proj.bias",
+        vec![q_rows],
+        &vec![0.5; q_rows],
+    ));
+    // and a RoPE buffer, which is fine
+    ts.push(OutTensor::f32(
+        "model.layers.0.self_attn.rotary_emb.inv_freq",
+        vec![4],
+        &[1.0; 4],
+    ));
+    rewrite(dir.path(), &ts);
+    let err = load(dir.path()).expect("an unused bias is refused");
+    assert!(
+        err.contains("1 tensor the config does not use (model.layers.0.self_attn.q_proj.bias)"),
+        "{err}"
+    );
+    assert!(err.contains("attention_bias is false or absent"), "{err}");
+    assert!(err.contains("model.safetensors"), "names the file: {err}");
+}
+
 /// transformers 5.x style: RoPE settings in `rope_parameters`, no top-level `rope_theta`.
 #[test]
 fn transformers_5_rope_parameters() {

@@ -2,8 +2,9 @@
 //! described by `model.safetensors.index.json`. Tensors are read by name and converted to f32 on the
 //! host (the CPU reference computes in f32; the CUDA backend converts to its own dtype on upload).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Mutex;
 
 use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
@@ -69,6 +70,8 @@ pub struct TensorStore {
     shards: Vec<ShardFile>,
     /// tensor name -> shard index
     index: HashMap<String, usize>,
+    /// Names `read_f32` has returned, so a loader can find the tensors it never used.
+    read: Mutex<HashSet<String>>,
 }
 
 impl TensorStore {
@@ -175,6 +178,7 @@ impl TensorStore {
             location,
             shards,
             index,
+            read: Mutex::new(HashSet::new()),
         })
     }
 
@@ -188,6 +192,24 @@ impl TensorStore {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.index.keys().map(|s| s.as_str())
+    }
+
+    /// The file (shard) holding tensor `name`, if present.
+    pub fn file_of(&self, name: &str) -> Option<&str> {
+        Some(self.shards[*self.index.get(name)?].name.as_str())
+    }
+
+    /// The tensors no `read_f32` call has returned yet, sorted.
+    pub fn unread(&self) -> Vec<String> {
+        let read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<String> = self
+            .index
+            .keys()
+            .filter(|n| !read.contains(*n))
+            .cloned()
+            .collect();
+        names.sort();
+        names
     }
 
     /// The shape of tensor `name`, if present.
@@ -222,6 +244,10 @@ impl TensorStore {
             file: shard.name.clone(),
             dtype: format!("{:?}", info.dtype),
         })?;
+        self.read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string());
         Ok(HostTensor::new(info.shape.clone(), data))
     }
 }

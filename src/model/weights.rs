@@ -101,10 +101,81 @@ impl<T> ModelWeights<T> {
 
 /// Load weights from a checkpoint into the canonical layout, checking every shape.
 pub fn load_weights(cfg: &ModelConfig, store: &TensorStore) -> Result<ModelWeights<HostTensor>> {
-    match cfg.arch {
-        Arch::Gpt2 => load_gpt2(cfg, store),
-        Arch::Llama => load_llama(cfg, store),
+    let weights = match cfg.arch {
+        Arch::Gpt2 => load_gpt2(cfg, store)?,
+        Arch::Llama => load_llama(cfg, store)?,
+    };
+    check_all_used(cfg, store)?;
+    Ok(weights)
+}
+
+/// Refuse a checkpoint with weights the config does not use: the forward pass would run without
+/// them and give wrong numbers silently (q/k/v biases under `attention_bias: false`, a layer past
+/// `num_hidden_layers`). Buffers transformers itself ignores are allowed: RoPE's `inv_freq`,
+/// GPT-2's causal-mask `attn.bias` / `attn.masked_bias`, and a tied model's `lm_head.weight`.
+fn check_all_used(cfg: &ModelConfig, store: &TensorStore) -> Result<()> {
+    let ignorable = |n: &str| {
+        n.ends_with("rotary_emb.inv_freq")
+            || (cfg.arch == Arch::Gpt2
+                && (n.ends_with(".attn.bias") || n.ends_with(".attn.masked_bias")))
+            || (cfg.tie_word_embeddings && n == "lm_head.weight")
+    };
+    let unused: Vec<String> = store
+        .unread()
+        .into_iter()
+        .filter(|n| !ignorable(n))
+        .collect();
+    if unused.is_empty() {
+        return Ok(());
     }
+    let layer_of = |n: &str| -> Option<usize> {
+        let rest = n.split_once("layers.").or_else(|| n.split_once("h."))?.1;
+        rest.split('.').next()?.parse().ok()
+    };
+    let mut hints = Vec::new();
+    if unused
+        .iter()
+        .any(|n| layer_of(n).is_some_and(|l| l >= cfg.num_layers))
+    {
+        hints.push(format!(
+            "layers past num_hidden_layers ({}) are present",
+            cfg.num_layers
+        ));
+    }
+    if !cfg.attention_bias
+        && unused
+            .iter()
+            .any(|n| n.contains("self_attn.") && n.ends_with(".bias"))
+    {
+        hints.push("attention biases are present but attention_bias is false or absent".into());
+    }
+    if !cfg.mlp_bias
+        && unused
+            .iter()
+            .any(|n| n.contains(".mlp.") && n.ends_with(".bias"))
+    {
+        hints.push("MLP biases are present but mlp_bias is false or absent".into());
+    }
+    let shown: Vec<&str> = unused.iter().take(4).map(String::as_str).collect();
+    Err(crate::error::Error::Invalid(format!(
+        "{}: {} tensor{} the config does not use ({}{}){}: the model would run without {}; \
+         check config.json",
+        store.file_of(&unused[0]).unwrap_or(store.location()),
+        unused.len(),
+        if unused.len() == 1 { "" } else { "s" },
+        shown.join(", "),
+        if unused.len() > shown.len() {
+            ", …"
+        } else {
+            ""
+        },
+        if hints.is_empty() {
+            String::new()
+        } else {
+            format!(" — {}", hints.join("; "))
+        },
+        if unused.len() == 1 { "it" } else { "them" },
+    )))
 }
 
 fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTensor>> {
