@@ -255,3 +255,57 @@ fn bad_sampling_parameters() {
     assert!(!ok);
     assert_mentions(&err, &["top_p"]);
 }
+
+/// Host memory is checked before the expensive part: a KV pool larger than any machine's memory
+/// is refused with the arithmetic (not an allocator abort), and so is a model whose f32 host copy
+/// exceeds what this machine has available (checked only where that is the case here).
+#[test]
+fn host_memory_is_checked_up_front() {
+    let (ok, err) = run_cli(&[
+        "run",
+        "--backend",
+        "cpu",
+        "--kv-memory",
+        "2000GiB",
+        "--batch-size",
+        "1",
+        "--input-len",
+        "4",
+        "--output-len",
+        "2",
+        "--warmup",
+        "0",
+        "--no-telemetry",
+        "--out",
+        std::env::temp_dir()
+            .join("infermeter-kv-too-big.json")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(!ok);
+    assert_mentions(&err, &["GiB of host memory", "--kv-memory"]);
+    // llama-2-13b: 13.0 B parameters, 52 GB as f32
+    let need = 13_015_864_320u64 * 4;
+    match infermeter::telemetry::host::memory_available_bytes() {
+        Some(avail) if avail < need => {
+            let (ok, err) = run_cli(&[
+                "generate",
+                "--backend",
+                "cpu",
+                "--model",
+                "llama-2-13b",
+                "--dummy-weights",
+                "--ids",
+                "1,2",
+                "--max-tokens",
+                "1",
+            ]);
+            assert!(!ok);
+            assert_mentions(
+                &err,
+                &["llama-2-13b", "B parameters × 4 bytes", "host memory"],
+            );
+        }
+        other => println!("skipped the model check: {other:?} bytes available, llama-2-13b fits"),
+    }
+}

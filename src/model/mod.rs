@@ -103,8 +103,8 @@ fn open_dir(dir: &Path) -> Result<ModelSource> {
     let mut config = ModelConfig::from_file(&config_path)?;
     let generation_path = dir.join("generation_config.json");
     if generation_path.is_file() {
-        let text =
-            std::fs::read_to_string(&generation_path).map_err(|e| Error::io(&generation_path, e))?;
+        let text = std::fs::read_to_string(&generation_path)
+            .map_err(|e| Error::io(&generation_path, e))?;
         config.merge_generation_config(&text, &generation_path.display().to_string())?;
     }
     let tokenizer_path = dir.join("tokenizer.json");
@@ -139,6 +139,16 @@ fn open_embedded(m: &'static registry::EmbeddedModel) -> Result<ModelSource> {
 impl ModelSource {
     /// Read (or generate) the weights.
     pub fn load(self, opts: LoadOptions) -> Result<LoadedModel> {
+        // The host copy is f32 whatever the checkpoint's or the backend's dtype.
+        let params = self.config.num_parameters() as u64;
+        crate::telemetry::host::check_host_memory(
+            params * 4,
+            &format!(
+                "{}: {:.3} B parameters × 4 bytes (the f32 host copy of the weights)",
+                self.name,
+                params as f64 / 1e9
+            ),
+        )?;
         let (weights, weights_kind) = if opts.dummy_weights {
             (
                 weights::dummy_weights(&self.config, opts.dummy_seed),

@@ -13,6 +13,33 @@ pub struct HostInfo {
     pub simd: Vec<String>,
 }
 
+/// `MemAvailable` of /proc/meminfo in bytes (None where Linux does not tell it).
+pub fn memory_available_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuse to allocate `bytes` of host memory for `what` when the host says it has less available:
+/// the allocation would otherwise abort the process or wake the OOM killer, after minutes of
+/// loading. A host that does not tell is not checked.
+pub fn check_host_memory(bytes: u64, what: &str) -> crate::error::Result<()> {
+    match memory_available_bytes() {
+        Some(avail) if bytes > avail => Err(crate::error::Error::Invalid(format!(
+            "{what} needs {:.2} GiB of host memory; {:.2} GiB is available",
+            bytes as f64 / (1u64 << 30) as f64,
+            avail as f64 / (1u64 << 30) as f64
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl HostInfo {
     pub fn collect() -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

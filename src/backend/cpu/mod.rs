@@ -49,7 +49,24 @@ impl Backend for CpuBackend {
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; len])
+        let bytes = len.saturating_mul(4) as u64;
+        // Large buffers are the KV pool and the activations of a big step: check them against the
+        // host's available memory, and fail with an error rather than abort if the allocator says
+        // no (vec! aborts the process).
+        let what = || {
+            format!(
+                "a CPU buffer of {len} f32 (the KV pool is sized by --kv-memory or --kv-blocks, \
+                 activations by --max-num-batched-tokens)"
+            )
+        };
+        if bytes >= 1 << 28 {
+            crate::telemetry::host::check_host_memory(bytes, &what())?;
+        }
+        let mut v = Vec::new();
+        v.try_reserve_exact(len)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", what())))?;
+        v.resize(len, 0.0);
+        Ok(v)
     }
 
     fn download(&self, buf: &Vec<f32>, len: usize) -> Result<Vec<f32>> {
