@@ -230,6 +230,66 @@ fn bad_options_and_files_are_named() {
     let (ok, _, err) = run(&["--num-requests", "3", "--rate=-1"]);
     assert!(!ok);
     assert!(err.contains("rate"), "{err}");
+    // grid cells that can never run are refused before anything is loaded or measured
+    let (ok, _, err) = run(&[
+        "--input-len",
+        "300",
+        "--output-len",
+        "4",
+        "--batch-size",
+        "2",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "--input-len 300 + --output-len 4 = 304 tokens exceeds tiny-llama's context of 256"
+        ),
+        "{err}"
+    );
+    let (ok, _, err) = run(&[
+        "--input-len",
+        "20",
+        "--output-len",
+        "30",
+        "--kv-blocks",
+        "2",
+        "--batch-size",
+        "1",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("need 4 KV blocks of 16, the pool has 2"),
+        "{err}"
+    );
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let (ok, _, err) = run(&["--workload", empty.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("nothing to run"), "{err}");
+}
+
+/// Stream lengths drawn past the context are cut to fit, and the run says how many.
+#[test]
+fn stream_lengths_cut_to_the_context_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.json");
+    let (ok, _, err) = run(&[
+        "--num-requests",
+        "3",
+        "--input-len",
+        "300",
+        "--output-len",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("3 of 3 requests drawn longer than the model's context"),
+        "{err}"
+    );
+    let doc = validate_results(&out);
+    assert_eq!(doc["phases"][0]["params"]["clamped_to_context"], 3);
 }
 
 /// A request that cannot run (longer than the context) is recorded as failed; the run goes on.

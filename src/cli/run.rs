@@ -223,26 +223,98 @@ fn stream_plan(a: &RunArgs, n: usize, vocab: usize, context: usize) -> anyhow::R
         .map_err(|e| anyhow::anyhow!("--output-len: {e}"))?;
     let mut rng = ChaCha8Rng::seed_from_u64(a.sampling.seed);
     let offsets = arrivals(a, n)?;
-    let requests = offsets
-        .into_iter()
-        .map(|arrival_s| {
-            let o = output.sample(&mut rng).min(context - 1);
-            let i = input.sample(&mut rng).min(context - o);
-            PlannedRequest {
-                prompt_ids: workload::random_prompt_ids(i, vocab, &mut rng),
-                max_tokens: o,
-                arrival_s,
-            }
-        })
-        .collect();
+    // Lengths drawn past the context are cut to fit it (output first, then the prompt), counted,
+    // and said: the results' lengths are then not the distributions' alone.
+    let mut clamped = 0usize;
+    let mut requests = Vec::with_capacity(offsets.len());
+    for arrival_s in offsets {
+        let (o_drawn, i_drawn) = (output.sample(&mut rng), input.sample(&mut rng));
+        let o = o_drawn.min(context - 1);
+        let i = i_drawn.min(context - o);
+        clamped += usize::from(o != o_drawn || i != i_drawn);
+        requests.push(PlannedRequest {
+            prompt_ids: workload::random_prompt_ids(i, vocab, &mut rng),
+            max_tokens: o,
+            arrival_s,
+        });
+    }
+    if clamped > 0 {
+        eprintln!(
+            "warning: {clamped} of {n} requests drawn longer than the model's context of {context} \
+             tokens were cut to fit it (output first, then prompt); recorded as clamped_to_context"
+        );
+    }
     Ok(PhasePlan {
         concurrency: a.engine.max_num_seqs,
         name: "stream".into(),
         warmup: false,
         params: json!({"num_requests": n, "input_len": input.to_string(),
-            "output_len": output.to_string(), "rate": a.rate, "arrival": a.arrival}),
+            "output_len": output.to_string(), "rate": a.rate, "arrival": a.arrival,
+            "clamped_to_context": clamped}),
         requests,
     })
+}
+
+/// Refuse, before any weight is loaded, a run with nothing to do (an empty workload) and grid
+/// cells that can never run: prompt + output beyond the model's context. (The engine would reject
+/// every request of such a cell, and the run would end "complete" with nothing measured.) A
+/// workload file's requests are not refused here: a replayed trace keeps going, and a request the
+/// engine cannot serve is recorded as failed, as a server would answer it.
+fn check_lengths(
+    mode: &str,
+    plans: &[PhasePlan],
+    cfg: &crate::model::ModelConfig,
+    model: &str,
+) -> anyhow::Result<()> {
+    if plans.iter().all(|p| p.requests.is_empty()) {
+        bail!("nothing to run: no requests (an empty workload file?)");
+    }
+    if mode != "grid" {
+        return Ok(());
+    }
+    for plan in plans {
+        if let Some(r) = plan.requests.first() {
+            let total = r.prompt_ids.len() + r.max_tokens;
+            if total > cfg.max_context {
+                bail!(
+                    "grid cell `{}`: --input-len {} + --output-len {} = {total} tokens exceeds \
+                     {model}'s context of {}",
+                    plan.name,
+                    r.prompt_ids.len(),
+                    r.max_tokens,
+                    cfg.max_context
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuse grid cells whose requests can never fit the KV pool (after the pool is sized).
+fn check_pool(
+    mode: &str,
+    plans: &[PhasePlan],
+    num_blocks: usize,
+    block_size: usize,
+) -> anyhow::Result<()> {
+    if mode != "grid" {
+        return Ok(());
+    }
+    for plan in plans {
+        if let Some(r) = plan.requests.first() {
+            let need = (r.prompt_ids.len() + r.max_tokens).div_ceil(block_size.max(1));
+            if need > num_blocks {
+                bail!(
+                    "grid cell `{}`: {} prompt + {} output tokens need {need} KV blocks of \
+                     {block_size}, the pool has {num_blocks} (raise --kv-blocks or --kv-memory)",
+                    plan.name,
+                    r.prompt_ids.len(),
+                    r.max_tokens
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn workload_plan(
@@ -308,6 +380,7 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
     } else {
         ("grid", grid_plans(&a, cfg.vocab_size)?)
     };
+    check_lengths(mode, &plans, &cfg, &source.name)?;
     if let Some(path) = &a.save_workload {
         let reqs: Vec<WorkloadRequest> = plans
             .iter()
@@ -355,6 +428,7 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
             .backend
             .auto_kv_blocks(&model, &a.engine.kv_sizing()?)?,
     };
+    check_pool(mode, &plans, num_blocks, a.engine.block_size)?;
     let engine_cfg = EngineConfig {
         block_size: a.engine.block_size,
         num_blocks,
