@@ -7,16 +7,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
+    // The cause is part of the message and deliberately not a `source()` (a field named `source`
+    // would be): `{e:#}` printed it twice.
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
-    #[error("{file}: malformed JSON: {source}")]
+    #[error("{file}: malformed JSON: {cause}")]
     Json {
         file: String,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
 
     #[error("{file}: field `{field}`: {msg}")]
@@ -81,7 +83,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 

@@ -309,3 +309,19 @@ fn host_memory_is_checked_up_front() {
         other => println!("skipped the model check: {other:?} bytes available, llama-2-13b fits"),
     }
 }
+
+/// A tokenizer whose vocabulary outgrows the config's embedding (another model's tokenizer) is
+/// refused at open, naming tokenizer.json, instead of failing later at the first prompt with an
+/// id "outside the vocabulary".
+#[test]
+fn a_tokenizer_larger_than_the_vocabulary_is_named() {
+    let dir = copy_model(&model_dir("tiny-llama-bf16"));
+    let mut cfg = read_config(dir.path());
+    cfg["vocab_size"] = json!(256);
+    write_config(dir.path(), &cfg);
+    let err = infermeter::model::open(dir.path().to_str().unwrap())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert_mentions(&err, &["tokenizer.json", "more than the vocab_size of 256"]);
+}

@@ -75,7 +75,7 @@ impl ModelConfig {
     pub fn from_json_str(text: &str, file: &str) -> Result<Self> {
         let value: Value = serde_json::from_str(text).map_err(|source| Error::Json {
             file: file.to_string(),
-            source,
+            cause: source,
         })?;
         let obj = value
             .as_object()
@@ -104,7 +104,7 @@ impl ModelConfig {
     pub fn merge_generation_config(&mut self, text: &str, file: &str) -> Result<()> {
         let value: Value = serde_json::from_str(text).map_err(|source| Error::Json {
             file: file.to_string(),
-            source,
+            cause: source,
         })?;
         let obj = value
             .as_object()

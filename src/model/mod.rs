@@ -113,6 +113,24 @@ fn open_dir(dir: &Path) -> Result<ModelSource> {
     } else {
         None
     };
+    // A tokenizer whose ordinary vocabulary outgrows the embedding belongs to another model: plain
+    // text would encode to ids the model cannot embed. (Added special tokens past the embedding
+    // are left alone: some checkpoints carry unused ones.)
+    if let Some(t) = &tokenizer {
+        if t.base_vocab_size() > config.vocab_size {
+            return Err(Error::config(
+                &tokenizer_path.display().to_string(),
+                "model.vocab",
+                format!(
+                    "{} tokens, more than the vocab_size of {} in {}: is this the tokenizer of \
+                     another model?",
+                    t.base_vocab_size(),
+                    config.vocab_size,
+                    config_path.display()
+                ),
+            ));
+        }
+    }
     Ok(ModelSource {
         name: dir.display().to_string(),
         config,

@@ -98,7 +98,7 @@ impl TensorStore {
         let value: serde_json::Value =
             serde_json::from_str(&text).map_err(|source| Error::Json {
                 file: file.clone(),
-                source,
+                cause: source,
             })?;
         let map = value
             .get("weight_map")

@@ -54,6 +54,11 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Tokens of the model's own vocabulary, without added (special) tokens.
+    pub fn base_vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(false)
+    }
+
     pub fn source(&self) -> &str {
         &self.source
     }

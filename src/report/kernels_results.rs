@@ -147,7 +147,7 @@ impl KernelsWriter {
     pub fn save(&self) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(&self.results).map_err(|e| Error::Json {
             file: self.path.display().to_string(),
-            source: e,
+            cause: e,
         })?;
         crate::util::write_atomic(&self.path, &bytes)
     }
@@ -158,7 +158,7 @@ pub fn read_kernels_results(path: &Path) -> Result<KernelsResults> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let r: KernelsResults = serde_json::from_str(&text).map_err(|source| Error::Json {
         file: path.display().to_string(),
-        source,
+        cause: source,
     })?;
     if r.kind != KIND || r.schema_version != super::results::SCHEMA_VERSION {
         return Err(Error::Invalid(format!(

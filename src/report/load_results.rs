@@ -345,7 +345,7 @@ impl LoadResultsWriter {
         let t = Instant::now();
         let bytes = serde_json::to_vec(&self.results).map_err(|e| Error::Json {
             file: self.path.display().to_string(),
-            source: e,
+            cause: e,
         })?;
         crate::util::write_atomic(&self.path, &bytes)?;
         self.last_cost = t.elapsed();
@@ -359,7 +359,7 @@ pub fn read_load_results(path: &Path) -> Result<LoadResults> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let r: LoadResults = serde_json::from_str(&text).map_err(|source| Error::Json {
         file: path.display().to_string(),
-        source,
+        cause: source,
     })?;
     if r.schema_version != SCHEMA_VERSION || r.kind != "load" {
         return Err(Error::Invalid(format!(

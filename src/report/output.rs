@@ -34,7 +34,7 @@ pub fn render_plots(report: &mut Report) -> Vec<(String, String)> {
 pub fn to_json(report: &Report) -> Result<String> {
     serde_json::to_string_pretty(report).map_err(|e| Error::Json {
         file: "report.json".into(),
-        source: e,
+        cause: e,
     })
 }
 

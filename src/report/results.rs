@@ -223,7 +223,7 @@ impl ResultsWriter {
         }
         let bytes = serde_json::to_vec_pretty(&self.results).map_err(|e| Error::Json {
             file: self.path.display().to_string(),
-            source: e,
+            cause: e,
         })?;
         crate::util::write_atomic(&self.path, &bytes)?;
         self.last_write = Some(Instant::now());
@@ -262,7 +262,7 @@ pub fn read_results(path: &Path) -> Result<ResultsFile> {
     let file = path.display().to_string();
     let doc: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
         file: file.clone(),
-        source,
+        cause: source,
     })?;
     let Some(top) = doc.as_object() else {
         return Err(Error::config(

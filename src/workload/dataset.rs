@@ -82,7 +82,7 @@ pub fn read_sharegpt(path: &Path) -> Result<Vec<Conversation>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let items: Vec<ShareGptItem> = serde_json::from_str(&text).map_err(|source| Error::Json {
         file: path.display().to_string(),
-        source,
+        cause: source,
     })?;
     let convs: Vec<Conversation> = items
         .into_iter()

@@ -68,7 +68,7 @@ fn parse_line(path: &Path, lineno: usize, line: &str) -> Result<WorkloadRequest>
     // Syntax first, so that field errors below carry no misleading "line 1 column N" of their own.
     let value: serde_json::Value = serde_json::from_str(line).map_err(|source| Error::Json {
         file: at.clone(),
-        source,
+        cause: source,
     })?;
     let req: WorkloadRequest =
         serde_json::from_value(value).map_err(|e| Error::Invalid(format!("{at}: {e}")))?;
@@ -91,7 +91,7 @@ pub fn write_jsonl(path: &Path, reqs: &[WorkloadRequest]) -> Result<()> {
         })?;
         serde_json::to_writer(&mut bytes, req).map_err(|source| Error::Json {
             file: path.display().to_string(),
-            source,
+            cause: source,
         })?;
         bytes.push(b'\n');
     }
