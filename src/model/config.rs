@@ -70,16 +70,23 @@ pub struct ModelConfig {
     pub stored_dtype: Option<String>,
 }
 
+/// The JSON object `text` holds (`file` names it in errors: malformed, or not an object).
+fn json_object(text: &str, file: &str) -> Result<Map<String, Value>> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(obj)) => Ok(obj),
+        Ok(_) => Err(Error::config(file, "<root>", "expected a JSON object")),
+        Err(cause) => Err(Error::Json {
+            file: file.to_string(),
+            cause,
+        }),
+    }
+}
+
 impl ModelConfig {
     /// Parse the text of a `config.json`; `file` names it in errors.
     pub fn from_json_str(text: &str, file: &str) -> Result<Self> {
-        let value: Value = serde_json::from_str(text).map_err(|source| Error::Json {
-            file: file.to_string(),
-            cause: source,
-        })?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| Error::config(file, "<root>", "expected a JSON object"))?;
+        let obj = json_object(text, file)?;
+        let obj = &obj;
         let f = Fields { obj, file };
         let model_type = f.req_str("model_type")?;
         let config = match model_type.as_str() {
@@ -102,13 +109,8 @@ impl ModelConfig {
     /// end-of-turn token only there (Llama 3 Instruct's `<|eot_id|>`). A file without the field
     /// changes nothing.
     pub fn merge_generation_config(&mut self, text: &str, file: &str) -> Result<()> {
-        let value: Value = serde_json::from_str(text).map_err(|source| Error::Json {
-            file: file.to_string(),
-            cause: source,
-        })?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| Error::config(file, "<root>", "expected a JSON object"))?;
+        let obj = json_object(text, file)?;
+        let obj = &obj;
         for tok in (Fields { obj, file }).token_list("eos_token_id")? {
             if tok as usize >= self.vocab_size {
                 return Err(Error::config(
