@@ -290,6 +290,8 @@ struct Parsed {
     spec: SessionSpec,
     profile: Option<Profile>,
     ignore_eos: bool,
+    /// How the single step is driven; `None` for `--sweep`.
+    mode: Option<Mode>,
 }
 
 /// `--endpoint` if given, else the endpoint the `--url` path names, else completions; an
@@ -401,18 +403,32 @@ fn parse(a: &LoadArgs) -> anyhow::Result<Parsed> {
             _ => 0,
         };
     let num_sessions = a.num_prompts.unwrap_or(total.min(1000)).max(1);
-    // the load mode, checked before the client self-check and the server probe run
-    if !a.sweep {
-        match (a.rate, a.concurrency) {
+    // the load mode, decided before the client self-check and the server probe run
+    let open = |rate: f64| Mode::Open {
+        rate,
+        arrival,
+        max_concurrency: a.max_concurrency,
+    };
+    let mode = if a.sweep {
+        if arrival == Arrival::Burst {
+            bail!(
+                "--sweep runs rates: the burst arrival has none (use poisson, constant or gamma)"
+            );
+        }
+        None
+    } else {
+        Some(match (a.rate, a.concurrency) {
             (Some(_), Some(_)) => {
                 bail!("give --rate (open loop) or --concurrency (closed loop), not both")
             }
-            (None, None) if arrival != Arrival::Burst => {
+            (Some(r), None) => open(r),
+            (None, Some(c)) => Mode::Closed { concurrency: c },
+            (None, None) if arrival == Arrival::Burst => open(0.0),
+            (None, None) => {
                 bail!("give --rate R (open loop), --concurrency N (closed loop) or --sweep")
             }
-            _ => {}
-        }
-    }
+        })
+    };
     if a.prompt_ids && endpoint == Endpoint::Chat {
         bail!("--prompt-ids: the chat endpoint cannot take token-id prompts");
     }
@@ -428,6 +444,7 @@ fn parse(a: &LoadArgs) -> anyhow::Result<Parsed> {
         slo,
         profile,
         ignore_eos,
+        mode,
         spec: SessionSpec {
             source,
             input_len,
@@ -504,15 +521,6 @@ fn empty_step(name: &str, plan: &StepPlan, started_s: f64) -> LoadStep {
         saturation_reason: None,
         energy: None,
     }
-}
-
-/// Successful requests of `step` whose output tokens are the count of stream chunks (no usage
-/// from the server, no `--tokenizer`); `None` when there is none.
-fn chunk_counted(step: &LoadStep) -> Option<usize> {
-    step.tokens
-        .as_ref()
-        .and_then(|t| t.output_sources.get("chunks").copied())
-        .filter(|&n| n > 0)
 }
 
 fn chunk_warning(n: usize) -> String {
@@ -682,7 +690,7 @@ async fn run_step(
     outcome.warmup.sort_by_key(|r| r.record.id);
     tel.mark();
     let mut step = finish_step(name, plan, outcome, slo);
-    if let Some(n) = chunk_counted(&step) {
+    if let Some(n) = step.chunk_counted_outputs() {
         line.bar
             .suspend(|| eprintln!("warning: {name}: {}", chunk_warning(n)));
     }
@@ -863,12 +871,18 @@ async fn run_load(a: LoadArgs) -> anyhow::Result<()> {
         arrival: p.arrival,
         max_concurrency: a.max_concurrency,
     };
-    if a.sweep {
-        if p.arrival == Arrival::Burst {
-            bail!(
-                "--sweep runs rates: the burst arrival has none (use poisson, constant or gamma)"
-            );
-        }
+    if let Some(mode) = p.mode {
+        run_step(
+            &runner,
+            &base(mode),
+            "load",
+            &mut writer,
+            &mut line,
+            p.slo.as_ref(),
+            &mut tel,
+        )
+        .await?;
+    } else {
         let probe = base(Mode::Closed {
             concurrency: a.sweep_concurrency,
         });
@@ -926,28 +940,6 @@ async fn run_load(a: LoadArgs) -> anyhow::Result<()> {
             }
             writer.save(true)?;
         }
-    } else {
-        let mode = match (a.rate, a.concurrency) {
-            (Some(_), Some(_)) => {
-                bail!("give --rate (open loop) or --concurrency (closed loop), not both")
-            }
-            (Some(r), None) => open(r),
-            (None, Some(c)) => Mode::Closed { concurrency: c },
-            (None, None) if p.arrival == Arrival::Burst => open(0.0),
-            (None, None) => {
-                bail!("give --rate R (open loop), --concurrency N (closed loop) or --sweep")
-            }
-        };
-        run_step(
-            &runner,
-            &base(mode),
-            "load",
-            &mut writer,
-            &mut line,
-            p.slo.as_ref(),
-            &mut tel,
-        )
-        .await?;
     }
     line.bar.finish_and_clear();
     writer.results.telemetry = load_section(&mut tel, &writer.results.steps, true);
@@ -1106,7 +1098,7 @@ fn print_summary(r: &LoadResults) {
             let e: Vec<String> = s.errors.iter().map(|(k, n)| format!("{k}: {n}")).collect();
             println!("  errors: {}", e.join(", "));
         }
-        if let Some(n) = chunk_counted(s) {
+        if let Some(n) = s.chunk_counted_outputs() {
             println!("  WARNING: {}", chunk_warning(n));
         }
         if let Some(report) = &s.energy {

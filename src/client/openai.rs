@@ -671,34 +671,25 @@ impl OpenAiClient {
             // newline (the SSE spec joins such `data:` lines into one event). Take each line as
             // its own chunk when every line parses; otherwise report the original error.
             Err(e) if data.contains('\n') => {
-                let lines: Vec<&str> = data
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .collect();
-                let mut done = false;
-                if lines
-                    .iter()
-                    .any(|l| *l != "[DONE]" && serde_json::from_str::<Chunk>(l).is_err())
-                {
-                    return Err(RequestError::Malformed(format!(
-                        "{e}: {}",
-                        excerpt(data, 200)
-                    )));
-                }
-                for line in lines {
-                    if done {
+                // parse every line first: a line that does not parse leaves the event malformed
+                let mut chunks = Vec::new();
+                for line in data.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                    if line == "[DONE]" {
                         break;
                     }
-                    done = self.handle_event(
-                        &SseEvent {
-                            event: None,
-                            data: line.to_string(),
-                            id: None,
-                        },
-                        t,
-                        ex,
-                    )?;
+                    match serde_json::from_str::<Chunk>(line) {
+                        Ok(c) => chunks.push(c),
+                        Err(_) => {
+                            return Err(RequestError::Malformed(format!(
+                                "{e}: {}",
+                                excerpt(data, 200)
+                            )))
+                        }
+                    }
+                }
+                let done = data.lines().any(|l| l.trim() == "[DONE]");
+                for chunk in chunks {
+                    self.apply_chunk(chunk, t, ex)?;
                 }
                 Ok(done)
             }

@@ -195,6 +195,17 @@ pub struct LoadStep {
     pub energy: Option<crate::metrics::energy::EnergyReport>,
 }
 
+impl LoadStep {
+    /// Successful requests whose output tokens are the count of stream chunks (no usage from the
+    /// server, no `--tokenizer`); `None` when there is none.
+    pub fn chunk_counted_outputs(&self) -> Option<usize> {
+        self.tokens
+            .as_ref()
+            .and_then(|t| t.output_sources.get("chunks").copied())
+            .filter(|&n| n > 0)
+    }
+}
+
 /// The client's timing error, measured against the in-process mock server on loopback.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct TimingCheck {

@@ -9,7 +9,7 @@ use super::{
     hardware_key, hardware_text, measurement, params_text, request_figures, samples, Context,
 };
 use crate::metrics::energy::segments_from_requests;
-use crate::metrics::{RequestRecord, Slo};
+use crate::metrics::RequestRecord;
 use crate::report::compare::fingerprint;
 use crate::report::format::{duration, number};
 use crate::report::load_results::{LoadResults, LoadStep, TimingCheck};
@@ -59,11 +59,7 @@ pub fn part(ctx: &Context, r: &LoadResults) -> Part {
     }
 
     // The run's own SLO, for summaries recomputed from the records (an interrupted step's).
-    let run_slo = r
-        .config
-        .get("slo")
-        .and_then(|v| v.as_str())
-        .and_then(|t| t.parse::<Slo>().ok());
+    let run_slo = super::config_slo(&r.config);
 
     let mut rows = Vec::new();
     let mut step_rows = Vec::new();
@@ -146,11 +142,7 @@ pub fn part(ctx: &Context, r: &LoadResults) -> Part {
                     .unwrap_or("no reason recorded")
             ));
         }
-        let chunk_counted = st
-            .tokens
-            .as_ref()
-            .and_then(|t| t.output_sources.get("chunks").copied())
-            .filter(|&n| n > 0);
+        let chunk_counted = st.chunk_counted_outputs();
         let label = format!(
             "{} · {}{}{}",
             ctx.label,

@@ -30,6 +30,12 @@ pub const NO_TELEMETRY: &str = "no telemetry in this file";
 /// A phase's or step's records and summary; an interrupted one has no stored summary, so it is
 /// computed from the records it kept, with the run's SLO (goodput) and steady-state concurrency,
 /// and a note says so (`what`: "phase" or "step").
+/// The `--slo` a run or load file's stored command config holds, for summaries recomputed from
+/// its records (an interrupted phase's or step's); `None` without one.
+pub fn config_slo(config: &serde_json::Value) -> Option<crate::metrics::Slo> {
+    config.get("slo")?.as_str()?.parse().ok()
+}
+
 pub fn summary_or_recomputed(
     stored: Option<&RunSummary>,
     records: &[RequestRecord],

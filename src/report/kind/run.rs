@@ -43,11 +43,7 @@ pub fn part(ctx: &Context, r: &RunResults) -> Part {
     }
 
     // The run's own SLO, for summaries recomputed from the records (an interrupted phase's).
-    let run_slo = r
-        .config
-        .get("slo")
-        .and_then(Value::as_str)
-        .and_then(|t| t.parse::<crate::metrics::Slo>().ok());
+    let run_slo = super::config_slo(&r.config);
 
     let mut rows = Vec::new();
     let mut engine_rows = Vec::new();

@@ -196,6 +196,11 @@ fn cost(f: &mut Figures, m: &mut Measurement, w: &Window, opts: &Options) {
         }
     };
     let run_cost = w.report.and_then(|r| r.cost.as_ref());
+    let absent = |f: &mut Figures, m: &mut Measurement, why: &str| {
+        f.usd_per_m_input_tokens = Figure::absent(why);
+        f.usd_per_m_output_tokens = Figure::absent(why);
+        m.cost = format!("— {why}");
+    };
     if let Some(price) = opts.usd_per_gpu_hour {
         let gpus = run_cost
             .map(|c| c.num_gpus)
@@ -211,11 +216,9 @@ fn cost(f: &mut Figures, m: &mut Measurement, w: &Window, opts: &Options) {
         let Some((prefill_s, decode_s)) = split else {
             let why = w
                 .no_split_reason
-                .clone()
-                .unwrap_or_else(|| "no prefill/decode time split in this file".into());
-            f.usd_per_m_input_tokens = Figure::absent(why.clone());
-            f.usd_per_m_output_tokens = Figure::absent(why.clone());
-            m.cost = format!("— {why}");
+                .as_deref()
+                .unwrap_or("no prefill/decode time split in this file");
+            absent(f, m, why);
             return;
         };
         let usd_per_s = price * gpus / 3600.0;
@@ -234,14 +237,9 @@ fn cost(f: &mut Figures, m: &mut Measurement, w: &Window, opts: &Options) {
         );
         return;
     }
-    match run_cost {
-        Some(_) if w.no_split_reason.is_some() => {
-            let why = w.no_split_reason.clone().unwrap_or_default();
-            f.usd_per_m_input_tokens = Figure::absent(why.clone());
-            f.usd_per_m_output_tokens = Figure::absent(why.clone());
-            m.cost = format!("— {why}");
-        }
-        Some(c) => {
+    match (run_cost, &w.no_split_reason) {
+        (Some(_), Some(why)) => absent(f, m, why),
+        (Some(c), None) => {
             f.usd_per_m_input_tokens = Figure::or(c.usd_per_1m_input_tokens, "no input tokens");
             f.usd_per_m_output_tokens = Figure::or(c.usd_per_1m_output_tokens, "no output tokens");
             m.cost = format!(
@@ -250,12 +248,11 @@ fn cost(f: &mut Figures, m: &mut Measurement, w: &Window, opts: &Options) {
                 number(c.num_gpus)
             );
         }
-        None => {
-            let why = "no price given (run --gpu-price or report --usd-per-gpu-hour)";
-            f.usd_per_m_input_tokens = Figure::absent(why);
-            f.usd_per_m_output_tokens = Figure::absent(why);
-            m.cost = format!("— {why}");
-        }
+        (None, _) => absent(
+            f,
+            m,
+            "no price given (run --gpu-price or report --usd-per-gpu-hour)",
+        ),
     }
 }
 
