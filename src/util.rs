@@ -12,6 +12,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    if path.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{}: is a directory; a file path is needed to write to",
+            path.display()
+        )));
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let name = path
         .file_name()
@@ -22,7 +28,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
     f.sync_all().map_err(|e| Error::io(&tmp, e))?;
     drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    std::fs::rename(&tmp, path).map_err(|e| {
+        // Leave no `.NAME.tmp.PID` behind when the rename fails.
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
 }
 
 /// Parse a comma-separated list of token ids ("1,2, 3").
@@ -75,6 +85,23 @@ mod tests {
         assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(format_utc(1_795_405_204), "2026-11-23T03:40:04Z");
+    }
+
+    #[test]
+    fn write_atomic_refuses_a_directory_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out");
+        std::fs::create_dir(&target).unwrap();
+        let e = write_atomic(&target, b"x").unwrap_err().to_string();
+        assert!(e.contains("is a directory"), "{e}");
+        assert!(e.contains(&target.display().to_string()), "{e}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("out")]);
+        write_atomic(&dir.path().join("f"), b"x").unwrap();
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"x");
     }
 
     #[test]

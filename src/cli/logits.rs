@@ -1,6 +1,6 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Args;
 
 use super::backend::{BackendArgs, EngineBackend};
@@ -22,8 +22,28 @@ pub struct LogitsArgs {
 }
 
 pub fn run(a: LogitsArgs) -> anyhow::Result<()> {
+    // Before the model is read and the logits computed: a directory there failed only at the end,
+    // with the OS's bare "Is a directory" (or "Not a directory" for a trailing `/`).
+    check_out_file(&a.out)?;
     let backend = super::backend::open(&a.backend)?;
     super::backend::dispatch!(backend, b => run_on(a, b))
+}
+
+/// `--out` names the file to write: refuse an existing directory, or a path written as one.
+fn check_out_file(out: &Path) -> anyhow::Result<()> {
+    let text = out.to_string_lossy();
+    let what = if out.is_dir() {
+        "is a directory"
+    } else if text.ends_with('/') || text.ends_with(std::path::MAIN_SEPARATOR) {
+        "ends in a path separator, so it names a directory"
+    } else {
+        return Ok(());
+    };
+    bail!(
+        "--out {}: {what}; --out takes the path of the safetensors file to write (e.g. {})",
+        out.display(),
+        out.join("logits.safetensors").display()
+    )
 }
 
 fn run_on<B: EngineBackend>(a: LogitsArgs, backend: B) -> anyhow::Result<()> {
