@@ -97,7 +97,11 @@ __device__ __forceinline__ uint32_t pack2_elems(const T* lo, const T* hi) {
 // D(16x8, f32) += A(16x16, T, row-major) * B(16x8, T, column-major).
 __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
-#if IM_DTYPE == IM_DTYPE_BF16
+#if defined(IM_CPU_EMULATION)
+    // scripts/emulate-kernels: the instruction computed on the CPU from the PTX ISA's fragment
+    // layouts (tests/kernel_emulation/emu.h)
+    emu_mma_m16n8k16<T>(c, a, b0, b1);
+#elif IM_DTYPE == IM_DTYPE_BF16
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
         "{%8, %9}, {%0, %1, %2, %3};\n"

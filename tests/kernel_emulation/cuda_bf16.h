@@ -18,3 +18,9 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     u += 0x7fffu + ((u >> 16) & 1u);
     return {(unsigned short)(u >> 16)};
 }
+struct __nv_bfloat162 {
+    __nv_bfloat16 x, y;  // x in the low 16 bits
+};
+inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) {
+    return {__float2bfloat16_rn(a), __float2bfloat16_rn(b)};
+}

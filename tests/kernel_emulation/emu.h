@@ -1,24 +1,47 @@
 // emu.h — run CUDA kernel sources on the CPU, for checking kernels on machines without a GPU.
 //
-// The model: one std::thread per CUDA thread, one thread block at a time (blocks in x-fastest
-// order over a 3-D grid). __syncthreads is a barrier over the block's threads; the warp shuffles
-// (__shfl_sync, __shfl_xor_sync) exchange values through a per-warp slot table between two
-// barriers of the warp's 32 threads, so a kernel whose lanes do not all reach a shuffle deadlocks
-// here (on a GPU it is undefined behaviour with the full mask). __shared__ becomes `static`: one
-// copy per kernel function, shared by the block's threads, which is right because blocks run one
-// after another. What this cannot check: timing, the memory model between blocks, inline PTX
-// (mma.sync, ldmatrix, cp.async: attention_prefill.cu is not emulated), register pressure.
+// The model: one fiber (ucontext, its own stack) per CUDA thread, all on one OS thread, one thread
+// block at a time (blocks in x-fastest order over a 3-D grid). A fiber runs until it waits at a
+// barrier (__syncthreads, a warp shuffle, a warp-wide mma) or returns; the scheduler then runs the
+// next one, round robin, so a barrier costs two context switches per thread and no OS scheduling
+// (the std::thread version this replaces spent minutes in futex wake-ups on two cores). Execution is
+// deterministic and sequentially consistent.
+//   __syncthreads: a barrier over the block's threads still running (a returned thread leaves it,
+//     as with arrive_and_drop).
+//   __shfl_sync / __shfl_xor_sync: every lane publishes its value in a per-warp slot table and
+//     meets the warp at a barrier, then reads lane `src`'s slot. Two tables used alternately (by
+//     parity of the lane's exchange count) make one barrier per shuffle enough: a lane cannot
+//     reach exchange k + 2, which reuses exchange k's table, before every lane of the warp has
+//     arrived at exchange k + 1, and so has read exchange k.
+//   mma.sync m16n8k16 (emu_mma_m16n8k16): the same exchange with the lanes' A, B and C fragments;
+//     each lane then computes its own four outputs from the fragment layouts as the PTX ISA
+//     (9.7.14.5.8) defines them — written from the ISA, not from the kernel, so a kernel that
+//     packs its fragments differently fails.
+//   A kernel whose threads do not all reach a barrier (lanes skipping a shuffle, a __syncthreads
+//     under divergent control flow) is reported as a deadlock and aborts; on a GPU it is undefined.
+// __shared__ becomes `static`: one copy per kernel function, shared by the block's threads, which is
+// right because blocks run one after another. What this cannot check: timing, the memory model
+// between blocks, other inline PTX (ldmatrix, cp.async), register pressure.
 // Used by tests/kernel_emulation/*.cpp through scripts/emulate-kernels.
 #pragma once
 #include <algorithm>
-#include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <math.h>
 #include <memory>
-#include <thread>
+#include <ucontext.h>
 #include <vector>
+
+#include "cuda_bf16.h"
+#include "cuda_fp16.h"
+
+// Kernel sources test this to swap inline PTX for the emulated instruction (attention_prefill.cu's
+// mma); the architecture is the oldest the engine supports.
+#define IM_CPU_EMULATION 1
+#define __CUDA_ARCH__ 800
 
 #define __global__
 #define __device__
@@ -31,38 +54,151 @@
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
 };
-inline thread_local dim3 threadIdx;
-inline dim3 blockIdx, blockDim, gridDim;
+inline dim3 threadIdx, blockIdx, blockDim, gridDim;  // threadIdx: the running fiber's, set on switch
 
-inline std::barrier<>* g_block_barrier;
-inline std::vector<std::unique_ptr<std::barrier<>>> g_warp_barriers;
-inline uint64_t g_exchange[32][32];  // [warp][lane]: up to 1024 threads
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 
-inline void __syncthreads() { g_block_barrier->arrive_and_wait(); }
+namespace emu {
 
-// Publish v in this lane's slot, wait for the warp, read lane `src`'s slot, wait again (so no lane
-// overwrites a slot another lane has not read yet).
+struct Barrier {
+    unsigned expected = 0, arrived = 0, generation = 0;
+};
+
+struct Fiber {
+    ucontext_t context;
+    std::unique_ptr<char[]> stack;
+    unsigned tid = 0;
+    bool done = false;
+};
+
+constexpr size_t STACK_BYTES = 256 * 1024;  // per CUDA thread; untouched pages are never committed
+
+inline ucontext_t scheduler;
+inline std::vector<Fiber> fibers;  // the block's threads (stacks reused across launches)
+inline Fiber* current = nullptr;
+inline Barrier block_barrier;
+inline Barrier warp_barriers[32];
+inline uint64_t progress = 0;      // arrivals, releases and returns; a pass without any is a deadlock
+inline void (*invoke)(void*) = nullptr;
+inline void* kernel_call = nullptr;
+
+inline void yield() { swapcontext(&current->context, &scheduler); }
+
+inline void release(Barrier& b) {
+    b.arrived = 0;
+    ++b.generation;
+}
+
+inline void arrive_and_wait(Barrier& b) {
+    ++progress;
+    if (++b.arrived == b.expected) {
+        release(b);
+        return;
+    }
+    const unsigned generation = b.generation;
+    while (b.generation == generation) yield();
+}
+
+// A returned thread leaves the barrier; if everyone else is already waiting, that releases them.
+inline void leave(Barrier& b) {
+    --b.expected;
+    if (b.arrived != 0 && b.arrived == b.expected) release(b);
+}
+
+inline void fiber_main() {
+    Fiber* self = current;
+    invoke(kernel_call);
+    self->done = true;
+    ++progress;
+    leave(warp_barriers[self->tid / 32]);
+    leave(block_barrier);
+    swapcontext(&self->context, &scheduler);  // never resumed
+}
+
+// Per-lane exchange parity and the two slot tables (see the header comment).
+inline uint8_t parity[1024];
+inline uint64_t exchange[2][32][32];  // [parity][warp][lane]
+
 template <class V>
 V warp_exchange(V v, unsigned src) {
     static_assert(sizeof(V) <= sizeof(uint64_t), "shuffles move at most 8 bytes here");
-    const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const unsigned tid = threadIdx.x, lane = tid % 32, warp = tid / 32, par = parity[tid];
+    parity[tid] ^= 1;
     uint64_t bits = 0;
     std::memcpy(&bits, &v, sizeof(V));
-    g_exchange[warp][lane] = bits;
-    g_warp_barriers[warp]->arrive_and_wait();
-    const uint64_t got = g_exchange[warp][src % 32];
-    g_warp_barriers[warp]->arrive_and_wait();
+    exchange[par][warp][lane] = bits;
+    arrive_and_wait(warp_barriers[warp]);
+    const uint64_t got = exchange[par][warp][src % 32];
     V r;
     std::memcpy(&r, &got, sizeof(V));
     return r;
 }
+
+// One lane's operands of mma.m16n8k16 (f16/bf16 inputs, f32 accumulators).
+struct MmaFragments {
+    uint32_t a[4], b[2];
+};
+inline MmaFragments mma_slots[2][32][32];  // [parity][warp][lane]
+
+inline float as_float(__half h) { return __half2float(h); }
+inline float as_float(__nv_bfloat16 h) { return __bfloat162float(h); }
+
+// Element `half` (0: low 16 bits) of a register holding two E.
+template <class E>
+float element(uint32_t reg, unsigned half) {
+    const unsigned short bits = (unsigned short)(reg >> (16 * half));
+    E e;
+    std::memcpy(&e, &bits, 2);
+    return as_float(e);
+}
+
+}  // namespace emu
+
+inline void __syncthreads() { emu::arrive_and_wait(emu::block_barrier); }
+
 template <class V>
 V __shfl_sync(unsigned, V v, int src) {
-    return warp_exchange(v, unsigned(src));
+    return emu::warp_exchange(v, unsigned(src));
 }
 template <class V>
 V __shfl_xor_sync(unsigned, V v, int mask) {
-    return warp_exchange(v, (threadIdx.x % 32) ^ unsigned(mask));
+    return emu::warp_exchange(v, (threadIdx.x % 32) ^ unsigned(mask));
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32 c, a, {b0, b1}, c for the warp:
+// D (16x8) = A (16x16) B (16x8) + C. Fragment layouts from the PTX ISA, with groupID = lane >> 2 and
+// threadID_in_group = lane % 4:
+//   A: register i / 2 holds a_i (low half even i): row groupID (+8 for a2, a3, a6, a7),
+//      column threadID_in_group * 2 + (i & 1) (+8 for i >= 4)
+//   B: b_i: row (k) threadID_in_group * 2 + (i & 1) (+8 for i >= 2), column (n) groupID
+//   C/D: c_i: row groupID (+8 for i >= 2), column threadID_in_group * 2 + (i & 1)
+// E is the element type (__nv_bfloat16 or __half). Products are summed in f32 in k order.
+template <class E>
+void emu_mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    using namespace emu;
+    const unsigned tid = threadIdx.x, lane = tid % 32, warp = tid / 32, par = parity[tid];
+    parity[tid] ^= 1;
+    mma_slots[par][warp][lane] = {{a[0], a[1], a[2], a[3]}, {b0, b1}};
+    arrive_and_wait(warp_barriers[warp]);
+    const MmaFragments* f = mma_slots[par][warp];
+    auto A = [&](unsigned row, unsigned k) {
+        const unsigned owner = (row % 8) * 4 + (k % 8) / 2;
+        const unsigned reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+        return element<E>(f[owner].a[reg], k % 2);
+    };
+    auto B = [&](unsigned k, unsigned n) {
+        const unsigned owner = n * 4 + (k % 8) / 2;
+        return element<E>(f[owner].b[k >= 8 ? 1 : 0], k % 2);
+    };
+    for (unsigned i = 0; i < 4; ++i) {
+        const unsigned row = lane / 4 + (i >= 2 ? 8 : 0), n = (lane % 4) * 2 + (i % 2);
+        float acc = c[i];
+        for (unsigned k = 0; k < 16; ++k) acc += A(row, k) * B(k, n);
+        c[i] = acc;
+    }
 }
 
 inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
@@ -81,43 +217,57 @@ A min(A a, A b) { return b < a ? b : a; }
 template <class A>
 A max(A a, A b) { return a < b ? b : a; }
 
-// Run f (a call of the kernel with its arguments) as grid × block threads. The block's threads
-// are made once per launch and run the blocks one after another; each block gets fresh barriers,
-// since a thread that returns early leaves them for good (arrive_and_drop).
+// Run f (a call of the kernel with its arguments) as grid × block threads, the blocks one after
+// another; each block's threads start from the kernel's entry with fresh barriers.
 template <class F>
 void launch(dim3 grid, dim3 block, F f) {
+    using namespace emu;
+    if (block.x == 0 || block.x > 1024 || block.y != 1 || block.z != 1) {
+        std::fprintf(stderr, "emu: only 1-D blocks of 1..1024 threads (got %u x %u x %u)\n", block.x, block.y, block.z);
+        std::abort();
+    }
     gridDim = grid;
     blockDim = block;
-    const unsigned n = block.x, warps = (block.x + 31) / 32;
-    std::barrier<> start(n + 1), done(n + 1);  // main thread + the block's threads
-    std::unique_ptr<std::barrier<>> block_barrier;
-    bool finished = false;
-    std::vector<std::thread> threads;
-    for (unsigned t = 0; t < n; ++t)
-        threads.emplace_back([&, t] {
-            threadIdx = {t, 0, 0};
-            for (;;) {
-                start.arrive_and_wait();
-                if (finished) return;
-                f();
-                g_warp_barriers[t / 32]->arrive_and_drop();
-                block_barrier->arrive_and_drop();
-                done.arrive_and_wait();
-            }
-        });
+    invoke = [](void* call) { (*static_cast<F*>(call))(); };
+    kernel_call = &f;
+    const unsigned n = block.x, warps = (n + 31) / 32;
+    if (fibers.size() < n) fibers.resize(n);
     for (unsigned bz = 0; bz < grid.z; ++bz)
         for (unsigned by = 0; by < grid.y; ++by)
             for (unsigned bx = 0; bx < grid.x; ++bx) {
                 blockIdx = {bx, by, bz};
-                block_barrier = std::make_unique<std::barrier<>>(n);
-                g_block_barrier = block_barrier.get();
-                g_warp_barriers.clear();
-                for (unsigned w = 0; w < warps; ++w)
-                    g_warp_barriers.emplace_back(new std::barrier<>(std::min(32u, n - w * 32)));
-                start.arrive_and_wait();
-                done.arrive_and_wait();
+                block_barrier = {n, 0, 0};
+                for (unsigned w = 0; w < warps; ++w) warp_barriers[w] = {std::min(32u, n - w * 32), 0, 0};
+                std::memset(parity, 0, sizeof parity);
+                for (unsigned t = 0; t < n; ++t) {
+                    Fiber& fb = fibers[t];
+                    if (!fb.stack) fb.stack.reset(new char[STACK_BYTES]);
+                    fb.tid = t;
+                    fb.done = false;
+                    getcontext(&fb.context);
+                    fb.context.uc_stack.ss_sp = fb.stack.get();
+                    fb.context.uc_stack.ss_size = STACK_BYTES;
+                    fb.context.uc_link = nullptr;
+                    makecontext(&fb.context, fiber_main, 0);
+                }
+                for (unsigned running = n; running > 0;) {
+                    const uint64_t before = progress;
+                    running = 0;
+                    for (unsigned t = 0; t < n; ++t) {
+                        Fiber& fb = fibers[t];
+                        if (fb.done) continue;
+                        current = &fb;
+                        threadIdx = {t, 0, 0};
+                        swapcontext(&scheduler, &fb.context);
+                        running += !fb.done;
+                    }
+                    if (running > 0 && progress == before) {
+                        std::fprintf(stderr,
+                                     "emu: deadlock in block (%u, %u, %u): %u threads wait at a barrier "
+                                     "that the others never reach\n",
+                                     bx, by, bz, running);
+                        std::abort();
+                    }
+                }
             }
-    finished = true;
-    start.arrive_and_wait();
-    for (auto& th : threads) th.join();
 }
