@@ -370,3 +370,64 @@ fn a_tokenizer_larger_than_the_vocabulary_is_named() {
         .to_string();
     assert_mentions(&err, &["tokenizer.json", "more than the vocab_size of 256"]);
 }
+
+/// Added tokens (`added_tokens`) with ids at or past the config's vocab_size are refused at open,
+/// naming tokenizer.json, the token, its id and the vocab_size; added tokens whose ids fall inside
+/// the embedding (a padded vocab_size) are fine.
+#[test]
+fn added_tokens_outside_the_embedding_are_named() {
+    let add = |dir: &Path, contents: &[&str]| {
+        let path = dir.join("tokenizer.json");
+        let mut tok: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let added = tok["added_tokens"].as_array_mut().unwrap();
+        for (i, c) in contents.iter().enumerate() {
+            added.push(json!({
+                "id": 512 + i, "content": c, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true
+            }));
+        }
+        std::fs::write(&path, serde_json::to_string(&tok).unwrap()).unwrap();
+    };
+    let open = |dir: &Path| infermeter::model::open(dir.to_str().unwrap());
+
+    // The base vocabulary (512) fits the embedding (512); one added token past it does not.
+    let dir = copy_model(&model_dir("tiny-llama-bf16"));
+    add(dir.path(), &["<pad>"]);
+    let err = open(dir.path()).err().expect("refused").to_string();
+    assert_mentions(
+        &err,
+        &[
+            "tokenizer.json",
+            "`<pad>`",
+            "id 512",
+            "vocab_size",
+            "is 512",
+        ],
+    );
+
+    // Several: the first is named, the rest counted.
+    let dir = copy_model(&model_dir("tiny-llama-bf16"));
+    add(dir.path(), &["<pad>", "<sep>", "<cls>"]);
+    let err = open(dir.path()).err().expect("refused").to_string();
+    assert_mentions(&err, &["`<pad>`", "id 512", "2 more"]);
+
+    // A padded embedding with room for them: more tokens in all than the tokenizer's base
+    // vocabulary, every id inside the embedding.
+    let dir = copy_model(&model_dir("tiny-llama-bf16"));
+    add(dir.path(), &["<pad>", "<sep>", "<cls>"]);
+    let mut cfg = read_config(dir.path());
+    cfg["vocab_size"] = json!(515);
+    write_config(dir.path(), &cfg);
+    let src = open(dir.path()).unwrap();
+    let tok = src.tokenizer.unwrap();
+    assert_eq!(tok.vocab_size(), 515);
+    assert_eq!(tok.encode_no_special("<cls>").unwrap(), vec![514]);
+
+    // The fixtures and embedded models (an added token inside the base vocabulary) still open.
+    for name in ["tiny-llama", "tiny-gpt2"] {
+        open(&model_dir(name)).unwrap();
+        infermeter::model::open(name).unwrap();
+    }
+    open(&model_dir("tiny-llama-bf16")).unwrap();
+}

@@ -113,23 +113,13 @@ fn open_dir(dir: &Path) -> Result<ModelSource> {
     } else {
         None
     };
-    // A tokenizer whose ordinary vocabulary outgrows the embedding belongs to another model: plain
-    // text would encode to ids the model cannot embed. (Added special tokens past the embedding
-    // are left alone: some checkpoints carry unused ones.)
     if let Some(t) = &tokenizer {
-        if t.base_vocab_size() > config.vocab_size {
-            return Err(Error::config(
-                &tokenizer_path.display().to_string(),
-                "model.vocab",
-                format!(
-                    "{} tokens, more than the vocab_size of {} in {}: is this the tokenizer of \
-                     another model?",
-                    t.base_vocab_size(),
-                    config.vocab_size,
-                    config_path.display()
-                ),
-            ));
-        }
+        check_tokenizer_fits(
+            t,
+            &config,
+            &tokenizer_path.display().to_string(),
+            &config_path.display().to_string(),
+        )?;
     }
     Ok(ModelSource {
         name: dir.display().to_string(),
@@ -142,16 +132,72 @@ fn open_dir(dir: &Path) -> Result<ModelSource> {
 fn open_embedded(m: &'static registry::EmbeddedModel) -> Result<ModelSource> {
     let file = format!("{} (embedded)/config.json", m.name);
     let config = ModelConfig::from_json_str(m.config, &file)?;
+    let tokenizer_file = format!("{} (embedded)/tokenizer.json", m.name);
     let tokenizer = m
         .tokenizer
-        .map(|bytes| Tokenizer::from_bytes(bytes, &format!("{} (embedded)/tokenizer.json", m.name)))
+        .map(|bytes| Tokenizer::from_bytes(bytes, &tokenizer_file))
         .transpose()?;
+    if let Some(t) = &tokenizer {
+        check_tokenizer_fits(t, &config, &tokenizer_file, &file)?;
+    }
     Ok(ModelSource {
         name: m.name.to_string(),
         config,
         tokenizer,
         location: Location::Embedded(m),
     })
+}
+
+/// Refuse a tokenizer that can produce ids the embedding has no row for, instead of failing later
+/// at the first prompt with an id "outside the vocabulary".
+///
+/// - An ordinary vocabulary larger than `vocab_size` belongs to another model: plain text would
+///   encode to ids the model cannot embed.
+/// - An added token (`added_tokens`) whose id is `vocab_size` or more: any text containing it would.
+///   Only the ids count, not how many tokens there are: added tokens with ids inside the embedding
+///   (Llama 3's reserved specials, a padded embedding with room to spare) are fine, even where the
+///   count with added tokens exceeds `vocab_size`.
+fn check_tokenizer_fits(
+    t: &Tokenizer,
+    config: &ModelConfig,
+    tokenizer_file: &str,
+    config_file: &str,
+) -> Result<()> {
+    if t.base_vocab_size() > config.vocab_size {
+        return Err(Error::config(
+            tokenizer_file,
+            "model.vocab",
+            format!(
+                "{} tokens, more than the vocab_size of {} in {config_file}: is this the tokenizer \
+                 of another model?",
+                t.base_vocab_size(),
+                config.vocab_size,
+            ),
+        ));
+    }
+    let outside: Vec<(u32, String)> = t
+        .added_tokens()
+        .into_iter()
+        .filter(|&(id, _)| id as usize >= config.vocab_size)
+        .collect();
+    if let Some((id, content)) = outside.first() {
+        let more = match outside.len() - 1 {
+            0 => String::new(),
+            1 => " (and 1 more added token past it)".to_string(),
+            n => format!(" (and {n} more added tokens past it)"),
+        };
+        return Err(Error::config(
+            tokenizer_file,
+            "added_tokens",
+            format!(
+                "token `{content}` has id {id}, outside the embedding: the vocab_size in \
+                 {config_file} is {} (ids 0 to {}){more}",
+                config.vocab_size,
+                config.vocab_size.saturating_sub(1),
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl ModelSource {

@@ -59,6 +59,18 @@ impl Tokenizer {
         self.inner.get_vocab_size(false)
     }
 
+    /// The added tokens (`tokenizer.json`'s `added_tokens`) as (id, content), by id.
+    pub fn added_tokens(&self) -> Vec<(u32, String)> {
+        let mut tokens: Vec<(u32, String)> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .map(|(id, t)| (id, t.content))
+            .collect();
+        tokens.sort_unstable();
+        tokens
+    }
+
     pub fn source(&self) -> &str {
         &self.source
     }
