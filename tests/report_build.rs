@@ -13,7 +13,7 @@ use infermeter::report::build::{build, Options};
 use infermeter::report::format;
 use infermeter::report::model::{Figure, PlotData, Report, Row};
 use infermeter::report::output::{self, Format};
-use infermeter::report::results::{read_results, ResultsFile, RunResults};
+use infermeter::report::results::{read_results, EngineSummary, ResultsFile, RunResults};
 use infermeter::telemetry::source::Source as _;
 use infermeter::telemetry::synthetic::SyntheticSource;
 use infermeter::telemetry::{SourceStatus, TelemetrySection, TimelineBuilder};
@@ -118,23 +118,28 @@ fn assert_plots_drawn(dir: &Path, json: &Value, html: &str) -> Vec<String> {
     ids
 }
 
-#[test]
-fn fixtures_are_valid_results_files() {
+/// `doc` against `schemas/results.schema.json`: every error, with where it is.
+fn schema_errors(doc: &Value) -> Vec<String> {
     let schema: Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("schemas/results.schema.json")).unwrap(),
     )
     .unwrap();
     let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    validator
+        .iter_errors(doc)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect()
+}
+
+#[test]
+fn fixtures_are_valid_results_files() {
     let dir = repo().join("tests/fixtures/results");
     let mut n = 0;
     for e in std::fs::read_dir(&dir).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "json") {
             let doc: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-            let errors: Vec<String> = validator
-                .iter_errors(&doc)
-                .map(|e| format!("{e} at {}", e.instance_path()))
-                .collect();
+            let errors = schema_errors(&doc);
             assert!(errors.is_empty(), "{}: {errors:#?}", p.display());
             read_results(&p).unwrap_or_else(|e| panic!("{e}"));
             n += 1;
@@ -488,6 +493,38 @@ fn interrupted_run_is_reported_from_its_records() {
     let full = report_of(&["grid"]);
     let label = format!("grid · {name}");
     assert_eq!(row(&report, &label).figures, row(&full, &label).figures);
+}
+
+/// A phase in which no request was admitted looked no prompt token up: its prefix-cache hit rate
+/// is absent (null in the results file, which the schema allows; "—" in the engine table), not 0%.
+#[test]
+fn a_phase_with_nothing_admitted_has_no_prefix_hit_rate() {
+    let mut r = run_file("grid");
+    for p in &mut r.phases {
+        for q in &mut p.requests {
+            q.admitted_s = None;
+            q.prefix_hit_tokens = 0;
+        }
+        p.engine_summary = Some(EngineSummary::of(&p.steps, &p.requests));
+    }
+    let doc = serde_json::to_value(&r).unwrap();
+    for p in doc["phases"].as_array().unwrap() {
+        assert!(p["engine_summary"]["prefix_hit_rate"].is_null(), "{p}");
+    }
+    assert_eq!(schema_errors(&doc), Vec::<String>::new());
+
+    let engine_column = |report: &Report| -> Vec<String> {
+        let t = report.tables.iter().find(|t| t.id == "engine").unwrap();
+        let col = t.header.iter().position(|h| h == "prefix hits").unwrap();
+        t.rows.iter().map(|row| row[col].clone()).collect()
+    };
+    let files = vec![(fixture("grid"), ResultsFile::Run(Box::new(r)))];
+    let hits = engine_column(&build(&files, &Options::default()));
+    assert!(!hits.is_empty());
+    assert!(hits.iter().all(|h| h == "—"), "{hits:?}");
+    // The file as written (every request admitted, no shared prefix) keeps its 0%.
+    let hits = engine_column(&report_of(&["grid"]));
+    assert!(hits.iter().all(|h| h == "0%"), "{hits:?}");
 }
 
 /// Energy, power and GPU memory from a telemetry timeline (a synthetic GPU source through the

@@ -97,8 +97,9 @@ pub struct EngineSummary {
     pub max_batch_size: usize,
     pub preemptions: usize,
     pub peak_kv_blocks_used: usize,
-    /// Prompt tokens served from the prefix cache ÷ prompt tokens of admitted requests.
-    pub prefix_hit_rate: f64,
+    /// Prompt tokens served from the prefix cache ÷ prompt tokens of admitted requests; `None`
+    /// (null) when no request was admitted, so no prompt token was looked up.
+    pub prefix_hit_rate: Option<f64>,
 }
 
 impl EngineSummary {
@@ -115,7 +116,7 @@ impl EngineSummary {
             max_batch_size: 0,
             preemptions: 0,
             peak_kv_blocks_used: 0,
-            prefix_hit_rate: 0.0,
+            prefix_hit_rate: None,
         };
         for st in steps {
             let f = st.prefill_fraction();
@@ -139,9 +140,7 @@ impl EngineSummary {
         let admitted = || requests.iter().filter(|r| r.admitted_s.is_some());
         let prompt: usize = admitted().map(|r| r.record.prompt_tokens).sum();
         let hits: usize = admitted().map(|r| r.prefix_hit_tokens).sum();
-        if prompt > 0 {
-            s.prefix_hit_rate = hits as f64 / prompt as f64;
-        }
+        s.prefix_hit_rate = (prompt > 0).then(|| hits as f64 / prompt as f64);
         s
     }
 }
@@ -353,8 +352,21 @@ mod tests {
         // 3 of 8 admitted prompt tokens hit; the rejected request's 312 tokens never looked up.
         let reqs = [req(4, 0, true), req(4, 3, true), req(312, 0, false)];
         let s = EngineSummary::of(&[], &reqs);
-        assert_eq!(s.prefix_hit_rate, 3.0 / 8.0);
-        // nothing admitted: no prompt looked up, rate 0 (not NaN)
-        assert_eq!(EngineSummary::of(&[], &reqs[2..]).prefix_hit_rate, 0.0);
+        assert_eq!(s.prefix_hit_rate, Some(3.0 / 8.0));
+        // nothing admitted: no prompt looked up, so no rate (null in JSON; not 0, not NaN)
+        let none = EngineSummary::of(&[], &reqs[2..]);
+        assert_eq!(none.prefix_hit_rate, None);
+        let json = serde_json::to_value(&none).unwrap();
+        assert!(json["prefix_hit_rate"].is_null(), "{json}");
+        // admitted, but an empty prompt looked nothing up: no rate either
+        assert_eq!(
+            EngineSummary::of(&[], &[req(0, 0, true)]).prefix_hit_rate,
+            None
+        );
+        // a file written before the rate could be absent still reads
+        let mut old = json;
+        old["prefix_hit_rate"] = serde_json::json!(0.25);
+        let back: EngineSummary = serde_json::from_value(old).unwrap();
+        assert_eq!(back.prefix_hit_rate, Some(0.25));
     }
 }

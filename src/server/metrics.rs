@@ -124,12 +124,10 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std:
 }
 
 impl MetricsState {
-    pub(crate) fn prefix_hit_rate(&self) -> f64 {
-        if self.prefix_query_tokens == 0 {
-            0.0
-        } else {
-            self.prefix_hit_tokens as f64 / self.prefix_query_tokens as f64
-        }
+    /// Hits ÷ query tokens; `None` before any prompt token was looked up.
+    pub(crate) fn prefix_hit_rate(&self) -> Option<f64> {
+        (self.prefix_query_tokens > 0)
+            .then(|| self.prefix_hit_tokens as f64 / self.prefix_query_tokens as f64)
     }
 
     /// The Prometheus text exposition.
@@ -208,8 +206,10 @@ impl MetricsState {
             &mut o,
             "infermeter_prefix_cache_hit_rate",
             "gauge",
-            "Prefix-cache hit tokens / query tokens since start (0 when none).",
-            self.prefix_hit_rate(),
+            "Prefix-cache hit tokens / query tokens since start (NaN before any lookup).",
+            // Undefined until a prompt is looked up: NaN, as Prometheus' own clients expose an
+            // undefined value (a summary's quantiles before any observation), not a false 0.
+            self.prefix_hit_rate().unwrap_or(f64::NAN),
         );
         metric(
             &mut o,
@@ -329,6 +329,23 @@ mod tests {
         assert!(s.contains("x_bucket{le=\"1\"} 2\n"), "{s}");
         assert!(s.contains("x_bucket{le=\"+Inf\"} 3\n"), "{s}");
         assert!(s.contains("x_count 3\n"), "{s}");
+    }
+
+    #[test]
+    fn prefix_hit_rate_is_nan_until_a_lookup() {
+        let mut m = MetricsState::default();
+        assert_eq!(m.prefix_hit_rate(), None);
+        let text = m.render("m");
+        assert!(
+            text.contains("\ninfermeter_prefix_cache_hit_rate NaN\n"),
+            "{text}"
+        );
+        m.prefix_query_tokens = 8;
+        m.prefix_hit_tokens = 2;
+        assert_eq!(m.prefix_hit_rate(), Some(0.25));
+        assert!(m
+            .render("m")
+            .contains("\ninfermeter_prefix_cache_hit_rate 0.25\n"));
     }
 
     #[test]

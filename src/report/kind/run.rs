@@ -124,7 +124,10 @@ pub fn part(ctx: &Context, r: &RunResults) -> Part {
                 "{} / {}",
                 engine.peak_kv_blocks_used, r.engine.config.num_blocks
             ),
-            format!("{}%", sig(engine.prefix_hit_rate * 100.0)),
+            // absent when no prompt token was looked up (nothing admitted)
+            engine
+                .prefix_hit_rate
+                .map_or("—".into(), |r| format!("{}%", sig(r * 100.0))),
         ]);
         rows.push(Row {
             source: ctx.index,
@@ -145,7 +148,9 @@ pub fn part(ctx: &Context, r: &RunResults) -> Part {
         id: "engine".into(),
         title: "Reference engine: step totals".into(),
         caption: "Step time is split between prefill and decode in proportion to each step's \
-                  prefill and decode tokens; tokens/s are over that attributed time."
+                  prefill and decode tokens; tokens/s are over that attributed time. Prefix \
+                  hits: prompt tokens served from the prefix cache ÷ prompt tokens of admitted \
+                  requests, — when none was admitted."
             .into(),
         header: [
             "run",
