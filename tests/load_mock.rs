@@ -556,7 +556,7 @@ fn cli_runs_every_arrival_and_loop_and_writes_valid_results() {
 }
 
 #[test]
-fn cli_no_stream_has_no_tpot_no_split_and_refuses_a_tpot_slo() {
+fn cli_no_stream_has_no_tpot_no_split_and_refuses_a_ttft_or_tpot_slo() {
     let m = MockProcess::start(&["--ttft", "5ms", "--itl", "2ms"]);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("nostream.json");
@@ -574,12 +574,24 @@ fn cli_no_stream_has_no_tpot_no_split_and_refuses_a_tpot_slo() {
         "--out",
         out.to_str().unwrap(),
     ];
-    let (ok, _, err) = load(&[&base[..], &["--slo", "ttft=1s,tpot=1ms"]].concat());
-    assert!(!ok, "a tpot SLO without streaming must be refused");
-    assert!(
-        err.contains("--slo tpot cannot be checked with --no-stream"),
-        "{err}"
-    );
+    // TTFT without streaming is the time to the whole response, TPOT is not observed: an
+    // objective on either is refused before any request is sent (no results file), both named
+    // together when both are given.
+    for (slo, names) in [
+        ("tpot=1ms", "tpot"),
+        ("ttft=1s", "ttft"),
+        ("ttft=1s,e2el=10s", "ttft"),
+        ("ttft=1s,tpot=1ms", "ttft and tpot"),
+    ] {
+        let (ok, _, err) = load(&[&base[..], &["--slo", slo]].concat());
+        assert!(!ok, "--slo {slo} without streaming must be refused");
+        assert!(
+            err.contains(&format!("--slo {names} cannot be checked with --no-stream")),
+            "{slo}: {err}"
+        );
+        assert!(err.contains("Stream, or drop"), "{err}");
+        assert!(!out.exists(), "{slo}: refused at parse, nothing written");
+    }
 
     let (ok, stdout, err) = load(&[&base[..], &["--slo", "e2el=10s", "--gpu-price", "2"]].concat());
     assert!(ok, "{err}");

@@ -55,8 +55,8 @@ pub struct LoadArgs {
     #[serde(skip)]
     pub api_key: Option<String>,
     /// Do not stream: one JSON response per request. TTFT and E2EL are then both the time to the
-    /// whole response; TPOT, ITL and the prefill/decode split are not observed (and `--slo tpot` is
-    /// refused).
+    /// whole response; TPOT, ITL and the prefill/decode split are not observed (and `--slo ttft`
+    /// and `--slo tpot` are refused).
     #[arg(long)]
     pub no_stream: bool,
     /// Do not ask for usage in the stream (stream_options.include_usage).
@@ -314,6 +314,34 @@ fn resolve_endpoint(flag: Option<&str>, url: Option<&str>) -> anyhow::Result<End
     }
 }
 
+/// Under `--no-stream` a response arrives in one piece: its "first token" comes with the whole
+/// response (TTFT = E2EL) and no per-token time is observed (TPOT undefined). A ttft or tpot
+/// objective would be checked against a figure that is not what it names, so both are refused,
+/// together when both are given.
+fn refuse_unstreamed_slo(slo: &Slo) -> anyhow::Result<()> {
+    let mut names = Vec::new();
+    let mut why = Vec::new();
+    if slo.ttft_s.is_some() {
+        names.push("ttft");
+        why.push(
+            "its TTFT is the time to the whole response (= E2EL, which an e2el objective checks)",
+        );
+    }
+    if slo.tpot_s.is_some() {
+        names.push("tpot");
+        why.push("no per-token time is observed (TPOT is undefined, not 0)");
+    }
+    if names.is_empty() {
+        return Ok(());
+    }
+    let names = names.join(" and ");
+    bail!(
+        "--slo {names} cannot be checked with --no-stream: a non-streamed response arrives in one \
+         piece, so {}. Stream, or drop {names} from --slo",
+        why.join(", and ")
+    )
+}
+
 fn parse(a: &LoadArgs) -> anyhow::Result<Parsed> {
     let endpoint = resolve_endpoint(a.endpoint.as_deref(), a.url.as_deref())?;
     let arrival = Arrival::from_str(&a.arrival).map_err(|e| anyhow!("--arrival: {e}"))?;
@@ -338,12 +366,8 @@ fn parse(a: &LoadArgs) -> anyhow::Result<Parsed> {
         .as_deref()
         .map(|s| Slo::from_str(s).map_err(|e| anyhow!("--slo: {e}")))
         .transpose()?;
-    if a.no_stream && slo.as_ref().is_some_and(|s| s.tpot_s.is_some()) {
-        bail!(
-            "--slo tpot cannot be checked with --no-stream: a non-streamed response arrives in one \
-             piece, so no per-token time is observed (TPOT is undefined, not 0). Stream, or drop \
-             tpot from --slo"
-        );
+    if let (true, Some(s)) = (a.no_stream, &slo) {
+        refuse_unstreamed_slo(s)?;
     }
     let profile = a
         .profile
