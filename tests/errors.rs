@@ -375,7 +375,7 @@ fn a_tokenizer_larger_than_the_vocabulary_is_named() {
 /// naming tokenizer.json, the token, its id and the vocab_size; added tokens whose ids fall inside
 /// the embedding (a padded vocab_size) are fine.
 #[test]
-fn added_tokens_outside_the_embedding_are_named() {
+fn added_tokens_outside_the_embedding_are_warned_about_and_refused_in_prompts() {
     let add = |dir: &Path, contents: &[&str]| {
         let path = dir.join("tokenizer.json");
         let mut tok: serde_json::Value =
@@ -391,26 +391,61 @@ fn added_tokens_outside_the_embedding_are_named() {
     };
     let open = |dir: &Path| infermeter::model::open(dir.to_str().unwrap());
 
-    // The base vocabulary (512) fits the embedding (512); one added token past it does not.
+    // The base vocabulary (512) fits the embedding (512); an added token past it is warned about
+    // at open (real fine-tunes carry such a <pad>), and only a prompt containing it is refused.
     let dir = copy_model(&model_dir("tiny-llama-bf16"));
     add(dir.path(), &["<pad>"]);
-    let err = open(dir.path()).err().expect("refused").to_string();
+    open(dir.path()).expect("opens with a warning");
+    let model = dir.path().to_str().unwrap();
+    let (ok, stderr) = run_cli(&[
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "2",
+    ]);
+    assert!(ok, "{stderr}");
     assert_mentions(
-        &err,
+        &stderr,
         &[
+            "warning:",
             "tokenizer.json",
             "`<pad>`",
             "id 512",
             "vocab_size",
             "is 512",
+            "refused",
         ],
     );
+    let (ok, stderr) = run_cli(&[
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "Hello <pad>",
+        "--max-tokens",
+        "2",
+    ]);
+    assert!(!ok, "a prompt with the token must be refused");
+    assert_mentions(&stderr, &["512", "outside the vocabulary"]);
 
     // Several: the first is named, the rest counted.
     let dir = copy_model(&model_dir("tiny-llama-bf16"));
     add(dir.path(), &["<pad>", "<sep>", "<cls>"]);
-    let err = open(dir.path()).err().expect("refused").to_string();
-    assert_mentions(&err, &["`<pad>`", "id 512", "2 more"]);
+    let model = dir.path().to_str().unwrap();
+    let (ok, stderr) = run_cli(&[
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "2",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_mentions(&stderr, &["`<pad>`", "id 512", "2 more"]);
 
     // A padded embedding with room for them: more tokens in all than the tokenizer's base
     // vocabulary, every id inside the embedding.

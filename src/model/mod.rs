@@ -148,15 +148,16 @@ fn open_embedded(m: &'static registry::EmbeddedModel) -> Result<ModelSource> {
     })
 }
 
-/// Refuse a tokenizer that can produce ids the embedding has no row for, instead of failing later
-/// at the first prompt with an id "outside the vocabulary".
+/// Check a tokenizer against the embedding it feeds.
 ///
 /// - An ordinary vocabulary larger than `vocab_size` belongs to another model: plain text would
-///   encode to ids the model cannot embed.
-/// - An added token (`added_tokens`) whose id is `vocab_size` or more: any text containing it would.
-///   Only the ids count, not how many tokens there are: added tokens with ids inside the embedding
-///   (Llama 3's reserved specials, a padded embedding with room to spare) are fine, even where the
-///   count with added tokens exceeds `vocab_size`.
+///   encode to ids the model cannot embed. Refused.
+/// - Added tokens (`added_tokens`) with an id of `vocab_size` or more: only text containing them
+///   encodes outside the embedding, and real checkpoints carry such tokens (a fine-tune's `<pad>`
+///   added after the embedding was sized; transformers loads them too). Warned about at open, naming
+///   the tokens; a prompt that contains one is refused where prompts are checked ("outside the
+///   vocabulary"). Only ids count, not how many tokens there are: added tokens inside the embedding
+///   (Llama 3's reserved specials, a padded embedding) need nothing.
 fn check_tokenizer_fits(
     t: &Tokenizer,
     config: &ModelConfig,
@@ -175,29 +176,37 @@ fn check_tokenizer_fits(
             ),
         ));
     }
+    if let Some(w) = added_tokens_outside_warning(t, config.vocab_size, tokenizer_file, config_file)
+    {
+        eprintln!("warning: {w}");
+    }
+    Ok(())
+}
+
+/// The warning for added tokens whose ids fall outside an embedding of `vocab_size` rows, if any.
+fn added_tokens_outside_warning(
+    t: &Tokenizer,
+    vocab_size: usize,
+    tokenizer_file: &str,
+    config_file: &str,
+) -> Option<String> {
     let outside: Vec<(u32, String)> = t
         .added_tokens()
         .into_iter()
-        .filter(|&(id, _)| id as usize >= config.vocab_size)
+        .filter(|&(id, _)| id as usize >= vocab_size)
         .collect();
-    if let Some((id, content)) = outside.first() {
-        let more = match outside.len() - 1 {
-            0 => String::new(),
-            1 => " (and 1 more added token past it)".to_string(),
-            n => format!(" (and {n} more added tokens past it)"),
-        };
-        return Err(Error::config(
-            tokenizer_file,
-            "added_tokens",
-            format!(
-                "token `{content}` has id {id}, outside the embedding: the vocab_size in \
-                 {config_file} is {} (ids 0 to {}){more}",
-                config.vocab_size,
-                config.vocab_size.saturating_sub(1),
-            ),
-        ));
-    }
-    Ok(())
+    let (id, content) = outside.first()?;
+    let more = match outside.len() - 1 {
+        0 => String::new(),
+        1 => " (and 1 more added token past it)".to_string(),
+        n => format!(" (and {n} more added tokens past it)"),
+    };
+    Some(format!(
+        "{tokenizer_file}: added token `{content}` has id {id}, outside the embedding: the \
+         vocab_size in {config_file} is {vocab_size} (ids 0 to {}){more}; prompts containing it \
+         will be refused",
+        vocab_size.saturating_sub(1),
+    ))
 }
 
 impl ModelSource {
