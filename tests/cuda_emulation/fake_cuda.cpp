@@ -155,8 +155,35 @@ struct Program {
     std::string source, name;
     std::vector<std::pair<std::string, std::string>> headers;  // include name, text
     std::string log;
-    std::vector<char> image;
+    std::vector<char> image;  // CUBIN targets (sm_XX): the module's shared object
+    std::string ptx;          // PTX targets (compute_XX): see ptx_text
 };
+
+constexpr char PTX_MAGIC[] = "// emulated PTX";
+
+// What the emulated NVRTC returns for a PTX target: a text with the `.target` and an `.entry` line
+// per kernel (as real PTX has) and the module's shared object in hex, which cuModuleLoadData "JIT-compiles" back.
+std::string ptx_text(const std::string& arch, const std::vector<std::string>& kernels, const std::vector<char>& image) {
+    std::string t = std::string(PTX_MAGIC) + " (tests/cuda_emulation/fake_cuda.cpp)\n.target sm_" + arch + "\n";
+    for (auto& k : kernels) t += ".entry " + k + "\n";
+    t += "// image ";
+    static const char* hex = "0123456789abcdef";
+    for (unsigned char c : image) {
+        t += hex[c >> 4];
+        t += hex[c & 15];
+    }
+    return t + "\n";
+}
+
+std::vector<char> image_of_ptx(const char* text) {
+    std::vector<char> out;
+    const char* p = std::strstr(text, "// image ");
+    if (!p) return out;
+    p += 9;
+    auto nibble = [](char c) { return c <= '9' ? c - '0' : c - 'a' + 10; };
+    for (; p[0] && p[0] != '\n' && p[1]; p += 2) out.push_back(char(nibble(p[0]) << 4 | nibble(p[1])));
+    return out;
+}
 
 std::string emu_dir() {
     const char* v = std::getenv("FAKE_CUDA_EMU_DIR");
@@ -187,9 +214,15 @@ std::vector<std::string> kernel_names(const std::string& source) {
 
 int compile_program(Program& p, int num_options, const char* const* options) {
     std::string dtype;
+    bool ptx_target = false;
+    std::string arch = "80";
     for (int i = 0; i < num_options; ++i) {
         const std::string o = options[i];
         if (o.rfind("-DIM_DTYPE=", 0) == 0) dtype = o.substr(11);
+        if (o.rfind("--gpu-architecture=compute_", 0) == 0) {
+            ptx_target = true;
+            arch = o.substr(27);
+        }
     }
     char tmpl[] = "/tmp/fake-nvrtc-XXXXXX";
     if (!mkdtemp(tmpl)) {
@@ -213,7 +246,9 @@ int compile_program(Program& p, int num_options, const char* const* options) {
     }
     const char* cxx = std::getenv("FAKE_CUDA_CXX");
     const char* extra = std::getenv("FAKE_CUDA_CXXFLAGS");
-    const std::string cmd = std::string(cxx && *cxx ? cxx : "g++") + " -std=c++20 -O1 -w -shared -fPIC " +
+    // -march=native: a module runs where it is built; F16C makes each half conversion one
+    // instruction (libgcc's software conversion was a third of an f16 test's run time).
+    const std::string cmd = std::string(cxx && *cxx ? cxx : "g++") + " -std=c++20 -O1 -march=native -w -shared -fPIC " +
                             (extra ? extra : "") + " -I" + dir + " -I" + emu_dir() + " -I" + FAKE_CUDA_ABI_DIR +
                             (dtype.empty() ? "" : " -DIM_DTYPE=" + dtype) + " " + dir + "/fake_cuda_module.cpp -o " +
                             dir + "/module.so > " + dir + "/log.txt 2>&1";
@@ -225,6 +260,10 @@ int compile_program(Program& p, int num_options, const char* const* options) {
     }
     const std::string image = read_text(dir + "/module.so");
     p.image.assign(image.begin(), image.end());
+    if (ptx_target) {
+        p.ptx = ptx_text(arch, kernel_names(p.source), p.image);
+        p.image.clear();
+    }
     std::system(("rm -rf " + dir).c_str());
     return NVRTC_SUCCESS;
 }
@@ -468,6 +507,12 @@ CUresult cuEventElapsedTime_v2(float* ms, void* a, void* b) { return cuEventElap
 // ---- modules and launches ---------------------------------------------------------------------------
 CUresult cuModuleLoadData(void** module, const void* image) {
     LOCKED;
+    std::vector<char> from_ptx;
+    if (std::strncmp(static_cast<const char*>(image), PTX_MAGIC, sizeof PTX_MAGIC - 1) == 0) {
+        from_ptx = image_of_ptx(static_cast<const char*>(image));
+        if (from_ptx.empty()) return CUDA_ERROR_INVALID_IMAGE;
+        image = from_ptx.data();
+    }
     const size_t size = elf_size(image);
     if (size == 0) return CUDA_ERROR_INVALID_IMAGE;
     char path[] = "/tmp/fake-cuda-module-XXXXXX";
@@ -628,8 +673,12 @@ int nvrtcGetCUBIN(void* prog, char* out) {
     std::memcpy(out, img.data(), img.size());
     return NVRTC_SUCCESS;
 }
-int nvrtcGetPTXSize(void* prog, size_t* n) { return nvrtcGetCUBINSize(prog, n); }
-int nvrtcGetPTX(void* prog, char* out) { return nvrtcGetCUBIN(prog, out); }
+int nvrtcGetPTXSize(void* prog, size_t* n) { *n = static_cast<Program*>(prog)->ptx.size() + 1; return NVRTC_SUCCESS; }
+int nvrtcGetPTX(void* prog, char* out) {
+    auto& ptx = static_cast<Program*>(prog)->ptx;
+    std::memcpy(out, ptx.c_str(), ptx.size() + 1);
+    return NVRTC_SUCCESS;
+}
 int nvrtcGetProgramLogSize(void* prog, size_t* n) { *n = static_cast<Program*>(prog)->log.size() + 1; return NVRTC_SUCCESS; }
 int nvrtcGetProgramLog(void* prog, char* out) {
     auto& log = static_cast<Program*>(prog)->log;
