@@ -18,7 +18,7 @@
 // with their argument values as of capture and replayed by cuGraphLaunch; host<->device copies,
 // synchronisation and cuMemAlloc/cuMemFree during a capture fail with
 // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidate the capture, as the driver does for pageable
-// memory in global capture mode. Every entry point takes one process-wide lock: kernels run one at
+// memory (the capture mode decides whose allocations and synchronisations collide with it). Every entry point takes one process-wide lock: kernels run one at
 // a time.
 //
 // Environment: FAKE_CUDA_MEMORY_MIB (device memory, default 2048), FAKE_CUDA_SMS (multiprocessors,
@@ -40,6 +40,8 @@
 #include <regex>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <algorithm>
 #include <unistd.h>
 #include <vector>
 
@@ -98,14 +100,17 @@ std::map<uintptr_t, size_t>& allocations() {
 size_t allocated = 0;
 
 // ---- streams, capture and graphs ----------------------------------------------------------------
+enum : int { CAPTURE_MODE_GLOBAL = 0, CAPTURE_MODE_THREAD_LOCAL = 1, CAPTURE_MODE_RELAXED = 2 };
 struct Stream {
     bool capturing = false;
     bool invalidated = false;
+    int mode = CAPTURE_MODE_GLOBAL;
+    std::thread::id thread;  // the capturing thread
     std::vector<std::function<void()>> recorded;
 };
 Stream default_stream;
 Stream* stream_of(void* s) { return s ? static_cast<Stream*>(s) : &default_stream; }
-int capturing_streams = 0;
+std::vector<Stream*> capturing;  // streams in a capture
 
 struct Graph {
     std::vector<std::function<void()>> nodes;
@@ -122,14 +127,27 @@ CUresult enqueue(void* s, std::function<void()> work) {
     return CUDA_SUCCESS;
 }
 
-// An operation a capture does not allow: fails and invalidates the capture(s) in progress.
+// Whether an operation a capture does not allow must fail now (it then invalidates the capture it
+// collides with): one on a capturing stream always; an "unsafe" call that names no stream
+// (allocation, free, context synchronisation: any_stream) while a capture in global mode is in
+// progress on any thread, or in thread-local mode on this thread. Relaxed captures allow them.
 bool refuse_during_capture(void* s, bool any_stream) {
     Stream* st = stream_of(s);
     if (st->capturing) {
         st->invalidated = true;
         return true;
     }
-    return any_stream && capturing_streams > 0;
+    if (!any_stream) return false;
+    bool refuse = false;
+    for (Stream* c : capturing) {
+        const bool applies = c->mode == CAPTURE_MODE_GLOBAL ||
+                             (c->mode == CAPTURE_MODE_THREAD_LOCAL && c->thread == std::this_thread::get_id());
+        if (applies) {
+            c->invalidated = true;
+            refuse = true;
+        }
+    }
+    return refuse;
 }
 
 // ---- modules ------------------------------------------------------------------------------------------
@@ -380,7 +398,7 @@ CUresult cuCtxGetFlags(unsigned* f) { *f = 0; return CUDA_SUCCESS; }
 CUresult cuCtxGetApiVersion(void*, unsigned* v) { *v = 13000; return CUDA_SUCCESS; }
 CUresult cuCtxSynchronize() {
     LOCKED;
-    return capturing_streams > 0 ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
+    return refuse_during_capture(nullptr, true) ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
 }
 
 CUresult cuGetErrorString(CUresult e, const char** s) {
@@ -588,14 +606,17 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
 }
 
 // ---- capture and graphs --------------------------------------------------------------------------------
-CUresult cuStreamBeginCapture_v2(void* s, int) {
+CUresult cuStreamBeginCapture_v2(void* s, int mode) {
     LOCKED;
     Stream* st = stream_of(s);
-    if (st->capturing) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    // the legacy NULL stream cannot be captured
+    if (!s || st->capturing) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     st->capturing = true;
     st->invalidated = false;
+    st->mode = mode;
+    st->thread = std::this_thread::get_id();
     st->recorded.clear();
-    ++capturing_streams;
+    capturing.push_back(st);
     return CUDA_SUCCESS;
 }
 CUresult cuStreamBeginCapture(void* s, int mode) { return cuStreamBeginCapture_v2(s, mode); }
@@ -604,7 +625,7 @@ CUresult cuStreamEndCapture(void* s, void** graph) {
     Stream* st = stream_of(s);
     if (!st->capturing) return CUDA_ERROR_INVALID_VALUE;
     st->capturing = false;
-    --capturing_streams;
+    capturing.erase(std::find(capturing.begin(), capturing.end(), st));
     if (st->invalidated) {
         st->recorded.clear();
         *graph = nullptr;
