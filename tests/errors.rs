@@ -396,16 +396,19 @@ fn added_tokens_outside_the_embedding_are_warned_about_and_refused_in_prompts() 
     let dir = copy_model(&model_dir("tiny-llama-bf16"));
     add(dir.path(), &["<pad>"]);
     open(dir.path()).expect("opens with a warning");
-    let model = dir.path().to_str().unwrap();
-    let (ok, stderr) = run_cli(&[
-        "generate",
-        "--model",
-        model,
-        "--prompt",
-        "Hello",
-        "--max-tokens",
-        "2",
-    ]);
+    let generate = |dir: &Path, prompt: &str| {
+        let model = dir.to_str().unwrap();
+        run_cli(&[
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "2",
+        ])
+    };
+    let (ok, stderr) = generate(dir.path(), "Hello");
     assert!(ok, "{stderr}");
     assert_mentions(
         &stderr,
@@ -419,31 +422,14 @@ fn added_tokens_outside_the_embedding_are_warned_about_and_refused_in_prompts() 
             "refused",
         ],
     );
-    let (ok, stderr) = run_cli(&[
-        "generate",
-        "--model",
-        model,
-        "--prompt",
-        "Hello <pad>",
-        "--max-tokens",
-        "2",
-    ]);
+    let (ok, stderr) = generate(dir.path(), "Hello <pad>");
     assert!(!ok, "a prompt with the token must be refused");
     assert_mentions(&stderr, &["512", "outside the vocabulary"]);
 
     // Several: the first is named, the rest counted.
     let dir = copy_model(&model_dir("tiny-llama-bf16"));
     add(dir.path(), &["<pad>", "<sep>", "<cls>"]);
-    let model = dir.path().to_str().unwrap();
-    let (ok, stderr) = run_cli(&[
-        "generate",
-        "--model",
-        model,
-        "--prompt",
-        "Hello",
-        "--max-tokens",
-        "2",
-    ]);
+    let (ok, stderr) = generate(dir.path(), "Hello");
     assert!(ok, "{stderr}");
     assert_mentions(&stderr, &["`<pad>`", "id 512", "2 more"]);
 
