@@ -128,6 +128,10 @@ struct Fiber {
     std::unique_ptr<char[]> stack;
     unsigned tid = 0;
     bool done = false;
+    // The barrier this fiber waits at and its generation then: the scheduler does not switch into
+    // a fiber whose barrier has not been released since (most of a barrier-heavy kernel's passes).
+    const Barrier* waiting = nullptr;
+    unsigned wait_generation = 0;
 };
 
 constexpr size_t STACK_BYTES = 256 * 1024;  // per CUDA thread; untouched pages are never committed
@@ -155,7 +159,11 @@ inline void arrive_and_wait(Barrier& b) {
         return;
     }
     const unsigned generation = b.generation;
+    Fiber* self = current;
+    self->waiting = &b;
+    self->wait_generation = generation;
     while (b.generation == generation) yield();
+    self->waiting = nullptr;
 }
 
 // A returned thread leaves the barrier; if everyone else is already waiting, that releases them.
@@ -300,6 +308,7 @@ void launch(dim3 grid, dim3 block, F f) {
                     if (!fb.stack) fb.stack.reset(new char[STACK_BYTES]);
                     fb.tid = t;
                     fb.done = false;
+                    fb.waiting = nullptr;
                     make_context(fb.context, fb.stack.get(), STACK_BYTES, fiber_main);
                 }
                 for (unsigned running = n; running > 0;) {
@@ -308,6 +317,10 @@ void launch(dim3 grid, dim3 block, F f) {
                     for (unsigned t = 0; t < n; ++t) {
                         Fiber& fb = fibers[t];
                         if (fb.done) continue;
+                        if (fb.waiting && fb.waiting->generation == fb.wait_generation) {
+                            ++running;  // still blocked
+                            continue;
+                        }
                         current = &fb;
                         threadIdx = {t, 0, 0};
                         switch_context(scheduler, fb.context);
