@@ -243,43 +243,30 @@ fn prompt_longer_than_context() {
 fn logits_out_naming_a_directory_is_refused_up_front() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
-    let (ok, err) = run_cli(&[
-        "logits",
-        "--model",
-        "tiny-gpt2",
-        "--ids",
-        "1,2",
-        "--out",
-        &d,
-    ]);
+    let logits_to = |out: &str| {
+        run_cli(&[
+            "logits",
+            "--model",
+            "tiny-gpt2",
+            "--ids",
+            "1,2",
+            "--out",
+            out,
+        ])
+    };
+    let (ok, err) = logits_to(&d);
     assert!(!ok);
     assert_mentions(&err, &["--out", &d, "is a directory", "file"]);
     // A path written as a directory (trailing `/`) is refused too, not written as `x` or left as
     // a temporary file.
     let slash = format!("{}/x/", d);
-    let (ok, err) = run_cli(&[
-        "logits",
-        "--model",
-        "tiny-gpt2",
-        "--ids",
-        "1,2",
-        "--out",
-        &slash,
-    ]);
+    let (ok, err) = logits_to(&slash);
     assert!(!ok);
     assert_mentions(&err, &["--out", &slash, "directory"]);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     // A file path inside it is fine.
     let file = dir.path().join("l.safetensors");
-    let (ok, err) = run_cli(&[
-        "logits",
-        "--model",
-        "tiny-gpt2",
-        "--ids",
-        "1,2",
-        "--out",
-        file.to_str().unwrap(),
-    ]);
+    let (ok, err) = logits_to(file.to_str().unwrap());
     assert!(ok, "{err}");
     assert!(file.is_file());
 }
