@@ -182,6 +182,27 @@ fn info_reports_gpus_and_libraries() {
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(j["cuda"]["build_api"].is_string(), "{j}");
     assert!(j["cuda"]["nvrtc"]["loads"].is_boolean(), "{j}");
+    if gpu() {
+        // the UUID telemetry finds the engine's GPU by, in NVML's spelling
+        let uuid = j["cuda"]["gpus"][0]["uuid"].as_str().unwrap_or_default();
+        let groups: Vec<usize> = uuid
+            .strip_prefix("GPU-")
+            .unwrap_or_default()
+            .split('-')
+            .map(|g| {
+                let hex = g
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+                if hex {
+                    g.len()
+                } else {
+                    0
+                }
+            })
+            .collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "uuid {uuid:?} in {j}");
+        assert!(text.contains(&format!("({uuid})")), "{text}");
+    }
 }
 
 /// The run-time compile path itself (in-memory headers, include folder discovery, CUBIN extraction,

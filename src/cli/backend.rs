@@ -141,9 +141,9 @@ pub trait EngineBackend: Backend + Sized + 'static {
     fn gpus(&self) -> Vec<serde_json::Value> {
         Vec::new()
     }
-    /// The CUDA device ordinal the engine runs on (`None` for the CPU): telemetry measures and
-    /// prices that GPU by default.
-    fn cuda_ordinal(&self) -> Option<usize> {
+    /// The CUDA device the engine runs on, its ordinal and UUID (`None` for the CPU): telemetry
+    /// measures and prices that GPU by default.
+    fn cuda_device(&self) -> Option<(usize, Option<String>)> {
         None
     }
     /// KV-pool blocks when `--kv-blocks` is not given: `--kv-memory` on the CPU, the memory plan
@@ -258,8 +258,8 @@ impl<T: CudaDtype> EngineBackend for CudaBackend<T> {
             .map(|v| vec![v])
             .unwrap_or_default()
     }
-    fn cuda_ordinal(&self) -> Option<usize> {
-        Some(self.gpu().ordinal)
+    fn cuda_device(&self) -> Option<(usize, Option<String>)> {
+        Some((self.gpu().ordinal, self.gpu().uuid.clone()))
     }
     fn auto_kv_blocks(&self, model: &Model<Self>, s: &KvSizing) -> anyhow::Result<usize> {
         let plan = self.plan_memory(
@@ -293,9 +293,10 @@ pub fn cuda_info_lines(p: &cuda::CudaProbe) -> Vec<String> {
     }
     for g in &p.gpus {
         out.push(format!(
-            "GPU {}:    {}, compute capability {}.{} ({}), {} SMs, {} total{}; {driver}",
+            "GPU {}:    {}{}, compute capability {}.{} ({}), {} SMs, {} total{}; {driver}",
             g.ordinal,
             g.name,
+            g.uuid.as_ref().map_or(String::new(), |u| format!(" ({u})")),
             g.compute_capability.0,
             g.compute_capability.1,
             g.arch(),

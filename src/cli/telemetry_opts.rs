@@ -138,13 +138,27 @@ pub fn gpu_selection(
         Some(None) => (
             GpuSelection::All,
             Some(
-                "warning: the engine's GPU has no known NVML index (CUDA_VISIBLE_DEVICES names \
-                 GPUs by UUID or MIG): measuring and pricing every GPU; give --gpus N to measure \
-                 the engine's only"
+                "warning: the engine's GPU has no known NVML index (NVML does not know its UUID \
+                 and CUDA_VISIBLE_DEVICES names GPUs by UUID or MIG): measuring and pricing every \
+                 GPU; give --gpus N to measure the engine's only"
                     .into(),
             ),
         ),
     })
+}
+
+/// The NVML index of the engine's GPU, CUDA device `ordinal` with `uuid` (cuDeviceGetUuid's, in
+/// NVML's spelling): the GPU NVML finds by that UUID (`by_uuid`, exact whatever the enumeration
+/// order and CUDA_VISIBLE_DEVICES); when NVML does not know it (missing, or a MIG instance),
+/// [`nvml_index_of_cuda_ordinal`].
+pub fn nvml_index_of_engine_gpu(
+    ordinal: usize,
+    uuid: Option<&str>,
+    cuda_visible: Option<&str>,
+    by_uuid: impl Fn(&str) -> Result<u32, String>,
+) -> Option<u32> {
+    uuid.and_then(|u| by_uuid(u).ok())
+        .or_else(|| nvml_index_of_cuda_ordinal(ordinal, cuda_visible))
 }
 
 /// The NVML index of CUDA device `ordinal`: the ordinal itself, or the `ordinal`-th entry of
@@ -525,6 +539,35 @@ mod tests {
         assert_eq!(sel, GpuSelection::All);
         assert!(warn.unwrap().contains("--gpus"));
         assert!(gpu_selection(Some("x"), None).is_err());
+    }
+
+    #[test]
+    fn the_engine_gpu_is_found_by_uuid_before_its_ordinal() {
+        let uuid = "GPU-8f1e2c3a-aaaa-bbbb-cccc-0123456789ab";
+        let nvml = |u: &str| {
+            if u == uuid {
+                Ok(5)
+            } else {
+                Err(format!("NVML has no GPU {u}"))
+            }
+        };
+        // CUDA's order (fastest first) differs from NVML's: the UUID wins over the ordinal
+        assert_eq!(nvml_index_of_engine_gpu(0, Some(uuid), None, nvml), Some(5));
+        assert_eq!(
+            nvml_index_of_engine_gpu(1, Some(uuid), Some(uuid), nvml),
+            Some(5)
+        );
+        // unknown to NVML (MIG, or no NVML): the ordinal through CUDA_VISIBLE_DEVICES
+        let other = "GPU-00000000-0000-0000-0000-000000000000";
+        assert_eq!(
+            nvml_index_of_engine_gpu(1, Some(other), Some("2,7"), nvml),
+            Some(7)
+        );
+        assert_eq!(nvml_index_of_engine_gpu(3, None, None, nvml), Some(3));
+        assert_eq!(
+            nvml_index_of_engine_gpu(0, Some(other), Some(other), nvml),
+            None
+        );
     }
 
     #[test]

@@ -486,6 +486,17 @@ pub fn open(selection: &GpuSelection, static_every: u64) -> NvmlOpen {
     res
 }
 
+/// The NVML index of the GPU with `uuid` (as [`GpuDescription::uuid`] spells it); the reason when
+/// NVML is missing or does not know it (a MIG instance's UUID, for one).
+pub fn index_of_uuid(uuid: &str) -> std::result::Result<u32, String> {
+    let nvml = Nvml::init().map_err(|e| format!("NVML unavailable: {e}"))?;
+    let dev = nvml
+        .device_by_uuid(uuid)
+        .map_err(|e| format!("NVML has no GPU {uuid}: {e}"))?;
+    dev.index()
+        .map_err(|e| format!("NVML has no index for GPU {uuid}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

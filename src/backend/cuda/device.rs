@@ -51,6 +51,10 @@ pub struct GpuInfo {
     pub total_memory_bytes: usize,
     /// Free memory when it was described (needs a context; absent when creating one failed).
     pub free_memory_bytes: Option<usize>,
+    /// The device's UUID as NVML and `nvidia-smi -L` spell it ("GPU-8-4-4-4-12" hex digits), from
+    /// cuDeviceGetUuid: how telemetry finds the engine's GPU among NVML's (absent when the driver
+    /// does not say).
+    pub uuid: Option<String>,
 }
 
 impl GpuInfo {
@@ -291,7 +295,24 @@ fn describe(ordinal: usize) -> Result<GpuInfo> {
         multiprocessors: sms.max(1) as u32,
         total_memory_bytes: total,
         free_memory_bytes: None,
+        uuid: drv::device::get_uuid(dev)
+            .ok()
+            .map(|u| format_uuid(&u.bytes)),
     })
+}
+
+/// NVML's spelling of a device UUID: "GPU-" and the 16 bytes as 8-4-4-4-12 lower-case hex digits
+/// (cuDeviceGetUuid gives the bytes in that order).
+pub fn format_uuid(bytes: &[std::ffi::c_char; 16]) -> String {
+    let hex: Vec<String> = bytes.iter().map(|&b| format!("{:02x}", b as u8)).collect();
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        hex[..4].concat(),
+        hex[4..6].concat(),
+        hex[6..8].concat(),
+        hex[8..10].concat(),
+        hex[10..].concat()
+    )
 }
 
 /// Check that CUDA is usable (driver, device, NVRTC, cuBLAS) without panicking, and describe the
@@ -390,6 +411,16 @@ pub fn require(ordinal: usize) -> Result<GpuInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuids_are_spelled_as_nvml_spells_them() {
+        let bytes: [u8; 16] = [
+            0x8f, 0x1e, 0x2c, 0x3a, 0xaa, 0xaa, 0xbb, 0xbb, 0xcc, 0xcc, 0x01, 0x23, 0x45, 0x67,
+            0x89, 0xab,
+        ];
+        let c = bytes.map(|b| b as std::ffi::c_char);
+        assert_eq!(format_uuid(&c), "GPU-8f1e2c3a-aaaa-bbbb-cccc-0123456789ab");
+    }
 
     #[test]
     fn nvrtc_newer_than_the_driver_is_named() {
