@@ -674,3 +674,29 @@ fn report_names_attention_variants() {
     }
     assert!(md.contains("| matmul |"), "{md}");
 }
+
+/// Every variant name the kernel studies write is one the results schema accepts, in rows and in
+/// skipped cases (the CUDA-only decode step's `eager`/`graphs` included: a GPU run writes them),
+/// and a name no study writes is refused.
+#[test]
+fn every_variant_name_validates_against_the_schema() {
+    use infermeter::study::variant::Variant;
+    let path = repo().join("tests/fixtures/attention/kernels-attention-bf16.json");
+    let sample: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let with_variant = |name: &str, list: &str| {
+        let mut doc = sample.clone();
+        doc[list][0]["variant"] = name.into();
+        doc
+    };
+    for list in ["rows", "skipped"] {
+        for v in Variant::ALL {
+            let errors = results_schema_errors(&with_variant(&v.name(), list));
+            assert!(errors.is_empty(), "{list}: variant {v}: {errors:#?}");
+        }
+        for bad in ["flash2", "auto-split", "auto-0split", "Auto"] {
+            let errors = results_schema_errors(&with_variant(bad, list));
+            assert!(!errors.is_empty(), "{list}: variant {bad} accepted");
+        }
+    }
+}

@@ -112,19 +112,24 @@ pub fn infermeter_cmd() -> std::process::Command {
     c
 }
 
-/// Check a results file against `schemas/results.schema.json` (every error listed) and return it.
-pub fn validate_results(path: &Path) -> serde_json::Value {
+/// Where `doc` breaks `schemas/results.schema.json`: every error with its path (empty: valid).
+pub fn results_schema_errors(doc: &serde_json::Value) -> Vec<String> {
     let schema: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("schemas/results.schema.json")).unwrap(),
     )
     .unwrap();
     let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    validator
+        .iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
+}
+
+/// Check a results file against `schemas/results.schema.json` (every error listed) and return it.
+pub fn validate_results(path: &Path) -> serde_json::Value {
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
         .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
-    let errors: Vec<String> = validator
-        .iter_errors(&doc)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
+    let errors = results_schema_errors(&doc);
     assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
     doc
 }
