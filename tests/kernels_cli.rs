@@ -446,18 +446,22 @@ fn attention_and_sweep_options_are_checked() {
         ],
         &["--shapes"],
     );
-    // only auto-1split on prefill: nothing to run
+    // only forced split counts on prefill: nothing to run
     refused(
         &[
             "--list",
             "--backend",
             "cuda",
             "--attention",
-            "auto-1split",
+            "auto-1split,auto-8split",
             "--op",
             "attention_prefill",
         ],
-        &["auto-1split applies to attention_decode only"],
+        &["auto-<N>split variants apply to attention_decode only"],
+    );
+    refused(
+        &["--list", "--backend", "cuda", "--attention", "auto-65split"],
+        &["unknown attention variant `auto-65split`", "N = 1..64"],
     );
 }
 
@@ -690,11 +694,33 @@ fn every_variant_name_validates_against_the_schema() {
         doc
     };
     for list in ["rows", "skipped"] {
-        for v in Variant::ALL {
+        let most = infermeter::backend::cuda::params::IM_DECODE_MAX_SPLITS;
+        let splits = [Variant::AutoSplits(9), Variant::AutoSplits(most)];
+        for v in Variant::ALL.into_iter().chain(splits) {
             let errors = results_schema_errors(&with_variant(&v.name(), list));
             assert!(errors.is_empty(), "{list}: variant {v}: {errors:#?}");
         }
-        for bad in ["flash2", "auto-split", "auto-0split", "Auto"] {
+        if list == "rows" {
+            for (splits, valid) in [(1, true), (most, true), (0, false), (most + 1, false)] {
+                let mut doc = with_variant("auto-8split", list);
+                doc[list][0]["decode_splits"] = splits.into();
+                let errors = results_schema_errors(&doc);
+                assert_eq!(
+                    errors.is_empty(),
+                    valid,
+                    "decode_splits {splits}: {errors:#?}"
+                );
+            }
+        }
+        let past = format!("auto-{}split", most + 1);
+        for bad in [
+            "flash2",
+            "auto-split",
+            "auto-0split",
+            "auto-08split",
+            "Auto",
+            &past,
+        ] {
             let errors = results_schema_errors(&with_variant(bad, list));
             assert!(!errors.is_empty(), "{list}: variant {bad} accepted");
         }

@@ -56,7 +56,9 @@ pub struct KernelsArgs {
     pub sweep: String,
     /// CUDA attention implementations to study side by side, comma-separated: `naive` (the
     /// baseline), `auto` (split-KV decode, flash prefill), `auto-1split` (split-KV decode forced
-    /// to one split; decode only), or `all` (default). Rows get a variant column and their
+    /// to one split; decode only), or `all` (default: these three); `auto-<N>split` forces N
+    /// splits (decode only; e.g. `auto,auto-2split,auto-8split,auto-32split` to see where the
+    /// split heuristic stands). Rows get a variant column and their
     /// speed-up over naive at the same shape. The CPU has one implementation, the reference.
     /// (The decode step always runs twice on CUDA: `eager` and replayed from a CUDA `graphs`.)
     #[arg(long, value_delimiter = ',', value_name = "VARIANTS")]
@@ -168,7 +170,7 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
     };
     let cases = variant::expand(&cases, device, &variants);
     if cases.is_empty() {
-        bail!("--attention: no case (auto-1split applies to attention_decode only)");
+        bail!("--attention: no case (auto-<N>split variants apply to attention_decode only)");
     }
     if a.list {
         list(&cases, dtype);
@@ -205,9 +207,12 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
             (c, spec, note, vec![s.describe()])
         }
     };
+    // the SM count the split-KV decode's heuristic sees, for the rows' `decode_splits`
+    let mut sms = None;
     if let Target::Cuda(s) = &target {
         let g = s.gpu();
         println!("GPU: {} ({}), {}", g.name, g.arch(), dtype.name());
+        sms = Some(g.multiprocessors);
     }
     println!("{}", roofline::describe_ceilings(&ceilings));
     match (&spec, &spec_note) {
@@ -286,13 +291,13 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
                     model_of(case),
                     case.shape_label(),
                     case.variant
-                        .map_or(String::new(), |v| format!("{:<11} ", v.name()))
+                        .map_or(String::new(), |v| format!("{:<12} ", v.name()))
                 );
                 writer.results.skipped.push(SkippedCase {
                     op: case.op.name().into(),
                     model: case.model.clone(),
                     shape,
-                    variant: case.variant.map(|v| v.name().to_string()),
+                    variant: case.variant.map(String::from),
                     reason: e.to_string(),
                 });
                 writer.save()?;
@@ -313,7 +318,11 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
             family: case.op.family().name().into(),
             model: case.model.clone(),
             shape,
-            variant: case.variant.map(|v| v.name().to_string()),
+            variant: case.variant.map(String::from),
+            decode_splits: case
+                .variant
+                .zip(sms)
+                .and_then(|(v, n)| v.decode_splits(case, n)),
             backend: device.name().into(),
             dtype: dtype.name().into(),
             time_median_s: t.median_s,
@@ -363,7 +372,7 @@ fn list(cases: &[Case], dtype: crate::study::Dtype) {
     let with_variants = cases.iter().any(|c| c.variant.is_some());
     let variant_col = |v: &str| {
         if with_variants {
-            format!(" {v:<11}")
+            format!(" {v:<12}")
         } else {
             String::new()
         }
@@ -385,7 +394,7 @@ fn list(cases: &[Case], dtype: crate::study::Dtype) {
             c.op.name(),
             model_of(c),
             c.shape_label(),
-            variant_col(c.variant.map_or("-", |v| v.name())),
+            variant_col(&c.variant.map_or("-".into(), |v| v.name())),
             cost.bytes,
             cost.flops,
             cost.intensity()

@@ -412,7 +412,7 @@ impl Case {
         };
         if let Some(v) = self.variant {
             id.push('/');
-            id.push_str(v.name());
+            id.push_str(&v.name());
         }
         id
     }

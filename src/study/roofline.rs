@@ -167,7 +167,7 @@ pub struct Columns {
 pub fn table_header(cols: Columns) -> String {
     let mut s = format!("{:<18} {:<15} {:<48}", "op", "model", "shape");
     if cols.variants {
-        s.push_str(&format!(" {:<11}", "variant"));
+        s.push_str(&format!(" {:<12}", "variant"));
     }
     s.push_str(&format!(
         " {:>10} {:>8} {:>9} {:>7} {:>7} {:>7}",
@@ -198,7 +198,10 @@ pub fn table_line(
         case.shape_label(),
     );
     if cols.variants {
-        s.push_str(&format!(" {:<11}", case.variant.map_or("-", |v| v.name())));
+        s.push_str(&format!(
+            " {:<12}",
+            case.variant.map_or("-".into(), |v| v.name())
+        ));
     }
     s.push_str(&format!(
         " {:>10} {:>8} {:>9} {:>7} {:>7} {:>7}",
@@ -350,7 +353,7 @@ mod tests {
                 head_dim: 128,
                 block_size: 16,
             },
-            variant: Some(Variant::AutoOneSplit),
+            variant: Some(Variant::AUTO_ONE_SPLIT),
         };
         let a = assess(
             Cost {

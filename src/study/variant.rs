@@ -10,7 +10,10 @@
 //!   - `auto-1split` (decode only): the split-KV decode kernel forced to one split. It still
 //!     shares each K/V row among the query heads of a GQA group and reads it with 16-byte loads,
 //!     but has no split of the context over extra blocks: the instructive step between `naive`
-//!     and `auto`.
+//!     and `auto`;
+//!   - `auto-<N>split` (decode only, N up to `IM_DECODE_MAX_SPLITS`; not in `all`): the split-KV
+//!     kernel forced to N splits (fewer where the context has fewer key groups), so a sweep over N
+//!     shows where the heuristic's choice (`auto`) stands against the best split count.
 //! - the whole decode step (`model::graphs`), always both:
 //!   - `eager`: every kernel launched from the host, one by one, the baseline;
 //!   - `graphs`: the step recorded once into a CUDA graph and replayed (the engine's default
@@ -22,6 +25,8 @@
 //! first, so a variant's speed-up over the baseline at the same shape ([`speedup_over_baseline`])
 //! can be printed as soon as it is measured.
 
+use std::borrow::Cow;
+
 use crate::backend::cuda::attention;
 use crate::backend::cuda::params::IM_DECODE_MAX_SPLITS;
 use crate::backend::cuda::AttentionVariant;
@@ -31,38 +36,60 @@ use super::ops::{Case, Op, Shape};
 use super::roofline::{fmt_speedup, fmt_time};
 use super::{Device, Dtype};
 
-/// One implementation of an op with several.
+/// One implementation of an op with several. Written and read by its name ([`Variant::name`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum Variant {
     /// The naive kernel for every row: the baseline.
-    #[serde(rename = "naive")]
     Naive,
     /// Split-KV decode with the heuristic's split count; flash prefill.
-    #[serde(rename = "auto")]
     Auto,
-    /// Split-KV decode forced to one split (decode only).
-    #[serde(rename = "auto-1split")]
-    AutoOneSplit,
+    /// Split-KV decode forced to this many splits, 1..=`IM_DECODE_MAX_SPLITS` (decode only):
+    /// `auto-1split`, `auto-8split`, ...
+    AutoSplits(u32),
     /// The decode step launched kernel by kernel: the baseline of the step.
-    #[serde(rename = "eager")]
     Eager,
     /// The decode step replayed from a CUDA graph (the engine's default).
-    #[serde(rename = "graphs")]
     Graphs,
 }
 
 impl Variant {
-    /// Every variant, each op's baseline first (the order cases are expanded in).
+    /// The split-KV decode kernel forced to one split: `auto-1split`.
+    pub const AUTO_ONE_SPLIT: Variant = Variant::AutoSplits(1);
+
+    /// One of each kind of variant, each op's baseline first (`auto-<N>split` for N = 1).
     pub const ALL: [Variant; 5] = [
         Variant::Naive,
         Variant::Auto,
-        Variant::AutoOneSplit,
+        Variant::AUTO_ONE_SPLIT,
         Variant::Eager,
         Variant::Graphs,
     ];
 
-    /// The attention variants, the values `--attention` chooses from (naive first).
-    pub const ATTENTION: [Variant; 3] = [Variant::Naive, Variant::Auto, Variant::AutoOneSplit];
+    /// The attention variants `all` (and no `--attention`) stands for, naive first; any
+    /// `auto-<N>split` can be named besides.
+    pub const ATTENTION: [Variant; 3] = [Variant::Naive, Variant::Auto, Variant::AUTO_ONE_SPLIT];
+
+    /// The step variants, the baseline first: every decode step runs in both.
+    pub const STEP: [Variant; 2] = [Variant::Eager, Variant::Graphs];
+
+    /// Whether `--attention` can choose this variant.
+    pub fn is_attention(self) -> bool {
+        matches!(
+            self,
+            Variant::Naive | Variant::Auto | Variant::AutoSplits(_)
+        )
+    }
+
+    /// Where the variant sorts among the attention variants: naive, auto, then by split count.
+    fn attention_rank(self) -> u64 {
+        match self {
+            Variant::Naive => 0,
+            Variant::Auto => 1,
+            Variant::AutoSplits(n) => 2 + u64::from(n),
+            Variant::Eager | Variant::Graphs => u64::MAX,
+        }
+    }
 
     /// The variant of `op` the others are compared with: `naive` attention, the `eager` step;
     /// `None` for an op with one implementation.
@@ -74,13 +101,43 @@ impl Variant {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub fn name(self) -> Cow<'static, str> {
         match self {
-            Variant::Naive => "naive",
-            Variant::Auto => "auto",
-            Variant::AutoOneSplit => "auto-1split",
-            Variant::Eager => "eager",
-            Variant::Graphs => "graphs",
+            Variant::Naive => "naive".into(),
+            Variant::Auto => "auto".into(),
+            Variant::AutoSplits(n) => format!("auto-{n}split").into(),
+            Variant::Eager => "eager".into(),
+            Variant::Graphs => "graphs".into(),
+        }
+    }
+
+    /// The variant named `name` (any case): one of [`Variant::name`]'s names, with
+    /// `auto-<N>split` for 1 <= N <= `IM_DECODE_MAX_SPLITS`.
+    pub fn from_name(name: &str) -> Result<Variant> {
+        let lower = name.trim().to_ascii_lowercase();
+        let fixed = [
+            Variant::Naive,
+            Variant::Auto,
+            Variant::Eager,
+            Variant::Graphs,
+        ];
+        if let Some(v) = fixed.into_iter().find(|v| v.name() == lower) {
+            return Ok(v);
+        }
+        let splits = lower
+            .strip_prefix("auto-")
+            .and_then(|r| r.strip_suffix("split"))
+            .and_then(|n| n.parse::<u32>().ok());
+        match splits {
+            Some(n) if (1..=IM_DECODE_MAX_SPLITS).contains(&n) => Ok(Variant::AutoSplits(n)),
+            Some(n) => Err(Error::Invalid(format!(
+                "variant `{name}`: {n} splits (the split-KV decode takes 1 to \
+                 {IM_DECODE_MAX_SPLITS})"
+            ))),
+            None => Err(Error::Invalid(format!(
+                "unknown variant `{name}` (naive, auto, auto-<N>split for N = 1..\
+                 {IM_DECODE_MAX_SPLITS}, eager, graphs)"
+            ))),
         }
     }
 
@@ -91,7 +148,7 @@ impl Variant {
             Variant::Naive | Variant::Auto => {
                 matches!(op, Op::AttentionPrefill | Op::AttentionDecode)
             }
-            Variant::AutoOneSplit => op == Op::AttentionDecode,
+            Variant::AutoSplits(_) => op == Op::AttentionDecode,
             Variant::Eager | Variant::Graphs => op == Op::DecodeStep,
         }
     }
@@ -103,7 +160,7 @@ impl Variant {
         match self {
             Variant::Naive => Some((AttentionVariant::Naive, None)),
             Variant::Auto => Some((AttentionVariant::Auto, None)),
-            Variant::AutoOneSplit => Some((AttentionVariant::Auto, Some(1))),
+            Variant::AutoSplits(n) => Some((AttentionVariant::Auto, Some(n))),
             Variant::Eager | Variant::Graphs => None,
         }
     }
@@ -149,9 +206,48 @@ impl Variant {
         ))
     }
 
+    /// The splits the split-KV decode launches for `case` on a GPU with `sms` multiprocessors:
+    /// the heuristic's for `auto`, N clamped to what the context allows for `auto-<N>split`
+    /// (the same [`attention::decode_split_plan`] the backend runs); `None` for other variants
+    /// and cases, and where `auto` has no decode kernel for the head_dim (it runs naive).
+    pub fn decode_splits(self, case: &Case, sms: u32) -> Option<u32> {
+        let Shape::Attention {
+            seqs,
+            query_len: 1,
+            context_len,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            block_size,
+        } = case.shape
+        else {
+            return None;
+        };
+        let forced = match self {
+            Variant::Auto => None,
+            Variant::AutoSplits(n) => Some(n),
+            Variant::Naive | Variant::Eager | Variant::Graphs => return None,
+        };
+        if !attention::DECODE_HEAD_DIMS.contains(&(head_dim as u32)) || num_kv_heads == 0 {
+            return None;
+        }
+        let group = (num_heads / num_kv_heads) as u32;
+        let plan = attention::decode_split_plan(
+            forced,
+            attention::SplitInputs {
+                num_decode: seqs,
+                kv_units: num_kv_heads * attention::decode_head_chunks(group) as usize,
+                max_ctx: context_len,
+                block_size,
+                sms: sms as usize,
+            },
+        );
+        Some(plan.num_splits)
+    }
+
     /// Device bytes the variant allocates besides the case's buffers: split-KV decode's partial
     /// results (`[seqs, num_heads, splits, head_dim]` f32 accumulators and `[…, 2]` max/sum), at
-    /// the most splits the backend uses.
+    /// the most splits the variant uses (none for one split: the kernel writes the output).
     pub fn scratch_bytes(self, case: &Case) -> u64 {
         let Shape::Attention {
             seqs,
@@ -164,7 +260,9 @@ impl Variant {
             return 0;
         };
         let splits = match self {
-            Variant::Naive | Variant::AutoOneSplit | Variant::Eager | Variant::Graphs => return 0,
+            Variant::Naive | Variant::Eager | Variant::Graphs => return 0,
+            Variant::AutoSplits(n) if n <= 1 => return 0,
+            Variant::AutoSplits(n) => n.min(IM_DECODE_MAX_SPLITS) as usize,
             Variant::Auto => IM_DECODE_MAX_SPLITS as usize,
         };
         let (acc, ml) = attention::scratch_lens(seqs, num_heads, splits, head_dim);
@@ -174,13 +272,27 @@ impl Variant {
 
 impl std::fmt::Display for Variant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        f.write_str(&self.name())
     }
 }
 
-/// Resolve `--attention` values (`naive`, `auto`, `auto-1split`, or `all`), comma-separated or as
-/// several values. Order follows [`Variant::ATTENTION`] (naive first); duplicates collapse;
-/// nothing given means all.
+impl From<Variant> for String {
+    fn from(v: Variant) -> String {
+        v.name().into_owned()
+    }
+}
+
+impl TryFrom<String> for Variant {
+    type Error = Error;
+
+    fn try_from(s: String) -> Result<Variant> {
+        Variant::from_name(&s)
+    }
+}
+
+/// Resolve `--attention` values (`naive`, `auto`, `auto-<N>split`, or `all` for naive, auto and
+/// auto-1split), comma-separated or as several values. Sorted naive, auto, then by split count;
+/// duplicates collapse; nothing given means all.
 pub fn parse_list(values: &[String]) -> Result<Vec<Variant>> {
     let mut picked = Vec::new();
     for name in values.iter().flat_map(|v| v.split(',')).map(str::trim) {
@@ -191,34 +303,30 @@ pub fn parse_list(values: &[String]) -> Result<Vec<Variant>> {
             picked.extend(Variant::ATTENTION);
             continue;
         }
-        match Variant::ATTENTION
-            .into_iter()
-            .find(|v| v.name().eq_ignore_ascii_case(name))
-        {
-            Some(v) => picked.push(v),
-            None => {
-                let names: Vec<&str> = Variant::ATTENTION.iter().map(|v| v.name()).collect();
-                return Err(Error::Invalid(format!(
-                    "unknown attention variant `{name}` (variants: {}, or all)",
-                    names.join(", ")
-                )));
-            }
-        }
+        let v = Variant::from_name(name)
+            .ok()
+            .filter(|v| v.is_attention())
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "unknown attention variant `{name}` (variants: naive, auto, auto-1split, \
+                     auto-<N>split for N = 1..{IM_DECODE_MAX_SPLITS}, or all)"
+                ))
+            })?;
+        picked.push(v);
     }
     if picked.is_empty() {
         return Ok(Variant::ATTENTION.to_vec());
     }
-    Ok(Variant::ATTENTION
-        .into_iter()
-        .filter(|v| picked.contains(v))
-        .collect())
+    picked.sort_by_key(|v| v.attention_rank());
+    picked.dedup();
+    Ok(picked)
 }
 
 /// The cases as they run on `device`: on CUDA, each attention case becomes one case per variant of
-/// `attention` (the `--attention` choice) that applies to it, and each decode step one `eager` and
-/// one `graphs` case (in [`Variant::ALL`] order); an attention case none of the chosen variants
-/// applies to (prefill when only `auto-1split` is chosen) is left out. Other ops, and every case
-/// on the CPU, are kept as they are (no variant).
+/// `attention` (the `--attention` choice, in [`parse_list`]'s order) that applies to it, and each
+/// decode step one `eager` and one `graphs` case; an attention case none of the chosen variants
+/// applies to (prefill when only `auto-<N>split` variants are chosen) is left out. Other ops, and
+/// every case on the CPU, are kept as they are (no variant).
 pub fn expand(cases: &[Case], device: Device, attention: &[Variant]) -> Vec<Case> {
     let mut out = Vec::with_capacity(cases.len());
     for case in cases {
@@ -227,9 +335,9 @@ pub fn expand(cases: &[Case], device: Device, attention: &[Variant]) -> Vec<Case
             out.push(case.clone());
             continue;
         }
-        for v in Variant::ALL {
-            let chosen = attention.contains(&v) || !Variant::ATTENTION.contains(&v);
-            if chosen && v.applies_to(case.op) {
+        let chosen = attention.iter().filter(|v| v.is_attention());
+        for &v in chosen.chain(Variant::STEP.iter()) {
+            if v.applies_to(case.op) {
                 out.push(Case {
                     variant: Some(v),
                     ..case.clone()
@@ -278,7 +386,7 @@ pub fn summary(timed: &[(Case, f64)]) -> Vec<String> {
                 .filter(|(c, _)| c.variant.is_some() && c.op == base.op && c.model == base.model)
                 .filter(|(c, _)| c.shape == base.shape)
                 .map(|(c, t)| {
-                    let v = c.variant.map_or("-", |v| v.name());
+                    let v = c.variant.map_or("-".into(), |v| v.name());
                     match speedup_over_baseline(c, *t, timed) {
                         Some(r) if c.variant != Variant::baseline(c.op) => {
                             format!("{v} {} ({})", fmt_time(*t), fmt_speedup(Some(r)))
@@ -371,17 +479,126 @@ mod tests {
 
     #[test]
     fn names_round_trip_through_serde() {
-        for v in Variant::ALL {
+        let splits = [
+            Variant::AutoSplits(2),
+            Variant::AutoSplits(IM_DECODE_MAX_SPLITS),
+        ];
+        for v in Variant::ALL.into_iter().chain(splits) {
             let json = serde_json::to_value(v).unwrap();
-            assert_eq!(json, v.name());
+            assert_eq!(json.as_str(), Some(&*v.name()));
             assert_eq!(serde_json::from_value::<Variant>(json).unwrap(), v);
+            assert_eq!(Variant::from_name(&v.name().to_uppercase()).unwrap(), v);
         }
+        assert_eq!(Variant::AUTO_ONE_SPLIT.name(), "auto-1split");
+        assert_eq!(Variant::AutoSplits(16).name(), "auto-16split");
+        for bad in [
+            "auto-0split",
+            "auto-65split",
+            "auto-split",
+            "auto-xsplit",
+            "flash2",
+            "",
+        ] {
+            assert!(Variant::from_name(bad).is_err(), "{bad}");
+            assert!(
+                serde_json::from_value::<Variant>(bad.into()).is_err(),
+                "{bad}"
+            );
+        }
+        let e = Variant::from_name("auto-65split").unwrap_err().to_string();
+        assert!(e.contains("65 splits") && e.contains("1 to 64"), "{e}");
+    }
+
+    #[test]
+    fn forced_split_counts_parse_and_sort_after_auto() {
+        assert_eq!(
+            parse_list(&strings(&[
+                "auto-8split,auto,auto-2split",
+                "AUTO-8SPLIT",
+                "naive"
+            ]))
+            .unwrap(),
+            vec![
+                Variant::Naive,
+                Variant::Auto,
+                Variant::AutoSplits(2),
+                Variant::AutoSplits(8)
+            ]
+        );
+        // `all` is naive, auto and auto-1split; more split counts can be named besides
+        assert_eq!(
+            parse_list(&strings(&["all,auto-4split"])).unwrap(),
+            vec![
+                Variant::Naive,
+                Variant::Auto,
+                Variant::AUTO_ONE_SPLIT,
+                Variant::AutoSplits(4)
+            ]
+        );
+        let e = parse_list(&strings(&["auto-0split"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auto-<N>split for N = 1..64"), "{e}");
+        let v = Variant::AutoSplits(8);
+        assert_eq!(v.cuda_settings(), Some((AttentionVariant::Auto, Some(8))));
+        assert!(v.applies_to(Op::AttentionDecode) && !v.applies_to(Op::AttentionPrefill));
+        // 64 sequences × 32 heads × 8 splits × (128 + 2) f32
+        let decode = attention(Op::AttentionDecode, 64, 1, 16384);
+        assert_eq!(v.scratch_bytes(&decode), 4 * 64 * 32 * 8 * (128 + 2));
+        // the splits the rows record: the backend's own plan for the shape
+        let h100 = 132;
+        let want = attention::plan_decode_splits(attention::SplitInputs {
+            num_decode: 64,
+            kv_units: 8 * attention::decode_head_chunks(4) as usize,
+            max_ctx: 16384,
+            block_size: 16,
+            sms: 132,
+        });
+        assert_eq!(
+            Variant::Auto.decode_splits(&decode, h100),
+            Some(want.num_splits)
+        );
+        assert_eq!(v.decode_splits(&decode, h100), Some(8));
+        // more splits than the context has key groups: as many as it has
+        let short = attention(Op::AttentionDecode, 1, 1, 40);
+        assert_eq!(
+            Variant::AutoSplits(64).decode_splits(&short, h100),
+            Some(attention::split_plan_for(64, 40).num_splits)
+        );
+        assert!(Variant::AutoSplits(64).decode_splits(&short, h100) < Some(64));
+        assert_eq!(Variant::Naive.decode_splits(&decode, h100), None);
+        let prefill = attention(Op::AttentionPrefill, 1, 512, 512);
+        assert_eq!(Variant::Auto.decode_splits(&prefill, h100), None);
+        let mut odd = decode.clone();
+        if let Shape::Attention { head_dim, .. } = &mut odd.shape {
+            *head_dim = 96;
+        }
+        assert_eq!(Variant::Auto.decode_splits(&odd, h100), None);
+        // expanded in the order chosen, after the baseline; prefill gets none of them
+        let cases = vec![
+            attention(Op::AttentionPrefill, 1, 512, 512),
+            attention(Op::AttentionDecode, 16, 1, 4096),
+        ];
+        let chosen = parse_list(&strings(&["auto-4split,naive,auto-2split"])).unwrap();
+        let got: Vec<(Op, Option<Variant>)> = expand(&cases, Device::Cuda, &chosen)
+            .iter()
+            .map(|c| (c.op, c.variant))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Op::AttentionPrefill, Some(Variant::Naive)),
+                (Op::AttentionDecode, Some(Variant::Naive)),
+                (Op::AttentionDecode, Some(Variant::AutoSplits(2))),
+                (Op::AttentionDecode, Some(Variant::AutoSplits(4))),
+            ]
+        );
     }
 
     #[test]
     fn one_split_is_a_decode_variant_only() {
         assert_eq!(
-            Variant::AutoOneSplit.cuda_settings(),
+            Variant::AUTO_ONE_SPLIT.cuda_settings(),
             Some((AttentionVariant::Auto, Some(1)))
         );
         assert_eq!(
@@ -392,8 +609,8 @@ mod tests {
             Variant::Naive.cuda_settings(),
             Some((AttentionVariant::Naive, None))
         );
-        assert!(Variant::AutoOneSplit.applies_to(Op::AttentionDecode));
-        assert!(!Variant::AutoOneSplit.applies_to(Op::AttentionPrefill));
+        assert!(Variant::AUTO_ONE_SPLIT.applies_to(Op::AttentionDecode));
+        assert!(!Variant::AUTO_ONE_SPLIT.applies_to(Op::AttentionPrefill));
         for v in Variant::ALL {
             assert!(!v.applies_to(Op::Matmul), "{v}");
         }
@@ -461,7 +678,7 @@ mod tests {
         if let Shape::Attention { head_dim, .. } = &mut odd.shape {
             *head_dim = 96;
         }
-        assert!(Variant::AutoOneSplit
+        assert!(Variant::AUTO_ONE_SPLIT
             .unsupported_reason(&odd, Dtype::Bf16, h100)
             .is_some());
     }
@@ -474,7 +691,7 @@ mod tests {
             Variant::Auto.scratch_bytes(&decode),
             4 * 64 * 32 * 64 * (128 + 2)
         );
-        assert_eq!(Variant::AutoOneSplit.scratch_bytes(&decode), 0);
+        assert_eq!(Variant::AUTO_ONE_SPLIT.scratch_bytes(&decode), 0);
         assert_eq!(Variant::Naive.scratch_bytes(&decode), 0);
         let prefill = attention(Op::AttentionPrefill, 1, 512, 512);
         assert_eq!(Variant::Auto.scratch_bytes(&prefill), 0);
@@ -505,7 +722,7 @@ mod tests {
                 (Op::AttentionPrefill, Some(Variant::Auto)),
                 (Op::AttentionDecode, Some(Variant::Naive)),
                 (Op::AttentionDecode, Some(Variant::Auto)),
-                (Op::AttentionDecode, Some(Variant::AutoOneSplit)),
+                (Op::AttentionDecode, Some(Variant::AUTO_ONE_SPLIT)),
                 (Op::DecodeStep, Some(Variant::Eager)),
                 (Op::DecodeStep, Some(Variant::Graphs)),
             ]
@@ -516,13 +733,13 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), cuda.len());
         // only auto-1split: prefill has nothing to run; the step keeps both of its variants
-        let one = expand(&cases, Device::Cuda, &[Variant::AutoOneSplit]);
+        let one = expand(&cases, Device::Cuda, &[Variant::AUTO_ONE_SPLIT]);
         let got: Vec<(Op, Option<Variant>)> = one.iter().map(|c| (c.op, c.variant)).collect();
         assert_eq!(
             got,
             vec![
                 (Op::Rmsnorm, None),
-                (Op::AttentionDecode, Some(Variant::AutoOneSplit)),
+                (Op::AttentionDecode, Some(Variant::AUTO_ONE_SPLIT)),
                 (Op::DecodeStep, Some(Variant::Eager)),
                 (Op::DecodeStep, Some(Variant::Graphs)),
             ]
@@ -547,7 +764,7 @@ mod tests {
         let naive_small = with(small.clone(), Variant::Naive);
         assert_eq!(speedup_over_baseline(&naive_small, 4e-5, &timed), Some(1.0));
         // the large shape's naive row, not the small one's
-        let one_large = with(large.clone(), Variant::AutoOneSplit);
+        let one_large = with(large.clone(), Variant::AUTO_ONE_SPLIT);
         assert_eq!(speedup_over_baseline(&one_large, 2e-2, &timed), Some(4.0));
         // no naive row for this shape, no variant, or no time: no ratio
         let other = with(attention(Op::AttentionDecode, 16, 1, 1024), Variant::Auto);

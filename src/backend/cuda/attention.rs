@@ -191,6 +191,16 @@ pub fn plan_decode_splits(i: SplitInputs) -> SplitPlan {
     split_plan_for(want.min(most), max_ctx)
 }
 
+/// The split the decode launch uses: `forced` splits when given (the backend's
+/// `set_decode_splits`, clamped as in [`split_plan_for`]), else the heuristic's
+/// ([`plan_decode_splits`]).
+pub fn decode_split_plan(forced: Option<u32>, i: SplitInputs) -> SplitPlan {
+    match forced {
+        Some(n) => split_plan_for(n as usize, i.max_ctx),
+        None => plan_decode_splits(i),
+    }
+}
+
 /// Query heads per decode block for a GQA group of `group` heads (the kernel's template parameter:
 /// the same rule as `decode_dispatch` in attention_decode.cu).
 pub fn decode_heads_per_block(group: u32) -> u32 {

@@ -568,16 +568,16 @@ impl<T: CudaDtype> CudaBackend<T> {
         }
         let group = num_heads / kv.num_kv_heads.max(1);
         let max_ctx = meta.max_decode_ctx as usize;
-        let plan = match self.decode_splits {
-            Some(n) => attention::split_plan_for(n as usize, max_ctx),
-            None => attention::plan_decode_splits(attention::SplitInputs {
+        let plan = attention::decode_split_plan(
+            self.decode_splits,
+            attention::SplitInputs {
                 num_decode: meta.num_decode,
                 kv_units: (kv.num_kv_heads * attention::decode_head_chunks(group)) as usize,
                 max_ctx,
                 block_size: kv.block_size as usize,
                 sms: self.k().sms as usize,
-            }),
-        };
+            },
+        );
         let (acc_len, ml_len) = attention::scratch_lens(
             meta.num_decode,
             num_heads as usize,
