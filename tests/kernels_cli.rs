@@ -653,6 +653,36 @@ fn attention_ratios_script_on_sample_files() {
         stderr.contains("broken.json: rows[1].flops: missing"),
         "{stderr}"
     );
+    // a split sweep's forced counts are left to split_sweep.py; an unknown variant is an error
+    let ours_doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ours).unwrap()).unwrap();
+    let decode_row = ours_doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|r| r["op"] == "attention_decode" && r["variant"] == "auto")
+        .unwrap();
+    for (variant, ok) in [("auto-8split", true), ("flash2", false)] {
+        let mut doc = ours_doc.clone();
+        let mut extra = doc["rows"][decode_row].clone();
+        extra["variant"] = variant.into();
+        doc["rows"].as_array_mut().unwrap().push(extra);
+        let path = dir.path().join("with-extra.json");
+        std::fs::write(&path, doc.to_string()).unwrap();
+        let out = Command::new("python3")
+            .arg(&script)
+            .arg("--ours")
+            .arg(&path)
+            .arg("--sdpa")
+            .arg(&sdpa)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{variant}: {stderr}");
+        if !ok {
+            assert!(stderr.contains("unknown `flash2`"), "{stderr}");
+        }
+    }
 }
 
 /// The report keeps the variants of one shape apart.
@@ -725,4 +755,110 @@ fn every_variant_name_validates_against_the_schema() {
             assert!(!errors.is_empty(), "{list}: variant {bad} accepted");
         }
     }
+}
+
+/// scripts/gpu/split_sweep.py on tests/fixtures/attention/kernels-splits-bf16.json (sample
+/// numbers): per decode shape the fastest forced split count, auto's time over it and the flag
+/// where the heuristic is off; a clear error for a row it cannot use.
+#[test]
+fn split_sweep_script_on_a_sample_file() {
+    let sample = repo().join("tests/fixtures/attention/kernels-splits-bf16.json");
+    let doc = validate_results(&sample);
+    assert!(doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["variant"] == "auto-64split" && r["decode_splits"] == 64));
+    // the sample's split counts are the ones the backend plans on an H100 (132 SMs)
+    for row in doc["rows"].as_array().unwrap() {
+        let variant =
+            infermeter::study::variant::Variant::from_name(row["variant"].as_str().unwrap())
+                .unwrap();
+        let sh = &row["shape"];
+        let n = |k: &str| sh[k].as_u64().unwrap() as usize;
+        let case = infermeter::study::ops::Case {
+            op: Op::AttentionDecode,
+            model: None,
+            shape: Shape::Attention {
+                seqs: n("seqs"),
+                query_len: n("query_len"),
+                context_len: n("context_len"),
+                num_heads: n("num_heads"),
+                num_kv_heads: n("num_kv_heads"),
+                head_dim: n("head_dim"),
+                block_size: n("block_size"),
+            },
+            variant: Some(variant),
+        };
+        let want = variant.decode_splits(&case, 132);
+        assert_eq!(row["decode_splits"].as_u64(), want.map(u64::from), "{row}");
+    }
+    if let Err(why) = python3() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (md, json) = (dir.path().join("s.md"), dir.path().join("s.json"));
+    let script = repo().join("scripts/gpu/split_sweep.py");
+    let run = |input: &Path| {
+        Command::new("python3")
+            .arg(&script)
+            .arg("--kernels")
+            .arg(input)
+            .arg("--out-md")
+            .arg(&md)
+            .arg("--out-json")
+            .arg(&json)
+            .output()
+            .unwrap()
+    };
+    let out = run(&sample);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let shapes = r["shapes"].as_array().unwrap();
+    assert_eq!(shapes.len(), 2);
+    // 1 × 1024: auto (4 splits, 2.8 µs) ties the best forced count, 4 splits; 16 and 64 forced
+    // splits launch 8 (1024 keys hold eight 128-key groups)
+    let small = &shapes[0];
+    assert_eq!(small["shape"]["context_len"], 1024);
+    assert_eq!(small["best_forced"], "auto-4split");
+    assert_eq!(small["auto"]["splits"], 4);
+    assert_eq!(small["forced"]["auto-64split"]["splits"], 8);
+    assert!((small["auto_time_over_best"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+    assert_eq!(small["heuristic_off"], false);
+    // 64 × 16384: auto (1 split, 1591 µs) against 4 forced splits (1400 µs): 1.136×, flagged
+    let large = &shapes[1];
+    assert_eq!(large["best_forced_splits"], 4);
+    let ratio = large["auto_time_over_best"].as_f64().unwrap();
+    assert!((ratio - 1591.0 / 1400.0).abs() < 1e-9, "{ratio}");
+    assert_eq!(large["heuristic_off"], true);
+    assert_eq!(r["summary"]["heuristic_off"], 1);
+    let table = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        table.contains("| 64 × 16384 | 32/8, 128 | 15912 | 1591 (1) | 2700 |"),
+        "{table}"
+    );
+    assert_eq!(table.matches("**off**").count(), 1, "{table}");
+    assert!(table.contains("| 3.1 (8) |"), "{table}");
+    // a split-KV row without its split count: the file and row are named
+    let mut broken: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sample).unwrap()).unwrap();
+    broken["rows"][1]
+        .as_object_mut()
+        .unwrap()
+        .remove("decode_splits");
+    let bad = dir.path().join("broken.json");
+    std::fs::write(&bad, broken.to_string()).unwrap();
+    let out = run(&bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("broken.json: rows[1].decode_splits: missing"),
+        "{err}"
+    );
 }
