@@ -23,42 +23,14 @@ Python standard library only. Usage:
 """
 
 import argparse
-import json
 import re
 import sys
+
+from results_io import InputError, emit, field, fmt, load, rows_of
 
 SHAPE_KEYS = ("seqs", "query_len", "context_len", "num_heads", "num_kv_heads", "head_dim")
 VARIANTS = ("naive", "auto", "auto-1split")
 PREFILL, DECODE = "attention_prefill", "attention_decode"
-
-
-class InputError(Exception):
-    """A results file that cannot be read as expected; the message names the file and field."""
-
-
-def load(path, kind):
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not JSON: {e}") from None
-    if not isinstance(doc, dict) or doc.get("kind") != kind:
-        got = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
-        raise InputError(f"{path}: kind: expected `{kind}`, found `{got}`")
-    return doc
-
-
-def field(obj, key, where, kinds=(int, float)):
-    """obj[key], checked to be of `kinds`; `where` names the file and the object for errors."""
-    if not isinstance(obj, dict) or key not in obj:
-        raise InputError(f"{where}.{key}: missing")
-    v = obj[key]
-    if not isinstance(v, kinds) or isinstance(v, bool):
-        raise InputError(f"{where}.{key}: expected {'/'.join(k.__name__ for k in kinds)}, "
-                         f"found {json.dumps(v)}")
-    return v
 
 
 def shape_key(row, where):
@@ -79,12 +51,8 @@ def measured(row, where):
 
 def ours_by_shape(doc, path):
     """{(op, shape): {variant: measured}} and {(op, shape): {variant: skip reason}}."""
-    rows = doc.get("rows")
-    if not isinstance(rows, list):
-        raise InputError(f"{path}: rows: missing")
     found, skipped = {}, {}
-    for i, row in enumerate(rows):
-        where = f"{path}: rows[{i}]"
+    for where, row in rows_of(doc, path):
         if not isinstance(row, dict) or row.get("op") not in (PREFILL, DECODE):
             continue
         variant = row.get("variant")
@@ -107,12 +75,8 @@ def ours_by_shape(doc, path):
 
 def sdpa_by_shape(doc, path):
     """{(op, shape): {impl: measured}}."""
-    rows = doc.get("rows")
-    if not isinstance(rows, list):
-        raise InputError(f"{path}: rows: missing")
     out = {}
-    for i, row in enumerate(rows):
-        where = f"{path}: rows[{i}]"
+    for where, row in rows_of(doc, path):
         if not isinstance(row, dict) or row.get("op") not in (PREFILL, DECODE):
             raise InputError(f"{where}.op: expected {PREFILL} or {DECODE}")
         impl = row.get("impl")
@@ -215,10 +179,6 @@ def compute(ours, ours_path, sdpa, sdpa_path, prefill_target, decode_pct_target,
     }
 
 
-def fmt(v, digits=2, suffix=""):
-    return "—" if v is None else f"{v:.{digits}f}{suffix}"
-
-
 def fmt_ms(v):
     """Milliseconds with 4 significant digits (decode calls are microseconds, prefills tens of ms)."""
     return "—" if v is None else f"{v:.4g}"
@@ -313,17 +273,7 @@ def main(argv):
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    md = markdown(result)
-    print(md, end="")
-    for path, text in ((a.out_md, md), (a.out_json, json.dumps(result, indent=2) + "\n")):
-        if path:
-            try:
-                with open(path, "w") as f:
-                    f.write(text)
-            except OSError as e:
-                print(f"error: {path}: cannot write: {e.strerror or e}", file=sys.stderr)
-                return 1
-    return 0
+    return emit(markdown(result), result, a.out_md, a.out_json)
 
 
 if __name__ == "__main__":

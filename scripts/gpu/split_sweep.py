@@ -20,52 +20,20 @@ Python standard library only. Usage:
 """
 
 import argparse
-import json
 import re
 import sys
+
+from results_io import InputError, emit, field, fmt, load, rows_of
 
 DECODE = "attention_decode"
 SHAPE_KEYS = ("seqs", "context_len", "num_heads", "num_kv_heads", "head_dim", "block_size")
 FORCED = re.compile(r"^auto-([0-9]+)split$")
 
 
-class InputError(Exception):
-    """A results file that cannot be read as expected; the message names the file and field."""
-
-
-def field(obj, key, where, kinds=(int, float)):
-    """obj[key], checked to be of `kinds`; `where` names the file and the object for errors."""
-    if not isinstance(obj, dict) or key not in obj:
-        raise InputError(f"{where}.{key}: missing")
-    v = obj[key]
-    if not isinstance(v, kinds) or isinstance(v, bool):
-        raise InputError(f"{where}.{key}: expected {'/'.join(k.__name__ for k in kinds)}, "
-                         f"found {json.dumps(v)}")
-    return v
-
-
-def load(path):
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not JSON: {e}") from None
-    if not isinstance(doc, dict) or doc.get("kind") != "kernels":
-        got = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
-        raise InputError(f"{path}: kind: expected `kernels`, found `{got}`")
-    return doc
-
-
 def by_shape(doc, path):
     """{shape key: {variant: {time_s, gb_s, splits}}} over the file's decode rows."""
-    rows = doc.get("rows")
-    if not isinstance(rows, list):
-        raise InputError(f"{path}: rows: missing")
     found = {}
-    for i, row in enumerate(rows):
-        where = f"{path}: rows[{i}]"
+    for where, row in rows_of(doc, path):
         if not isinstance(row, dict) or row.get("op") != DECODE or row.get("variant") is None:
             continue
         variant = row["variant"]
@@ -123,10 +91,6 @@ def compute(doc, path, tolerance):
         "shapes": shapes,
         "summary": {"shapes": len(shapes), "judged": len(judged), "heuristic_off": sum(judged)},
     }
-
-
-def fmt(v, digits=2, suffix=""):
-    return "—" if v is None else f"{v:.{digits}f}{suffix}"
 
 
 def us(m):
@@ -194,21 +158,11 @@ def parse_args(argv):
 def main(argv):
     a = parse_args(argv)
     try:
-        result = compute(load(a.kernels), a.kernels, a.tolerance)
+        result = compute(load(a.kernels, "kernels"), a.kernels, a.tolerance)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    md = markdown(result)
-    print(md, end="")
-    for path, text in ((a.out_md, md), (a.out_json, json.dumps(result, indent=2) + "\n")):
-        if path:
-            try:
-                with open(path, "w") as f:
-                    f.write(text)
-            except OSError as e:
-                print(f"error: {path}: cannot write: {e.strerror or e}", file=sys.stderr)
-                return 1
-    return 0
+    return emit(markdown(result), result, a.out_md, a.out_json)
 
 
 if __name__ == "__main__":
