@@ -29,12 +29,12 @@
 //  - K/V: tiles of BN keys (64 for D = 64, 32 for D = 128) are copied with 16-byte loads through the
 //    block table into shared memory, [BN][D + 8] each (the 8-element pad makes the fragment reads
 //    below bank-conflict free); keys past the tile's last causal key are zero-filled.
-//  - S = Q Kᵀ with mma.sync (B fragments read from the K tile as 32-bit pairs), scaled by
+//  - S = Q Kᵀ with mma.sync (B fragments of two k-steps per ldmatrix.x4 from the K tile), scaled by
 //    scale * log2(e), causal and context masks applied; online softmax per row in f32 (running max
 //    and sum; the 4 lanes sharing a row reduce with two xor shuffles); the f32 probabilities are
 //    rounded to T and reused in registers as the A operand of O += P V (FlashAttention-2's register
-//    reuse: the C layout of two adjacent n-tiles is the A layout of one k-step); V's B fragments are
-//    read as 16-bit elements from the V tile (ldmatrix.trans would do this in one instruction: tuning).
+//    reuse: the C layout of two adjacent n-tiles is the A layout of one k-step); V's B fragments of
+//    two n-tiles per ldmatrix.x4.trans from the V tile (key-major, so transposed on the way).
 //  - At the end O / l is rounded to T and stored as 4-byte pairs.
 // Shared memory (static): 2 * BN * (D + 8) * sizeof(T) = 18 KiB at D = 64, 17 KiB at D = 128.
 // The f32 build compiles these kernels to an empty body (no f32 tensor-core path); the host runs
@@ -50,8 +50,8 @@
 //   (K/V re-read per query tile and head, mostly from L2; DRAM sees about 2 Hkv c D s).
 //   A 4096-token prefill of Llama-3-8B (H 32, D 128): ~137 GFLOP per layer, 4.4 TFLOP for 32 layers,
 //   compute-bound: the target is a useful fraction of the dense bf16 tensor peak (H100 SXM ~990
-//   TFLOP/s; FlashAttention-2 reaches ~35-50 % of it, this first version with synchronous loads and
-//   no ldmatrix much less — to be measured).
+//   TFLOP/s; FlashAttention-2 reaches ~35-50 % of it, this version with synchronous loads (no
+//   cp.async double buffering yet) less — to be measured).
 #include "common.cuh"
 
 // mma.sync m16n8k16 with bf16/f16 needs sm_80; older targets (and f32) get empty kernels.
@@ -87,13 +87,6 @@ __device__ __forceinline__ uint32_t pack2(float a, float b) {
     return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-// Two T elements (lo at p[0]) packed into 32 bits from separate addresses.
-__device__ __forceinline__ uint32_t pack2_elems(const T* lo, const T* hi) {
-    const uint32_t a = *reinterpret_cast<const unsigned short*>(lo);
-    const uint32_t b = *reinterpret_cast<const unsigned short*>(hi);
-    return a | (b << 16);
-}
-
 // D(16x8, f32) += A(16x16, T, row-major) * B(16x8, T, column-major).
 __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
@@ -113,6 +106,28 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
         "{%8, %9}, {%0, %1, %2, %3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+// ldmatrix.x4 from shared memory: four 8x8 matrices of 16-bit elements, lane l giving the address
+// of row l % 8 of matrix l / 8 (16-byte aligned); r[i] gets matrix i's elements (l / 4, 2 (l % 4)
+// and + 1) — exactly an mma B fragment register when the rows are B's columns (K: rows of keys).
+// TRANS loads each matrix transposed — (2 (l % 4) and + 1, l / 4) — the B fragment of a matrix
+// stored with B's rows as its rows (V: rows of keys, B = V[keys][d] in k x n).
+template <bool TRANS>
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const T* row) {
+#if defined(IM_CPU_EMULATION)
+    emu_ldmatrix_x4(r, row, TRANS);
+#else
+    const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
 #endif
 }
 
@@ -147,6 +162,7 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
 
     const unsigned tid = threadIdx.x, lane = tid % im::WARP, warp = tid / im::WARP;
     const unsigned gid = lane >> 2, tig = lane & 3;
+    const unsigned lm = lane / 8, lr = lane % 8;  // the ldmatrix row this lane addresses
     const uint32_t ra = row0 + warp * 16 + gid, rb = ra + 8;  // this lane's two local rows
     const uint32_t pos_a = first_pos + ra, pos_b = first_pos + rb;
 
@@ -192,18 +208,21 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
         }
         __syncthreads();
 
-        // S = Q Kᵀ for this warp's 16 rows and the tile's BN keys
+        // S = Q Kᵀ for this warp's 16 rows and the tile's BN keys. B (k = head dim, n = key) of
+        // k-steps kc, kc + 1 from one ldmatrix.x4: matrix m = lane / 8 is keys nt * 8 .. + 7 by
+        // dims (kc + m / 2) * 16 + (m % 2) * 8 .. + 7, lane giving key row lane % 8.
         float sc[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) sc[nt][e] = 0.f;
-            const T* krow = ks + (nt * 8 + gid) * LD + tig * 2;
+            const T* krow = ks + (nt * 8 + lr) * LD + (lm / 2) * 16 + (lm % 2) * 8;
 #pragma unroll
-            for (int kc = 0; kc < KD; ++kc) {
-                const uint32_t b0 = *reinterpret_cast<const uint32_t*>(krow + kc * 16);
-                const uint32_t b1 = *reinterpret_cast<const uint32_t*>(krow + kc * 16 + 8);
-                mma16816(sc[nt], qf[kc], b0, b1);
+            for (int kc = 0; kc < KD; kc += 2) {
+                uint32_t b[4];  // b0, b1 of k-step kc, then of kc + 1
+                ldmatrix_x4<false>(b, krow + kc * 16);
+                mma16816(sc[nt], qf[kc], b[0], b[1]);
+                mma16816(sc[nt], qf[kc + 1], b[2], b[3]);
             }
         }
         // scale, mask (causal and context), row max
@@ -259,13 +278,15 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
                                    pack2(sc[2 * kk][2], sc[2 * kk][3]),
                                    pack2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
                                    pack2(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
-            const T* v0 = vs + (kk * 16 + tig * 2) * LD + gid;
+            // B (k = key, n = head dim) of n-tiles dt, dt + 1 from one ldmatrix.x4.trans: matrix
+            // m = lane / 8 is keys kk * 16 + (m % 2) * 8 .. + 7 by dims (dt + m / 2) * 8 .. + 7
+            const T* vrow = vs + (kk * 16 + (lm % 2) * 8 + lr) * LD + (lm / 2) * 8;
 #pragma unroll
-            for (int dt = 0; dt < DT; ++dt) {
-                const T* vp = v0 + dt * 8;
-                const uint32_t b0 = pack2_elems(vp, vp + LD);
-                const uint32_t b1 = pack2_elems(vp + 8 * LD, vp + 9 * LD);
-                mma16816(o[dt], a, b0, b1);
+            for (int dt = 0; dt < DT; dt += 2) {
+                uint32_t b[4];  // b0, b1 of n-tile dt, then of dt + 1
+                ldmatrix_x4<true>(b, vrow + dt * 8);
+                mma16816(o[dt], a, b[0], b[1]);
+                mma16816(o[dt + 1], a, b[2], b[3]);
             }
         }
     }
@@ -299,6 +320,9 @@ __device__ __forceinline__ bool prefill_params_ok(const PrefillAttentionParams& 
 
 // The exported kernels, one per head_dim (D = 64, 128). Empty bodies where IM_PREFILL_MMA is 0: the
 // host never launches them there (it runs paged_attention_naive for f32 and before sm_80).
+// D = 64 takes 135 registers with ldmatrix (3 blocks per SM; 128 and 4 before): capping it at 4
+// blocks (__launch_bounds__(IM_PREFILL_THREADS, 4)) spills 12 bytes, so which is faster is for a
+// GPU session to measure (docs/attention.md, "Tune prefill").
 extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS) flash_prefill_d64(
     T* __restrict__ out,                           // [num_tokens, out_stride]
     const T* __restrict__ qkv,                     // [num_tokens, q_stride]

@@ -13,6 +13,7 @@
 //     parity of the lane's exchange count) make one barrier per shuffle enough: a lane cannot
 //     reach exchange k + 2, which reuses exchange k's table, before every lane of the warp has
 //     arrived at exchange k + 1, and so has read exchange k.
+//   ldmatrix .x4 (emu_ldmatrix_x4): the same exchange with the lanes' row addresses.
 //   mma.sync m16n8k16 (emu_mma_m16n8k16): the same exchange with the lanes' A, B and C fragments;
 //     each lane then computes its own four outputs from the fragment layouts as the PTX ISA
 //     (9.7.14.5.8) defines them — written from the ISA, not from the kernel, so a kernel that
@@ -21,7 +22,7 @@
 //     under divergent control flow) is reported as a deadlock and aborts; on a GPU it is undefined.
 // __shared__ becomes `static`: one copy per kernel function, shared by the block's threads, which is
 // right because blocks run one after another. What this cannot check: timing, the memory model
-// between blocks, other inline PTX (ldmatrix, cp.async), register pressure.
+// between blocks, other inline PTX (cp.async), register pressure.
 // Used by tests/kernel_emulation/*.cpp through scripts/emulate-kernels.
 #pragma once
 #include <algorithm>
@@ -263,6 +264,31 @@ void emu_mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32
         for (unsigned k = 0; k < 16; ++k) acc += A(row, k) * B(k, n);
         c[i] = acc;
     }
+}
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16 {r0, r1, r2, r3}, [row] for the warp: four 8x8
+// matrices of 16-bit elements; lane l gives the address of row l % 8 of matrix l / 8 (8 contiguous
+// elements, 16-byte aligned). From the PTX ISA (ldmatrix): register ri of lane l holds matrix i's
+// elements at row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1 (low half first); with .trans the
+// matrix is read transposed: rows 2 (l % 4) and 2 (l % 4) + 1 of column l / 4.
+inline void emu_ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
+    using namespace emu;
+    const unsigned tid = threadIdx.x, lane = tid % 32, warp = tid / 32, par = parity[tid];
+    if (reinterpret_cast<uintptr_t>(row) % 16 != 0) {
+        std::fprintf(stderr, "emu: ldmatrix row address %p of thread %u is not 16-byte aligned\n",
+                     row, tid);
+        std::abort();
+    }
+    parity[tid] ^= 1;
+    exchange[par][warp][lane] = reinterpret_cast<uintptr_t>(row);
+    arrive_and_wait(warp_barriers[warp]);
+    // element (i, j) of matrix m as stored: row i's address is lane 8 m + i's
+    auto at = [&](unsigned m, unsigned i, unsigned j) -> uint32_t {
+        return reinterpret_cast<const uint16_t*>(exchange[par][warp][m * 8 + i])[j];
+    };
+    const unsigned g = lane / 4, t2 = 2 * (lane % 4);
+    for (unsigned m = 0; m < 4; ++m)
+        r[m] = trans ? at(m, t2, g) | at(m, t2 + 1, g) << 16 : at(m, g, t2) | at(m, g, t2 + 1) << 16;
 }
 
 inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
