@@ -26,7 +26,8 @@ import argparse
 import re
 import sys
 
-from results_io import InputError, emit, field, fmt, load, rows_of
+sys.dont_write_bytecode = True  # no __pycache__ beside the scripts for results_io
+from results_io import InputError, emit, field, fmt, load, rows_of  # noqa: E402
 
 SHAPE_KEYS = ("seqs", "query_len", "context_len", "num_heads", "num_kv_heads", "head_dim")
 VARIANTS = ("naive", "auto", "auto-1split")

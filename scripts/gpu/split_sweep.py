@@ -23,7 +23,8 @@ import argparse
 import re
 import sys
 
-from results_io import InputError, emit, field, fmt, load, rows_of
+sys.dont_write_bytecode = True  # no __pycache__ beside the scripts for results_io
+from results_io import InputError, emit, field, fmt, load, rows_of  # noqa: E402
 
 DECODE = "attention_decode"
 SHAPE_KEYS = ("seqs", "context_len", "num_heads", "num_kv_heads", "head_dim", "block_size")
