@@ -18,13 +18,14 @@
 // with their argument values as of capture and replayed by cuGraphLaunch; host<->device copies,
 // synchronisation and cuMemAlloc/cuMemFree during a capture fail with
 // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidate the capture, as the driver does for pageable
-// memory (the capture mode decides whose allocations and synchronisations collide with it). Every entry point takes one process-wide lock: kernels run one at
-// a time.
+// memory (the capture mode decides whose allocations and synchronisations collide with it). Every
+// entry point takes one process-wide lock: kernels run one at a time.
 //
 // Environment: FAKE_CUDA_MEMORY_MIB (device memory, default 2048), FAKE_CUDA_SMS (multiprocessors,
 // default 8), FAKE_CUDA_EMU_DIR (emu.h's folder; default: where this file was built from),
 // FAKE_CUDA_CXX (default g++), FAKE_CUDA_CXXFLAGS (extra flags for kernel modules, e.g.
 // -fsanitize=address with libasan preloaded).
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -41,7 +42,6 @@
 #include <sstream>
 #include <string>
 #include <thread>
-#include <algorithm>
 #include <unistd.h>
 #include <vector>
 
