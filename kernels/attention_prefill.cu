@@ -131,7 +131,75 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const T* row) {
 #endif
 }
 
-template <int D>
+// cp.async.cg.shared.global [dst], [src], 16, src_bytes (sm_80+): 16 bytes from global to shared
+// memory without passing through registers, so a thread issues its copies and goes on computing;
+// src_bytes 0 reads nothing and writes 16 zero bytes. The copies become visible to this thread after
+// cp_async_wait_all, to the block after a __syncthreads that follows it.
+__device__ __forceinline__ void cp_async_16(T* dst, const T* src, bool valid) {
+#if defined(IM_CPU_EMULATION)
+    emu_cp_async_16(dst, src, valid ? 16u : 0u);
+#else
+    const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
+                 "r"(valid ? 16u : 0u));
+#endif
+}
+
+// Close this thread's open cp.async copies into a group (cp.async.commit_group).
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(IM_CPU_EMULATION)
+    emu_cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Wait for every committed group of this thread (cp.async.wait_group 0).
+__device__ __forceinline__ void cp_async_wait_all() {
+#if defined(IM_CPU_EMULATION)
+    emu_cp_async_wait(0);
+#else
+    asm volatile("cp.async.wait_group 0;\n" ::);
+#endif
+}
+
+// Keys kb .. kb + BN - 1 of one KV head from `cache` through the block table into the shared tile
+// dst [BN][LD], 16 bytes per copy; keys at or past kmax and keys in unmapped blocks (id >=
+// num_blocks) become zeros. ASYNC: cp.async (the caller commits and waits); otherwise loads through
+// registers that the block waits for right here.
+template <int D, bool ASYNC>
+__device__ __forceinline__ void load_kv_tile(T* __restrict__ dst, const T* __restrict__ cache,
+                                             const uint32_t* __restrict__ table, uint32_t kb,
+                                             uint32_t kmax, uint32_t kvh,
+                                             const PrefillAttentionParams& p) {
+    constexpr int BN = Tile<D>::BN, LD = Tile<D>::LD, R = D / im::VEC;  // R: 16-byte vectors a row
+    constexpr int PER_THREAD = BN * R / IM_PREFILL_THREADS;             // 4 at D = 64 and 128
+    static_assert(BN * R % IM_PREFILL_THREADS == 0, "whole copies per thread");
+    const uint32_t nkv = p.kv.num_kv_heads, bs = p.kv.block_size;
+#pragma unroll
+    for (int i = 0; i < PER_THREAD; ++i) {
+        const uint32_t x = threadIdx.x + i * IM_PREFILL_THREADS;
+        const uint32_t n = x / R, v = x % R, j = kb + n;
+        const T* src = cache;  // a valid address for the zero-fill copy, which reads nothing
+        bool valid = false;
+        if (j < kmax) {
+            const uint32_t block = table[j / bs];
+            if (block < p.kv.num_blocks) {
+                src = cache + ((uint64_t(block) * bs + j % bs) * nkv + kvh) * D + v * im::VEC;
+                valid = true;
+            }
+        }
+        T* d = dst + n * LD + v * im::VEC;
+        if (ASYNC) {
+            cp_async_16(d, src, valid);
+        } else {
+            *reinterpret_cast<uint4*>(d) =
+                valid ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
+        }
+    }
+}
+
+template <int D, bool ASYNC>
 __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restrict__ out,
                                               const T* __restrict__ qkv, const T* __restrict__ k_cache,
                                               const T* __restrict__ v_cache,
@@ -144,12 +212,11 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
     constexpr int KD = D / 16;  // k-steps of Q Kᵀ
     constexpr int NT = BN / 8;  // n-tiles of S
     constexpr int DT = D / 8;   // n-tiles of O
-    constexpr int R = D / im::VEC;  // 16-byte vectors per head row
     T* ks = smem;
     T* vs = smem + BN * LD;
 
-    const uint32_t nkv = p.kv.num_kv_heads, bs = p.kv.block_size;
-    const uint32_t h = blockIdx.y, kvh = h / (p.num_heads / nkv);
+    const uint32_t bs = p.kv.block_size;
+    const uint32_t h = blockIdx.y, kvh = h / (p.num_heads / p.kv.num_kv_heads);
     const uint32_t s = tiles[2 * blockIdx.x], mt = tiles[2 * blockIdx.x + 1];
     const uint32_t q0 = query_start_loc[s], q_len = query_start_loc[s + 1] - q0;
     const uint32_t ctx = uint32_t(min(uint64_t(seq_lens[s]), uint64_t(p.max_blocks_per_seq) * bs));
@@ -190,23 +257,28 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
 #pragma unroll
         for (int e = 0; e < 4; ++e) o[dt][e] = 0.f;
 
+    // The K/V pipeline (ASYNC): K of the first tile is in flight before the loop; in each iteration
+    // V of this tile loads while S = Q Kᵀ and the softmax run, and K of the next tile while O += P V
+    // runs, each into its single buffer once every warp is done reading the tile it replaces (the
+    // two barriers below), so shared memory stays one K and one V tile (FlashAttention-2's order).
+    // Without ASYNC both tiles are loaded through registers between two barriers, and the warps
+    // wait out the memory latency of every tile: the instructive step before the pipeline.
+    if (ASYNC) {
+        load_kv_tile<D, true>(ks, k_cache, table, 0, kmax, kvh, p);
+        cp_async_commit();
+    }
     for (uint32_t kb = 0; kb < kmax; kb += BN) {
-        __syncthreads();  // the previous tile is consumed
-        for (uint32_t x = tid; x < uint32_t(BN * R); x += IM_PREFILL_THREADS) {
-            const uint32_t n = x / R, v = x % R, j = kb + n;
-            uint4 kv4 = make_uint4(0, 0, 0, 0), vv4 = make_uint4(0, 0, 0, 0);
-            if (j < kmax) {
-                const uint32_t block = table[j / bs];
-                if (block < p.kv.num_blocks) {
-                    const uint64_t off = ((uint64_t(block) * bs + j % bs) * nkv + kvh) * D + v * im::VEC;
-                    kv4 = *reinterpret_cast<const uint4*>(k_cache + off);
-                    vv4 = *reinterpret_cast<const uint4*>(v_cache + off);
-                }
-            }
-            *reinterpret_cast<uint4*>(ks + n * LD + v * im::VEC) = kv4;
-            *reinterpret_cast<uint4*>(vs + n * LD + v * im::VEC) = vv4;
+        if (ASYNC) {
+            cp_async_wait_all();  // this thread's copies of K(kb)
+            __syncthreads();      // everyone's K(kb) landed; everyone's P V of the last tile is done
+            load_kv_tile<D, true>(vs, v_cache, table, kb, kmax, kvh, p);
+            cp_async_commit();
+        } else {
+            __syncthreads();  // the previous tile is consumed
+            load_kv_tile<D, false>(ks, k_cache, table, kb, kmax, kvh, p);
+            load_kv_tile<D, false>(vs, v_cache, table, kb, kmax, kvh, p);
+            __syncthreads();
         }
-        __syncthreads();
 
         // S = Q Kᵀ for this warp's 16 rows and the tile's BN keys. B (k = head dim, n = key) of
         // k-steps kc, kc + 1 from one ldmatrix.x4: matrix m = lane / 8 is keys nt * 8 .. + 7 by
@@ -271,6 +343,12 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
             o[dt][2] *= corr_b;
             o[dt][3] *= corr_b;
         }
+        if (ASYNC) {
+            cp_async_wait_all();  // this thread's copies of V(kb)
+            __syncthreads();      // everyone's V(kb) landed; every warp is done with K(kb)
+            if (kb + BN < kmax) load_kv_tile<D, true>(ks, k_cache, table, kb + BN, kmax, kvh, p);
+            cp_async_commit();
+        }
         // O += P V: the C fragments of n-tiles 2kk, 2kk + 1 are the A fragment of k-step kk
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
@@ -318,42 +396,57 @@ __device__ __forceinline__ bool prefill_params_ok(const PrefillAttentionParams& 
 
 #endif  // IM_PREFILL_MMA
 
-// The exported kernels, one per head_dim (D = 64, 128). Empty bodies where IM_PREFILL_MMA is 0: the
-// host never launches them there (it runs paged_attention_naive for f32 and before sm_80).
-// D = 64 takes 135 registers with ldmatrix (3 blocks per SM; 128 and 4 before): capping it at 4
-// blocks (__launch_bounds__(IM_PREFILL_THREADS, 4)) spills 12 bytes, so which is faster is for a
-// GPU session to measure (docs/attention.md, "Tune prefill").
-extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS) flash_prefill_d64(
-    T* __restrict__ out,                           // [num_tokens, out_stride]
-    const T* __restrict__ qkv,                     // [num_tokens, q_stride]
-    const T* __restrict__ k_cache,                 // [num_blocks, block_size, num_kv_heads, 64]
-    const T* __restrict__ v_cache,                 // [num_blocks, block_size, num_kv_heads, 64]
-    const uint32_t* __restrict__ query_start_loc,  // [num_seqs + 1]
-    const uint32_t* __restrict__ seq_lens,         // [num_seqs]
-    const uint32_t* __restrict__ block_tables,     // [num_seqs, max_blocks_per_seq]
-    const uint32_t* __restrict__ tiles,            // [num_tiles, 2]
-    PrefillAttentionParams p) {
+// The exported kernels, one per head_dim (D = 64, 128) and K/V load scheme: flash_prefill_d* with the
+// cp.async pipeline (what the `auto` variant runs), flash_prefill_sync_d* with loads through registers
+// (the `auto-sync` study variant: what the pipeline buys). Empty bodies where IM_PREFILL_MMA is 0:
+// the host never launches them there (it runs paged_attention_naive for f32 and before sm_80).
+// D = 64 takes about 135 registers (3 blocks per SM): capping it at 4 blocks
+// (__launch_bounds__(IM_PREFILL_THREADS, 4)) spills, so which is faster is for a GPU session to
+// measure (docs/attention.md, "Tune prefill"; kernels/REGISTERS.md has the counts).
+// Arguments of every flash_prefill kernel (D = 64 or 128):
+//   out             [num_tokens, out_stride]
+//   qkv             [num_tokens, q_stride]
+//   k_cache/v_cache [num_blocks, block_size, num_kv_heads, D]
+//   query_start_loc [num_seqs + 1];  seq_lens [num_seqs]
+//   block_tables    [num_seqs, max_blocks_per_seq];  tiles [num_tiles, 2]
 #if IM_PREFILL_MMA
-    __shared__ __align__(16) T smem[Tile<64>::SMEM];
-    if (!prefill_params_ok(p, 64)) return;
-    prefill_block<64>(smem, out, qkv, k_cache, v_cache, query_start_loc, seq_lens, block_tables, tiles, p);
+#define IM_PREFILL_RUN(D, ASYNC)                                                                   \
+    __shared__ __align__(16) T smem[Tile<D>::SMEM];                                                \
+    if (prefill_params_ok(p, D))                                                                   \
+        prefill_block<D, ASYNC>(smem, out, qkv, k_cache, v_cache, query_start_loc, seq_lens,      \
+                                block_tables, tiles, p);
+#else
+#define IM_PREFILL_RUN(D, ASYNC)
 #endif
+
+extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS) flash_prefill_d64(
+    T* __restrict__ out, const T* __restrict__ qkv, const T* __restrict__ k_cache,
+    const T* __restrict__ v_cache, const uint32_t* __restrict__ query_start_loc,
+    const uint32_t* __restrict__ seq_lens, const uint32_t* __restrict__ block_tables,
+    const uint32_t* __restrict__ tiles, PrefillAttentionParams p) {
+    IM_PREFILL_RUN(64, true)
 }
 
 extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS) flash_prefill_d128(
-    T* __restrict__ out,                           // [num_tokens, out_stride]
-    const T* __restrict__ qkv,                     // [num_tokens, q_stride]
-    const T* __restrict__ k_cache,                 // [num_blocks, block_size, num_kv_heads, 128]
-    const T* __restrict__ v_cache,                 // [num_blocks, block_size, num_kv_heads, 128]
-    const uint32_t* __restrict__ query_start_loc,  // [num_seqs + 1]
-    const uint32_t* __restrict__ seq_lens,         // [num_seqs]
-    const uint32_t* __restrict__ block_tables,     // [num_seqs, max_blocks_per_seq]
-    const uint32_t* __restrict__ tiles,            // [num_tiles, 2]
-    PrefillAttentionParams p) {
-#if IM_PREFILL_MMA
-    __shared__ __align__(16) T smem[Tile<128>::SMEM];
-    if (!prefill_params_ok(p, 128)) return;
-    prefill_block<128>(smem, out, qkv, k_cache, v_cache, query_start_loc, seq_lens, block_tables, tiles, p);
-#endif
+    T* __restrict__ out, const T* __restrict__ qkv, const T* __restrict__ k_cache,
+    const T* __restrict__ v_cache, const uint32_t* __restrict__ query_start_loc,
+    const uint32_t* __restrict__ seq_lens, const uint32_t* __restrict__ block_tables,
+    const uint32_t* __restrict__ tiles, PrefillAttentionParams p) {
+    IM_PREFILL_RUN(128, true)
 }
 
+extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS) flash_prefill_sync_d64(
+    T* __restrict__ out, const T* __restrict__ qkv, const T* __restrict__ k_cache,
+    const T* __restrict__ v_cache, const uint32_t* __restrict__ query_start_loc,
+    const uint32_t* __restrict__ seq_lens, const uint32_t* __restrict__ block_tables,
+    const uint32_t* __restrict__ tiles, PrefillAttentionParams p) {
+    IM_PREFILL_RUN(64, false)
+}
+
+extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS) flash_prefill_sync_d128(
+    T* __restrict__ out, const T* __restrict__ qkv, const T* __restrict__ k_cache,
+    const T* __restrict__ v_cache, const uint32_t* __restrict__ query_start_loc,
+    const uint32_t* __restrict__ seq_lens, const uint32_t* __restrict__ block_tables,
+    const uint32_t* __restrict__ tiles, PrefillAttentionParams p) {
+    IM_PREFILL_RUN(128, false)
+}

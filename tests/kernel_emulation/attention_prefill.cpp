@@ -6,8 +6,10 @@
 // Each case builds a paged KV cache with shuffled block ids and a batch that mixes prefill sequences
 // (q_len >= 2 new tokens, the last q_len of a context of ctx tokens: whole prompts and chunks over a
 // cached prefix) with decode sequences (one new token, whose output rows must stay untouched), makes
-// the tile list as the host's prefill_tiles does (src/backend/cuda/attention.rs) and launches
-// flash_prefill_d{64,128}. Covered: head_dim 64/128, GQA groups 1, 4 and 8, block sizes 16/32, query
+// the tile list as the host's prefill_tiles does (src/backend/cuda/attention.rs) and launches both
+// kernels of each head_dim: flash_prefill_d{64,128} (K/V tiles through the cp.async pipeline, whose
+// copies emu.h performs at the latest moment allowed, so a read before its wait fails) and
+// flash_prefill_sync_d{64,128} (loads through registers). Covered: head_dim 64/128, GQA groups 1, 4 and 8, block sizes 16/32, query
 // lengths across the 64-row query tile and the 64/32-key K/V tiles (2, 3, 37, 63, 64, 65, 130, 200),
 // prefixes not multiples of the block size. Poison: every cache slot no sequence owns (unused blocks
 // and the tails of last blocks) holds NaN/inf, so a read past the context shows up as NaN.
@@ -64,7 +66,7 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
   uint32_t q_stride = (H + 2 * Hkv) * D, out_stride = H * D;
   std::vector<float> qf(size_t(num_tokens) * q_stride);
   for (auto& x : qf) x = rt(rnd() * 2);
-  std::vector<T> kt(cache_len), vt(cache_len), qt(qf.size()), ot(size_t(num_tokens) * out_stride, im::from_float(-7.f));
+  std::vector<T> kt(cache_len), vt(cache_len), qt(qf.size());
   for (size_t i = 0; i < cache_len; ++i) { kt[i] = im::from_float(kf[i]); vt[i] = im::from_float(vf[i]); }
   for (size_t i = 0; i < qf.size(); ++i) qt[i] = im::from_float(qf[i]);
 
@@ -75,50 +77,55 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
   p.max_blocks_per_seq = max_blocks; p.q_stride = q_stride; p.out_stride = out_stride; p.scale = scale;
   dim3 grid; grid.x = p.num_tiles; grid.y = H;
   dim3 blk; blk.x = IM_PREFILL_THREADS;
-  auto kern = D == 64 ? flash_prefill_d64 : flash_prefill_d128;
-  launch(grid, blk, [&] { kern(ot.data(), qt.data(), kt.data(), vt.data(), qsl.data(), lens.data(), table.data(), tiles.data(), p); });
+  for (bool pipelined : {true, false}) {
+    auto kern = pipelined ? (D == 64 ? flash_prefill_d64 : flash_prefill_d128)
+                          : (D == 64 ? flash_prefill_sync_d64 : flash_prefill_sync_d128);
+    const char* name = pipelined ? "cp.async" : "sync    ";
+    std::vector<T> ot(size_t(num_tokens) * out_stride, im::from_float(-7.f));
+    launch(grid, blk, [&] { kern(ot.data(), qt.data(), kt.data(), vt.data(), qsl.data(), lens.data(), table.data(), tiles.data(), p); });
 
-  cases++;
-  if (IM_DTYPE == IM_DTYPE_F32) {  // empty kernels: nothing may be written
-    bool untouched = true;
-    for (T x : ot) untouched &= im::to_float(x) == -7.f;
-    if (!untouched) failures++;
-    printf("D%-3u H%-2u Hkv%-2u bs%-2u f32: %s\n", D, H, Hkv, bs, untouched ? "ok   (empty kernel wrote nothing)" : "FAIL (the f32 kernel wrote output)");
-    return;
-  }
-  double worst = 0; bool nan = false, untouched = true;
-  for (uint32_t s = 0; s < ns; ++s) {
-    uint32_t q_len = qsl[s + 1] - qsl[s], ctx = lens[s];
-    for (uint32_t r = 0; r < q_len; ++r) {
-      uint32_t t = qsl[s] + r, pos = ctx - q_len + r;
-      for (uint32_t h = 0; h < H; ++h) {
-        if (q_len < 2) {  // a decode row: the prefill kernel leaves it alone
-          for (uint32_t e = 0; e < D; ++e) untouched &= im::to_float(ot[size_t(t) * out_stride + h * D + e]) == -7.f;
-          continue;
-        }
-        uint32_t kvh = h / G;
-        std::vector<double> sc(pos + 1);
-        double m = -INFINITY;
-        for (uint32_t j = 0; j <= pos; ++j) {
-          double d = 0; for (uint32_t e = 0; e < D; ++e) d += double(qf[size_t(t) * q_stride + h * D + e]) * kf[slot(s, j, kvh) + e];
-          sc[j] = d * scale; m = std::max(m, sc[j]);
-        }
-        double l = 0; for (double x : sc) l += std::exp(x - m);
-        for (uint32_t e = 0; e < D; ++e) {
-          double o = 0; for (uint32_t j = 0; j <= pos; ++j) o += std::exp(sc[j] - m) / l * vf[slot(s, j, kvh) + e];
-          float got = im::to_float(ot[size_t(t) * out_stride + h * D + e]);
-          if (std::isnan(got)) nan = true;
-          double err = std::fabs(got - o) / (1 + std::fabs(o));
-          if (!(err <= worst)) worst = err;
+    cases++;
+    if (IM_DTYPE == IM_DTYPE_F32) {  // empty kernels: nothing may be written
+      bool untouched = true;
+      for (T x : ot) untouched &= im::to_float(x) == -7.f;
+      if (!untouched) failures++;
+      printf("%s D%-3u H%-2u Hkv%-2u bs%-2u f32: %s\n", name, D, H, Hkv, bs, untouched ? "ok   (empty kernel wrote nothing)" : "FAIL (the f32 kernel wrote output)");
+      continue;
+    }
+    double worst = 0; bool nan = false, untouched = true;
+    for (uint32_t s = 0; s < ns; ++s) {
+      uint32_t q_len = qsl[s + 1] - qsl[s], ctx = lens[s];
+      for (uint32_t r = 0; r < q_len; ++r) {
+        uint32_t t = qsl[s] + r, pos = ctx - q_len + r;
+        for (uint32_t h = 0; h < H; ++h) {
+          if (q_len < 2) {  // a decode row: the prefill kernel leaves it alone
+            for (uint32_t e = 0; e < D; ++e) untouched &= im::to_float(ot[size_t(t) * out_stride + h * D + e]) == -7.f;
+            continue;
+          }
+          uint32_t kvh = h / G;
+          std::vector<double> sc(pos + 1);
+          double m = -INFINITY;
+          for (uint32_t j = 0; j <= pos; ++j) {
+            double d = 0; for (uint32_t e = 0; e < D; ++e) d += double(qf[size_t(t) * q_stride + h * D + e]) * kf[slot(s, j, kvh) + e];
+            sc[j] = d * scale; m = std::max(m, sc[j]);
+          }
+          double l = 0; for (double x : sc) l += std::exp(x - m);
+          for (uint32_t e = 0; e < D; ++e) {
+            double o = 0; for (uint32_t j = 0; j <= pos; ++j) o += std::exp(sc[j] - m) / l * vf[slot(s, j, kvh) + e];
+            float got = im::to_float(ot[size_t(t) * out_stride + h * D + e]);
+            if (std::isnan(got)) nan = true;
+            double err = std::fabs(got - o) / (1 + std::fabs(o));
+            if (!(err <= worst)) worst = err;
+          }
         }
       }
     }
+    bool ok = worst <= TOL && !nan && untouched;
+    if (!ok) failures++;
+    printf("%s D%-3u H%-2u Hkv%-2u bs%-2u tiles %-3u seqs", name, D, H, Hkv, bs, p.num_tiles);
+    for (auto [n, c] : seqs) printf(" %u/%u", n, c);
+    printf("  %s err %.3g%s%s\n", ok ? "ok  " : "FAIL", worst, nan ? " NaN" : "", untouched ? "" : " decode rows written");
   }
-  bool ok = worst <= TOL && !nan && untouched;
-  if (!ok) failures++;
-  printf("D%-3u H%-2u Hkv%-2u bs%-2u tiles %-3u seqs", D, H, Hkv, bs, p.num_tiles);
-  for (auto [n, c] : seqs) printf(" %u/%u", n, c);
-  printf("  %s err %.3g%s%s\n", ok ? "ok  " : "FAIL", worst, nan ? " NaN" : "", untouched ? "" : " decode rows written");
 }
 
 int main() {

@@ -20,9 +20,15 @@
 //     packs its fragments differently fails.
 //   A kernel whose threads do not all reach a barrier (lanes skipping a shuffle, a __syncthreads
 //     under divergent control flow) is reported as a deadlock and aborts; on a GPU it is undefined.
+//   cp.async (emu_cp_async_16, _commit, _wait): a thread's copies are queued, grouped at commit and
+//     performed when a wait retires their group — the latest moment the PTX memory model allows — so
+//     a kernel that reads a tile before waiting for it reads stale shared memory and fails its
+//     reference check. A thread that returns with copies never waited for is reported (aborts).
+//     Performing them late cannot show the opposite mistake (a copy issued into a buffer other warps
+//     still read, a barrier missing before the issue): the warps run in near lockstep here.
 // __shared__ becomes `static`: one copy per kernel function, shared by the block's threads, which is
 // right because blocks run one after another. What this cannot check: timing, the memory model
-// between blocks, other inline PTX (cp.async), register pressure.
+// between blocks, other inline PTX, register pressure.
 // Used by tests/kernel_emulation/*.cpp through scripts/emulate-kernels.
 #pragma once
 #include <algorithm>
@@ -173,9 +179,32 @@ inline void leave(Barrier& b) {
     if (b.arrived != 0 && b.arrived == b.expected) release(b);
 }
 
+// One thread's cp.async copies: those not yet committed, then the committed groups, oldest first.
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    unsigned src_bytes;  // the rest of the 16 bytes is zero-filled
+};
+struct AsyncQueue {
+    std::vector<AsyncCopy> open;
+    std::vector<std::vector<AsyncCopy>> groups;
+    bool pending() const {
+        if (!open.empty()) return true;
+        for (auto& g : groups)
+            if (!g.empty()) return true;
+        return false;
+    }
+};
+inline AsyncQueue async_queues[1024];
+
 inline void fiber_main() {
     Fiber* self = current;
     invoke(kernel_call);
+    if (async_queues[self->tid].pending()) {
+        std::fprintf(stderr, "emu: thread %u of block (%u, %u, %u) returned with cp.async copies it never waited for\n",
+                     self->tid, blockIdx.x, blockIdx.y, blockIdx.z);
+        std::abort();
+    }
     self->done = true;
     ++progress;
     leave(warp_barriers[self->tid / 32]);
@@ -291,6 +320,36 @@ inline void emu_ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
         r[m] = trans ? at(m, t2, g) | at(m, t2 + 1, g) << 16 : at(m, g, t2) | at(m, g, t2 + 1) << 16;
 }
 
+// cp.async.cg.shared.global [dst], [src], 16, src_bytes: queued (see the header comment); both
+// addresses must be 16-byte aligned.
+inline void emu_cp_async_16(void* dst, const void* src, unsigned src_bytes) {
+    if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0 || src_bytes > 16) {
+        std::fprintf(stderr, "emu: cp.async of thread %u: %p <- %p (%u bytes) is not 16-byte aligned or too long\n",
+                     threadIdx.x, dst, src, src_bytes);
+        std::abort();
+    }
+    emu::async_queues[threadIdx.x].open.push_back({dst, src, src_bytes});
+}
+
+// cp.async.commit_group: this thread's open copies become its newest group (possibly empty).
+inline void emu_cp_async_commit() {
+    auto& q = emu::async_queues[threadIdx.x];
+    q.groups.push_back(std::move(q.open));
+    q.open.clear();
+}
+
+// cp.async.wait_group n: every group but the newest n is performed, oldest first.
+inline void emu_cp_async_wait(unsigned n) {
+    auto& q = emu::async_queues[threadIdx.x];
+    while (q.groups.size() > n) {
+        for (const auto& c : q.groups.front()) {
+            std::memcpy(c.dst, c.src, c.src_bytes);
+            std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, 16 - c.src_bytes);
+        }
+        q.groups.erase(q.groups.begin());
+    }
+}
+
 inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
 inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
@@ -329,6 +388,7 @@ void launch(dim3 grid, dim3 block, F f) {
                 block_barrier = {n, 0, 0};
                 for (unsigned w = 0; w < warps; ++w) warp_barriers[w] = {std::min(32u, n - w * 32), 0, 0};
                 std::memset(parity, 0, sizeof parity);
+                for (unsigned t = 0; t < n; ++t) async_queues[t] = {};
                 for (unsigned t = 0; t < n; ++t) {
                     Fiber& fb = fibers[t];
                     if (!fb.stack) fb.stack.reset(new char[STACK_BYTES]);
