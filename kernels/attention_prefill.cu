@@ -26,9 +26,14 @@
 // of one head, warp w rows 16 w .. 16 w + 15 of them (FlashAttention-2's split of Q over warps).
 //  - Q: each warp loads its 16 x D query fragment once into registers in the m16n8k16 A-operand
 //    layout (D / 16 fragments of 4 registers).
-//  - K/V: tiles of BN keys (64 for D = 64, 32 for D = 128) are copied with 16-byte loads through the
+//  - K/V: tiles of BN keys (64 for D = 64, 32 for D = 128) are copied 16 bytes at a time through the
 //    block table into shared memory, [BN][D + 8] each (the 8-element pad makes the fragment reads
-//    below bank-conflict free); keys past the tile's last causal key are zero-filled.
+//    below bank-conflict free); keys past the tile's last causal key are zero-filled. The copies
+//    are cp.async, pipelined: V of tile t loads while S = Q Kᵀ and the softmax of tile t run, K of
+//    tile t + 1 while O += P V of tile t runs (FlashAttention-2's order), so the warps wait for
+//    memory only where a tile's compute is shorter than its load, with one K and one V buffer.
+//    flash_prefill_sync_d* loads both tiles through registers between two barriers instead (the
+//    `auto-sync` study variant, the step before the pipeline).
 //  - S = Q Kᵀ with mma.sync (B fragments of two k-steps per ldmatrix.x4 from the K tile), scaled by
 //    scale * log2(e), causal and context masks applied; online softmax per row in f32 (running max
 //    and sum; the 4 lanes sharing a row reduce with two xor shuffles); the f32 probabilities are
@@ -50,8 +55,8 @@
 //   (K/V re-read per query tile and head, mostly from L2; DRAM sees about 2 Hkv c D s).
 //   A 4096-token prefill of Llama-3-8B (H 32, D 128): ~137 GFLOP per layer, 4.4 TFLOP for 32 layers,
 //   compute-bound: the target is a useful fraction of the dense bf16 tensor peak (H100 SXM ~990
-//   TFLOP/s; FlashAttention-2 reaches ~35-50 % of it, this version with synchronous loads (no
-//   cp.async double buffering yet) less — to be measured).
+//   TFLOP/s; FlashAttention-2 reaches ~35-50 % of it on Hopper without its wgmma path; this
+//   version's share is for a GPU session to measure, against SDPA flash on the same shapes).
 #include "common.cuh"
 
 // mma.sync m16n8k16 with bf16/f16 needs sm_80; older targets (and f32) get empty kernels.
@@ -400,9 +405,11 @@ __device__ __forceinline__ bool prefill_params_ok(const PrefillAttentionParams& 
 // cp.async pipeline (what the `auto` variant runs), flash_prefill_sync_d* with loads through registers
 // (the `auto-sync` study variant: what the pipeline buys). Empty bodies where IM_PREFILL_MMA is 0:
 // the host never launches them there (it runs paged_attention_naive for f32 and before sm_80).
-// D = 64 takes about 135 registers (3 blocks per SM): capping it at 4 blocks
-// (__launch_bounds__(IM_PREFILL_THREADS, 4)) spills, so which is faster is for a GPU session to
-// measure (docs/attention.md, "Tune prefill"; kernels/REGISTERS.md has the counts).
+// __launch_bounds__(IM_PREFILL_THREADS, 3): 3 blocks (12 warps) per SM, what D = 128 reaches anyway
+// (~168 registers). It matters for D = 64: without the minimum, ptxas caps it at 128 registers on
+// sm_80..89 and spills (up to 24 bytes a thread); with it, ~150-160 registers and no spills. Whether
+// 4 blocks (<= 128 registers, spilling) beat 3 is for a GPU session to measure (docs/attention.md,
+// "Tune prefill"; kernels/REGISTERS.md has the counts).
 // Arguments of every flash_prefill kernel (D = 64 or 128):
 //   out             [num_tokens, out_stride]
 //   qkv             [num_tokens, q_stride]
@@ -419,7 +426,7 @@ __device__ __forceinline__ bool prefill_params_ok(const PrefillAttentionParams& 
 #define IM_PREFILL_RUN(D, ASYNC)
 #endif
 
-extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS) flash_prefill_d64(
+extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS, 3) flash_prefill_d64(
     T* __restrict__ out, const T* __restrict__ qkv, const T* __restrict__ k_cache,
     const T* __restrict__ v_cache, const uint32_t* __restrict__ query_start_loc,
     const uint32_t* __restrict__ seq_lens, const uint32_t* __restrict__ block_tables,
@@ -427,7 +434,7 @@ extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS) flash_prefill_d
     IM_PREFILL_RUN(64, true)
 }
 
-extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS) flash_prefill_d128(
+extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS, 3) flash_prefill_d128(
     T* __restrict__ out, const T* __restrict__ qkv, const T* __restrict__ k_cache,
     const T* __restrict__ v_cache, const uint32_t* __restrict__ query_start_loc,
     const uint32_t* __restrict__ seq_lens, const uint32_t* __restrict__ block_tables,
@@ -435,7 +442,7 @@ extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS) flash_prefill_d
     IM_PREFILL_RUN(128, true)
 }
 
-extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS) flash_prefill_sync_d64(
+extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS, 3) flash_prefill_sync_d64(
     T* __restrict__ out, const T* __restrict__ qkv, const T* __restrict__ k_cache,
     const T* __restrict__ v_cache, const uint32_t* __restrict__ query_start_loc,
     const uint32_t* __restrict__ seq_lens, const uint32_t* __restrict__ block_tables,
@@ -443,7 +450,7 @@ extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS) flash_prefill_s
     IM_PREFILL_RUN(64, false)
 }
 
-extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS) flash_prefill_sync_d128(
+extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS, 3) flash_prefill_sync_d128(
     T* __restrict__ out, const T* __restrict__ qkv, const T* __restrict__ k_cache,
     const T* __restrict__ v_cache, const uint32_t* __restrict__ query_start_loc,
     const uint32_t* __restrict__ seq_lens, const uint32_t* __restrict__ block_tables,

@@ -23,7 +23,9 @@ mod cuda_support;
 
 use cuda_support::*;
 use infermeter::backend::cpu;
-use infermeter::backend::cuda::{sampling_row_params, AttentionVariant, CudaBackend, CudaDtype};
+use infermeter::backend::cuda::{
+    sampling_row_params, AttentionVariant, AutoTuning, CudaBackend, CudaDtype, PrefillLoads,
+};
 use infermeter::backend::{Backend, BatchMeta, KvGeometry};
 use infermeter::engine::batch::{build_batch, LogitsWanted, SeqChunk};
 use infermeter::engine::sampling::{kept_weights, TokenDraw};
@@ -621,15 +623,32 @@ fn check_attention_variants<T: CudaDtype>(b: &B<T>) {
             cpu::attention::paged_attention(&mut want, &qkv, &kc, &vc, &meta, &geom, heads, scale);
             let is_prefill = prefill_rows(&meta);
 
+            let tuned = |decode_splits, prefill_loads| AutoTuning {
+                decode_splits,
+                prefill_loads,
+            };
             let runs = [
-                ("naive", AttentionVariant::Naive, None),
-                ("auto", AttentionVariant::Auto, None),
-                ("auto splits=1", AttentionVariant::Auto, Some(1)),
-                ("auto splits=7", AttentionVariant::Auto, Some(7)),
+                ("naive", AttentionVariant::Naive, AutoTuning::default()),
+                ("auto", AttentionVariant::Auto, AutoTuning::default()),
+                (
+                    "auto sync prefill loads",
+                    AttentionVariant::Auto,
+                    tuned(None, PrefillLoads::Sync),
+                ),
+                (
+                    "auto splits=1",
+                    AttentionVariant::Auto,
+                    tuned(Some(1), PrefillLoads::Pipelined),
+                ),
+                (
+                    "auto splits=7",
+                    AttentionVariant::Auto,
+                    tuned(Some(7), PrefillLoads::Pipelined),
+                ),
             ];
-            for (label, variant, splits) in runs {
+            for (label, variant, tuning) in runs {
                 let mut bv = b.clone().with_attention_variant(variant);
-                bv.set_decode_splits(splits);
+                bv.set_auto_tuning(tuning);
                 let mut dout = bv.zeros(t * q_size).unwrap();
                 bv.attention(&mut dout, &dqkv, &dk, &dv, &dm, &geom, heads, scale)
                     .unwrap_or_else(|e| panic!("{label} {what}: {e}"));

@@ -342,7 +342,7 @@ fn attention_variants_and_the_acceptance_sweep_are_listed() {
     let acceptance = ["--op", "attention", "--sweep", "attention-acceptance"];
     let (ok, stdout, err) = kernels(&[&["--list", "--backend", "cuda"][..], &acceptance].concat());
     assert!(ok, "{err}");
-    assert!(stdout.contains("33 cases (bf16 elements)"), "{stdout}");
+    assert!(stdout.contains("36 cases (bf16 elements)"), "{stdout}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines[0].contains("variant"), "{}", lines[0]);
     let shape = |seqs: usize, q: usize, ctx: usize| {
@@ -358,7 +358,7 @@ fn attention_variants_and_the_acceptance_sweep_are_listed() {
     for l in [512, 2048, 8192] {
         assert_eq!(
             variants_of("attention_prefill", &shape(1, l, l)),
-            ["naive", "auto"],
+            ["naive", "auto", "auto-sync"],
             "{stdout}"
         );
     }
@@ -572,6 +572,13 @@ fn attention_ratios_script_on_sample_files() {
     close(&prefill[1]["auto_tflop_s"], 450.0);
     close(&prefill[1]["auto_speedup_over_naive"], 22.5);
     assert_eq!(prefill[1]["target_met"], true);
+    // the cp.async pipeline's gain: auto-sync 1.25× and 1.5× slower than auto
+    close(&prefill[0]["pipeline_speedup"], 1.25);
+    close(&prefill[1]["pipeline_speedup"], 1.5);
+    close(
+        &prefill[1]["auto_sync_ms"],
+        1.5 * prefill[1]["auto_ms"].as_f64().unwrap(),
+    );
     // decode, sorted by (batch, context): auto at 1500, 2400, (skipped), 2700 GB/s of a 3000 GB/s
     // copy; the 85 % target applies from 4096 keys
     let decode = r["decode"].as_array().unwrap();

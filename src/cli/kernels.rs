@@ -55,8 +55,9 @@ pub struct KernelsArgs {
     #[arg(long, value_name = "NAME", default_value = "default")]
     pub sweep: String,
     /// CUDA attention implementations to study side by side, comma-separated: `naive` (the
-    /// baseline), `auto` (split-KV decode, flash prefill), `auto-1split` (split-KV decode forced
-    /// to one split; decode only), or `all` (default: these three); `auto-<N>split` forces N
+    /// baseline), `auto` (split-KV decode, flash prefill), `auto-sync` (the flash prefill without
+    /// its cp.async K/V pipeline; prefill only), `auto-1split` (split-KV decode forced to one
+    /// split; decode only), or `all` (default: these four); `auto-<N>split` forces N
     /// splits (decode only; e.g. `auto,auto-2split,auto-8split,auto-32split` to see where the
     /// split heuristic stands). Rows get a variant column and their
     /// speed-up over naive at the same shape. The CPU has one implementation, the reference.
@@ -170,7 +171,10 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
     };
     let cases = variant::expand(&cases, device, &variants);
     if cases.is_empty() {
-        bail!("--attention: no case (auto-<N>split variants apply to attention_decode only)");
+        bail!(
+            "--attention: no case (auto-<N>split variants apply to attention_decode only, \
+             auto-sync to attention_prefill only)"
+        );
     }
     if a.list {
         list(&cases, dtype);

@@ -55,8 +55,8 @@ pub struct KernelRow {
     /// Shape parameters (rows, cols, heads, context, ...).
     pub shape: serde_json::Value,
     /// The implementation studied where the device has several (CUDA attention: `naive`, `auto`,
-    /// `auto-<N>split`; the CUDA decode step: `eager`, `graphs`; `study::variant`). Absent where it has one: every CPU row (the reference)
-    /// and every other CUDA op.
+    /// `auto-sync`, `auto-<N>split`; the CUDA decode step: `eager`, `graphs`; `study::variant`).
+    /// Absent where it has one: every CPU row (the reference) and every other CUDA op.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     /// CUDA attention_decode rows of the split-KV kernel (`auto`, `auto-<N>split`): the number of

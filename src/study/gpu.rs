@@ -293,9 +293,9 @@ impl CudaSession {
 
 /// `b` set to run `variant` (unchanged for `None`: the backend's own setting).
 fn with_variant<T: CudaDtype>(mut b: CudaBackend<T>, variant: Option<Variant>) -> CudaBackend<T> {
-    if let Some((attention, splits)) = variant.and_then(Variant::cuda_settings) {
+    if let Some((attention, tuning)) = variant.and_then(Variant::cuda_settings) {
         b.set_attention_variant(attention);
-        b.set_decode_splits(splits);
+        b.set_auto_tuning(tuning);
     }
     b
 }

@@ -329,7 +329,7 @@ pub struct Case {
     /// The model config the shape was taken from.
     pub model: Option<String>,
     pub shape: Shape,
-    /// The implementation studied (CUDA attention: `naive`, `auto`, `auto-1split`); `None` where
+    /// The implementation studied (CUDA attention: `naive`, `auto`, `auto-sync`, `auto-<N>split`); `None` where
     /// the device has one (every CPU op: the reference). Set by [`super::variant::expand`].
     pub variant: Option<super::variant::Variant>,
 }

@@ -11,6 +11,9 @@
 //!     shares each K/V row among the query heads of a GQA group and reads it with 16-byte loads,
 //!     but has no split of the context over extra blocks: the instructive step between `naive`
 //!     and `auto`;
+//!   - `auto-sync` (prefill only): the flash prefill kernel with synchronous K/V tile loads
+//!     (through registers, between two barriers) instead of `auto`'s cp.async pipeline: the
+//!     instructive step that shows what the pipeline buys;
 //!   - `auto-<N>split` (decode only, N up to `IM_DECODE_MAX_SPLITS`; not in `all`): the split-KV
 //!     kernel forced to N splits (fewer where the context has fewer key groups), so a sweep over N
 //!     shows where the heuristic's choice (`auto`) stands against the best split count.
@@ -29,7 +32,7 @@ use std::borrow::Cow;
 
 use crate::backend::cuda::attention;
 use crate::backend::cuda::params::IM_DECODE_MAX_SPLITS;
-use crate::backend::cuda::AttentionVariant;
+use crate::backend::cuda::{AttentionVariant, AutoTuning, PrefillLoads};
 use crate::error::{Error, Result};
 
 use super::ops::{Case, Op, Shape};
@@ -44,6 +47,8 @@ pub enum Variant {
     Naive,
     /// Split-KV decode with the heuristic's split count; flash prefill.
     Auto,
+    /// Flash prefill with synchronous K/V loads, no cp.async pipeline (prefill only).
+    AutoSync,
     /// Split-KV decode forced to this many splits, 1..=`IM_DECODE_MAX_SPLITS` (decode only):
     /// `auto-1split`, `auto-8split`, ...
     AutoSplits(u32),
@@ -58,9 +63,10 @@ impl Variant {
     pub const AUTO_ONE_SPLIT: Variant = Variant::AutoSplits(1);
 
     /// One of each kind of variant, each op's baseline first (`auto-<N>split` for N = 1).
-    pub const ALL: [Variant; 5] = [
+    pub const ALL: [Variant; 6] = [
         Variant::Naive,
         Variant::Auto,
+        Variant::AutoSync,
         Variant::AUTO_ONE_SPLIT,
         Variant::Eager,
         Variant::Graphs,
@@ -68,7 +74,12 @@ impl Variant {
 
     /// The attention variants `all` (and no `--attention`) stands for, naive first; any
     /// `auto-<N>split` can be named besides.
-    pub const ATTENTION: [Variant; 3] = [Variant::Naive, Variant::Auto, Variant::AUTO_ONE_SPLIT];
+    pub const ATTENTION: [Variant; 4] = [
+        Variant::Naive,
+        Variant::Auto,
+        Variant::AutoSync,
+        Variant::AUTO_ONE_SPLIT,
+    ];
 
     /// The step variants, the baseline first: every decode step runs in both.
     pub const STEP: [Variant; 2] = [Variant::Eager, Variant::Graphs];
@@ -77,16 +88,18 @@ impl Variant {
     pub fn is_attention(self) -> bool {
         matches!(
             self,
-            Variant::Naive | Variant::Auto | Variant::AutoSplits(_)
+            Variant::Naive | Variant::Auto | Variant::AutoSync | Variant::AutoSplits(_)
         )
     }
 
-    /// Where the variant sorts among the attention variants: naive, auto, then by split count.
+    /// Where the variant sorts among the attention variants: naive, auto, auto-sync, then by split
+    /// count.
     fn attention_rank(self) -> u64 {
         match self {
             Variant::Naive => 0,
             Variant::Auto => 1,
-            Variant::AutoSplits(n) => 2 + u64::from(n),
+            Variant::AutoSync => 2,
+            Variant::AutoSplits(n) => 3 + u64::from(n),
             Variant::Eager | Variant::Graphs => u64::MAX,
         }
     }
@@ -105,6 +118,7 @@ impl Variant {
         match self {
             Variant::Naive => "naive".into(),
             Variant::Auto => "auto".into(),
+            Variant::AutoSync => "auto-sync".into(),
             Variant::AutoSplits(n) => format!("auto-{n}split").into(),
             Variant::Eager => "eager".into(),
             Variant::Graphs => "graphs".into(),
@@ -118,6 +132,7 @@ impl Variant {
         let fixed = [
             Variant::Naive,
             Variant::Auto,
+            Variant::AutoSync,
             Variant::Eager,
             Variant::Graphs,
         ];
@@ -135,32 +150,41 @@ impl Variant {
                  {IM_DECODE_MAX_SPLITS})"
             ))),
             None => Err(Error::Invalid(format!(
-                "unknown variant `{name}` (naive, auto, auto-<N>split for N = 1..\
+                "unknown variant `{name}` (naive, auto, auto-sync, auto-<N>split for N = 1..\
                  {IM_DECODE_MAX_SPLITS}, eager, graphs)"
             ))),
         }
     }
 
     /// Whether this variant is a distinct implementation of `op` (forcing one split means nothing
-    /// to prefill, which has no splits).
+    /// to prefill, which has no splits; the prefill's load scheme nothing to decode).
     pub fn applies_to(self, op: Op) -> bool {
         match self {
             Variant::Naive | Variant::Auto => {
                 matches!(op, Op::AttentionPrefill | Op::AttentionDecode)
             }
+            Variant::AutoSync => op == Op::AttentionPrefill,
             Variant::AutoSplits(_) => op == Op::AttentionDecode,
             Variant::Eager | Variant::Graphs => op == Op::DecodeStep,
         }
     }
 
-    /// The CUDA backend's settings for an attention variant: the attention variant and the forced
-    /// number of decode splits (`None`: the heuristic). `None` for the step variants, which run
-    /// with the backend's own attention setting.
-    pub fn cuda_settings(self) -> Option<(AttentionVariant, Option<u32>)> {
+    /// The CUDA backend's settings for an attention variant: the attention variant and the `Auto`
+    /// variant's tuning (forced decode splits, prefill loads). `None` for the step variants, which
+    /// run with the backend's own attention setting.
+    pub fn cuda_settings(self) -> Option<(AttentionVariant, AutoTuning)> {
+        let tuned = |t| Some((AttentionVariant::Auto, t));
         match self {
-            Variant::Naive => Some((AttentionVariant::Naive, None)),
-            Variant::Auto => Some((AttentionVariant::Auto, None)),
-            Variant::AutoSplits(n) => Some((AttentionVariant::Auto, Some(n))),
+            Variant::Naive => Some((AttentionVariant::Naive, AutoTuning::default())),
+            Variant::Auto => tuned(AutoTuning::default()),
+            Variant::AutoSync => tuned(AutoTuning {
+                prefill_loads: PrefillLoads::Sync,
+                ..AutoTuning::default()
+            }),
+            Variant::AutoSplits(n) => tuned(AutoTuning {
+                decode_splits: Some(n),
+                ..AutoTuning::default()
+            }),
             Variant::Eager | Variant::Graphs => None,
         }
     }
@@ -226,7 +250,7 @@ impl Variant {
         let forced = match self {
             Variant::Auto => None,
             Variant::AutoSplits(n) => Some(n),
-            Variant::Naive | Variant::Eager | Variant::Graphs => return None,
+            Variant::Naive | Variant::AutoSync | Variant::Eager | Variant::Graphs => return None,
         };
         if !attention::DECODE_HEAD_DIMS.contains(&(head_dim as u32)) || num_kv_heads == 0 {
             return None;
@@ -260,7 +284,7 @@ impl Variant {
             return 0;
         };
         let splits = match self {
-            Variant::Naive | Variant::Eager | Variant::Graphs => return 0,
+            Variant::Naive | Variant::AutoSync | Variant::Eager | Variant::Graphs => return 0,
             Variant::AutoSplits(n) if n <= 1 => return 0,
             Variant::AutoSplits(n) => n.min(IM_DECODE_MAX_SPLITS) as usize,
             Variant::Auto => IM_DECODE_MAX_SPLITS as usize,
@@ -290,8 +314,9 @@ impl TryFrom<String> for Variant {
     }
 }
 
-/// Resolve `--attention` values (`naive`, `auto`, `auto-<N>split`, or `all` for naive, auto and
-/// auto-1split), comma-separated or as several values. Sorted naive, auto, then by split count;
+/// Resolve `--attention` values (`naive`, `auto`, `auto-sync`, `auto-<N>split`, or `all` for naive,
+/// auto, auto-sync and auto-1split), comma-separated or as several values. Sorted naive, auto,
+/// auto-sync, then by split count;
 /// duplicates collapse; nothing given means all.
 pub fn parse_list(values: &[String]) -> Result<Vec<Variant>> {
     let mut picked = Vec::new();
@@ -308,8 +333,8 @@ pub fn parse_list(values: &[String]) -> Result<Vec<Variant>> {
             .filter(|v| v.is_attention())
             .ok_or_else(|| {
                 Error::Invalid(format!(
-                    "unknown attention variant `{name}` (variants: naive, auto, auto-1split, \
-                     auto-<N>split for N = 1..{IM_DECODE_MAX_SPLITS}, or all)"
+                    "unknown attention variant `{name}` (variants: naive, auto, auto-sync, \
+                     auto-1split, auto-<N>split for N = 1..{IM_DECODE_MAX_SPLITS}, or all)"
                 ))
             })?;
         picked.push(v);
@@ -325,7 +350,8 @@ pub fn parse_list(values: &[String]) -> Result<Vec<Variant>> {
 /// The cases as they run on `device`: on CUDA, each attention case becomes one case per variant of
 /// `attention` (the `--attention` choice, in [`parse_list`]'s order) that applies to it, and each
 /// decode step one `eager` and one `graphs` case; an attention case none of the chosen variants
-/// applies to (prefill when only `auto-<N>split` variants are chosen) is left out. Other ops, and
+/// applies to (prefill when only `auto-<N>split` variants are chosen, decode when only `auto-sync`)
+/// is left out. Other ops, and
 /// every case on the CPU, are kept as they are (no variant).
 pub fn expand(cases: &[Case], device: Device, attention: &[Variant]) -> Vec<Case> {
     let mut out = Vec::with_capacity(cases.len());
@@ -455,7 +481,12 @@ mod tests {
         );
         // the order given does not matter: naive comes first, duplicates collapse
         assert_eq!(
-            parse_list(&strings(&["auto-1split,naive", " AUTO ", "naive"])).unwrap(),
+            parse_list(&strings(&[
+                "auto-1split,naive",
+                " AUTO ",
+                "auto-sync,naive"
+            ]))
+            .unwrap(),
             Variant::ATTENTION.to_vec()
         );
         assert_eq!(
@@ -525,12 +556,13 @@ mod tests {
                 Variant::AutoSplits(8)
             ]
         );
-        // `all` is naive, auto and auto-1split; more split counts can be named besides
+        // `all` is naive, auto, auto-sync and auto-1split; more split counts can be named besides
         assert_eq!(
             parse_list(&strings(&["all,auto-4split"])).unwrap(),
             vec![
                 Variant::Naive,
                 Variant::Auto,
+                Variant::AutoSync,
                 Variant::AUTO_ONE_SPLIT,
                 Variant::AutoSplits(4)
             ]
@@ -540,7 +572,16 @@ mod tests {
             .to_string();
         assert!(e.contains("auto-<N>split for N = 1..64"), "{e}");
         let v = Variant::AutoSplits(8);
-        assert_eq!(v.cuda_settings(), Some((AttentionVariant::Auto, Some(8))));
+        assert_eq!(
+            v.cuda_settings(),
+            Some((
+                AttentionVariant::Auto,
+                AutoTuning {
+                    decode_splits: Some(8),
+                    prefill_loads: PrefillLoads::Pipelined
+                }
+            ))
+        );
         assert!(v.applies_to(Op::AttentionDecode) && !v.applies_to(Op::AttentionPrefill));
         // 64 sequences × 32 heads × 8 splits × (128 + 2) f32
         let decode = attention(Op::AttentionDecode, 64, 1, 16384);
@@ -597,23 +638,76 @@ mod tests {
 
     #[test]
     fn one_split_is_a_decode_variant_only() {
+        let defaults = AutoTuning::default();
         assert_eq!(
             Variant::AUTO_ONE_SPLIT.cuda_settings(),
-            Some((AttentionVariant::Auto, Some(1)))
+            Some((
+                AttentionVariant::Auto,
+                AutoTuning {
+                    decode_splits: Some(1),
+                    ..defaults
+                }
+            ))
         );
         assert_eq!(
             Variant::Auto.cuda_settings(),
-            Some((AttentionVariant::Auto, None))
+            Some((AttentionVariant::Auto, defaults))
         );
         assert_eq!(
             Variant::Naive.cuda_settings(),
-            Some((AttentionVariant::Naive, None))
+            Some((AttentionVariant::Naive, defaults))
         );
         assert!(Variant::AUTO_ONE_SPLIT.applies_to(Op::AttentionDecode));
         assert!(!Variant::AUTO_ONE_SPLIT.applies_to(Op::AttentionPrefill));
         for v in Variant::ALL {
             assert!(!v.applies_to(Op::Matmul), "{v}");
         }
+    }
+
+    #[test]
+    fn sync_loads_are_a_prefill_variant_only() {
+        let v = Variant::AutoSync;
+        assert_eq!(Variant::from_name(" AUTO-SYNC ").unwrap(), v);
+        assert_eq!(v.name(), "auto-sync");
+        assert_eq!(
+            v.cuda_settings(),
+            Some((
+                AttentionVariant::Auto,
+                AutoTuning {
+                    decode_splits: None,
+                    prefill_loads: PrefillLoads::Sync
+                }
+            ))
+        );
+        assert!(v.applies_to(Op::AttentionPrefill) && !v.applies_to(Op::AttentionDecode));
+        let (prefill, decode) = (
+            attention(Op::AttentionPrefill, 1, 512, 512),
+            attention(Op::AttentionDecode, 16, 1, 4096),
+        );
+        assert_eq!(v.decode_splits(&decode, 132), None);
+        assert_eq!(v.scratch_bytes(&decode), 0);
+        // it has the flash prefill's requirements
+        assert_eq!(v.unsupported_reason(&prefill, Dtype::Bf16, (9, 0)), None);
+        assert!(v
+            .unsupported_reason(&prefill, Dtype::F32, (9, 0))
+            .is_some_and(|e| e.contains("`auto-sync`")));
+        // alone it leaves decode cases out; sorted after auto
+        let got: Vec<(Op, Option<Variant>)> = expand(
+            &[prefill, decode],
+            Device::Cuda,
+            &parse_list(&strings(&["auto-sync,auto"])).unwrap(),
+        )
+        .iter()
+        .map(|c| (c.op, c.variant))
+        .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Op::AttentionPrefill, Some(Variant::Auto)),
+                (Op::AttentionPrefill, Some(Variant::AutoSync)),
+                (Op::AttentionDecode, Some(Variant::Auto)),
+            ]
+        );
     }
 
     #[test]
@@ -720,6 +814,7 @@ mod tests {
                 (Op::Rmsnorm, None),
                 (Op::AttentionPrefill, Some(Variant::Naive)),
                 (Op::AttentionPrefill, Some(Variant::Auto)),
+                (Op::AttentionPrefill, Some(Variant::AutoSync)),
                 (Op::AttentionDecode, Some(Variant::Naive)),
                 (Op::AttentionDecode, Some(Variant::Auto)),
                 (Op::AttentionDecode, Some(Variant::AUTO_ONE_SPLIT)),

@@ -6,6 +6,10 @@
 //! | [`AttentionVariant::Naive`] (default) | `paged_attention_naive` | `paged_attention_naive` |
 //! | [`AttentionVariant::Auto`] | `flash_prefill_d{64,128}` (bf16/f16, sm_80+) | `paged_decode_d{64,128,256}` + `paged_decode_reduce` |
 //!
+//! [`AutoTuning`] changes two things of `Auto` for studies and tests: the decode's split count
+//! (forced instead of the heuristic's) and the prefill's K/V loads (`flash_prefill_sync_d*`, without
+//! the cp.async pipeline).
+//!
 //! `Auto` falls back to the naive kernel for the whole step when a sequence kind has no optimised
 //! kernel for the shape or dtype (f32 prefill, head_dim outside the lists above, a pre-Ampere GPU).
 //! The default stays `Naive` until a GPU session has validated `Auto` (tests/cuda_kernels.rs) and
@@ -92,6 +96,28 @@ impl FromStr for AttentionVariant {
             )),
         }
     }
+}
+
+/// How the flash prefill kernel brings its K/V tiles into shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrefillLoads {
+    /// `flash_prefill_d*`: cp.async copies, V of a tile in flight during S = Q Kᵀ and the softmax,
+    /// K of the next tile during P V (what the engine runs).
+    #[default]
+    Pipelined,
+    /// `flash_prefill_sync_d*`: loads through registers between two barriers, the warps idle
+    /// for each tile's memory latency (the `auto-sync` study variant: what the pipeline buys).
+    Sync,
+}
+
+/// Settings of the `Auto` variant that studies and tests change; the default is what the engine
+/// runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AutoTuning {
+    /// Forced split count of the split-KV decode (clamped as in [`split_plan_for`]); `None`: the
+    /// heuristic ([`plan_decode_splits`]).
+    pub decode_splits: Option<u32>,
+    pub prefill_loads: PrefillLoads,
 }
 
 impl std::fmt::Display for AttentionVariant {
@@ -192,7 +218,7 @@ pub fn plan_decode_splits(i: SplitInputs) -> SplitPlan {
 }
 
 /// The split the decode launch uses: `forced` splits when given (the backend's
-/// `set_decode_splits`, clamped as in [`split_plan_for`]), else the heuristic's
+/// `AutoTuning::decode_splits`, clamped as in [`split_plan_for`]), else the heuristic's
 /// ([`plan_decode_splits`]).
 pub fn decode_split_plan(forced: Option<u32>, i: SplitInputs) -> SplitPlan {
     match forced {
@@ -373,7 +399,8 @@ pub fn paged_decode<T>(
         .map_err(launched("paged_decode_reduce"))
 }
 
-/// `flash_prefill_d{D}` over the prefill tiles (bf16/f16 only: the f32 module's kernels are empty).
+/// `flash_prefill_d{D}` (or `flash_prefill_sync_d{D}`, as `loads` says) over the prefill tiles
+/// (bf16/f16 only: the f32 module's kernels are empty).
 pub fn flash_prefill<T>(
     k: &Kernels,
     s: &CudaStream,
@@ -381,6 +408,7 @@ pub fn flash_prefill<T>(
     x: &AttnInputs<'_, T>,
     tiles: &CudaView<u32>,
     p: PrefillAttentionParams,
+    loads: PrefillLoads,
 ) -> Result<()> {
     check_common(p.num_heads, p.kv.num_kv_heads, "prefill attention")?;
     if std::mem::size_of::<T>() != 2 {
@@ -388,9 +416,13 @@ pub fn flash_prefill<T>(
             "prefill attention: the flash kernel needs bf16 or f16 (f32 runs the naive kernel)",
         ));
     }
+    let kernels = match loads {
+        PrefillLoads::Pipelined => &k.flash_prefill,
+        PrefillLoads::Sync => &k.flash_prefill_sync,
+    };
     let f = match p.kv.head_dim {
-        64 => &k.flash_prefill[0],
-        128 => &k.flash_prefill[1],
+        64 => &kernels[0],
+        128 => &kernels[1],
         d => {
             return Err(err(format!(
                 "prefill attention: no flash kernel for head_dim {d} (64, 128)"

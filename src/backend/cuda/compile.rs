@@ -65,7 +65,12 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         name: "attention_prefill.cu",
         source: include_str!("../../../kernels/attention_prefill.cu"),
-        kernels: &["flash_prefill_d64", "flash_prefill_d128"],
+        kernels: &[
+            "flash_prefill_d64",
+            "flash_prefill_d128",
+            "flash_prefill_sync_d64",
+            "flash_prefill_sync_d128",
+        ],
     },
     KernelFile {
         name: "embedding.cu",

@@ -51,7 +51,7 @@ use crate::engine::SamplingParams;
 use crate::error::{Error, Result};
 use crate::model::tensor_store::HostTensor;
 
-pub use attention::AttentionVariant;
+pub use attention::{AttentionVariant, AutoTuning, PrefillLoads};
 pub use device::{probe, CudaProbe, GpuInfo, LibraryStatus};
 pub use memory::{MemoryPlan, PlanInputs};
 pub use params::SamplingRowParams;
@@ -180,8 +180,8 @@ struct Device {
 pub struct CudaBackend<T: CudaDtype> {
     dev: Arc<Device>,
     attention: AttentionVariant,
-    /// Forced split count of the split-KV decode (tests, tuning); None: the heuristic.
-    decode_splits: Option<u32>,
+    /// The `Auto` variant's study settings (forced decode splits, prefill loads).
+    auto_tuning: AutoTuning,
     _dtype: PhantomData<T>,
 }
 
@@ -190,7 +190,7 @@ impl<T: CudaDtype> Clone for CudaBackend<T> {
         Self {
             dev: self.dev.clone(),
             attention: self.attention,
-            decode_splits: self.decode_splits,
+            auto_tuning: self.auto_tuning,
             _dtype: PhantomData,
         }
     }
@@ -301,7 +301,7 @@ impl<T: CudaDtype> CudaBackend<T> {
                 epoch: AtomicU64::new(0),
             }),
             attention,
-            decode_splits: None,
+            auto_tuning: AutoTuning::default(),
             _dtype: PhantomData,
         })
     }
@@ -321,10 +321,15 @@ impl<T: CudaDtype> CudaBackend<T> {
         self
     }
 
-    /// Force the split-KV decode's number of splits (clamped to 1..=64 and to the context; tests and
-    /// tuning); None returns to the heuristic ([`attention::plan_decode_splits`]).
-    pub fn set_decode_splits(&mut self, splits: Option<u32>) {
-        self.decode_splits = splits;
+    /// What the `Auto` variant runs besides its defaults (tests and studies): a forced split count
+    /// of the split-KV decode (clamped to 1..=64 and to the context; `None`: the heuristic,
+    /// [`attention::plan_decode_splits`]), the flash prefill's K/V loads.
+    pub fn set_auto_tuning(&mut self, tuning: AutoTuning) {
+        self.auto_tuning = tuning;
+    }
+
+    pub fn auto_tuning(&self) -> AutoTuning {
+        self.auto_tuning
     }
 
     pub fn dtype(&self) -> &'static str {
@@ -561,6 +566,7 @@ impl<T: CudaDtype> CudaBackend<T> {
                     out_stride,
                     scale,
                 },
+                self.auto_tuning.prefill_loads,
             )?;
         }
         if meta.num_decode == 0 {
@@ -569,7 +575,7 @@ impl<T: CudaDtype> CudaBackend<T> {
         let group = num_heads / kv.num_kv_heads.max(1);
         let max_ctx = meta.max_decode_ctx as usize;
         let plan = attention::decode_split_plan(
-            self.decode_splits,
+            self.auto_tuning.decode_splits,
             attention::SplitInputs {
                 num_decode: meta.num_decode,
                 kv_units: (kv.num_kv_heads * attention::decode_head_chunks(group)) as usize,

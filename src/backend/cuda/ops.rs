@@ -6,7 +6,7 @@
 //! | embedding, gather_logit_rows, layernorm, rmsnorm, add_rmsnorm, rope, write_kv | one block per row (the kernels grid-stride, so the grid is capped at [`MAX_ROW_BLOCKS`]) | `IM_ROW_THREADS` |
 //! | add_inplace, gelu_new, silu_mul | min(ceil(16-byte vectors / threads), SMs × `IM_ELEMENTWISE_BLOCKS_PER_SM`) | `IM_ELEMENTWISE_THREADS` |
 //! | paged_attention_naive   | (num_tokens, num_heads)                      | `IM_ATTN_THREADS`        |
-//! | paged_decode_d*, paged_decode_reduce, flash_prefill_d* | see [`super::attention`] | |
+//! | paged_decode_d*, paged_decode_reduce, flash_prefill{,_sync}_d* | see [`super::attention`] | |
 //! | argmax_rows, sample_rows| one block per row (capped as rows)           | `IM_SAMPLING_THREADS`    |
 //! | ban_tokens              | elementwise over the bans                    | `IM_ELEMENTWISE_THREADS` |
 //!
@@ -74,8 +74,11 @@ pub struct Kernels {
     /// `paged_decode_d64`, `_d128`, `_d256` (attention_decode.cu; see [`super::attention`]).
     pub paged_decode: [CudaFunction; 3],
     pub paged_decode_reduce: CudaFunction,
-    /// `flash_prefill_d64`, `_d128` (attention_prefill.cu; empty in the f32 module).
+    /// `flash_prefill_d64`, `_d128` (attention_prefill.cu, the cp.async pipeline; empty in the f32
+    /// module).
     pub flash_prefill: [CudaFunction; 2],
+    /// `flash_prefill_sync_d64`, `_d128`: the same with synchronous K/V loads (studies).
+    pub flash_prefill_sync: [CudaFunction; 2],
     pub gelu_new: CudaFunction,
     pub silu_mul: CudaFunction,
     pub argmax_rows: CudaFunction,
@@ -115,6 +118,10 @@ impl Kernels {
             flash_prefill: [
                 get("attention_prefill.cu", "flash_prefill_d64")?,
                 get("attention_prefill.cu", "flash_prefill_d128")?,
+            ],
+            flash_prefill_sync: [
+                get("attention_prefill.cu", "flash_prefill_sync_d64")?,
+                get("attention_prefill.cu", "flash_prefill_sync_d128")?,
             ],
             gelu_new: get("activation.cu", "gelu_new")?,
             silu_mul: get("activation.cu", "silu_mul")?,
