@@ -34,6 +34,8 @@
 //    memory only where a tile's compute is shorter than its load, with one K and one V buffer.
 //    flash_prefill_sync_d* loads both tiles through registers between two barriers instead (the
 //    `auto-sync` study variant, the step before the pipeline).
+//  - Causal skipping: a warp skips the n-tiles of S and the k-steps of P V whose keys all lie after
+//    its last row's position (on the tiles along the diagonal: 37.5 % of their mma work).
 //  - S = Q Kᵀ with mma.sync (B fragments of two k-steps per ldmatrix.x4 from the K tile), scaled by
 //    scale * log2(e), causal and context masks applied; online softmax per row in f32 (running max
 //    and sum; the 4 lanes sharing a row reduce with two xor shuffles); the f32 probabilities are
@@ -237,6 +239,10 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
     const unsigned lm = lane / 8, lr = lane % 8;  // the ldmatrix row this lane addresses
     const uint32_t ra = row0 + warp * 16 + gid, rb = ra + 8;  // this lane's two local rows
     const uint32_t pos_a = first_pos + ra, pos_b = first_pos + rb;
+    // The position of the warp's last row: every key after it is masked for the whole warp, so on
+    // the tiles along the diagonal the warp skips those keys' n-tiles (S) and k-steps (P V) —
+    // 37.5 % of the diagonal tiles' work. Warp-uniform, as the collective ldmatrix/mma need.
+    const uint32_t warp_last_pos = first_pos + row0 + warp * 16 + 15;
 
     // Q fragments (A operand), rows past q_len are zero.
     uint32_t qf[KD][4];
@@ -293,6 +299,7 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) sc[nt][e] = 0.f;
+            if (kb + nt * 8 > warp_last_pos) continue;  // masked below: exp2 gives exactly 0
             const T* krow = ks + (nt * 8 + lr) * LD + (lm / 2) * 16 + (lm % 2) * 8;
 #pragma unroll
             for (int kc = 0; kc < KD; kc += 2) {
@@ -357,6 +364,7 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
         // O += P V: the C fragments of n-tiles 2kk, 2kk + 1 are the A fragment of k-step kk
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
+            if (kb + kk * 16 > warp_last_pos) continue;  // P is 0 for all 16 keys
             const uint32_t a[4] = {pack2(sc[2 * kk][0], sc[2 * kk][1]),
                                    pack2(sc[2 * kk][2], sc[2 * kk][3]),
                                    pack2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
@@ -406,10 +414,10 @@ __device__ __forceinline__ bool prefill_params_ok(const PrefillAttentionParams& 
 // (the `auto-sync` study variant: what the pipeline buys). Empty bodies where IM_PREFILL_MMA is 0:
 // the host never launches them there (it runs paged_attention_naive for f32 and before sm_80).
 // __launch_bounds__(IM_PREFILL_THREADS, 3): 3 blocks (12 warps) per SM, what D = 128 reaches anyway
-// (~168 registers). It matters for D = 64: without the minimum, ptxas caps it at 128 registers on
-// sm_80..89 and spills (up to 24 bytes a thread); with it, ~150-160 registers and no spills. Whether
-// 4 blocks (<= 128 registers, spilling) beat 3 is for a GPU session to measure (docs/attention.md,
-// "Tune prefill"; kernels/REGISTERS.md has the counts).
+// (~168 registers). For D = 64 (126-137 registers) it lets ptxas go past 128 rather than spill to
+// fit 4 blocks, which it did on sm_80..89 without the minimum (up to 24 bytes a thread) at one
+// point of this kernel's history. Whether 4 blocks beat 3 there is for a GPU session to measure
+// (docs/attention.md, "Tune prefill"; kernels/REGISTERS.md has the counts).
 // Arguments of every flash_prefill kernel (D = 64 or 128):
 //   out             [num_tokens, out_stride]
 //   qkv             [num_tokens, q_stride]
