@@ -408,12 +408,12 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
     model.set_graphs(!a.engine.no_cuda_graphs);
     let records_graphs = model.backend.can_capture();
     // The engine's GPU (its NVML index) is what telemetry measures and prices by default.
+    // NVML finds it when telemetry opens (by UUID; see telemetry_opts::gpu_selection).
     let engine_gpu = model.backend.cuda_device().map(|(ordinal, uuid)| {
-        super::telemetry_opts::nvml_index_of_engine_gpu(
+        super::telemetry_opts::engine_gpu(
             ordinal,
-            uuid.as_deref(),
+            uuid,
             std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
-            crate::telemetry::nvml::index_of_uuid,
         )
     });
     let (backend_name, dtype, on, gpus) = (

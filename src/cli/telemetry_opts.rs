@@ -13,8 +13,8 @@ use crate::metrics::energy::{self, CostParams, EnergyOptions, EnergyReport, Work
 use crate::report::results::{Phase, RunResults};
 use crate::telemetry::nvml::GpuDescription;
 use crate::telemetry::{
-    open_sources, rapl, resolve_scope, EnergyScope, GpuSelection, SamplerHandle, TelemetryConfig,
-    TelemetrySampler, TelemetrySection,
+    open_sources, rapl, resolve_scope, EnergyScope, EngineGpu, GpuSelection, SamplerHandle,
+    TelemetryConfig, TelemetrySampler, TelemetrySection,
 };
 
 #[derive(Debug, Clone, Args, serde::Serialize)]
@@ -123,42 +123,26 @@ impl TelemetryArgs {
 }
 
 /// The GPUs to measure and price: `--gpus` when given; else the engine's GPU when it runs on one
-/// (`engine_gpu`: its NVML index, see [`nvml_index_of_cuda_ordinal`]); else all. `None` for
-/// `engine_gpu` with a CUDA engine means its NVML index is unknown: all GPUs, with a warning.
+/// (NVML finds it when telemetry opens: by UUID, else by its ordinal's index, else all GPUs with a
+/// warning; [`crate::telemetry::nvml::open`]); else all.
 pub fn gpu_selection(
     explicit: Option<&str>,
-    engine_gpu: Option<Option<u32>>,
-) -> anyhow::Result<(GpuSelection, Option<String>)> {
-    if let Some(g) = explicit {
-        return Ok((GpuSelection::from_str(g)?, None));
-    }
-    Ok(match engine_gpu {
-        None => (GpuSelection::All, None),
-        Some(Some(i)) => (GpuSelection::List(vec![i]), None),
-        Some(None) => (
-            GpuSelection::All,
-            Some(
-                "warning: the engine's GPU has no known NVML index (NVML does not know its UUID \
-                 and CUDA_VISIBLE_DEVICES names GPUs by UUID or MIG): measuring and pricing every \
-                 GPU; give --gpus N to measure the engine's only"
-                    .into(),
-            ),
-        ),
+    engine_gpu: Option<EngineGpu>,
+) -> anyhow::Result<GpuSelection> {
+    Ok(match (explicit, engine_gpu) {
+        (Some(g), _) => GpuSelection::from_str(g)?,
+        (None, Some(e)) => GpuSelection::Engine(e),
+        (None, None) => GpuSelection::All,
     })
 }
 
-/// The NVML index of the engine's GPU, CUDA device `ordinal` with `uuid` (cuDeviceGetUuid's, in
-/// NVML's spelling): the GPU NVML finds by that UUID (`by_uuid`, exact whatever the enumeration
-/// order and CUDA_VISIBLE_DEVICES); when NVML does not know it (missing, or a MIG instance),
-/// [`nvml_index_of_cuda_ordinal`].
-pub fn nvml_index_of_engine_gpu(
-    ordinal: usize,
-    uuid: Option<&str>,
-    cuda_visible: Option<&str>,
-    by_uuid: impl Fn(&str) -> Result<u32, String>,
-) -> Option<u32> {
-    uuid.and_then(|u| by_uuid(u).ok())
-        .or_else(|| nvml_index_of_cuda_ordinal(ordinal, cuda_visible))
+/// How telemetry is to find the GPU of a CUDA engine on device `ordinal` with `uuid`
+/// (cuDeviceGetUuid's, in NVML's spelling), `cuda_visible` being `CUDA_VISIBLE_DEVICES`.
+pub fn engine_gpu(ordinal: usize, uuid: Option<String>, cuda_visible: Option<&str>) -> EngineGpu {
+    EngineGpu {
+        uuid,
+        ordinal_index: nvml_index_of_cuda_ordinal(ordinal, cuda_visible),
+    }
 }
 
 /// The NVML index of CUDA device `ordinal`: the ordinal itself, or the `ordinal`-th entry of
@@ -184,18 +168,15 @@ pub struct RunTelemetry {
 
 impl RunTelemetry {
     /// Open the sources and start sampling on `epoch` (the clock of the run's records).
-    /// `engine_gpu`: `Some` for an engine on a GPU (its NVML index, `None` when unknown), which is
-    /// then the default GPU selection, see [`gpu_selection`].
+    /// `engine_gpu`: `Some` for an engine on a GPU, which is then the default GPU selection, see
+    /// [`gpu_selection`].
     pub fn start(
         a: &TelemetryArgs,
         epoch: Instant,
-        engine_gpu: Option<Option<u32>>,
+        engine_gpu: Option<EngineGpu>,
     ) -> anyhow::Result<Self> {
         let (interval, _, scope) = a.validate()?;
-        let (gpus, warning) = gpu_selection(a.gpus.as_deref(), engine_gpu)?;
-        if let Some(w) = warning {
-            eprintln!("{w}");
-        }
+        let gpus = gpu_selection(a.gpus.as_deref(), engine_gpu)?;
         let mut section = TelemetrySection {
             interval_s: interval.as_secs_f64(),
             energy_scope: scope,
@@ -215,6 +196,9 @@ impl RunTelemetry {
                 interval,
                 ..TelemetryConfig::default()
             });
+            for w in &opened.warnings {
+                eprintln!("{w}");
+            }
             section.sources = opened.statuses.clone();
             section.gpus = opened.gpus.clone();
             section.rapl_zones = opened.rapl_zones.clone();
@@ -520,54 +504,43 @@ mod tests {
     #[test]
     fn the_engines_gpu_is_the_default_selection() {
         // CPU engine or load: all GPUs unless --gpus
-        assert_eq!(gpu_selection(None, None).unwrap().0, GpuSelection::All);
-        // a CUDA engine: its GPU only
-        let (sel, warn) = gpu_selection(None, Some(Some(3))).unwrap();
-        assert_eq!(sel, GpuSelection::List(vec![3]));
-        assert!(warn.is_none());
+        assert_eq!(gpu_selection(None, None).unwrap(), GpuSelection::All);
+        // a CUDA engine: its GPU, found when NVML opens
+        let engine = engine_gpu(1, None, Some("2,7"));
+        assert_eq!(engine.ordinal_index, Some(7));
+        assert_eq!(
+            gpu_selection(None, Some(engine.clone())).unwrap(),
+            GpuSelection::Engine(engine.clone())
+        );
         // --gpus wins either way
         assert_eq!(
-            gpu_selection(Some("0,1"), Some(Some(3))).unwrap().0,
+            gpu_selection(Some("0,1"), Some(engine.clone())).unwrap(),
             GpuSelection::List(vec![0, 1])
         );
         assert_eq!(
-            gpu_selection(Some("all"), Some(Some(3))).unwrap().0,
+            gpu_selection(Some("all"), Some(engine)).unwrap(),
             GpuSelection::All
         );
-        // unknown index: all, said loudly
-        let (sel, warn) = gpu_selection(None, Some(None)).unwrap();
-        assert_eq!(sel, GpuSelection::All);
-        assert!(warn.unwrap().contains("--gpus"));
         assert!(gpu_selection(Some("x"), None).is_err());
     }
 
     #[test]
     fn the_engine_gpu_is_found_by_uuid_before_its_ordinal() {
+        use crate::telemetry::nvml::engine_gpu_index;
         let uuid = "GPU-8f1e2c3a-aaaa-bbbb-cccc-0123456789ab";
-        let nvml = |u: &str| {
-            if u == uuid {
-                Ok(5)
-            } else {
-                Err(format!("NVML has no GPU {u}"))
-            }
+        let nvml = |u: &str| (u == uuid).then_some(5);
+        let find = |ordinal, u: Option<&str>, visible| {
+            engine_gpu_index(&engine_gpu(ordinal, u.map(String::from), visible), nvml)
         };
         // CUDA's order (fastest first) differs from NVML's: the UUID wins over the ordinal
-        assert_eq!(nvml_index_of_engine_gpu(0, Some(uuid), None, nvml), Some(5));
-        assert_eq!(
-            nvml_index_of_engine_gpu(1, Some(uuid), Some(uuid), nvml),
-            Some(5)
-        );
+        assert_eq!(find(0, Some(uuid), None), Some(5));
+        assert_eq!(find(1, Some(uuid), Some(uuid)), Some(5));
         // unknown to NVML (MIG, or no NVML): the ordinal through CUDA_VISIBLE_DEVICES
         let other = "GPU-00000000-0000-0000-0000-000000000000";
-        assert_eq!(
-            nvml_index_of_engine_gpu(1, Some(other), Some("2,7"), nvml),
-            Some(7)
-        );
-        assert_eq!(nvml_index_of_engine_gpu(3, None, None, nvml), Some(3));
-        assert_eq!(
-            nvml_index_of_engine_gpu(0, Some(other), Some(other), nvml),
-            None
-        );
+        assert_eq!(find(1, Some(other), Some("2,7")), Some(7));
+        assert_eq!(find(3, None, None), Some(3));
+        // neither: none (nvml::open then measures every GPU and warns)
+        assert_eq!(find(0, Some(other), Some(other)), None);
     }
 
     #[test]

@@ -63,12 +63,26 @@ pub use timeline::{Timeline, TimelineBuilder};
 use crate::error::{Error, Result};
 use crate::metrics::energy::EnergyReport;
 
-/// Which GPUs to sample: `all` or a list of NVML indices (`0,1`).
+/// Which GPUs to sample: `all`, a list of NVML indices (`0,1`), or the engine's GPU (found when
+/// NVML opens, [`nvml::open`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum GpuSelection {
     #[default]
     All,
     List(Vec<u32>),
+    Engine(EngineGpu),
+}
+
+/// The GPU a CUDA engine runs on, as NVML is to find it: by `uuid` when NVML knows it (exact
+/// whatever CUDA's enumeration order and `CUDA_VISIBLE_DEVICES`), else at `ordinal_index`; when
+/// neither works, every GPU, with a warning ([`nvml::engine_gpu_index`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineGpu {
+    /// cuDeviceGetUuid's, in NVML's spelling (`GPU-8-4-4-4-12` hex digits).
+    pub uuid: Option<String>,
+    /// The NVML index the CUDA ordinal maps to through `CUDA_VISIBLE_DEVICES`, assuming PCI-bus
+    /// order; `None` where it does not map (UUID or MIG entries).
+    pub ordinal_index: Option<u32>,
 }
 
 impl FromStr for GpuSelection {
@@ -102,6 +116,11 @@ impl fmt::Display for GpuSelection {
                 let s: Vec<String> = v.iter().map(u32::to_string).collect();
                 f.write_str(&s.join(","))
             }
+            GpuSelection::Engine(e) => match (&e.uuid, e.ordinal_index) {
+                (Some(u), _) => write!(f, "engine ({u})"),
+                (None, Some(i)) => write!(f, "engine ({i})"),
+                (None, None) => f.write_str("engine"),
+            },
         }
     }
 }
@@ -213,6 +232,8 @@ impl Default for TelemetryConfig {
 /// The sources that could be opened, and the status of every source asked for.
 pub struct OpenedSources {
     pub sources: Vec<Box<dyn Source>>,
+    /// What the caller should tell the user (e.g. the engine's GPU not found: all GPUs measured).
+    pub warnings: Vec<String>,
     pub statuses: Vec<SourceStatus>,
     pub gpus: Vec<nvml::GpuDescription>,
     pub rapl_zones: Vec<rapl::RaplZoneInfo>,
@@ -222,6 +243,7 @@ pub struct OpenedSources {
 pub fn open_sources(cfg: &TelemetryConfig) -> OpenedSources {
     let mut out = OpenedSources {
         sources: Vec::new(),
+        warnings: Vec::new(),
         statuses: Vec::new(),
         gpus: Vec::new(),
         rapl_zones: Vec::new(),
@@ -230,6 +252,7 @@ pub fn open_sources(cfg: &TelemetryConfig) -> OpenedSources {
         let per_second = (1.0 / cfg.interval.as_secs_f64().max(1e-3)).ceil() as u64;
         let n = nvml::open(&cfg.gpus, per_second);
         out.statuses.extend(n.statuses);
+        out.warnings.extend(n.warning);
         out.gpus = n.gpus;
         for s in n.sources {
             out.sources.push(Box::new(s));

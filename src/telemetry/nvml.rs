@@ -25,7 +25,7 @@ use nvml_wrapper::Nvml;
 use serde::{Deserialize, Serialize};
 
 use super::source::{ChannelKind, ChannelSpec, CounterEvents, EnergyCounter, Quantity, Source};
-use super::{GpuSelection, SourceStatus};
+use super::{EngineGpu, GpuSelection, SourceStatus};
 
 /// A field of a GPU, in NVML's own units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -428,14 +428,30 @@ pub struct NvmlOpen {
     pub sources: Vec<GpuSource<NvmlReader>>,
     pub gpus: Vec<GpuDescription>,
     pub statuses: Vec<SourceStatus>,
+    /// Set when the engine's GPU ([`GpuSelection::Engine`]) was not found and every GPU is opened.
+    pub warning: Option<String>,
 }
 
-/// Open NVML and one source per selected GPU; `static_every` as in [`GpuSource::open`].
+/// The warning when NVML cannot tell which GPU the engine runs on.
+pub const ENGINE_GPU_UNKNOWN: &str =
+    "warning: the engine's GPU has no known NVML index (NVML does \
+    not know its UUID and CUDA_VISIBLE_DEVICES names GPUs by UUID or MIG): measuring and pricing \
+    every GPU; give --gpus N to measure the engine's only";
+
+/// The NVML index of the engine's GPU: the one `by_uuid` (NVML's lookup) finds for its UUID, else
+/// its ordinal's index; `None` when neither is known.
+pub fn engine_gpu_index(e: &EngineGpu, by_uuid: impl Fn(&str) -> Option<u32>) -> Option<u32> {
+    e.uuid.as_deref().and_then(by_uuid).or(e.ordinal_index)
+}
+
+/// Open NVML (once) and one source per selected GPU, the engine's found by UUID there;
+/// `static_every` as in [`GpuSource::open`].
 pub fn open(selection: &GpuSelection, static_every: u64) -> NvmlOpen {
     let mut res = NvmlOpen {
         sources: Vec::new(),
         gpus: Vec::new(),
         statuses: Vec::new(),
+        warning: None,
     };
     let nvml = match Nvml::init() {
         Ok(n) => Arc::new(n),
@@ -467,6 +483,16 @@ pub fn open(selection: &GpuSelection, static_every: u64) -> NvmlOpen {
     let indices: Vec<u32> = match selection {
         GpuSelection::All => (0..count).collect(),
         GpuSelection::List(v) => v.clone(),
+        GpuSelection::Engine(e) => {
+            let by_uuid = |u: &str| nvml.device_by_uuid(u).and_then(|d| d.index()).ok();
+            match engine_gpu_index(e, by_uuid) {
+                Some(i) => vec![i],
+                None => {
+                    res.warning = Some(ENGINE_GPU_UNKNOWN.to_string());
+                    (0..count).collect()
+                }
+            }
+        }
     };
     for i in indices {
         if i >= count {
@@ -484,17 +510,6 @@ pub fn open(selection: &GpuSelection, static_every: u64) -> NvmlOpen {
         res.sources.push(src);
     }
     res
-}
-
-/// The NVML index of the GPU with `uuid` (as [`GpuDescription::uuid`] spells it); the reason when
-/// NVML is missing or does not know it (a MIG instance's UUID, for one).
-pub fn index_of_uuid(uuid: &str) -> std::result::Result<u32, String> {
-    let nvml = Nvml::init().map_err(|e| format!("NVML unavailable: {e}"))?;
-    let dev = nvml
-        .device_by_uuid(uuid)
-        .map_err(|e| format!("NVML has no GPU {uuid}: {e}"))?;
-    dev.index()
-        .map_err(|e| format!("NVML has no index for GPU {uuid}: {e}"))
 }
 
 #[cfg(test)]
