@@ -1,6 +1,8 @@
 //! The whole model on the GPU against the CPU backend, for every fixture: logits of every golden
 //! prompt within a stated tolerance per dtype, greedy generation, and the batching engine (paged KV,
-//! chunked prefill, prefix caching, preemption) on the GPU.
+//! chunked prefill, prefix caching, preemption) on the GPU. The fixtures' head_dim (16) has no
+//! optimised attention kernel, so `auto_attention_in_the_model_matches_cpu` runs the same checks
+//! with `auto` on random models of head_dim 64 and 128.
 //!
 //! ## Tolerances, and why
 //!
@@ -275,8 +277,21 @@ fn margin(row: &[f32]) -> f32 {
     top[0] - top[1]
 }
 
+/// The CPU reference for a fixture's golden prompts, as many steps as its golden outputs.
 fn reference(name: &str) -> Reference {
     let cpu = load_cpu(&model_dir(name));
+    let prompts = golden(name)
+        .into_iter()
+        .map(|g| {
+            let n = g.greedy.len();
+            (g.ids, n)
+        })
+        .collect();
+    reference_of(&cpu, prompts)
+}
+
+/// `cpu`'s logits, greedy continuation and per-step margins for each (prompt, steps).
+fn reference_of(cpu: &Model<CpuBackend>, prompts: Vec<(Vec<u32>, usize)>) -> Reference {
     let vocab = cpu.config.vocab_size;
     let mut r = Reference {
         prompts: Vec::new(),
@@ -284,16 +299,16 @@ fn reference(name: &str) -> Reference {
         margins: Vec::new(),
         logits: Vec::new(),
     };
-    for g in golden(name) {
-        let out = greedy(&cpu, &g.ids, g.greedy.len());
-        let mut seq = g.ids.clone();
+    for (ids, steps) in prompts {
+        let out = greedy(cpu, &ids, steps);
+        let mut seq = ids.clone();
         seq.extend_from_slice(&out[..out.len() - 1]);
-        let l = all_logits(&cpu, &seq).unwrap();
-        let margins = (g.ids.len() - 1..seq.len())
+        let l = all_logits(cpu, &seq).unwrap();
+        let margins = (ids.len() - 1..seq.len())
             .map(|p| margin(&l[p * vocab..(p + 1) * vocab]))
             .collect();
-        r.logits.push(all_logits(&cpu, &g.ids).unwrap());
-        r.prompts.push(g.ids);
+        r.logits.push(all_logits(cpu, &ids).unwrap());
+        r.prompts.push(ids);
         r.greedy.push(out);
         r.margins.push(margins);
     }
@@ -907,4 +922,298 @@ fn engine_picks_tokens_on_the_gpu() {
             "{name}: the seed changes nothing"
         );
     }
+}
+
+// ---- the optimised attention kernels inside the model -------------------------------------------
+
+/// A Llama with tiny-llama's tokenizer and vocabulary whose attention has a shape the optimised
+/// kernels serve (the fixtures' head_dim 16 makes `auto` fall back to the naive kernel, so the
+/// tests above check its flash prefill and split-KV decode only through that fallback): 4 query
+/// heads over 1 KV head (GQA 4) of `head_dim`, 2 layers, random weights written as a checkpoint.
+/// Scaled so that attention scores spread over a few units (x has RMS 1 after each norm, so a
+/// q/k weight std of sqrt(3 / hidden) gives score std ≈ 3: a softmax far from uniform, where a
+/// wrong mask or key shows) and logits have std ≈ 3, as a trained model's do.
+fn attention_shaped_model(head_dim: usize) -> tempfile::TempDir {
+    use infermeter::model::tensor_store::{write_safetensors, OutTensor};
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+
+    let dir = common::copy_model(&model_dir("tiny-llama"));
+    let (heads, kv_heads, layers) = (4usize, 1usize, 2usize);
+    let hidden = heads * head_dim;
+    let inter = 2 * hidden;
+    let (q, kv) = (heads * head_dim, kv_heads * head_dim);
+    let mut cfg = common::read_config(dir.path());
+    let vocab = cfg["vocab_size"].as_u64().unwrap() as usize;
+    for (field, value) in [
+        ("hidden_size", hidden),
+        ("head_dim", head_dim),
+        ("num_attention_heads", heads),
+        ("num_key_value_heads", kv_heads),
+        ("num_hidden_layers", layers),
+        ("intermediate_size", inter),
+        ("max_position_embeddings", 1024),
+    ] {
+        cfg[field] = serde_json::json!(value);
+    }
+    common::write_config(dir.path(), &cfg);
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(head_dim as u64);
+    let mut random = |name: String, shape: Vec<usize>, std: f32| {
+        let normal = Normal::new(0.0f32, std).unwrap();
+        let n = shape.iter().product();
+        let data: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
+        OutTensor::f32(&name, shape, &data)
+    };
+    let ones = |name: String, n: usize| OutTensor::f32(&name, vec![n], &vec![1.0; n]);
+    let fan_in = |n: usize| 1.0 / (n as f32).sqrt();
+    let qk_std = (3.0 / hidden as f32).sqrt();
+    let mut tensors = vec![random(
+        "model.embed_tokens.weight".into(),
+        vec![vocab, hidden],
+        1.0,
+    )];
+    for i in 0..layers {
+        let p = format!("model.layers.{i}");
+        tensors.extend([
+            ones(format!("{p}.input_layernorm.weight"), hidden),
+            random(
+                format!("{p}.self_attn.q_proj.weight"),
+                vec![q, hidden],
+                qk_std,
+            ),
+            random(
+                format!("{p}.self_attn.k_proj.weight"),
+                vec![kv, hidden],
+                qk_std,
+            ),
+            random(
+                format!("{p}.self_attn.v_proj.weight"),
+                vec![kv, hidden],
+                fan_in(hidden),
+            ),
+            random(
+                format!("{p}.self_attn.o_proj.weight"),
+                vec![hidden, q],
+                fan_in(q),
+            ),
+            ones(format!("{p}.post_attention_layernorm.weight"), hidden),
+            random(
+                format!("{p}.mlp.gate_proj.weight"),
+                vec![inter, hidden],
+                fan_in(hidden),
+            ),
+            random(
+                format!("{p}.mlp.up_proj.weight"),
+                vec![inter, hidden],
+                fan_in(hidden),
+            ),
+            random(
+                format!("{p}.mlp.down_proj.weight"),
+                vec![hidden, inter],
+                fan_in(inter),
+            ),
+        ]);
+    }
+    tensors.push(ones("model.norm.weight".into(), hidden));
+    tensors.push(random(
+        "lm_head.weight".into(),
+        vec![vocab, hidden],
+        3.0 * fan_in(hidden),
+    ));
+    write_safetensors(&dir.path().join("model.safetensors"), &tensors).unwrap();
+    dir
+}
+
+fn load_dir<B: Backend>(dir: &std::path::Path, backend: B) -> Model<B> {
+    model::load(dir.to_str().unwrap(), LoadOptions::default())
+        .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
+        .into_model(backend)
+        .unwrap()
+        .0
+}
+
+/// Prefill every prompt of `r` in one step on `m`, then decode them together, each fed its CPU
+/// greedy tokens (teacher forcing: a near tie cannot end the comparison, as it ends a free-running
+/// one); every row's logits must be within `tol` of the CPU's at the same position (`cpu_rows[i]`:
+/// `all_logits` of prompt i followed by its greedy tokens). Returns the largest difference.
+fn check_forced_decode<B: Backend>(
+    what: &str,
+    m: &Model<B>,
+    r: &Reference,
+    cpu_rows: &[Vec<f32>],
+    tol: f32,
+) -> f32 {
+    use infermeter::engine::batch::{build_batch, LogitsWanted, SeqChunk};
+    let (block_size, vocab) = (16, m.config.vocab_size);
+    let lens = r
+        .prompts
+        .iter()
+        .zip(&r.greedy)
+        .map(|(p, g)| p.len() + g.len());
+    let (tables, num_blocks) = common::consecutive_tables(lens, block_size);
+    let mut kv = m.alloc_kv(num_blocks, block_size).unwrap();
+    let mut worst = 0f32;
+    let mut compare = |got: &[f32], rows: &[(usize, usize)], step: &str| {
+        for (row, &(i, pos)) in rows.iter().enumerate() {
+            let want = &cpu_rows[i][pos * vocab..(pos + 1) * vocab];
+            let err = max_abs_diff(&got[row * vocab..(row + 1) * vocab], want);
+            assert!(
+                err <= tol,
+                "{what}: {step}, prompt{i} position {pos}: max |Δ logit| {err} > {tol}"
+            );
+            worst = worst.max(err);
+        }
+    };
+    let meta = common::prefill_batch(&r.prompts, &tables, block_size);
+    let rows: Vec<(usize, usize)> = r.prompts.iter().map(|p| p.len() - 1).enumerate().collect();
+    compare(&m.forward(&meta, &mut kv).unwrap(), &rows, "prefill");
+    let steps = r.greedy.iter().map(Vec::len).max().unwrap_or(0);
+    for s in 0..steps.saturating_sub(1) {
+        let active: Vec<usize> = (0..r.prompts.len())
+            .filter(|&i| s + 1 < r.greedy[i].len())
+            .collect();
+        let toks: Vec<[u32; 1]> = active.iter().map(|&i| [r.greedy[i][s]]).collect();
+        let chunks: Vec<SeqChunk> = active
+            .iter()
+            .zip(&toks)
+            .map(|(&i, tok)| SeqChunk {
+                tokens: tok,
+                start_pos: r.prompts[i].len() + s,
+                block_table: &tables[i],
+                logits: LogitsWanted::Last,
+            })
+            .collect();
+        let got = m
+            .forward(&build_batch(&chunks, block_size), &mut kv)
+            .unwrap();
+        let rows: Vec<(usize, usize)> = active
+            .iter()
+            .map(|&i| (i, r.prompts[i].len() + s))
+            .collect();
+        compare(&got, &rows, &format!("decode step {s}"));
+    }
+    worst
+}
+
+/// The `auto` attention variant (flash prefill, split-KV decode) inside the whole model, at head_dim
+/// 64 and 128 with GQA 4, against the f32 CPU backend: logits of prefills of 2 to 300 tokens (one
+/// and several 64-row query tiles), alone and batched, then of teacher-forced decode steps (replayed
+/// from CUDA graphs, the split plan fixed per graph), greedy generation, decode replay against
+/// eager, and the batching engine with chunked
+/// prefill over cached prefixes and prefix-cache hits (mixed steps: prefill tiles and decode rows
+/// in one launch of each kernel). Tolerances and flip margins as for the fixtures.
+fn check_auto_in_the_model<T: CudaDtype>(b: &CudaBackend<T>) {
+    use infermeter::backend::cuda::AttentionVariant;
+    use rand::{Rng, SeedableRng};
+
+    let b = b.clone().with_attention_variant(AttentionVariant::Auto);
+    for head_dim in [64usize, 128] {
+        let dir = attention_shaped_model(head_dim);
+        let cpu = load_dir(dir.path(), CpuBackend);
+        let gpu = load_dir(dir.path(), b.clone());
+        let what = format!("{} auto d{head_dim}", T::NAME);
+        let vocab = cpu.config.vocab_size as u32;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(head_dim as u64 + 1);
+        let mut prompt =
+            |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..vocab)).collect() };
+        let shared = prompt(150);
+        let prompts: Vec<(Vec<u32>, usize)> = vec![
+            (prompt(2), 24),
+            (prompt(63), 12),
+            (prompt(130), 16),
+            (prompt(300), 8),
+            ([&shared[..], &prompt(20)].concat(), 10),
+            ([&shared[..], &prompt(45)].concat(), 10),
+        ];
+        let r = reference_of(&cpu, prompts);
+        let tol = logits_tol::<T>();
+        let worst = check_logits(&what, &gpu, &r, tol);
+        println!("{what}: prefill logits max |Δ| {worst} (tolerance {tol})");
+        let cpu_rows: Vec<Vec<f32>> = r
+            .prompts
+            .iter()
+            .zip(&r.greedy)
+            .map(|(p, g)| all_logits(&cpu, &[&p[..], &g[..g.len() - 1]].concat()).unwrap())
+            .collect();
+        let worst = check_forced_decode(&what, &gpu, &r, &cpu_rows, tol);
+        println!("{what}: batched prefill + teacher-forced decode logits max |Δ| {worst}");
+        for (i, (p, g)) in r.prompts.iter().zip(&r.greedy).enumerate() {
+            let got = greedy(&gpu, p, g.len());
+            let n = assert_greedy_agrees(
+                &format!("{what} prompt{i} greedy"),
+                &got,
+                g,
+                &r.margins[i],
+                flip_margin::<T>(),
+            );
+            println!("{what} prompt{i}: {n} of {} greedy steps compared", g.len());
+        }
+        assert!(
+            gpu.graph_stats().replayed > 0,
+            "{what}: {:?}",
+            gpu.graph_stats()
+        );
+
+        let eager = load_dir(dir.path(), b.clone());
+        eager.set_graphs(false);
+        let graphed = load_dir(dir.path(), b.clone());
+        compare_decode(&what, &eager, &graphed, &[300, 64, 2, 129], &[12, 5, 9, 3]);
+
+        // chunks of at most 48 tokens: the long prompts prefill over several steps beside the
+        // others' decode rows; the second round's prompts hit the prefix cache
+        let cfg = EngineConfig {
+            block_size: 16,
+            num_blocks: 256,
+            max_num_seqs: 16,
+            max_num_batched_tokens: 48,
+            enable_prefix_caching: true,
+        };
+        let mut engine = Engine::new(load_dir(dir.path(), b.clone()), cfg, Instant::now()).unwrap();
+        let mut ids = Vec::new();
+        for round in 0..2 {
+            for (p, g) in r.prompts.iter().zip(&r.greedy) {
+                ids.push(
+                    engine
+                        .add_request(EngineRequest {
+                            prompt_ids: p.clone(),
+                            max_tokens: g.len(),
+                            sampling: SamplingParams::greedy(),
+                            ignore_eos: true,
+                        })
+                        .unwrap(),
+                );
+            }
+            if round == 0 {
+                for _ in 0..4 {
+                    engine.step().unwrap();
+                }
+            }
+        }
+        let mut outputs = std::collections::HashMap::new();
+        let mut steps = 0;
+        while engine.has_unfinished() {
+            for f in engine.step().unwrap().finished {
+                outputs.insert(f.id, f.output_ids);
+            }
+            steps += 1;
+            assert!(steps < 10_000, "{what}: the engine made no progress");
+        }
+        let n = r.prompts.len();
+        for (i, id) in ids.iter().enumerate() {
+            assert_greedy_agrees(
+                &format!("{what} engine request {i}"),
+                &outputs[id],
+                &r.greedy[i % n],
+                &r.margins[i % n],
+                flip_margin::<T>(),
+            );
+        }
+        assert_eq!(engine.kv_blocks_used(), 0, "{what}: blocks leaked");
+    }
+}
+
+#[test]
+fn auto_attention_in_the_model_matches_cpu() {
+    for_each_dtype!(check_auto_in_the_model);
 }
