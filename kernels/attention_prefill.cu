@@ -424,6 +424,11 @@ __device__ __forceinline__ bool prefill_params_ok(const PrefillAttentionParams& 
 //   k_cache/v_cache [num_blocks, block_size, num_kv_heads, D]
 //   query_start_loc [num_seqs + 1];  seq_lens [num_seqs]
 //   block_tables    [num_seqs, max_blocks_per_seq];  tiles [num_tiles, 2]
+#define IM_PREFILL_ARGS                                                                             \
+    T* __restrict__ out, const T* __restrict__ qkv, const T* __restrict__ k_cache,                 \
+        const T* __restrict__ v_cache, const uint32_t* __restrict__ query_start_loc,               \
+        const uint32_t* __restrict__ seq_lens, const uint32_t* __restrict__ block_tables,          \
+        const uint32_t* __restrict__ tiles, PrefillAttentionParams p
 #if IM_PREFILL_MMA
 #define IM_PREFILL_RUN(D, ASYNC)                                                                   \
     __shared__ __align__(16) T smem[Tile<D>::SMEM];                                                \
@@ -434,34 +439,15 @@ __device__ __forceinline__ bool prefill_params_ok(const PrefillAttentionParams& 
 #define IM_PREFILL_RUN(D, ASYNC)
 #endif
 
-extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS, 3) flash_prefill_d64(
-    T* __restrict__ out, const T* __restrict__ qkv, const T* __restrict__ k_cache,
-    const T* __restrict__ v_cache, const uint32_t* __restrict__ query_start_loc,
-    const uint32_t* __restrict__ seq_lens, const uint32_t* __restrict__ block_tables,
-    const uint32_t* __restrict__ tiles, PrefillAttentionParams p) {
+extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS, 3) flash_prefill_d64(IM_PREFILL_ARGS) {
     IM_PREFILL_RUN(64, true)
 }
-
-extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS, 3) flash_prefill_d128(
-    T* __restrict__ out, const T* __restrict__ qkv, const T* __restrict__ k_cache,
-    const T* __restrict__ v_cache, const uint32_t* __restrict__ query_start_loc,
-    const uint32_t* __restrict__ seq_lens, const uint32_t* __restrict__ block_tables,
-    const uint32_t* __restrict__ tiles, PrefillAttentionParams p) {
+extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS, 3) flash_prefill_d128(IM_PREFILL_ARGS) {
     IM_PREFILL_RUN(128, true)
 }
-
-extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS, 3) flash_prefill_sync_d64(
-    T* __restrict__ out, const T* __restrict__ qkv, const T* __restrict__ k_cache,
-    const T* __restrict__ v_cache, const uint32_t* __restrict__ query_start_loc,
-    const uint32_t* __restrict__ seq_lens, const uint32_t* __restrict__ block_tables,
-    const uint32_t* __restrict__ tiles, PrefillAttentionParams p) {
+extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS, 3) flash_prefill_sync_d64(IM_PREFILL_ARGS) {
     IM_PREFILL_RUN(64, false)
 }
-
-extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS, 3) flash_prefill_sync_d128(
-    T* __restrict__ out, const T* __restrict__ qkv, const T* __restrict__ k_cache,
-    const T* __restrict__ v_cache, const uint32_t* __restrict__ query_start_loc,
-    const uint32_t* __restrict__ seq_lens, const uint32_t* __restrict__ block_tables,
-    const uint32_t* __restrict__ tiles, PrefillAttentionParams p) {
+extern "C" __global__ void __launch_bounds__(IM_PREFILL_THREADS, 3) flash_prefill_sync_d128(IM_PREFILL_ARGS) {
     IM_PREFILL_RUN(128, false)
 }
