@@ -552,49 +552,63 @@ fn check_engine<T: CudaDtype>(b: &CudaBackend<T>) {
             ),
         ];
         for (case, cfg) in cases {
-            let mut engine = Engine::new(load_with(name, b.clone()), cfg, Instant::now()).unwrap();
-            // the golden prompts twice: the repeats hit the prefix cache
-            let mut ids = Vec::new();
-            for round in 0..2 {
-                for (p, g) in r.prompts.iter().zip(&r.greedy) {
-                    let id = engine
-                        .add_request(EngineRequest {
-                            prompt_ids: p.clone(),
-                            max_tokens: g.len(),
-                            sampling: SamplingParams::greedy(),
-                            ignore_eos: true,
-                        })
-                        .unwrap();
-                    ids.push(id);
-                }
-                if round == 0 {
-                    for _ in 0..3 {
-                        engine.step().unwrap();
-                    }
-                }
-            }
-            let mut outputs = std::collections::HashMap::new();
-            let mut steps = 0;
-            while engine.has_unfinished() {
-                for f in engine.step().unwrap().finished {
-                    outputs.insert(f.id, f.output_ids);
-                }
-                steps += 1;
-                assert!(steps < 10_000, "{name} / {case}: no progress");
-            }
-            let n = r.prompts.len();
-            for (i, id) in ids.iter().enumerate() {
-                assert_greedy_agrees(
-                    &format!("cuda {} engine {name} / {case}: request {i}", T::NAME),
-                    &outputs[id],
-                    &r.greedy[i % n],
-                    &r.margins[i % n],
-                    flip_margin::<T>(),
-                );
-            }
-            assert_eq!(engine.kv_blocks_used(), 0, "{name} / {case}: blocks leaked");
+            let engine = Engine::new(load_with(name, b.clone()), cfg, Instant::now()).unwrap();
+            let what = format!("cuda {} engine {name} / {case}", T::NAME);
+            check_engine_twice(&what, engine, &r, 3, flip_margin::<T>());
         }
     }
+}
+
+/// Submit `r`'s prompts to `engine` twice (greedy, each for as many tokens as its CPU
+/// continuation), the second round after `head_start` steps, so its prompts hit the prefix cache
+/// while the first round still runs; run to the end, check every request's tokens against the
+/// CPU's greedy ones (up to a near tie, `flip`) and that no KV block stays in use.
+fn check_engine_twice<B: Backend>(
+    what: &str,
+    mut engine: Engine<B>,
+    r: &Reference,
+    head_start: usize,
+    flip: f32,
+) {
+    let mut ids = Vec::new();
+    for round in 0..2 {
+        for (p, g) in r.prompts.iter().zip(&r.greedy) {
+            let id = engine
+                .add_request(EngineRequest {
+                    prompt_ids: p.clone(),
+                    max_tokens: g.len(),
+                    sampling: SamplingParams::greedy(),
+                    ignore_eos: true,
+                })
+                .unwrap();
+            ids.push(id);
+        }
+        if round == 0 {
+            for _ in 0..head_start {
+                engine.step().unwrap();
+            }
+        }
+    }
+    let mut outputs = std::collections::HashMap::new();
+    let mut steps = 0;
+    while engine.has_unfinished() {
+        for f in engine.step().unwrap().finished {
+            outputs.insert(f.id, f.output_ids);
+        }
+        steps += 1;
+        assert!(steps < 10_000, "{what}: no progress");
+    }
+    let n = r.prompts.len();
+    for (i, id) in ids.iter().enumerate() {
+        assert_greedy_agrees(
+            &format!("{what}: request {i}"),
+            &outputs[id],
+            &r.greedy[i % n],
+            &r.margins[i % n],
+            flip,
+        );
+    }
+    assert_eq!(engine.kv_blocks_used(), 0, "{what}: blocks leaked");
 }
 
 #[test]
@@ -1169,47 +1183,8 @@ fn check_auto_in_the_model<T: CudaDtype>(b: &CudaBackend<T>) {
             max_num_batched_tokens: 48,
             enable_prefix_caching: true,
         };
-        let mut engine = Engine::new(load_dir(dir.path(), b.clone()), cfg, Instant::now()).unwrap();
-        let mut ids = Vec::new();
-        for round in 0..2 {
-            for (p, g) in r.prompts.iter().zip(&r.greedy) {
-                ids.push(
-                    engine
-                        .add_request(EngineRequest {
-                            prompt_ids: p.clone(),
-                            max_tokens: g.len(),
-                            sampling: SamplingParams::greedy(),
-                            ignore_eos: true,
-                        })
-                        .unwrap(),
-                );
-            }
-            if round == 0 {
-                for _ in 0..4 {
-                    engine.step().unwrap();
-                }
-            }
-        }
-        let mut outputs = std::collections::HashMap::new();
-        let mut steps = 0;
-        while engine.has_unfinished() {
-            for f in engine.step().unwrap().finished {
-                outputs.insert(f.id, f.output_ids);
-            }
-            steps += 1;
-            assert!(steps < 10_000, "{what}: the engine made no progress");
-        }
-        let n = r.prompts.len();
-        for (i, id) in ids.iter().enumerate() {
-            assert_greedy_agrees(
-                &format!("{what} engine request {i}"),
-                &outputs[id],
-                &r.greedy[i % n],
-                &r.margins[i % n],
-                flip_margin::<T>(),
-            );
-        }
-        assert_eq!(engine.kv_blocks_used(), 0, "{what}: blocks leaked");
+        let engine = Engine::new(load_dir(dir.path(), b.clone()), cfg, Instant::now()).unwrap();
+        check_engine_twice(&format!("{what} engine"), engine, &r, 4, flip_margin::<T>());
     }
 }
 

@@ -472,6 +472,15 @@ mod tests {
         }
     }
 
+    /// (op, variant) of each case [`expand`] makes on CUDA for the `--attention` value `names`.
+    fn expanded_on_cuda(cases: &[Case], names: &str) -> Vec<(Op, Option<Variant>)> {
+        let chosen = parse_list(&strings(&[names])).unwrap();
+        expand(cases, Device::Cuda, &chosen)
+            .iter()
+            .map(|c| (c.op, c.variant))
+            .collect()
+    }
+
     #[test]
     fn variant_lists_parse_in_baseline_order() {
         assert_eq!(parse_list(&[]).unwrap(), Variant::ATTENTION.to_vec());
@@ -620,13 +629,8 @@ mod tests {
             attention(Op::AttentionPrefill, 1, 512, 512),
             attention(Op::AttentionDecode, 16, 1, 4096),
         ];
-        let chosen = parse_list(&strings(&["auto-4split,naive,auto-2split"])).unwrap();
-        let got: Vec<(Op, Option<Variant>)> = expand(&cases, Device::Cuda, &chosen)
-            .iter()
-            .map(|c| (c.op, c.variant))
-            .collect();
         assert_eq!(
-            got,
+            expanded_on_cuda(&cases, "auto-4split,naive,auto-2split"),
             vec![
                 (Op::AttentionPrefill, Some(Variant::Naive)),
                 (Op::AttentionDecode, Some(Variant::Naive)),
@@ -692,16 +696,8 @@ mod tests {
             .unsupported_reason(&prefill, Dtype::F32, (9, 0))
             .is_some_and(|e| e.contains("`auto-sync`")));
         // alone it leaves decode cases out; sorted after auto
-        let got: Vec<(Op, Option<Variant>)> = expand(
-            &[prefill, decode],
-            Device::Cuda,
-            &parse_list(&strings(&["auto-sync,auto"])).unwrap(),
-        )
-        .iter()
-        .map(|c| (c.op, c.variant))
-        .collect();
         assert_eq!(
-            got,
+            expanded_on_cuda(&[prefill, decode], "auto-sync,auto"),
             vec![
                 (Op::AttentionPrefill, Some(Variant::Auto)),
                 (Op::AttentionPrefill, Some(Variant::AutoSync)),
