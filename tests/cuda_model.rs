@@ -48,6 +48,7 @@ use infermeter::engine::{
     generate, Engine, EngineConfig, EngineRequest, GenerateRequest, SamplingParams,
 };
 use infermeter::model::tensor_store::HostTensor;
+use infermeter::model::weights::{dummy_weights, ModelWeights};
 use infermeter::model::{self, LoadOptions, Model};
 
 /// Max |logit difference| to the f32 CPU reference, per compute dtype (see the module docs).
@@ -940,111 +941,66 @@ fn engine_picks_tokens_on_the_gpu() {
 
 // ---- the optimised attention kernels inside the model -------------------------------------------
 
-/// A Llama with tiny-llama's tokenizer and vocabulary whose attention has a shape the optimised
-/// kernels serve (the fixtures' head_dim 16 makes `auto` fall back to the naive kernel, so the
-/// tests above check its flash prefill and split-KV decode only through that fallback): 4 query
-/// heads over 1 KV head (GQA 4) of `head_dim`, 2 layers, random weights written as a checkpoint.
-/// Scaled so that attention scores spread over a few units (x has RMS 1 after each norm, so a
-/// q/k weight std of sqrt(3 / hidden) gives score std ≈ 3: a softmax far from uniform, where a
-/// wrong mask or key shows) and logits have std ≈ 3, as a trained model's do.
-fn attention_shaped_model(head_dim: usize) -> tempfile::TempDir {
-    use infermeter::model::tensor_store::{write_safetensors, OutTensor};
-    use rand::SeedableRng;
-    use rand_distr::{Distribution, Normal};
-
-    let dir = common::copy_model(&model_dir("tiny-llama"));
-    let (heads, kv_heads, layers) = (4usize, 1usize, 2usize);
-    let hidden = heads * head_dim;
-    let inter = 2 * hidden;
-    let (q, kv) = (heads * head_dim, kv_heads * head_dim);
-    let mut cfg = common::read_config(dir.path());
-    let vocab = cfg["vocab_size"].as_u64().unwrap() as usize;
-    for (field, value) in [
-        ("hidden_size", hidden),
-        ("head_dim", head_dim),
-        ("num_attention_heads", heads),
-        ("num_key_value_heads", kv_heads),
-        ("num_hidden_layers", layers),
-        ("intermediate_size", inter),
-        ("max_position_embeddings", 1024),
-    ] {
-        cfg[field] = serde_json::json!(value);
-    }
-    common::write_config(dir.path(), &cfg);
-
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(head_dim as u64);
-    let mut random = |name: String, shape: Vec<usize>, std: f32| {
-        let normal = Normal::new(0.0f32, std).unwrap();
-        let n = shape.iter().product();
-        let data: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
-        OutTensor::f32(&name, shape, &data)
-    };
-    let ones = |name: String, n: usize| OutTensor::f32(&name, vec![n], &vec![1.0; n]);
-    let fan_in = |n: usize| 1.0 / (n as f32).sqrt();
-    let qk_std = (3.0 / hidden as f32).sqrt();
-    let mut tensors = vec![random(
-        "model.embed_tokens.weight".into(),
-        vec![vocab, hidden],
-        1.0,
-    )];
-    for i in 0..layers {
-        let p = format!("model.layers.{i}");
-        tensors.extend([
-            ones(format!("{p}.input_layernorm.weight"), hidden),
-            random(
-                format!("{p}.self_attn.q_proj.weight"),
-                vec![q, hidden],
-                qk_std,
-            ),
-            random(
-                format!("{p}.self_attn.k_proj.weight"),
-                vec![kv, hidden],
-                qk_std,
-            ),
-            random(
-                format!("{p}.self_attn.v_proj.weight"),
-                vec![kv, hidden],
-                fan_in(hidden),
-            ),
-            random(
-                format!("{p}.self_attn.o_proj.weight"),
-                vec![hidden, q],
-                fan_in(q),
-            ),
-            ones(format!("{p}.post_attention_layernorm.weight"), hidden),
-            random(
-                format!("{p}.mlp.gate_proj.weight"),
-                vec![inter, hidden],
-                fan_in(hidden),
-            ),
-            random(
-                format!("{p}.mlp.up_proj.weight"),
-                vec![inter, hidden],
-                fan_in(hidden),
-            ),
-            random(
-                format!("{p}.mlp.down_proj.weight"),
-                vec![hidden, inter],
-                fan_in(inter),
-            ),
-        ]);
-    }
-    tensors.push(ones("model.norm.weight".into(), hidden));
-    tensors.push(random(
-        "lm_head.weight".into(),
-        vec![vocab, hidden],
-        3.0 * fan_in(hidden),
-    ));
-    write_safetensors(&dir.path().join("model.safetensors"), &tensors).unwrap();
-    dir
+/// A Llama with tiny-llama's vocabulary whose attention has a shape the optimised kernels serve
+/// (the fixtures' head_dim 16 makes `auto` fall back to the naive kernel, so the tests above check
+/// its flash prefill and split-KV decode only through that fallback): 4 query heads over 1 KV head
+/// (GQA 4) of `head_dim`, 2 layers. The weights are the project's dummy ones
+/// (`model::weights::dummy_weights`, N(0, 0.02²)) rescaled per tensor: x has RMS 1 after each norm,
+/// so a q/k weight std of sqrt(3 / hidden) gives attention scores of std ≈ 3 (a softmax far from
+/// uniform, where a wrong mask or key shows), and logits get std ≈ 3, as a trained model's do.
+struct AttentionShapedModel {
+    config: model::ModelConfig,
+    weights: ModelWeights<HostTensor>,
 }
 
-fn load_dir<B: Backend>(dir: &std::path::Path, backend: B) -> Model<B> {
-    model::load(dir.to_str().unwrap(), LoadOptions::default())
-        .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
-        .into_model(backend)
-        .unwrap()
-        .0
+impl AttentionShapedModel {
+    fn new(head_dim: usize) -> Self {
+        let (heads, kv_heads) = (4usize, 1usize);
+        let hidden = heads * head_dim;
+        let mut cfg = common::read_config(&model_dir("tiny-llama"));
+        for (field, value) in [
+            ("hidden_size", hidden),
+            ("head_dim", head_dim),
+            ("num_attention_heads", heads),
+            ("num_key_value_heads", kv_heads),
+            ("num_hidden_layers", 2),
+            ("intermediate_size", 2 * hidden),
+            ("max_position_embeddings", 1024),
+        ] {
+            cfg[field] = serde_json::json!(value);
+        }
+        let config =
+            model::ModelConfig::from_json_str(&cfg.to_string(), "attention-shaped config").unwrap();
+        let mut weights = dummy_weights(&config, head_dim as u64);
+        // dummy weights have std 0.02: scale rows start.. of `t` (row length = its last dim) to `std`
+        let rescale = |t: &mut HostTensor, rows: std::ops::Range<usize>, std: f32| {
+            let cols = t.shape[t.shape.len() - 1];
+            for x in &mut t.data[rows.start * cols..rows.end * cols] {
+                *x *= std / 0.02;
+            }
+        };
+        let fan_in = |n: usize| 1.0 / (n as f32).sqrt();
+        let (q, kv, inter) = (config.q_size(), config.kv_size(), config.intermediate_size);
+        rescale(&mut weights.embed, 0..config.vocab_size, 1.0);
+        for l in &mut weights.layers {
+            // qkv rows: q, then k, then v
+            rescale(&mut l.qkv.weight, 0..q + kv, (3.0 / hidden as f32).sqrt());
+            rescale(&mut l.qkv.weight, q + kv..q + 2 * kv, fan_in(hidden));
+            rescale(&mut l.o.weight, 0..hidden, fan_in(q));
+            rescale(&mut l.up.weight, 0..2 * inter, fan_in(hidden));
+            rescale(&mut l.down.weight, 0..hidden, fan_in(inter));
+        }
+        let head = weights
+            .lm_head
+            .as_mut()
+            .expect("tiny-llama's head is untied");
+        rescale(head, 0..config.vocab_size, 3.0 * fan_in(hidden));
+        Self { config, weights }
+    }
+
+    fn on<B: Backend>(&self, backend: B) -> Model<B> {
+        Model::new(backend, self.config.clone(), self.weights.clone()).unwrap()
+    }
 }
 
 /// Prefill every prompt of `r` in one step on `m`, then decode them together, each fed its CPU
@@ -1128,9 +1084,9 @@ fn check_auto_in_models_of<T: CudaDtype>(b: &CudaBackend<T>, head_dims: &[usize]
 
     let b = b.clone().with_attention_variant(AttentionVariant::Auto);
     for &head_dim in head_dims {
-        let dir = attention_shaped_model(head_dim);
-        let cpu = load_dir(dir.path(), CpuBackend);
-        let gpu = load_dir(dir.path(), b.clone());
+        let shaped = AttentionShapedModel::new(head_dim);
+        let cpu = shaped.on(CpuBackend);
+        let gpu = shaped.on(b.clone());
         let what = format!("{} auto d{head_dim}", T::NAME);
         let vocab = cpu.config.vocab_size as u32;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(head_dim as u64 + 1);
@@ -1174,9 +1130,9 @@ fn check_auto_in_models_of<T: CudaDtype>(b: &CudaBackend<T>, head_dims: &[usize]
             gpu.graph_stats()
         );
 
-        let eager = load_dir(dir.path(), b.clone());
+        let eager = shaped.on(b.clone());
         eager.set_graphs(false);
-        let graphed = load_dir(dir.path(), b.clone());
+        let graphed = shaped.on(b.clone());
         compare_decode(&what, &eager, &graphed, &[300, 64, 2, 129], &[12, 5, 9, 3]);
 
         // chunks of at most 48 tokens: the long prompts prefill over several steps beside the
@@ -1188,7 +1144,7 @@ fn check_auto_in_models_of<T: CudaDtype>(b: &CudaBackend<T>, head_dims: &[usize]
             max_num_batched_tokens: 48,
             enable_prefix_caching: true,
         };
-        let engine = Engine::new(load_dir(dir.path(), b.clone()), cfg, Instant::now()).unwrap();
+        let engine = Engine::new(shaped.on(b.clone()), cfg, Instant::now()).unwrap();
         check_engine_twice(&format!("{what} engine"), engine, &r, 4, flip_margin::<T>());
     }
 }
