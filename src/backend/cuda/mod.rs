@@ -328,10 +328,6 @@ impl<T: CudaDtype> CudaBackend<T> {
         self.auto_tuning = tuning;
     }
 
-    pub fn auto_tuning(&self) -> AutoTuning {
-        self.auto_tuning
-    }
-
     pub fn dtype(&self) -> &'static str {
         T::NAME
     }
