@@ -433,8 +433,7 @@ pub struct NvmlOpen {
 }
 
 /// The warning when NVML cannot tell which GPU the engine runs on.
-const ENGINE_GPU_UNKNOWN: &str =
-    "warning: the engine's GPU has no known NVML index (NVML does \
+const ENGINE_GPU_UNKNOWN: &str = "warning: the engine's GPU has no known NVML index (NVML does \
     not know its UUID and CUDA_VISIBLE_DEVICES names GPUs by UUID or MIG): measuring and pricing \
     every GPU; give --gpus N to measure the engine's only";
 
