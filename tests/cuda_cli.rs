@@ -442,6 +442,73 @@ fn run_records_cuda_graphs() {
     }
 }
 
+/// A step ends when the device has done its work, prefill chunks that sample no token included:
+/// their records' times are what `run` attributes to prefill and decode. On the emulated CUDA stack
+/// (scripts/emulate-cuda), where device work runs only when the host waits for it, every kernel and
+/// GEMM is given 2 ms of device time: a step that returned without waiting would last about its
+/// launches' issue time, one that waited at least its ~25 launches' device time. On a GPU the
+/// durations are not checked (they are microseconds there), the run and its step records are.
+#[test]
+fn every_step_waits_for_its_device_work() {
+    if !gpu() {
+        return; // the CPU computes on the calling thread: nothing to wait for
+    }
+    let emulated = cuda::probe(false)
+        .gpus
+        .first()
+        .is_some_and(|g| g.name.contains("Emulated"));
+    const KERNEL_US: u64 = 2000;
+    let dir = model_dir("tiny-llama");
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("run.json");
+    // a 100-token prompt in chunks of 32: three steps that sample nothing, then the last chunk's
+    // step, then decode steps (the second and later replayed from a graph)
+    let out = Command::new(infermeter_bin())
+        .args(["run", "--model", dir.to_str().unwrap(), "--backend", "cuda"])
+        .args([
+            "--batch-size",
+            "1",
+            "--input-len",
+            "100",
+            "--output-len",
+            "4",
+        ])
+        .args(["--max-num-batched-tokens", "32", "--warmup", "0"])
+        .args(["--no-progress", "--no-telemetry", "--out"])
+        .arg(&results)
+        .env("FAKE_CUDA_KERNEL_US", KERNEL_US.to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+    let steps = j["phases"][0]["steps"].as_array().unwrap();
+    let prefill: Vec<u64> = steps
+        .iter()
+        .map(|s| s["prefill_tokens"].as_u64().unwrap())
+        .collect();
+    assert_eq!(prefill, [32, 32, 32, 4, 0, 0, 0], "{steps:?}");
+    if !emulated {
+        return;
+    }
+    // tiny-llama issues ~25 kernels and GEMMs a step (2 layers of 10, embedding, final norm,
+    // gather, LM head, pick): at least 20 of them is 40 ms of device time; counted at half
+    let least_s = 20.0 * KERNEL_US as f64 * 1e-6 / 2.0;
+    for s in steps {
+        let d = s["end_s"].as_f64().unwrap() - s["start_s"].as_f64().unwrap();
+        assert!(
+            d >= least_s,
+            "step {} ({} prefill tokens) lasted {:.1} ms, less than its device work (>= {:.0} ms): \
+             it ended without waiting for the device",
+            s["index"],
+            s["prefill_tokens"],
+            d * 1e3,
+            least_s * 1e3
+        );
+    }
+}
+
 /// `--attention` (env INFERMETER_ATTENTION) is checked when parsed, and the variant a run used is in
 /// its results file; on a GPU `auto` runs and is named in the backend line.
 #[test]

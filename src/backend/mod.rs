@@ -181,6 +181,11 @@ pub trait Backend: Send + Sync {
     fn zeros(&self, len: usize) -> Result<Self::Buffer>;
     /// Copy the first `len` elements back to the host as f32.
     fn download(&self, buf: &Self::Buffer, len: usize) -> Result<Vec<f32>>;
+    /// Wait until the device has done every op issued so far (and surface an asynchronous error).
+    /// A backend that computes on the calling thread is done already.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
     /// Prepare one step's metadata (validated against the cache geometry).
     fn prepare(&self, meta: &BatchMeta, geom: &KvGeometry) -> Result<Self::Meta>;
 

@@ -255,9 +255,11 @@ impl<B: Backend> Model<B> {
         }
         let vocab = self.config.vocab_size;
         // a step without logits rows (prefill chunks that end short of their prompt) still runs:
-        // it writes their K/V
+        // it writes their K/V. It waits for the device like any other step, so that the step
+        // ends when its work is done (its record's end time; an asynchronous error surfaces here)
         self.step(meta, kv, |b, logits, rows| {
             if rows == 0 {
+                b.synchronize()?;
                 return Ok(Vec::new());
             }
             if let Some(tokens) = b.pick_tokens(logits, vocab, &draws[..rows], bans)? {

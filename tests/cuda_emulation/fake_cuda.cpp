@@ -13,8 +13,15 @@
 //
 // Semantics kept strict where the real driver is strict, so a bug that would fail on a GPU fails
 // here: device memory is host memory handed out by cuMemAlloc (kernels dereference it directly);
-// work runs synchronously at enqueue time (stream order holds trivially) unless the stream is
-// capturing, in which case kernel launches, device-to-device copies, memsets and GEMMs are recorded
+// device work is asynchronous, as on a GPU: kernel launches, device-to-device copies, memsets,
+// GEMMs, graph launches, event records and host-to-device copies (their source read at the call,
+// as the driver stages pageable memory) join one queue in issue order and run only when the host
+// waits: stream, event or context synchronisation, a device-to-host copy (pageable: it returns
+// complete), cuMemFree (which waits for the device, as cudaFree does), module unload. So a host
+// that times or reads work without waiting for it sees it unfinished, as it would on a GPU
+// (FAKE_CUDA_SYNC=1 runs work at issue instead). One queue for every stream is one of the orders a
+// GPU may choose. When the stream is capturing, kernel launches, device-to-device copies, memsets
+// and GEMMs are recorded
 // with their argument values as of capture and replayed by cuGraphLaunch; host<->device copies,
 // synchronisation and cuMemAlloc/cuMemFree during a capture fail with
 // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidate the capture, as the driver does for pageable
@@ -24,7 +31,11 @@
 // Environment: FAKE_CUDA_MEMORY_MIB (device memory, default 2048), FAKE_CUDA_SMS (multiprocessors,
 // default 8), FAKE_CUDA_EMU_DIR (emu.h's folder; default: where this file was built from),
 // FAKE_CUDA_CXX (default g++), FAKE_CUDA_CXXFLAGS (extra flags for kernel modules, e.g.
-// -fsanitize=address with libasan preloaded).
+// -fsanitize=address with libasan preloaded), FAKE_CUDA_SYNC=1 (work runs at issue),
+// FAKE_CUDA_MEMORY_POOLS=0 (the device says it has no memory pools: cudarc then allocates and frees
+// with cuMemAlloc/cuMemFree, which wait for the device, instead of the stream-ordered calls),
+// FAKE_CUDA_KERNEL_US (each kernel launch and GEMM also takes this many microseconds of wall time
+// when it runs: device time a test can tell from host time).
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -116,14 +127,42 @@ struct Graph {
     std::vector<std::function<void()>> nodes;
 };
 
-// Run now, or record when the stream is capturing.
+// Device work issued and not yet run, in issue order (every stream's).
+std::vector<std::function<void()>>& pending() {
+    static std::vector<std::function<void()>> q;
+    return q;
+}
+bool synchronous() {
+    static const bool sync = env_size("FAKE_CUDA_SYNC", 0) != 0;
+    return sync;
+}
+
+// The host waits for the device: run everything issued so far.
+void drain() {
+    // work may not issue more work, but take the queue first all the same
+    std::vector<std::function<void()>> q;
+    q.swap(pending());
+    for (auto& w : q) w();
+}
+
+// The device time FAKE_CUDA_KERNEL_US adds to a kernel or GEMM when it runs.
+void device_time() {
+    static const size_t us = env_size("FAKE_CUDA_KERNEL_US", 0);
+    if (us) std::this_thread::sleep_for(std::chrono::microseconds(us));
+}
+
+// Issue work: recorded when the stream is capturing, else queued until the host waits.
 CUresult enqueue(void* s, std::function<void()> work) {
     Stream* st = stream_of(s);
     if (st->capturing) {
         st->recorded.push_back(std::move(work));
         return CUDA_SUCCESS;
     }
-    work();
+    if (synchronous()) {
+        work();
+    } else {
+        pending().push_back(std::move(work));
+    }
     return CUDA_SUCCESS;
 }
 
@@ -377,7 +416,7 @@ CUresult cuDeviceGetAttribute(int* v, int attr, CUdevice) {
         case 82: *v = 65536; break;                                  // MAX_REGISTERS_PER_MULTIPROCESSOR
         case 97: *v = 166912; break;                                 // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
         case 106: *v = 32; break;                                    // MAX_BLOCKS_PER_MULTIPROCESSOR
-        case 115: *v = 0; break;                                     // MEMORY_POOLS_SUPPORTED: cuMemAlloc
+        case 115: *v = int(env_size("FAKE_CUDA_MEMORY_POOLS", 1)); break; // MEMORY_POOLS_SUPPORTED, as on GPUs
         default: *v = 0; break;
     }
     return CUDA_SUCCESS;
@@ -398,7 +437,9 @@ CUresult cuCtxGetFlags(unsigned* f) { *f = 0; return CUDA_SUCCESS; }
 CUresult cuCtxGetApiVersion(void*, unsigned* v) { *v = 13000; return CUDA_SUCCESS; }
 CUresult cuCtxSynchronize() {
     LOCKED;
-    return refuse_during_capture(nullptr, true) ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
+    if (refuse_during_capture(nullptr, true)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    drain();
+    return CUDA_SUCCESS;
 }
 
 CUresult cuGetErrorString(CUresult e, const char** s) {
@@ -438,15 +479,20 @@ CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     *p = CUdeviceptr(uintptr_t(m));
     return CUDA_SUCCESS;
 }
-CUresult cuMemFree_v2(CUdeviceptr p) {
-    LOCKED;
-    if (refuse_during_capture(nullptr, true)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+// Return an allocation (device work that used it has run).
+CUresult release(CUdeviceptr p) {
     auto it = allocations().find(uintptr_t(p));
     if (it == allocations().end()) return CUDA_ERROR_INVALID_VALUE;
     allocated -= it->second;
     allocations().erase(it);
     std::free(reinterpret_cast<void*>(p));
     return CUDA_SUCCESS;
+}
+CUresult cuMemFree_v2(CUdeviceptr p) {
+    LOCKED;
+    if (refuse_during_capture(nullptr, true)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    drain();  // work issued on this memory runs before it is freed
+    return release(p);
 }
 CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void* s) {
     LOCKED;
@@ -456,7 +502,8 @@ CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void* s) {
 CUresult cuMemFreeAsync(CUdeviceptr p, void* s) {
     LOCKED;
     if (refuse_during_capture(s, false)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
-    return cuMemFree_v2(p);
+    if (allocations().count(uintptr_t(p)) == 0) return CUDA_ERROR_INVALID_VALUE;
+    return enqueue(s, [p] { release(p); });  // stream-ordered
 }
 CUresult cuMemAllocHost_v2(void** p, size_t bytes) { *p = std::malloc(std::max<size_t>(bytes, 1)); return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY; }
 CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned) { return cuMemAllocHost_v2(p, bytes); }
@@ -465,12 +512,14 @@ CUresult cuMemFreeHost(void* p) { std::free(p); return CUDA_SUCCESS; }
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, void* s) {
     LOCKED;
     if (refuse_during_capture(s, false)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
-    std::memcpy(reinterpret_cast<void*>(dst), src, n);
-    return CUDA_SUCCESS;
+    // pageable memory is staged at the call: the host may reuse its buffer at once
+    auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src), static_cast<const char*>(src) + n);
+    return enqueue(s, [=] { std::memcpy(reinterpret_cast<void*>(dst), staged->data(), n); });
 }
 CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, void* s) {
     LOCKED;
     if (refuse_during_capture(s, false)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    drain();  // into pageable memory the copy returns complete, after the work issued before it
     std::memcpy(dst, reinterpret_cast<const void*>(src), n);
     return CUDA_SUCCESS;
 }
@@ -497,26 +546,47 @@ CUresult cuStreamCreate(void** s, unsigned) { *s = new Stream; return CUDA_SUCCE
 CUresult cuStreamCreateWithPriority(void** s, unsigned f, int) { return cuStreamCreate(s, f); }
 CUresult cuStreamDestroy_v2(void* s) {
     LOCKED;
+    drain();
     if (s) delete static_cast<Stream*>(s);
     return CUDA_SUCCESS;
 }
 CUresult cuStreamSynchronize(void* s) {
     LOCKED;
-    return refuse_during_capture(s, false) ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
-}
-CUresult cuStreamQuery(void*) { return CUDA_SUCCESS; }
-CUresult cuStreamWaitEvent(void*, void*, unsigned) { return CUDA_SUCCESS; }
-CUresult cuEventCreate(void** e, unsigned) { *e = new Event; return CUDA_SUCCESS; }
-CUresult cuEventDestroy_v2(void* e) { delete static_cast<Event*>(e); return CUDA_SUCCESS; }
-CUresult cuEventRecord(void* e, void* s) {
-    LOCKED;
-    if (!stream_of(s)->capturing) static_cast<Event*>(e)->at = std::chrono::steady_clock::now();
+    if (refuse_during_capture(s, false)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    drain();
     return CUDA_SUCCESS;
 }
+// queries complete the work: a GPU may have finished it by then
+CUresult cuStreamQuery(void*) {
+    LOCKED;
+    drain();
+    return CUDA_SUCCESS;
+}
+CUresult cuStreamWaitEvent(void*, void*, unsigned) { return CUDA_SUCCESS; }
+CUresult cuEventCreate(void** e, unsigned) { *e = new Event; return CUDA_SUCCESS; }
+CUresult cuEventDestroy_v2(void* e) {
+    LOCKED;
+    drain();  // a queued record writes the event
+    delete static_cast<Event*>(e);
+    return CUDA_SUCCESS;
+}
+// The event takes the time at which the device reaches it in the queue.
+CUresult cuEventRecord(void* e, void* s) {
+    LOCKED;
+    if (stream_of(s)->capturing) return CUDA_SUCCESS;
+    auto* ev = static_cast<Event*>(e);
+    return enqueue(s, [ev] { ev->at = std::chrono::steady_clock::now(); });
+}
 CUresult cuEventRecordWithFlags(void* e, void* s, unsigned) { return cuEventRecord(e, s); }
-CUresult cuEventSynchronize(void*) { return CUDA_SUCCESS; }
-CUresult cuEventQuery(void*) { return CUDA_SUCCESS; }
+CUresult cuEventSynchronize(void*) {
+    LOCKED;
+    drain();
+    return CUDA_SUCCESS;
+}
+CUresult cuEventQuery(void* e) { return cuEventSynchronize(e); }
 CUresult cuEventElapsedTime(float* ms, void* a, void* b) {
+    LOCKED;
+    drain();
     *ms = std::chrono::duration<float, std::milli>(static_cast<Event*>(b)->at - static_cast<Event*>(a)->at).count();
     return CUDA_SUCCESS;
 }
@@ -562,6 +632,7 @@ CUresult cuModuleLoadData(void** module, const void* image) {
 CUresult cuModuleLoadDataEx(void** module, const void* image, unsigned, void*, void*) { return cuModuleLoadData(module, image); }
 CUresult cuModuleUnload(void* module) {
     LOCKED;
+    drain();  // queued launches hold the module's closures
     auto* m = static_cast<Module*>(module);
     dlclose(m->handle);
     delete m;
@@ -602,7 +673,10 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
     if (!call) return CUDA_ERROR_NOT_FOUND;
     Module* m = fn->module;
     std::shared_ptr<FakeCudaClosure> owned(call, [m](FakeCudaClosure* c) { m->free(c); });
-    return enqueue(s, [m, owned, gx, gy, gz, bx] { m->run(owned.get(), gx, gy, gz, bx, 1, 1); });
+    return enqueue(s, [m, owned, gx, gy, gz, bx] {
+        m->run(owned.get(), gx, gy, gz, bx, 1, 1);
+        device_time();
+    });
 }
 
 // ---- capture and graphs --------------------------------------------------------------------------------
@@ -651,7 +725,7 @@ CUresult cuGraphLaunch(void* exec, void* s) {
     LOCKED;
     Stream* st = stream_of(s);
     if (st->capturing) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
-    for (auto& node : static_cast<Graph*>(exec)->nodes) node();
+    for (auto& node : static_cast<Graph*>(exec)->nodes) enqueue(s, node);
     return CUDA_SUCCESS;
 }
 CUresult cuGraphExecDestroy(void* exec) { delete static_cast<Graph*>(exec); return CUDA_SUCCESS; }
@@ -714,7 +788,12 @@ int nvrtcDestroyProgram(void** prog) {
 
 // ==== cuBLAS =============================================================================================
 int cublasCreate_v2(void** h) { *h = new BlasHandle; return CUBLAS_STATUS_SUCCESS; }
-int cublasDestroy_v2(void* h) { delete static_cast<BlasHandle*>(h); return CUBLAS_STATUS_SUCCESS; }
+int cublasDestroy_v2(void* h) {
+    LOCKED;
+    drain();
+    delete static_cast<BlasHandle*>(h);
+    return CUBLAS_STATUS_SUCCESS;
+}
 int cublasSetStream_v2(void* h, void* s) { static_cast<BlasHandle*>(h)->stream = s; return CUBLAS_STATUS_SUCCESS; }
 int cublasGetStream_v2(void* h, void** s) { *s = static_cast<BlasHandle*>(h)->stream; return CUBLAS_STATUS_SUCCESS; }
 int cublasSetWorkspace_v2(void* h, void* w, size_t bytes) {
@@ -758,6 +837,7 @@ int cublasGemmEx(void* handle, int transa, int transb, int m, int n, int k, cons
                 const float prev = be != 0.f ? load_element(C, ctype, ci) : 0.f;
                 store_element(C, ctype, ci, al * acc + be * prev);
             }
+        device_time();
     });
     return CUBLAS_STATUS_SUCCESS;
 }

@@ -361,11 +361,6 @@ impl<T: CudaDtype> CudaBackend<T> {
         &self.dev.stream
     }
 
-    /// Wait for every queued op (and surface an asynchronous kernel error).
-    pub fn synchronize(&self) -> Result<()> {
-        self.dev.stream.synchronize().map_err(drv("synchronizing"))
-    }
-
     /// The memory plan for a model already uploaded through this backend (see [`memory`]).
     pub fn plan_memory(
         &self,
@@ -916,6 +911,11 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
 
     fn replay(&self, graph: &graph::StepGraph) -> Result<()> {
         graph.launch()
+    }
+
+    /// Wait for every queued op (and surface an asynchronous kernel error).
+    fn synchronize(&self) -> Result<()> {
+        self.dev.stream.synchronize().map_err(drv("synchronizing"))
     }
 
     fn refill(&self, dst: &mut CudaMeta, meta: &BatchMeta, geom: &KvGeometry) -> Result<()> {
