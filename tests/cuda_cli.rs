@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::{infermeter_bin, model_dir};
@@ -42,6 +43,31 @@ fn probe_and_open_fail_cleanly_without_a_gpu() {
 
 fn ids() -> &'static str {
     "1,2,3,4,5"
+}
+
+/// `infermeter run` on tiny-llama with `--backend backend`.
+fn run_tiny_llama(backend: &str) -> Command {
+    let mut cmd = Command::new(infermeter_bin());
+    let dir = model_dir("tiny-llama");
+    cmd.args([
+        "run",
+        "--model",
+        dir.to_str().unwrap(),
+        "--backend",
+        backend,
+    ]);
+    cmd
+}
+
+/// Run `cmd` (an `infermeter run` writing `results`), require success, and return the results file
+/// as JSON with the command's stdout and stderr.
+fn run_results(cmd: &mut Command, results: &Path) -> (serde_json::Value, String, String) {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{cmd:?}: {stderr}");
+    let text = std::fs::read_to_string(results).unwrap();
+    (serde_json::from_str(&text).unwrap(), stdout, stderr)
 }
 
 #[test]
@@ -380,21 +406,13 @@ fn serve_on_cuda_or_the_clear_message() {
 /// every measured phase with graphs on, none with `--no-cuda-graphs`.
 #[test]
 fn run_records_cuda_graphs() {
-    let dir = model_dir("tiny-llama");
     let tmp = tempfile::tempdir().unwrap();
     let backends: &[&str] = if gpu() { &["cpu", "cuda"] } else { &["cpu"] };
     for backend in backends {
         for graphs_off in [false, true] {
             let results = tmp.path().join(format!("run-{backend}-{graphs_off}.json"));
-            let mut cmd = Command::new(infermeter_bin());
+            let mut cmd = run_tiny_llama(backend);
             cmd.args([
-                "run",
-                "--model",
-                dir.to_str().unwrap(),
-                "--backend",
-                backend,
-            ])
-            .args([
                 "--batch-size",
                 "1,3",
                 "--input-len",
@@ -407,12 +425,7 @@ fn run_records_cuda_graphs() {
             if graphs_off {
                 cmd.arg("--no-cuda-graphs");
             }
-            let out = cmd.output().unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success(), "{backend} {graphs_off}: {stderr}");
-            let j: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+            let (j, stdout, _) = run_results(&mut cmd, &results);
             let on = *backend == "cuda" && !graphs_off;
             assert_eq!(j["engine"]["cuda_graphs"], on, "{backend} {graphs_off}");
             let phases = j["phases"].as_array().unwrap();
@@ -458,31 +471,24 @@ fn every_step_waits_for_its_device_work() {
         .first()
         .is_some_and(|g| g.name.contains("Emulated"));
     const KERNEL_US: u64 = 2000;
-    let dir = model_dir("tiny-llama");
     let tmp = tempfile::tempdir().unwrap();
     let results = tmp.path().join("run.json");
     // a 100-token prompt in chunks of 32: three steps that sample nothing, then the last chunk's
     // step, then decode steps (the second and later replayed from a graph)
-    let out = Command::new(infermeter_bin())
-        .args(["run", "--model", dir.to_str().unwrap(), "--backend", "cuda"])
-        .args([
-            "--batch-size",
-            "1",
-            "--input-len",
-            "100",
-            "--output-len",
-            "4",
-        ])
-        .args(["--max-num-batched-tokens", "32", "--warmup", "0"])
-        .args(["--no-progress", "--no-telemetry", "--out"])
-        .arg(&results)
-        .env("FAKE_CUDA_KERNEL_US", KERNEL_US.to_string())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+    let mut cmd = run_tiny_llama("cuda");
+    cmd.args([
+        "--batch-size",
+        "1",
+        "--input-len",
+        "100",
+        "--output-len",
+        "4",
+    ])
+    .args(["--max-num-batched-tokens", "32", "--warmup", "0"])
+    .args(["--no-progress", "--no-telemetry", "--out"])
+    .arg(&results)
+    .env("FAKE_CUDA_KERNEL_US", KERNEL_US.to_string());
+    let (j, _, _) = run_results(&mut cmd, &results);
     let steps = j["phases"][0]["steps"].as_array().unwrap();
     let prefill: Vec<u64> = steps
         .iter()
@@ -528,24 +534,12 @@ fn attention_flag_is_validated_and_recorded() {
     let tmp = tempfile::tempdir().unwrap();
     let backend = if gpu() { "cuda" } else { "cpu" };
     let results = tmp.path().join("run.json");
-    let out = Command::new(infermeter_bin())
-        .args([
-            "run",
-            "--model",
-            dir.to_str().unwrap(),
-            "--backend",
-            backend,
-        ])
-        .args(["--batch-size", "2", "--input-len", "8", "--output-len", "4"])
+    let mut cmd = run_tiny_llama(backend);
+    cmd.args(["--batch-size", "2", "--input-len", "8", "--output-len", "4"])
         .args(["--warmup", "0", "--no-progress", "--out"])
         .arg(&results)
-        .env("INFERMETER_ATTENTION", "auto")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+        .env("INFERMETER_ATTENTION", "auto");
+    let (j, _, stderr) = run_results(&mut cmd, &results);
     assert_eq!(j["config"]["attention"], "auto", "{}", j["config"]);
     if backend == "cuda" {
         assert!(stderr.contains("attention auto"), "{stderr}");
