@@ -131,7 +131,7 @@ pub(crate) fn run<B: Backend>(
             }
         }
         if w.shutdown || disconnected {
-            w.fail_all("the server is shutting down");
+            w.fail_all("the server is shutting down", false);
             break;
         }
         w.drop_closed();
@@ -220,19 +220,16 @@ impl<B: Backend> Worker<B> {
         let out = match self.engine.step() {
             Ok(out) => out,
             Err(e) => {
-                let msg = format!("engine step failed: {e}");
-                let n = self.live.len() as u64;
-                self.fail_all(&msg);
-                self.shared.metrics().failed += n;
-                self.publish(None);
+                self.fail_all(&format!("engine step failed: {e}"), true);
                 return;
             }
         };
+        // The metrics take the step in before any client hears of it: a client that has read its
+        // request's last event finds it counted in /metrics (its tokens and latencies, its KV
+        // blocks freed, no longer running).
         let mut ttfts = Vec::new();
         let mut itls = Vec::new();
         let mut e2es = Vec::new();
-        let mut gone = Vec::new();
-        let tokens = out.tokens.len() as u64;
         for t in &out.tokens {
             let Some(l) = self.live.get_mut(&t.id) else {
                 continue;
@@ -243,30 +240,19 @@ impl<B: Backend> Worker<B> {
                 Some(prev) => itls.push(at.saturating_duration_since(prev).as_secs_f64()),
             }
             l.last_token = Some(at);
-            if l.events.send(Event::Token(t.token)).is_err() {
-                gone.push(t.id);
-            }
         }
+        let mut ended = HashMap::new();
         for f in &out.finished {
             if let Some(l) = self.live.remove(&f.id) {
                 self.by_cid.remove(&l.cid);
                 if let Some(last) = l.last_token {
                     e2es.push(last.saturating_duration_since(l.arrived).as_secs_f64());
                 }
-                let _ = l.events.send(Event::Finished(f.finish_reason));
-            }
-        }
-        let mut aborted = 0;
-        for id in gone {
-            if let Some(l) = self.live.remove(&id) {
-                self.by_cid.remove(&l.cid);
-                self.engine.abort(id);
-                aborted += 1;
+                ended.insert(f.id, (l, f.finish_reason));
             }
         }
         let mut m = self.shared.metrics();
-        m.generation_tokens += tokens;
-        m.aborted += aborted;
+        m.generation_tokens += out.tokens.len() as u64;
         for v in ttfts {
             m.ttft.observe(v);
         }
@@ -278,14 +264,55 @@ impl<B: Backend> Worker<B> {
         }
         drop(m);
         self.publish(out.record.map(|r| r.duration_s()));
+
+        let mut gone = Vec::new();
+        for t in &out.tokens {
+            let events = match (self.live.get(&t.id), ended.get(&t.id)) {
+                (Some(l), _) => &l.events,
+                (None, Some((l, _))) => &l.events,
+                (None, None) => continue,
+            };
+            if events.send(Event::Token(t.token)).is_err() && self.live.contains_key(&t.id) {
+                gone.push(t.id);
+            }
+        }
+        for (l, reason) in ended.into_values() {
+            let _ = l.events.send(Event::Finished(reason));
+        }
+        // clients that left: their requests end here (counted as aborted)
+        let mut aborted = 0;
+        for id in gone {
+            if let Some(l) = self.live.remove(&id) {
+                self.by_cid.remove(&l.cid);
+                self.engine.abort(id);
+                aborted += 1;
+            }
+        }
+        if aborted > 0 {
+            self.shared.metrics().aborted += aborted;
+            self.publish(None);
+        }
     }
 
-    fn fail_all(&mut self, msg: &str) {
-        for (id, l) in self.live.drain() {
-            let _ = l.events.send(Event::Failed(msg.to_string()));
-            self.engine.abort(id);
-        }
+    /// End every live request with `msg`, counted as failed when `count_failed`; the metrics
+    /// take them in before their clients hear.
+    fn fail_all(&mut self, msg: &str, count_failed: bool) {
+        let failed: Vec<Live> = self
+            .live
+            .drain()
+            .map(|(id, l)| {
+                self.engine.abort(id);
+                l
+            })
+            .collect();
         self.by_cid.clear();
+        if count_failed {
+            self.shared.metrics().failed += failed.len() as u64;
+        }
+        self.publish(None);
+        for l in failed {
+            let _ = l.events.send(Event::Failed(msg.to_string()));
+        }
     }
 
     /// Copy the engine's gauges and counters into the shared metrics.
