@@ -94,6 +94,13 @@ fn roofline_rows_follow_the_formula() {
             close(u(&row["pct_of_roofline"]), 100.0 * achieved / roof),
             "{row}"
         );
+        // the clients' rate: batch / mean TPOT
+        let client = b / u(&p["summary"]["latency"]["tpot"]["mean"]);
+        assert!(close(u(&row["tpot_tokens_per_s"]), client), "{row}");
+        assert!(
+            close(u(&row["tpot_pct_of_roofline"]), 100.0 * client / roof),
+            "{row}"
+        );
         let bound = if bytes / bw >= step_flops / flops {
             "memory"
         } else {

@@ -16,7 +16,9 @@ with `bandwidth` and `compute` the measured ceilings of an `infermeter kernels` 
 same machine and dtype (GPU: device-to-device copy and the cuBLAS GEMM; CPU: streaming read and the
 CPU matmul). Batch-1 decode is memory-bound everywhere; large batches on a CPU are compute-bound.
 The achieved figure is the phase's engine-side `decode_tokens_per_s` (decode tokens / step time
-attributed to decode).
+attributed to decode). Beside it, the rate the clients saw: batch / mean TPOT (time per output
+token after the first, per request), which also counts what happens between steps (scheduling,
+bookkeeping, handing tokens out); the gap between the two is the engine's host time outside steps.
 
 Usage:
     decode_roofline.py --kernels kernels.json --run graphs=run.json --run eager=run-eager.json \
@@ -116,6 +118,10 @@ def rows_of(label, run, path, bandwidth_gb_s, compute_gflop_s):
         compute_s = step_flops / (compute_gflop_s * 1e9)
         roof = b / max(memory_s, compute_s)
         achieved = es["decode_tokens_per_s"]
+        tpot = (((p.get("summary") or {}).get("latency") or {}).get("tpot") or {}).get("mean")
+        if not isinstance(tpot, (int, float)) or tpot <= 0:
+            fail(f"{path}: phase `{p.get('name')}` has no positive summary.latency.tpot.mean")
+        client = b / tpot
         graphs = p.get("graphs") or {}
         rows.append(
             {
@@ -135,6 +141,8 @@ def rows_of(label, run, path, bandwidth_gb_s, compute_gflop_s):
                 "achieved_gb_s": achieved / b * step_bytes / 1e9,
                 "roofline_tokens_per_s": roof,
                 "pct_of_roofline": 100.0 * achieved / roof,
+                "tpot_tokens_per_s": client,
+                "tpot_pct_of_roofline": 100.0 * client / roof,
             }
         )
     return rows
@@ -171,15 +179,16 @@ def main(argv=None):
         f"({compute_method}); from {a.kernels}",
         "",
         "| run | batch | in/out | graphs | decode tok/s | roofline tok/s | bound | % of roofline "
-        "| GB/s |",
-        "|---|---:|---:|---|---:|---:|---|---:|---:|",
+        "| GB/s | batch / TPOT | % of roofline |",
+        "|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         g = "on" if r["cuda_graphs"] else "off"
         lines.append(
             f"| {r['run']} | {r['batch_size']} | {r['input_len']}/{r['output_len']} | {g} | "
             f"{r['decode_tokens_per_s']:.1f} | {r['roofline_tokens_per_s']:.1f} | {r['bound']} | "
-            f"{r['pct_of_roofline']:.1f}% | {r['achieved_gb_s']:.1f} |"
+            f"{r['pct_of_roofline']:.1f}% | {r['achieved_gb_s']:.1f} | "
+            f"{r['tpot_tokens_per_s']:.1f} | {r['tpot_pct_of_roofline']:.1f}% |"
         )
     text = "\n".join(lines) + "\n"
     print(text, end="")
