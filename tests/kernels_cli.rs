@@ -36,6 +36,8 @@ fn cpu_kernels_write_a_valid_results_file() {
         "1",
         "--min-run-ms",
         "0.2",
+        "--ceiling-gemm-n",
+        "256",
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -51,6 +53,8 @@ fn cpu_kernels_write_a_valid_results_file() {
     assert!(doc["spec_note"].as_str().unwrap().contains("CPU"));
     assert!(doc["ceilings"]["memory_gb_s"].as_f64().unwrap() > 0.0);
     assert!(doc["ceilings"]["compute_gflop_s"].as_f64().unwrap() > 0.0);
+    let method = doc["ceilings"]["compute_method"].as_str().unwrap();
+    assert!(method.contains("m = n = k = 256"), "{method}");
     assert!(doc["tool"]["git_commit"].as_str().is_some());
     assert!(doc["hardware"]["host"]["logical_cpus"].as_u64().unwrap() >= 1);
     let rows = doc["rows"].as_array().unwrap();
@@ -147,6 +151,9 @@ fn cuda_kernels_run_on_a_gpu() {
         "3",
         "--warmup",
         "1",
+        // a small ceiling GEMM keeps this test short (and possible on the emulated stack)
+        "--ceiling-gemm-n",
+        "512",
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -219,6 +226,9 @@ fn bad_selections_are_reported_without_running() {
     let (ok, _, err) = kernels(&["--runs", "0"]);
     assert!(!ok);
     assert!(err.contains("--runs"), "{err}");
+    let (ok, _, err) = kernels(&["--ceiling-gemm-n", "0"]);
+    assert!(!ok);
+    assert!(err.contains("--ceiling-gemm-n must be at least 1"), "{err}");
 }
 
 #[test]

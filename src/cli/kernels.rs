@@ -90,6 +90,11 @@ pub struct KernelsArgs {
     /// Shortest run in milliseconds: fast ops are called back to back until a run lasts this long.
     #[arg(long, default_value_t = 2.0)]
     pub min_run_ms: f64,
+    /// Side of the square GEMM that measures the compute ceiling (default: 8192 for bf16/f16 on
+    /// CUDA, where tensor cores need a large shape to saturate; 4096 for f32; 1024 on the CPU). A
+    /// smaller one is quicker and reads lower; the results file names the size.
+    #[arg(long, value_name = "N")]
+    pub ceiling_gemm_n: Option<usize>,
     /// List the cases (with bytes and FLOPs per call) and the GPU spec table, then exit.
     #[arg(long)]
     pub list: bool,
@@ -126,6 +131,9 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
     }
     if !(a.min_run_ms.is_finite() && a.min_run_ms >= 0.0) {
         bail!("--min-run-ms must be a number >= 0");
+    }
+    if a.ceiling_gemm_n == Some(0) {
+        bail!("--ceiling-gemm-n must be at least 1");
     }
     let dtype = dtype_of(&a, device)?;
     if a.cold_l2 && device == Device::Cpu {
@@ -197,13 +205,20 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
     eprintln!("measuring the {} ceilings ...", device.name());
     let (ceilings, spec, spec_note, gpus) = match &target {
         Target::Cpu => (
-            ceiling::measure_cpu(&CeilingOptions::default())?,
+            ceiling::measure_cpu(&CeilingOptions {
+                gemm_n: a.ceiling_gemm_n.unwrap_or(CeilingOptions::default().gemm_n),
+                ..CeilingOptions::default()
+            })?,
             None,
             Some(CPU_SPEC_NOTE.to_string()),
             Vec::new(),
         ),
         Target::Cuda(s) => {
-            let c = ceiling::measure_gpu(s, &GpuCeilingOptions::default())?;
+            let opts = GpuCeilingOptions {
+                gemm_n: a.ceiling_gemm_n,
+                ..GpuCeilingOptions::default()
+            };
+            let c = ceiling::measure_gpu(s, &opts)?;
             let (spec, note) = match s.spec() {
                 Ok(p) => (Some(p), None),
                 Err(why) => (None, Some(why)),
