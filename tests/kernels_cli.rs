@@ -174,6 +174,66 @@ fn cuda_kernels_run_on_a_gpu() {
             (Some("cuda"), Some("bf16"))
         );
     }
+
+    // the attention variants side by side with a cold L2, as `scripts/gpu/session attention`
+    // runs them, at a head_dim they have kernels for (tiny-llama's 16 has none)
+    let out = dir.path().join("attention.json");
+    let shapes = repo().join("tests/fixtures/attention/shapes-d64");
+    let (ok, _, err) = kernels(&[
+        "--backend",
+        "cuda",
+        "--cold-l2",
+        "--op",
+        "attention",
+        "--attention",
+        "all",
+        "--shapes",
+        shapes.to_str().unwrap(),
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--ceiling-gemm-n",
+        "512",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let doc = validate_results(&out);
+    let rows = doc["rows"].as_array().unwrap();
+    let variants = |op: &str| -> Vec<&str> {
+        rows.iter()
+            .filter(|r| r["op"] == op)
+            .map(|r| r["variant"].as_str().unwrap())
+            .collect()
+    };
+    // one 512-token prefill; decode at (1, 2048) and (16, 1024)
+    assert_eq!(
+        variants("attention_prefill"),
+        ["naive", "auto", "auto-sync"]
+    );
+    assert_eq!(
+        variants("attention_decode"),
+        [
+            "naive",
+            "auto",
+            "auto-1split",
+            "naive",
+            "auto",
+            "auto-1split"
+        ]
+    );
+    for r in rows {
+        let speedup = r["speedup_over_baseline"].as_f64().unwrap();
+        if r["variant"] == "naive" {
+            assert_eq!(speedup, 1.0, "{r}");
+        } else {
+            assert!(speedup > 0.0, "{r}");
+        }
+        if r["op"] == "attention_decode" && r["variant"] != "naive" {
+            assert!(r["decode_splits"].as_u64().unwrap() >= 1, "{r}");
+        }
+    }
 }
 
 #[test]
