@@ -21,12 +21,13 @@
 // that times or reads work without waiting for it sees it unfinished, as it would on a GPU
 // (FAKE_CUDA_SYNC=1 runs work at issue instead). One queue for every stream is one of the orders a
 // GPU may choose. When the stream is capturing, kernel launches, device-to-device copies, memsets
-// and GEMMs are recorded
-// with their argument values as of capture and replayed by cuGraphLaunch; host<->device copies,
-// synchronisation and cuMemAlloc/cuMemFree during a capture fail with
-// CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidate the capture, as the driver does for pageable
-// memory (the capture mode decides whose allocations and synchronisations collide with it). Every
-// entry point takes one process-wide lock: kernels run one at a time.
+// and GEMMs are recorded with their argument values as of capture and replayed (queued like any
+// other work) by cuGraphLaunch; host<->device copies, synchronisation and allocation or freeing
+// during a capture fail with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidate the capture, as
+// the driver does for pageable memory (the capture mode decides whose allocations and
+// synchronisations collide with it; this is stricter than the driver for the stream-ordered
+// cuMemAllocAsync/cuMemFreeAsync, which it would record as graph nodes). Every entry point takes
+// one process-wide lock: kernels run one at a time.
 //
 // Environment: FAKE_CUDA_MEMORY_MIB (device memory, default 2048), FAKE_CUDA_SMS (multiprocessors,
 // default 8), FAKE_CUDA_EMU_DIR (emu.h's folder; default: where this file was built from),
