@@ -19,11 +19,19 @@ fn kernels(args: &[&str]) -> (bool, String, String) {
     run_cli(&[&["kernels"], args].concat())
 }
 
-#[test]
-fn cpu_kernels_write_a_valid_results_file() {
+/// Run `kernels args` with `--out` in a temporary folder, require success, and return the results
+/// file (validated against the schema) with stdout.
+fn kernels_results(args: &[&str]) -> (serde_json::Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("kernels.json");
-    let (ok, stdout, err) = kernels(&[
+    let (ok, stdout, err) = kernels(&[args, &["--out", out.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    (validate_results(&out), stdout)
+}
+
+#[test]
+fn cpu_kernels_write_a_valid_results_file() {
+    let (doc, stdout) = kernels_results(&[
         "--backend",
         "cpu",
         "--op",
@@ -36,13 +44,9 @@ fn cpu_kernels_write_a_valid_results_file() {
         "1",
         "--min-run-ms",
         "0.2",
-        "--out",
-        out.to_str().unwrap(),
     ]);
-    assert!(ok, "{err}");
     assert!(stdout.contains("CPU ceilings (measured)"), "{stdout}");
     assert!(stdout.contains("%ceil"), "{stdout}");
-    let doc = validate_results(&out);
     assert_eq!(doc["kind"], "kernels");
     assert_eq!(doc["complete"], true);
     assert_eq!(doc["backend"], "cpu");
@@ -103,9 +107,7 @@ fn cpu_kernels_write_a_valid_results_file() {
 /// default size.)
 #[test]
 fn ceiling_gemm_size_is_an_option() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("kernels.json");
-    let (ok, _, err) = kernels(&[
+    let (doc, _) = kernels_results(&[
         "--op",
         "rmsnorm",
         "--shapes",
@@ -116,11 +118,7 @@ fn ceiling_gemm_size_is_an_option() {
         "0",
         "--ceiling-gemm-n",
         "96",
-        "--out",
-        out.to_str().unwrap(),
     ]);
-    assert!(ok, "{err}");
-    let doc = validate_results(&out);
     let method = doc["ceilings"]["compute_method"].as_str().unwrap();
     assert!(method.contains("m = n = k = 96,"), "{method}");
     assert_eq!(doc["config"]["ceiling_gemm_n"], 96);
@@ -159,9 +157,7 @@ fn cuda_kernels_run_on_a_gpu() {
         eprintln!("skipped: no usable GPU");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("k.json");
-    let (ok, stdout, err) = kernels(&[
+    let (doc, stdout) = kernels_results(&[
         "--backend",
         "cuda",
         "--dtype",
@@ -178,12 +174,8 @@ fn cuda_kernels_run_on_a_gpu() {
         // a small ceiling GEMM keeps this test short (and possible on the emulated stack)
         "--ceiling-gemm-n",
         "512",
-        "--out",
-        out.to_str().unwrap(),
     ]);
-    assert!(ok, "{err}");
     assert!(stdout.contains("CUDA ceilings (measured)"), "{stdout}");
-    let doc = validate_results(&out);
     assert_eq!(
         (doc["backend"].as_str(), doc["dtype"].as_str()),
         (Some("cuda"), Some("bf16"))
@@ -201,9 +193,8 @@ fn cuda_kernels_run_on_a_gpu() {
 
     // the attention variants side by side with a cold L2, as `scripts/gpu/session attention`
     // runs them, at a head_dim they have kernels for (tiny-llama's 16 has none)
-    let out = dir.path().join("attention.json");
     let shapes = repo().join("tests/fixtures/attention/shapes-d64");
-    let (ok, _, err) = kernels(&[
+    let (doc, _) = kernels_results(&[
         "--backend",
         "cuda",
         "--cold-l2",
@@ -219,11 +210,7 @@ fn cuda_kernels_run_on_a_gpu() {
         "0",
         "--ceiling-gemm-n",
         "512",
-        "--out",
-        out.to_str().unwrap(),
     ]);
-    assert!(ok, "{err}");
-    let doc = validate_results(&out);
     let rows = doc["rows"].as_array().unwrap();
     let variants = |op: &str| -> Vec<&str> {
         rows.iter()
