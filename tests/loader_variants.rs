@@ -379,3 +379,65 @@ fn dummy_weights_for_every_embedded_config() {
         assert_eq!(all_logits(&again, &[1, 2, 3]).unwrap(), logits);
     }
 }
+
+/// The Llama-architecture model types beside `llama` (the fixtures check their logits against
+/// transformers): Qwen2's q/k/v biases carry weight, an o_proj bias it does not have is refused,
+/// and Mistral's sliding window bounds the context, said when the model opens.
+#[test]
+fn qwen2_biases_and_mistral_sliding_window() {
+    // without its q/k/v biases the Qwen2 fixture is another model: the golden logits see them
+    let dir = copy_model(&model_dir("tiny-qwen2"));
+    let mut ts = tensors(dir.path());
+    for t in ts.iter_mut().filter(|t| t.name.ends_with("_proj.bias")) {
+        let n = t.shape[0];
+        *t = OutTensor::f32(&t.name, vec![n], &vec![0.0; n]);
+    }
+    rewrite(dir.path(), &ts);
+    let model = load_cpu(dir.path());
+    let g = &golden("tiny-qwen2")[2];
+    let err = max_abs_diff(&all_logits(&model, &g.ids).unwrap(), &g.logits);
+    assert!(
+        err > 0.05,
+        "zeroed q/k/v biases changed the logits by only {err}"
+    );
+    // an o_proj bias Qwen2 does not have
+    let dir = copy_model(&model_dir("tiny-qwen2"));
+    let mut ts = tensors(dir.path());
+    ts.push(OutTensor::f32(
+        "model.layers.1.self_attn.o_proj.bias",
+        vec![64],
+        &[0.5; 64],
+    ));
+    rewrite(dir.path(), &ts);
+    let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
+        .err()
+        .expect("an o_proj bias is refused")
+        .to_string();
+    assert!(
+        err.contains("model.layers.1.self_attn.o_proj.bias")
+            && err.contains("model_type `qwen2` does not have"),
+        "{err}"
+    );
+
+    // tiny-mistral: sliding_window 128 < max_position_embeddings 256
+    let dir = model_dir("tiny-mistral");
+    let generate = |prompt_len: usize, max_tokens: usize| {
+        let ids = vec!["5"; prompt_len].join(",");
+        infermeter_cmd()
+            .args(["generate", "--model", dir.to_str().unwrap(), "--ids", &ids])
+            .args(["--max-tokens", &max_tokens.to_string(), "--ignore-eos"])
+            .output()
+            .unwrap()
+    };
+    let fits = generate(100, 28);
+    let stderr = String::from_utf8_lossy(&fits.stderr);
+    assert!(fits.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("note:") && stderr.contains("sliding_window 128"),
+        "{stderr}"
+    );
+    let long = generate(100, 29);
+    let stderr = String::from_utf8_lossy(&long.stderr);
+    assert!(!long.status.success());
+    assert!(stderr.contains("context of 128 tokens"), "{stderr}");
+}

@@ -1,6 +1,8 @@
 //! `config.json` of a Hugging Face model directory, parsed into one architecture-neutral [`ModelConfig`].
 //!
-//! Supported families: `gpt2` and `llama`. Both config styles found in the wild are read:
+//! Supported families: `gpt2`, and `llama` with the Llama-architecture model types `mistral` and
+//! `qwen2` (Qwen2 / Qwen2.5: biases on q, k and v but not on o_proj). Both config styles found in
+//! the wild are read:
 //! transformers 4.x (`rope_theta` + `rope_scaling`) and 5.x (`rope_parameters`). Fields are read one by
 //! one from a JSON value (not a derived struct) so that every error names the field at fault.
 
@@ -8,7 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama", "mistral", "qwen2"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -45,6 +47,8 @@ pub struct RopeConfig {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelConfig {
     pub arch: Arch,
+    /// `model_type` as written in the config (`llama`, `mistral` and `qwen2` share [`Arch::Llama`]).
+    pub model_type: String,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub num_layers: usize,
@@ -52,14 +56,25 @@ pub struct ModelConfig {
     pub num_kv_heads: usize,
     pub head_dim: usize,
     pub intermediate_size: usize,
-    /// Longest sequence (prompt + output) the model supports.
+    /// Longest sequence (prompt + output) the model supports: `max_position_embeddings`, or the
+    /// sliding window where one is smaller (see `sliding_window`).
     pub max_context: usize,
     pub norm_eps: f32,
     /// `None` for GPT-2 (learned absolute positions).
     pub rope: Option<RopeConfig>,
     pub tie_word_embeddings: bool,
+    /// The q, k and v projections carry biases.
     pub attention_bias: bool,
+    /// The attention output projection (o_proj, GPT-2's c_proj) carries a bias: with q/k/v for
+    /// GPT-2 and Llama's `attention_bias`, never for Qwen2.
+    pub o_proj_bias: bool,
     pub mlp_bias: bool,
+    /// Sliding-window attention (Mistral's `sliding_window`, Qwen2's with `use_sliding_window`):
+    /// a query attends to the last `w` positions only. The engine has full causal attention, which
+    /// equals windowed attention while the context is at most `w`, so `max_context` is capped at
+    /// `w` (requests past it are refused as too long, never computed wrongly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
     /// Attention scores are multiplied by this (1/sqrt(head_dim) unless GPT-2's `scale_attn_weights` is off).
     pub attn_scale: f32,
     /// GPT-2's `scale_attn_by_inverse_layer_idx`: layer i additionally divides scores by i + 1.
@@ -91,7 +106,7 @@ impl ModelConfig {
         let model_type = f.req_str("model_type")?;
         let config = match model_type.as_str() {
             "gpt2" => parse_gpt2(&f)?,
-            "llama" => parse_llama(&f)?,
+            "llama" | "mistral" | "qwen2" => parse_llama(&f, &model_type)?,
             other => {
                 return Err(Error::UnsupportedModelType {
                     file: file.to_string(),
@@ -131,6 +146,19 @@ impl ModelConfig {
         Self::from_json_str(&text, &path.display().to_string())
     }
 
+    /// Where a sliding window bounds the context: the note to print when the model opens
+    /// (`file` names the config).
+    pub fn sliding_window_note(&self, file: &str) -> Option<String> {
+        let w = self.sliding_window?;
+        (w == self.max_context).then(|| {
+            format!(
+                "{file}: sliding_window {w}: the context is at most {w} tokens (infermeter's \
+                 attention is full causal, which equals windowed attention up to the window; \
+                 longer requests are refused)"
+            )
+        })
+    }
+
     /// Queries per KV head (the GQA group size).
     pub fn gqa_group(&self) -> usize {
         self.num_heads / self.num_kv_heads
@@ -158,7 +186,8 @@ impl ModelConfig {
             Arch::Llama => (
                 3 * h * self.intermediate_size,
                 2 * h,
-                usize::from(self.attention_bias) * (self.q_size() + 2 * self.kv_size() + h)
+                usize::from(self.attention_bias) * (self.q_size() + 2 * self.kv_size())
+                    + usize::from(self.o_proj_bias) * h
                     + usize::from(self.mlp_bias) * (2 * self.intermediate_size + h),
             ),
         };
@@ -253,6 +282,7 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
     let scale_weights = f.opt_bool("scale_attn_weights")?.unwrap_or(true);
     Ok(ModelConfig {
         arch: Arch::Gpt2,
+        model_type: "gpt2".into(),
         vocab_size: f.req_usize("vocab_size")?,
         hidden_size: hidden,
         num_layers: f.req_usize("n_layer")?,
@@ -265,7 +295,9 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
         rope: None,
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
         attention_bias: true,
+        o_proj_bias: true,
         mlp_bias: true,
+        sliding_window: None,
         attn_scale: if scale_weights {
             1.0 / (head_dim as f32).sqrt()
         } else {
@@ -280,7 +312,9 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
     })
 }
 
-fn parse_llama(f: &Fields) -> Result<ModelConfig> {
+/// `llama` and the model types of the same architecture (`mistral`, `qwen2`): `model_type` decides
+/// the defaults and the fields each one's transformers config class has.
+fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     let hidden = f.req_usize("hidden_size")?;
     let heads = f.req_usize("num_attention_heads")?;
     let kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(heads);
@@ -314,8 +348,21 @@ fn parse_llama(f: &Fields) -> Result<ModelConfig> {
             "only 1 is supported (as transformers does at inference)",
         ));
     }
+    // Qwen2Attention has biases on q, k and v and none on o_proj, whatever the config says
+    // (Qwen2Config has no attention_bias); MistralConfig has no bias fields (none anywhere)
+    let (attention_bias, o_proj_bias, mlp_bias) = match model_type {
+        "qwen2" => (true, false, false),
+        "mistral" => (false, false, false),
+        _ => {
+            let ab = f.opt_bool("attention_bias")?.unwrap_or(false);
+            (ab, ab, f.opt_bool("mlp_bias")?.unwrap_or(false))
+        }
+    };
+    let max_position = f.opt_usize("max_position_embeddings")?.unwrap_or(2048);
+    let sliding_window = parse_sliding_window(f, model_type)?;
     Ok(ModelConfig {
         arch: Arch::Llama,
+        model_type: model_type.to_string(),
         vocab_size: f.req_usize("vocab_size")?,
         hidden_size: hidden,
         num_layers: f.req_usize("num_hidden_layers")?,
@@ -323,18 +370,67 @@ fn parse_llama(f: &Fields) -> Result<ModelConfig> {
         num_kv_heads: kv_heads,
         head_dim,
         intermediate_size: f.req_usize("intermediate_size")?,
-        max_context: f.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+        max_context: sliding_window.map_or(max_position, |w| w.min(max_position)),
         norm_eps: f.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
         rope: Some(parse_rope(f)?),
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-        attention_bias: f.opt_bool("attention_bias")?.unwrap_or(false),
-        mlp_bias: f.opt_bool("mlp_bias")?.unwrap_or(false),
+        attention_bias,
+        o_proj_bias,
+        mlp_bias,
+        sliding_window,
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         scale_attn_by_inverse_layer_idx: false,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
         stored_dtype: f.stored_dtype()?,
     })
+}
+
+/// The sliding window a `mistral` or `qwen2` config turns on, if any. Mistral: `sliding_window`
+/// (null or absent: none). Qwen2: `sliding_window` only under `use_sliding_window: true` (the
+/// window then covers the layers from `max_window_layers` on; any such layer caps the context the
+/// same way). transformers 5.x configs may list `layer_types` instead: a `sliding_attention` layer
+/// there means the window applies. `llama` has no window.
+fn parse_sliding_window(f: &Fields, model_type: &str) -> Result<Option<usize>> {
+    let window = || -> Result<Option<usize>> {
+        match f.opt_usize("sliding_window")? {
+            Some(0) => Err(Error::config(f.file, "sliding_window", "must be positive")),
+            w => Ok(w),
+        }
+    };
+    let by_layer_types = match f.obj.get("layer_types") {
+        Some(Value::Array(types)) => Some(
+            types
+                .iter()
+                .any(|t| t.as_str() == Some("sliding_attention")),
+        ),
+        Some(Value::Null) | None => None,
+        Some(_) => return Err(Error::config(f.file, "layer_types", "expected an array")),
+    };
+    match (model_type, by_layer_types) {
+        ("mistral" | "qwen2", Some(true)) => match window()? {
+            Some(w) => Ok(Some(w)),
+            None => Err(Error::config(
+                f.file,
+                "sliding_window",
+                "required: layer_types lists sliding_attention layers",
+            )),
+        },
+        ("mistral" | "qwen2", Some(false)) => Ok(None),
+        ("mistral", None) => window(),
+        ("qwen2", None) => {
+            if !f.opt_bool("use_sliding_window")?.unwrap_or(false) {
+                return Ok(None);
+            }
+            let layers = f.req_usize("num_hidden_layers")?;
+            let first = f.opt_usize("max_window_layers")?.unwrap_or(layers);
+            if first >= layers {
+                return Ok(None); // no layer at or past max_window_layers
+            }
+            window()
+        }
+        _ => Ok(None),
+    }
 }
 
 /// RoPE from either style: 5.x `rope_parameters` {rope_type, rope_theta, ...}, or 4.x top-level
@@ -535,5 +631,110 @@ impl Fields<'_> {
             Some(d) => Ok(Some(d)),
             None => self.opt_str("torch_dtype"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#""hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "num_hidden_layers": 4, "vocab_size": 100,
+        "max_position_embeddings": 32768"#;
+
+    fn parse(model_type: &str, extra: &str) -> Result<ModelConfig> {
+        let sep = if extra.is_empty() { "" } else { "," };
+        let text = format!(r#"{{"model_type": "{model_type}", {BASE}{sep} {extra}}}"#);
+        ModelConfig::from_json_str(&text, "config.json")
+    }
+
+    #[test]
+    fn qwen2_has_qkv_biases_and_no_o_proj_bias_whatever_the_config_says() {
+        let c = parse("qwen2", r#""attention_bias": false"#).unwrap();
+        assert_eq!(c.arch, Arch::Llama);
+        assert_eq!(c.model_type, "qwen2");
+        assert!(c.attention_bias && !c.o_proj_bias && !c.mlp_bias);
+        // q, k, v biases: 64 + 2 * 32 per layer; no o_proj bias
+        let no_bias = ModelConfig {
+            attention_bias: false,
+            ..c.clone()
+        };
+        assert_eq!(c.num_parameters() - no_bias.num_parameters(), 4 * 128);
+        let llama = parse("llama", r#""attention_bias": true"#).unwrap();
+        assert!(llama.attention_bias && llama.o_proj_bias);
+        assert!(!parse("mistral", "").unwrap().attention_bias);
+    }
+
+    #[test]
+    fn a_sliding_window_caps_the_context() {
+        // Mistral: sliding_window turns it on; null or absent leaves it off
+        let m = parse("mistral", r#""sliding_window": 4096"#).unwrap();
+        assert_eq!((m.sliding_window, m.max_context), (Some(4096), 4096));
+        assert!(m.sliding_window_note("c.json").unwrap().contains("4096"));
+        for extra in [r#""sliding_window": null"#, ""] {
+            let m = parse("mistral", extra).unwrap();
+            assert_eq!((m.sliding_window, m.max_context), (None, 32768));
+            assert!(m.sliding_window_note("c.json").is_none());
+        }
+        // a window past max_position_embeddings changes nothing
+        let m = parse("mistral", r#""sliding_window": 65536"#).unwrap();
+        assert_eq!(m.max_context, 32768);
+        assert!(m.sliding_window_note("c.json").is_none());
+        // Qwen2 (transformers 4.x style): only under use_sliding_window, and only when a layer
+        // lies at or past max_window_layers
+        let q = |extra: &str| parse("qwen2", extra).unwrap().max_context;
+        assert_eq!(
+            q(r#""sliding_window": 4096, "use_sliding_window": false"#),
+            32768
+        );
+        assert_eq!(
+            q(r#""sliding_window": 4096, "use_sliding_window": true, "max_window_layers": 4"#),
+            32768
+        );
+        assert_eq!(
+            q(r#""sliding_window": 4096, "use_sliding_window": true, "max_window_layers": 2"#),
+            4096
+        );
+        // transformers 5.x: layer_types decide
+        assert_eq!(
+            q(r#""sliding_window": 4096, "use_sliding_window": true,
+                "layer_types": ["full_attention", "full_attention"]"#),
+            32768
+        );
+        assert_eq!(
+            q(r#""sliding_window": 2048,
+                "layer_types": ["full_attention", "sliding_attention"]"#),
+            2048
+        );
+        // llama has no window
+        assert_eq!(
+            parse("llama", r#""sliding_window": 4096"#)
+                .unwrap()
+                .max_context,
+            32768
+        );
+    }
+
+    #[test]
+    fn bad_sliding_window_fields_name_the_field() {
+        let err = |model_type: &str, extra: &str| parse(model_type, extra).unwrap_err().to_string();
+        let e = err("mistral", r#""sliding_window": 0"#);
+        assert!(
+            e.contains("sliding_window") && e.contains("positive"),
+            "{e}"
+        );
+        let e = err("mistral", r#""sliding_window": "big""#);
+        assert!(e.contains("sliding_window"), "{e}");
+        let e = err("qwen2", r#""layer_types": "sliding_attention""#);
+        assert!(e.contains("layer_types") && e.contains("array"), "{e}");
+        let e = err("qwen2", r#""layer_types": ["sliding_attention"]"#);
+        assert!(
+            e.contains("sliding_window") && e.contains("required"),
+            "{e}"
+        );
+        let e = err("qwen2", r#""use_sliding_window": 1"#);
+        assert!(e.contains("use_sliding_window"), "{e}");
+        let e = err("falcon", "");
+        assert!(e.contains("qwen2") && e.contains("mistral"), "{e}");
     }
 }

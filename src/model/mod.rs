@@ -101,6 +101,9 @@ fn open_dir(dir: &Path) -> Result<ModelSource> {
         });
     }
     let mut config = ModelConfig::from_file(&config_path)?;
+    if let Some(note) = config.sliding_window_note(&config_path.display().to_string()) {
+        eprintln!("note: {note}");
+    }
     let generation_path = dir.join("generation_config.json");
     if generation_path.is_file() {
         let text = std::fs::read_to_string(&generation_path)
@@ -132,6 +135,9 @@ fn open_dir(dir: &Path) -> Result<ModelSource> {
 fn open_embedded(m: &'static registry::EmbeddedModel) -> Result<ModelSource> {
     let file = format!("{} (embedded)/config.json", m.name);
     let config = ModelConfig::from_json_str(m.config, &file)?;
+    if let Some(note) = config.sliding_window_note(&file) {
+        eprintln!("note: {note}");
+    }
     let tokenizer_file = format!("{} (embedded)/tokenizer.json", m.name);
     let tokenizer = m
         .tokenizer

@@ -52,6 +52,8 @@ pub static EMBEDDED: &[EmbeddedModel] = &[
     config_only!("llama-3.1-8b"),
     config_only!("llama-2-13b"),
     config_only!("tinyllama-1.1b"),
+    config_only!("qwen2.5-7b"),
+    config_only!("mistral-7b-v0.3"),
 ];
 
 pub fn find(name: &str) -> Option<&'static EmbeddedModel> {

@@ -148,6 +148,11 @@ fn check_all_used(cfg: &ModelConfig, store: &TensorStore) -> Result<()> {
             .any(|n| n.contains("self_attn.") && n.ends_with(".bias"))
     {
         hints.push("attention biases are present but attention_bias is false or absent".into());
+    } else if !cfg.o_proj_bias && unused.iter().any(|n| n.ends_with("o_proj.bias")) {
+        hints.push(format!(
+            "an o_proj bias is present, which model_type `{}` does not have",
+            cfg.model_type
+        ));
     }
     if !cfg.mlp_bias
         && unused
@@ -234,7 +239,7 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
             },
             o: Linear {
                 weight: read(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?,
-                bias: opt_bias(&format!("{p}.self_attn.o_proj.bias"), h, ab)?,
+                bias: opt_bias(&format!("{p}.self_attn.o_proj.bias"), h, cfg.o_proj_bias)?,
             },
             mlp_norm: rms(&format!("{p}.post_attention_layernorm.weight"))?,
             up: Linear {
@@ -344,7 +349,7 @@ pub fn dummy_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights<HostTensor> {
             },
             o: Linear {
                 weight: random(vec![h, q]),
-                bias: bias(h, cfg.attention_bias),
+                bias: bias(h, cfg.o_proj_bias),
             },
             mlp_norm: norm(h),
             up: Linear {

@@ -52,7 +52,28 @@ pub struct ModelInfo {
     /// Compute dtype of the backend.
     pub dtype: String,
     pub num_parameters: usize,
+    #[serde(deserialize_with = "model_config_of_any_version")]
     pub config: ModelConfig,
+}
+
+/// A results file's model config, whichever version wrote it: files from before a field of
+/// [`ModelConfig`] existed lack it, and get what those versions did (`model_type`: the arch, which
+/// was the model type; `o_proj_bias`: `attention_bias`, which covered o_proj too).
+fn model_config_of_any_version<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<ModelConfig, D::Error> {
+    use serde::Deserialize;
+    let mut v = serde_json::Value::deserialize(d)?;
+    if let Some(obj) = v.as_object_mut() {
+        for (missing, from) in [("model_type", "arch"), ("o_proj_bias", "attention_bias")] {
+            if !obj.contains_key(missing) {
+                if let Some(value) = obj.get(from).cloned() {
+                    obj.insert(missing.to_string(), value);
+                }
+            }
+        }
+    }
+    serde_json::from_value(v).map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -368,5 +389,31 @@ mod tests {
         old["prefix_hit_rate"] = serde_json::json!(0.25);
         let back: EngineSummary = serde_json::from_value(old).unwrap();
         assert_eq!(back.prefix_hit_rate, Some(0.25));
+    }
+
+    /// Files written before `model_type` and `o_proj_bias` existed read as those versions ran.
+    #[test]
+    fn model_configs_of_older_files_read() {
+        for (name, o_bias) in [("gpt2", true), ("tiny-llama", false)] {
+            let config = crate::model::open(name).unwrap().config;
+            let info = ModelInfo {
+                source: name.into(),
+                weights: "dummy".into(),
+                backend: "cpu".into(),
+                dtype: "f32".into(),
+                num_parameters: config.num_parameters(),
+                config: config.clone(),
+            };
+            let json = serde_json::to_value(&info).unwrap();
+            let back: ModelInfo = serde_json::from_value(json.clone()).unwrap();
+            assert_eq!(back, info, "{name}");
+            let mut old = json;
+            let obj = old["config"].as_object_mut().unwrap();
+            obj.remove("model_type");
+            obj.remove("o_proj_bias");
+            let back: ModelInfo = serde_json::from_value(old).unwrap();
+            assert_eq!(back.config.o_proj_bias, o_bias, "{name}");
+            assert_eq!(back, info, "{name}");
+        }
     }
 }

@@ -7,7 +7,13 @@ use infermeter::backend::cpu::CpuBackend;
 use infermeter::model::tensor_store::{raw_to_f32, read_all_raw, OutTensor};
 use infermeter::model::{self, LoadOptions, Model};
 
-pub const FIXTURES: &[&str] = &["tiny-gpt2", "tiny-llama", "tiny-llama-bf16"];
+pub const FIXTURES: &[&str] = &[
+    "tiny-gpt2",
+    "tiny-llama",
+    "tiny-llama-bf16",
+    "tiny-qwen2",
+    "tiny-mistral",
+];
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
