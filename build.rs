@@ -46,7 +46,7 @@ fn regen_bindings() {
         .raw_line("//! The kernels' host/device ABI: bindgen's output for `kernels/params.h`. GENERATED, do not")
         .raw_line("//! edit: change the header, then `scripts/check-bindings --write` (CI diffs the two).")
         .allowlist_type(
-            "KvGeometry|KvWriteParams|RopeParams|PagedAttentionParams|DecodeAttentionParams|PrefillAttentionParams|SamplingRowParams",
+            "KvGeometry|KvWriteParams|RopeParams|QkNormRopeParams|PagedAttentionParams|DecodeAttentionParams|PrefillAttentionParams|SamplingRowParams",
         )
         .allowlist_var("IM_.*")
         .derive_default(true)

@@ -139,6 +139,14 @@ typedef struct RopeParams {
     uint32_t max_positions; /**< rows of the cos_sin table; a token beyond it is left unrotated */
 } RopeParams;
 
+/** qk_norm_rope: Qwen3's per-head RMSNorm of the Q and K heads (q_norm for the first num_q_heads
+ * heads, k_norm for the rest of the num_rot_heads), then rope, in place. */
+typedef struct QkNormRopeParams {
+    RopeParams rope;
+    uint32_t num_q_heads; /**< heads 0 .. num_q_heads - 1 use q_norm; the K heads after them k_norm */
+    float eps;            /**< added to the mean square, as rms_norm_eps */
+} QkNormRopeParams;
+
 /** paged_attention_naive: causal attention of each new token over its sequence's cached context.
  * Token t of sequence s (query_start_loc[s] <= t < query_start_loc[s + 1]) attends to keys
  * 0 ..= min(positions[t], seq_lens[s] - 1) of KV head h / (num_heads / num_kv_heads). */

@@ -447,6 +447,73 @@ fn rope_matches_cpu() {
     for_each_dtype!(check_rope);
 }
 
+/// Qwen3's QK norm fused into RoPE: the kernel normalises, scales and rotates in f32 and rounds
+/// once, the CPU reference does the same on the rounded inputs.
+fn check_qk_norm_rope<T: CudaDtype>(b: &B<T>) {
+    let mut r = rng(6);
+    let (rel, abs) = one_rounding::<T>();
+    for &(heads, kv_heads) in &[(8usize, 8usize), (8, 2), (16, 8), (8, 1)] {
+        for &head_dim in &[64usize, 128, 16, 6] {
+            let (meta, geom) = paged_batch(
+                &[(0, 13), (200, 1), (57, 4)],
+                16,
+                kv_heads,
+                head_dim,
+                100,
+                &mut r,
+            );
+            let t = meta.num_tokens();
+            let row = (heads + 2 * kv_heads) * head_dim;
+            let qkv = rand_t::<T>(&mut r, t * row, 4.0);
+            let q_norm = rand_t::<T>(&mut r, head_dim, 1.0);
+            let k_norm = rand_t::<T>(&mut r, head_dim, 1.0);
+            let table = round::<T>(&cos_sin(256, head_dim));
+            let dm = b.prepare(&meta, &geom).unwrap();
+            let mut d = upload(b, &qkv);
+            b.qk_norm_rope(
+                &mut d,
+                &upload(b, &table),
+                &upload(b, &q_norm),
+                &upload(b, &k_norm),
+                &dm,
+                heads,
+                kv_heads,
+                head_dim,
+                1e-6,
+            )
+            .unwrap();
+            let mut want = qkv.clone();
+            cpu::rope::qk_norm_rope(
+                &mut want,
+                row,
+                &table,
+                &meta.positions,
+                &q_norm,
+                &k_norm,
+                heads,
+                heads + kv_heads,
+                head_dim,
+                1e-6,
+            );
+            assert_close(
+                &format!(
+                    "qk_norm_rope {} heads={heads}/{kv_heads} d={head_dim}",
+                    T::NAME
+                ),
+                &download(b, &d, t * row),
+                &want,
+                rel,
+                abs,
+            );
+        }
+    }
+}
+
+#[test]
+fn qk_norm_rope_matches_cpu() {
+    for_each_dtype!(check_qk_norm_rope);
+}
+
 /// Mixed batches: decode steps (1 new token after a context), a prefill from 0, a chunked prefill in
 /// the middle of a sequence, sequences shorter than a block and spanning many.
 const SEQS: &[(usize, usize)] = &[

@@ -202,6 +202,33 @@ impl<T: CudaDtype> Backend for Emulated<T> {
         round_in_place::<T>(qkv);
         Ok(())
     }
+    fn qk_norm_rope(
+        &self,
+        qkv: &mut Vec<f32>,
+        cos_sin: &Vec<f32>,
+        q_norm: &Vec<f32>,
+        k_norm: &Vec<f32>,
+        meta: &BatchMeta,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        eps: f32,
+    ) -> infermeter::Result<()> {
+        // one kernel: normalised, scaled and rotated in f32, rounded once
+        CpuBackend.qk_norm_rope(
+            qkv,
+            cos_sin,
+            q_norm,
+            k_norm,
+            meta,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            eps,
+        )?;
+        round_in_place::<T>(qkv);
+        Ok(())
+    }
     fn write_kv(
         &self,
         k_cache: &mut Vec<f32>,

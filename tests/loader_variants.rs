@@ -441,3 +441,58 @@ fn qwen2_biases_and_mistral_sliding_window() {
     assert!(!long.status.success());
     assert!(stderr.contains("context of 128 tokens"), "{stderr}");
 }
+
+/// Qwen3 (the fixture checks its logits against transformers): its per-head q/k norms carry
+/// weight, a checkpoint without them is refused naming the tensor, and the same weights under
+/// `model_type: llama` are refused with a hint instead of running without the norms.
+#[test]
+fn qwen3_qk_norms_are_loaded_and_required() {
+    let g = &golden("tiny-qwen3")[2];
+    // unit norm weights: another model (the fixture's are 1 + 0.2 N(0, 1))
+    let dir = copy_model(&model_dir("tiny-qwen3"));
+    let mut ts = tensors(dir.path());
+    for t in ts
+        .iter_mut()
+        .filter(|t| t.name.ends_with("q_norm.weight") || t.name.ends_with("k_norm.weight"))
+    {
+        let n = t.shape[0];
+        *t = OutTensor::f32(&t.name, vec![n], &vec![1.0; n]);
+    }
+    rewrite(dir.path(), &ts);
+    let err = max_abs_diff(
+        &all_logits(&load_cpu(dir.path()), &g.ids).unwrap(),
+        &g.logits,
+    );
+    assert!(
+        err > 0.05,
+        "unit q/k norm weights changed the logits by only {err}"
+    );
+    // a k_norm missing
+    let dir = copy_model(&model_dir("tiny-qwen3"));
+    let ts: Vec<OutTensor> = tensors(dir.path())
+        .into_iter()
+        .filter(|t| t.name != "model.layers.1.self_attn.k_norm.weight")
+        .collect();
+    rewrite(dir.path(), &ts);
+    let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
+        .err()
+        .expect("a missing k_norm is refused")
+        .to_string();
+    assert!(
+        err.contains("model.layers.1.self_attn.k_norm.weight"),
+        "{err}"
+    );
+    // the same checkpoint called llama: the norms would go unused
+    let dir = copy_model(&model_dir("tiny-qwen3"));
+    let mut cfg = read_config(dir.path());
+    cfg["model_type"] = json!("llama");
+    write_config(dir.path(), &cfg);
+    let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
+        .err()
+        .expect("unused q/k norms are refused")
+        .to_string();
+    assert!(
+        err.contains("q_norm") && err.contains("model_type `llama` does not have"),
+        "{err}"
+    );
+}

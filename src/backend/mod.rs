@@ -338,6 +338,25 @@ pub trait Backend: Send + Sync {
         head_dim: usize,
     ) -> Result<()>;
 
+    /// Qwen3's QK norm and RoPE in one pass, in place: each of the `num_heads` Q heads and
+    /// `num_kv_heads` K heads of a row is RMS-normalised over `head_dim` (f32, `eps`), scaled by
+    /// `q_norm` (Q heads) or `k_norm` (K heads), then rotated as by [`Backend::rope`].
+    /// qkv: [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim]; q_norm, k_norm: [head_dim];
+    /// cos_sin: [max_context, head_dim]
+    #[allow(clippy::too_many_arguments)]
+    fn qk_norm_rope(
+        &self,
+        qkv: &mut Self::Buffer,
+        cos_sin: &Self::Buffer,
+        q_norm: &Self::Buffer,
+        k_norm: &Self::Buffer,
+        meta: &Self::Meta,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<()>;
+
     /// Write each token's K and V (from the fused QKV rows) to its cache slot.
     /// qkv: [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim];
     /// k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]

@@ -1,8 +1,8 @@
 //! `config.json` of a Hugging Face model directory, parsed into one architecture-neutral [`ModelConfig`].
 //!
-//! Supported families: `gpt2`, and `llama` with the Llama-architecture model types `mistral` and
-//! `qwen2` (Qwen2 / Qwen2.5: biases on q, k and v but not on o_proj). Both config styles found in
-//! the wild are read:
+//! Supported families: `gpt2`, and `llama` with the Llama-architecture model types `mistral`,
+//! `qwen2` (Qwen2 / Qwen2.5: biases on q, k and v but not on o_proj) and `qwen3` (an RMSNorm of
+//! each q and k head before RoPE). Both config styles found in the wild are read:
 //! transformers 4.x (`rope_theta` + `rope_scaling`) and 5.x (`rope_parameters`). Fields are read one by
 //! one from a JSON value (not a derived struct) so that every error names the field at fault.
 
@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama", "mistral", "qwen2"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama", "mistral", "qwen2", "qwen3"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -47,7 +47,8 @@ pub struct RopeConfig {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelConfig {
     pub arch: Arch,
-    /// `model_type` as written in the config (`llama`, `mistral` and `qwen2` share [`Arch::Llama`]).
+    /// `model_type` as written in the config (`llama`, `mistral`, `qwen2` and `qwen3` share
+    /// [`Arch::Llama`]).
     pub model_type: String,
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -69,6 +70,10 @@ pub struct ModelConfig {
     /// GPT-2 and Llama's `attention_bias`, never for Qwen2.
     pub o_proj_bias: bool,
     pub mlp_bias: bool,
+    /// Qwen3's `q_norm` / `k_norm`: each query and key head is RMS-normalised over `head_dim`
+    /// (weights `[head_dim]`, eps `norm_eps`) after the projection and before RoPE.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub qk_norm: bool,
     /// Sliding-window attention (Mistral's `sliding_window`, Qwen2's with `use_sliding_window`):
     /// a query attends to the last `w` positions only. The engine has full causal attention, which
     /// equals windowed attention while the context is at most `w`, so `max_context` is capped at
@@ -106,7 +111,7 @@ impl ModelConfig {
         let model_type = f.req_str("model_type")?;
         let config = match model_type.as_str() {
             "gpt2" => parse_gpt2(&f)?,
-            "llama" | "mistral" | "qwen2" => parse_llama(&f, &model_type)?,
+            "llama" | "mistral" | "qwen2" | "qwen3" => parse_llama(&f, &model_type)?,
             other => {
                 return Err(Error::UnsupportedModelType {
                     file: file.to_string(),
@@ -185,7 +190,7 @@ impl ModelConfig {
             ),
             Arch::Llama => (
                 3 * h * self.intermediate_size,
-                2 * h,
+                2 * h + usize::from(self.qk_norm) * 2 * self.head_dim,
                 usize::from(self.attention_bias) * (self.q_size() + 2 * self.kv_size())
                     + usize::from(self.o_proj_bias) * h
                     + usize::from(self.mlp_bias) * (2 * self.intermediate_size + h),
@@ -297,6 +302,7 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
         attention_bias: true,
         o_proj_bias: true,
         mlp_bias: true,
+        qk_norm: false,
         sliding_window: None,
         attn_scale: if scale_weights {
             1.0 / (head_dim as f32).sqrt()
@@ -312,14 +318,16 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
     })
 }
 
-/// `llama` and the model types of the same architecture (`mistral`, `qwen2`): `model_type` decides
-/// the defaults and the fields each one's transformers config class has.
+/// `llama` and the model types of the same architecture (`mistral`, `qwen2`, `qwen3`): `model_type`
+/// decides the defaults and the fields each one's transformers config class has.
 fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     let hidden = f.req_usize("hidden_size")?;
     let heads = f.req_usize("num_attention_heads")?;
     let kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(heads);
     let head_dim = match f.opt_usize("head_dim")? {
         Some(d) => d,
+        // Qwen3Config's own default, whatever hidden_size / num_attention_heads is
+        None if model_type == "qwen3" => 128,
         None => {
             if heads == 0 || hidden % heads != 0 {
                 return Err(Error::config(
@@ -349,10 +357,15 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         ));
     }
     // Qwen2Attention has biases on q, k and v and none on o_proj, whatever the config says
-    // (Qwen2Config has no attention_bias); MistralConfig has no bias fields (none anywhere)
+    // (Qwen2Config has no attention_bias); MistralConfig has no bias fields (none anywhere);
+    // Qwen3's attention_bias covers q, k, v and o_proj, and its MLP has none
     let (attention_bias, o_proj_bias, mlp_bias) = match model_type {
         "qwen2" => (true, false, false),
         "mistral" => (false, false, false),
+        "qwen3" => {
+            let ab = f.opt_bool("attention_bias")?.unwrap_or(false);
+            (ab, ab, false)
+        }
         _ => {
             let ab = f.opt_bool("attention_bias")?.unwrap_or(false);
             (ab, ab, f.opt_bool("mlp_bias")?.unwrap_or(false))
@@ -377,6 +390,7 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         attention_bias,
         o_proj_bias,
         mlp_bias,
+        qk_norm: model_type == "qwen3",
         sliding_window,
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         scale_attn_by_inverse_layer_idx: false,
@@ -386,8 +400,8 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     })
 }
 
-/// The sliding window a `mistral` or `qwen2` config turns on, if any. Mistral: `sliding_window`
-/// (null or absent: none). Qwen2: `sliding_window` only under `use_sliding_window: true` (the
+/// The sliding window a `mistral`, `qwen2` or `qwen3` config turns on, if any. Mistral:
+/// `sliding_window` (null or absent: none). Qwen2 and Qwen3: `sliding_window` only under `use_sliding_window: true` (the
 /// window then covers the layers from `max_window_layers` on; any such layer caps the context the
 /// same way). transformers 5.x configs may list `layer_types` instead: a `sliding_attention` layer
 /// there means the window applies. `llama` has no window.
@@ -408,7 +422,7 @@ fn parse_sliding_window(f: &Fields, model_type: &str) -> Result<Option<usize>> {
         Some(_) => return Err(Error::config(f.file, "layer_types", "expected an array")),
     };
     match (model_type, by_layer_types) {
-        ("mistral" | "qwen2", Some(true)) => match window()? {
+        ("mistral" | "qwen2" | "qwen3", Some(true)) => match window()? {
             Some(w) => Ok(Some(w)),
             None => Err(Error::config(
                 f.file,
@@ -416,14 +430,15 @@ fn parse_sliding_window(f: &Fields, model_type: &str) -> Result<Option<usize>> {
                 "required: layer_types lists sliding_attention layers",
             )),
         },
-        ("mistral" | "qwen2", Some(false)) => Ok(None),
+        ("mistral" | "qwen2" | "qwen3", Some(false)) => Ok(None),
         ("mistral", None) => window(),
-        ("qwen2", None) => {
+        ("qwen2" | "qwen3", None) => {
             if !f.opt_bool("use_sliding_window")?.unwrap_or(false) {
                 return Ok(None);
             }
             let layers = f.req_usize("num_hidden_layers")?;
-            let first = f.opt_usize("max_window_layers")?.unwrap_or(layers);
+            // absent: the config classes' default (28 for both Qwen2Config and Qwen3Config)
+            let first = f.opt_usize("max_window_layers")?.unwrap_or(28);
             if first >= layers {
                 return Ok(None); // no layer at or past max_window_layers
             }
@@ -663,6 +678,49 @@ mod tests {
         let llama = parse("llama", r#""attention_bias": true"#).unwrap();
         assert!(llama.attention_bias && llama.o_proj_bias);
         assert!(!parse("mistral", "").unwrap().attention_bias);
+    }
+
+    #[test]
+    fn qwen3_normalises_q_and_k_and_its_attention_bias_covers_o_proj() {
+        let c = parse("qwen3", r#""head_dim": 32"#).unwrap();
+        assert_eq!((c.arch, c.model_type.as_str()), (Arch::Llama, "qwen3"));
+        assert!(c.qk_norm && !c.attention_bias && !c.o_proj_bias && !c.mlp_bias);
+        // q_norm + k_norm: 2 * head_dim per layer
+        let plain = ModelConfig {
+            qk_norm: false,
+            ..c.clone()
+        };
+        assert_eq!(c.num_parameters() - plain.num_parameters(), 4 * 2 * 32);
+        let b = parse("qwen3", r#""attention_bias": true, "mlp_bias": true"#).unwrap();
+        assert!(b.attention_bias && b.o_proj_bias && !b.mlp_bias);
+        // head_dim absent: Qwen3Config's 128, not hidden / heads
+        assert_eq!(b.head_dim, 128);
+        assert_eq!(parse("llama", "").unwrap().head_dim, 16);
+        assert!(!parse("llama", "").unwrap().qk_norm && !parse("qwen2", "").unwrap().qk_norm);
+        // Qwen3's window follows Qwen2's rules; max_window_layers absent is the classes' 28
+        let w = |extra: &str| parse("qwen3", extra).unwrap().max_context;
+        assert_eq!(
+            w(r#""sliding_window": 4096, "use_sliding_window": true, "max_window_layers": 2"#),
+            4096
+        );
+        assert_eq!(
+            w(r#""sliding_window": 4096, "use_sliding_window": true"#),
+            32768
+        );
+        assert_eq!(w(r#""sliding_window": 4096"#), 32768);
+    }
+
+    #[test]
+    fn embedded_qwen3_configs_have_the_published_parameter_counts() {
+        let count = |name: &str| {
+            let m = crate::model::registry::find(name).unwrap();
+            ModelConfig::from_json_str(m.config, name)
+                .unwrap()
+                .num_parameters()
+        };
+        // Qwen3-0.6B: 0.6 B (0.44 B non-embedding), tied; Qwen3-8B: 8.2 B (6.95 B non-embedding)
+        assert_eq!(count("qwen3-0.6b"), 596_049_920);
+        assert_eq!(count("qwen3-8b"), 8_190_735_360);
     }
 
     #[test]

@@ -461,15 +461,27 @@ impl<B: Backend> Model<B> {
                 qkv_n,
                 h,
             )?;
-            if let Some(cos_sin) = &self.cos_sin {
-                b.rope(
+            match (&self.cos_sin, &layer.qk_norm) {
+                (Some(cos_sin), Some(qk)) => b.qk_norm_rope(
+                    &mut ws.qkv,
+                    cos_sin,
+                    &qk.q,
+                    &qk.k,
+                    meta,
+                    c.num_heads,
+                    c.num_kv_heads,
+                    c.head_dim,
+                    eps,
+                )?,
+                (Some(cos_sin), None) => b.rope(
                     &mut ws.qkv,
                     cos_sin,
                     meta,
                     c.num_heads,
                     c.num_kv_heads,
                     c.head_dim,
-                )?;
+                )?,
+                (None, _) => {}
             }
             b.write_kv(
                 &mut kv.k[i],

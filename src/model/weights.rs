@@ -35,11 +35,22 @@ pub struct Norm<T> {
     pub bias: Option<T>,
 }
 
+/// Qwen3's per-head RMSNorm weights of the query and key heads (`q_norm`, `k_norm`).
+#[derive(Debug, Clone)]
+pub struct QkNorm<T> {
+    /// [head_dim]
+    pub q: T,
+    /// [head_dim]
+    pub k: T,
+}
+
 #[derive(Debug, Clone)]
 pub struct LayerWeights<T> {
     pub attn_norm: Norm<T>,
     /// [q_size + 2 * kv_size, hidden]
     pub qkv: Linear<T>,
+    /// Present when the config has `qk_norm` (applied to the Q and K heads before RoPE).
+    pub qk_norm: Option<QkNorm<T>>,
     /// [hidden, q_size]
     pub o: Linear<T>,
     pub mlp_norm: Norm<T>,
@@ -83,6 +94,13 @@ impl<T> ModelWeights<T> {
             layers.push(LayerWeights {
                 attn_norm: norm(l.attn_norm, &mut f)?,
                 qkv: lin(l.qkv, &mut f)?,
+                qk_norm: match l.qk_norm {
+                    Some(n) => Some(QkNorm {
+                        q: f(n.q)?,
+                        k: f(n.k)?,
+                    }),
+                    None => None,
+                },
                 o: lin(l.o, &mut f)?,
                 mlp_norm: norm(l.mlp_norm, &mut f)?,
                 up: lin(l.up, &mut f)?,
@@ -151,6 +169,12 @@ fn check_all_used(cfg: &ModelConfig, store: &TensorStore) -> Result<()> {
     } else if !cfg.o_proj_bias && unused.iter().any(|n| n.ends_with("o_proj.bias")) {
         hints.push(format!(
             "an o_proj bias is present, which model_type `{}` does not have",
+            cfg.model_type
+        ));
+    }
+    if !cfg.qk_norm && unused.iter().any(|n| n.ends_with("q_norm.weight")) {
+        hints.push(format!(
+            "q_norm/k_norm weights are present, which model_type `{}` does not have (qwen3 has)",
             cfg.model_type
         ));
     }
@@ -231,12 +255,22 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
         } else {
             None
         };
+        let qk_norm = if cfg.qk_norm {
+            let d = cfg.head_dim;
+            Some(QkNorm {
+                q: read(&format!("{p}.self_attn.q_norm.weight"), &[d])?,
+                k: read(&format!("{p}.self_attn.k_norm.weight"), &[d])?,
+            })
+        } else {
+            None
+        };
         layers.push(LayerWeights {
             attn_norm: rms(&format!("{p}.input_layernorm.weight"))?,
             qkv: Linear {
                 weight: qkv_w,
                 bias: qkv_b,
             },
+            qk_norm,
             o: Linear {
                 weight: read(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?,
                 bias: opt_bias(&format!("{p}.self_attn.o_proj.bias"), h, cfg.o_proj_bias)?,
@@ -295,6 +329,7 @@ fn load_gpt2(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTen
         layers.push(LayerWeights {
             attn_norm: ln(&format!("{p}.ln_1"))?,
             qkv: conv1d(&format!("{p}.attn.c_attn"), h, 3 * h)?,
+            qk_norm: None,
             o: conv1d(&format!("{p}.attn.c_proj"), h, h)?,
             mlp_norm: ln(&format!("{p}.ln_2"))?,
             up: conv1d(&format!("{p}.mlp.c_fc"), h, inter)?,
@@ -347,6 +382,10 @@ pub fn dummy_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights<HostTensor> {
                 weight: random(vec![q + 2 * kv, h]),
                 bias: bias(q + 2 * kv, cfg.attention_bias),
             },
+            qk_norm: cfg.qk_norm.then(|| QkNorm {
+                q: ones(cfg.head_dim),
+                k: ones(cfg.head_dim),
+            }),
             o: Linear {
                 weight: random(vec![h, q]),
                 bias: bias(h, cfg.o_proj_bias),

@@ -13,6 +13,7 @@ pub const FIXTURES: &[&str] = &[
     "tiny-llama-bf16",
     "tiny-qwen2",
     "tiny-mistral",
+    "tiny-qwen3",
 ];
 
 pub fn repo() -> PathBuf {

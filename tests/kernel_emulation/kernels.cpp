@@ -1,4 +1,4 @@
-// kernels.cpp — the elementwise, normalisation, embedding, RoPE, KV-write, naive paged attention and
+// kernels.cpp — the elementwise, normalisation, embedding, RoPE (and QK-norm + RoPE), KV-write, naive paged attention and
 // sampling kernels (kernels/*.cu, the sources themselves, compiled for the CPU through emu.h) against
 // CPU references, for every dtype (-DIM_DTYPE=1/2/3). Run by scripts/emulate-kernels; no GPU needed.
 // Inputs are rounded to T before the references see them; tolerances: |got - want| / (1 + |want|)
@@ -109,6 +109,29 @@ void test_rope(unsigned nh, unsigned nkv, unsigned d) {
     float* hd = &ref[t*stride + h*d]; const float* c = &cs[pos[t]*d];
     float x1 = hd[i], x2 = hd[i+half]; hd[i] = x1*c[i] - x2*c[half+i]; hd[i+half] = x2*c[i] + x1*c[half+i]; }
   char name[100]; snprintf(name, 100, "rope nh%u nkv%u d%u", nh, nkv, d); cmp(name, tof(xt), ref);
+}
+
+// qk_norm_rope: each Q and K head RMS-normalised (q_norm / k_norm weights), then rotated; threads
+// that are not a multiple of the head count exercise the warps' stride over heads
+void test_qk_norm_rope(unsigned nh, unsigned nkv, unsigned d, unsigned threads) {
+  unsigned nt = 5, maxp = 64, stride = (nh + 2*nkv) * d, half = d / 2;
+  auto x = q(randn(nt * stride, 3.f)), qw = q(randn(d)), kw = q(randn(d));
+  std::vector<float> cs(maxp * d);
+  for (unsigned p = 0; p < maxp; ++p) for (unsigned i = 0; i < half; ++i) { float a = p * std::pow(10000.f, -2.f*i/d); cs[p*d+i] = std::cos(a); cs[p*d+half+i] = std::sin(a); }
+  cs = q(cs);
+  std::vector<uint32_t> pos = {0, 1, 17, 63, 5};
+  std::vector<T> xt = toT(x), cst = toT(cs), qwt = toT(qw), kwt = toT(kw);
+  QkNormRopeParams p{{nt, nh + nkv, d, stride, maxp}, nh, 1e-6f};
+  launch(d1(2), d1(threads), [&] { qk_norm_rope(xt.data(), cst.data(), pos.data(), qwt.data(), kwt.data(), p); });
+  std::vector<double> ref(x.begin(), x.end());
+  for (unsigned t = 0; t < nt; ++t) for (unsigned h = 0; h < nh + nkv; ++h) {
+    double* hd = &ref[t*stride + h*d]; const float* c = &cs[pos[t]*d]; const auto& w = h < nh ? qw : kw;
+    double ss = 0; for (unsigned i = 0; i < d; ++i) ss += hd[i] * hd[i];
+    double inv = 1 / std::sqrt(ss / d + 1e-6);
+    for (unsigned i = 0; i < d; ++i) hd[i] = w[i] * (hd[i] * inv);
+    for (unsigned i = 0; i < half; ++i) { double x1 = hd[i], x2 = hd[i+half]; hd[i] = x1*c[i] - x2*c[half+i]; hd[i+half] = x2*c[i] + x1*c[half+i]; } }
+  char name[100]; snprintf(name, 100, "qk_norm_rope nh%u nkv%u d%u t%u", nh, nkv, d, threads);
+  cmp(name, tof(xt), std::vector<float>(ref.begin(), ref.end()));
 }
 
 void test_act(unsigned rows, unsigned inter) {
@@ -264,6 +287,8 @@ int main(int argc, char** argv) {
   test_norm(3, 64, 32); test_norm(2, 1000, 64); test_norm(4, 37, 32); test_norm(1, 4096, 256);
   test_embedding();
   test_rope(4, 2, 16); test_rope(3, 1, 64); test_rope(2, 2, 6);
+  test_qk_norm_rope(4, 2, 128, 256); test_qk_norm_rope(3, 1, 64, 64); test_qk_norm_rope(2, 2, 6, 32);
+  test_qk_norm_rope(16, 8, 128, 256); test_qk_norm_rope(5, 5, 256, 96);
   test_act(3, 172); test_act(2, 64);
   test_attention(8, 2, 64, 4, 128); test_attention(4, 4, 16, 16, 64); test_attention(6, 3, 128, 3, 128);
   if (IM_DTYPE == IM_DTYPE_F32) test_attention(2, 1, 256, 4, 128);

@@ -212,6 +212,41 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn qk_norm_rope(
+        &self,
+        qkv: &mut Vec<f32>,
+        cos_sin: &Vec<f32>,
+        q_norm: &Vec<f32>,
+        k_norm: &Vec<f32>,
+        meta: &BatchMeta,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let row_len = (num_heads + 2 * num_kv_heads) * head_dim;
+        need(qkv, meta.num_tokens() * row_len, "qkv")?;
+        need(q_norm, head_dim, "q_norm")?;
+        need(k_norm, head_dim, "k_norm")?;
+        let max = cos_sin.len() / head_dim.max(1);
+        check(meta.positions.iter().all(|&p| (p as usize) < max), || {
+            format!("a position exceeds the RoPE table of {max} positions")
+        })?;
+        rope::qk_norm_rope(
+            qkv,
+            row_len,
+            cos_sin,
+            &meta.positions,
+            &q_norm[..head_dim],
+            &k_norm[..head_dim],
+            num_heads,
+            num_heads + num_kv_heads,
+            head_dim,
+            eps,
+        );
+        Ok(())
+    }
+
     fn write_kv(
         &self,
         k_cache: &mut Vec<f32>,

@@ -90,7 +90,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         name: "rope.cu",
         source: include_str!("../../../kernels/rope.cu"),
-        kernels: &["rope"],
+        kernels: &["rope", "qk_norm_rope"],
     },
     KernelFile {
         name: "sampling.cu",

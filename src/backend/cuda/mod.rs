@@ -1179,6 +1179,53 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         )
     }
 
+    fn qk_norm_rope(
+        &self,
+        qkv: &mut CudaSlice<T>,
+        cos_sin: &CudaSlice<T>,
+        q_norm: &CudaSlice<T>,
+        k_norm: &CudaSlice<T>,
+        meta: &CudaMeta,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let row_len = (num_heads + 2 * num_kv_heads) * head_dim;
+        need(qkv, meta.num_tokens * row_len, "qkv")?;
+        need(q_norm, head_dim, "q_norm")?;
+        need(k_norm, head_dim, "k_norm")?;
+        if head_dim == 0 {
+            return Err(Error::Invalid("qk_norm_rope: head_dim 0".into()));
+        }
+        let max = cos_sin.len() / head_dim;
+        if let Some(p) = meta.max_position.filter(|&p| p as usize >= max) {
+            return Err(err(format!(
+                "position {p} exceeds the RoPE table of {max} positions"
+            )));
+        }
+        ops::qk_norm_rope(
+            self.k(),
+            self.s(),
+            qkv,
+            cos_sin,
+            &meta.view(&meta.positions),
+            q_norm,
+            k_norm,
+            params::QkNormRopeParams {
+                rope: params::RopeParams {
+                    num_tokens: u(meta.num_tokens, "num_tokens")?,
+                    num_rot_heads: u(num_heads + num_kv_heads, "num_rot_heads")?,
+                    head_dim: u(head_dim, "head_dim")?,
+                    qkv_stride: u(row_len, "qkv_stride")?,
+                    max_positions: u(max, "max_positions")?,
+                },
+                num_q_heads: u(num_heads, "num_heads")?,
+                eps,
+            },
+        )
+    }
+
     fn write_kv(
         &self,
         k_cache: &mut CudaSlice<T>,

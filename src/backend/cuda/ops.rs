@@ -22,9 +22,9 @@ use cudarc::driver::{
 };
 
 use super::params::{
-    KvWriteParams, PagedAttentionParams, RopeParams, SamplingRowParams, IM_ATTN_MAX_HEAD_DIM,
-    IM_ATTN_THREADS, IM_ELEMENTWISE_BLOCKS_PER_SM, IM_ELEMENTWISE_THREADS, IM_ROW_THREADS,
-    IM_SAMPLING_THREADS,
+    KvWriteParams, PagedAttentionParams, QkNormRopeParams, RopeParams, SamplingRowParams,
+    IM_ATTN_MAX_HEAD_DIM, IM_ATTN_THREADS, IM_ELEMENTWISE_BLOCKS_PER_SM, IM_ELEMENTWISE_THREADS,
+    IM_ROW_THREADS, IM_SAMPLING_THREADS,
 };
 use super::CudaDtype;
 use crate::error::{Error, Result};
@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 // layout tests in params.rs check size and alignment), passed to kernels by value.
 unsafe impl DeviceRepr for KvWriteParams {}
 unsafe impl DeviceRepr for RopeParams {}
+unsafe impl DeviceRepr for QkNormRopeParams {}
 unsafe impl DeviceRepr for PagedAttentionParams {}
 unsafe impl DeviceRepr for SamplingRowParams {}
 
@@ -69,6 +70,7 @@ pub struct Kernels {
     pub add_rmsnorm: CudaFunction,
     pub add_inplace: CudaFunction,
     pub rope: CudaFunction,
+    pub qk_norm_rope: CudaFunction,
     pub write_kv: CudaFunction,
     pub paged_attention_naive: CudaFunction,
     /// `paged_decode_d64`, `_d128`, `_d256` (attention_decode.cu; see [`super::attention`]).
@@ -107,6 +109,7 @@ impl Kernels {
             add_rmsnorm: get("norm.cu", "add_rmsnorm")?,
             add_inplace: get("norm.cu", "add_inplace")?,
             rope: get("rope.cu", "rope")?,
+            qk_norm_rope: get("rope.cu", "qk_norm_rope")?,
             write_kv: get("kv_write.cu", "write_kv")?,
             paged_attention_naive: get("attention.cu", "paged_attention_naive")?,
             paged_decode: [
@@ -395,6 +398,41 @@ pub fn rope<T>(
     unsafe { b.launch(Kernels::rows(p.num_tokens, IM_ROW_THREADS)) }
         .map(drop)
         .map_err(launched("rope"))
+}
+
+/// `qk_norm_rope(qkv, cos_sin, positions, q_norm, k_norm, QkNormRopeParams)`, in place on the Q
+/// and K heads.
+#[allow(clippy::too_many_arguments)]
+pub fn qk_norm_rope<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    qkv: &mut CudaSlice<T>,
+    cos_sin: &CudaSlice<T>,
+    positions: &CudaView<u32>,
+    q_norm: &CudaSlice<T>,
+    k_norm: &CudaSlice<T>,
+    p: QkNormRopeParams,
+) -> Result<()> {
+    if p.rope.num_tokens == 0 {
+        return Ok(());
+    }
+    if p.rope.head_dim % 2 != 0 {
+        return Err(err(format!(
+            "qk_norm_rope: head_dim {} is odd",
+            p.rope.head_dim
+        )));
+    }
+    let mut b = s.launch_builder(&k.qk_norm_rope);
+    b.arg(qkv)
+        .arg(cos_sin)
+        .arg(positions)
+        .arg(q_norm)
+        .arg(k_norm)
+        .arg(&p);
+    // SAFETY: as rope.cu declares; one warp per head, IM_ROW_THREADS a multiple of the warp.
+    unsafe { b.launch(Kernels::rows(p.rope.num_tokens, IM_ROW_THREADS)) }
+        .map(drop)
+        .map_err(launched("qk_norm_rope"))
 }
 
 /// `write_kv(k_cache, v_cache, qkv, slot_mapping, KvWriteParams)`.

@@ -95,6 +95,27 @@ const _: () = {
     ["Offset of field: RopeParams::max_positions"]
         [::std::mem::offset_of!(RopeParams, max_positions) - 16usize];
 };
+#[doc = " qk_norm_rope: Qwen3's per-head RMSNorm of the Q and K heads (q_norm for the first num_q_heads\n heads, k_norm for the rest of the num_rot_heads), then rope, in place."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, PartialEq)]
+pub struct QkNormRopeParams {
+    pub rope: RopeParams,
+    #[doc = "< heads 0 .. num_q_heads - 1 use q_norm; the K heads after them k_norm"]
+    pub num_q_heads: u32,
+    #[doc = "< added to the mean square, as rms_norm_eps"]
+    pub eps: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of QkNormRopeParams"][::std::mem::size_of::<QkNormRopeParams>() - 28usize];
+    ["Alignment of QkNormRopeParams"][::std::mem::align_of::<QkNormRopeParams>() - 4usize];
+    ["Offset of field: QkNormRopeParams::rope"]
+        [::std::mem::offset_of!(QkNormRopeParams, rope) - 0usize];
+    ["Offset of field: QkNormRopeParams::num_q_heads"]
+        [::std::mem::offset_of!(QkNormRopeParams, num_q_heads) - 20usize];
+    ["Offset of field: QkNormRopeParams::eps"]
+        [::std::mem::offset_of!(QkNormRopeParams, eps) - 24usize];
+};
 #[doc = " paged_attention_naive: causal attention of each new token over its sequence's cached context.\n Token t of sequence s (query_start_loc[s] <= t < query_start_loc[s + 1]) attends to keys\n 0 ..= min(positions[t], seq_lens[s] - 1) of KV head h / (num_heads / num_kv_heads)."]
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
