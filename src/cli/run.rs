@@ -486,7 +486,7 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
     eprintln!(
         "model {} ({}, {:.1}M parameters, {} weights) on {on}; KV pool {} blocks x {} tokens ({:.1} MiB); results -> {}",
         a.model.model,
-        serde_json::to_value(cfg.arch)?.as_str().unwrap_or("?"),
+        cfg.model_type,
         cfg.num_parameters() as f64 / 1e6,
         weights_kind,
         num_blocks,

@@ -100,6 +100,8 @@ pub enum Op {
     AddRmsnorm,
     AddInplace,
     Rope,
+    /// Qwen3's per-head RMSNorm of Q and K fused into RoPE.
+    QkNormRope,
     GeluNew,
     SiluMul,
     Embedding,
@@ -119,12 +121,13 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 16] = [
+    pub const ALL: [Op; 17] = [
         Op::Layernorm,
         Op::Rmsnorm,
         Op::AddRmsnorm,
         Op::AddInplace,
         Op::Rope,
+        Op::QkNormRope,
         Op::GeluNew,
         Op::SiluMul,
         Op::Embedding,
@@ -145,6 +148,7 @@ impl Op {
             Op::AddRmsnorm => "add_rmsnorm",
             Op::AddInplace => "add_inplace",
             Op::Rope => "rope",
+            Op::QkNormRope => "qk_norm_rope",
             Op::GeluNew => "gelu_new",
             Op::SiluMul => "silu_mul",
             Op::Embedding => "embedding",
@@ -162,7 +166,7 @@ impl Op {
     pub fn family(self) -> Family {
         match self {
             Op::Layernorm | Op::Rmsnorm | Op::AddRmsnorm | Op::AddInplace => Family::Norm,
-            Op::Rope => Family::Rope,
+            Op::Rope | Op::QkNormRope => Family::Rope,
             Op::GeluNew | Op::SiluMul => Family::Activation,
             Op::Embedding | Op::GatherLogitRows => Family::Embedding,
             Op::WriteKv => Family::KvWrite,
@@ -181,6 +185,7 @@ impl Op {
             Op::AddRmsnorm => "backend/cpu/norm.rs: add_rmsnorm",
             Op::AddInplace => "backend/cpu/norm.rs: add_inplace",
             Op::Rope => "backend/cpu/rope.rs: rope",
+            Op::QkNormRope => "backend/cpu/rope.rs: qk_norm_rope",
             Op::GeluNew => "backend/cpu/activation.rs: gelu_new",
             Op::SiluMul => "backend/cpu/activation.rs: silu_mul",
             Op::Embedding => "backend/cpu/embedding.rs: embedding",
@@ -237,7 +242,7 @@ pub enum Shape {
     Elementwise { len: usize },
     /// silu_mul: out [rows, inter]; x [rows, 2 inter]
     SiluMul { rows: usize, inter: usize },
-    /// rope over the Q and K heads of the fused QKV rows, one position per token
+    /// rope (and qk_norm_rope) over the Q and K heads of the fused QKV rows, one position per token
     Rope {
         tokens: usize,
         num_heads: usize,
@@ -465,14 +470,23 @@ impl Case {
                     num_kv_heads,
                     head_dim,
                 },
-                _,
+                op,
             ) => {
                 let (t, r, d) = (u(tokens), u(num_heads + num_kv_heads), u(head_dim));
                 // Q and K heads read and written; one cos/sin row and one position per token;
                 // 6 FLOPs per rotated pair, head_dim / 2 pairs per head
-                Cost {
+                let rope = Cost {
                     bytes: 2 * s * t * r * d + s * t * d + IDX * t,
                     flops: 3 * t * r * d,
+                };
+                match op {
+                    // + the two norm weight vectors; a square and an add per element for the
+                    // mean square, the scale by 1/rms and by the weight
+                    Op::QkNormRope => Cost {
+                        bytes: rope.bytes + 2 * s * d,
+                        flops: rope.flops + 4 * t * r * d,
+                    },
+                    _ => rope,
                 }
             }
             (

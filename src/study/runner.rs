@@ -253,7 +253,7 @@ where
                 num_kv_heads,
                 head_dim,
             },
-            _,
+            op,
         ) => {
             let (meta, num_blocks) = paged_meta(1, tokens, tokens, super::sweep::BLOCK_SIZE, 1)?;
             let geom = geometry(num_blocks, num_kv_heads, head_dim);
@@ -270,7 +270,28 @@ where
                 -1.0,
                 1.0,
             )?;
-            Box::new(move || b.rope(&mut qkv, &cos_sin, &meta, num_heads, num_kv_heads, head_dim))
+            if op == Op::QkNormRope {
+                // norm weights near 1, as trained ones are
+                let q_norm = up(head_dim, 2, 0.5, 1.5)?;
+                let k_norm = up(head_dim, 3, 0.5, 1.5)?;
+                Box::new(move || {
+                    b.qk_norm_rope(
+                        &mut qkv,
+                        &cos_sin,
+                        &q_norm,
+                        &k_norm,
+                        &meta,
+                        num_heads,
+                        num_kv_heads,
+                        head_dim,
+                        1e-6,
+                    )
+                })
+            } else {
+                Box::new(move || {
+                    b.rope(&mut qkv, &cos_sin, &meta, num_heads, num_kv_heads, head_dim)
+                })
+            }
         }
         (
             &Shape::Embedding {

@@ -132,7 +132,8 @@ pub fn model_cases(model: &str, cfg: &ModelConfig, ops: &[Op], spec: &SweepSpec)
                     push(op, Shape::SiluMul { rows: t, inter });
                 }
             }
-            Op::Rope if llama => {
+            // the model's own rotary op: Qwen3 normalises q and k in the same kernel
+            Op::Rope | Op::QkNormRope if llama && (op == Op::QkNormRope) == cfg.qk_norm => {
                 for &t in &spec.tokens {
                     push(
                         op,
@@ -313,6 +314,12 @@ fn default_plan() -> Vec<(&'static str, Vec<Op>, SweepSpec)> {
         (
             "llama-3.2-1b",
             vec![Op::Rope],
+            SweepSpec::tokens(&[64, 1024]),
+        ),
+        // Qwen3 8B has Llama 3.1 8B's heads (32/8 of 128): what the fused q/k norm costs over rope
+        (
+            "qwen3-8b",
+            vec![Op::QkNormRope],
             SweepSpec::tokens(&[64, 1024]),
         ),
         // a Llama embedding table (32000 × 2048) beside GPT-2's learned positions
