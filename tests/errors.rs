@@ -83,8 +83,18 @@ fn bad_config_fields_are_named() {
         ("hidden_act", json!("relu"), "hidden_act"),
         (
             "rope_scaling",
-            json!({"rope_type": "yarn", "factor": 4.0}),
-            "yarn",
+            json!({"rope_type": "dynamic", "factor": 4.0}),
+            "dynamic",
+        ),
+        (
+            "rope_scaling",
+            json!({"rope_type": "yarn", "factor": "4"}),
+            "rope_scaling.factor",
+        ),
+        (
+            "rope_scaling",
+            json!({"rope_type": "yarn", "factor": 4.0, "truncate": "no"}),
+            "rope_scaling.truncate",
         ),
         (
             "rope_scaling",

@@ -7,7 +7,8 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use infermeter::engine::generate::all_logits;
+use infermeter::engine::generate::{all_logits, generate, GenerateRequest};
+use infermeter::engine::SamplingParams;
 use infermeter::model::tensor_store::{raw_to_f32, read_all_raw, write_safetensors, OutTensor};
 use serde_json::json;
 
@@ -495,4 +496,53 @@ fn qwen3_qk_norms_are_loaded_and_required() {
         err.contains("q_norm") && err.contains("model_type `llama` does not have"),
         "{err}"
     );
+}
+
+/// YaRN (`rope_type: yarn`) against transformers: tiny-qwen3's weights under the configs of
+/// `tests/fixtures/tiny-qwen3/{yarn,yarn-mscale}` (made by make_rope_variants.py): the defaults
+/// in 4.x style, and every option (betas, `truncate: false`, mscale / mscale_all_dim) in 5.x style.
+/// Every prompt's logits within 1e-3 (the 230-token one runs far past the original context) and
+/// the greedy continuations exact; without the attention factor the logits move.
+#[test]
+fn yarn_rope_scaling_matches_transformers() {
+    for variant in ["yarn", "yarn-mscale"] {
+        let fixture = format!("tiny-qwen3/{variant}");
+        let dir = copy_model(&model_dir("tiny-qwen3"));
+        let cfg = read_config(&repo().join("tests/fixtures").join(&fixture));
+        write_config(dir.path(), &cfg);
+        let model = load_cpu(dir.path());
+        for (n, g) in golden(&fixture).iter().enumerate() {
+            let err = max_abs_diff(&all_logits(&model, &g.ids).unwrap(), &g.logits);
+            assert!(err <= 1e-3, "{fixture} prompt{n}: max abs error {err}");
+            let out = generate(
+                &model,
+                &GenerateRequest {
+                    prompt_ids: g.ids.clone(),
+                    max_tokens: g.greedy.len(),
+                    sampling: SamplingParams::greedy(),
+                    ignore_eos: true,
+                },
+            )
+            .unwrap();
+            assert_eq!(out.output_ids, g.greedy, "{fixture} prompt{n} greedy");
+        }
+        // the same frequencies without the attention factor: another model
+        let mut cfg = cfg;
+        let scaling = if cfg["rope_scaling"].is_object() {
+            "rope_scaling"
+        } else {
+            "rope_parameters"
+        };
+        cfg[scaling]["attention_factor"] = json!(1.0);
+        write_config(dir.path(), &cfg);
+        let g = &golden(&fixture)[3];
+        let err = max_abs_diff(
+            &all_logits(&load_cpu(dir.path()), &g.ids).unwrap(),
+            &g.logits,
+        );
+        assert!(
+            err > 0.05,
+            "{fixture}: an attention factor of 1 moved the logits by only {err}"
+        );
+    }
 }

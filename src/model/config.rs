@@ -36,6 +36,20 @@ pub enum RopeScaling {
         high_freq_factor: f32,
         original_max_position_embeddings: usize,
     },
+    /// YaRN (transformers `_compute_yarn_parameters`): frequencies blended between interpolated
+    /// (÷ factor) and extrapolated (unchanged) over a ramp of dimensions set by beta_fast /
+    /// beta_slow, and cos/sin multiplied by `attention_factor`.
+    Yarn {
+        factor: f32,
+        original_max_position_embeddings: usize,
+        beta_fast: f32,
+        beta_slow: f32,
+        /// Whether the ramp's ends are rounded to whole dimensions (transformers' `truncate`).
+        truncate: bool,
+        /// cos and sin are multiplied by it (so attention scores by its square): given, or
+        /// from `mscale` / `mscale_all_dim`, or 0.1 ln(factor) + 1.
+        attention_factor: f32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -514,6 +528,7 @@ fn parse_rope(f: &Fields) -> Result<RopeConfig> {
         "linear" => RopeScaling::Linear {
             factor: num("factor")?,
         },
+        "yarn" => parse_yarn(f, p, &sub_field)?,
         "llama3" => {
             let scaling = RopeScaling::Llama3 {
                 factor: num("factor")?,
@@ -541,11 +556,94 @@ fn parse_rope(f: &Fields) -> Result<RopeConfig> {
             return Err(Error::config(
                 f.file,
                 &sub_field("rope_type"),
-                format!("`{other}` is not supported (supported: default, linear, llama3)"),
+                format!("`{other}` is not supported (supported: default, linear, llama3, yarn)"),
             ))
         }
     };
     Ok(RopeConfig { theta, scaling })
+}
+
+/// YaRN's settings as transformers reads them (`_compute_yarn_parameters`, `standardize_rope_params`):
+/// `original_max_position_embeddings` from the top level of the config first (Phi-3 style), then
+/// the scaling object, then `max_position_embeddings`; `factor` absent: max_position_embeddings /
+/// original; beta_fast, beta_slow 32 and 1 when absent (or 0); `truncate` true; the attention
+/// factor as given, else mscale(factor, mscale) / mscale(factor, mscale_all_dim) when both are set
+/// (and non-zero), else mscale(factor, 1), with mscale(s, m) = 0.1 m ln(s) + 1 for s > 1, else 1.
+fn parse_yarn(
+    f: &Fields,
+    p: &Map<String, Value>,
+    sub_field: &dyn Fn(&str) -> String,
+) -> Result<RopeScaling> {
+    let num = |name: &str| -> Result<Option<f64>> {
+        match p.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| Error::config(f.file, &sub_field(name), "expected a number")),
+        }
+    };
+    let max_position = f.opt_usize("max_position_embeddings")?.unwrap_or(2048);
+    let original = match f.opt_usize("original_max_position_embeddings")? {
+        Some(o) => o,
+        None => match num("original_max_position_embeddings")? {
+            Some(o) if o >= 1.0 && o.fract() == 0.0 => o as usize,
+            Some(_) => {
+                return Err(Error::config(
+                    f.file,
+                    &sub_field("original_max_position_embeddings"),
+                    "expected a positive integer",
+                ))
+            }
+            None => max_position,
+        },
+    };
+    let factor = num("factor")?.unwrap_or(max_position as f64 / original as f64);
+    if !(factor.is_finite() && factor > 0.0) {
+        return Err(Error::config(
+            f.file,
+            &sub_field("factor"),
+            "must be a positive number",
+        ));
+    }
+    let mscale = |scale: f64, m: f64| {
+        if scale <= 1.0 {
+            1.0
+        } else {
+            0.1 * m * scale.ln() + 1.0
+        }
+    };
+    let attention_factor = match num("attention_factor")? {
+        Some(a) => a,
+        None => match (num("mscale")?, num("mscale_all_dim")?) {
+            (Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                mscale(factor, m) / mscale(factor, all)
+            }
+            _ => mscale(factor, 1.0),
+        },
+    };
+    let beta = |name: &str, default: f64| -> Result<f64> {
+        Ok(num(name)?.filter(|&b| b != 0.0).unwrap_or(default))
+    };
+    let truncate = match p.get("truncate") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(Error::config(
+                f.file,
+                &sub_field("truncate"),
+                "expected true or false",
+            ))
+        }
+    };
+    Ok(RopeScaling::Yarn {
+        factor: factor as f32,
+        original_max_position_embeddings: original,
+        beta_fast: beta("beta_fast", 32.0)? as f32,
+        beta_slow: beta("beta_slow", 1.0)? as f32,
+        truncate,
+        attention_factor: attention_factor as f32,
+    })
 }
 
 /// Typed accessors over a JSON object whose errors name the file and field.
@@ -721,6 +819,63 @@ mod tests {
         // Qwen3-0.6B: 0.6 B (0.44 B non-embedding), tied; Qwen3-8B: 8.2 B (6.95 B non-embedding)
         assert_eq!(count("qwen3-0.6b"), 596_049_920);
         assert_eq!(count("qwen3-8b"), 8_190_735_360);
+    }
+
+    #[test]
+    fn yarn_fields_resolve_as_transformers_resolves_them() {
+        let yarn = |extra: &str| match parse("qwen3", extra).unwrap().rope.unwrap().scaling {
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                truncate,
+                attention_factor,
+            } => (
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                truncate,
+                attention_factor,
+            ),
+            other => panic!("{other:?}"),
+        };
+        // defaults: betas 32/1, truncate, 0.1 ln(4) + 1
+        let (f, o, bf, bs, t, a) = yarn(
+            r#""rope_scaling": {"type": "yarn", "factor": 4.0,
+                "original_max_position_embeddings": 8192}"#,
+        );
+        assert_eq!((f, o, bf, bs, t), (4.0, 8192, 32.0, 1.0, true));
+        assert!((a - (0.1 * 4f32.ln() + 1.0)).abs() < 1e-6);
+        // a top-level original_max_position_embeddings wins; factor absent: the ratio
+        let (f, o, ..) = yarn(
+            r#""original_max_position_embeddings": 4096,
+                "rope_scaling": {"rope_type": "yarn", "original_max_position_embeddings": 8192}"#,
+        );
+        assert_eq!((f, o), (8.0, 4096));
+        // original absent everywhere: max_position_embeddings (factor 1: no attention factor)
+        let (f, o, .., a) = yarn(r#""rope_parameters": {"rope_type": "yarn"}"#);
+        assert_eq!((f, o, a), (1.0, 32768, 1.0));
+        // an attention factor given wins over mscale; betas of 0 mean the defaults
+        let (.., bf, bs, _, a) = yarn(
+            r#""rope_parameters": {"rope_type": "yarn", "factor": 4, "attention_factor": 0.7,
+                "mscale": 1, "mscale_all_dim": 1, "beta_fast": 0, "beta_slow": 0}"#,
+        );
+        assert_eq!((bf, bs, a), (32.0, 1.0, 0.7));
+        // mscale / mscale_all_dim (DeepSeek style): equal ones cancel
+        let (.., a) = yarn(
+            r#""rope_parameters": {"rope_type": "yarn", "factor": 40, "mscale": 1,
+                "mscale_all_dim": 1}"#,
+        );
+        assert_eq!(a, 1.0);
+        let err = parse(
+            "qwen3",
+            r#""rope_scaling": {"rope_type": "yarn", "factor": -2}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("rope_scaling.factor"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! RoPE frequency tables, computed in f32 as transformers computes them on load (`inv_freq`), including
-//! the `linear` and `llama3` scalings.
+//! the `linear`, `llama3` and `yarn` scalings.
 
 use super::config::{RopeConfig, RopeScaling};
 
@@ -38,21 +38,67 @@ pub fn inv_freq(rope: &RopeConfig, head_dim: usize) -> Vec<f32> {
                 })
                 .collect()
         }
+        RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+            truncate,
+            ..
+        } => {
+            // the dimension at which a wavelength makes `rotations` turns over the original
+            // context (f64, as transformers' Python floats)
+            let d = head_dim as f64;
+            let ln_theta = f64::from(rope.theta).ln();
+            let ctx = original_max_position_embeddings as f64;
+            let dim_of = |rotations: f32| {
+                d * (ctx / (f64::from(rotations) * 2.0 * std::f64::consts::PI)).ln()
+                    / (2.0 * ln_theta)
+            };
+            let (mut low, mut high) = (dim_of(beta_fast), dim_of(beta_slow));
+            if truncate {
+                (low, high) = (low.floor(), high.ceil());
+            }
+            let (low, mut high) = (low.max(0.0) as f32, high.min(d - 1.0) as f32);
+            if low == high {
+                high += 0.001; // transformers' guard against a zero-width ramp
+            }
+            base.iter()
+                .enumerate()
+                .map(|(i, &f)| {
+                    // 1 below the ramp (extrapolate: keep f), 0 above it (interpolate: f / factor)
+                    let keep = 1.0 - ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                    f / factor * (1.0 - keep) + f * keep
+                })
+                .collect()
+        }
+    }
+}
+
+/// What cos and sin are multiplied by (YaRN's attention factor; 1 otherwise).
+pub fn attention_factor(rope: &RopeConfig) -> f32 {
+    match rope.scaling {
+        RopeScaling::Yarn {
+            attention_factor, ..
+        } => attention_factor,
+        _ => 1.0,
     }
 }
 
 /// cos/sin table: [max_positions, head_dim], cos(pos · inv_freq[i]) in columns i < head_dim/2 and
-/// sin(pos · inv_freq[i]) in columns head_dim/2 + i. The angle is an f32 product, as in transformers.
+/// sin(pos · inv_freq[i]) in columns head_dim/2 + i, both times [`attention_factor`]. The angle is an
+/// f32 product, as in transformers.
 pub fn cos_sin_table(rope: &RopeConfig, head_dim: usize, max_positions: usize) -> Vec<f32> {
     let inv = inv_freq(rope, head_dim);
+    let scale = attention_factor(rope);
     let half = head_dim / 2;
     let mut table = vec![0.0f32; max_positions * head_dim];
     for pos in 0..max_positions {
         let row = &mut table[pos * head_dim..(pos + 1) * head_dim];
         for (i, &f) in inv.iter().enumerate() {
             let angle = pos as f32 * f;
-            row[i] = angle.cos();
-            row[half + i] = angle.sin();
+            row[i] = angle.cos() * scale;
+            row[half + i] = angle.sin() * scale;
         }
     }
     table
@@ -138,6 +184,55 @@ mod tests {
         );
         for (a, b) in inv_freq(&r, 16).iter().zip(base) {
             assert_eq!(*a, b / 4.0);
+        }
+    }
+
+    #[test]
+    fn yarn_matches_transformers_values() {
+        // transformers 5.25 `_compute_yarn_parameters`, head_dim 32, theta 1e6 (the fixtures
+        // tests/fixtures/tiny-qwen3/yarn*): inv_freq[..3] and the attention factor
+        let yarn =
+            |factor, original, beta_fast, beta_slow, truncate, attention_factor| RopeConfig {
+                theta: 1e6,
+                scaling: RopeScaling::Yarn {
+                    factor,
+                    original_max_position_embeddings: original,
+                    beta_fast,
+                    beta_slow,
+                    truncate,
+                    attention_factor,
+                },
+            };
+        let cases = [
+            (
+                yarn(4.0, 64, 32.0, 1.0, true, 1.138_629_4),
+                [1.0, 0.316_272_38, 0.088_913_97],
+            ),
+            (
+                yarn(2.5, 96, 16.0, 2.0, false, 1.043_807_5),
+                [1.0, 0.314_250_17, 0.087_208_45],
+            ),
+        ];
+        for (rope, want) in cases {
+            let got = inv_freq(&rope, 32);
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() <= 2e-7 * w, "{g} vs {w}");
+            }
+            // past the ramp: interpolated (÷ factor)
+            let RopeScaling::Yarn { factor, .. } = rope.scaling else {
+                unreachable!()
+            };
+            let plain = inv_freq(
+                &RopeConfig {
+                    theta: 1e6,
+                    scaling: RopeScaling::Default,
+                },
+                32,
+            );
+            assert!((got[15] - plain[15] / factor).abs() <= 1e-6 * plain[15]);
+            // cos and sin carry the attention factor
+            let t = cos_sin_table(&rope, 32, 2);
+            assert_eq!(t[0], attention_factor(&rope));
         }
     }
 
