@@ -1,8 +1,9 @@
 //! `config.json` of a Hugging Face model directory, parsed into one architecture-neutral [`ModelConfig`].
 //!
 //! Supported families: `gpt2`, and `llama` with the Llama-architecture model types `mistral`,
-//! `qwen2` (Qwen2 / Qwen2.5: biases on q, k and v but not on o_proj) and `qwen3` (an RMSNorm of
-//! each q and k head before RoPE). Both config styles found in the wild are read:
+//! `qwen2` (Qwen2 / Qwen2.5: biases on q, k and v but not on o_proj), `qwen3` (an RMSNorm of
+//! each q and k head before RoPE) and `phi3` (Phi-3: fused qkv_proj and gate_up_proj, full
+//! rotary, RoPE without longrope). Both config styles found in the wild are read:
 //! transformers 4.x (`rope_theta` + `rope_scaling`) and 5.x (`rope_parameters`). Fields are read one by
 //! one from a JSON value (not a derived struct) so that every error names the field at fault.
 
@@ -10,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama", "mistral", "qwen2", "qwen3"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama", "mistral", "phi3", "qwen2", "qwen3"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -125,7 +126,7 @@ impl ModelConfig {
         let model_type = f.req_str("model_type")?;
         let config = match model_type.as_str() {
             "gpt2" => parse_gpt2(&f)?,
-            "llama" | "mistral" | "qwen2" | "qwen3" => parse_llama(&f, &model_type)?,
+            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" => parse_llama(&f, &model_type)?,
             other => {
                 return Err(Error::UnsupportedModelType {
                     file: file.to_string(),
@@ -375,7 +376,8 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     // Qwen3's attention_bias covers q, k, v and o_proj, and its MLP has none
     let (attention_bias, o_proj_bias, mlp_bias) = match model_type {
         "qwen2" => (true, false, false),
-        "mistral" => (false, false, false),
+        // Phi3Config has no bias fields: none anywhere
+        "mistral" | "phi3" => (false, false, false),
         "qwen3" => {
             let ab = f.opt_bool("attention_bias")?.unwrap_or(false);
             (ab, ab, false)
@@ -387,6 +389,10 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     };
     let max_position = f.opt_usize("max_position_embeddings")?.unwrap_or(2048);
     let sliding_window = parse_sliding_window(f, model_type)?;
+    check_full_rotary(f)?;
+    if model_type == "phi3" {
+        check_phi3_rope(f)?;
+    }
     Ok(ModelConfig {
         arch: Arch::Llama,
         model_type: model_type.to_string(),
@@ -414,8 +420,9 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     })
 }
 
-/// The sliding window a `mistral`, `qwen2` or `qwen3` config turns on, if any. Mistral:
-/// `sliding_window` (null or absent: none). Qwen2 and Qwen3: `sliding_window` only under `use_sliding_window: true` (the
+/// The sliding window a `mistral`, `phi3`, `qwen2` or `qwen3` config turns on, if any. Mistral and
+/// Phi-3 (every layer): `sliding_window` (null or absent: none). Qwen2 and Qwen3:
+/// `sliding_window` only under `use_sliding_window: true` (the
 /// window then covers the layers from `max_window_layers` on; any such layer caps the context the
 /// same way). transformers 5.x configs may list `layer_types` instead: a `sliding_attention` layer
 /// there means the window applies. `llama` has no window.
@@ -436,7 +443,7 @@ fn parse_sliding_window(f: &Fields, model_type: &str) -> Result<Option<usize>> {
         Some(_) => return Err(Error::config(f.file, "layer_types", "expected an array")),
     };
     match (model_type, by_layer_types) {
-        ("mistral" | "qwen2" | "qwen3", Some(true)) => match window()? {
+        ("mistral" | "phi3" | "qwen2" | "qwen3", Some(true)) => match window()? {
             Some(w) => Ok(Some(w)),
             None => Err(Error::config(
                 f.file,
@@ -444,8 +451,8 @@ fn parse_sliding_window(f: &Fields, model_type: &str) -> Result<Option<usize>> {
                 "required: layer_types lists sliding_attention layers",
             )),
         },
-        ("mistral" | "qwen2" | "qwen3", Some(false)) => Ok(None),
-        ("mistral", None) => window(),
+        ("mistral" | "phi3" | "qwen2" | "qwen3", Some(false)) => Ok(None),
+        ("mistral" | "phi3", None) => window(),
         ("qwen2" | "qwen3", None) => {
             if !f.opt_bool("use_sliding_window")?.unwrap_or(false) {
                 return Ok(None);
@@ -460,6 +467,62 @@ fn parse_sliding_window(f: &Fields, model_type: &str) -> Result<Option<usize>> {
         }
         _ => Ok(None),
     }
+}
+
+/// The rotary embedding covers the whole head: `partial_rotary_factor` (top level, or in the
+/// RoPE object) other than 1 is refused rather than rotating dimensions the model leaves alone.
+fn check_full_rotary(f: &Fields) -> Result<()> {
+    let mut places = vec![(
+        "partial_rotary_factor".to_string(),
+        f.get("partial_rotary_factor"),
+    )];
+    for obj in ["rope_parameters", "rope_scaling"] {
+        if let Some(Value::Object(p)) = f.obj.get(obj) {
+            places.push((
+                format!("{obj}.partial_rotary_factor"),
+                p.get("partial_rotary_factor").filter(|v| !v.is_null()),
+            ));
+        }
+    }
+    for (field, value) in places {
+        match value.map(|v| (v, v.as_f64())) {
+            None | Some((_, Some(1.0))) => {}
+            Some((v, _)) => {
+                return Err(Error::config(
+                    f.file,
+                    &field,
+                    format!("{v}: only full rotary embeddings (1.0) are supported"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Phi-3's RoPE: plain, or `longrope` (which Phi3Config also reads from the old names `su` and
+/// `yarn`), whose per-dimension factors switch with the sequence length: not supported, refused
+/// by name.
+fn check_phi3_rope(f: &Fields) -> Result<()> {
+    for obj in ["rope_parameters", "rope_scaling"] {
+        if let Some(Value::Object(p)) = f.obj.get(obj) {
+            let kind = p
+                .get("rope_type")
+                .or_else(|| p.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or("default");
+            if kind != "default" {
+                return Err(Error::config(
+                    f.file,
+                    &format!("{obj}.rope_type"),
+                    format!(
+                        "`{kind}` (Phi-3's longrope) is not supported; Phi-3 models with plain \
+                         RoPE (the 4k-context ones) are"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// RoPE from either style: 5.x `rope_parameters` {rope_type, rope_theta, ...}, or 4.x top-level
@@ -819,6 +882,58 @@ mod tests {
         // Qwen3-0.6B: 0.6 B (0.44 B non-embedding), tied; Qwen3-8B: 8.2 B (6.95 B non-embedding)
         assert_eq!(count("qwen3-0.6b"), 596_049_920);
         assert_eq!(count("qwen3-8b"), 8_190_735_360);
+    }
+
+    #[test]
+    fn phi3_has_no_biases_a_window_on_every_layer_and_no_longrope() {
+        let c = parse("phi3", r#""sliding_window": 2047"#).unwrap();
+        assert_eq!((c.arch, c.model_type.as_str()), (Arch::Llama, "phi3"));
+        assert!(!c.attention_bias && !c.o_proj_bias && !c.mlp_bias && !c.qk_norm);
+        assert_eq!((c.sliding_window, c.max_context), (Some(2047), 2047));
+        assert_eq!(parse("phi3", "").unwrap().sliding_window, None);
+        // Phi3Config reads longrope under the old names `su` and `yarn` too
+        for (field, kind) in [
+            ("rope_scaling", "longrope"),
+            ("rope_scaling", "su"),
+            ("rope_parameters", "yarn"),
+        ] {
+            let err = parse(
+                "phi3",
+                &format!(r#""{field}": {{"type": "{kind}", "short_factor": [1.0]}}"#),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains(&format!("{field}.rope_type")) && err.contains(kind),
+                "{err}"
+            );
+        }
+        assert!(parse("phi3", r#""rope_scaling": {"rope_type": "default"}"#).is_ok());
+        // the embedded Phi-3 mini: 3.8 B parameters, as published; the window caps the context
+        let m = crate::model::registry::find("phi-3-mini-4k").unwrap();
+        let c = ModelConfig::from_json_str(m.config, "phi-3-mini-4k").unwrap();
+        assert_eq!(c.num_parameters(), 3_821_079_552);
+        assert_eq!(c.max_context, 2047);
+    }
+
+    #[test]
+    fn partial_rotary_embeddings_are_refused() {
+        for (model_type, extra, field) in [
+            (
+                "phi3",
+                r#""partial_rotary_factor": 0.75"#,
+                "partial_rotary_factor",
+            ),
+            (
+                "llama",
+                r#""rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}"#,
+                "rope_parameters.partial_rotary_factor",
+            ),
+        ] {
+            let err = parse(model_type, extra).unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains("full rotary"), "{err}");
+        }
+        assert!(parse("llama", r#""partial_rotary_factor": 1.0"#).is_ok());
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub static EMBEDDED: &[EmbeddedModel] = &[
     config_only!("mistral-7b-v0.3"),
     config_only!("qwen3-0.6b"),
     config_only!("qwen3-8b"),
+    config_only!("phi-3-mini-4k"),
 ];
 
 pub fn find(name: &str) -> Option<&'static EmbeddedModel> {

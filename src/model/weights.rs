@@ -228,11 +228,18 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
     for i in 0..cfg.num_layers {
         let p = format!("model.layers.{i}");
         let ab = cfg.attention_bias;
-        let qkv_w = concat_rows(&[
-            read(&format!("{p}.self_attn.q_proj.weight"), &[q, h])?,
-            read(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
-            read(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
-        ]);
+        // Phi-3 stores the fused layouts themselves: qkv_proj [q + 2 kv, h] (Q, K, V rows) and
+        // gate_up_proj [2 inter, h] (gate rows first)
+        let fused = cfg.model_type == "phi3";
+        let qkv_w = if fused {
+            read(&format!("{p}.self_attn.qkv_proj.weight"), &[q + 2 * kv, h])?
+        } else {
+            concat_rows(&[
+                read(&format!("{p}.self_attn.q_proj.weight"), &[q, h])?,
+                read(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
+                read(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
+            ])
+        };
         let qkv_b = if ab {
             Some(concat_rows(&[
                 read(&format!("{p}.self_attn.q_proj.bias"), &[q])?,
@@ -243,10 +250,14 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
             None
         };
         let mb = cfg.mlp_bias;
-        let up_w = concat_rows(&[
-            read(&format!("{p}.mlp.gate_proj.weight"), &[inter, h])?,
-            read(&format!("{p}.mlp.up_proj.weight"), &[inter, h])?,
-        ]);
+        let up_w = if fused {
+            read(&format!("{p}.mlp.gate_up_proj.weight"), &[2 * inter, h])?
+        } else {
+            concat_rows(&[
+                read(&format!("{p}.mlp.gate_proj.weight"), &[inter, h])?,
+                read(&format!("{p}.mlp.up_proj.weight"), &[inter, h])?,
+            ])
+        };
         let up_b = if mb {
             Some(concat_rows(&[
                 read(&format!("{p}.mlp.gate_proj.bias"), &[inter])?,

@@ -14,6 +14,7 @@ pub const FIXTURES: &[&str] = &[
     "tiny-qwen2",
     "tiny-mistral",
     "tiny-qwen3",
+    "tiny-phi3",
 ];
 
 pub fn repo() -> PathBuf {
