@@ -1,12 +1,14 @@
-// activation.cu — GPT-2's gelu_new (in place) and Llama's SiLU-gated product.
+// activation.cu — GPT-2's gelu_new (in place), Llama's SiLU-gated product and Gemma's GELU(tanh)-gated
+// product (GeGLU).
 //
 // What it computes (CPU reference: src/backend/cpu/activation.rs), in f32:
 //   gelu_new:  x[i] = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))      over len elements, in place
 //   silu_mul:  out[r, j] = silu(x[r, j]) * x[r, inter + j],  silu(g) = g / (1 + exp(-g))
+//   gelu_tanh_mul: out[r, j] = gelu_new(x[r, j]) * x[r, inter + j]   (gelu_pytorch_tanh is gelu_new)
 //
 // Layouts (row-major, T = compute dtype):
 //   gelu_new:  x [len]
-//   silu_mul:  out [rows, inter];  x [rows, 2 * inter] (gate columns 0..inter, then up columns)
+//   silu_mul, gelu_tanh_mul:  out [rows, inter];  x [rows, 2 * inter] (gate columns 0..inter, then up)
 //
 // Algorithm: grid-stride loops (IM_ELEMENTWISE_THREADS per block, grid capped at a few blocks per SM)
 // over 16-byte vectors of IM_VEC elements, converted to f32 and back. gelu_new handles a ragged tail
@@ -18,6 +20,7 @@
 // Roofline (s = sizeof(T)), memory-bound:
 //   gelu_new:  2 len s bytes; ≈ 8 len FLOPs plus one tanh per element
 //   silu_mul:  3 rows inter s bytes; ≈ 3 rows inter FLOPs plus one exp per element
+//   gelu_tanh_mul: 3 rows inter s bytes; ≈ 9 rows inter FLOPs plus one tanh per element
 // Decode-sized calls are launch-latency bound; prefill-sized ones should run near DRAM bandwidth.
 #include "common.cuh"
 
@@ -30,9 +33,17 @@ __device__ __forceinline__ float gelu_new_f(float u) {
 
 __device__ __forceinline__ float silu_f(float g) { return g / (1.f + expf(-g)); }
 
-template <int W>
-__device__ __forceinline__ void silu_mul_items(T* __restrict__ out, const T* __restrict__ x,
-                                               uint32_t rows, uint32_t inter) {
+// The gate's activation of a gated MLP, a template argument of gated_mul_items.
+struct Silu {
+    static __device__ __forceinline__ float f(float g) { return silu_f(g); }
+};
+struct GeluTanh {
+    static __device__ __forceinline__ float f(float g) { return gelu_new_f(g); }
+};
+
+template <int W, class Act>
+__device__ __forceinline__ void gated_mul_items(T* __restrict__ out, const T* __restrict__ x,
+                                                uint32_t rows, uint32_t inter) {
     const uint32_t per_row = inter / W;
     const uint64_t items = uint64_t(rows) * per_row;
     for (uint64_t k = im::grid_thread(); k < items; k += im::grid_threads()) {
@@ -43,7 +54,7 @@ __device__ __forceinline__ void silu_mul_items(T* __restrict__ out, const T* __r
         im::load<W>(gate, g);
         im::load<W>(gate + inter, u);
 #pragma unroll
-        for (int e = 0; e < W; ++e) g[e] = silu_f(g[e]) * u[e];
+        for (int e = 0; e < W; ++e) g[e] = Act::f(g[e]) * u[e];
         im::store<W>(out + r * inter + j, g);
     }
 }
@@ -73,7 +84,16 @@ extern "C" __global__ void silu_mul(T* __restrict__ out,      // [rows, inter]
                                     const T* __restrict__ x,  // [rows, 2 * inter]
                                     uint32_t rows, uint32_t inter) {
     if (inter % im::VEC == 0 && im::aligned16(out) && im::aligned16(x))
-        silu_mul_items<im::VEC>(out, x, rows, inter);
+        gated_mul_items<im::VEC, Silu>(out, x, rows, inter);
     else
-        silu_mul_items<1>(out, x, rows, inter);
+        gated_mul_items<1, Silu>(out, x, rows, inter);
+}
+
+extern "C" __global__ void gelu_tanh_mul(T* __restrict__ out,      // [rows, inter]
+                                         const T* __restrict__ x,  // [rows, 2 * inter]
+                                         uint32_t rows, uint32_t inter) {
+    if (inter % im::VEC == 0 && im::aligned16(out) && im::aligned16(x))
+        gated_mul_items<im::VEC, GeluTanh>(out, x, rows, inter);
+    else
+        gated_mul_items<1, GeluTanh>(out, x, rows, inter);
 }

@@ -197,6 +197,17 @@ fn check_elementwise<T: CudaDtype>(b: &B<T>) {
         );
 
         let mut dx = upload(b, &x);
+        b.scale_inplace(&mut dx, 33.941_124, len).unwrap();
+        let want: Vec<f32> = x.iter().map(|v| v * 33.941_124).collect();
+        assert_close(
+            &format!("scale_inplace {what}"),
+            &download(b, &dx, len),
+            &want,
+            rel,
+            abs,
+        );
+
+        let mut dx = upload(b, &x);
         b.gelu_new(&mut dx, len).unwrap();
         let mut want = x.clone();
         cpu::activation::gelu_new(&mut want);
@@ -217,6 +228,17 @@ fn check_elementwise<T: CudaDtype>(b: &B<T>) {
             cpu::activation::silu_mul(&mut want, &x, rows, inter);
             assert_close(
                 &format!("silu_mul {} rows={rows} inter={inter}", T::NAME),
+                &download(b, &dout, rows * inter),
+                &want,
+                rel,
+                abs,
+            );
+            let mut dout = b.zeros(rows * inter).unwrap();
+            b.gelu_tanh_mul(&mut dout, &upload(b, &x), rows, inter)
+                .unwrap();
+            cpu::activation::gelu_tanh_mul(&mut want, &x, rows, inter);
+            assert_close(
+                &format!("gelu_tanh_mul {} rows={rows} inter={inter}", T::NAME),
                 &download(b, &dout, rows * inter),
                 &want,
                 rel,

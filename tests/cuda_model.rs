@@ -271,6 +271,22 @@ impl<T: CudaDtype> Backend for Emulated<T> {
         round_in_place::<T>(out);
         Ok(())
     }
+    fn gelu_tanh_mul(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        rows: usize,
+        inter: usize,
+    ) -> infermeter::Result<()> {
+        CpuBackend.gelu_tanh_mul(out, x, rows, inter)?;
+        round_in_place::<T>(out);
+        Ok(())
+    }
+    fn scale_inplace(&self, x: &mut Vec<f32>, scale: f32, len: usize) -> infermeter::Result<()> {
+        CpuBackend.scale_inplace(x, scale, len)?;
+        round_in_place::<T>(x);
+        Ok(())
+    }
     fn gather_logit_rows(
         &self,
         out: &mut Vec<f32>,

@@ -400,6 +400,19 @@ pub trait Backend: Send + Sync {
         inter: usize,
     ) -> Result<()>;
 
+    /// Gemma's GeGLU: out[r, j] = gelu_new(x[r, j]) * x[r, inter + j] (transformers'
+    /// `gelu_pytorch_tanh` is the same tanh approximation). out: [rows, inter]; x: [rows, 2 * inter]
+    fn gelu_tanh_mul(
+        &self,
+        out: &mut Self::Buffer,
+        x: &Self::Buffer,
+        rows: usize,
+        inter: usize,
+    ) -> Result<()>;
+
+    /// x[i] *= scale over `len` elements (Gemma's embedding scale).
+    fn scale_inplace(&self, x: &mut Self::Buffer, scale: f32, len: usize) -> Result<()>;
+
     /// out[i] = x[logits_indices[i]]. out: [num_logits, cols]; x: [num_tokens, cols]
     fn gather_logit_rows(
         &self,

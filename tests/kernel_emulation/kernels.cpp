@@ -64,6 +64,10 @@ void test_norm(unsigned rows, unsigned cols, unsigned threads) {
   launch(d1(3), d1(32), [&] { add_inplace(a.data(), bb.data(), len); });
   ar = x; for (size_t i = 0; i < len; ++i) ar[i] = x[i] + dl[i];
   snprintf(name, 100, "add_inplace len %zu", len); cmp(name, tof(a), ar);
+  a = toT(x);
+  launch(d1(2), d1(64), [&] { scale_inplace(a.data() + 1, len, 33.941124f); });
+  ar = x; for (size_t i = 1; i < len + 1; ++i) ar[i] = x[i] * 33.941124f;
+  snprintf(name, 100, "scale_inplace len %zu (offset 1)", len); cmp(name, tof(a), ar);
 }
 
 void test_embedding() {
@@ -141,6 +145,9 @@ void test_act(unsigned rows, unsigned inter) {
   std::vector<float> ref(rows * inter);
   for (unsigned r = 0; r < rows; ++r) for (unsigned j = 0; j < inter; ++j) { float g = x[r*2*inter+j]; ref[r*inter+j] = g / (1 + std::exp(-g)) * x[r*2*inter+inter+j]; }
   char name[100]; snprintf(name, 100, "silu_mul %ux%u", rows, inter); cmp(name, tof(out), ref);
+  launch(d1(3), d1(64), [&] { gelu_tanh_mul(out.data(), xt.data(), rows, inter); });
+  for (unsigned r = 0; r < rows; ++r) for (unsigned j = 0; j < inter; ++j) { double g = x[r*2*inter+j]; ref[r*inter+j] = float(0.5 * g * (1 + std::tanh(0.7978845608028654 * (g + 0.044715 * g * g * g))) * x[r*2*inter+inter+j]); }
+  snprintf(name, 100, "gelu_tanh_mul %ux%u", rows, inter); cmp(name, tof(out), ref);
   size_t len = rows * inter + 5; auto y = q(randn(len, 3.f)); std::vector<T> yt = toT(y);
   launch(d1(2), d1(32), [&] { gelu_new(yt.data(), len); });
   for (auto& u : y) u = 0.5f * u * (1.0f + std::tanh(0.7978846f * (u + 0.044715f * u * u * u)));

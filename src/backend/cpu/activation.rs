@@ -1,11 +1,26 @@
-//! Activations: GPT-2's gelu_new and Llama's SiLU-gated product.
+//! Activations: GPT-2's gelu_new, Llama's SiLU-gated product and Gemma's GELU(tanh)-gated one.
 
-/// gelu_new(x) = 0.5 x (1 + tanh(sqrt(2/π) (x + 0.044715 x³))), in place.
-pub fn gelu_new(x: &mut [f32]) {
+/// gelu_new(u) = 0.5 u (1 + tanh(sqrt(2/π) (u + 0.044715 u³))).
+fn gelu_new_of(u: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * u * (1.0 + (SQRT_2_OVER_PI * (u + 0.044715 * u * u * u)).tanh())
+}
+
+/// gelu_new, in place.
+pub fn gelu_new(x: &mut [f32]) {
     for v in x.iter_mut() {
-        let u = *v;
-        *v = 0.5 * u * (1.0 + (SQRT_2_OVER_PI * (u + 0.044715 * u * u * u)).tanh());
+        *v = gelu_new_of(*v);
+    }
+}
+
+/// out[r, j] = gelu_new(x[r, j]) * x[r, inter + j] (transformers' `gelu_pytorch_tanh` gate).
+/// out: [rows, inter]; x: [rows, 2 * inter] (gate columns first, then up)
+pub fn gelu_tanh_mul(out: &mut [f32], x: &[f32], rows: usize, inter: usize) {
+    for r in 0..rows {
+        let (gate, up) = x[r * 2 * inter..(r + 1) * 2 * inter].split_at(inter);
+        for ((o, &g), &u) in out[r * inter..(r + 1) * inter].iter_mut().zip(gate).zip(up) {
+            *o = gelu_new_of(g) * u;
+        }
     }
 }
 
@@ -35,6 +50,16 @@ mod tests {
         for (a, b) in x.iter().zip(want) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn gelu_tanh_mul_multiplies_the_gelu_of_the_gate_by_up() {
+        let x = [1.0f32, -1.0, 2.0, 3.0];
+        let mut out = [0.0f32; 2];
+        gelu_tanh_mul(&mut out, &x, 1, 2);
+        // torch gelu(approximate="tanh") of 1 and -1 (see gelu_new_known_values)
+        assert!((out[0] - 0.841_192 * 2.0).abs() < 1e-5);
+        assert!((out[1] + 0.158_808 * 3.0).abs() < 1e-5);
     }
 
     #[test]

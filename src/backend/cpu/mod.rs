@@ -311,6 +311,27 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn gelu_tanh_mul(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        rows: usize,
+        inter: usize,
+    ) -> Result<()> {
+        need(out, rows * inter, "out")?;
+        need(x, rows * 2 * inter, "x")?;
+        activation::gelu_tanh_mul(out, x, rows, inter);
+        Ok(())
+    }
+
+    fn scale_inplace(&self, x: &mut Vec<f32>, scale: f32, len: usize) -> Result<()> {
+        need(x, len, "x")?;
+        for v in &mut x[..len] {
+            *v *= scale;
+        }
+        Ok(())
+    }
+
     fn gather_logit_rows(
         &self,
         out: &mut Vec<f32>,

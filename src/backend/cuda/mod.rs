@@ -1102,6 +1102,11 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         ops::add_inplace(self.k(), self.s(), x, y, len as u64)
     }
 
+    fn scale_inplace(&self, x: &mut CudaSlice<T>, scale: f32, len: usize) -> Result<()> {
+        need(x, len, "x")?;
+        ops::scale_inplace(self.k(), self.s(), x, len as u64, scale)
+    }
+
     fn linear(
         &self,
         out: &mut CudaSlice<T>,
@@ -1329,6 +1334,25 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         need(out, rows * inter, "out")?;
         need(x, rows * 2 * inter, "x")?;
         ops::silu_mul(
+            self.k(),
+            self.s(),
+            out,
+            x,
+            u(rows, "rows")?,
+            u(inter, "inter")?,
+        )
+    }
+
+    fn gelu_tanh_mul(
+        &self,
+        out: &mut CudaSlice<T>,
+        x: &CudaSlice<T>,
+        rows: usize,
+        inter: usize,
+    ) -> Result<()> {
+        need(out, rows * inter, "out")?;
+        need(x, rows * 2 * inter, "x")?;
+        ops::gelu_tanh_mul(
             self.k(),
             self.s(),
             out,

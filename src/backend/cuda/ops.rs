@@ -69,6 +69,7 @@ pub struct Kernels {
     pub rmsnorm: CudaFunction,
     pub add_rmsnorm: CudaFunction,
     pub add_inplace: CudaFunction,
+    pub scale_inplace: CudaFunction,
     pub rope: CudaFunction,
     pub qk_norm_rope: CudaFunction,
     pub write_kv: CudaFunction,
@@ -83,6 +84,7 @@ pub struct Kernels {
     pub flash_prefill_sync: [CudaFunction; 2],
     pub gelu_new: CudaFunction,
     pub silu_mul: CudaFunction,
+    pub gelu_tanh_mul: CudaFunction,
     pub argmax_rows: CudaFunction,
     pub sample_rows: CudaFunction,
     pub ban_tokens: CudaFunction,
@@ -108,6 +110,7 @@ impl Kernels {
             rmsnorm: get("norm.cu", "rmsnorm")?,
             add_rmsnorm: get("norm.cu", "add_rmsnorm")?,
             add_inplace: get("norm.cu", "add_inplace")?,
+            scale_inplace: get("norm.cu", "scale_inplace")?,
             rope: get("rope.cu", "rope")?,
             qk_norm_rope: get("rope.cu", "qk_norm_rope")?,
             write_kv: get("kv_write.cu", "write_kv")?,
@@ -128,6 +131,7 @@ impl Kernels {
             ],
             gelu_new: get("activation.cu", "gelu_new")?,
             silu_mul: get("activation.cu", "silu_mul")?,
+            gelu_tanh_mul: get("activation.cu", "gelu_tanh_mul")?,
             argmax_rows: get("sampling.cu", "argmax_rows")?,
             sample_rows: get("sampling.cu", "sample_rows")?,
             ban_tokens: get("sampling.cu", "ban_tokens")?,
@@ -340,6 +344,26 @@ pub fn add_inplace<T>(
         .map_err(launched("add_inplace"))
 }
 
+/// `scale_inplace(x, len, scale)`: x *= scale.
+pub fn scale_inplace<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    x: &mut CudaSlice<T>,
+    len: u64,
+    scale: f32,
+) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let cfg = k.elementwise(len.div_ceil(u64::from(vec_width::<T>())));
+    let mut b = s.launch_builder(&k.scale_inplace);
+    b.arg(x).arg(&len).arg(&scale);
+    // SAFETY: as norm.cu's scale_inplace declares.
+    unsafe { b.launch(cfg) }
+        .map(drop)
+        .map_err(launched("scale_inplace"))
+}
+
 /// `gelu_new(x, len)`, in place (len is uint64 in the kernel).
 pub fn gelu_new<T>(k: &Kernels, s: &CudaStream, x: &mut CudaSlice<T>, len: u64) -> Result<()> {
     if len == 0 {
@@ -363,18 +387,43 @@ pub fn silu_mul<T>(
     rows: u32,
     inter: u32,
 ) -> Result<()> {
+    gated_mul(k, s, &k.silu_mul, "silu_mul", out, x, rows, inter)
+}
+
+/// `gelu_tanh_mul(out, x, rows, inter)`: out[r, j] = gelu_new(x[r, j]) * x[r, inter + j].
+pub fn gelu_tanh_mul<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    out: &mut CudaSlice<T>,
+    x: &CudaSlice<T>,
+    rows: u32,
+    inter: u32,
+) -> Result<()> {
+    gated_mul(k, s, &k.gelu_tanh_mul, "gelu_tanh_mul", out, x, rows, inter)
+}
+
+/// The launch both gated products share (same signature and grid).
+#[allow(clippy::too_many_arguments)]
+fn gated_mul<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    f: &CudaFunction,
+    name: &'static str,
+    out: &mut CudaSlice<T>,
+    x: &CudaSlice<T>,
+    rows: u32,
+    inter: u32,
+) -> Result<()> {
     if rows == 0 || inter == 0 {
         return Ok(());
     }
     let w = vec_width::<T>();
     let per_row = if inter % w == 0 { inter / w } else { inter };
     let cfg = k.elementwise(u64::from(rows) * u64::from(per_row));
-    let mut b = s.launch_builder(&k.silu_mul);
+    let mut b = s.launch_builder(f);
     b.arg(out).arg(x).arg(&rows).arg(&inter);
-    // SAFETY: as activation.cu's silu_mul declares.
-    unsafe { b.launch(cfg) }
-        .map(drop)
-        .map_err(launched("silu_mul"))
+    // SAFETY: as activation.cu's silu_mul and gelu_tanh_mul declare.
+    unsafe { b.launch(cfg) }.map(drop).map_err(launched(name))
 }
 
 /// `rope(qkv, cos_sin, positions, RopeParams)`, in place on the Q and K heads.
