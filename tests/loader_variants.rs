@@ -349,6 +349,10 @@ fn dummy_weights_for_every_embedded_config() {
                 cfg[key] = json!(1);
             }
         }
+        // a per-layer list keeps its first layer's entry
+        if let Some(types) = cfg.get_mut("layer_types").and_then(|t| t.as_array_mut()) {
+            types.truncate(1);
+        }
         cfg["vocab_size"] = json!(1000);
         for key in ["max_position_embeddings", "n_positions"] {
             if cfg.get(key).is_some() {
@@ -545,4 +549,52 @@ fn yarn_rope_scaling_matches_transformers() {
             "{fixture}: an attention factor of 1 moved the logits by only {err}"
         );
     }
+}
+
+/// Gemma 3 (the fixture checks its logits against transformers): each layer type's RoPE, the
+/// query_pre_attn_scalar and the sandwich norms carry weight, and a checkpoint without a
+/// post-feedforward norm is refused naming it.
+#[test]
+fn gemma3_layer_types_scalar_and_sandwich_norms_count() {
+    let g = &golden("tiny-gemma3")[3];
+    let moved = |edit: &dyn Fn(&mut serde_json::Value)| -> f32 {
+        let dir = copy_model(&model_dir("tiny-gemma3"));
+        let mut cfg = read_config(dir.path());
+        edit(&mut cfg);
+        write_config(dir.path(), &cfg);
+        max_abs_diff(
+            &all_logits(&load_cpu(dir.path()), &g.ids).unwrap(),
+            &g.logits,
+        )
+    };
+    assert!(moved(&|_| {}) <= 1e-3);
+    // the sliding layers given the full layers' RoPE
+    let err = moved(&|c| {
+        c["rope_parameters"]["sliding_attention"] = c["rope_parameters"]["full_attention"].clone()
+    });
+    assert!(
+        err > 0.05,
+        "one RoPE for both layer types moved the logits by {err}"
+    );
+    // 1/sqrt(head_dim) instead of 1/sqrt(query_pre_attn_scalar)
+    let err = moved(&|c| c["query_pre_attn_scalar"] = json!(32));
+    assert!(
+        err > 0.05,
+        "query_pre_attn_scalar 32 moved the logits by {err}"
+    );
+    // without sandwich norms the post_* norms go unused: refused
+    let dir = copy_model(&model_dir("tiny-gemma3"));
+    let ts: Vec<OutTensor> = tensors(dir.path())
+        .into_iter()
+        .filter(|t| t.name != "model.layers.2.post_feedforward_layernorm.weight")
+        .collect();
+    rewrite(dir.path(), &ts);
+    let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
+        .err()
+        .expect("a missing post_feedforward_layernorm is refused")
+        .to_string();
+    assert!(
+        err.contains("model.layers.2.post_feedforward_layernorm.weight"),
+        "{err}"
+    );
 }

@@ -2,8 +2,9 @@
 //!
 //! Supported families: `gpt2`, and `llama` with the Llama-architecture model types `mistral`,
 //! `qwen2` (Qwen2 / Qwen2.5: biases on q, k and v but not on o_proj), `qwen3` (an RMSNorm of
-//! each q and k head before RoPE) and `phi3` (Phi-3: fused qkv_proj and gate_up_proj, full
-//! rotary, RoPE without longrope). Both config styles found in the wild are read:
+//! each q and k head before RoPE), `phi3` (Phi-3: fused qkv_proj and gate_up_proj, full
+//! rotary, RoPE without longrope) and `gemma3_text` (Gemma 3 text: sandwich norms, GeGLU, a scaled
+//! embedding, q/k norms, per-layer-type RoPE). Both config styles found in the wild are read:
 //! transformers 4.x (`rope_theta` + `rope_scaling`) and 5.x (`rope_parameters`). Fields are read one by
 //! one from a JSON value (not a derived struct) so that every error names the field at fault.
 
@@ -11,7 +12,15 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama", "mistral", "phi3", "qwen2", "qwen3"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
+    "gemma3_text",
+    "gpt2",
+    "llama",
+    "mistral",
+    "phi3",
+    "qwen2",
+    "qwen3",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -53,6 +62,23 @@ pub enum RopeScaling {
     },
 }
 
+/// The gate's activation of a Llama-family (gated) MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MlpActivation {
+    /// silu(gate) * up (Llama, Mistral, Qwen, Phi-3)
+    #[default]
+    Silu,
+    /// gelu_tanh(gate) * up (Gemma's `gelu_pytorch_tanh`)
+    GeluTanh,
+}
+
+impl MlpActivation {
+    fn is_silu(&self) -> bool {
+        *self == MlpActivation::Silu
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RopeConfig {
     pub theta: f32,
@@ -89,6 +115,21 @@ pub struct ModelConfig {
     /// (weights `[head_dim]`, eps `norm_eps`) after the projection and before RoPE.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub qk_norm: bool,
+    /// Gemma: the embedding output is multiplied by this (sqrt(hidden_size)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed_scale: Option<f32>,
+    /// Gemma 3: each sub-layer's output is RMS-normalised again before it joins the residual
+    /// stream (post_attention_layernorm, post_feedforward_layernorm).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sandwich_norms: bool,
+    #[serde(default, skip_serializing_if = "MlpActivation::is_silu")]
+    pub mlp_activation: MlpActivation,
+    /// Gemma 3: the RoPE of the sliding-window layers (`sliding_layers`); `rope` is the others'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_rope: Option<RopeConfig>,
+    /// Gemma 3: the layers with sliding-window attention (they use `local_rope`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sliding_layers: Vec<usize>,
     /// Sliding-window attention (Mistral's `sliding_window`, Qwen2's with `use_sliding_window`):
     /// a query attends to the last `w` positions only. The engine has full causal attention, which
     /// equals windowed attention while the context is at most `w`, so `max_context` is capped at
@@ -127,6 +168,7 @@ impl ModelConfig {
         let config = match model_type.as_str() {
             "gpt2" => parse_gpt2(&f)?,
             "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" => parse_llama(&f, &model_type)?,
+            "gemma3_text" => parse_gemma3(&f)?,
             other => {
                 return Err(Error::UnsupportedModelType {
                     file: file.to_string(),
@@ -205,7 +247,8 @@ impl ModelConfig {
             ),
             Arch::Llama => (
                 3 * h * self.intermediate_size,
-                2 * h + usize::from(self.qk_norm) * 2 * self.head_dim,
+                (2 + 2 * usize::from(self.sandwich_norms)) * h
+                    + usize::from(self.qk_norm) * 2 * self.head_dim,
                 usize::from(self.attention_bias) * (self.q_size() + 2 * self.kv_size())
                     + usize::from(self.o_proj_bias) * h
                     + usize::from(self.mlp_bias) * (2 * self.intermediate_size + h),
@@ -318,6 +361,11 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
         o_proj_bias: true,
         mlp_bias: true,
         qk_norm: false,
+        embed_scale: None,
+        sandwich_norms: false,
+        mlp_activation: MlpActivation::Silu,
+        local_rope: None,
+        sliding_layers: Vec::new(),
         sliding_window: None,
         attn_scale: if scale_weights {
             1.0 / (head_dim as f32).sqrt()
@@ -411,6 +459,11 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         o_proj_bias,
         mlp_bias,
         qk_norm: model_type == "qwen3",
+        embed_scale: None,
+        sandwich_norms: false,
+        mlp_activation: MlpActivation::Silu,
+        local_rope: None,
+        sliding_layers: Vec::new(),
         sliding_window,
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         scale_attn_by_inverse_layer_idx: false,
@@ -418,6 +471,168 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         eos_token_ids: f.token_list("eos_token_id")?,
         stored_dtype: f.stored_dtype()?,
     })
+}
+
+/// Gemma 3 text (`Gemma3TextConfig`): the Llama layout plus a scaled embedding (sqrt(hidden)),
+/// sandwich norms, GeGLU, q/k norms, scores scaled by query_pre_attn_scalar^-1/2, and two RoPEs:
+/// the full-attention layers' (`rope_theta`, 1e6, with `rope_scaling`) and the sliding-window
+/// layers' (`rope_local_base_freq`, 1e4), or in 5.x style `rope_parameters` keyed by layer type.
+/// Which layers slide: `layer_types`, else every layer but each `sliding_window_pattern`-th (6).
+/// The window caps the context as for Mistral. Soft-capping (Gemma 2) and bidirectional
+/// attention (EmbeddingGemma) are refused.
+fn parse_gemma3(f: &Fields) -> Result<ModelConfig> {
+    for field in ["final_logit_softcapping", "attn_logit_softcapping"] {
+        if f.get(field).is_some() {
+            return Err(Error::config(
+                f.file,
+                field,
+                "soft-capping is not supported (Gemma 3 has none; Gemma 2 has)",
+            ));
+        }
+    }
+    if f.opt_bool("use_bidirectional_attention")?.unwrap_or(false) {
+        return Err(Error::config(
+            f.file,
+            "use_bidirectional_attention",
+            "only causal attention is supported",
+        ));
+    }
+    let act = f
+        .opt_str("hidden_activation")?
+        .unwrap_or_else(|| "gelu_pytorch_tanh".into());
+    if act != "gelu_pytorch_tanh" {
+        return Err(Error::config(
+            f.file,
+            "hidden_activation",
+            format!("`{act}` is not supported for gemma3_text (supported: gelu_pytorch_tanh)"),
+        ));
+    }
+    check_full_rotary(f)?;
+    let hidden = f.req_usize("hidden_size")?;
+    let layers = f.req_usize("num_hidden_layers")?;
+    let heads = f.req_usize("num_attention_heads")?;
+    let head_dim = f.opt_usize("head_dim")?.unwrap_or(256);
+    let sliding: Vec<usize> = match f.obj.get("layer_types") {
+        Some(Value::Array(types)) => {
+            if types.len() != layers {
+                return Err(Error::config(
+                    f.file,
+                    "layer_types",
+                    format!("{} entries for {layers} layers", types.len()),
+                ));
+            }
+            let mut out = Vec::new();
+            for (i, t) in types.iter().enumerate() {
+                match t.as_str() {
+                    Some("sliding_attention") => out.push(i),
+                    Some("full_attention") => {}
+                    _ => {
+                        return Err(Error::config(
+                            f.file,
+                            &format!("layer_types[{i}]"),
+                            format!("{t}: expected sliding_attention or full_attention"),
+                        ))
+                    }
+                }
+            }
+            out
+        }
+        Some(Value::Null) | None => {
+            let pattern = f.opt_usize("sliding_window_pattern")?.unwrap_or(6).max(1);
+            (0..layers).filter(|i| (i + 1) % pattern != 0).collect()
+        }
+        Some(_) => return Err(Error::config(f.file, "layer_types", "expected an array")),
+    };
+    let window = match f.opt_usize("sliding_window")? {
+        Some(0) => return Err(Error::config(f.file, "sliding_window", "must be positive")),
+        w => w.unwrap_or(4096),
+    };
+    let sliding_window = (!sliding.is_empty()).then_some(window);
+    let (rope, local_rope) = parse_gemma3_rope(f)?;
+    let max_position = f.opt_usize("max_position_embeddings")?.unwrap_or(131_072);
+    let bias = f.opt_bool("attention_bias")?.unwrap_or(false);
+    let scalar = f.opt_f32("query_pre_attn_scalar")?.unwrap_or(256.0);
+    if !(scalar > 0.0) {
+        return Err(Error::config(
+            f.file,
+            "query_pre_attn_scalar",
+            "must be positive",
+        ));
+    }
+    Ok(ModelConfig {
+        arch: Arch::Llama,
+        model_type: "gemma3_text".into(),
+        vocab_size: f.req_usize("vocab_size")?,
+        hidden_size: hidden,
+        num_layers: layers,
+        num_heads: heads,
+        num_kv_heads: f.opt_usize("num_key_value_heads")?.unwrap_or(heads),
+        head_dim,
+        intermediate_size: f.req_usize("intermediate_size")?,
+        max_context: sliding_window.map_or(max_position, |w| w.min(max_position)),
+        norm_eps: f.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
+        rope: Some(rope),
+        tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
+        attention_bias: bias,
+        o_proj_bias: bias,
+        mlp_bias: false,
+        qk_norm: true,
+        // transformers keeps sqrt(hidden) as an f32 buffer (cast to the weights' dtype)
+        embed_scale: Some((hidden as f32).sqrt()),
+        sandwich_norms: true,
+        mlp_activation: MlpActivation::GeluTanh,
+        local_rope: Some(local_rope),
+        sliding_layers: sliding,
+        sliding_window,
+        attn_scale: 1.0 / scalar.sqrt(),
+        scale_attn_by_inverse_layer_idx: false,
+        bos_token_id: f.opt_token("bos_token_id")?,
+        eos_token_ids: f.token_list("eos_token_id")?,
+        stored_dtype: f.stored_dtype()?,
+    })
+}
+
+/// Gemma 3's two RoPEs, (full-attention layers', sliding-window layers'): 5.x `rope_parameters`
+/// {"full_attention": {...}, "sliding_attention": {...}}, or 4.x `rope_theta` (1e6) with
+/// `rope_scaling` for the full layers and `rope_local_base_freq` (1e4) for the sliding ones.
+fn parse_gemma3_rope(f: &Fields) -> Result<(RopeConfig, RopeConfig)> {
+    if let Some(Value::Object(p)) = f.obj.get("rope_parameters") {
+        if p.contains_key("full_attention") || p.contains_key("sliding_attention") {
+            let one = |key: &str, default_theta: f32| -> Result<RopeConfig> {
+                let field = format!("rope_parameters.{key}");
+                match p.get(key) {
+                    Some(Value::Object(o)) => rope_from_object(f, o, &field, default_theta),
+                    Some(Value::Null) | None => Ok(RopeConfig {
+                        theta: default_theta,
+                        scaling: RopeScaling::Default,
+                    }),
+                    Some(_) => Err(Error::config(f.file, &field, "expected an object")),
+                }
+            };
+            return Ok((
+                one("full_attention", 1_000_000.0)?,
+                one("sliding_attention", 10_000.0)?,
+            ));
+        }
+    }
+    let global_theta = f.opt_f32("rope_theta")?.unwrap_or(1_000_000.0);
+    let (settings, field) = match f.get("rope_parameters") {
+        Some(v) => (Some(v), "rope_parameters"),
+        None => (f.get("rope_scaling"), "rope_scaling"),
+    };
+    let global = match settings {
+        Some(Value::Object(p)) => rope_from_object(f, p, field, global_theta)?,
+        None => RopeConfig {
+            theta: global_theta,
+            scaling: RopeScaling::Default,
+        },
+        Some(_) => return Err(Error::config(f.file, field, "expected an object")),
+    };
+    let local = RopeConfig {
+        theta: f.opt_f32("rope_local_base_freq")?.unwrap_or(10_000.0),
+        scaling: RopeScaling::Default,
+    };
+    Ok((global, local))
 }
 
 /// The sliding window a `mistral`, `phi3`, `qwen2` or `qwen3` config turns on, if any. Mistral and
@@ -543,13 +758,25 @@ fn parse_rope(f: &Fields) -> Result<RopeConfig> {
             ))
         }
     };
-    let top_theta = f.opt_f32("rope_theta")?;
-    let Some(p) = params else {
-        return Ok(RopeConfig {
-            theta: top_theta.unwrap_or(10_000.0),
+    let theta = f.opt_f32("rope_theta")?.unwrap_or(10_000.0);
+    match params {
+        Some(p) => rope_from_object(f, p, field, theta),
+        None => Ok(RopeConfig {
+            theta,
             scaling: RopeScaling::Default,
-        });
-    };
+        }),
+    }
+}
+
+/// RoPE from one settings object (`field` names it in errors): {rope_type | type, rope_theta,
+/// factor, ...}; `default_theta` where it has no rope_theta.
+fn rope_from_object(
+    f: &Fields,
+    p: &Map<String, Value>,
+    field: &str,
+    default_theta: f32,
+) -> Result<RopeConfig> {
+    let top_theta = Some(default_theta);
     let sub = Fields {
         obj: p,
         file: f.file,
@@ -914,6 +1141,70 @@ mod tests {
         let c = ModelConfig::from_json_str(m.config, "phi-3-mini-4k").unwrap();
         assert_eq!(c.num_parameters(), 3_821_079_552);
         assert_eq!(c.max_context, 2047);
+    }
+
+    #[test]
+    fn gemma3_text_in_both_config_styles() {
+        // the embedded configs: 4.x style (rope_theta, rope_local_base_freq), the sliding layers
+        // from layer_types (270m) or sliding_window_pattern (1b); published parameter counts
+        for (name, params, layers) in [
+            ("gemma-3-270m", 268_098_176usize, 18usize),
+            ("gemma-3-1b", 999_885_952, 26),
+        ] {
+            let m = crate::model::registry::find(name).unwrap();
+            let c = ModelConfig::from_json_str(m.config, name).unwrap();
+            assert_eq!(c.num_parameters(), params, "{name}");
+            assert!(c.qk_norm && c.sandwich_norms && c.tie_word_embeddings);
+            assert_eq!(c.mlp_activation, MlpActivation::GeluTanh);
+            assert_eq!(c.embed_scale, Some((c.hidden_size as f32).sqrt()));
+            assert_eq!(c.attn_scale, 1.0 / 16.0); // query_pre_attn_scalar 256
+                                                  // every sixth layer (5, 11, 17, 23) is a full-attention one
+            let sliding: Vec<usize> = (0..layers).filter(|i| (i + 1) % 6 != 0).collect();
+            assert_eq!(c.sliding_layers, sliding, "{name}");
+            assert_eq!((c.sliding_window, c.max_context), (Some(512), 512));
+            assert_eq!(c.rope.unwrap().theta, 1e6);
+            assert_eq!(c.local_rope.unwrap().theta, 1e4);
+        }
+        // 5.x style: rope_parameters keyed by layer type
+        let c = parse(
+            "gemma3_text",
+            r#""rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0,
+                "rope_theta": 1e6}, "sliding_attention": {"rope_type": "default",
+                "rope_theta": 1e4}}, "layer_types": ["sliding_attention", "full_attention",
+                "sliding_attention", "full_attention"], "sliding_window": 65536"#,
+        )
+        .unwrap();
+        assert_eq!(c.rope.unwrap().scaling, RopeScaling::Linear { factor: 8.0 });
+        assert_eq!(c.local_rope.unwrap().scaling, RopeScaling::Default);
+        assert_eq!((c.sliding_layers, c.max_context), (vec![0, 2], 32768));
+        // 4.x rope_scaling applies to the full-attention layers only
+        let c = parse(
+            "gemma3_text",
+            r#""rope_scaling": {"rope_type": "linear", "factor": 8.0}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rope.unwrap().scaling, RopeScaling::Linear { factor: 8.0 });
+        assert_eq!(c.local_rope.unwrap().theta, 1e4);
+        // what Gemma 3 does not have is refused by name
+        for (extra, field) in [
+            (
+                r#""final_logit_softcapping": 30.0"#,
+                "final_logit_softcapping",
+            ),
+            (
+                r#""attn_logit_softcapping": 50.0"#,
+                "attn_logit_softcapping",
+            ),
+            (
+                r#""use_bidirectional_attention": true"#,
+                "use_bidirectional_attention",
+            ),
+            (r#""hidden_activation": "gelu""#, "hidden_activation"),
+            (r#""layer_types": ["sliding_attention"]"#, "layer_types"),
+        ] {
+            let err = parse("gemma3_text", extra).unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
     }
 
     #[test]

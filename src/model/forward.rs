@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use super::config::{Arch, ModelConfig};
+use super::config::{Arch, MlpActivation, ModelConfig, RopeConfig};
 use super::graphs::{self, GraphKey, GraphStats, StepGraphs};
 use super::rope::cos_sin_table;
 use super::tensor_store::HostTensor;
@@ -58,6 +58,8 @@ struct Workspace<B: Backend> {
     attn: B::Buffer,
     /// [tokens, hidden] output of o_proj / down_proj
     delta: B::Buffer,
+    /// [tokens, hidden] `delta` normalised again (sandwich norms only; one element otherwise)
+    normed: B::Buffer,
     /// [tokens, up_rows]
     up: B::Buffer,
     /// [tokens, intermediate] (Llama: silu(gate) * up)
@@ -78,6 +80,8 @@ pub struct Model<B: Backend> {
     weights: ModelWeights<B::Buffer>,
     /// [max_context, head_dim] (Llama only)
     cos_sin: Option<B::Buffer>,
+    /// [max_context, head_dim]: the sliding-window layers' own table (Gemma 3)
+    cos_sin_local: Option<B::Buffer>,
 }
 
 struct StepState<B: Backend> {
@@ -90,21 +94,26 @@ impl<B: Backend> Model<B> {
     pub fn new(backend: B, config: ModelConfig, weights: ModelWeights<HostTensor>) -> Result<Self> {
         let weights = weights.try_map(|t| backend.upload(&t))?;
         let backend_records = backend.can_capture();
-        let cos_sin = match &config.rope {
-            Some(rope) => {
-                let table = cos_sin_table(rope, config.head_dim, config.max_context);
-                Some(backend.upload(&HostTensor::new(
-                    vec![config.max_context, config.head_dim],
-                    table,
-                ))?)
+        let table = |rope: &Option<RopeConfig>| -> Result<Option<B::Buffer>> {
+            match rope {
+                Some(rope) => {
+                    let table = cos_sin_table(rope, config.head_dim, config.max_context);
+                    Ok(Some(backend.upload(&HostTensor::new(
+                        vec![config.max_context, config.head_dim],
+                        table,
+                    ))?))
+                }
+                None => Ok(None),
             }
-            None => None,
         };
+        let cos_sin = table(&config.rope)?;
+        let cos_sin_local = table(&config.local_rope)?;
         Ok(Self {
             config,
             backend,
             weights,
             cos_sin,
+            cos_sin_local,
             state: Mutex::new(StepState {
                 workspace: None,
                 graphs: StepGraphs::new(backend_records),
@@ -159,6 +168,11 @@ impl<B: Backend> Model<B> {
             qkv: b.zeros(tokens * (c.q_size() + 2 * c.kv_size()))?,
             attn: b.zeros(tokens * c.q_size())?,
             delta: b.zeros(tokens * c.hidden_size)?,
+            normed: b.zeros(if c.sandwich_norms {
+                tokens * c.hidden_size
+            } else {
+                1
+            })?,
             up: b.zeros(tokens * up_rows)?,
             act: b.zeros(tokens * c.intermediate_size)?,
             last: b.zeros(logits_rows * c.hidden_size)?,
@@ -431,7 +445,15 @@ impl<B: Backend> Model<B> {
         let inter = c.intermediate_size;
         let eps = c.norm_eps;
         b.embedding(&mut ws.x, &w.embed, w.positions.as_ref(), meta, h)?;
+        if let Some(scale) = c.embed_scale {
+            b.scale_inplace(&mut ws.x, scale, t * h)?;
+        }
         for (i, layer) in w.layers.iter().enumerate() {
+            // the RoPE table of this layer (Gemma 3: sliding-window layers have their own)
+            let cos_sin = match &self.cos_sin_local {
+                Some(local) if c.sliding_layers.contains(&i) => Some(local),
+                _ => self.cos_sin.as_ref(),
+            };
             // --- attention sub-layer ---
             match c.arch {
                 Arch::Gpt2 => {
@@ -442,15 +464,10 @@ impl<B: Backend> Model<B> {
                     b.rmsnorm(&mut ws.xn, &ws.x, &layer.attn_norm.weight, t, h, eps)?;
                 }
                 // the previous layer's MLP output is added and normalised in one fused op
-                Arch::Llama => b.add_rmsnorm(
-                    &mut ws.x,
-                    &ws.delta,
-                    &mut ws.xn,
-                    &layer.attn_norm.weight,
-                    t,
-                    h,
-                    eps,
-                )?,
+                Arch::Llama => {
+                    let prev = w.layers[i - 1].post_mlp_norm.as_ref();
+                    self.add_and_norm(ws, prev, &layer.attn_norm.weight, t)?
+                }
             }
             b.linear(
                 &mut ws.qkv,
@@ -461,7 +478,7 @@ impl<B: Backend> Model<B> {
                 qkv_n,
                 h,
             )?;
-            match (&self.cos_sin, &layer.qk_norm) {
+            match (cos_sin, &layer.qk_norm) {
                 (Some(cos_sin), Some(qk)) => b.qk_norm_rope(
                     &mut ws.qkv,
                     cos_sin,
@@ -543,15 +560,8 @@ impl<B: Backend> Model<B> {
                     b.add_inplace(&mut ws.x, &ws.delta, t * h)?;
                 }
                 Arch::Llama => {
-                    b.add_rmsnorm(
-                        &mut ws.x,
-                        &ws.delta,
-                        &mut ws.xn,
-                        &layer.mlp_norm.weight,
-                        t,
-                        h,
-                        eps,
-                    )?;
+                    let post = layer.post_attn_norm.as_ref();
+                    self.add_and_norm(ws, post, &layer.mlp_norm.weight, t)?;
                     b.linear(
                         &mut ws.up,
                         &ws.xn,
@@ -561,7 +571,12 @@ impl<B: Backend> Model<B> {
                         2 * inter,
                         h,
                     )?;
-                    b.silu_mul(&mut ws.act, &ws.up, t, inter)?;
+                    match c.mlp_activation {
+                        MlpActivation::Silu => b.silu_mul(&mut ws.act, &ws.up, t, inter)?,
+                        MlpActivation::GeluTanh => {
+                            b.gelu_tanh_mul(&mut ws.act, &ws.up, t, inter)?
+                        }
+                    }
                     b.linear(
                         &mut ws.delta,
                         &ws.act,
@@ -579,16 +594,31 @@ impl<B: Backend> Model<B> {
                 let bias = w.final_norm.bias.as_ref().expect("layernorm bias");
                 b.layernorm(&mut ws.xn, &ws.x, &w.final_norm.weight, bias, t, h, eps)?;
             }
-            Arch::Llama => b.add_rmsnorm(
-                &mut ws.x,
-                &ws.delta,
-                &mut ws.xn,
-                &w.final_norm.weight,
-                t,
-                h,
-                eps,
-            )?,
+            Arch::Llama => {
+                let last = w.layers.last().and_then(|l| l.post_mlp_norm.as_ref());
+                self.add_and_norm(ws, last, &w.final_norm.weight, t)?
+            }
         }
         Ok(())
+    }
+
+    /// Add a sub-layer's output (`ws.delta`) to the residual stream `ws.x` and normalise the sum
+    /// into `ws.xn` with `weight`, in one fused op. Under a sandwich norm (Gemma 3's
+    /// post_attention / post_feedforward norm) the output is normalised first, into `ws.normed`.
+    fn add_and_norm(
+        &self,
+        ws: &mut Workspace<B>,
+        post_norm: Option<&super::weights::Norm<B::Buffer>>,
+        weight: &B::Buffer,
+        t: usize,
+    ) -> Result<()> {
+        let (b, h, eps) = (&self.backend, self.config.hidden_size, self.config.norm_eps);
+        match post_norm {
+            Some(n) => {
+                b.rmsnorm(&mut ws.normed, &ws.delta, &n.weight, t, h, eps)?;
+                b.add_rmsnorm(&mut ws.x, &ws.normed, &mut ws.xn, weight, t, h, eps)
+            }
+            None => b.add_rmsnorm(&mut ws.x, &ws.delta, &mut ws.xn, weight, t, h, eps),
+        }
     }
 }

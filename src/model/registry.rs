@@ -57,6 +57,8 @@ pub static EMBEDDED: &[EmbeddedModel] = &[
     config_only!("qwen3-0.6b"),
     config_only!("qwen3-8b"),
     config_only!("phi-3-mini-4k"),
+    config_only!("gemma-3-270m"),
+    config_only!("gemma-3-1b"),
 ];
 
 pub fn find(name: &str) -> Option<&'static EmbeddedModel> {

@@ -54,6 +54,9 @@ pub struct LayerWeights<T> {
     /// [hidden, q_size]
     pub o: Linear<T>,
     pub mlp_norm: Norm<T>,
+    /// Gemma 3's norms of the attention and MLP outputs before the residual add (`sandwich_norms`).
+    pub post_attn_norm: Option<Norm<T>>,
+    pub post_mlp_norm: Option<Norm<T>>,
     /// GPT-2: c_fc [intermediate, hidden]; Llama: gate||up [2 * intermediate, hidden]
     pub up: Linear<T>,
     /// [hidden, intermediate]
@@ -103,6 +106,8 @@ impl<T> ModelWeights<T> {
                 },
                 o: lin(l.o, &mut f)?,
                 mlp_norm: norm(l.mlp_norm, &mut f)?,
+                post_attn_norm: l.post_attn_norm.map(|n| norm(n, &mut f)).transpose()?,
+                post_mlp_norm: l.post_mlp_norm.map(|n| norm(n, &mut f)).transpose()?,
                 up: lin(l.up, &mut f)?,
                 down: lin(l.down, &mut f)?,
             });
@@ -218,9 +223,21 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
             Ok(None)
         }
     };
+    // Gemma's RMSNorm scales by (1 + weight): the 1 is folded in here, once, in f32 as
+    // transformers adds it, so every backend's rmsnorm serves
+    let gemma = cfg.model_type == "gemma3_text";
+    let norm_weight = |name: &str, n: usize| -> Result<HostTensor> {
+        let mut w = read(name, &[n])?;
+        if gemma {
+            for x in &mut w.data {
+                *x += 1.0;
+            }
+        }
+        Ok(w)
+    };
     let rms = |name: &str| -> Result<Norm<HostTensor>> {
         Ok(Norm {
-            weight: read(name, &[h])?,
+            weight: norm_weight(name, h)?,
             bias: None,
         })
     };
@@ -269,8 +286,8 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
         let qk_norm = if cfg.qk_norm {
             let d = cfg.head_dim;
             Some(QkNorm {
-                q: read(&format!("{p}.self_attn.q_norm.weight"), &[d])?,
-                k: read(&format!("{p}.self_attn.k_norm.weight"), &[d])?,
+                q: norm_weight(&format!("{p}.self_attn.q_norm.weight"), d)?,
+                k: norm_weight(&format!("{p}.self_attn.k_norm.weight"), d)?,
             })
         } else {
             None
@@ -286,7 +303,24 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
                 weight: read(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?,
                 bias: opt_bias(&format!("{p}.self_attn.o_proj.bias"), h, cfg.o_proj_bias)?,
             },
-            mlp_norm: rms(&format!("{p}.post_attention_layernorm.weight"))?,
+            // Llama's post_attention_layernorm is the MLP's input norm; with sandwich norms
+            // (Gemma 3) that one is pre_feedforward_layernorm, and post_attention_layernorm
+            // normalises the attention output
+            mlp_norm: if cfg.sandwich_norms {
+                rms(&format!("{p}.pre_feedforward_layernorm.weight"))?
+            } else {
+                rms(&format!("{p}.post_attention_layernorm.weight"))?
+            },
+            post_attn_norm: if cfg.sandwich_norms {
+                Some(rms(&format!("{p}.post_attention_layernorm.weight"))?)
+            } else {
+                None
+            },
+            post_mlp_norm: if cfg.sandwich_norms {
+                Some(rms(&format!("{p}.post_feedforward_layernorm.weight"))?)
+            } else {
+                None
+            },
             up: Linear {
                 weight: up_w,
                 bias: up_b,
@@ -343,6 +377,8 @@ fn load_gpt2(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTen
             qk_norm: None,
             o: conv1d(&format!("{p}.attn.c_proj"), h, h)?,
             mlp_norm: ln(&format!("{p}.ln_2"))?,
+            post_attn_norm: None,
+            post_mlp_norm: None,
             up: conv1d(&format!("{p}.mlp.c_fc"), h, inter)?,
             down: conv1d(&format!("{p}.mlp.c_proj"), inter, h)?,
         });
@@ -402,6 +438,8 @@ pub fn dummy_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights<HostTensor> {
                 bias: bias(h, cfg.o_proj_bias),
             },
             mlp_norm: norm(h),
+            post_attn_norm: cfg.sandwich_norms.then(|| norm(h)),
+            post_mlp_norm: cfg.sandwich_norms.then(|| norm(h)),
             up: Linear {
                 weight: random(vec![up_rows, h]),
                 bias: bias(up_rows, cfg.mlp_bias),

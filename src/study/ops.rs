@@ -104,6 +104,8 @@ pub enum Op {
     QkNormRope,
     GeluNew,
     SiluMul,
+    /// Gemma's GeGLU: gelu_new(gate) * up.
+    GeluTanhMul,
     Embedding,
     GatherLogitRows,
     WriteKv,
@@ -121,7 +123,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 17] = [
+    pub const ALL: [Op; 18] = [
         Op::Layernorm,
         Op::Rmsnorm,
         Op::AddRmsnorm,
@@ -130,6 +132,7 @@ impl Op {
         Op::QkNormRope,
         Op::GeluNew,
         Op::SiluMul,
+        Op::GeluTanhMul,
         Op::Embedding,
         Op::GatherLogitRows,
         Op::WriteKv,
@@ -151,6 +154,7 @@ impl Op {
             Op::QkNormRope => "qk_norm_rope",
             Op::GeluNew => "gelu_new",
             Op::SiluMul => "silu_mul",
+            Op::GeluTanhMul => "gelu_tanh_mul",
             Op::Embedding => "embedding",
             Op::GatherLogitRows => "gather_logit_rows",
             Op::WriteKv => "write_kv",
@@ -167,7 +171,7 @@ impl Op {
         match self {
             Op::Layernorm | Op::Rmsnorm | Op::AddRmsnorm | Op::AddInplace => Family::Norm,
             Op::Rope | Op::QkNormRope => Family::Rope,
-            Op::GeluNew | Op::SiluMul => Family::Activation,
+            Op::GeluNew | Op::SiluMul | Op::GeluTanhMul => Family::Activation,
             Op::Embedding | Op::GatherLogitRows => Family::Embedding,
             Op::WriteKv => Family::KvWrite,
             Op::AttentionPrefill | Op::AttentionDecode => Family::Attention,
@@ -188,6 +192,7 @@ impl Op {
             Op::QkNormRope => "backend/cpu/rope.rs: qk_norm_rope",
             Op::GeluNew => "backend/cpu/activation.rs: gelu_new",
             Op::SiluMul => "backend/cpu/activation.rs: silu_mul",
+            Op::GeluTanhMul => "backend/cpu/activation.rs: gelu_tanh_mul",
             Op::Embedding => "backend/cpu/embedding.rs: embedding",
             Op::GatherLogitRows => "backend/cpu/embedding.rs: gather_rows",
             Op::WriteKv => "backend/cpu/kv_write.rs: write_kv",
@@ -240,7 +245,7 @@ pub enum Shape {
     Rows { rows: usize, cols: usize },
     /// add_inplace, gelu_new: [len]
     Elementwise { len: usize },
-    /// silu_mul: out [rows, inter]; x [rows, 2 inter]
+    /// silu_mul, gelu_tanh_mul: out [rows, inter]; x [rows, 2 inter]
     SiluMul { rows: usize, inter: usize },
     /// rope (and qk_norm_rope) over the Q and K heads of the fused QKV rows, one position per token
     Rope {
@@ -458,10 +463,11 @@ impl Case {
                     flops: 9 * u(len),
                 },
             },
-            // read gate and up, write out; exp, add, divide, multiply per element
-            (&Shape::SiluMul { rows, inter }, _) => Cost {
+            // read gate and up, write out; silu: exp, add, divide, multiply per element;
+            // gelu_tanh: gelu_new's 8 arithmetic ops and a tanh, then the multiply
+            (&Shape::SiluMul { rows, inter }, op) => Cost {
                 bytes: 3 * s * u(rows) * u(inter),
-                flops: 4 * u(rows) * u(inter),
+                flops: if op == Op::GeluTanhMul { 9 } else { 4 } * u(rows) * u(inter),
             },
             (
                 &Shape::Rope {

@@ -241,10 +241,14 @@ where
             let mut x = up(len, 1, 6.0, 7.0)?;
             Box::new(move || b.gelu_new(&mut x, len))
         }
-        (&Shape::SiluMul { rows, inter }, _) => {
+        (&Shape::SiluMul { rows, inter }, op) => {
             let x = up(rows * 2 * inter, 1, -4.0, 4.0)?;
             let mut out = b.zeros(rows * inter)?;
-            Box::new(move || b.silu_mul(&mut out, &x, rows, inter))
+            if op == Op::GeluTanhMul {
+                Box::new(move || b.gelu_tanh_mul(&mut out, &x, rows, inter))
+            } else {
+                Box::new(move || b.silu_mul(&mut out, &x, rows, inter))
+            }
         }
         (
             &Shape::Rope {

@@ -127,7 +127,13 @@ pub fn model_cases(model: &str, cfg: &ModelConfig, ops: &[Op], spec: &SweepSpec)
                     push(op, Shape::Elementwise { len: t * inter });
                 }
             }
-            Op::SiluMul if llama => {
+            // the model's own gated activation
+            Op::SiluMul | Op::GeluTanhMul
+                if llama
+                    && (op == Op::GeluTanhMul)
+                        == (cfg.mlp_activation
+                            == crate::model::config::MlpActivation::GeluTanh) =>
+            {
                 for &t in &spec.tokens {
                     push(op, Shape::SiluMul { rows: t, inter });
                 }
@@ -314,6 +320,12 @@ fn default_plan() -> Vec<(&'static str, Vec<Op>, SweepSpec)> {
         (
             "llama-3.2-1b",
             vec![Op::Rope],
+            SweepSpec::tokens(&[64, 1024]),
+        ),
+        // Gemma 3 1B's GeGLU (6912 wide) beside the 8B's SiLU gate
+        (
+            "gemma-3-1b",
+            vec![Op::GeluTanhMul],
             SweepSpec::tokens(&[64, 1024]),
         ),
         // Qwen3 8B has Llama 3.1 8B's heads (32/8 of 128): what the fused q/k norm costs over rope

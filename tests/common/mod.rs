@@ -15,6 +15,7 @@ pub const FIXTURES: &[&str] = &[
     "tiny-mistral",
     "tiny-qwen3",
     "tiny-phi3",
+    "tiny-gemma3",
 ];
 
 pub fn repo() -> PathBuf {
