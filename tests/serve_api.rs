@@ -93,10 +93,19 @@ async fn completions_greedy_equal_generate_for_every_fixture() {
             assert_eq!(last["choices"], json!([]), "usage chunk has no choices");
             assert_eq!(last["usage"]["completion_tokens"], want_ids.len());
             assert!(cs[..cs.len() - 1].iter().all(|c| c["usage"].is_null()));
-            assert!(
-                cs.len() > 3,
-                "{name} prompt{i}: tokens were not streamed one by one"
-            );
+            // one chunk per token, except where there is less to stream: a continuation that
+            // meets EOS after a token or two, or tokens whose bytes never complete a UTF-8
+            // character (held back until the end, as vLLM holds them: tiny-qwen3's prompt 1
+            // repeats such a byte-level token)
+            if !want_text.contains('\u{FFFD}') {
+                assert!(
+                    cs.len() > want_ids.len().min(3),
+                    "{name} prompt{i}: tokens were not streamed one by one: {} chunks for {} \
+                     tokens",
+                    cs.len(),
+                    want_ids.len()
+                );
+            }
         }
         // a text prompt is tokenized as `generate` would
         let text = "The General Public License is";
