@@ -34,6 +34,24 @@ fn need(buf: &[f32], len: usize, name: &str) -> Result<()> {
     super::check_len("cpu", buf.len(), len, name)
 }
 
+/// Check RoPE's buffers and positions against the cos/sin table; returns the QKV row length.
+fn check_rope(
+    qkv: &[f32],
+    cos_sin: &[f32],
+    meta: &BatchMeta,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+) -> Result<usize> {
+    let row_len = (num_heads + 2 * num_kv_heads) * head_dim;
+    need(qkv, meta.num_tokens() * row_len, "qkv")?;
+    let max = cos_sin.len() / head_dim.max(1);
+    check(meta.positions.iter().all(|&p| (p as usize) < max), || {
+        format!("a position exceeds the RoPE table of {max} positions")
+    })?;
+    Ok(row_len)
+}
+
 impl Backend for CpuBackend {
     type Buffer = Vec<f32>;
     type Meta = BatchMeta;
@@ -195,12 +213,7 @@ impl Backend for CpuBackend {
         num_kv_heads: usize,
         head_dim: usize,
     ) -> Result<()> {
-        let row_len = (num_heads + 2 * num_kv_heads) * head_dim;
-        need(qkv, meta.num_tokens() * row_len, "qkv")?;
-        let max = cos_sin.len() / head_dim;
-        check(meta.positions.iter().all(|&p| (p as usize) < max), || {
-            format!("a position exceeds the RoPE table of {max} positions")
-        })?;
+        let row_len = check_rope(qkv, cos_sin, meta, num_heads, num_kv_heads, head_dim)?;
         rope::rope(
             qkv,
             row_len,
@@ -224,14 +237,9 @@ impl Backend for CpuBackend {
         head_dim: usize,
         eps: f32,
     ) -> Result<()> {
-        let row_len = (num_heads + 2 * num_kv_heads) * head_dim;
-        need(qkv, meta.num_tokens() * row_len, "qkv")?;
+        let row_len = check_rope(qkv, cos_sin, meta, num_heads, num_kv_heads, head_dim)?;
         need(q_norm, head_dim, "q_norm")?;
         need(k_norm, head_dim, "k_norm")?;
-        let max = cos_sin.len() / head_dim.max(1);
-        check(meta.positions.iter().all(|&p| (p as usize) < max), || {
-            format!("a position exceeds the RoPE table of {max} positions")
-        })?;
         rope::qk_norm_rope(
             qkv,
             row_len,

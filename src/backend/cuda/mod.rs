@@ -844,6 +844,37 @@ fn kv_params(g: &KvGeometry) -> Result<params::KvGeometry> {
     })
 }
 
+/// The launch parameters of RoPE over the fused QKV rows of `meta`'s tokens, after checking the
+/// buffer, head_dim and positions against the cos/sin table (`what` names the op in errors).
+fn rope_params<T>(
+    qkv: &CudaSlice<T>,
+    cos_sin: &CudaSlice<T>,
+    meta: &CudaMeta,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    what: &str,
+) -> Result<params::RopeParams> {
+    let row_len = (num_heads + 2 * num_kv_heads) * head_dim;
+    need(qkv, meta.num_tokens * row_len, "qkv")?;
+    if head_dim == 0 {
+        return Err(Error::Invalid(format!("{what}: head_dim 0")));
+    }
+    let max = cos_sin.len() / head_dim;
+    if let Some(p) = meta.max_position.filter(|&p| p as usize >= max) {
+        return Err(err(format!(
+            "position {p} exceeds the RoPE table of {max} positions"
+        )));
+    }
+    Ok(params::RopeParams {
+        num_tokens: u(meta.num_tokens, "num_tokens")?,
+        num_rot_heads: u(num_heads + num_kv_heads, "num_rot_heads")?,
+        head_dim: u(head_dim, "head_dim")?,
+        qkv_stride: u(row_len, "qkv_stride")?,
+        max_positions: u(max, "max_positions")?,
+    })
+}
+
 impl<T: CudaDtype> Backend for CudaBackend<T> {
     type Buffer = CudaSlice<T>;
     type Meta = CudaMeta;
@@ -1157,31 +1188,17 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         num_kv_heads: usize,
         head_dim: usize,
     ) -> Result<()> {
-        let row_len = (num_heads + 2 * num_kv_heads) * head_dim;
-        need(qkv, meta.num_tokens * row_len, "qkv")?;
-        if head_dim == 0 {
-            return Err(Error::Invalid("rope: head_dim 0".into()));
-        }
-        let max = cos_sin.len() / head_dim;
-        if let Some(p) = meta.max_position.filter(|&p| p as usize >= max) {
-            return Err(err(format!(
-                "position {p} exceeds the RoPE table of {max} positions"
-            )));
-        }
-        ops::rope(
-            self.k(),
-            self.s(),
+        let p = rope_params(
             qkv,
             cos_sin,
-            &meta.view(&meta.positions),
-            params::RopeParams {
-                num_tokens: u(meta.num_tokens, "num_tokens")?,
-                num_rot_heads: u(num_heads + num_kv_heads, "num_rot_heads")?,
-                head_dim: u(head_dim, "head_dim")?,
-                qkv_stride: u(row_len, "qkv_stride")?,
-                max_positions: u(max, "max_positions")?,
-            },
-        )
+            meta,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            "rope",
+        )?;
+        let positions = meta.view(&meta.positions);
+        ops::rope(self.k(), self.s(), qkv, cos_sin, &positions, p)
     }
 
     fn qk_norm_rope(
@@ -1196,38 +1213,25 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         head_dim: usize,
         eps: f32,
     ) -> Result<()> {
-        let row_len = (num_heads + 2 * num_kv_heads) * head_dim;
-        need(qkv, meta.num_tokens * row_len, "qkv")?;
+        let what = "qk_norm_rope";
+        let rope = rope_params(qkv, cos_sin, meta, num_heads, num_kv_heads, head_dim, what)?;
         need(q_norm, head_dim, "q_norm")?;
         need(k_norm, head_dim, "k_norm")?;
-        if head_dim == 0 {
-            return Err(Error::Invalid("qk_norm_rope: head_dim 0".into()));
-        }
-        let max = cos_sin.len() / head_dim;
-        if let Some(p) = meta.max_position.filter(|&p| p as usize >= max) {
-            return Err(err(format!(
-                "position {p} exceeds the RoPE table of {max} positions"
-            )));
-        }
+        let p = params::QkNormRopeParams {
+            rope,
+            num_q_heads: u(num_heads, "num_heads")?,
+            eps,
+        };
+        let positions = meta.view(&meta.positions);
         ops::qk_norm_rope(
             self.k(),
             self.s(),
             qkv,
             cos_sin,
-            &meta.view(&meta.positions),
+            &positions,
             q_norm,
             k_norm,
-            params::QkNormRopeParams {
-                rope: params::RopeParams {
-                    num_tokens: u(meta.num_tokens, "num_tokens")?,
-                    num_rot_heads: u(num_heads + num_kv_heads, "num_rot_heads")?,
-                    head_dim: u(head_dim, "head_dim")?,
-                    qkv_stride: u(row_len, "qkv_stride")?,
-                    max_positions: u(max, "max_positions")?,
-                },
-                num_q_heads: u(num_heads, "num_heads")?,
-                eps,
-            },
+            p,
         )
     }
 
