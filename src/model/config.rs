@@ -552,7 +552,7 @@ fn parse_gemma3(f: &Fields) -> Result<ModelConfig> {
     let max_position = f.opt_usize("max_position_embeddings")?.unwrap_or(131_072);
     let bias = f.opt_bool("attention_bias")?.unwrap_or(false);
     let scalar = f.opt_f32("query_pre_attn_scalar")?.unwrap_or(256.0);
-    if !(scalar > 0.0) {
+    if scalar.is_nan() || scalar <= 0.0 {
         return Err(Error::config(
             f.file,
             "query_pre_attn_scalar",
@@ -776,7 +776,6 @@ fn rope_from_object(
     field: &str,
     default_theta: f32,
 ) -> Result<RopeConfig> {
-    let top_theta = Some(default_theta);
     let sub = Fields {
         obj: p,
         file: f.file,
@@ -787,7 +786,7 @@ fn rope_from_object(
         .map_err(|_| Error::config(f.file, &sub_field("rope_theta"), "expected a number"))?
     {
         Some(t) => t,
-        None => top_theta.unwrap_or(10_000.0),
+        None => default_theta,
     };
     let kind = match (p.get("rope_type"), p.get("type")) {
         (Some(Value::String(s)), _) | (None, Some(Value::String(s))) => s.clone(),
