@@ -216,10 +216,13 @@ pub fn parse_selection(names: &[String]) -> Result<Vec<Op>> {
         if name.is_empty() {
             continue;
         }
-        let ops: Vec<Op> = if let Some(op) = Op::ALL.into_iter().find(|o| o.name() == name) {
-            vec![op]
-        } else if let Some(f) = Family::ALL.into_iter().find(|f| f.name() == name) {
+        // a family first: where an op shares its family's name (rope, matmul, decode_step) the
+        // family holds it, and `rope` then also selects the fused qk_norm_rope that Qwen3 and
+        // Gemma 3 run instead
+        let ops: Vec<Op> = if let Some(f) = Family::ALL.into_iter().find(|f| f.name() == name) {
             f.ops()
+        } else if let Some(op) = Op::ALL.into_iter().find(|o| o.name() == name) {
+            vec![op]
         } else {
             let ops: Vec<&str> = Op::ALL.iter().map(|o| o.name()).collect();
             let fams: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
@@ -966,6 +969,8 @@ mod tests {
             s(&["norm"]).unwrap(),
             vec![Op::Layernorm, Op::Rmsnorm, Op::AddRmsnorm, Op::AddInplace]
         );
+        assert_eq!(s(&["rope"]).unwrap(), vec![Op::Rope, Op::QkNormRope]);
+        assert_eq!(s(&["qk_norm_rope"]).unwrap(), vec![Op::QkNormRope]);
         assert_eq!(
             s(&["matmul", "rmsnorm"]).unwrap(),
             vec![Op::Rmsnorm, Op::Matmul]
