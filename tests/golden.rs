@@ -29,17 +29,8 @@ fn greedy_generation_matches_transformers_for_every_fixture_and_prompt() {
     for name in FIXTURES {
         let model = load_cpu(&model_dir(name));
         for (n, g) in golden(name).iter().enumerate() {
-            let out = generate(
-                &model,
-                &GenerateRequest {
-                    prompt_ids: g.ids.clone(),
-                    max_tokens: g.greedy.len(),
-                    sampling: SamplingParams::greedy(),
-                    ignore_eos: true,
-                },
-            )
-            .unwrap();
-            assert_eq!(out.output_ids, g.greedy, "{name} prompt{n}");
+            let out = greedy_ignoring_eos(&model, &g.ids, g.greedy.len());
+            assert_eq!(out, g.greedy, "{name} prompt{n}");
         }
     }
 }

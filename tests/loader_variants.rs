@@ -7,8 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use infermeter::engine::generate::{all_logits, generate, GenerateRequest};
-use infermeter::engine::SamplingParams;
+use infermeter::engine::generate::all_logits;
 use infermeter::model::tensor_store::{raw_to_f32, read_all_raw, write_safetensors, OutTensor};
 use serde_json::json;
 
@@ -518,17 +517,8 @@ fn yarn_rope_scaling_matches_transformers() {
         for (n, g) in golden(&fixture).iter().enumerate() {
             let err = max_abs_diff(&all_logits(&model, &g.ids).unwrap(), &g.logits);
             assert!(err <= 1e-3, "{fixture} prompt{n}: max abs error {err}");
-            let out = generate(
-                &model,
-                &GenerateRequest {
-                    prompt_ids: g.ids.clone(),
-                    max_tokens: g.greedy.len(),
-                    sampling: SamplingParams::greedy(),
-                    ignore_eos: true,
-                },
-            )
-            .unwrap();
-            assert_eq!(out.output_ids, g.greedy, "{fixture} prompt{n} greedy");
+            let out = greedy_ignoring_eos(&model, &g.ids, g.greedy.len());
+            assert_eq!(out, g.greedy, "{fixture} prompt{n} greedy");
         }
         // the same frequencies without the attention factor: another model
         let mut cfg = cfg;

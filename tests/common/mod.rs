@@ -77,6 +77,19 @@ pub fn load_cpu_result(dir: &Path) -> infermeter::Result<Model<CpuBackend>> {
     Ok(loaded.into_model(CpuBackend)?.0)
 }
 
+/// The CPU model's greedy continuation of `prompt`, `n` tokens, EOS ignored (as the goldens).
+pub fn greedy_ignoring_eos(model: &Model<CpuBackend>, prompt: &[u32], n: usize) -> Vec<u32> {
+    use infermeter::engine::generate::{generate, GenerateRequest};
+    use infermeter::engine::SamplingParams;
+    let req = GenerateRequest {
+        prompt_ids: prompt.to_vec(),
+        max_tokens: n,
+        sampling: SamplingParams::greedy(),
+        ignore_eos: true,
+    };
+    generate(model, &req).unwrap().output_ids
+}
+
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     a.iter()
