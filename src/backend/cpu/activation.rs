@@ -16,10 +16,15 @@ pub fn gelu_new(x: &mut [f32]) {
 /// out[r, j] = gelu_new(x[r, j]) * x[r, inter + j] (transformers' `gelu_pytorch_tanh` gate).
 /// out: [rows, inter]; x: [rows, 2 * inter] (gate columns first, then up)
 pub fn gelu_tanh_mul(out: &mut [f32], x: &[f32], rows: usize, inter: usize) {
+    gated_mul(out, x, rows, inter, gelu_new_of);
+}
+
+/// out[r, j] = act(x[r, j]) * x[r, inter + j], the loop of both gated products.
+fn gated_mul(out: &mut [f32], x: &[f32], rows: usize, inter: usize, act: impl Fn(f32) -> f32) {
     for r in 0..rows {
         let (gate, up) = x[r * 2 * inter..(r + 1) * 2 * inter].split_at(inter);
         for ((o, &g), &u) in out[r * inter..(r + 1) * inter].iter_mut().zip(gate).zip(up) {
-            *o = gelu_new_of(g) * u;
+            *o = act(g) * u;
         }
     }
 }
@@ -27,14 +32,7 @@ pub fn gelu_tanh_mul(out: &mut [f32], x: &[f32], rows: usize, inter: usize) {
 /// out[r, j] = silu(x[r, j]) * x[r, inter + j], silu(g) = g / (1 + e^-g).
 /// out: [rows, inter]; x: [rows, 2 * inter] (gate columns first, then up)
 pub fn silu_mul(out: &mut [f32], x: &[f32], rows: usize, inter: usize) {
-    for r in 0..rows {
-        let (gate, up) = x[r * 2 * inter..(r + 1) * 2 * inter].split_at(inter);
-        let o = &mut out[r * inter..(r + 1) * inter];
-        for j in 0..inter {
-            let g = gate[j];
-            o[j] = g / (1.0 + (-g).exp()) * up[j];
-        }
-    }
+    gated_mul(out, x, rows, inter, |g| g / (1.0 + (-g).exp()));
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@ use super::{Backend, BatchMeta, KvGeometry};
 use crate::engine::sampling::{TokenBan, TokenDraw};
 use crate::engine::SamplingParams;
 use crate::error::{Error, Result};
+use crate::model::config::MlpActivation;
 use crate::model::tensor_store::HostTensor;
 
 pub use attention::{AttentionVariant, AutoTuning, PrefillLoads};
@@ -207,6 +208,21 @@ impl<T: CudaDtype> std::fmt::Debug for CudaBackend<T> {
 }
 
 impl<T: CudaDtype> CudaBackend<T> {
+    /// silu_mul and gelu_tanh_mul (`act` picks the kernel): out [rows, inter], x [rows, 2 inter].
+    fn gated_mul(
+        &self,
+        act: MlpActivation,
+        out: &mut CudaSlice<T>,
+        x: &CudaSlice<T>,
+        rows: usize,
+        inter: usize,
+    ) -> Result<()> {
+        need(out, rows * inter, "out")?;
+        need(x, rows * 2 * inter, "x")?;
+        let (rows, inter) = (u(rows, "rows")?, u(inter, "inter")?);
+        ops::gated_mul(self.k(), self.s(), act, out, x, rows, inter)
+    }
+
     /// Open device 0 with the default kernel cache.
     pub fn new() -> Result<Self> {
         Self::with_options(&CudaOptions::default())
@@ -1335,16 +1351,7 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         rows: usize,
         inter: usize,
     ) -> Result<()> {
-        need(out, rows * inter, "out")?;
-        need(x, rows * 2 * inter, "x")?;
-        ops::silu_mul(
-            self.k(),
-            self.s(),
-            out,
-            x,
-            u(rows, "rows")?,
-            u(inter, "inter")?,
-        )
+        self.gated_mul(MlpActivation::Silu, out, x, rows, inter)
     }
 
     fn gelu_tanh_mul(
@@ -1354,16 +1361,7 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         rows: usize,
         inter: usize,
     ) -> Result<()> {
-        need(out, rows * inter, "out")?;
-        need(x, rows * 2 * inter, "x")?;
-        ops::gelu_tanh_mul(
-            self.k(),
-            self.s(),
-            out,
-            x,
-            u(rows, "rows")?,
-            u(inter, "inter")?,
-        )
+        self.gated_mul(MlpActivation::GeluTanh, out, x, rows, inter)
     }
 
     fn gather_logit_rows(

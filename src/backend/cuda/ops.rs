@@ -28,6 +28,7 @@ use super::params::{
 };
 use super::CudaDtype;
 use crate::error::{Error, Result};
+use crate::model::config::MlpActivation;
 
 // SAFETY: the parameter structs are #[repr(C)] plain data of 4-byte fields (params.h; bindgen's
 // layout tests in params.rs check size and alignment), passed to kernels by value.
@@ -378,37 +379,12 @@ pub fn gelu_new<T>(k: &Kernels, s: &CudaStream, x: &mut CudaSlice<T>, len: u64) 
         .map_err(launched("gelu_new"))
 }
 
-/// `silu_mul(out, x, rows, inter)`: out[r, j] = silu(x[r, j]) * x[r, inter + j].
-pub fn silu_mul<T>(
+/// `silu_mul(out, x, rows, inter)` or `gelu_tanh_mul(...)` (same signature and grid):
+/// out[r, j] = act(x[r, j]) * x[r, inter + j].
+pub fn gated_mul<T>(
     k: &Kernels,
     s: &CudaStream,
-    out: &mut CudaSlice<T>,
-    x: &CudaSlice<T>,
-    rows: u32,
-    inter: u32,
-) -> Result<()> {
-    gated_mul(k, s, &k.silu_mul, "silu_mul", out, x, rows, inter)
-}
-
-/// `gelu_tanh_mul(out, x, rows, inter)`: out[r, j] = gelu_new(x[r, j]) * x[r, inter + j].
-pub fn gelu_tanh_mul<T>(
-    k: &Kernels,
-    s: &CudaStream,
-    out: &mut CudaSlice<T>,
-    x: &CudaSlice<T>,
-    rows: u32,
-    inter: u32,
-) -> Result<()> {
-    gated_mul(k, s, &k.gelu_tanh_mul, "gelu_tanh_mul", out, x, rows, inter)
-}
-
-/// The launch both gated products share (same signature and grid).
-#[allow(clippy::too_many_arguments)]
-fn gated_mul<T>(
-    k: &Kernels,
-    s: &CudaStream,
-    f: &CudaFunction,
-    name: &'static str,
+    act: MlpActivation,
     out: &mut CudaSlice<T>,
     x: &CudaSlice<T>,
     rows: u32,
@@ -417,6 +393,10 @@ fn gated_mul<T>(
     if rows == 0 || inter == 0 {
         return Ok(());
     }
+    let (f, name) = match act {
+        MlpActivation::Silu => (&k.silu_mul, "silu_mul"),
+        MlpActivation::GeluTanh => (&k.gelu_tanh_mul, "gelu_tanh_mul"),
+    };
     let w = vec_width::<T>();
     let per_row = if inter % w == 0 { inter / w } else { inter };
     let cfg = k.elementwise(u64::from(rows) * u64::from(per_row));
