@@ -7,9 +7,11 @@
 // What it computes (CPU reference: src/backend/cpu/attention.rs). Sequence s owns batch rows
 // query_start_loc[s] .. query_start_loc[s + 1]. For each such token t, at position p = positions[t],
 // and each query head h, with KV head kvh = h / (num_heads / num_kv_heads) (GQA; MHA when equal):
-//     score_j = scale * dot(q[t, h], K[s, j, kvh])          for keys j = 0 ..= p (causal; at most
+//     score_j = scale * dot(q[t, h], K[s, j, kvh])          for keys j = lo ..= p (causal; at most
 //                                                           seq_lens[s] keys)
 //     out[t, h] = sum_j softmax(score)_j V[s, j, kvh]
+// with lo = 0, or under a sliding window (p.window > 0) lo = max(0, p + 1 - window): the last
+// `window` positions, the token's own included.
 // where key j of sequence s is read through its block table: block = block_tables[s][j / block_size],
 // offset j % block_size. The new tokens' K/V must already be in the cache (write_kv runs first).
 //
@@ -37,7 +39,8 @@
 //  blockDim.x a multiple of 32 and <= IM_ATTN_THREADS. Keys whose block id is >= num_blocks are
 //  skipped rather than read (the host validates block tables; this only prevents faults).
 //
-// Roofline (s = sizeof(T), d = head_dim, L_t = keys of token t, H = num_heads):
+// Roofline (s = sizeof(T), d = head_dim, H = num_heads, L_t = keys of token t: its position + 1,
+// at most the window):
 //   bytes ≈ sum_t 2 H L_t d s (K and V, read once per query head: the GQA group re-reads its KV head,
 //           mostly from L2) + 2 num_tokens H d s (q, out); FLOPs ≈ sum_t 4 H L_t d.
 //   Decode (one token per sequence): about 1 FLOP per byte, memory-bound; the ideal reads each KV head
@@ -99,8 +102,10 @@ extern "C" __global__ void __launch_bounds__(IM_ATTN_THREADS) paged_attention_na
 
     const uint32_t s = seq_of_token(query_start_loc, p.num_seqs, t);
     const uint32_t* table = block_tables + uint64_t(s) * p.max_blocks_per_seq;
-    uint64_t ctx = min(uint64_t(positions[t]) + 1, uint64_t(seq_lens[s]));  // keys 0 .. ctx - 1
+    const uint64_t pos = positions[t];
+    uint64_t ctx = min(pos + 1, uint64_t(seq_lens[s]));  // keys lo .. ctx - 1
     ctx = min(ctx, uint64_t(p.max_blocks_per_seq) * bs);
+    const uint64_t lo = p.window != 0 && pos + 1 > p.window ? pos + 1 - p.window : 0;
 
     // Thread groups: tpk lanes per key, each lane owning vectors gl, gl + tpk, ... of the head row.
     const uint32_t vecs = d / im::VEC;
@@ -129,7 +134,7 @@ extern "C" __global__ void __launch_bounds__(IM_ATTN_THREADS) paged_attention_na
         for (int e = 0; e < im::VEC; ++e) acc[c][e] = 0.f;
 
     // Every thread runs the same number of rounds, so the group shuffles see full warps.
-    for (uint64_t base = 0; base < ctx; base += groups) {
+    for (uint64_t base = lo; base < ctx; base += groups) {
         const uint64_t j = base + g;
         bool valid = false;
         uint64_t off = 0;  // element offset of (slot of key j, kvh, 0)

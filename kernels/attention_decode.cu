@@ -6,8 +6,10 @@
 // decode sequences). Decode sequence i is sequence s = decode_seqs[i], whose one new token is batch row
 // t = query_start_loc[s], at position seq_lens[s] - 1. For each query head h of KV head
 // kvh = h / G (G = num_heads / num_kv_heads):
-//     score_j = scale * dot(q[t, h], K[s, j, kvh])          j = 0 .. seq_lens[s] - 1
+//     score_j = scale * dot(q[t, h], K[s, j, kvh])          j = lo .. seq_lens[s] - 1
 //     out[t, h] = sum_j softmax(score)_j V[s, j, kvh]
+// lo = 0, or under a sliding window (p.window > 0) lo = max(0, seq_lens[s] - window): the splits
+// then cover the window only, so a windowed layer reads at most `window` keys per sequence.
 // Key j of sequence s sits in block block_tables[s][j / block_size], offset j % block_size.
 //
 // Layouts (row-major, T = compute dtype; cache layout and its reasons in params.h):
@@ -24,7 +26,7 @@
 // registers it needs): grid (num_decode, num_kv_heads * chunks, num_splits), IM_DECODE_THREADS = 128
 // threads (4 warps). Block (i, kvh * chunks + c, z) serves the query heads kvh * G + c * GC ..
 // (GC = 1, 2, 4 or 8 for G = 1, 2, 3..4, >= 5: a template parameter; chunks = ceil(G / GC))
-// over the keys of split z: z * partition_len .. min(ctx, (z + 1) * partition_len). So each KV head's
+// over the keys of split z: lo + z * partition_len .. min(ctx, lo + (z + 1) * partition_len). So each KV head's
 // keys are read once per (chunk of) GQA group, not once per query head as in the naive kernel.
 //  - The GC query heads are staged in shared memory as f32, pre-multiplied by scale * log2(e)
 //    (softmax with exp2).
@@ -49,7 +51,8 @@
 // partition_len a multiple of IM_DECODE_KEYS_PER_ITER, blockDim.x == IM_DECODE_THREADS. Keys whose
 // block id is >= num_blocks are skipped rather than read.
 //
-// Roofline (s = sizeof(T), D = head_dim, L_i = context of decode sequence i, Hkv = num_kv_heads):
+// Roofline (s = sizeof(T), D = head_dim, L_i = keys of decode sequence i (its context, at most the
+// window), Hkv = num_kv_heads):
 //   bytes ≈ sum_i 2 Hkv L_i D s (each KV head read once per group chunk; once when G <= 8)
 //           + 2 num_decode H D s (q, out) + with splits 2 * num_decode H splits (D + 2) 4 (partials);
 //   FLOPs ≈ sum_i 4 H L_i D. Arithmetic intensity ≈ 2 G / s FLOP/byte (8 for Llama-3-8B in bf16):
@@ -66,6 +69,12 @@ static_assert(IM_DECODE_KEYS_PER_ITER == IM_DECODE_THREADS, "one key per thread 
 constexpr float LOG2E = 1.4426950408889634f;
 // P·V steps whose V loads are issued together (16-byte loads in flight per lane, times CH).
 constexpr int V_AHEAD = 4;
+
+// The first key a decode token at position ctx - 1 sees: 0, or ctx - window under a window shorter
+// than the context.
+__device__ __forceinline__ uint32_t window_start(uint32_t ctx, uint32_t window) {
+    return window != 0 && ctx > window ? ctx - window : 0;
+}
 
 // Shared floats of paged_decode_d<D>: staged queries [8][D], warp accumulators [WARPS][8][D],
 // warp (m, l) [WARPS][8][2].
@@ -106,7 +115,8 @@ __device__ __forceinline__ void decode_block(float* __restrict__ smem, T* __rest
     const uint32_t t = query_start_loc[s];
     const uint32_t* table = block_tables + uint64_t(s) * p.max_blocks_per_seq;
     const uint32_t ctx = uint32_t(min(uint64_t(seq_lens[s]), uint64_t(p.max_blocks_per_seq) * bs));
-    const uint64_t k_begin64 = uint64_t(split) * p.partition_len;
+    const uint64_t lo = window_start(ctx, p.window);
+    const uint64_t k_begin64 = lo + uint64_t(split) * p.partition_len;
     if (k_begin64 >= ctx) return;  // a split past this sequence's context (uniform per block)
     const uint32_t k_begin = uint32_t(k_begin64);
     const uint32_t k_end = uint32_t(min(uint64_t(ctx), k_begin64 + p.partition_len));
@@ -399,7 +409,8 @@ extern "C" __global__ void __launch_bounds__(IM_DECODE_REDUCE_THREADS) paged_dec
     const uint32_t t = query_start_loc[s];
     const uint32_t ctx =
         uint32_t(min(uint64_t(seq_lens[s]), uint64_t(p.max_blocks_per_seq) * p.kv.block_size));
-    const uint32_t used = min(p.num_splits, (ctx + p.partition_len - 1) / p.partition_len);
+    const uint32_t keys = ctx - window_start(ctx, p.window);
+    const uint32_t used = min(p.num_splits, (keys + p.partition_len - 1) / p.partition_len);
     const uint64_t slot0 = (uint64_t(i) * p.num_heads + h) * p.num_splits;
     float mm = im::neg_inf();
     for (uint32_t z = 0; z < used; ++z) mm = fmaxf(mm, part_ml[(slot0 + z) * 2]);

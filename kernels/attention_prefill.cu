@@ -7,8 +7,9 @@
 // prefill sequences). Sequence s owns batch rows q0 = query_start_loc[s] .. query_start_loc[s + 1]
 // (q_len rows), the last q_len tokens of its context of ctx = seq_lens[s] tokens, so local row r is at
 // position ctx - q_len + r. For each row and query head h of KV head kvh = h / G:
-//     score_j = scale * dot(q[q0 + r, h], K[s, j, kvh])     for keys j = 0 ..= ctx - q_len + r (causal)
+//     score_j = scale * dot(q[q0 + r, h], K[s, j, kvh])     for keys j = lo ..= ctx - q_len + r (causal)
 //     out[q0 + r, h] = sum_j softmax(score)_j V[s, j, kvh]
+// lo = 0, or under a sliding window (p.window > 0) lo = max(0, ctx - q_len + r + 1 - window).
 // Every key, the earlier context's and the new tokens' alike, is read through the block table from the
 // paged cache (write_kv runs before attention in the forward pass), so chunked prefill and prefix-cache
 // hits need nothing special: a chunk is q_len new rows over a longer context.
@@ -36,6 +37,9 @@
 //    `auto-sync` study variant, the step before the pipeline).
 //  - Causal skipping: a warp skips the n-tiles of S and the k-steps of P V whose keys all lie after
 //    its last row's position (on the tiles along the diagonal: 37.5 % of their mma work).
+//  - Sliding window: the block's key loop starts at its first row's first visible key, so a tile
+//    reads at most window + BM - 1 keys whatever the context; a warp also skips the n-tiles and
+//    k-steps whose keys all lie before its first row's window (the mirror of causal skipping).
 //  - S = Q Kᵀ with mma.sync (B fragments of two k-steps per ldmatrix.x4 from the K tile), scaled by
 //    scale * log2(e), causal and context masks applied; online softmax per row in f32 (running max
 //    and sum; the 4 lanes sharing a row reduce with two xor shuffles); the f32 probabilities are
@@ -52,7 +56,8 @@
 // == the kernel's D, num_heads % num_kv_heads == 0, blockDim.x == IM_PREFILL_THREADS, sm_80 or newer.
 // Keys whose block id is >= num_blocks are read as zeros.
 //
-// Roofline (per sequence, n = q_len, c = ctx, H heads, Hkv KV heads, D, s = sizeof(T)):
+// Roofline (per sequence, n = q_len, c = ctx, H heads, Hkv KV heads, D, s = sizeof(T); without a
+// window — under one, each row's c is at most the window):
 //   FLOPs ≈ 4 H D (n c - n^2 / 2)  (causal);  bytes ≈ 2 n H D s (q, out) + ceil(n / 64) H 2 c D s
 //   (K/V re-read per query tile and head, mostly from L2; DRAM sees about 2 Hkv c D s).
 //   A 4096-token prefill of Llama-3-8B (H 32, D 128): ~137 GFLOP per layer, 4.4 TFLOP for 32 layers,
@@ -76,6 +81,11 @@ constexpr int WARPS = IM_PREFILL_THREADS / im::WARP;
 constexpr int BM = IM_PREFILL_BLOCK_M;
 static_assert(BM == WARPS * 16, "one 16-row m-tile per warp");
 constexpr float LOG2E = 1.4426950408889634f;
+
+// The first key a row at position `pos` sees: 0, or pos + 1 - window under a window.
+__device__ __forceinline__ uint32_t window_start(uint32_t pos, uint32_t window) {
+    return window != 0 && pos + 1 > window ? pos + 1 - window : 0;
+}
 
 template <int D>
 struct Tile {
@@ -232,7 +242,8 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
     const uint32_t first_pos = ctx - q_len;                        // position of local row 0
     const uint32_t row0 = mt * BM;                                 // the tile's first local row
     const uint32_t rows = min(uint32_t(BM), q_len - row0);
-    const uint32_t kmax = min(ctx, first_pos + row0 + rows);       // keys 0 .. kmax - 1
+    const uint32_t kmax = min(ctx, first_pos + row0 + rows);       // keys kmin .. kmax - 1
+    const uint32_t kmin = window_start(first_pos + row0, p.window);  // the first row's first key
 
     const unsigned tid = threadIdx.x, lane = tid % im::WARP, warp = tid / im::WARP;
     const unsigned gid = lane >> 2, tig = lane & 3;
@@ -243,6 +254,9 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
     // the tiles along the diagonal the warp skips those keys' n-tiles (S) and k-steps (P V) —
     // 37.5 % of the diagonal tiles' work. Warp-uniform, as the collective ldmatrix/mma need.
     const uint32_t warp_last_pos = first_pos + row0 + warp * 16 + 15;
+    // The first key the warp's first row sees: keys before it are masked for the whole warp.
+    const uint32_t warp_first_key = window_start(first_pos + row0 + warp * 16, p.window);
+    const uint32_t lo_a = window_start(pos_a, p.window), lo_b = window_start(pos_b, p.window);
 
     // Q fragments (A operand), rows past q_len are zero.
     uint32_t qf[KD][4];
@@ -275,10 +289,10 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
     // Without ASYNC both tiles are loaded through registers between two barriers, and the warps
     // wait out the memory latency of every tile: the instructive step before the pipeline.
     if (ASYNC) {
-        load_kv_tile<D, true>(ks, k_cache, table, 0, kmax, kvh, p);
+        load_kv_tile<D, true>(ks, k_cache, table, kmin, kmax, kvh, p);
         cp_async_commit();
     }
-    for (uint32_t kb = 0; kb < kmax; kb += BN) {
+    for (uint32_t kb = kmin; kb < kmax; kb += BN) {
         if (ASYNC) {
             cp_async_wait_all();  // this thread's copies of K(kb)
             __syncthreads();      // everyone's K(kb) landed; everyone's P V of the last tile is done
@@ -299,7 +313,8 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) sc[nt][e] = 0.f;
-            if (kb + nt * 8 > warp_last_pos) continue;  // masked below: exp2 gives exactly 0
+            // masked below (exp2 gives exactly 0): after the warp's last row, before its window
+            if (kb + nt * 8 > warp_last_pos || kb + nt * 8 + 8 <= warp_first_key) continue;
             const T* krow = ks + (nt * 8 + lr) * LD + (lm / 2) * 16 + (lm % 2) * 8;
 #pragma unroll
             for (int kc = 0; kc < KD; kc += 2) {
@@ -309,15 +324,16 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
                 mma16816(sc[nt], qf[kc + 1], b[2], b[3]);
             }
         }
-        // scale, mask (causal and context), row max
+        // scale, mask (causal, window and context), row max
         float mx_a = im::neg_inf(), mx_b = im::neg_inf();
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const uint32_t j = kb + nt * 8 + tig * 2 + e;
-                sc[nt][e] = (j < kmax && j <= pos_a) ? sc[nt][e] * qk_scale : im::neg_inf();
-                sc[nt][2 + e] = (j < kmax && j <= pos_b) ? sc[nt][2 + e] * qk_scale : im::neg_inf();
+                sc[nt][e] = (j < kmax && j <= pos_a && j >= lo_a) ? sc[nt][e] * qk_scale : im::neg_inf();
+                sc[nt][2 + e] =
+                    (j < kmax && j <= pos_b && j >= lo_b) ? sc[nt][2 + e] * qk_scale : im::neg_inf();
                 mx_a = fmaxf(mx_a, sc[nt][e]);
                 mx_b = fmaxf(mx_b, sc[nt][2 + e]);
             }
@@ -326,10 +342,11 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
         mx_a = fmaxf(mx_a, __shfl_xor_sync(im::FULL_MASK, mx_a, 2));
         mx_b = fmaxf(mx_b, __shfl_xor_sync(im::FULL_MASK, mx_b, 1));
         mx_b = fmaxf(mx_b, __shfl_xor_sync(im::FULL_MASK, mx_b, 2));
-        // Key 0 is in the first tile and visible to every row, so m is finite from then on; a row
-        // with no visible key in a later tile keeps its max (mx = -inf). The subtrahend is 0 while
-        // m is still -inf (FlashAttention-2's guard): exp2(-inf - -inf) would be NaN should a row
-        // ever start with a tile it sees nothing of (a sliding window, keys split over blocks).
+        // Without a window key 0 is in the first tile and visible to every row, so m is finite from
+        // then on; a row with no visible key in a later tile keeps its max (mx = -inf). Under a
+        // window a row may see nothing of the first tiles (its window starts later): the
+        // subtrahend is 0 while m is still -inf (FlashAttention-2's guard), since exp2(-inf - -inf)
+        // would be NaN; its l and o stay 0 until its first visible key.
         const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
         const float sub_a = mn_a == im::neg_inf() ? 0.f : mn_a;
         const float sub_b = mn_b == im::neg_inf() ? 0.f : mn_b;
@@ -364,7 +381,8 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
         // O += P V: the C fragments of n-tiles 2kk, 2kk + 1 are the A fragment of k-step kk
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
-            if (kb + kk * 16 > warp_last_pos) continue;  // P is 0 for all 16 keys
+            // P is 0 for all 16 keys
+            if (kb + kk * 16 > warp_last_pos || kb + kk * 16 + 16 <= warp_first_key) continue;
             const uint32_t a[4] = {pack2(sc[2 * kk][0], sc[2 * kk][1]),
                                    pack2(sc[2 * kk][2], sc[2 * kk][3]),
                                    pack2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),

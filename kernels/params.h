@@ -147,9 +147,14 @@ typedef struct QkNormRopeParams {
     float eps;            /**< added to the mean square, as rms_norm_eps */
 } QkNormRopeParams;
 
+/* Sliding-window attention (the `window` field of the three attention structs below): a token at
+ * position p attends to keys max(0, p - window + 1) ..= p, the last `window` positions including its
+ * own (transformers' mask: key j is visible when j > p - window); window 0: no window, keys 0 ..= p. */
+
 /** paged_attention_naive: causal attention of each new token over its sequence's cached context.
  * Token t of sequence s (query_start_loc[s] <= t < query_start_loc[s + 1]) attends to keys
- * 0 ..= min(positions[t], seq_lens[s] - 1) of KV head h / (num_heads / num_kv_heads). */
+ * lo ..= min(positions[t], seq_lens[s] - 1) of KV head h / (num_heads / num_kv_heads), where lo is
+ * 0, or positions[t] + 1 - window under a sliding window. */
 typedef struct PagedAttentionParams {
     KvGeometry kv;
     uint32_t num_tokens;         /**< rows of qkv and out */
@@ -159,11 +164,13 @@ typedef struct PagedAttentionParams {
     uint32_t q_stride;           /**< elements between tokens' Q rows (the fused QKV row length) */
     uint32_t out_stride;         /**< elements between tokens' output rows (num_heads * head_dim) */
     float scale;                 /**< softmax scale, usually 1 / sqrt(head_dim) */
+    uint32_t window;             /**< sliding window in keys; 0: none */
 } PagedAttentionParams;
 
 /** paged_decode_d*: split-KV attention of decode sequences (one new token each). Decode sequence i
- * is sequence decode_seqs[i]; its token row is query_start_loc[s] and its keys 0 .. seq_lens[s] - 1,
- * cut into splits of partition_len keys (split z covers keys z * partition_len ..). With
+ * is sequence decode_seqs[i]; its token row is query_start_loc[s] and its keys lo .. seq_lens[s] - 1
+ * (lo = 0, or seq_lens[s] - window under a sliding window shorter than the context), cut into
+ * splits of partition_len keys (split z covers keys lo + z * partition_len ..). With
  * num_splits == 1 the kernel writes out directly; otherwise each block writes its partial result
  * and paged_decode_reduce combines them. */
 typedef struct DecodeAttentionParams {
@@ -177,6 +184,7 @@ typedef struct DecodeAttentionParams {
     uint32_t num_splits;         /**< gridDim.z; 1..IM_DECODE_MAX_SPLITS */
     uint32_t partition_len;      /**< keys per split, a multiple of IM_DECODE_KEYS_PER_ITER */
     float scale;                 /**< softmax scale, usually 1 / sqrt(head_dim) */
+    uint32_t window;             /**< sliding window in keys; 0: none */
 } DecodeAttentionParams;
 
 /** flash_prefill_d*: causal attention of prefill sequences (two or more new tokens each) in query
@@ -191,6 +199,7 @@ typedef struct PrefillAttentionParams {
     uint32_t q_stride;           /**< elements between tokens' Q rows (the fused QKV row length) */
     uint32_t out_stride;         /**< elements between tokens' output rows */
     float scale;                 /**< softmax scale, usually 1 / sqrt(head_dim) */
+    uint32_t window;             /**< sliding window in keys; 0: none */
 } PrefillAttentionParams;
 
 /** sample_rows: one per logits row. */

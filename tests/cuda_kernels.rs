@@ -579,20 +579,23 @@ fn check_kv_write_and_attention<T: CudaDtype>(b: &B<T>) {
                 assert_eq!(download(b, &dv, geom.layer_len()), vc, "write_kv V {what}");
 
                 let scale = 1.0 / (head_dim as f32).sqrt();
-                let mut dout = b.zeros(t * q_size).unwrap();
-                b.attention(&mut dout, &dqkv, &dk, &dv, &dm, &geom, heads, scale)
-                    .unwrap();
-                let mut want = vec![0.0; t * q_size];
-                cpu::attention::paged_attention(
-                    &mut want, &qkv, &kc, &vc, &meta, &geom, heads, scale,
-                );
-                assert_close(
-                    &format!("attention {what}"),
-                    &download(b, &dout, t * q_size),
-                    &want,
-                    rel,
-                    abs,
-                );
+                // full causal, and a sliding window shorter than most contexts here
+                for window in [None, Some(37)] {
+                    let mut dout = b.zeros(t * q_size).unwrap();
+                    b.attention(&mut dout, &dqkv, &dk, &dv, &dm, &geom, heads, scale, window)
+                        .unwrap();
+                    let mut want = vec![0.0; t * q_size];
+                    cpu::attention::paged_attention(
+                        &mut want, &qkv, &kc, &vc, &meta, &geom, heads, scale, window,
+                    );
+                    assert_close(
+                        &format!("attention {what} window {window:?}"),
+                        &download(b, &dout, t * q_size),
+                        &want,
+                        rel,
+                        abs,
+                    );
+                }
             }
         }
     }
@@ -604,9 +607,14 @@ fn check_kv_write_and_attention<T: CudaDtype>(b: &B<T>) {
     let qkv = b.zeros(2 * row).unwrap();
     let kc = b.zeros(geom.layer_len()).unwrap();
     let e = b
-        .attention(&mut out, &qkv, &kc, &kc, &dm, &geom, 2, 1.0)
+        .attention(&mut out, &qkv, &kc, &kc, &dm, &geom, 2, 1.0, None)
         .unwrap_err();
     assert!(e.to_string().contains("head_dim 264"), "{e}");
+    // a window of no keys: a typed error, not an empty softmax
+    let e = b
+        .attention(&mut out, &qkv, &kc, &kc, &dm, &geom, 2, 1.0, Some(0))
+        .unwrap_err();
+    assert!(e.to_string().contains("window of 0"), "{e}");
 }
 
 #[test]
@@ -686,10 +694,20 @@ fn check_attention_variants<T: CudaDtype>(b: &B<T>) {
     configs.push((16, 8, 2, 96));
     // 32 query heads over 2 KV heads: a GQA group of 16 = two decode head chunks
     configs.push((16, 32, 2, 64));
-    for (batch_name, batch) in [("mixed", VARIANT_MIXED), ("decode", VARIANT_DECODE)] {
+    // Sliding windows: 100 keys (shorter than the 130-token prefill and the chunk of 100 after
+    // 900, not a multiple of the block size or of a K/V tile), 1000 (the 999-token decode's
+    // context exactly; cuts the 4096 and 8192 ones, over which the splits then run).
+    let batches = [
+        ("mixed", VARIANT_MIXED, None),
+        ("mixed", VARIANT_MIXED, Some(100)),
+        ("decode", VARIANT_DECODE, None),
+        ("decode", VARIANT_DECODE, Some(1000)),
+    ];
+    for (batch_name, batch, window) in batches {
         for &(block_size, heads, kv_heads, head_dim) in &configs {
             let what = format!(
-                "{} {batch_name} block={block_size} heads={heads}/{kv_heads} (GQA {}) d={head_dim}",
+                "{} {batch_name} block={block_size} heads={heads}/{kv_heads} (GQA {}) d={head_dim} \
+                 window {window:?}",
                 T::NAME,
                 heads / kv_heads
             );
@@ -709,7 +727,9 @@ fn check_attention_variants<T: CudaDtype>(b: &B<T>) {
             cpu::kv_write::write_kv(&mut kc, &mut vc, &qkv, &meta.slot_mapping, &geom, q_size);
             let scale = 1.0 / (head_dim as f32).sqrt();
             let mut want = vec![0.0; t * q_size];
-            cpu::attention::paged_attention(&mut want, &qkv, &kc, &vc, &meta, &geom, heads, scale);
+            cpu::attention::paged_attention(
+                &mut want, &qkv, &kc, &vc, &meta, &geom, heads, scale, window,
+            );
             let is_prefill = prefill_rows(&meta);
 
             let tuned = |decode_splits, prefill_loads| AutoTuning {
@@ -739,7 +759,7 @@ fn check_attention_variants<T: CudaDtype>(b: &B<T>) {
                 let mut bv = b.clone().with_attention_variant(variant);
                 bv.set_auto_tuning(tuning);
                 let mut dout = bv.zeros(t * q_size).unwrap();
-                bv.attention(&mut dout, &dqkv, &dk, &dv, &dm, &geom, heads, scale)
+                bv.attention(&mut dout, &dqkv, &dk, &dv, &dm, &geom, heads, scale, window)
                     .unwrap_or_else(|e| panic!("{label} {what}: {e}"));
                 let got = download(&bv, &dout, t * q_size);
                 for (rows_name, prefill) in [("decode rows", false), ("prefill rows", true)] {

@@ -250,8 +250,11 @@ impl<T: CudaDtype> Backend for Emulated<T> {
         geom: &KvGeometry,
         num_heads: usize,
         scale: f32,
+        window: Option<usize>,
     ) -> infermeter::Result<()> {
-        CpuBackend.attention(out, qkv, k_cache, v_cache, meta, geom, num_heads, scale)?;
+        CpuBackend.attention(
+            out, qkv, k_cache, v_cache, meta, geom, num_heads, scale, window,
+        )?;
         round_in_place::<T>(out);
         Ok(())
     }

@@ -423,7 +423,22 @@ fn qwen2_biases_and_mistral_sliding_window() {
         "{err}"
     );
 
-    // tiny-mistral: sliding_window 128 < max_position_embeddings 256
+    // tiny-mistral: a 37-key sliding window on every layer (the golden test checks it against
+    // transformers): the window carries weight, and the context runs to max_position_embeddings
+    // (256), not to the window
+    let g = &golden("tiny-mistral")[3];
+    let dir = copy_model(&model_dir("tiny-mistral"));
+    let mut cfg = read_config(dir.path());
+    cfg["sliding_window"] = serde_json::Value::Null;
+    write_config(dir.path(), &cfg);
+    let err = max_abs_diff(
+        &all_logits(&load_cpu(dir.path()), &g.ids).unwrap(),
+        &g.logits,
+    );
+    assert!(
+        err > 0.05,
+        "no sliding window moved the logits by only {err}"
+    );
     let dir = model_dir("tiny-mistral");
     let generate = |prompt_len: usize, max_tokens: usize| {
         let ids = vec!["5"; prompt_len].join(",");
@@ -433,17 +448,16 @@ fn qwen2_biases_and_mistral_sliding_window() {
             .output()
             .unwrap()
     };
-    let fits = generate(100, 28);
-    let stderr = String::from_utf8_lossy(&fits.stderr);
-    assert!(fits.status.success(), "{stderr}");
+    let fits = generate(200, 56);
     assert!(
-        stderr.contains("note:") && stderr.contains("sliding_window 128"),
-        "{stderr}"
+        fits.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fits.stderr)
     );
-    let long = generate(100, 29);
+    let long = generate(200, 57);
     let stderr = String::from_utf8_lossy(&long.stderr);
     assert!(!long.status.success());
-    assert!(stderr.contains("context of 128 tokens"), "{stderr}");
+    assert!(stderr.contains("context of 256 tokens"), "{stderr}");
 }
 
 /// Qwen3 (the fixture checks its logits against transformers): its per-head q/k norms carry
@@ -509,17 +523,7 @@ fn qwen3_qk_norms_are_loaded_and_required() {
 #[test]
 fn yarn_rope_scaling_matches_transformers() {
     for variant in ["yarn", "yarn-mscale"] {
-        let fixture = format!("tiny-qwen3/{variant}");
-        let dir = copy_model(&model_dir("tiny-qwen3"));
-        let cfg = read_config(&repo().join("tests/fixtures").join(&fixture));
-        write_config(dir.path(), &cfg);
-        let model = load_cpu(dir.path());
-        for (n, g) in golden(&fixture).iter().enumerate() {
-            let err = max_abs_diff(&all_logits(&model, &g.ids).unwrap(), &g.logits);
-            assert!(err <= 1e-3, "{fixture} prompt{n}: max abs error {err}");
-            let out = greedy_ignoring_eos(&model, &g.ids, g.greedy.len());
-            assert_eq!(out, g.greedy, "{fixture} prompt{n} greedy");
-        }
+        let (fixture, dir, cfg) = check_qwen3_variant(variant);
         // the same frequencies without the attention factor: another model
         let mut cfg = cfg;
         let scaling = if cfg["rope_scaling"].is_object() {
@@ -537,6 +541,62 @@ fn yarn_rope_scaling_matches_transformers() {
         assert!(
             err > 0.05,
             "{fixture}: an attention factor of 1 moved the logits by only {err}"
+        );
+    }
+}
+
+/// tiny-qwen3's weights under the config of `tests/fixtures/tiny-qwen3/<variant>` (made by
+/// make_rope_variants.py) match that variant's goldens: every prompt's logits within 1e-3, the
+/// greedy continuations exact. Returns (fixture name, the model copy, its config).
+fn check_qwen3_variant(variant: &str) -> (String, tempfile::TempDir, serde_json::Value) {
+    let fixture = format!("tiny-qwen3/{variant}");
+    let dir = copy_model(&model_dir("tiny-qwen3"));
+    let cfg = read_config(&repo().join("tests/fixtures").join(&fixture));
+    write_config(dir.path(), &cfg);
+    let model = load_cpu(dir.path());
+    for (n, g) in golden(&fixture).iter().enumerate() {
+        let err = max_abs_diff(&all_logits(&model, &g.ids).unwrap(), &g.logits);
+        assert!(err <= 1e-3, "{fixture} prompt{n}: max abs error {err}");
+        let out = greedy_ignoring_eos(&model, &g.ids, g.greedy.len());
+        assert_eq!(out, g.greedy, "{fixture} prompt{n} greedy");
+    }
+    (fixture, dir, cfg)
+}
+
+/// Qwen's sliding window against transformers, per layer: `tiny-qwen3/sliding` (4.x style:
+/// use_sliding_window, sliding_window 19, max_window_layers 1: layer 1 slides) and
+/// `tiny-qwen3/sliding-layer-types` (5.x style: layer_types puts the 30-key window on layer 0,
+/// which max_window_layers cannot). The long prompts run far past both windows; with the window
+/// turned off (use_sliding_window false) or on the other layer the logits move.
+#[test]
+fn qwen_sliding_windows_match_transformers_per_layer() {
+    for variant in ["sliding", "sliding-layer-types"] {
+        let (fixture, dir, cfg) = check_qwen3_variant(variant);
+        let g = &golden(&fixture)[3];
+        let moved = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut cfg = cfg.clone();
+            edit(&mut cfg);
+            write_config(dir.path(), &cfg);
+            max_abs_diff(
+                &all_logits(&load_cpu(dir.path()), &g.ids).unwrap(),
+                &g.logits,
+            )
+        };
+        let off = moved(&|c| c["use_sliding_window"] = json!(false));
+        assert!(
+            off > 0.05,
+            "{fixture}: no window moved the logits by only {off}"
+        );
+        let other = moved(&|c| {
+            c["layer_types"] = json!(if variant == "sliding" {
+                ["sliding_attention", "full_attention"]
+            } else {
+                ["full_attention", "sliding_attention"]
+            })
+        });
+        assert!(
+            other > 0.05,
+            "{fixture}: the window on the other layer moved the logits by only {other}"
         );
     }
 }

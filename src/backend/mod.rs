@@ -372,7 +372,9 @@ pub trait Backend: Send + Sync {
 
     /// Causal attention of each new token over its sequence's context, read from the paged cache
     /// (the new tokens' K/V must already be written). GQA: query head h reads KV head
-    /// h / (num_heads / num_kv_heads). out: [num_tokens, num_heads * head_dim];
+    /// h / (num_heads / num_kv_heads). `window`: sliding-window attention, a token at position p
+    /// sees keys max(0, p + 1 - w) ..= p only (the last w positions, its own included: transformers'
+    /// `kv_idx > q_idx - sliding_window`); None: every key 0 ..= p. out: [num_tokens, num_heads * head_dim];
     /// qkv: [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim] (Q read from the first columns);
     /// k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]
     #[allow(clippy::too_many_arguments)]
@@ -386,6 +388,7 @@ pub trait Backend: Send + Sync {
         geom: &KvGeometry,
         num_heads: usize,
         scale: f32,
+        window: Option<usize>,
     ) -> Result<()>;
 
     /// GPT-2's tanh-approximated GELU, in place over `len` elements.

@@ -98,8 +98,7 @@ pub struct ModelConfig {
     pub num_kv_heads: usize,
     pub head_dim: usize,
     pub intermediate_size: usize,
-    /// Longest sequence (prompt + output) the model supports: `max_position_embeddings`, or the
-    /// sliding window where one is smaller (see `sliding_window`).
+    /// Longest sequence (prompt + output) the model supports: `max_position_embeddings`.
     pub max_context: usize,
     pub norm_eps: f32,
     /// `None` for GPT-2 (learned absolute positions).
@@ -127,13 +126,15 @@ pub struct ModelConfig {
     /// Gemma 3: the RoPE of the sliding-window layers (`sliding_layers`); `rope` is the others'.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_rope: Option<RopeConfig>,
-    /// Gemma 3: the layers with sliding-window attention (they use `local_rope`).
+    /// The layers with sliding-window attention of `sliding_window` keys (Gemma 3's also use
+    /// `local_rope`); empty without a window.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sliding_layers: Vec<usize>,
-    /// Sliding-window attention (Mistral's `sliding_window`, Qwen2's with `use_sliding_window`):
-    /// a query attends to the last `w` positions only. The engine has full causal attention, which
-    /// equals windowed attention while the context is at most `w`, so `max_context` is capped at
-    /// `w` (requests past it are refused as too long, never computed wrongly).
+    /// Sliding-window attention (Mistral's and Phi-3's `sliding_window`, Qwen2's with
+    /// `use_sliding_window`, Gemma 3's local layers): on the `sliding_layers`, a token at position
+    /// p attends to keys max(0, p + 1 - w) ..= p only (`Backend::attention`'s `window`). The KV
+    /// cache still keeps every position (the full-attention layers of Gemma 3 and Qwen2 need them;
+    /// freeing blocks that left every layer's window is not done).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<usize>,
     /// Attention scores are multiplied by this (1/sqrt(head_dim) unless GPT-2's `scale_attn_weights` is off).
@@ -208,17 +209,10 @@ impl ModelConfig {
         Self::from_json_str(&text, &path.display().to_string())
     }
 
-    /// Where a sliding window bounds the context: the note to print when the model opens
-    /// (`file` names the config).
-    pub fn sliding_window_note(&self, file: &str) -> Option<String> {
-        let w = self.sliding_window?;
-        (w == self.max_context).then(|| {
-            format!(
-                "{file}: sliding_window {w}: the context is at most {w} tokens (infermeter's \
-                 attention is full causal, which equals windowed attention up to the window; \
-                 longer requests are refused)"
-            )
-        })
+    /// The sliding window of layer `layer`'s attention, if it has one.
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        self.sliding_window
+            .filter(|_| self.sliding_layers.contains(&layer))
     }
 
     /// Queries per KV head (the GQA group size).
@@ -436,7 +430,8 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         }
     };
     let max_position = f.opt_usize("max_position_embeddings")?.unwrap_or(2048);
-    let sliding_window = parse_sliding_window(f, model_type)?;
+    let layers = f.req_usize("num_hidden_layers")?;
+    let (sliding_window, sliding_layers) = parse_sliding_window(f, model_type, layers)?;
     check_full_rotary(f)?;
     if model_type == "phi3" {
         check_phi3_rope(f)?;
@@ -446,12 +441,12 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         model_type: model_type.to_string(),
         vocab_size: f.req_usize("vocab_size")?,
         hidden_size: hidden,
-        num_layers: f.req_usize("num_hidden_layers")?,
+        num_layers: layers,
         num_heads: heads,
         num_kv_heads: kv_heads,
         head_dim,
         intermediate_size: f.req_usize("intermediate_size")?,
-        max_context: sliding_window.map_or(max_position, |w| w.min(max_position)),
+        max_context: max_position,
         norm_eps: f.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
         rope: Some(parse_rope(f)?),
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
@@ -463,7 +458,7 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         sandwich_norms: false,
         mlp_activation: MlpActivation::Silu,
         local_rope: None,
-        sliding_layers: Vec::new(),
+        sliding_layers,
         sliding_window,
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         scale_attn_by_inverse_layer_idx: false,
@@ -512,36 +507,12 @@ fn parse_gemma3(f: &Fields) -> Result<ModelConfig> {
     let layers = f.req_usize("num_hidden_layers")?;
     let heads = f.req_usize("num_attention_heads")?;
     let head_dim = f.opt_usize("head_dim")?.unwrap_or(256);
-    let sliding: Vec<usize> = match f.obj.get("layer_types") {
-        Some(Value::Array(types)) => {
-            if types.len() != layers {
-                return Err(Error::config(
-                    f.file,
-                    "layer_types",
-                    format!("{} entries for {layers} layers", types.len()),
-                ));
-            }
-            let mut out = Vec::new();
-            for (i, t) in types.iter().enumerate() {
-                match t.as_str() {
-                    Some("sliding_attention") => out.push(i),
-                    Some("full_attention") => {}
-                    _ => {
-                        return Err(Error::config(
-                            f.file,
-                            &format!("layer_types[{i}]"),
-                            format!("{t}: expected sliding_attention or full_attention"),
-                        ))
-                    }
-                }
-            }
-            out
-        }
-        Some(Value::Null) | None => {
+    let sliding: Vec<usize> = match sliding_layer_types(f, layers)? {
+        Some(listed) => listed,
+        None => {
             let pattern = f.opt_usize("sliding_window_pattern")?.unwrap_or(6).max(1);
             (0..layers).filter(|i| (i + 1) % pattern != 0).collect()
         }
-        Some(_) => return Err(Error::config(f.file, "layer_types", "expected an array")),
     };
     let window = match f.opt_usize("sliding_window")? {
         Some(0) => return Err(Error::config(f.file, "sliding_window", "must be positive")),
@@ -569,7 +540,7 @@ fn parse_gemma3(f: &Fields) -> Result<ModelConfig> {
         num_kv_heads: f.opt_usize("num_key_value_heads")?.unwrap_or(heads),
         head_dim,
         intermediate_size: f.req_usize("intermediate_size")?,
-        max_context: sliding_window.map_or(max_position, |w| w.min(max_position)),
+        max_context: max_position,
         norm_eps: f.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
         rope: Some(rope),
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
@@ -635,53 +606,88 @@ fn parse_gemma3_rope(f: &Fields) -> Result<(RopeConfig, RopeConfig)> {
     Ok((global, local))
 }
 
-/// The sliding window a `mistral`, `phi3`, `qwen2` or `qwen3` config turns on, if any. Mistral and
-/// Phi-3 (every layer): `sliding_window` (null or absent: none). Qwen2 and Qwen3:
-/// `sliding_window` only under `use_sliding_window: true` (the
-/// window then covers the layers from `max_window_layers` on; any such layer caps the context the
-/// same way). transformers 5.x configs may list `layer_types` instead: a `sliding_attention` layer
-/// there means the window applies. `llama` has no window.
-fn parse_sliding_window(f: &Fields, model_type: &str) -> Result<Option<usize>> {
-    let window = || -> Result<Option<usize>> {
-        match f.opt_usize("sliding_window")? {
-            Some(0) => Err(Error::config(f.file, "sliding_window", "must be positive")),
-            w => Ok(w),
-        }
+/// The sliding window a `mistral`, `phi3`, `qwen2` or `qwen3` config turns on, if any, and the
+/// layers it applies to, as transformers 5.x reads these configs:
+/// - Mistral and Phi-3: `sliding_window` (null or absent: none) on every layer (MistralConfig
+///   warns about `layer_types` and its model ignores them; Phi-3 has none).
+/// - Qwen2 and Qwen3: `sliding_window` only under `use_sliding_window: true`; then on the layers
+///   that `layer_types` lists as `sliding_attention`, or without `layer_types` on layers
+///   `max_window_layers` (default 28, both classes') and up.
+///
+/// `llama` has no window.
+fn parse_sliding_window(
+    f: &Fields,
+    model_type: &str,
+    layers: usize,
+) -> Result<(Option<usize>, Vec<usize>)> {
+    let window = match f.opt_usize("sliding_window")? {
+        Some(0) => return Err(Error::config(f.file, "sliding_window", "must be positive")),
+        w => w,
     };
-    let by_layer_types = match f.obj.get("layer_types") {
-        Some(Value::Array(types)) => Some(
-            types
-                .iter()
-                .any(|t| t.as_str() == Some("sliding_attention")),
-        ),
-        Some(Value::Null) | None => None,
+    let sliding = match model_type {
+        "mistral" | "phi3" => match window {
+            Some(_) => (0..layers).collect(),
+            None => Vec::new(),
+        },
+        "qwen2" | "qwen3" => {
+            let listed = sliding_layer_types(f, layers)?;
+            if !f.opt_bool("use_sliding_window")?.unwrap_or(false) {
+                return Ok((None, Vec::new()));
+            }
+            match (listed, window) {
+                (Some(listed), Some(_)) => listed,
+                // transformers would run these layers with full attention: ambiguous, refused
+                (Some(listed), None) if !listed.is_empty() => {
+                    return Err(Error::config(
+                        f.file,
+                        "sliding_window",
+                        "required: use_sliding_window is true and layer_types lists \
+                         sliding_attention layers",
+                    ))
+                }
+                (_, None) => Vec::new(),
+                (None, Some(_)) => {
+                    let first = f.opt_usize("max_window_layers")?.unwrap_or(28);
+                    (first.min(layers)..layers).collect()
+                }
+            }
+        }
+        _ => Vec::new(),
+    };
+    Ok(((!sliding.is_empty()).then_some(window).flatten(), sliding))
+}
+
+/// The layers `layer_types` (transformers 5.x) lists as `sliding_attention`; None when the field is
+/// absent or null. Errors name the field: not an array, an entry count other than `layers`, an
+/// entry other than `sliding_attention` / `full_attention`.
+fn sliding_layer_types(f: &Fields, layers: usize) -> Result<Option<Vec<usize>>> {
+    let types = match f.obj.get("layer_types") {
+        Some(Value::Array(types)) => types,
+        Some(Value::Null) | None => return Ok(None),
         Some(_) => return Err(Error::config(f.file, "layer_types", "expected an array")),
     };
-    match (model_type, by_layer_types) {
-        ("mistral" | "phi3" | "qwen2" | "qwen3", Some(true)) => match window()? {
-            Some(w) => Ok(Some(w)),
-            None => Err(Error::config(
-                f.file,
-                "sliding_window",
-                "required: layer_types lists sliding_attention layers",
-            )),
-        },
-        ("mistral" | "phi3" | "qwen2" | "qwen3", Some(false)) => Ok(None),
-        ("mistral" | "phi3", None) => window(),
-        ("qwen2" | "qwen3", None) => {
-            if !f.opt_bool("use_sliding_window")?.unwrap_or(false) {
-                return Ok(None);
-            }
-            let layers = f.req_usize("num_hidden_layers")?;
-            // absent: the config classes' default (28 for both Qwen2Config and Qwen3Config)
-            let first = f.opt_usize("max_window_layers")?.unwrap_or(28);
-            if first >= layers {
-                return Ok(None); // no layer at or past max_window_layers
-            }
-            window()
-        }
-        _ => Ok(None),
+    if types.len() != layers {
+        return Err(Error::config(
+            f.file,
+            "layer_types",
+            format!("{} entries for {layers} layers", types.len()),
+        ));
     }
+    let mut out = Vec::new();
+    for (i, t) in types.iter().enumerate() {
+        match t.as_str() {
+            Some("sliding_attention") => out.push(i),
+            Some("full_attention") => {}
+            _ => {
+                return Err(Error::config(
+                    f.file,
+                    &format!("layer_types[{i}]"),
+                    format!("{t}: expected sliding_attention or full_attention"),
+                ))
+            }
+        }
+    }
+    Ok(Some(out))
 }
 
 /// The rotary embedding covers the whole head: `partial_rotary_factor` (top level, or in the
@@ -1084,17 +1090,6 @@ mod tests {
         assert_eq!(b.head_dim, 128);
         assert_eq!(parse("llama", "").unwrap().head_dim, 16);
         assert!(!parse("llama", "").unwrap().qk_norm && !parse("qwen2", "").unwrap().qk_norm);
-        // Qwen3's window follows Qwen2's rules; max_window_layers absent is the classes' 28
-        let w = |extra: &str| parse("qwen3", extra).unwrap().max_context;
-        assert_eq!(
-            w(r#""sliding_window": 4096, "use_sliding_window": true, "max_window_layers": 2"#),
-            4096
-        );
-        assert_eq!(
-            w(r#""sliding_window": 4096, "use_sliding_window": true"#),
-            32768
-        );
-        assert_eq!(w(r#""sliding_window": 4096"#), 32768);
     }
 
     #[test]
@@ -1115,7 +1110,8 @@ mod tests {
         let c = parse("phi3", r#""sliding_window": 2047"#).unwrap();
         assert_eq!((c.arch, c.model_type.as_str()), (Arch::Llama, "phi3"));
         assert!(!c.attention_bias && !c.o_proj_bias && !c.mlp_bias && !c.qk_norm);
-        assert_eq!((c.sliding_window, c.max_context), (Some(2047), 2047));
+        assert_eq!((c.sliding_window, c.max_context), (Some(2047), 32768));
+        assert_eq!(c.sliding_layers, (0..4).collect::<Vec<_>>());
         assert_eq!(parse("phi3", "").unwrap().sliding_window, None);
         // Phi3Config reads longrope under the old names `su` and `yarn` too
         for (field, kind) in [
@@ -1135,11 +1131,13 @@ mod tests {
             );
         }
         assert!(parse("phi3", r#""rope_scaling": {"rope_type": "default"}"#).is_ok());
-        // the embedded Phi-3 mini: 3.8 B parameters, as published; the window caps the context
+        // the embedded Phi-3 mini: 3.8 B parameters, as published; a 2047-key window on every
+        // layer of its 4096 positions
         let m = crate::model::registry::find("phi-3-mini-4k").unwrap();
         let c = ModelConfig::from_json_str(m.config, "phi-3-mini-4k").unwrap();
         assert_eq!(c.num_parameters(), 3_821_079_552);
-        assert_eq!(c.max_context, 2047);
+        assert_eq!((c.sliding_window, c.max_context), (Some(2047), 4096));
+        assert_eq!(c.sliding_layers.len(), c.num_layers);
     }
 
     #[test]
@@ -1160,7 +1158,12 @@ mod tests {
                                                   // every sixth layer (5, 11, 17, 23) is a full-attention one
             let sliding: Vec<usize> = (0..layers).filter(|i| (i + 1) % 6 != 0).collect();
             assert_eq!(c.sliding_layers, sliding, "{name}");
-            assert_eq!((c.sliding_window, c.max_context), (Some(512), 512));
+            assert_eq!((c.sliding_window, c.max_context), (Some(512), 32768));
+            assert_eq!(
+                (c.layer_window(0), c.layer_window(5)),
+                (Some(512), None),
+                "{name}"
+            );
             assert_eq!(c.rope.unwrap().theta, 1e6);
             assert_eq!(c.local_rope.unwrap().theta, 1e4);
         }
@@ -1284,52 +1287,110 @@ mod tests {
     }
 
     #[test]
-    fn a_sliding_window_caps_the_context() {
-        // Mistral: sliding_window turns it on; null or absent leaves it off
-        let m = parse("mistral", r#""sliding_window": 4096"#).unwrap();
-        assert_eq!((m.sliding_window, m.max_context), (Some(4096), 4096));
-        assert!(m.sliding_window_note("c.json").unwrap().contains("4096"));
-        for extra in [r#""sliding_window": null"#, ""] {
-            let m = parse("mistral", extra).unwrap();
-            assert_eq!((m.sliding_window, m.max_context), (None, 32768));
-            assert!(m.sliding_window_note("c.json").is_none());
+    fn sliding_windows_apply_to_the_layers_transformers_gives_them() {
+        // (window, layers with it, max_context) of a 4-layer config
+        let w = |model_type: &str, extra: &str| {
+            let c = parse(model_type, extra).unwrap();
+            let per_layer: Vec<Option<usize>> = (0..4).map(|i| c.layer_window(i)).collect();
+            assert_eq!(c.max_context, 32768, "the window never caps the context");
+            (c.sliding_window, c.sliding_layers, per_layer)
+        };
+        let all = vec![0, 1, 2, 3];
+        // Mistral and Phi-3: sliding_window on every layer; null or absent: none; layer_types
+        // ignored (as MistralModel does)
+        for t in ["mistral", "phi3"] {
+            let (win, layers, per) = w(t, r#""sliding_window": 4096"#);
+            assert_eq!((win, &layers), (Some(4096), &all), "{t}");
+            assert_eq!(per, vec![Some(4096); 4]);
+            for extra in [r#""sliding_window": null"#, ""] {
+                assert_eq!(w(t, extra), (None, vec![], vec![None; 4]), "{t} {extra}");
+            }
+            let (win, layers, _) = w(
+                t,
+                r#""sliding_window": 64, "layer_types": ["full_attention", "full_attention",
+                    "full_attention", "full_attention"]"#,
+            );
+            assert_eq!((win, layers), (Some(64), all.clone()), "{t}");
         }
-        // a window past max_position_embeddings changes nothing
-        let m = parse("mistral", r#""sliding_window": 65536"#).unwrap();
-        assert_eq!(m.max_context, 32768);
-        assert!(m.sliding_window_note("c.json").is_none());
-        // Qwen2 (transformers 4.x style): only under use_sliding_window, and only when a layer
-        // lies at or past max_window_layers
-        let q = |extra: &str| parse("qwen2", extra).unwrap().max_context;
-        assert_eq!(
-            q(r#""sliding_window": 4096, "use_sliding_window": false"#),
-            32768
+        // Qwen2 and Qwen3 (transformers 4.x style): only under use_sliding_window, on the layers
+        // from max_window_layers (default 28) on
+        for t in ["qwen2", "qwen3"] {
+            let off = (None, vec![], vec![None; 4]);
+            assert_eq!(
+                w(t, r#""sliding_window": 4096, "use_sliding_window": false"#),
+                off
+            );
+            assert_eq!(w(t, r#""sliding_window": 4096"#), off);
+            assert_eq!(
+                w(t, r#""sliding_window": 4096, "use_sliding_window": true"#),
+                off
+            );
+            assert_eq!(
+                w(
+                    t,
+                    r#""sliding_window": 4096, "use_sliding_window": true, "max_window_layers": 4"#
+                ),
+                off
+            );
+            assert_eq!(
+                w(
+                    t,
+                    r#""sliding_window": 4096, "use_sliding_window": true, "max_window_layers": 2"#
+                ),
+                (
+                    Some(4096),
+                    vec![2, 3],
+                    vec![None, None, Some(4096), Some(4096)]
+                )
+            );
+            // transformers 5.x: layer_types decide which layers, use_sliding_window whether
+            assert_eq!(
+                w(
+                    t,
+                    r#""sliding_window": 2048, "use_sliding_window": true, "max_window_layers": 0,
+                    "layer_types": ["full_attention", "sliding_attention", "full_attention",
+                    "sliding_attention"]"#
+                ),
+                (
+                    Some(2048),
+                    vec![1, 3],
+                    vec![None, Some(2048), None, Some(2048)]
+                )
+            );
+            assert_eq!(
+                w(
+                    t,
+                    r#""sliding_window": 2048,
+                    "layer_types": ["full_attention", "sliding_attention", "full_attention",
+                    "sliding_attention"]"#
+                ),
+                off
+            );
+        }
+        // bad layer_types name the field
+        let e = parse(
+            "qwen2",
+            r#""sliding_window": 8, "use_sliding_window": true, "layer_types": ["full_attention"]"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("layer_types") && e.contains("1 entries for 4 layers"),
+            "{e}"
         );
-        assert_eq!(
-            q(r#""sliding_window": 4096, "use_sliding_window": true, "max_window_layers": 4"#),
-            32768
-        );
-        assert_eq!(
-            q(r#""sliding_window": 4096, "use_sliding_window": true, "max_window_layers": 2"#),
-            4096
-        );
-        // transformers 5.x: layer_types decide
-        assert_eq!(
-            q(r#""sliding_window": 4096, "use_sliding_window": true,
-                "layer_types": ["full_attention", "full_attention"]"#),
-            32768
-        );
-        assert_eq!(
-            q(r#""sliding_window": 2048,
-                "layer_types": ["full_attention", "sliding_attention"]"#),
-            2048
-        );
+        let e = parse(
+            "qwen3",
+            r#""sliding_window": 8, "use_sliding_window": true,
+            "layer_types": ["full_attention", "local", "full_attention", "full_attention"]"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("layer_types[1]"), "{e}");
+        assert!(parse("mistral", r#""sliding_window": 0"#).is_err());
         // llama has no window
         assert_eq!(
-            parse("llama", r#""sliding_window": 4096"#)
-                .unwrap()
-                .max_context,
-            32768
+            w("llama", r#""sliding_window": 4096"#),
+            (None, vec![], vec![None; 4])
         );
     }
 
@@ -1345,7 +1406,11 @@ mod tests {
         assert!(e.contains("sliding_window"), "{e}");
         let e = err("qwen2", r#""layer_types": "sliding_attention""#);
         assert!(e.contains("layer_types") && e.contains("array"), "{e}");
-        let e = err("qwen2", r#""layer_types": ["sliding_attention"]"#);
+        let e = err(
+            "qwen2",
+            r#""use_sliding_window": true, "sliding_window": null, "layer_types":
+            ["sliding_attention", "full_attention", "full_attention", "full_attention"]"#,
+        );
         assert!(
             e.contains("sliding_window") && e.contains("required"),
             "{e}"

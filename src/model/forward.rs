@@ -522,6 +522,7 @@ impl<B: Backend> Model<B> {
                 &kv.geom,
                 c.num_heads,
                 scale,
+                c.layer_window(i),
             )?;
             b.linear(
                 &mut ws.delta,

@@ -101,7 +101,6 @@ fn open_dir(dir: &Path) -> Result<ModelSource> {
         });
     }
     let mut config = ModelConfig::from_file(&config_path)?;
-    say_sliding_window(&config, &config_path.display().to_string());
     let generation_path = dir.join("generation_config.json");
     if generation_path.is_file() {
         let text = std::fs::read_to_string(&generation_path)
@@ -130,17 +129,9 @@ fn open_dir(dir: &Path) -> Result<ModelSource> {
     })
 }
 
-/// Where a sliding window bounds the context, say so when the model opens (`file`: its config).
-fn say_sliding_window(config: &ModelConfig, file: &str) {
-    if let Some(note) = config.sliding_window_note(file) {
-        eprintln!("note: {note}");
-    }
-}
-
 fn open_embedded(m: &'static registry::EmbeddedModel) -> Result<ModelSource> {
     let file = format!("{} (embedded)/config.json", m.name);
     let config = ModelConfig::from_json_str(m.config, &file)?;
-    say_sliding_window(&config, &file);
     let tokenizer_file = format!("{} (embedded)/tokenizer.json", m.name);
     let tokenizer = m
         .tokenizer

@@ -384,7 +384,9 @@ where
             let v = up(geom.layer_len(), 3, -1.0, 1.0)?;
             let mut out = b.zeros(t * num_heads * head_dim)?;
             let scale = 1.0 / (head_dim as f32).sqrt();
-            Box::new(move || b.attention(&mut out, &qkv, &k, &v, &meta, &geom, num_heads, scale))
+            Box::new(move || {
+                b.attention(&mut out, &qkv, &k, &v, &meta, &geom, num_heads, scale, None)
+            })
         }
         (&Shape::Matmul { m, n, k, .. }, _) => {
             let x = up(m * k, 1, -1.0, 1.0)?;

@@ -9,7 +9,10 @@
 // block sizes 16/32, contexts 1..700 not multiples of the block or split length, 1..3 splits.
 // "poison": block 0, which no sequence uses, holds NaN/inf; it is the stand-in row the P·V loop
 // loads for skipped keys, so a missing mask shows up as NaN. "badblk": one block-table entry is
-// past num_blocks; the kernel skips those keys and so does the reference.
+// past num_blocks; the kernel skips those keys and so does the reference. "window W": a sliding
+// window of W keys (each decode token sees its last W positions); the keys before a decode sequence's
+// window hold NaN/inf, so a read before the window start shows up as NaN, and the split plan covers
+// the window only, as the host plans it.
 // Tolerance: |got - want| / (1 + |want|) <= 2e-2 (bf16), 4e-3 (f16), 1e-5 (f32): one rounding of
 // the output to T plus f32 accumulation (inputs are rounded to T before the reference sees them).
 #include "emu.h"
@@ -32,14 +35,14 @@ static Plan plan_for(uint32_t splits, uint32_t ctx) {
 
 // seqs: (new tokens, context) per sequence; decode sequences have 1 new token.
 void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std::pair<uint32_t, uint32_t>> seqs,
-              uint32_t want_splits, bool poison, bool bad_block) {
+              uint32_t want_splits, bool poison, bool bad_block, uint32_t window = 0) {
   uint32_t G = H / Hkv;
   uint32_t ns = seqs.size(), max_ctx = 0, max_blocks = 0;
   std::vector<uint32_t> qsl(ns + 1, 0), lens(ns), dec;
   for (uint32_t s = 0; s < ns; ++s) {
     qsl[s + 1] = qsl[s] + seqs[s].first; lens[s] = seqs[s].second;
     max_blocks = std::max(max_blocks, (lens[s] + bs - 1) / bs);
-    if (seqs[s].first == 1) { dec.push_back(s); max_ctx = std::max(max_ctx, lens[s]); }
+    if (seqs[s].first == 1) { dec.push_back(s); max_ctx = std::max(max_ctx, window ? std::min(lens[s], window) : lens[s]); }
   }
   max_blocks += 1;  // a spare column
   uint32_t num_tokens = qsl[ns];
@@ -62,6 +65,12 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
   std::vector<float> kf(cache_len), vf(cache_len);
   for (auto& x : kf) x = rt(rnd()); for (auto& x : vf) x = rt(rnd());
   if (poison) for (size_t i = 0; i < size_t(bs) * Hkv * D; ++i) { kf[i] = NAN; vf[i] = (i % 2) ? INFINITY : NAN; }
+  auto first_key = [&](uint32_t ctx) { return window && ctx > window ? ctx - window : 0u; };
+  for (uint32_t s : dec) for (uint32_t j = 0; j < first_key(lens[s]); ++j) {
+    uint32_t b = table[s * max_blocks + j / bs];
+    if (b >= num_blocks) continue;
+    for (size_t e = 0; e < size_t(Hkv) * D; ++e) { size_t o = (size_t(b) * bs + j % bs) * Hkv * D + e; kf[o] = NAN; vf[o] = INFINITY; }
+  }
   uint32_t q_stride = (H + 2 * Hkv) * D, out_stride = H * D;
   std::vector<float> qf(size_t(num_tokens) * q_stride);
   for (auto& x : qf) x = rt(rnd() * 2);
@@ -73,7 +82,7 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
   DecodeAttentionParams p{};
   p.kv = {num_blocks, bs, Hkv, D}; p.num_decode = dec.size(); p.num_seqs = ns; p.num_heads = H;
   p.max_blocks_per_seq = max_blocks; p.q_stride = q_stride; p.out_stride = out_stride;
-  p.num_splits = pl.splits; p.partition_len = pl.len; p.scale = scale;
+  p.num_splits = pl.splits; p.partition_len = pl.len; p.scale = scale; p.window = window;
   uint32_t gc = G > 4 ? 8 : (G > 2 ? 4 : G);
   uint32_t chunks = (G + gc - 1) / gc;
   std::vector<float> pacc(size_t(dec.size()) * H * pl.splits * D, NAN), pml(size_t(dec.size()) * H * pl.splits * 2, NAN);
@@ -92,7 +101,7 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
     for (uint32_t h = 0; h < H; ++h) {
       uint32_t kvh = h / G;
       std::vector<double> sc; std::vector<size_t> offs;
-      for (uint32_t j = 0; j < ctx; ++j) {
+      for (uint32_t j = first_key(ctx); j < ctx; ++j) {
         uint32_t b = table[s * max_blocks + j / bs];
         if (b >= num_blocks) continue;
         size_t off = ((size_t(b) * bs + j % bs) * Hkv + kvh) * D;
@@ -117,8 +126,9 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
     for (uint32_t t = qsl[s]; t < qsl[s + 1]; ++t) for (uint32_t c = 0; c < out_stride; ++c) untouched &= im::to_float(ot[size_t(t) * out_stride + c]) == -7.f;
   bool ok = worst <= TOL && !nan && untouched;
   cases++; if (!ok) failures++;
-  printf("D%-3u H%-2u Hkv%-2u bs%-2u splits %2u x %-5u ndec %zu max_ctx %-5u%s%s  %s err %.3g%s%s\n", D, H, Hkv, bs, pl.splits, pl.len, dec.size(), max_ctx,
-         poison ? " poison" : "", bad_block ? " badblk" : "", ok ? "ok  " : "FAIL", worst, nan ? " NaN" : "", untouched ? "" : " prefill rows written");
+  char win[32] = ""; if (window) snprintf(win, sizeof win, " window %u", window);
+  printf("D%-3u H%-2u Hkv%-2u bs%-2u splits %2u x %-5u ndec %zu max_keys %-5u%s%s%s  %s err %.3g%s%s\n", D, H, Hkv, bs, pl.splits, pl.len, dec.size(), max_ctx,
+         poison ? " poison" : "", bad_block ? " badblk" : "", win, ok ? "ok  " : "FAIL", worst, nan ? " NaN" : "", untouched ? "" : " prefill rows written");
 }
 
 int main() {
@@ -132,6 +142,11 @@ int main() {
     run_case(D, 10, 2, 32, {{1, 400}}, 1, true, true);                              // G 5
     run_case(D, 16, 2, 16, {{1, 520}, {1, 31}}, 4, true, false);                    // G 8
     run_case(D, 24, 2, 16, {{1, 260}, {4, 20}, {1, 2}}, 2, true, true);             // G 12: chunks 8+4
+    // sliding windows: shorter than some contexts (not a multiple of the block or split length),
+    // equal to one, longer than the others; one and several splits over the window
+    run_case(D, 8, 2, 16, {{1, 700}, {1, 37}, {3, 90}, {1, 300}}, 3, true, true, 300);  // G 4
+    run_case(D, 4, 4, 32, {{1, 129}, {1, 1}, {1, 64}}, 1, true, false, 37);             // G 1
+    run_case(D, 16, 2, 16, {{1, 1000}, {1, 2}}, 4, false, false, 513);                  // G 8
   }
   printf("%s: %d of %d cases failed\n", failures ? "FAILED" : "PASSED", failures, cases);
   return failures != 0;

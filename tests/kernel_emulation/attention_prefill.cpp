@@ -13,6 +13,8 @@
 // lengths across the 64-row query tile and the 64/32-key K/V tiles (2, 3, 37, 63, 64, 65, 130, 200),
 // prefixes not multiples of the block size. Poison: every cache slot no sequence owns (unused blocks
 // and the tails of last blocks) holds NaN/inf, so a read past the context shows up as NaN.
+// "window W": a sliding window of W keys; the keys before a sequence's first new row's window (which
+// no row of the sequence sees) hold NaN/inf too, so a read before the window shows up as NaN.
 // Tolerance: |got - want| / (1 + |want|) <= 2e-2 (bf16), 4e-3 (f16): the probabilities are rounded to
 // T before P V (as FlashAttention does) plus one rounding of the output (inputs are rounded to T
 // before the reference sees them).
@@ -41,7 +43,9 @@ static std::vector<uint32_t> prefill_tiles(const std::vector<uint32_t>& qsl) {
 }
 
 // seqs: (new tokens, context) per sequence.
-void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std::pair<uint32_t, uint32_t>> seqs) {
+void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std::pair<uint32_t, uint32_t>> seqs,
+              uint32_t window = 0) {
+  auto first_key = [&](uint32_t pos) { return window && pos + 1 > window ? pos + 1 - window : 0u; };
   uint32_t G = H / Hkv, ns = seqs.size(), max_blocks = 0;
   std::vector<uint32_t> qsl(ns + 1, 0), lens(ns);
   for (uint32_t s = 0; s < ns; ++s) {
@@ -61,7 +65,7 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
   std::vector<float> kf(cache_len), vf(cache_len);
   for (size_t i = 0; i < cache_len; ++i) { kf[i] = NAN; vf[i] = (i % 2) ? INFINITY : NAN; }
   auto slot = [&](uint32_t s, uint32_t j, uint32_t kvh) { return ((size_t(table[s * max_blocks + j / bs]) * bs + j % bs) * Hkv + kvh) * D; };
-  for (uint32_t s = 0; s < ns; ++s) for (uint32_t j = 0; j < lens[s]; ++j) for (uint32_t kvh = 0; kvh < Hkv; ++kvh)
+  for (uint32_t s = 0; s < ns; ++s) for (uint32_t j = first_key(lens[s] - seqs[s].first); j < lens[s]; ++j) for (uint32_t kvh = 0; kvh < Hkv; ++kvh)
     for (uint32_t e = 0; e < D; ++e) { kf[slot(s, j, kvh) + e] = rt(rnd()); vf[slot(s, j, kvh) + e] = rt(rnd()); }
   uint32_t q_stride = (H + 2 * Hkv) * D, out_stride = H * D;
   std::vector<float> qf(size_t(num_tokens) * q_stride);
@@ -75,6 +79,7 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
   PrefillAttentionParams p{};
   p.kv = {num_blocks, bs, Hkv, D}; p.num_tiles = tiles.size() / 2; p.num_seqs = ns; p.num_heads = H;
   p.max_blocks_per_seq = max_blocks; p.q_stride = q_stride; p.out_stride = out_stride; p.scale = scale;
+  p.window = window;
   dim3 grid; grid.x = p.num_tiles; grid.y = H;
   dim3 blk; blk.x = IM_PREFILL_THREADS;
   for (bool pipelined : {true, false}) {
@@ -103,15 +108,16 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
             continue;
           }
           uint32_t kvh = h / G;
-          std::vector<double> sc(pos + 1);
+          const uint32_t lo = first_key(pos);
+          std::vector<double> sc(pos + 1, -INFINITY);
           double m = -INFINITY;
-          for (uint32_t j = 0; j <= pos; ++j) {
+          for (uint32_t j = lo; j <= pos; ++j) {
             double d = 0; for (uint32_t e = 0; e < D; ++e) d += double(qf[size_t(t) * q_stride + h * D + e]) * kf[slot(s, j, kvh) + e];
             sc[j] = d * scale; m = std::max(m, sc[j]);
           }
-          double l = 0; for (double x : sc) l += std::exp(x - m);
+          double l = 0; for (uint32_t j = lo; j <= pos; ++j) l += std::exp(sc[j] - m);
           for (uint32_t e = 0; e < D; ++e) {
-            double o = 0; for (uint32_t j = 0; j <= pos; ++j) o += std::exp(sc[j] - m) / l * vf[slot(s, j, kvh) + e];
+            double o = 0; for (uint32_t j = lo; j <= pos; ++j) o += std::exp(sc[j] - m) / l * vf[slot(s, j, kvh) + e];
             float got = im::to_float(ot[size_t(t) * out_stride + h * D + e]);
             if (std::isnan(got)) nan = true;
             double err = std::fabs(got - o) / (1 + std::fabs(o));
@@ -124,6 +130,7 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
     if (!ok) failures++;
     printf("%s D%-3u H%-2u Hkv%-2u bs%-2u tiles %-3u seqs", name, D, H, Hkv, bs, p.num_tiles);
     for (auto [n, c] : seqs) printf(" %u/%u", n, c);
+    if (window) printf(" window %u", window);
     printf("  %s err %.3g%s%s\n", ok ? "ok  " : "FAIL", worst, nan ? " NaN" : "", untouched ? "" : " decode rows written");
   }
 }
@@ -134,6 +141,11 @@ int main() {
     run_case(D, 4, 4, 16, {{37, 37}, {1, 20}, {2, 2}, {65, 65}});     // G 1: whole prompts, a decode row
     run_case(D, 8, 2, 32, {{64, 100}, {3, 300}, {130, 130}});         // G 4: chunks over cached prefixes
     run_case(D, 8, 1, 16, {{63, 63}, {200, 233}, {1, 7}});            // G 8: 4 query tiles, prefix 33
+    // sliding windows: shorter than a query tile, than a K/V tile, not a multiple of either or of
+    // the block size; over whole prompts and chunks after a cached prefix
+    run_case(D, 4, 4, 16, {{130, 130}, {37, 37}, {1, 20}, {64, 100}}, 5);   // rows see 5 keys
+    run_case(D, 8, 2, 32, {{200, 233}, {3, 300}, {65, 65}}, 50);             // G 4
+    run_case(D, 8, 1, 16, {{130, 400}, {70, 70}}, 100);                      // G 8: window > BM
   }
   printf("%s: %d of %d cases failed\n", failures ? "FAILED" : "PASSED", failures, cases);
   return failures != 0;

@@ -155,7 +155,7 @@ void test_act(unsigned rows, unsigned inter) {
 }
 
 // ---- paged attention -------------------------------------------------------------------------------
-void test_attention(unsigned nh, unsigned nkv, unsigned d, unsigned bs, unsigned threads) {
+void test_attention(unsigned nh, unsigned nkv, unsigned d, unsigned bs, unsigned threads, unsigned window = 0) {
   std::vector<unsigned> cached = {0, 5, 30, 2, 0}, fresh = {6, 1, 1, 3, 0};  // last seq: no new tokens
   unsigned ns = cached.size(), num_blocks = 64, mbps = 0;
   std::vector<uint32_t> qsl = {0}, lens, positions, tables;
@@ -167,17 +167,19 @@ void test_attention(unsigned nh, unsigned nkv, unsigned d, unsigned bs, unsigned
   auto qkv = q(randn(nt * stride)); auto kc = q(randn(num_blocks * bs * nkv * d)), vc = q(randn(num_blocks * bs * nkv * d));
   std::vector<T> qt = toT(qkv), kt = toT(kc), vt = toT(vc), out(nt * nh * d);
   float scale = 1.f / std::sqrt(float(d));
-  PagedAttentionParams p{{num_blocks, bs, nkv, d}, nt, ns, nh, mbps, stride, nh * d, scale};
+  PagedAttentionParams p{{num_blocks, bs, nkv, d}, nt, ns, nh, mbps, stride, nh * d, scale, window};
   launch(d1(nt, nh), d1(threads), [&] { paged_attention_naive(out.data(), qt.data(), kt.data(), vt.data(), qsl.data(), lens.data(), positions.data(), tables.data(), p); });
   std::vector<float> ref(nt * nh * d, 0.f);
   for (unsigned s = 0; s < ns; ++s) for (unsigned t = qsl[s]; t < qsl[s+1]; ++t) for (unsigned h = 0; h < nh; ++h) {
-    unsigned kvh = h / (nh / nkv), ctx = positions[t] + 1; std::vector<float> sc(ctx); float mx = -INFINITY;
+    // a sliding window: keys lo ..= position (the reference skips the earlier ones, scores stay 0 there)
+    unsigned kvh = h / (nh / nkv), ctx = positions[t] + 1, lo = window && ctx > window ? ctx - window : 0;
+    std::vector<float> sc(ctx); float mx = -INFINITY;
     auto off = [&](unsigned j) { return ((size_t(tables[s*mbps + j/bs]) * bs + j % bs) * nkv + kvh) * d; };
-    for (unsigned j = 0; j < ctx; ++j) { float dot = 0; for (unsigned e = 0; e < d; ++e) dot += qkv[t*stride + h*d + e] * kc[off(j)+e]; sc[j] = dot * scale; mx = std::max(mx, sc[j]); }
-    float sum = 0; for (auto& v : sc) { v = std::exp(v - mx); sum += v; }
-    for (unsigned j = 0; j < ctx; ++j) for (unsigned e = 0; e < d; ++e) ref[t*nh*d + h*d + e] += sc[j] * vc[off(j)+e];
+    for (unsigned j = lo; j < ctx; ++j) { float dot = 0; for (unsigned e = 0; e < d; ++e) dot += qkv[t*stride + h*d + e] * kc[off(j)+e]; sc[j] = dot * scale; mx = std::max(mx, sc[j]); }
+    float sum = 0; for (unsigned j = lo; j < ctx; ++j) { sc[j] = std::exp(sc[j] - mx); sum += sc[j]; }
+    for (unsigned j = lo; j < ctx; ++j) for (unsigned e = 0; e < d; ++e) ref[t*nh*d + h*d + e] += sc[j] * vc[off(j)+e];
     for (unsigned e = 0; e < d; ++e) ref[t*nh*d + h*d + e] /= sum; }
-  char name[100]; snprintf(name, 100, "attention nh%u nkv%u d%u bs%u t%u", nh, nkv, d, bs, threads); cmp(name, tof(out), ref);
+  char name[100]; snprintf(name, 100, "attention nh%u nkv%u d%u bs%u t%u window %u", nh, nkv, d, bs, threads, window); cmp(name, tof(out), ref);
 
   // write_kv: write fresh tokens' K/V into their slots, compare with a CPU copy; a pad token writes nothing
   std::vector<uint32_t> slots;
@@ -300,6 +302,7 @@ int main(int argc, char** argv) {
   test_attention(8, 2, 64, 4, 128); test_attention(4, 4, 16, 16, 64); test_attention(6, 3, 128, 3, 128);
   if (IM_DTYPE == IM_DTYPE_F32) test_attention(2, 1, 256, 4, 128);
   test_attention(2, 1, 256, 5, 96);
+  test_attention(8, 2, 64, 4, 128, 7); test_attention(4, 4, 16, 16, 64, 1); test_attention(6, 3, 128, 3, 128, 30);
   }
   test_sampling(argc > 1 ? atoi(argv[1]) : 64);
   test_sampling_determinism();

@@ -1,9 +1,11 @@
 //! Causal attention over the paged KV cache: the reference every GPU attention kernel is tested against.
 //!
 //! For each new token of sequence s (position p = seq_len − num_new + i) and each query head h: scores
-//! against keys 0..=p of KV head h / group, read through the block table (key j lives in block
+//! against keys lo..=p of KV head h / group, read through the block table (key j lives in block
 //! `block_table[j / block_size]`, offset `j % block_size`); softmax in f32 with the max subtracted;
-//! weighted sum of V. No contiguous per-sequence copy of K/V is made. Parallel over tokens.
+//! weighted sum of V. lo is 0, or under a sliding window of w keys max(0, p + 1 − w): the last w
+//! positions, the token's own included (transformers' mask `kv_idx > q_idx - sliding_window`).
+//! No contiguous per-sequence copy of K/V is made. Parallel over tokens.
 
 use rayon::prelude::*;
 
@@ -11,7 +13,8 @@ use crate::backend::{BatchMeta, KvGeometry};
 
 /// out: [num_tokens, num_heads * head_dim];
 /// qkv: [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim] (Q in the first num_heads * head_dim columns);
-/// k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]
+/// k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]; window: the sliding window
+/// in keys (None: full causal attention)
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     out: &mut [f32],
@@ -22,6 +25,7 @@ pub fn paged_attention(
     geom: &KvGeometry,
     num_heads: usize,
     scale: f32,
+    window: Option<usize>,
 ) {
     let d = geom.head_dim;
     let nkv = geom.num_kv_heads;
@@ -42,13 +46,16 @@ pub fn paged_attention(
             let s = seq_of[t];
             let table = meta.block_table(s);
             let pos = meta.positions[t] as usize;
-            let ctx = pos + 1;
+            // keys lo..=pos
+            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
             let q_row = &qkv[t * row_len..t * row_len + q_size];
-            let mut scores = vec![0.0f32; ctx];
+            let mut scores = vec![0.0f32; pos + 1 - lo];
             for h in 0..num_heads {
                 let kvh = h / group;
                 let q = &q_row[h * d..(h + 1) * d];
-                let slot_offset = |j: usize| {
+                // offset of the i-th key of the window, key lo + i
+                let slot_offset = |i: usize| {
+                    let j = lo + i;
                     let slot = table[j / bs] as usize * bs + j % bs;
                     (slot * nkv + kvh) * d
                 };
@@ -80,4 +87,106 @@ pub fn paged_attention(
                 }
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One sequence of `ctx` cached tokens (K/V already in the cache, blocks in reverse order) whose
+    /// last `new` tokens are the queries; returns (meta, geom).
+    fn one_seq(ctx: usize, new: usize, bs: usize, nkv: usize, d: usize) -> (BatchMeta, KvGeometry) {
+        let blocks = ctx.div_ceil(bs);
+        let geom = KvGeometry {
+            num_blocks: blocks,
+            block_size: bs,
+            num_kv_heads: nkv,
+            head_dim: d,
+        };
+        let table: Vec<u32> = (0..blocks as u32).rev().collect();
+        let positions: Vec<u32> = (ctx - new..ctx).map(|p| p as u32).collect();
+        let slot = |p: usize| table[p / bs] * bs as u32 + (p % bs) as u32;
+        let meta = BatchMeta {
+            token_ids: vec![0; new],
+            slot_mapping: positions.iter().map(|&p| slot(p as usize)).collect(),
+            positions,
+            query_start_loc: vec![0, new as u32],
+            seq_lens: vec![ctx as u32],
+            block_tables: table,
+            max_blocks_per_seq: blocks,
+            logits_indices: vec![],
+            decode_plan_ctx: None,
+        };
+        (meta, geom)
+    }
+
+    /// Values in [-1, 1) from a seed (a fixed LCG: the property is about indexing, not the data).
+    fn fill(len: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// A windowed query sees exactly its last `window` keys: its output equals full causal
+        /// attention over a cache holding only those keys (copied to the front of a fresh cache,
+        /// as if the context started at the window). A window at least as long as the context
+        /// changes nothing.
+        #[test]
+        fn a_window_is_full_attention_over_the_last_keys(
+            ctx in 1usize..70,
+            new_frac in 0.0f64..1.0,
+            window in 1usize..80,
+            bs in prop::sample::select(vec![1usize, 3, 16]),
+            (heads, nkv) in prop::sample::select(vec![(2usize, 2usize), (4, 1), (6, 2)]),
+            seed in 0u64..1000,
+        ) {
+            let d = 8;
+            let new = 1 + ((ctx - 1) as f64 * new_frac) as usize;
+            let (meta, geom) = one_seq(ctx, new, bs, nkv, d);
+            let row = (heads + 2 * nkv) * d;
+            let qkv = fill(new * row, seed);
+            let k = fill(geom.layer_len(), seed + 1);
+            let v = fill(geom.layer_len(), seed + 2);
+            let q_size = heads * d;
+            let mut got = vec![0.0; new * q_size];
+            paged_attention(&mut got, &qkv, &k, &v, &meta, &geom, heads, 0.3, Some(window));
+            if window >= ctx {
+                let mut full = vec![0.0; new * q_size];
+                paged_attention(&mut full, &qkv, &k, &v, &meta, &geom, heads, 0.3, None);
+                prop_assert_eq!(&got, &full);
+            }
+            for t in 0..new {
+                let p = ctx - new + t;
+                let lo = (p + 1).saturating_sub(window);
+                // the keys lo..=p of the original cache, as a context of their own
+                let keys = p + 1 - lo;
+                let (m2, g2) = one_seq(keys, 1, bs, nkv, d);
+                let mut k2 = vec![0.0; g2.layer_len()];
+                let mut v2 = vec![0.0; g2.layer_len()];
+                let slot = |m: &BatchMeta, j: usize| {
+                    (m.block_tables[j / bs] as usize * bs + j % bs) * nkv * d
+                };
+                for j in 0..keys {
+                    let (a, b) = (slot(&meta, lo + j), slot(&m2, j));
+                    k2[b..b + nkv * d].copy_from_slice(&k[a..a + nkv * d]);
+                    v2[b..b + nkv * d].copy_from_slice(&v[a..a + nkv * d]);
+                }
+                let mut want = vec![0.0; q_size];
+                paged_attention(
+                    &mut want, &qkv[t * row..(t + 1) * row], &k2, &v2, &m2, &g2, heads, 0.3, None,
+                );
+                prop_assert_eq!(&got[t * q_size..(t + 1) * q_size], &want[..]);
+            }
+        }
+    }
 }

@@ -286,6 +286,7 @@ impl Backend for CpuBackend {
         geom: &KvGeometry,
         num_heads: usize,
         scale: f32,
+        window: Option<usize>,
     ) -> Result<()> {
         let q_size = num_heads * geom.head_dim;
         need(out, meta.num_tokens() * q_size, "out")?;
@@ -302,7 +303,12 @@ impl Backend for CpuBackend {
                 geom.num_kv_heads
             )
         })?;
-        attention::paged_attention(out, qkv, k_cache, v_cache, meta, geom, num_heads, scale);
+        check(window != Some(0), || {
+            "a sliding window of 0 keys".to_string()
+        })?;
+        attention::paged_attention(
+            out, qkv, k_cache, v_cache, meta, geom, num_heads, scale, window,
+        );
         Ok(())
     }
 

@@ -155,6 +155,27 @@ pub fn prefill_tiles(query_start_loc: &[u32]) -> Vec<u32> {
     tiles
 }
 
+// ---- sliding windows ---------------------------------------------------------------------------------
+
+/// The kernels' `window` parameter (params.h): the window in keys, 0 for none. A window of 0 keys
+/// is an error; one of 2^32 keys or more cuts nothing a u32 position can reach, so it is none.
+pub fn window_param(window: Option<usize>) -> Result<u32> {
+    match window {
+        None => Ok(0),
+        Some(0) => Err(err("attention: a sliding window of 0 keys")),
+        Some(w) => Ok(u32::try_from(w).unwrap_or(0)),
+    }
+}
+
+/// Keys a decode token with a context of `ctx` reads under the kernels' `window` (0: none).
+pub fn window_keys(ctx: u32, window: u32) -> u32 {
+    if window == 0 {
+        ctx
+    } else {
+        ctx.min(window)
+    }
+}
+
 // ---- the split-KV heuristic -------------------------------------------------------------------------
 
 /// Waves of decode blocks over the SMs the heuristic aims for (below it, the context is split).
@@ -567,6 +588,17 @@ mod tests {
                 partition_len: 128
             }
         );
+    }
+
+    #[test]
+    fn window_parameters() {
+        assert_eq!(window_param(None).unwrap(), 0);
+        assert_eq!(window_param(Some(4096)).unwrap(), 4096);
+        assert_eq!(window_param(Some(1 << 40)).unwrap(), 0);
+        assert!(window_param(Some(0)).is_err());
+        assert_eq!(window_keys(10_000, 0), 10_000);
+        assert_eq!(window_keys(10_000, 4096), 4096);
+        assert_eq!(window_keys(100, 4096), 100);
     }
 
     #[test]

@@ -545,6 +545,7 @@ impl<T: CudaDtype> CudaBackend<T> {
         q_stride: u32,
         out_stride: u32,
         scale: f32,
+        window: u32,
     ) -> Result<()> {
         let x = attention::AttnInputs {
             qkv,
@@ -572,6 +573,7 @@ impl<T: CudaDtype> CudaBackend<T> {
                     q_stride,
                     out_stride,
                     scale,
+                    window,
                 },
                 self.auto_tuning.prefill_loads,
             )?;
@@ -580,7 +582,8 @@ impl<T: CudaDtype> CudaBackend<T> {
             return Ok(());
         }
         let group = num_heads / kv.num_kv_heads.max(1);
-        let max_ctx = meta.max_decode_ctx as usize;
+        // the keys a decode row reads: its context, at most the window
+        let max_ctx = attention::window_keys(meta.max_decode_ctx, window) as usize;
         let plan = attention::decode_split_plan(
             self.auto_tuning.decode_splits,
             attention::SplitInputs {
@@ -645,6 +648,7 @@ impl<T: CudaDtype> CudaBackend<T> {
                 num_splits: plan.num_splits,
                 partition_len: plan.partition_len,
                 scale,
+                window,
             },
         )
     }
@@ -1290,6 +1294,7 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         geom: &KvGeometry,
         num_heads: usize,
         scale: f32,
+        window: Option<usize>,
     ) -> Result<()> {
         let q_size = num_heads * geom.head_dim;
         let row_len = q_size + 2 * geom.slot_len();
@@ -1301,6 +1306,7 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         let num_heads_u = u(num_heads, "num_heads")?;
         let q_stride = u(row_len, "q_stride")?;
         let out_stride = u(q_size, "out_stride")?;
+        let window = attention::window_param(window)?;
         if self.attention == AttentionVariant::Auto && self.auto_attention_applies(meta, geom) {
             return self.attention_auto(
                 out,
@@ -1313,6 +1319,7 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
                 q_stride,
                 out_stride,
                 scale,
+                window,
             );
         }
         ops::paged_attention_naive(
@@ -1335,6 +1342,7 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
                 q_stride,
                 out_stride,
                 scale,
+                window,
             },
         )
     }

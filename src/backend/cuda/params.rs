@@ -116,7 +116,7 @@ const _: () = {
     ["Offset of field: QkNormRopeParams::eps"]
         [::std::mem::offset_of!(QkNormRopeParams, eps) - 24usize];
 };
-#[doc = " paged_attention_naive: causal attention of each new token over its sequence's cached context.\n Token t of sequence s (query_start_loc[s] <= t < query_start_loc[s + 1]) attends to keys\n 0 ..= min(positions[t], seq_lens[s] - 1) of KV head h / (num_heads / num_kv_heads)."]
+#[doc = " paged_attention_naive: causal attention of each new token over its sequence's cached context.\n Token t of sequence s (query_start_loc[s] <= t < query_start_loc[s + 1]) attends to keys\n lo ..= min(positions[t], seq_lens[s] - 1) of KV head h / (num_heads / num_kv_heads), where lo is\n 0, or positions[t] + 1 - window under a sliding window."]
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
 pub struct PagedAttentionParams {
@@ -134,10 +134,12 @@ pub struct PagedAttentionParams {
     pub out_stride: u32,
     #[doc = "< softmax scale, usually 1 / sqrt(head_dim)"]
     pub scale: f32,
+    #[doc = "< sliding window in keys; 0: none"]
+    pub window: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of PagedAttentionParams"][::std::mem::size_of::<PagedAttentionParams>() - 44usize];
+    ["Size of PagedAttentionParams"][::std::mem::size_of::<PagedAttentionParams>() - 48usize];
     ["Alignment of PagedAttentionParams"][::std::mem::align_of::<PagedAttentionParams>() - 4usize];
     ["Offset of field: PagedAttentionParams::kv"]
         [::std::mem::offset_of!(PagedAttentionParams, kv) - 0usize];
@@ -155,8 +157,10 @@ const _: () = {
         [::std::mem::offset_of!(PagedAttentionParams, out_stride) - 36usize];
     ["Offset of field: PagedAttentionParams::scale"]
         [::std::mem::offset_of!(PagedAttentionParams, scale) - 40usize];
+    ["Offset of field: PagedAttentionParams::window"]
+        [::std::mem::offset_of!(PagedAttentionParams, window) - 44usize];
 };
-#[doc = " paged_decode_d*: split-KV attention of decode sequences (one new token each). Decode sequence i\n is sequence decode_seqs[i]; its token row is query_start_loc[s] and its keys 0 .. seq_lens[s] - 1,\n cut into splits of partition_len keys (split z covers keys z * partition_len ..). With\n num_splits == 1 the kernel writes out directly; otherwise each block writes its partial result\n and paged_decode_reduce combines them."]
+#[doc = " paged_decode_d*: split-KV attention of decode sequences (one new token each). Decode sequence i\n is sequence decode_seqs[i]; its token row is query_start_loc[s] and its keys lo .. seq_lens[s] - 1\n (lo = 0, or seq_lens[s] - window under a sliding window shorter than the context), cut into\n splits of partition_len keys (split z covers keys lo + z * partition_len ..). With\n num_splits == 1 the kernel writes out directly; otherwise each block writes its partial result\n and paged_decode_reduce combines them."]
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
 pub struct DecodeAttentionParams {
@@ -178,10 +182,12 @@ pub struct DecodeAttentionParams {
     pub partition_len: u32,
     #[doc = "< softmax scale, usually 1 / sqrt(head_dim)"]
     pub scale: f32,
+    #[doc = "< sliding window in keys; 0: none"]
+    pub window: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of DecodeAttentionParams"][::std::mem::size_of::<DecodeAttentionParams>() - 52usize];
+    ["Size of DecodeAttentionParams"][::std::mem::size_of::<DecodeAttentionParams>() - 56usize];
     ["Alignment of DecodeAttentionParams"]
         [::std::mem::align_of::<DecodeAttentionParams>() - 4usize];
     ["Offset of field: DecodeAttentionParams::kv"]
@@ -204,6 +210,8 @@ const _: () = {
         [::std::mem::offset_of!(DecodeAttentionParams, partition_len) - 44usize];
     ["Offset of field: DecodeAttentionParams::scale"]
         [::std::mem::offset_of!(DecodeAttentionParams, scale) - 48usize];
+    ["Offset of field: DecodeAttentionParams::window"]
+        [::std::mem::offset_of!(DecodeAttentionParams, window) - 52usize];
 };
 #[doc = " flash_prefill_d*: causal attention of prefill sequences (two or more new tokens each) in query\n tiles of IM_PREFILL_BLOCK_M rows. Tile i is (sequence tiles[2 i], tile index tiles[2 i + 1]) and\n covers that sequence's new-token rows tiles[2 i + 1] * IM_PREFILL_BLOCK_M ..."]
 #[repr(C)]
@@ -223,10 +231,12 @@ pub struct PrefillAttentionParams {
     pub out_stride: u32,
     #[doc = "< softmax scale, usually 1 / sqrt(head_dim)"]
     pub scale: f32,
+    #[doc = "< sliding window in keys; 0: none"]
+    pub window: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of PrefillAttentionParams"][::std::mem::size_of::<PrefillAttentionParams>() - 44usize];
+    ["Size of PrefillAttentionParams"][::std::mem::size_of::<PrefillAttentionParams>() - 48usize];
     ["Alignment of PrefillAttentionParams"]
         [::std::mem::align_of::<PrefillAttentionParams>() - 4usize];
     ["Offset of field: PrefillAttentionParams::kv"]
@@ -245,6 +255,8 @@ const _: () = {
         [::std::mem::offset_of!(PrefillAttentionParams, out_stride) - 36usize];
     ["Offset of field: PrefillAttentionParams::scale"]
         [::std::mem::offset_of!(PrefillAttentionParams, scale) - 40usize];
+    ["Offset of field: PrefillAttentionParams::window"]
+        [::std::mem::offset_of!(PrefillAttentionParams, window) - 44usize];
 };
 #[doc = " sample_rows: one per logits row."]
 #[repr(C)]
