@@ -115,11 +115,11 @@ __device__ __forceinline__ void decode_block(float* __restrict__ smem, T* __rest
     const uint32_t t = query_start_loc[s];
     const uint32_t* table = block_tables + uint64_t(s) * p.max_blocks_per_seq;
     const uint32_t ctx = uint32_t(min(uint64_t(seq_lens[s]), uint64_t(p.max_blocks_per_seq) * bs));
-    const uint64_t lo = window_start(ctx, p.window);
-    const uint64_t k_begin64 = lo + uint64_t(split) * p.partition_len;
-    if (k_begin64 >= ctx) return;  // a split past this sequence's context (uniform per block)
-    const uint32_t k_begin = uint32_t(k_begin64);
-    const uint32_t k_end = uint32_t(min(uint64_t(ctx), k_begin64 + p.partition_len));
+    // keys lo .. ctx - 1; this split's share of them (32-bit: every bound is below ctx)
+    const uint32_t lo = window_start(ctx, p.window);
+    if (uint64_t(split) * p.partition_len >= ctx - lo) return;  // a split past the keys (uniform)
+    const uint32_t k_begin = lo + split * p.partition_len;
+    const uint32_t k_end = k_begin + min(p.partition_len, ctx - k_begin);
 
     const unsigned tid = threadIdx.x, lane = tid % im::WARP, warp = tid / im::WARP;
 

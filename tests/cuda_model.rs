@@ -994,6 +994,8 @@ fn engine_picks_tokens_on_the_gpu() {
 /// (`model::weights::dummy_weights`, N(0, 0.02²)) rescaled per tensor: x has RMS 1 after each norm,
 /// so a q/k weight std of sqrt(3 / hidden) gives attention scores of std ≈ 3 (a softmax far from
 /// uniform, where a wrong mask or key shows), and logits get std ≈ 3, as a trained model's do.
+/// Both carry a 100-key sliding window, shorter than the long prompts: head_dim 64 as Qwen2 on layer
+/// 1 only (`max_window_layers` 1; layer 0 full), head_dim 128 as Mistral on both layers.
 struct AttentionShapedModel {
     config: model::ModelConfig,
     weights: ModelWeights<HostTensor>,
@@ -1015,8 +1017,23 @@ impl AttentionShapedModel {
         ] {
             cfg[field] = serde_json::json!(value);
         }
+        cfg["sliding_window"] = serde_json::json!(100);
+        if head_dim == 64 {
+            cfg["model_type"] = serde_json::json!("qwen2");
+            cfg["use_sliding_window"] = serde_json::json!(true);
+            cfg["max_window_layers"] = serde_json::json!(1);
+        } else {
+            cfg["model_type"] = serde_json::json!("mistral");
+        }
         let config =
             model::ModelConfig::from_json_str(&cfg.to_string(), "attention-shaped config").unwrap();
+        let windows: Vec<_> = (0..2).map(|l| config.layer_window(l)).collect();
+        let want = if head_dim == 64 {
+            vec![None, Some(100)]
+        } else {
+            vec![Some(100); 2]
+        };
+        assert_eq!(windows, want, "the attention-shaped models' windows");
         let mut weights = dummy_weights(&config, head_dim as u64);
         // dummy weights have std 0.02: scale rows start.. of `t` (row length = its last dim) to `std`
         let rescale = |t: &mut HostTensor, rows: std::ops::Range<usize>, std: f32| {
@@ -1113,7 +1130,8 @@ fn check_forced_decode<B: Backend>(
 }
 
 /// The `auto` attention variant (flash prefill, split-KV decode) inside the whole model, at head_dim
-/// 64 and 128 with GQA 4, against the f32 CPU backend: logits of prefills of 2 to 300 tokens (one
+/// 64 and 128 with GQA 4 and a 100-key sliding window (on one layer, on both), against the f32 CPU
+/// backend: logits of prefills of 2 to 300 tokens (one
 /// and several 64-row query tiles), alone and batched, then of teacher-forced decode steps (replayed
 /// from CUDA graphs, the split plan fixed per graph), greedy generation, decode replay against
 /// eager, and the batching engine with chunked

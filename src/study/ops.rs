@@ -706,11 +706,12 @@ pub fn matmul_params(cfg: &ModelConfig) -> u64 {
 ///
 /// Bytes: every weight the step reads once (all parameters except the unread part of the embedding
 /// table and of GPT-2's position table, of which `batch` rows are read; a tied lm_head reads the
-/// whole table), K and V of `context` tokens per sequence and layer read, the new token's K and V
-/// written. Activations (a few KiB per token) are not counted.
+/// whole table), K and V of `context` tokens per sequence and layer read (at most the window on a
+/// sliding-window layer: the kernels read no more), the new token's K and V written. Activations
+/// (a few KiB per token) are not counted.
 /// FLOPs: 2 · batch · (weights of the linear layers and the lm_head), plus attention's
-/// 4 · heads · head_dim · context per token and layer. Norms, RoPE and activations (< 1 %) are not
-/// counted.
+/// 4 · heads · head_dim · keys per token and layer (keys: the context, or the window). Norms, RoPE
+/// and activations (< 1 %) are not counted.
 pub fn decode_step_cost(cfg: &ModelConfig, batch: usize, context: usize, dtype: Dtype) -> Cost {
     let s = dtype.bytes();
     let (b, l, h) = (u(batch), u(context), u(cfg.hidden_size));
@@ -725,8 +726,12 @@ pub fn decode_step_cost(cfg: &ModelConfig, batch: usize, context: usize, dtype: 
         weights -= u(cfg.vocab_size) * h; // the input table: only `batch` rows are read
     }
     let kv = u(cfg.kv_size());
-    let kv_bytes = 2 * layers * b * (l + 1) * kv * s;
-    let attn_flops = 4 * layers * b * u(cfg.num_heads) * u(cfg.head_dim) * l;
+    // keys read per sequence, summed over the layers
+    let keys: u64 = (0..cfg.num_layers)
+        .map(|i| cfg.layer_window(i).map_or(l, |w| l.min(u(w))))
+        .sum();
+    let kv_bytes = 2 * b * (keys + layers) * kv * s;
+    let attn_flops = 4 * b * u(cfg.num_heads) * u(cfg.head_dim) * keys;
     Cost {
         bytes: s * (weights + rows_read) + kv_bytes + IDX * 3 * b,
         flops: 2 * b * matmul_params(cfg) + attn_flops,
@@ -959,6 +964,14 @@ mod tests {
         assert_eq!(c.bytes, 4 * (304 + kv) + 12);
         // 2·280 + attention 4 · 2 layers · 2 heads · 2 · 5
         assert_eq!(c.flops, 560 + 160);
+        // a 3-key window on layer 1 (Qwen2 style): that layer reads 3 keys of the 5
+        let mut windowed = cfg.clone();
+        windowed.sliding_window = Some(3);
+        windowed.sliding_layers = vec![1];
+        let c = decode_step_cost(&windowed, 1, 5, Dtype::F32);
+        let kv = 2 * (6 + 4) * 2;
+        assert_eq!(c.bytes, 4 * (304 + kv) + 12);
+        assert_eq!(c.flops, 560 + 4 * 2 * 2 * (5 + 3));
     }
 
     #[test]
