@@ -286,7 +286,8 @@ impl<T: CudaDtype> Backend for Emulated<T> {
         Ok(())
     }
     fn scale_inplace(&self, x: &mut Vec<f32>, scale: f32, len: usize) -> infermeter::Result<()> {
-        CpuBackend.scale_inplace(x, scale, len)?;
+        // the scale rounded to T first, as the CUDA backend holds it
+        CpuBackend.scale_inplace(x, T::from_f32(scale).to_f32(), len)?;
         round_in_place::<T>(x);
         Ok(())
     }

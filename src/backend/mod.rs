@@ -413,7 +413,10 @@ pub trait Backend: Send + Sync {
         inter: usize,
     ) -> Result<()>;
 
-    /// x[i] *= scale over `len` elements (Gemma's embedding scale).
+    /// x[i] *= scale over `len` elements (Gemma's embedding scale), the scale itself held in the
+    /// backend's compute dtype: transformers, vLLM and Google's gemma_pytorch all keep Gemma's
+    /// normalizer sqrt(hidden) in the model's dtype, so a bf16 model multiplies by
+    /// sqrt(1152) = 33.94 rounded to 34.0 (the f32 CPU reference by 33.94, as transformers in f32).
     fn scale_inplace(&self, x: &mut Self::Buffer, scale: f32, len: usize) -> Result<()>;
 
     /// out[i] = x[logits_indices[i]]. out: [num_logits, cols]; x: [num_tokens, cols]

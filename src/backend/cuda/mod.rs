@@ -1155,6 +1155,8 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
 
     fn scale_inplace(&self, x: &mut CudaSlice<T>, scale: f32, len: usize) -> Result<()> {
         need(x, len, "x")?;
+        // the scale in T, as the Backend contract says
+        let scale = T::from_f32(scale).to_f32();
         ops::scale_inplace(self.k(), self.s(), x, len as u64, scale)
     }
 
