@@ -1,18 +1,19 @@
-// activation.cu — GPT-2's gelu_new (in place), Llama's SiLU-gated product and Gemma's GELU(tanh)-gated
-// product (GeGLU).
+// activation.cu — GPT-2's gelu_new (in place), Llama's SiLU-gated product, Gemma's GELU(tanh)-gated
+// product (GeGLU) and Gemma 2's logit soft-capping (in place).
 //
 // What it computes (CPU reference: src/backend/cpu/activation.rs), in f32:
 //   gelu_new:  x[i] = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))      over len elements, in place
 //   silu_mul:  out[r, j] = silu(x[r, j]) * x[r, inter + j],  silu(g) = g / (1 + exp(-g))
 //   gelu_tanh_mul: out[r, j] = gelu_new(x[r, j]) * x[r, inter + j]   (gelu_pytorch_tanh is gelu_new)
+//   softcap_inplace: x[i] = cap * tanh(x[i] / cap)                      over len elements, in place
 //
 // Layouts (row-major, T = compute dtype):
-//   gelu_new:  x [len]
+//   gelu_new, softcap_inplace:  x [len]
 //   silu_mul, gelu_tanh_mul:  out [rows, inter];  x [rows, 2 * inter] (gate columns 0..inter, then up)
 //
 // Algorithm: grid-stride loops (IM_ELEMENTWISE_THREADS per block, grid capped at a few blocks per SM)
-// over 16-byte vectors of IM_VEC elements, converted to f32 and back. gelu_new handles a ragged tail
-// (len % IM_VEC) element by element; silu_mul takes the vector path when inter is a multiple of
+// over 16-byte vectors of IM_VEC elements, converted to f32 and back. gelu_new and softcap_inplace
+// (one in-place loop, map_inplace) handle a ragged tail (len % IM_VEC) element by element; silu_mul takes the vector path when inter is a multiple of
 // IM_VEC (then every gate/up/out vector is aligned), else works element by element (e.g. a tiny
 // test model with inter = 172). tanhf and expf are the accurate (non --use_fast_math) versions, so
 // the f32 build agrees with the CPU reference to a few ulp. No shared memory.
@@ -21,6 +22,7 @@
 //   gelu_new:  2 len s bytes; ≈ 8 len FLOPs plus one tanh per element
 //   silu_mul:  3 rows inter s bytes; ≈ 3 rows inter FLOPs plus one exp per element
 //   gelu_tanh_mul: 3 rows inter s bytes; ≈ 9 rows inter FLOPs plus one tanh per element
+//   softcap_inplace: 2 len s bytes; 2 len FLOPs plus one tanh per element (the logits: a few MB)
 // Decode-sized calls are launch-latency bound; prefill-sized ones should run near DRAM bandwidth.
 #include "common.cuh"
 
@@ -59,10 +61,9 @@ __device__ __forceinline__ void gated_mul_items(T* __restrict__ out, const T* __
     }
 }
 
-}  // namespace
-
-extern "C" __global__ void gelu_new(T* __restrict__ x,  // [len], updated
-                                    uint64_t len) {
+// x[i] = op(x[i]) over len elements in place: 16-byte vectors when x is aligned, then the tail.
+template <class Op>
+__device__ __forceinline__ void map_inplace(T* __restrict__ x, uint64_t len, const Op& op) {
     const uint64_t start = im::grid_thread(), stride = im::grid_threads();
     uint64_t done = 0;  // elements covered by the vector loop
     if (im::aligned16(x)) {
@@ -71,13 +72,35 @@ extern "C" __global__ void gelu_new(T* __restrict__ x,  // [len], updated
             float v[im::VEC];
             im::load<im::VEC>(x + i * im::VEC, v);
 #pragma unroll
-            for (int e = 0; e < im::VEC; ++e) v[e] = gelu_new_f(v[e]);
+            for (int e = 0; e < im::VEC; ++e) v[e] = op(v[e]);
             im::store<im::VEC>(x + i * im::VEC, v);
         }
         done = nvec * im::VEC;
     }
-    for (uint64_t i = done + start; i < len; i += stride)
-        x[i] = im::from_float(gelu_new_f(im::to_float(x[i])));
+    for (uint64_t i = done + start; i < len; i += stride) x[i] = im::from_float(op(im::to_float(x[i])));
+}
+
+struct GeluNewOp {
+    __device__ __forceinline__ float operator()(float u) const { return gelu_new_f(u); }
+};
+
+// cap * tanh(u / cap), with 1 / cap computed once
+struct SoftcapOp {
+    float cap, inv_cap;
+    __device__ __forceinline__ float operator()(float u) const { return cap * tanhf(u * inv_cap); }
+};
+
+}  // namespace
+
+extern "C" __global__ void gelu_new(T* __restrict__ x,  // [len], updated
+                                    uint64_t len) {
+    map_inplace(x, len, GeluNewOp{});
+}
+
+// Gemma 2's final_logit_softcapping over the logits.
+extern "C" __global__ void softcap_inplace(T* __restrict__ x,  // [len], updated
+                                           uint64_t len, float cap) {
+    map_inplace(x, len, SoftcapOp{cap, 1.f / cap});
 }
 
 extern "C" __global__ void silu_mul(T* __restrict__ out,      // [rows, inter]

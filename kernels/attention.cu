@@ -11,7 +11,8 @@
 //                                                           seq_lens[s] keys)
 //     out[t, h] = sum_j softmax(score)_j V[s, j, kvh]
 // with lo = 0, or under a sliding window (p.window > 0) lo = max(0, p + 1 - window): the last
-// `window` positions, the token's own included.
+// `window` positions, the token's own included. With p.softcap > 0 (Gemma 2) each score becomes
+// softcap * tanh(score / softcap) before the softmax.
 // where key j of sequence s is read through its block table: block = block_tables[s][j / block_size],
 // offset j % block_size. The new tokens' K/V must already be in the cache (write_kv runs first).
 //
@@ -158,7 +159,8 @@ extern "C" __global__ void __launch_bounds__(IM_ATTN_THREADS) paged_attention_na
         }
         dot = im::group_sum(dot, tpk);
         if (valid) {
-            const float score = dot * p.scale;
+            float score = dot * p.scale;
+            if (p.softcap > 0.f) score = p.softcap * tanhf(score / p.softcap);
             const float m_new = fmaxf(m, score);
             const float corr = expf(m - m_new);  // exp(-inf) = 0 on the group's first key
             const float w = expf(score - m_new);

@@ -9,7 +9,8 @@
 //     score_j = scale * dot(q[t, h], K[s, j, kvh])          j = lo .. seq_lens[s] - 1
 //     out[t, h] = sum_j softmax(score)_j V[s, j, kvh]
 // lo = 0, or under a sliding window (p.window > 0) lo = max(0, seq_lens[s] - window): the splits
-// then cover the window only, so a windowed layer reads at most `window` keys per sequence.
+// then cover the window only, so a windowed layer reads at most `window` keys per sequence. With
+// p.softcap > 0 (Gemma 2) each score becomes softcap * tanh(score / softcap) before the softmax.
 // Key j of sequence s sits in block block_tables[s][j / block_size], offset j % block_size.
 //
 // Layouts (row-major, T = compute dtype; cache layout and its reasons in params.h):
@@ -29,7 +30,8 @@
 // over the keys of split z: lo + z * partition_len .. min(ctx, lo + (z + 1) * partition_len). So each KV head's
 // keys are read once per (chunk of) GQA group, not once per query head as in the naive kernel.
 //  - The GC query heads are staged in shared memory as f32, pre-multiplied by scale * log2(e)
-//    (softmax with exp2).
+//    (softmax with exp2); under a soft-cap by scale / softcap, the score then being
+//    softcap * log2(e) * tanh(q · k).
 //  - Each iteration covers 128 keys, one per thread: a lane reads its key's head row of K with
 //    16-byte loads (D / IM_VEC of them) and forms its GC scores against the staged queries (broadcast
 //    shared-memory reads; no shuffles). Each warp keeps an online softmax per head (running max m,
@@ -123,8 +125,10 @@ __device__ __forceinline__ void decode_block(float* __restrict__ smem, T* __rest
 
     const unsigned tid = threadIdx.x, lane = tid % im::WARP, warp = tid / im::WARP;
 
-    // Stage the queries as f32, scaled for exp2; heads past ng are zero.
-    const float qscale = p.scale * LOG2E;
+    // Stage the queries as f32, scaled for exp2 (or for the soft-cap's tanh); heads past ng are zero.
+    const bool capped = p.softcap > 0.f;
+    const float qscale = capped ? p.scale / p.softcap : p.scale * LOG2E;
+    const float cap_log2e = p.softcap * LOG2E;
     for (uint32_t v = tid; v < GC * R; v += IM_DECODE_THREADS) {
         const uint32_t g = v / R, e0 = (v % R) * im::VEC;
         float f[im::VEC];
@@ -178,6 +182,10 @@ __device__ __forceinline__ void decode_block(float* __restrict__ smem, T* __rest
                     for (int e = 0; e < im::VEC; ++e) sc[g] += qg[e] * k[e];
                 }
             }
+        }
+        if (capped) {
+#pragma unroll
+            for (int g = 0; g < GC; ++g) sc[g] = cap_log2e * tanhf(sc[g]);
         }
         // ---- online softmax per head, warp-wide (every lane ends with the same m and l)
         float w[GC];

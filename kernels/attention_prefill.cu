@@ -10,6 +10,7 @@
 //     score_j = scale * dot(q[q0 + r, h], K[s, j, kvh])     for keys j = lo ..= ctx - q_len + r (causal)
 //     out[q0 + r, h] = sum_j softmax(score)_j V[s, j, kvh]
 // lo = 0, or under a sliding window (p.window > 0) lo = max(0, ctx - q_len + r + 1 - window).
+// With p.softcap > 0 (Gemma 2) each score becomes softcap * tanh(score / softcap) before the softmax.
 // Every key, the earlier context's and the new tokens' alike, is read through the block table from the
 // paged cache (write_kv runs before attention in the forward pass), so chunked prefill and prefix-cache
 // hits need nothing special: a chunk is q_len new rows over a longer context.
@@ -274,7 +275,10 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
         }
     }
 
-    const float qk_scale = p.scale * LOG2E;
+    // scores in log2 units for exp2; under a soft-cap, softcap * log2(e) * tanh(q · k * scale / softcap)
+    const bool capped = p.softcap > 0.f;
+    const float qk_scale = capped ? p.scale / p.softcap : p.scale * LOG2E;
+    const float cap_log2e = p.softcap * LOG2E;
     float m_a = im::neg_inf(), m_b = im::neg_inf(), l_a = 0.f, l_b = 0.f;  // l: this lane's share
     float o[DT][4];
 #pragma unroll
@@ -324,16 +328,23 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
                 mma16816(sc[nt], qf[kc + 1], b[2], b[3]);
             }
         }
-        // scale, mask (causal, window and context), row max
+        // scale (and soft-cap), mask (causal, window and context), row max
+        if (capped) {
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) sc[nt][e] = cap_log2e * tanhf(sc[nt][e] * qk_scale);
+        }
+        const float score_scale = capped ? 1.f : qk_scale;
         float mx_a = im::neg_inf(), mx_b = im::neg_inf();
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const uint32_t j = kb + nt * 8 + tig * 2 + e;
-                sc[nt][e] = (j < kmax && j <= pos_a && j >= lo_a) ? sc[nt][e] * qk_scale : im::neg_inf();
+                sc[nt][e] = (j < kmax && j <= pos_a && j >= lo_a) ? sc[nt][e] * score_scale : im::neg_inf();
                 sc[nt][2 + e] =
-                    (j < kmax && j <= pos_b && j >= lo_b) ? sc[nt][2 + e] * qk_scale : im::neg_inf();
+                    (j < kmax && j <= pos_b && j >= lo_b) ? sc[nt][2 + e] * score_scale : im::neg_inf();
                 mx_a = fmaxf(mx_a, sc[nt][e]);
                 mx_b = fmaxf(mx_b, sc[nt][2 + e]);
             }

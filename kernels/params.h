@@ -149,7 +149,9 @@ typedef struct QkNormRopeParams {
 
 /* Sliding-window attention (the `window` field of the three attention structs below): a token at
  * position p attends to keys max(0, p - window + 1) ..= p, the last `window` positions including its
- * own (transformers' mask: key j is visible when j > p - window); window 0: no window, keys 0 ..= p. */
+ * own (transformers' mask: key j is visible when j > p - window); window 0: no window, keys 0 ..= p.
+ * Score soft-capping (the `softcap` field, Gemma 2): each scaled score s becomes
+ * softcap * tanh(s / softcap) before the softmax; softcap 0: none. */
 
 /** paged_attention_naive: causal attention of each new token over its sequence's cached context.
  * Token t of sequence s (query_start_loc[s] <= t < query_start_loc[s + 1]) attends to keys
@@ -165,6 +167,7 @@ typedef struct PagedAttentionParams {
     uint32_t out_stride;         /**< elements between tokens' output rows (num_heads * head_dim) */
     float scale;                 /**< softmax scale, usually 1 / sqrt(head_dim) */
     uint32_t window;             /**< sliding window in keys; 0: none */
+    float softcap;               /**< score soft-cap; 0: none */
 } PagedAttentionParams;
 
 /** paged_decode_d*: split-KV attention of decode sequences (one new token each). Decode sequence i
@@ -185,6 +188,7 @@ typedef struct DecodeAttentionParams {
     uint32_t partition_len;      /**< keys per split, a multiple of IM_DECODE_KEYS_PER_ITER */
     float scale;                 /**< softmax scale, usually 1 / sqrt(head_dim) */
     uint32_t window;             /**< sliding window in keys; 0: none */
+    float softcap;               /**< score soft-cap; 0: none */
 } DecodeAttentionParams;
 
 /** flash_prefill_d*: causal attention of prefill sequences (two or more new tokens each) in query
@@ -200,6 +204,7 @@ typedef struct PrefillAttentionParams {
     uint32_t out_stride;         /**< elements between tokens' output rows */
     float scale;                 /**< softmax scale, usually 1 / sqrt(head_dim) */
     uint32_t window;             /**< sliding window in keys; 0: none */
+    float softcap;               /**< score soft-cap; 0: none */
 } PrefillAttentionParams;
 
 /** sample_rows: one per logits row. */

@@ -26,7 +26,7 @@ use infermeter::backend::cpu;
 use infermeter::backend::cuda::{
     sampling_row_params, AttentionVariant, AutoTuning, CudaBackend, CudaDtype, PrefillLoads,
 };
-use infermeter::backend::{Backend, BatchMeta, KvGeometry};
+use infermeter::backend::{AttentionSpec, Backend, BatchMeta, KvGeometry};
 use infermeter::engine::batch::{build_batch, LogitsWanted, SeqChunk};
 use infermeter::engine::sampling::{kept_weights, TokenDraw};
 use infermeter::engine::{Sampler, SamplingParams};
@@ -203,6 +203,18 @@ fn check_elementwise<T: CudaDtype>(b: &B<T>) {
         let want: Vec<f32> = x.iter().map(|v| v * scale).collect();
         assert_close(
             &format!("scale_inplace {what}"),
+            &download(b, &dx, len),
+            &want,
+            rel,
+            abs,
+        );
+
+        let mut dx = upload(b, &x);
+        b.softcap_inplace(&mut dx, 0.7, len).unwrap();
+        let mut want = x.clone();
+        cpu::activation::softcap(&mut want, 0.7);
+        assert_close(
+            &format!("softcap_inplace {what}"),
             &download(b, &dx, len),
             &want,
             rel,
@@ -581,17 +593,31 @@ fn check_kv_write_and_attention<T: CudaDtype>(b: &B<T>) {
                 assert_eq!(download(b, &dv, geom.layer_len()), vc, "write_kv V {what}");
 
                 let scale = 1.0 / (head_dim as f32).sqrt();
-                // full causal, and a sliding window shorter than most contexts here
-                for window in [None, Some(37)] {
+                // full causal, a sliding window shorter than most contexts here, and a soft-cap
+                // small enough to bend these scores (|s| up to ~1.5)
+                let causal = AttentionSpec::causal(heads, scale);
+                let specs = [
+                    causal,
+                    AttentionSpec {
+                        window: Some(37),
+                        ..causal
+                    },
+                    AttentionSpec {
+                        softcap: Some(0.3),
+                        ..causal
+                    },
+                ];
+                for spec in specs {
                     let mut dout = b.zeros(t * q_size).unwrap();
-                    b.attention(&mut dout, &dqkv, &dk, &dv, &dm, &geom, heads, scale, window)
+                    b.attention(&mut dout, &dqkv, &dk, &dv, &dm, &geom, &spec)
                         .unwrap();
                     let mut want = vec![0.0; t * q_size];
-                    cpu::attention::paged_attention(
-                        &mut want, &qkv, &kc, &vc, &meta, &geom, heads, scale, window,
-                    );
+                    cpu::attention::paged_attention(&mut want, &qkv, &kc, &vc, &meta, &geom, &spec);
                     assert_close(
-                        &format!("attention {what} window {window:?}"),
+                        &format!(
+                            "attention {what} window {:?} softcap {:?}",
+                            spec.window, spec.softcap
+                        ),
                         &download(b, &dout, t * q_size),
                         &want,
                         rel,
@@ -609,14 +635,46 @@ fn check_kv_write_and_attention<T: CudaDtype>(b: &B<T>) {
     let qkv = b.zeros(2 * row).unwrap();
     let kc = b.zeros(geom.layer_len()).unwrap();
     let e = b
-        .attention(&mut out, &qkv, &kc, &kc, &dm, &geom, 2, 1.0, None)
+        .attention(
+            &mut out,
+            &qkv,
+            &kc,
+            &kc,
+            &dm,
+            &geom,
+            &AttentionSpec::causal(2, 1.0),
+        )
         .unwrap_err();
     assert!(e.to_string().contains("head_dim 264"), "{e}");
-    // a window of no keys: a typed error, not an empty softmax
-    let e = b
-        .attention(&mut out, &qkv, &kc, &kc, &dm, &geom, 2, 1.0, Some(0))
-        .unwrap_err();
-    assert!(e.to_string().contains("window of 0"), "{e}");
+    // a window of no keys, a soft-cap of 0: typed errors, not an empty softmax or NaN
+    let (meta, geom) = paged_batch(&[(0, 2)], 16, 1, 64, 10, &mut r);
+    let dm = b.prepare(&meta, &geom).unwrap();
+    let (mut out, qkv, kc) = (
+        b.zeros(2 * 2 * 64).unwrap(),
+        b.zeros(2 * 4 * 64).unwrap(),
+        b.zeros(geom.layer_len()).unwrap(),
+    );
+    for (spec, says) in [
+        (
+            AttentionSpec {
+                window: Some(0),
+                ..AttentionSpec::causal(2, 1.0)
+            },
+            "window of 0",
+        ),
+        (
+            AttentionSpec {
+                softcap: Some(0.0),
+                ..AttentionSpec::causal(2, 1.0)
+            },
+            "soft-cap 0",
+        ),
+    ] {
+        let e = b
+            .attention(&mut out, &qkv, &kc, &kc, &dm, &geom, &spec)
+            .unwrap_err();
+        assert!(e.to_string().contains(says), "{e}");
+    }
 }
 
 #[test]
@@ -698,18 +756,19 @@ fn check_attention_variants<T: CudaDtype>(b: &B<T>) {
     configs.push((16, 32, 2, 64));
     // Sliding windows: 100 keys (shorter than the 130-token prefill and the chunk of 100 after
     // 900, not a multiple of the block size or of a K/V tile), 1000 (the 999-token decode's
-    // context exactly; cuts the 4096 and 8192 ones, over which the splits then run).
+    // context exactly; cuts the 4096 and 8192 ones, over which the splits then run); with them a
+    // soft-cap of 0.3, which bends these scores (|s| up to ~1.5).
     let batches = [
-        ("mixed", VARIANT_MIXED, None),
-        ("mixed", VARIANT_MIXED, Some(100)),
-        ("decode", VARIANT_DECODE, None),
-        ("decode", VARIANT_DECODE, Some(1000)),
+        ("mixed", VARIANT_MIXED, None, None),
+        ("mixed", VARIANT_MIXED, Some(100), Some(0.3)),
+        ("decode", VARIANT_DECODE, None, None),
+        ("decode", VARIANT_DECODE, Some(1000), Some(0.3)),
     ];
-    for (batch_name, batch, window) in batches {
+    for (batch_name, batch, window, softcap) in batches {
         for &(block_size, heads, kv_heads, head_dim) in &configs {
             let what = format!(
                 "{} {batch_name} block={block_size} heads={heads}/{kv_heads} (GQA {}) d={head_dim} \
-                 window {window:?}",
+                 window {window:?} softcap {softcap:?}",
                 T::NAME,
                 heads / kv_heads
             );
@@ -727,11 +786,14 @@ fn check_attention_variants<T: CudaDtype>(b: &B<T>) {
             b.write_kv(&mut dk, &mut dv, &dqkv, &dm, &geom, heads)
                 .unwrap();
             cpu::kv_write::write_kv(&mut kc, &mut vc, &qkv, &meta.slot_mapping, &geom, q_size);
-            let scale = 1.0 / (head_dim as f32).sqrt();
+            let spec = AttentionSpec {
+                num_heads: heads,
+                scale: 1.0 / (head_dim as f32).sqrt(),
+                window,
+                softcap,
+            };
             let mut want = vec![0.0; t * q_size];
-            cpu::attention::paged_attention(
-                &mut want, &qkv, &kc, &vc, &meta, &geom, heads, scale, window,
-            );
+            cpu::attention::paged_attention(&mut want, &qkv, &kc, &vc, &meta, &geom, &spec);
             let is_prefill = prefill_rows(&meta);
 
             let tuned = |decode_splits, prefill_loads| AutoTuning {
@@ -761,7 +823,7 @@ fn check_attention_variants<T: CudaDtype>(b: &B<T>) {
                 let mut bv = b.clone().with_attention_variant(variant);
                 bv.set_auto_tuning(tuning);
                 let mut dout = bv.zeros(t * q_size).unwrap();
-                bv.attention(&mut dout, &dqkv, &dk, &dv, &dm, &geom, heads, scale, window)
+                bv.attention(&mut dout, &dqkv, &dk, &dv, &dm, &geom, &spec)
                     .unwrap_or_else(|e| panic!("{label} {what}: {e}"));
                 let got = download(&bv, &dout, t * q_size);
                 for (rows_name, prefill) in [("decode rows", false), ("prefill rows", true)] {

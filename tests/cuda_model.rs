@@ -42,7 +42,7 @@ use common::{golden, load_cpu, model_dir, FIXTURES};
 use cuda_support::*;
 use infermeter::backend::cpu::CpuBackend;
 use infermeter::backend::cuda::{CudaBackend, CudaDtype};
-use infermeter::backend::{Backend, BatchMeta, KvGeometry};
+use infermeter::backend::{AttentionSpec, Backend, BatchMeta, KvGeometry};
 use infermeter::engine::generate::all_logits;
 use infermeter::engine::{
     generate, Engine, EngineConfig, EngineRequest, GenerateRequest, SamplingParams,
@@ -248,13 +248,9 @@ impl<T: CudaDtype> Backend for Emulated<T> {
         v_cache: &Vec<f32>,
         meta: &BatchMeta,
         geom: &KvGeometry,
-        num_heads: usize,
-        scale: f32,
-        window: Option<usize>,
+        spec: &AttentionSpec,
     ) -> infermeter::Result<()> {
-        CpuBackend.attention(
-            out, qkv, k_cache, v_cache, meta, geom, num_heads, scale, window,
-        )?;
+        CpuBackend.attention(out, qkv, k_cache, v_cache, meta, geom, spec)?;
         round_in_place::<T>(out);
         Ok(())
     }
@@ -283,6 +279,11 @@ impl<T: CudaDtype> Backend for Emulated<T> {
     ) -> infermeter::Result<()> {
         CpuBackend.gelu_tanh_mul(out, x, rows, inter)?;
         round_in_place::<T>(out);
+        Ok(())
+    }
+    fn softcap_inplace(&self, x: &mut Vec<f32>, cap: f32, len: usize) -> infermeter::Result<()> {
+        CpuBackend.softcap_inplace(x, cap, len)?;
+        round_in_place::<T>(x);
         Ok(())
     }
     fn scale_inplace(&self, x: &mut Vec<f32>, scale: f32, len: usize) -> infermeter::Result<()> {

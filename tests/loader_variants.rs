@@ -601,6 +601,44 @@ fn qwen_sliding_windows_match_transformers_per_layer() {
     }
 }
 
+/// Gemma 2 (the fixture checks its logits against transformers): the attention scores'
+/// soft-cap, the logits' soft-cap and the sliding window each carry weight (with any one off the
+/// logits move), and a soft-cap that is not a positive number is refused naming the field.
+#[test]
+fn gemma2_soft_caps_and_window_count() {
+    let g = &golden("tiny-gemma2")[3];
+    let moved = |edit: &dyn Fn(&mut serde_json::Value)| -> f32 {
+        let dir = copy_model(&model_dir("tiny-gemma2"));
+        let mut cfg = read_config(dir.path());
+        edit(&mut cfg);
+        write_config(dir.path(), &cfg);
+        max_abs_diff(
+            &all_logits(&load_cpu(dir.path()), &g.ids).unwrap(),
+            &g.logits,
+        )
+    };
+    assert!(moved(&|_| {}) <= 1e-3);
+    for field in [
+        "attn_logit_softcapping",
+        "final_logit_softcapping",
+        "sliding_window",
+    ] {
+        let err = moved(&|c| c[field] = serde_json::Value::Null);
+        assert!(err > 0.05, "{field} null moved the logits by only {err}");
+    }
+    for bad in [json!(0.0), json!(-30.0), json!("30")] {
+        let dir = copy_model(&model_dir("tiny-gemma2"));
+        let mut cfg = read_config(dir.path());
+        cfg["final_logit_softcapping"] = bad.clone();
+        write_config(dir.path(), &cfg);
+        let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
+            .err()
+            .expect("a bad soft-cap is refused")
+            .to_string();
+        assert!(err.contains("final_logit_softcapping"), "{bad}: {err}");
+    }
+}
+
 /// Gemma 3 (the fixture checks its logits against transformers): each layer type's RoPE, the
 /// query_pre_attn_scalar and the sandwich norms carry weight, and a checkpoint without a
 /// post-feedforward norm is refused naming it.

@@ -41,6 +41,52 @@ impl KvGeometry {
     }
 }
 
+/// What one layer's attention computes, besides its inputs: [`Backend::attention`]'s options.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionSpec {
+    /// Query heads; a multiple of the cache's KV heads (GQA: head h reads KV head
+    /// h / (num_heads / num_kv_heads)).
+    pub num_heads: usize,
+    /// Scores are q · k times this (usually 1 / sqrt(head_dim)).
+    pub scale: f32,
+    /// Sliding-window attention: a token at position p sees keys max(0, p + 1 − w) ..= p only,
+    /// the last w positions, its own included (transformers' `kv_idx > q_idx - sliding_window`).
+    /// None: every key 0 ..= p.
+    pub window: Option<usize>,
+    /// Gemma 2's score soft-capping: each scaled score s becomes cap · tanh(s / cap) before the
+    /// softmax. None: none.
+    pub softcap: Option<f32>,
+}
+
+impl AttentionSpec {
+    /// Full causal attention of `num_heads` heads with scores scaled by `scale`.
+    pub fn causal(num_heads: usize, scale: f32) -> Self {
+        Self {
+            num_heads,
+            scale,
+            window: None,
+            softcap: None,
+        }
+    }
+
+    /// The error for a window of no keys or a soft-cap that is not a positive finite number
+    /// (`backend` names the backend in it).
+    pub fn check(&self, backend: &'static str) -> Result<()> {
+        let bad = |msg: String| crate::error::Error::Backend { backend, msg };
+        if self.window == Some(0) {
+            return Err(bad("attention: a sliding window of 0 keys".into()));
+        }
+        if let Some(c) = self.softcap {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(bad(format!(
+                    "attention: soft-cap {c} (must be positive and finite)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Host-side metadata of one forward step over a flattened variable-length batch.
 ///
 /// Sequence `s` owns batch rows `query_start_loc[s]..query_start_loc[s + 1]`: its new tokens, which sit
@@ -371,10 +417,8 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
 
     /// Causal attention of each new token over its sequence's context, read from the paged cache
-    /// (the new tokens' K/V must already be written). GQA: query head h reads KV head
-    /// h / (num_heads / num_kv_heads). `window`: sliding-window attention, a token at position p
-    /// sees keys max(0, p + 1 - w) ..= p only (the last w positions, its own included: transformers'
-    /// `kv_idx > q_idx - sliding_window`); None: every key 0 ..= p. out: [num_tokens, num_heads * head_dim];
+    /// (the new tokens' K/V must already be written), as `spec` says (heads, scale, sliding window,
+    /// soft-cap). out: [num_tokens, num_heads * head_dim];
     /// qkv: [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim] (Q read from the first columns);
     /// k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]
     #[allow(clippy::too_many_arguments)]
@@ -386,9 +430,7 @@ pub trait Backend: Send + Sync {
         v_cache: &Self::Buffer,
         meta: &Self::Meta,
         geom: &KvGeometry,
-        num_heads: usize,
-        scale: f32,
-        window: Option<usize>,
+        spec: &AttentionSpec,
     ) -> Result<()>;
 
     /// GPT-2's tanh-approximated GELU, in place over `len` elements.
@@ -412,6 +454,10 @@ pub trait Backend: Send + Sync {
         rows: usize,
         inter: usize,
     ) -> Result<()>;
+
+    /// Gemma 2's logit soft-capping: x[i] = cap · tanh(x[i] / cap) over `len` elements, in place
+    /// (cap > 0).
+    fn softcap_inplace(&self, x: &mut Self::Buffer, cap: f32, len: usize) -> Result<()>;
 
     /// x[i] *= scale over `len` elements (Gemma's embedding scale), the scale itself held in the
     /// backend's compute dtype: transformers, vLLM and Google's gemma_pytorch all keep Gemma's

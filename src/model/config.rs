@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
+    "gemma2",
     "gemma3_text",
     "gpt2",
     "llama",
@@ -139,6 +140,13 @@ pub struct ModelConfig {
     pub sliding_window: Option<usize>,
     /// Attention scores are multiplied by this (1/sqrt(head_dim) unless GPT-2's `scale_attn_weights` is off).
     pub attn_scale: f32,
+    /// Gemma 2's `attn_logit_softcapping`: each scaled attention score s becomes
+    /// cap · tanh(s / cap) before the softmax.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_softcap: Option<f32>,
+    /// Gemma 2's `final_logit_softcapping`: each logit x becomes cap · tanh(x / cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_softcap: Option<f32>,
     /// GPT-2's `scale_attn_by_inverse_layer_idx`: layer i additionally divides scores by i + 1.
     pub scale_attn_by_inverse_layer_idx: bool,
     pub bos_token_id: Option<u32>,
@@ -169,7 +177,7 @@ impl ModelConfig {
         let config = match model_type.as_str() {
             "gpt2" => parse_gpt2(&f)?,
             "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" => parse_llama(&f, &model_type)?,
-            "gemma3_text" => parse_gemma3(&f)?,
+            "gemma2" | "gemma3_text" => parse_gemma(&f, &model_type)?,
             other => {
                 return Err(Error::UnsupportedModelType {
                     file: file.to_string(),
@@ -207,6 +215,11 @@ impl ModelConfig {
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_json_str(&text, &path.display().to_string())
+    }
+
+    /// Gemma 2 and 3, whose RMSNorm weights are stored as w and applied as (1 + w).
+    pub fn is_gemma(&self) -> bool {
+        matches!(self.model_type.as_str(), "gemma2" | "gemma3_text")
     }
 
     /// The sliding window of layer `layer`'s attention, if it has one.
@@ -370,6 +383,8 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
             .opt_bool("scale_attn_by_inverse_layer_idx")?
             .unwrap_or(false),
         bos_token_id: f.opt_token("bos_token_id")?,
+        attn_softcap: None,
+        final_softcap: None,
         eos_token_ids: f.token_list("eos_token_id")?,
         stored_dtype: f.stored_dtype()?,
     })
@@ -462,29 +477,44 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         sliding_window,
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         scale_attn_by_inverse_layer_idx: false,
+        attn_softcap: None,
+        final_softcap: None,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
         stored_dtype: f.stored_dtype()?,
     })
 }
 
-/// Gemma 3 text (`Gemma3TextConfig`): the Llama layout plus a scaled embedding (sqrt(hidden)),
-/// sandwich norms, GeGLU, q/k norms, scores scaled by query_pre_attn_scalar^-1/2, and two RoPEs:
-/// the full-attention layers' (`rope_theta`, 1e6, with `rope_scaling`) and the sliding-window
-/// layers' (`rope_local_base_freq`, 1e4), or in 5.x style `rope_parameters` keyed by layer type.
-/// Which layers slide: `layer_types`, else every layer but each `sliding_window_pattern`-th (6).
-/// The window caps the context as for Mistral. Soft-capping (Gemma 2) and bidirectional
-/// attention (EmbeddingGemma) are refused.
-fn parse_gemma3(f: &Fields) -> Result<ModelConfig> {
-    for field in ["final_logit_softcapping", "attn_logit_softcapping"] {
-        if f.get(field).is_some() {
-            return Err(Error::config(
-                f.file,
-                field,
-                "soft-capping is not supported (Gemma 3 has none; Gemma 2 has)",
-            ));
+/// Gemma 2 (`Gemma2Config`) and Gemma 3 text (`Gemma3TextConfig`): the Llama layout plus a scaled
+/// embedding (sqrt(hidden)), sandwich norms, GeGLU, scores scaled by query_pre_attn_scalar^-1/2
+/// and a sliding window on some layers (`layer_types`, else Gemma 2's even layers and all but each
+/// `sliding_window_pattern`-th (6) of Gemma 3's), and:
+/// - Gemma 2: one RoPE (`rope_theta`, 1e4), soft-capping of the attention scores
+///   (`attn_logit_softcapping`, 50) and of the logits (`final_logit_softcapping`, 30); null turns
+///   either off.
+/// - Gemma 3: q/k norms and two RoPEs, the full-attention layers' (`rope_theta`, 1e6, with
+///   `rope_scaling`) and the sliding-window layers' (`rope_local_base_freq`, 1e4), or in 5.x style
+///   `rope_parameters` keyed by layer type; soft-capping only where the config sets it.
+///
+/// Bidirectional attention (EmbeddingGemma) is refused.
+fn parse_gemma(f: &Fields, model_type: &str) -> Result<ModelConfig> {
+    let gemma2 = model_type == "gemma2";
+    // absent: the config class's default; null: off
+    let softcap = |field: &str, default: Option<f32>| -> Result<Option<f32>> {
+        let cap = match f.obj.get(field) {
+            None => default,
+            Some(Value::Null) => None,
+            Some(_) => f.opt_f32(field)?,
+        };
+        match cap {
+            Some(c) if !(c.is_finite() && c > 0.0) => {
+                Err(Error::config(f.file, field, "must be positive"))
+            }
+            c => Ok(c),
         }
-    }
+    };
+    let attn_softcap = softcap("attn_logit_softcapping", gemma2.then_some(50.0))?;
+    let final_softcap = softcap("final_logit_softcapping", gemma2.then_some(30.0))?;
     if f.opt_bool("use_bidirectional_attention")?.unwrap_or(false) {
         return Err(Error::config(
             f.file,
@@ -499,7 +529,7 @@ fn parse_gemma3(f: &Fields) -> Result<ModelConfig> {
         return Err(Error::config(
             f.file,
             "hidden_activation",
-            format!("`{act}` is not supported for gemma3_text (supported: gelu_pytorch_tanh)"),
+            format!("`{act}` is not supported for {model_type} (supported: gelu_pytorch_tanh)"),
         ));
     }
     check_full_rotary(f)?;
@@ -509,18 +539,32 @@ fn parse_gemma3(f: &Fields) -> Result<ModelConfig> {
     let head_dim = f.opt_usize("head_dim")?.unwrap_or(256);
     let sliding: Vec<usize> = match sliding_layer_types(f, layers)? {
         Some(listed) => listed,
+        // Gemma2Config: layers 0, 2, 4, ... slide
+        None if gemma2 => (0..layers).step_by(2).collect(),
         None => {
             let pattern = f.opt_usize("sliding_window_pattern")?.unwrap_or(6).max(1);
             (0..layers).filter(|i| (i + 1) % pattern != 0).collect()
         }
     };
+    // absent: the config classes' 4096; null: no window (the sliding layers attend to everything)
     let window = match f.opt_usize("sliding_window")? {
         Some(0) => return Err(Error::config(f.file, "sliding_window", "must be positive")),
-        w => w.unwrap_or(4096),
+        Some(w) => Some(w),
+        None if f.obj.contains_key("sliding_window") => None,
+        None => Some(4096),
     };
-    let sliding_window = (!sliding.is_empty()).then_some(window);
-    let (rope, local_rope) = parse_gemma3_rope(f)?;
-    let max_position = f.opt_usize("max_position_embeddings")?.unwrap_or(131_072);
+    // (the sliding layers stay listed even without a window: Gemma 3 gives them their own RoPE)
+    let sliding_window = window.filter(|_| !sliding.is_empty());
+    let (rope, local_rope) = if gemma2 {
+        (parse_rope(f)?, None)
+    } else {
+        let (global, local) = parse_gemma3_rope(f)?;
+        (global, Some(local))
+    };
+    let default_positions = if gemma2 { 8192 } else { 131_072 };
+    let max_position = f
+        .opt_usize("max_position_embeddings")?
+        .unwrap_or(default_positions);
     let bias = f.opt_bool("attention_bias")?.unwrap_or(false);
     let scalar = f.opt_f32("query_pre_attn_scalar")?.unwrap_or(256.0);
     if scalar.is_nan() || scalar <= 0.0 {
@@ -532,7 +576,7 @@ fn parse_gemma3(f: &Fields) -> Result<ModelConfig> {
     }
     Ok(ModelConfig {
         arch: Arch::Llama,
-        model_type: "gemma3_text".into(),
+        model_type: model_type.into(),
         vocab_size: f.req_usize("vocab_size")?,
         hidden_size: hidden,
         num_layers: layers,
@@ -547,16 +591,18 @@ fn parse_gemma3(f: &Fields) -> Result<ModelConfig> {
         attention_bias: bias,
         o_proj_bias: bias,
         mlp_bias: false,
-        qk_norm: true,
+        qk_norm: !gemma2,
         // transformers keeps sqrt(hidden) as an f32 buffer (cast to the weights' dtype)
         embed_scale: Some((hidden as f32).sqrt()),
         sandwich_norms: true,
         mlp_activation: MlpActivation::GeluTanh,
-        local_rope: Some(local_rope),
+        local_rope,
         sliding_layers: sliding,
         sliding_window,
         attn_scale: 1.0 / scalar.sqrt(),
         scale_attn_by_inverse_layer_idx: false,
+        attn_softcap,
+        final_softcap,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
         stored_dtype: f.stored_dtype()?,
@@ -1187,14 +1233,15 @@ mod tests {
         .unwrap();
         assert_eq!(c.rope.unwrap().scaling, RopeScaling::Linear { factor: 8.0 });
         assert_eq!(c.local_rope.unwrap().theta, 1e4);
-        // what Gemma 3 does not have is refused by name
+        // Gemma 3 has no soft-caps unless its config sets them
+        assert_eq!((c.attn_softcap, c.final_softcap), (None, None));
+        let c = parse("gemma3_text", r#""final_logit_softcapping": 30.0"#).unwrap();
+        assert_eq!((c.attn_softcap, c.final_softcap), (None, Some(30.0)));
+        // what it does not have, or bad values, are refused by name
         for (extra, field) in [
+            (r#""final_logit_softcapping": 0"#, "final_logit_softcapping"),
             (
-                r#""final_logit_softcapping": 30.0"#,
-                "final_logit_softcapping",
-            ),
-            (
-                r#""attn_logit_softcapping": 50.0"#,
+                r#""attn_logit_softcapping": -50.0"#,
                 "attn_logit_softcapping",
             ),
             (
@@ -1207,6 +1254,44 @@ mod tests {
             let err = parse("gemma3_text", extra).unwrap_err().to_string();
             assert!(err.contains(field), "{err}");
         }
+    }
+
+    #[test]
+    fn gemma2_defaults_and_the_published_2b() {
+        // Gemma2Config's defaults: soft-caps 50 / 30, even layers slide over 4096 keys, one RoPE
+        // (theta 1e4), no q/k norms, 8192 positions
+        let c = parse("gemma2", "").unwrap();
+        assert_eq!((c.attn_softcap, c.final_softcap), (Some(50.0), Some(30.0)));
+        assert_eq!(
+            (c.sliding_window, &c.sliding_layers[..]),
+            (Some(4096), &[0, 2][..])
+        );
+        assert_eq!(
+            (0..4).map(|i| c.layer_window(i)).collect::<Vec<_>>(),
+            vec![Some(4096), None, Some(4096), None]
+        );
+        assert!(c.local_rope.is_none() && !c.qk_norm && c.sandwich_norms && c.is_gemma());
+        assert_eq!(c.rope.unwrap().theta, 10_000.0);
+        assert_eq!(c.mlp_activation, MlpActivation::GeluTanh);
+        // null turns a soft-cap or the window off
+        let c = parse(
+            "gemma2",
+            r#""attn_logit_softcapping": null, "final_logit_softcapping": null,
+            "sliding_window": null"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.attn_softcap, c.final_softcap, c.sliding_window),
+            (None, None, None)
+        );
+        assert_eq!(c.layer_window(0), None);
+        // the embedded Gemma 2 2B: 2.61 B parameters as published (tied head)
+        let m = crate::model::registry::find("gemma-2-2b").unwrap();
+        let c = ModelConfig::from_json_str(m.config, "gemma-2-2b").unwrap();
+        assert_eq!(c.num_parameters(), 2_614_341_888);
+        assert_eq!(c.sliding_layers.len(), 13);
+        assert_eq!((c.max_context, c.attn_scale), (8192, 1.0 / 16.0));
+        assert_eq!(c.eos_token_ids, vec![1, 107]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::graphs::{self, GraphKey, GraphStats, StepGraphs};
 use super::rope::cos_sin_table;
 use super::tensor_store::HostTensor;
 use super::weights::ModelWeights;
-use crate::backend::{Backend, BatchMeta, KvGeometry};
+use crate::backend::{AttentionSpec, Backend, BatchMeta, KvGeometry};
 use crate::engine::sampling::{self, TokenBan, TokenDraw};
 use crate::error::{Error, Result};
 
@@ -426,7 +426,11 @@ impl<B: Backend> Model<B> {
         let h = c.hidden_size;
         b.gather_logit_rows(&mut ws.last, &ws.xn, meta, h)?;
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
-        b.linear(&mut ws.logits, &ws.last, head, None, l, c.vocab_size, h)
+        b.linear(&mut ws.logits, &ws.last, head, None, l, c.vocab_size, h)?;
+        match c.final_softcap {
+            Some(cap) => b.softcap_inplace(&mut ws.logits, cap, l * c.vocab_size),
+            None => Ok(()),
+        }
     }
 
     /// Embedding, every layer and the final norm; leaves the final-normed hidden states in `ws.xn`.
@@ -513,6 +517,12 @@ impl<B: Backend> Model<B> {
             } else {
                 c.attn_scale
             };
+            let spec = AttentionSpec {
+                num_heads: c.num_heads,
+                scale,
+                window: c.layer_window(i),
+                softcap: c.attn_softcap,
+            };
             b.attention(
                 &mut ws.attn,
                 &ws.qkv,
@@ -520,9 +530,7 @@ impl<B: Backend> Model<B> {
                 &kv.v[i],
                 meta,
                 &kv.geom,
-                c.num_heads,
-                scale,
-                c.layer_window(i),
+                &spec,
             )?;
             b.linear(
                 &mut ws.delta,

@@ -59,6 +59,7 @@ pub static EMBEDDED: &[EmbeddedModel] = &[
     config_only!("phi-3-mini-4k"),
     config_only!("gemma-3-270m"),
     config_only!("gemma-3-1b"),
+    config_only!("gemma-2-2b"),
 ];
 
 pub fn find(name: &str) -> Option<&'static EmbeddedModel> {

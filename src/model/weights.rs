@@ -225,7 +225,7 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
     };
     // Gemma's RMSNorm scales by (1 + weight): the 1 is folded in here, once, in f32 as
     // transformers adds it, so every backend's rmsnorm serves
-    let gemma = cfg.model_type == "gemma3_text";
+    let gemma = cfg.is_gemma();
     let norm_weight = |name: &str, n: usize| -> Result<HostTensor> {
         let mut w = read(name, &[n])?;
         if gemma {

@@ -20,7 +20,7 @@
 use rayon::prelude::*;
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, BatchMeta, KvGeometry};
+use crate::backend::{AttentionSpec, Backend, BatchMeta, KvGeometry};
 use crate::engine::sampling::{argmax, Sampler, SamplingParams, TokenDraw};
 use crate::error::{Error, Result};
 use crate::model::tensor_store::HostTensor;
@@ -384,9 +384,8 @@ where
             let v = up(geom.layer_len(), 3, -1.0, 1.0)?;
             let mut out = b.zeros(t * num_heads * head_dim)?;
             let scale = 1.0 / (head_dim as f32).sqrt();
-            Box::new(move || {
-                b.attention(&mut out, &qkv, &k, &v, &meta, &geom, num_heads, scale, None)
-            })
+            let spec = AttentionSpec::causal(num_heads, scale);
+            Box::new(move || b.attention(&mut out, &qkv, &k, &v, &meta, &geom, &spec))
         }
         (&Shape::Matmul { m, n, k, .. }, _) => {
             let x = up(m * k, 1, -1.0, 1.0)?;

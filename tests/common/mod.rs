@@ -16,6 +16,7 @@ pub const FIXTURES: &[&str] = &[
     "tiny-qwen3",
     "tiny-phi3",
     "tiny-gemma3",
+    "tiny-gemma2",
 ];
 
 pub fn repo() -> PathBuf {

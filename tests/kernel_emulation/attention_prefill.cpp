@@ -15,6 +15,7 @@
 // and the tails of last blocks) holds NaN/inf, so a read past the context shows up as NaN.
 // "window W": a sliding window of W keys; the keys before a sequence's first new row's window (which
 // no row of the sequence sees) hold NaN/inf too, so a read before the window shows up as NaN.
+// "softcap C": scores bent to C tanh(s / C) before the softmax (Gemma 2).
 // Tolerance: |got - want| / (1 + |want|) <= 2e-2 (bf16), 4e-3 (f16): the probabilities are rounded to
 // T before P V (as FlashAttention does) plus one rounding of the output (inputs are rounded to T
 // before the reference sees them).
@@ -44,7 +45,7 @@ static std::vector<uint32_t> prefill_tiles(const std::vector<uint32_t>& qsl) {
 
 // seqs: (new tokens, context) per sequence.
 void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std::pair<uint32_t, uint32_t>> seqs,
-              uint32_t window = 0) {
+              uint32_t window = 0, float softcap = 0.f) {
   auto first_key = [&](uint32_t pos) { return window && pos + 1 > window ? pos + 1 - window : 0u; };
   uint32_t G = H / Hkv, ns = seqs.size(), max_blocks = 0;
   std::vector<uint32_t> qsl(ns + 1, 0), lens(ns);
@@ -79,7 +80,7 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
   PrefillAttentionParams p{};
   p.kv = {num_blocks, bs, Hkv, D}; p.num_tiles = tiles.size() / 2; p.num_seqs = ns; p.num_heads = H;
   p.max_blocks_per_seq = max_blocks; p.q_stride = q_stride; p.out_stride = out_stride; p.scale = scale;
-  p.window = window;
+  p.window = window; p.softcap = softcap;
   dim3 grid; grid.x = p.num_tiles; grid.y = H;
   dim3 blk; blk.x = IM_PREFILL_THREADS;
   for (bool pipelined : {true, false}) {
@@ -113,7 +114,9 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
           double m = -INFINITY;
           for (uint32_t j = lo; j <= pos; ++j) {
             double d = 0; for (uint32_t e = 0; e < D; ++e) d += double(qf[size_t(t) * q_stride + h * D + e]) * kf[slot(s, j, kvh) + e];
-            sc[j] = d * scale; m = std::max(m, sc[j]);
+            sc[j] = d * scale;
+            if (softcap > 0) sc[j] = softcap * std::tanh(sc[j] / softcap);
+            m = std::max(m, sc[j]);
           }
           double l = 0; for (uint32_t j = lo; j <= pos; ++j) l += std::exp(sc[j] - m);
           for (uint32_t e = 0; e < D; ++e) {
@@ -131,6 +134,7 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
     printf("%s D%-3u H%-2u Hkv%-2u bs%-2u tiles %-3u seqs", name, D, H, Hkv, bs, p.num_tiles);
     for (auto [n, c] : seqs) printf(" %u/%u", n, c);
     if (window) printf(" window %u", window);
+    if (softcap > 0) printf(" softcap %g", softcap);
     printf("  %s err %.3g%s%s\n", ok ? "ok  " : "FAIL", worst, nan ? " NaN" : "", untouched ? "" : " decode rows written");
   }
 }
@@ -146,6 +150,9 @@ int main() {
     run_case(D, 4, 4, 16, {{130, 130}, {37, 37}, {1, 20}, {64, 100}}, 5);   // rows see 5 keys
     run_case(D, 8, 2, 32, {{200, 233}, {3, 300}, {65, 65}}, 50);             // G 4
     run_case(D, 8, 1, 16, {{130, 400}, {70, 70}}, 100);                      // G 8: window > BM
+    // soft-capped scores (Gemma 2), alone and under a window
+    run_case(D, 8, 2, 16, {{130, 130}, {64, 100}, {1, 9}}, 0, 0.5f);        // G 4
+    run_case(D, 4, 4, 32, {{200, 233}, {37, 37}}, 50, 1.5f);                 // G 1
   }
   printf("%s: %d of %d cases failed\n", failures ? "FAILED" : "PASSED", failures, cases);
   return failures != 0;

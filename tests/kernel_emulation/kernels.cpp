@@ -152,10 +152,15 @@ void test_act(unsigned rows, unsigned inter) {
   launch(d1(2), d1(32), [&] { gelu_new(yt.data(), len); });
   for (auto& u : y) u = 0.5f * u * (1.0f + std::tanh(0.7978846f * (u + 0.044715f * u * u * u)));
   snprintf(name, 100, "gelu_new len %zu", len); cmp(name, tof(yt), y);
+  auto z = q(randn(len, 6.f)); std::vector<T> zt = toT(z);
+  launch(d1(2), d1(32), [&] { softcap_inplace(zt.data(), len, 2.5f); });
+  for (auto& u : z) u = float(2.5 * std::tanh(double(u) / 2.5));
+  snprintf(name, 100, "softcap_inplace len %zu", len); cmp(name, tof(zt), z);
 }
 
 // ---- paged attention -------------------------------------------------------------------------------
-void test_attention(unsigned nh, unsigned nkv, unsigned d, unsigned bs, unsigned threads, unsigned window = 0) {
+void test_attention(unsigned nh, unsigned nkv, unsigned d, unsigned bs, unsigned threads, unsigned window = 0,
+                    float softcap = 0.f) {
   std::vector<unsigned> cached = {0, 5, 30, 2, 0}, fresh = {6, 1, 1, 3, 0};  // last seq: no new tokens
   unsigned ns = cached.size(), num_blocks = 64, mbps = 0;
   std::vector<uint32_t> qsl = {0}, lens, positions, tables;
@@ -167,7 +172,7 @@ void test_attention(unsigned nh, unsigned nkv, unsigned d, unsigned bs, unsigned
   auto qkv = q(randn(nt * stride)); auto kc = q(randn(num_blocks * bs * nkv * d)), vc = q(randn(num_blocks * bs * nkv * d));
   std::vector<T> qt = toT(qkv), kt = toT(kc), vt = toT(vc), out(nt * nh * d);
   float scale = 1.f / std::sqrt(float(d));
-  PagedAttentionParams p{{num_blocks, bs, nkv, d}, nt, ns, nh, mbps, stride, nh * d, scale, window};
+  PagedAttentionParams p{{num_blocks, bs, nkv, d}, nt, ns, nh, mbps, stride, nh * d, scale, window, softcap};
   launch(d1(nt, nh), d1(threads), [&] { paged_attention_naive(out.data(), qt.data(), kt.data(), vt.data(), qsl.data(), lens.data(), positions.data(), tables.data(), p); });
   std::vector<float> ref(nt * nh * d, 0.f);
   for (unsigned s = 0; s < ns; ++s) for (unsigned t = qsl[s]; t < qsl[s+1]; ++t) for (unsigned h = 0; h < nh; ++h) {
@@ -175,11 +180,11 @@ void test_attention(unsigned nh, unsigned nkv, unsigned d, unsigned bs, unsigned
     unsigned kvh = h / (nh / nkv), ctx = positions[t] + 1, lo = window && ctx > window ? ctx - window : 0;
     std::vector<float> sc(ctx); float mx = -INFINITY;
     auto off = [&](unsigned j) { return ((size_t(tables[s*mbps + j/bs]) * bs + j % bs) * nkv + kvh) * d; };
-    for (unsigned j = lo; j < ctx; ++j) { float dot = 0; for (unsigned e = 0; e < d; ++e) dot += qkv[t*stride + h*d + e] * kc[off(j)+e]; sc[j] = dot * scale; mx = std::max(mx, sc[j]); }
+    for (unsigned j = lo; j < ctx; ++j) { float dot = 0; for (unsigned e = 0; e < d; ++e) dot += qkv[t*stride + h*d + e] * kc[off(j)+e]; sc[j] = dot * scale; if (softcap > 0) sc[j] = softcap * std::tanh(sc[j] / softcap); mx = std::max(mx, sc[j]); }
     float sum = 0; for (unsigned j = lo; j < ctx; ++j) { sc[j] = std::exp(sc[j] - mx); sum += sc[j]; }
     for (unsigned j = lo; j < ctx; ++j) for (unsigned e = 0; e < d; ++e) ref[t*nh*d + h*d + e] += sc[j] * vc[off(j)+e];
     for (unsigned e = 0; e < d; ++e) ref[t*nh*d + h*d + e] /= sum; }
-  char name[100]; snprintf(name, 100, "attention nh%u nkv%u d%u bs%u t%u window %u", nh, nkv, d, bs, threads, window); cmp(name, tof(out), ref);
+  char name[100]; snprintf(name, 100, "attention nh%u nkv%u d%u bs%u t%u window %u softcap %g", nh, nkv, d, bs, threads, window, softcap); cmp(name, tof(out), ref);
 
   // write_kv: write fresh tokens' K/V into their slots, compare with a CPU copy; a pad token writes nothing
   std::vector<uint32_t> slots;
@@ -303,6 +308,7 @@ int main(int argc, char** argv) {
   if (IM_DTYPE == IM_DTYPE_F32) test_attention(2, 1, 256, 4, 128);
   test_attention(2, 1, 256, 5, 96);
   test_attention(8, 2, 64, 4, 128, 7); test_attention(4, 4, 16, 16, 64, 1); test_attention(6, 3, 128, 3, 128, 30);
+  test_attention(8, 2, 64, 4, 128, 0, 0.5f); test_attention(6, 3, 128, 3, 128, 9, 1.5f);
   }
   test_sampling(argc > 1 ? atoi(argv[1]) : 64);
   test_sampling_determinism();

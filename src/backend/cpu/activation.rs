@@ -13,6 +13,13 @@ pub fn gelu_new(x: &mut [f32]) {
     }
 }
 
+/// Gemma 2's soft-capping, in place: x = cap · tanh(x / cap) (as transformers computes it).
+pub fn softcap(x: &mut [f32], cap: f32) {
+    for v in x {
+        *v = cap * (*v / cap).tanh();
+    }
+}
+
 /// out[r, j] = gelu_new(x[r, j]) * x[r, inter + j] (transformers' `gelu_pytorch_tanh` gate).
 /// out: [rows, inter]; x: [rows, 2 * inter] (gate columns first, then up)
 pub fn gelu_tanh_mul(out: &mut [f32], x: &[f32], rows: usize, inter: usize) {
@@ -47,6 +54,17 @@ mod tests {
         let want = [0.0f32, 0.841_192, -0.158_808, 2.996_363_4];
         for (a, b) in x.iter().zip(want) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn softcap_known_values() {
+        // 30 tanh(x / 30): torch.tanh(torch.tensor([1.0, -2.0])) * 30 for x = 30, -60
+        let mut x = [0.0f32, 30.0, -60.0, 1e6];
+        softcap(&mut x, 30.0);
+        let want = [0.0f32, 22.847_757, -28.920_83, 30.0];
+        for (a, b) in x.iter().zip(want) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
     }
 

@@ -5,17 +5,17 @@
 //! `block_table[j / block_size]`, offset `j % block_size`); softmax in f32 with the max subtracted;
 //! weighted sum of V. lo is 0, or under a sliding window of w keys max(0, p + 1 − w): the last w
 //! positions, the token's own included (transformers' mask `kv_idx > q_idx - sliding_window`).
+//! Under Gemma 2's soft-cap c each scaled score s becomes c · tanh(s / c) before the softmax.
 //! No contiguous per-sequence copy of K/V is made. Parallel over tokens.
 
 use rayon::prelude::*;
 
-use crate::backend::{BatchMeta, KvGeometry};
+use crate::backend::{AttentionSpec, BatchMeta, KvGeometry};
 
 /// out: [num_tokens, num_heads * head_dim];
 /// qkv: [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim] (Q in the first num_heads * head_dim columns);
-/// k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]; window: the sliding window
-/// in keys (None: full causal attention)
-#[allow(clippy::too_many_arguments)]
+/// k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]; `spec`: heads, scale,
+/// sliding window and soft-cap ([`AttentionSpec`])
 pub fn paged_attention(
     out: &mut [f32],
     qkv: &[f32],
@@ -23,10 +23,14 @@ pub fn paged_attention(
     v_cache: &[f32],
     meta: &BatchMeta,
     geom: &KvGeometry,
-    num_heads: usize,
-    scale: f32,
-    window: Option<usize>,
+    spec: &AttentionSpec,
 ) {
+    let AttentionSpec {
+        num_heads,
+        scale,
+        window,
+        softcap,
+    } = *spec;
     let d = geom.head_dim;
     let nkv = geom.num_kv_heads;
     let group = num_heads / nkv;
@@ -64,7 +68,10 @@ pub fn paged_attention(
                     let o = slot_offset(j);
                     let k = &k_cache[o..o + d];
                     let dot: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
-                    *sc = dot * scale;
+                    *sc = match softcap {
+                        Some(c) => c * (dot * scale / c).tanh(),
+                        None => dot * scale,
+                    };
                     max = max.max(*sc);
                 }
                 let mut sum = 0.0f32;
@@ -136,6 +143,40 @@ mod tests {
             .collect()
     }
 
+    /// Soft-capping bends the scaled scores before the softmax: one query over two keys with
+    /// scores +2 and −2 under a cap of 1 weighs them as softmax(tanh(2), tanh(−2)).
+    #[test]
+    fn softcap_bends_the_scores() {
+        let (meta, geom) = one_seq(2, 1, 16, 1, 4);
+        // q = e0; K rows: +e0, −e0; V rows: e1, 0
+        let mut qkv = vec![0.0f32; 3 * 4];
+        qkv[0] = 1.0;
+        let (mut k, mut v) = (
+            vec![0.0f32; geom.layer_len()],
+            vec![0.0f32; geom.layer_len()],
+        );
+        let slot = |j: usize| meta.block_tables[0] as usize * 16 + j;
+        k[slot(0) * 4] = 1.0;
+        k[slot(1) * 4] = -1.0;
+        v[slot(0) * 4 + 1] = 1.0;
+        let weight_of_key0 = |softcap| {
+            let mut out = vec![0.0f32; 4];
+            let spec = AttentionSpec {
+                softcap,
+                ..AttentionSpec::causal(1, 2.0)
+            };
+            paged_attention(&mut out, &qkv, &k, &v, &meta, &geom, &spec);
+            out[1]
+        };
+        let (a, b) = (2f32.tanh(), (-2f32).tanh());
+        let want = a.exp() / (a.exp() + b.exp());
+        assert!((weight_of_key0(Some(1.0)) - want).abs() < 1e-6);
+        let plain = 2f32.exp() / (2f32.exp() + (-2f32).exp());
+        assert!((weight_of_key0(None) - plain).abs() < 1e-6);
+        // a cap far above the scores changes nothing measurable
+        assert!((weight_of_key0(Some(1e4)) - plain).abs() < 1e-5);
+    }
+
     proptest! {
         /// A windowed query sees exactly its last `window` keys: its output equals full causal
         /// attention over a cache holding only those keys (copied to the front of a fresh cache,
@@ -159,10 +200,11 @@ mod tests {
             let v = fill(geom.layer_len(), seed + 2);
             let q_size = heads * d;
             let mut got = vec![0.0; new * q_size];
-            paged_attention(&mut got, &qkv, &k, &v, &meta, &geom, heads, 0.3, Some(window));
+            let spec = AttentionSpec { window: Some(window), ..AttentionSpec::causal(heads, 0.3) };
+            paged_attention(&mut got, &qkv, &k, &v, &meta, &geom, &spec);
             if window >= ctx {
                 let mut full = vec![0.0; new * q_size];
-                paged_attention(&mut full, &qkv, &k, &v, &meta, &geom, heads, 0.3, None);
+                paged_attention(&mut full, &qkv, &k, &v, &meta, &geom, &AttentionSpec::causal(heads, 0.3));
                 prop_assert_eq!(&got, &full);
             }
             for t in 0..new {
@@ -183,7 +225,8 @@ mod tests {
                 }
                 let mut want = vec![0.0; q_size];
                 paged_attention(
-                    &mut want, &qkv[t * row..(t + 1) * row], &k2, &v2, &m2, &g2, heads, 0.3, None,
+                    &mut want, &qkv[t * row..(t + 1) * row], &k2, &v2, &m2, &g2,
+                    &AttentionSpec::causal(heads, 0.3),
                 );
                 prop_assert_eq!(&got[t * q_size..(t + 1) * q_size], &want[..]);
             }

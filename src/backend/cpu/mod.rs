@@ -11,7 +11,7 @@ pub mod matmul;
 pub mod norm;
 pub mod rope;
 
-use super::{Backend, BatchMeta, KvGeometry};
+use super::{AttentionSpec, Backend, BatchMeta, KvGeometry};
 use crate::error::{Error, Result};
 use crate::model::tensor_store::HostTensor;
 
@@ -284,10 +284,9 @@ impl Backend for CpuBackend {
         v_cache: &Vec<f32>,
         meta: &BatchMeta,
         geom: &KvGeometry,
-        num_heads: usize,
-        scale: f32,
-        window: Option<usize>,
+        spec: &AttentionSpec,
     ) -> Result<()> {
+        let num_heads = spec.num_heads;
         let q_size = num_heads * geom.head_dim;
         need(out, meta.num_tokens() * q_size, "out")?;
         need(
@@ -303,12 +302,17 @@ impl Backend for CpuBackend {
                 geom.num_kv_heads
             )
         })?;
-        check(window != Some(0), || {
-            "a sliding window of 0 keys".to_string()
+        spec.check("cpu")?;
+        attention::paged_attention(out, qkv, k_cache, v_cache, meta, geom, spec);
+        Ok(())
+    }
+
+    fn softcap_inplace(&self, x: &mut Vec<f32>, cap: f32, len: usize) -> Result<()> {
+        need(x, len, "x")?;
+        check(cap.is_finite() && cap > 0.0, || {
+            format!("soft-cap {cap} (must be positive and finite)")
         })?;
-        attention::paged_attention(
-            out, qkv, k_cache, v_cache, meta, geom, num_heads, scale, window,
-        );
+        activation::softcap(&mut x[..len], cap);
         Ok(())
     }
 

@@ -157,14 +157,11 @@ pub fn prefill_tiles(query_start_loc: &[u32]) -> Vec<u32> {
 
 // ---- sliding windows ---------------------------------------------------------------------------------
 
-/// The kernels' `window` parameter (params.h): the window in keys, 0 for none. A window of 0 keys
-/// is an error; one of 2^32 keys or more cuts nothing a u32 position can reach, so it is none.
-pub fn window_param(window: Option<usize>) -> Result<u32> {
-    match window {
-        None => Ok(0),
-        Some(0) => Err(err("attention: a sliding window of 0 keys")),
-        Some(w) => Ok(u32::try_from(w).unwrap_or(0)),
-    }
+/// The kernels' `window` parameter (params.h): the window in keys, 0 for none (a window of 0 keys
+/// is refused before, by `AttentionSpec::check`); one of 2^32 keys or more cuts nothing a u32
+/// position can reach, so it is none.
+pub fn window_param(window: Option<usize>) -> u32 {
+    window.map_or(0, |w| u32::try_from(w).unwrap_or(0))
 }
 
 /// Keys a decode token with a context of `ctx` reads under the kernels' `window` (0: none).
@@ -592,10 +589,9 @@ mod tests {
 
     #[test]
     fn window_parameters() {
-        assert_eq!(window_param(None).unwrap(), 0);
-        assert_eq!(window_param(Some(4096)).unwrap(), 4096);
-        assert_eq!(window_param(Some(1 << 40)).unwrap(), 0);
-        assert!(window_param(Some(0)).is_err());
+        assert_eq!(window_param(None), 0);
+        assert_eq!(window_param(Some(4096)), 4096);
+        assert_eq!(window_param(Some(1 << 40)), 0);
         assert_eq!(window_keys(10_000, 0), 10_000);
         assert_eq!(window_keys(10_000, 4096), 4096);
         assert_eq!(window_keys(100, 4096), 100);

@@ -45,7 +45,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         name: "activation.cu",
         source: include_str!("../../../kernels/activation.cu"),
-        kernels: &["gelu_new", "silu_mul", "gelu_tanh_mul"],
+        kernels: &["gelu_new", "silu_mul", "gelu_tanh_mul", "softcap_inplace"],
     },
     KernelFile {
         name: "attention.cu",

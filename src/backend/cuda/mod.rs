@@ -45,7 +45,7 @@ use std::time::Instant;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, DeviceRepr, ValidAsZeroBits};
 
-use super::{Backend, BatchMeta, KvGeometry};
+use super::{AttentionSpec, Backend, BatchMeta, KvGeometry};
 use crate::engine::sampling::{TokenBan, TokenDraw};
 use crate::engine::SamplingParams;
 use crate::error::{Error, Result};
@@ -546,6 +546,7 @@ impl<T: CudaDtype> CudaBackend<T> {
         out_stride: u32,
         scale: f32,
         window: u32,
+        softcap: f32,
     ) -> Result<()> {
         let x = attention::AttnInputs {
             qkv,
@@ -574,6 +575,7 @@ impl<T: CudaDtype> CudaBackend<T> {
                     out_stride,
                     scale,
                     window,
+                    softcap,
                 },
                 self.auto_tuning.prefill_loads,
             )?;
@@ -649,6 +651,7 @@ impl<T: CudaDtype> CudaBackend<T> {
                 partition_len: plan.partition_len,
                 scale,
                 window,
+                softcap,
             },
         )
     }
@@ -1153,6 +1156,14 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         ops::add_inplace(self.k(), self.s(), x, y, len as u64)
     }
 
+    fn softcap_inplace(&self, x: &mut CudaSlice<T>, cap: f32, len: usize) -> Result<()> {
+        need(x, len, "x")?;
+        if !(cap.is_finite() && cap > 0.0) {
+            return Err(err(format!("soft-cap {cap} (must be positive and finite)")));
+        }
+        ops::softcap_inplace(self.k(), self.s(), x, len as u64, cap)
+    }
+
     fn scale_inplace(&self, x: &mut CudaSlice<T>, scale: f32, len: usize) -> Result<()> {
         need(x, len, "x")?;
         // the scale in T, as the Backend contract says
@@ -1294,10 +1305,9 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         v_cache: &CudaSlice<T>,
         meta: &CudaMeta,
         geom: &KvGeometry,
-        num_heads: usize,
-        scale: f32,
-        window: Option<usize>,
+        spec: &AttentionSpec,
     ) -> Result<()> {
+        let (num_heads, scale) = (spec.num_heads, spec.scale);
         let q_size = num_heads * geom.head_dim;
         let row_len = q_size + 2 * geom.slot_len();
         need(out, meta.num_tokens * q_size, "out")?;
@@ -1308,7 +1318,9 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         let num_heads_u = u(num_heads, "num_heads")?;
         let q_stride = u(row_len, "q_stride")?;
         let out_stride = u(q_size, "out_stride")?;
-        let window = attention::window_param(window)?;
+        spec.check("cuda")?;
+        let window = attention::window_param(spec.window);
+        let softcap = spec.softcap.unwrap_or(0.0);
         if self.attention == AttentionVariant::Auto && self.auto_attention_applies(meta, geom) {
             return self.attention_auto(
                 out,
@@ -1322,6 +1334,7 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
                 out_stride,
                 scale,
                 window,
+                softcap,
             );
         }
         ops::paged_attention_naive(
@@ -1345,6 +1358,7 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
                 out_stride,
                 scale,
                 window,
+                softcap,
             },
         )
     }

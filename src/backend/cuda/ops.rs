@@ -4,7 +4,7 @@
 //! | kernel                  | grid                                         | block                    |
 //! |-------------------------|----------------------------------------------|--------------------------|
 //! | embedding, gather_logit_rows, layernorm, rmsnorm, add_rmsnorm, rope, write_kv | one block per row (the kernels grid-stride, so the grid is capped at [`MAX_ROW_BLOCKS`]) | `IM_ROW_THREADS` |
-//! | add_inplace, gelu_new, silu_mul | min(ceil(16-byte vectors / threads), SMs × `IM_ELEMENTWISE_BLOCKS_PER_SM`) | `IM_ELEMENTWISE_THREADS` |
+//! | add_inplace, gelu_new, silu_mul, softcap_inplace | min(ceil(16-byte vectors / threads), SMs × `IM_ELEMENTWISE_BLOCKS_PER_SM`) | `IM_ELEMENTWISE_THREADS` |
 //! | paged_attention_naive   | (num_tokens, num_heads)                      | `IM_ATTN_THREADS`        |
 //! | paged_decode_d*, paged_decode_reduce, flash_prefill{,_sync}_d* | see [`super::attention`] | |
 //! | argmax_rows, sample_rows| one block per row (capped as rows)           | `IM_SAMPLING_THREADS`    |
@@ -84,6 +84,7 @@ pub struct Kernels {
     /// `flash_prefill_sync_d64`, `_d128`: the same with synchronous K/V loads (studies).
     pub flash_prefill_sync: [CudaFunction; 2],
     pub gelu_new: CudaFunction,
+    pub softcap_inplace: CudaFunction,
     pub silu_mul: CudaFunction,
     pub gelu_tanh_mul: CudaFunction,
     pub argmax_rows: CudaFunction,
@@ -131,6 +132,7 @@ impl Kernels {
                 get("attention_prefill.cu", "flash_prefill_sync_d128")?,
             ],
             gelu_new: get("activation.cu", "gelu_new")?,
+            softcap_inplace: get("activation.cu", "softcap_inplace")?,
             silu_mul: get("activation.cu", "silu_mul")?,
             gelu_tanh_mul: get("activation.cu", "gelu_tanh_mul")?,
             argmax_rows: get("sampling.cu", "argmax_rows")?,
@@ -377,6 +379,26 @@ pub fn gelu_new<T>(k: &Kernels, s: &CudaStream, x: &mut CudaSlice<T>, len: u64) 
     unsafe { b.launch(cfg) }
         .map(drop)
         .map_err(launched("gelu_new"))
+}
+
+/// `softcap_inplace(x, len, cap)`: x = cap · tanh(x / cap), in place.
+pub fn softcap_inplace<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    x: &mut CudaSlice<T>,
+    len: u64,
+    cap: f32,
+) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let cfg = k.elementwise(len.div_ceil(u64::from(vec_width::<T>())));
+    let mut b = s.launch_builder(&k.softcap_inplace);
+    b.arg(x).arg(&len).arg(&cap);
+    // SAFETY: as activation.cu's softcap_inplace declares.
+    unsafe { b.launch(cfg) }
+        .map(drop)
+        .map_err(launched("softcap_inplace"))
 }
 
 /// `silu_mul(out, x, rows, inter)` or `gelu_tanh_mul(...)` (same signature and grid):

@@ -136,10 +136,12 @@ pub struct PagedAttentionParams {
     pub scale: f32,
     #[doc = "< sliding window in keys; 0: none"]
     pub window: u32,
+    #[doc = "< score soft-cap; 0: none"]
+    pub softcap: f32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of PagedAttentionParams"][::std::mem::size_of::<PagedAttentionParams>() - 48usize];
+    ["Size of PagedAttentionParams"][::std::mem::size_of::<PagedAttentionParams>() - 52usize];
     ["Alignment of PagedAttentionParams"][::std::mem::align_of::<PagedAttentionParams>() - 4usize];
     ["Offset of field: PagedAttentionParams::kv"]
         [::std::mem::offset_of!(PagedAttentionParams, kv) - 0usize];
@@ -159,6 +161,8 @@ const _: () = {
         [::std::mem::offset_of!(PagedAttentionParams, scale) - 40usize];
     ["Offset of field: PagedAttentionParams::window"]
         [::std::mem::offset_of!(PagedAttentionParams, window) - 44usize];
+    ["Offset of field: PagedAttentionParams::softcap"]
+        [::std::mem::offset_of!(PagedAttentionParams, softcap) - 48usize];
 };
 #[doc = " paged_decode_d*: split-KV attention of decode sequences (one new token each). Decode sequence i\n is sequence decode_seqs[i]; its token row is query_start_loc[s] and its keys lo .. seq_lens[s] - 1\n (lo = 0, or seq_lens[s] - window under a sliding window shorter than the context), cut into\n splits of partition_len keys (split z covers keys lo + z * partition_len ..). With\n num_splits == 1 the kernel writes out directly; otherwise each block writes its partial result\n and paged_decode_reduce combines them."]
 #[repr(C)]
@@ -184,10 +188,12 @@ pub struct DecodeAttentionParams {
     pub scale: f32,
     #[doc = "< sliding window in keys; 0: none"]
     pub window: u32,
+    #[doc = "< score soft-cap; 0: none"]
+    pub softcap: f32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of DecodeAttentionParams"][::std::mem::size_of::<DecodeAttentionParams>() - 56usize];
+    ["Size of DecodeAttentionParams"][::std::mem::size_of::<DecodeAttentionParams>() - 60usize];
     ["Alignment of DecodeAttentionParams"]
         [::std::mem::align_of::<DecodeAttentionParams>() - 4usize];
     ["Offset of field: DecodeAttentionParams::kv"]
@@ -212,6 +218,8 @@ const _: () = {
         [::std::mem::offset_of!(DecodeAttentionParams, scale) - 48usize];
     ["Offset of field: DecodeAttentionParams::window"]
         [::std::mem::offset_of!(DecodeAttentionParams, window) - 52usize];
+    ["Offset of field: DecodeAttentionParams::softcap"]
+        [::std::mem::offset_of!(DecodeAttentionParams, softcap) - 56usize];
 };
 #[doc = " flash_prefill_d*: causal attention of prefill sequences (two or more new tokens each) in query\n tiles of IM_PREFILL_BLOCK_M rows. Tile i is (sequence tiles[2 i], tile index tiles[2 i + 1]) and\n covers that sequence's new-token rows tiles[2 i + 1] * IM_PREFILL_BLOCK_M ..."]
 #[repr(C)]
@@ -233,10 +241,12 @@ pub struct PrefillAttentionParams {
     pub scale: f32,
     #[doc = "< sliding window in keys; 0: none"]
     pub window: u32,
+    #[doc = "< score soft-cap; 0: none"]
+    pub softcap: f32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of PrefillAttentionParams"][::std::mem::size_of::<PrefillAttentionParams>() - 48usize];
+    ["Size of PrefillAttentionParams"][::std::mem::size_of::<PrefillAttentionParams>() - 52usize];
     ["Alignment of PrefillAttentionParams"]
         [::std::mem::align_of::<PrefillAttentionParams>() - 4usize];
     ["Offset of field: PrefillAttentionParams::kv"]
@@ -257,6 +267,8 @@ const _: () = {
         [::std::mem::offset_of!(PrefillAttentionParams, scale) - 40usize];
     ["Offset of field: PrefillAttentionParams::window"]
         [::std::mem::offset_of!(PrefillAttentionParams, window) - 44usize];
+    ["Offset of field: PrefillAttentionParams::softcap"]
+        [::std::mem::offset_of!(PrefillAttentionParams, softcap) - 48usize];
 };
 #[doc = " sample_rows: one per logits row."]
 #[repr(C)]
