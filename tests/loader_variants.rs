@@ -426,15 +426,9 @@ fn qwen2_biases_and_mistral_sliding_window() {
     // tiny-mistral: a 37-key sliding window on every layer (the golden test checks it against
     // transformers): the window carries weight, and the context runs to max_position_embeddings
     // (256), not to the window
-    let g = &golden("tiny-mistral")[3];
-    let dir = copy_model(&model_dir("tiny-mistral"));
-    let mut cfg = read_config(dir.path());
-    cfg["sliding_window"] = serde_json::Value::Null;
-    write_config(dir.path(), &cfg);
-    let err = max_abs_diff(
-        &all_logits(&load_cpu(dir.path()), &g.ids).unwrap(),
-        &g.logits,
-    );
+    let err = logits_moved_by_config_edit("tiny-mistral", 3, &|c| {
+        c["sliding_window"] = serde_json::Value::Null
+    });
     assert!(
         err > 0.05,
         "no sliding window moved the logits by only {err}"
@@ -601,22 +595,32 @@ fn qwen_sliding_windows_match_transformers_per_layer() {
     }
 }
 
+/// How far the CPU logits of golden prompt `prompt` of `fixture` move from its goldens when the
+/// fixture's config is changed by `edit` (weights and tokenizer as they are): within 1e-3 for no
+/// change, more than 0.05 for a change the model must notice.
+fn logits_moved_by_config_edit(
+    fixture: &str,
+    prompt: usize,
+    edit: &dyn Fn(&mut serde_json::Value),
+) -> f32 {
+    let g = &golden(fixture)[prompt];
+    let dir = copy_model(&model_dir(fixture));
+    let mut cfg = read_config(dir.path());
+    edit(&mut cfg);
+    write_config(dir.path(), &cfg);
+    max_abs_diff(
+        &all_logits(&load_cpu(dir.path()), &g.ids).unwrap(),
+        &g.logits,
+    )
+}
+
 /// Gemma 2 (the fixture checks its logits against transformers): the attention scores'
 /// soft-cap, the logits' soft-cap and the sliding window each carry weight (with any one off the
 /// logits move), and a soft-cap that is not a positive number is refused naming the field.
 #[test]
 fn gemma2_soft_caps_and_window_count() {
-    let g = &golden("tiny-gemma2")[3];
-    let moved = |edit: &dyn Fn(&mut serde_json::Value)| -> f32 {
-        let dir = copy_model(&model_dir("tiny-gemma2"));
-        let mut cfg = read_config(dir.path());
-        edit(&mut cfg);
-        write_config(dir.path(), &cfg);
-        max_abs_diff(
-            &all_logits(&load_cpu(dir.path()), &g.ids).unwrap(),
-            &g.logits,
-        )
-    };
+    let moved =
+        |edit: &dyn Fn(&mut serde_json::Value)| logits_moved_by_config_edit("tiny-gemma2", 3, edit);
     assert!(moved(&|_| {}) <= 1e-3);
     for field in [
         "attn_logit_softcapping",
@@ -644,17 +648,8 @@ fn gemma2_soft_caps_and_window_count() {
 /// post-feedforward norm is refused naming it.
 #[test]
 fn gemma3_layer_types_scalar_and_sandwich_norms_count() {
-    let g = &golden("tiny-gemma3")[3];
-    let moved = |edit: &dyn Fn(&mut serde_json::Value)| -> f32 {
-        let dir = copy_model(&model_dir("tiny-gemma3"));
-        let mut cfg = read_config(dir.path());
-        edit(&mut cfg);
-        write_config(dir.path(), &cfg);
-        max_abs_diff(
-            &all_logits(&load_cpu(dir.path()), &g.ids).unwrap(),
-            &g.logits,
-        )
-    };
+    let moved =
+        |edit: &dyn Fn(&mut serde_json::Value)| logits_moved_by_config_edit("tiny-gemma3", 3, edit);
     assert!(moved(&|_| {}) <= 1e-3);
     // the sliding layers given the full layers' RoPE
     let err = moved(&|c| {

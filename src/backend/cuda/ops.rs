@@ -355,16 +355,40 @@ pub fn scale_inplace<T>(
     len: u64,
     scale: f32,
 ) -> Result<()> {
+    inplace_with_scalar(s, k, &k.scale_inplace, "scale_inplace", x, len, scale)
+}
+
+/// `softcap_inplace(x, len, cap)`: x = cap · tanh(x / cap), in place.
+pub fn softcap_inplace<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    x: &mut CudaSlice<T>,
+    len: u64,
+    cap: f32,
+) -> Result<()> {
+    inplace_with_scalar(s, k, &k.softcap_inplace, "softcap_inplace", x, len, cap)
+}
+
+/// The in-place elementwise kernels of signature `(T* x, uint64 len, float v)` (norm.cu's
+/// scale_inplace, activation.cu's softcap_inplace), on the elementwise grid; `name` names the
+/// kernel in errors.
+fn inplace_with_scalar<T>(
+    s: &CudaStream,
+    k: &Kernels,
+    f: &CudaFunction,
+    name: &'static str,
+    x: &mut CudaSlice<T>,
+    len: u64,
+    v: f32,
+) -> Result<()> {
     if len == 0 {
         return Ok(());
     }
     let cfg = k.elementwise(len.div_ceil(u64::from(vec_width::<T>())));
-    let mut b = s.launch_builder(&k.scale_inplace);
-    b.arg(x).arg(&len).arg(&scale);
-    // SAFETY: as norm.cu's scale_inplace declares.
-    unsafe { b.launch(cfg) }
-        .map(drop)
-        .map_err(launched("scale_inplace"))
+    let mut b = s.launch_builder(f);
+    b.arg(x).arg(&len).arg(&v);
+    // SAFETY: both kernels take (T* x, uint64_t len, float v), as declared in their files.
+    unsafe { b.launch(cfg) }.map(drop).map_err(launched(name))
 }
 
 /// `gelu_new(x, len)`, in place (len is uint64 in the kernel).
@@ -379,26 +403,6 @@ pub fn gelu_new<T>(k: &Kernels, s: &CudaStream, x: &mut CudaSlice<T>, len: u64) 
     unsafe { b.launch(cfg) }
         .map(drop)
         .map_err(launched("gelu_new"))
-}
-
-/// `softcap_inplace(x, len, cap)`: x = cap · tanh(x / cap), in place.
-pub fn softcap_inplace<T>(
-    k: &Kernels,
-    s: &CudaStream,
-    x: &mut CudaSlice<T>,
-    len: u64,
-    cap: f32,
-) -> Result<()> {
-    if len == 0 {
-        return Ok(());
-    }
-    let cfg = k.elementwise(len.div_ceil(u64::from(vec_width::<T>())));
-    let mut b = s.launch_builder(&k.softcap_inplace);
-    b.arg(x).arg(&len).arg(&cap);
-    // SAFETY: as activation.cu's softcap_inplace declares.
-    unsafe { b.launch(cfg) }
-        .map(drop)
-        .map_err(launched("softcap_inplace"))
 }
 
 /// `silu_mul(out, x, rows, inter)` or `gelu_tanh_mul(...)` (same signature and grid):
