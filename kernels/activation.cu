@@ -1,19 +1,20 @@
 // activation.cu — GPT-2's gelu_new (in place), Llama's SiLU-gated product, Gemma's GELU(tanh)-gated
-// product (GeGLU) and Gemma 2's logit soft-capping (in place).
+// product (GeGLU), and Gemma's in-place maps: the embedding scale and Gemma 2's logit soft-capping.
 //
 // What it computes (CPU reference: src/backend/cpu/activation.rs), in f32:
 //   gelu_new:  x[i] = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))      over len elements, in place
 //   silu_mul:  out[r, j] = silu(x[r, j]) * x[r, inter + j],  silu(g) = g / (1 + exp(-g))
 //   gelu_tanh_mul: out[r, j] = gelu_new(x[r, j]) * x[r, inter + j]   (gelu_pytorch_tanh is gelu_new)
 //   softcap_inplace: x[i] = cap * tanh(x[i] / cap)                      over len elements, in place
+//   scale_inplace:   x[i] = x[i] * scale                                over len elements, in place
 //
 // Layouts (row-major, T = compute dtype):
-//   gelu_new, softcap_inplace:  x [len]
+//   gelu_new, softcap_inplace, scale_inplace:  x [len]
 //   silu_mul, gelu_tanh_mul:  out [rows, inter];  x [rows, 2 * inter] (gate columns 0..inter, then up)
 //
 // Algorithm: grid-stride loops (IM_ELEMENTWISE_THREADS per block, grid capped at a few blocks per SM)
-// over 16-byte vectors of IM_VEC elements, converted to f32 and back. gelu_new and softcap_inplace
-// (one in-place loop, map_inplace) handle a ragged tail (len % IM_VEC) element by element; silu_mul takes the vector path when inter is a multiple of
+// over 16-byte vectors of IM_VEC elements, converted to f32 and back. gelu_new, softcap_inplace and
+// scale_inplace (one in-place loop, map_inplace) handle a ragged tail (len % IM_VEC) element by element; silu_mul takes the vector path when inter is a multiple of
 // IM_VEC (then every gate/up/out vector is aligned), else works element by element (e.g. a tiny
 // test model with inter = 172). tanhf and expf are the accurate (non --use_fast_math) versions, so
 // the f32 build agrees with the CPU reference to a few ulp. No shared memory.
@@ -23,6 +24,7 @@
 //   silu_mul:  3 rows inter s bytes; ≈ 3 rows inter FLOPs plus one exp per element
 //   gelu_tanh_mul: 3 rows inter s bytes; ≈ 9 rows inter FLOPs plus one tanh per element
 //   softcap_inplace: 2 len s bytes; 2 len FLOPs plus one tanh per element (the logits: a few MB)
+//   scale_inplace:   2 len s bytes; len FLOPs
 // Decode-sized calls are launch-latency bound; prefill-sized ones should run near DRAM bandwidth.
 #include "common.cuh"
 
@@ -90,6 +92,11 @@ struct SoftcapOp {
     __device__ __forceinline__ float operator()(float u) const { return cap * tanhf(u * inv_cap); }
 };
 
+struct ScaleOp {
+    float scale;
+    __device__ __forceinline__ float operator()(float u) const { return u * scale; }
+};
+
 }  // namespace
 
 extern "C" __global__ void gelu_new(T* __restrict__ x,  // [len], updated
@@ -101,6 +108,12 @@ extern "C" __global__ void gelu_new(T* __restrict__ x,  // [len], updated
 extern "C" __global__ void softcap_inplace(T* __restrict__ x,  // [len], updated
                                            uint64_t len, float cap) {
     map_inplace(x, len, SoftcapOp{cap, 1.f / cap});
+}
+
+// Gemma's embedding scale (sqrt(hidden)) over the embedded rows.
+extern "C" __global__ void scale_inplace(T* __restrict__ x,  // [len], updated
+                                         uint64_t len, float scale) {
+    map_inplace(x, len, ScaleOp{scale});
 }
 
 extern "C" __global__ void silu_mul(T* __restrict__ out,      // [rows, inter]

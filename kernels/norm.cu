@@ -5,7 +5,6 @@
 //   rmsnorm:      out[r] = weight * (x[r] / sqrt(mean(x[r]^2) + eps))
 //   add_rmsnorm:  residual[r] += delta[r] (rounded to T and stored); out[r] = rmsnorm(residual[r])
 //   add_inplace:  x[i] += y[i] over a flat array of len elements
-//   scale_inplace: x[i] *= scale over a flat array of len elements (Gemma's embedding scale)
 //
 // Layouts (row-major, T = compute dtype):
 //   x, out, residual, delta: [rows, cols];  weight, bias: [cols];  add_inplace x, y: [len]
@@ -27,7 +26,6 @@
 //   rmsnorm:     DRAM ≈ 2 N s + cols s bytes;    ≈ 4 N FLOPs
 //   add_rmsnorm: DRAM ≈ 4 N s + cols s bytes (read residual, delta; write residual, out); ≈ 5 N FLOPs
 //   add_inplace: DRAM = 3 len s bytes; len FLOPs
-//   scale_inplace: DRAM = 2 len s bytes; len FLOPs
 // Large batches should reach most of DRAM bandwidth; a decode step (rows = batch size, a handful) is
 // bound by launch latency and one SM per row, a few microseconds.
 #include "common.cuh"
@@ -194,23 +192,4 @@ extern "C" __global__ void add_inplace(T* __restrict__ x,        // [len], updat
     }
     for (uint64_t i = done + start; i < len; i += stride)
         x[i] = im::from_float(im::to_float(x[i]) + im::to_float(y[i]));
-}
-
-extern "C" __global__ void scale_inplace(T* __restrict__ x,  // [len], updated
-                                         uint64_t len, float scale) {
-    const uint64_t start = im::grid_thread(), stride = im::grid_threads();
-    uint64_t done = 0;  // elements covered by the vector loop
-    if (im::aligned16(x)) {
-        const uint64_t nvec = len / im::VEC;
-        for (uint64_t i = start; i < nvec; i += stride) {
-            float a[im::VEC];
-            im::load<im::VEC>(x + i * im::VEC, a);
-#pragma unroll
-            for (int e = 0; e < im::VEC; ++e) a[e] *= scale;
-            im::store<im::VEC>(x + i * im::VEC, a);
-        }
-        done = nvec * im::VEC;
-    }
-    for (uint64_t i = done + start; i < len; i += stride)
-        x[i] = im::from_float(im::to_float(x[i]) * scale);
 }

@@ -45,7 +45,13 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         name: "activation.cu",
         source: include_str!("../../../kernels/activation.cu"),
-        kernels: &["gelu_new", "silu_mul", "gelu_tanh_mul", "softcap_inplace"],
+        kernels: &[
+            "gelu_new",
+            "silu_mul",
+            "gelu_tanh_mul",
+            "softcap_inplace",
+            "scale_inplace",
+        ],
     },
     KernelFile {
         name: "attention.cu",
@@ -85,13 +91,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         name: "norm.cu",
         source: include_str!("../../../kernels/norm.cu"),
-        kernels: &[
-            "layernorm",
-            "rmsnorm",
-            "add_rmsnorm",
-            "add_inplace",
-            "scale_inplace",
-        ],
+        kernels: &["layernorm", "rmsnorm", "add_rmsnorm", "add_inplace"],
     },
     KernelFile {
         name: "rope.cu",

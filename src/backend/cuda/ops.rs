@@ -4,7 +4,7 @@
 //! | kernel                  | grid                                         | block                    |
 //! |-------------------------|----------------------------------------------|--------------------------|
 //! | embedding, gather_logit_rows, layernorm, rmsnorm, add_rmsnorm, rope, write_kv | one block per row (the kernels grid-stride, so the grid is capped at [`MAX_ROW_BLOCKS`]) | `IM_ROW_THREADS` |
-//! | add_inplace, gelu_new, silu_mul, softcap_inplace | min(ceil(16-byte vectors / threads), SMs × `IM_ELEMENTWISE_BLOCKS_PER_SM`) | `IM_ELEMENTWISE_THREADS` |
+//! | add_inplace, gelu_new, silu_mul, softcap_inplace, scale_inplace | min(ceil(16-byte vectors / threads), SMs × `IM_ELEMENTWISE_BLOCKS_PER_SM`) | `IM_ELEMENTWISE_THREADS` |
 //! | paged_attention_naive   | (num_tokens, num_heads)                      | `IM_ATTN_THREADS`        |
 //! | paged_decode_d*, paged_decode_reduce, flash_prefill{,_sync}_d* | see [`super::attention`] | |
 //! | argmax_rows, sample_rows| one block per row (capped as rows)           | `IM_SAMPLING_THREADS`    |
@@ -112,7 +112,7 @@ impl Kernels {
             rmsnorm: get("norm.cu", "rmsnorm")?,
             add_rmsnorm: get("norm.cu", "add_rmsnorm")?,
             add_inplace: get("norm.cu", "add_inplace")?,
-            scale_inplace: get("norm.cu", "scale_inplace")?,
+            scale_inplace: get("activation.cu", "scale_inplace")?,
             rope: get("rope.cu", "rope")?,
             qk_norm_rope: get("rope.cu", "qk_norm_rope")?,
             write_kv: get("kv_write.cu", "write_kv")?,
@@ -369,9 +369,8 @@ pub fn softcap_inplace<T>(
     inplace_with_scalar(s, k, &k.softcap_inplace, "softcap_inplace", x, len, cap)
 }
 
-/// The in-place elementwise kernels of signature `(T* x, uint64 len, float v)` (norm.cu's
-/// scale_inplace, activation.cu's softcap_inplace), on the elementwise grid; `name` names the
-/// kernel in errors.
+/// The in-place elementwise kernels of signature `(T* x, uint64 len, float v)` (activation.cu's
+/// scale_inplace and softcap_inplace), on the elementwise grid; `name` names the kernel in errors.
 fn inplace_with_scalar<T>(
     s: &CudaStream,
     k: &Kernels,
