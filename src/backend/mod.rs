@@ -103,7 +103,8 @@ pub struct BatchMeta {
     pub query_start_loc: Vec<u32>,
     /// [num_seqs] context length after this step (cached tokens + new tokens)
     pub seq_lens: Vec<u32>,
-    /// [num_seqs, max_blocks_per_seq] physical block ids, rows padded with 0
+    /// [num_seqs, max_blocks_per_seq] physical block ids, rows padded with 0; a leading entry may be
+    /// `kv::RELEASED_BLOCK` when its block left every layer's attention window
     pub block_tables: Vec<u32>,
     pub max_blocks_per_seq: usize,
     /// [num_logits] batch rows whose logits are wanted (usually each sequence's last new token)
@@ -171,9 +172,11 @@ impl BatchMeta {
                 ));
             }
             let table = self.block_table(seq);
+            // a released entry (the block left the attention window) is allowed; writing into it
+            // is not (the slot check below), and attention never reads before a query's window
             if let Some(b) = table[..len.div_ceil(geom.block_size)]
                 .iter()
-                .find(|&&b| b as usize >= geom.num_blocks)
+                .find(|&&b| b as usize >= geom.num_blocks && b != crate::kv::RELEASED_BLOCK)
             {
                 return Err(format!("sequence {seq}: block {b} outside the pool"));
             }

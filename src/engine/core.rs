@@ -149,7 +149,8 @@ impl<B: Backend> Engine<B> {
             let rows = crate::model::graphs::padded_rows(cfg.max_num_seqs);
             model.reserve(cfg.max_num_batched_tokens.max(rows), rows)?;
         }
-        let kv = KvCacheManager::new(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_caching);
+        let kv = KvCacheManager::new(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+            .with_window(model.config.kv_window());
         let sched = Scheduler::new(
             SchedulerConfig {
                 max_num_seqs: cfg.max_num_seqs,

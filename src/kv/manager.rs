@@ -6,12 +6,15 @@
 //! 2. running request: `allocate(req, tokens, 0, num_computed + chunk)` to grow its table;
 //! 3. after the step computed tokens: `cache_computed(req, tokens, num_computed)`;
 //! 4. finished or preempted: `free(req)`.
+//!
+//! Under an attention window ([`KvCacheManager::with_window`]) step 3 is followed by
+//! `release_outside_window(req, num_computed)`, which gives back the blocks no later query can see.
 
 use std::collections::HashMap;
 
 use super::block_pool::{BlockPool, Lookup};
 use super::prefix_hash::{hash_block, BlockHash, EntryId, HashFn, ROOT_HASH};
-use super::{BlockId, RequestId};
+use super::{BlockId, RequestId, RELEASED_BLOCK};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {
@@ -29,13 +32,18 @@ pub struct KvStats {
     pub prefix_hit_tokens: u64,
     /// Cached blocks reused for other content.
     pub evictions: u64,
+    /// Blocks released from running requests because they left the attention window.
+    pub window_released_blocks: u64,
 }
 
 /// Per-request state.
 #[derive(Debug, Clone)]
 struct ReqState {
     /// Physical blocks in sequence order: block `i` holds tokens `[i*block_size, (i+1)*block_size)`.
+    /// The first `num_released` entries are `RELEASED_BLOCK`.
     table: Vec<BlockId>,
+    /// Leading blocks released because they left the attention window (no longer owned).
+    num_released: usize,
     /// Leading blocks of `table` already handled by prefix caching (prefix hits, blocks registered by
     /// `cache_computed`, or blocks whose identical twin was already cached).
     num_cached: usize,
@@ -52,6 +60,7 @@ impl ReqState {
     fn new() -> Self {
         ReqState {
             table: Vec::new(),
+            num_released: 0,
             num_cached: 0,
             last_hash: ROOT_HASH,
             last_entry: EntryId::ROOT,
@@ -80,6 +89,9 @@ pub struct KvCacheManager {
     stats: KvStats,
     /// Block hash function; always [`hash_block`] except in tests that force collisions.
     hash_fn: HashFn,
+    /// Every layer attends to at most this many positions (the query's own included); None: some
+    /// layer attends to the whole context, and no block is released before its request ends.
+    window: Option<usize>,
 }
 
 impl KvCacheManager {
@@ -105,7 +117,25 @@ impl KvCacheManager {
             requests: HashMap::new(),
             stats: KvStats::default(),
             hash_fn,
+            window: None,
         }
+    }
+
+    /// The same manager releasing blocks outside an attention window of `window` positions, which
+    /// must bound every layer's attention: a query at position p reads keys p + 1 − w ..= p at most
+    /// (see [`release_outside_window`](Self::release_outside_window)). None keeps every block.
+    ///
+    /// # Panics
+    /// If `window` is `Some(0)`.
+    pub fn with_window(mut self, window: Option<usize>) -> Self {
+        assert!(window != Some(0), "an attention window of 0 positions");
+        self.window = window;
+        self
+    }
+
+    /// The attention window blocks are released outside of, if any.
+    pub fn window(&self) -> Option<usize> {
+        self.window
     }
 
     pub fn block_size(&self) -> usize {
@@ -350,6 +380,7 @@ impl KvCacheManager {
             let chunk = &tokens[i * bs..(i + 1) * bs];
             let hash = (self.hash_fn)(state.last_hash, chunk);
             let block = state.table[i];
+            debug_assert!(block != RELEASED_BLOCK, "block {i} released before caching");
             debug_assert!(
                 self.pool.cached(block).is_none(),
                 "unprocessed block {block} is cached"
@@ -369,12 +400,40 @@ impl KvCacheManager {
         }
     }
 
+    /// Under an attention window of `w` positions, release the leading blocks of `req` that no query
+    /// from position `num_computed_tokens` on can read: block `i` once `(i + 1) * block_size <=
+    /// num_computed_tokens + 1 - w` (its last position is before the next query's window). Call it
+    /// after `cache_computed` for the same tokens, so a released block is already in the prefix
+    /// cache (it stays findable there until evicted, like any freed cached block). The entries
+    /// become [`RELEASED_BLOCK`]; the table keeps its length, so token `t` still lives in
+    /// `table[t / block_size]`. Returns how many blocks were released now. No-op without a window
+    /// or for an unknown `req`; never releases a block holding a position not yet computed.
+    pub fn release_outside_window(&mut self, req: RequestId, num_computed_tokens: usize) -> usize {
+        let Some(w) = self.window else {
+            return 0;
+        };
+        let Some(state) = self.requests.get_mut(&req) else {
+            return 0;
+        };
+        let unseen = (num_computed_tokens + 1).saturating_sub(w) / self.block_size;
+        let upto = unseen.min(state.table.len());
+        let first = state.num_released;
+        for entry in state.table.iter_mut().take(upto).skip(first) {
+            self.pool.release(*entry);
+            *entry = RELEASED_BLOCK;
+        }
+        let released = upto.saturating_sub(first);
+        state.num_released = state.num_released.max(upto);
+        self.stats.window_released_blocks += released as u64;
+        released
+    }
+
     /// Release every block of `req` (refcount − 1). Blocks reaching 0 go to the tail of the free list;
     /// cached ones stay findable until evicted. The table is released tail first, so that under LRU
     /// the end of a sequence is evicted before its shared prefix. Unknown req: no-op.
     pub fn free(&mut self, req: RequestId) {
         if let Some(state) = self.requests.remove(&req) {
-            for &b in state.table.iter().rev() {
+            for &b in state.table[state.num_released..].iter().rev() {
                 self.pool.release(b);
             }
         }
@@ -397,7 +456,21 @@ impl KvCacheManager {
         let mut holders = vec![0u32; n];
         for (req, s) in &self.requests {
             let mut in_table = std::collections::HashSet::new();
-            for &b in &s.table {
+            if s.num_released > s.table.len() {
+                return Err(format!(
+                    "request {req}: {} released blocks but a table of {}",
+                    s.num_released,
+                    s.table.len()
+                ));
+            }
+            let (released, owned) = s.table.split_at(s.num_released);
+            if released.iter().any(|&b| b != RELEASED_BLOCK) {
+                return Err(format!("request {req}: a released entry holds a block"));
+            }
+            if s.num_released > 0 && self.window.is_none() {
+                return Err(format!("request {req}: blocks released without a window"));
+            }
+            for &b in owned {
                 if b as usize >= n {
                     return Err(format!("request {req} holds out-of-range block {b}"));
                 }
@@ -457,6 +530,7 @@ impl KvCacheManager {
                 (
                     r,
                     s.table.clone(),
+                    s.num_released,
                     s.num_cached,
                     s.last_hash,
                     s.last_entry,
@@ -809,6 +883,70 @@ mod tests {
         let _ = m.allocate(3, &a, hit, 3);
     }
 
+    #[test]
+    fn window_releases_the_blocks_no_query_can_see() {
+        // blocks of 4, a window of 6: a query at position p reads keys p - 5 ..= p
+        let mut m = KvCacheManager::new(16, 4, false).with_window(Some(6));
+        m.allocate(1, &seq(0, 20), 0, 20).unwrap(); // 5 blocks
+        let owned = m.block_table(1).to_vec();
+        // the next query is at 20 and reads 15..=20: blocks 0-2 (positions 0..12) are out of reach
+        assert_eq!(m.release_outside_window(1, 20), 3);
+        assert_eq!(m.block_table(1)[..3], [RELEASED_BLOCK; 3]);
+        assert_eq!(m.block_table(1)[3..], owned[3..]);
+        assert_eq!((m.num_used_blocks(), m.num_free_blocks()), (2, 14));
+        assert_eq!(m.release_outside_window(1, 20), 0, "released once");
+        m.check_invariants().unwrap();
+        // growing keeps the table's indexing: token t in table[t / 4]
+        m.allocate(1, &seq(0, 24), 0, 24).unwrap();
+        assert_eq!(m.block_table(1).len(), 6);
+        // a query at 22 reads 17..=22: block 3 (12..16) is out of reach, block 4 (16..20) is not
+        assert_eq!(m.release_outside_window(1, 22), 1);
+        // at 24 it reads 19..=24: block 4 still holds 19
+        assert_eq!(m.release_outside_window(1, 24), 0);
+        assert_eq!(m.release_outside_window(1, 25), 1);
+        assert_eq!(m.num_used_blocks(), 1);
+        assert_eq!(m.stats().window_released_blocks, 5);
+        m.check_invariants().unwrap();
+        m.free(1);
+        assert_eq!(m.num_free_blocks(), 16);
+        m.check_invariants().unwrap();
+        // the edge: a window of exactly one block at a block boundary
+        let mut m = KvCacheManager::new(8, 4, false).with_window(Some(4));
+        m.allocate(2, &seq(0, 8), 0, 8).unwrap();
+        assert_eq!(m.release_outside_window(2, 6), 0, "a query at 6 reads 3..=6");
+        assert_eq!(m.release_outside_window(2, 7), 1, "a query at 7 reads 4..=7");
+        // without a window nothing is released
+        let mut m = KvCacheManager::new(8, 4, false);
+        m.allocate(3, &seq(0, 32), 0, 32).unwrap();
+        assert_eq!(m.release_outside_window(3, 32), 0);
+        assert_eq!(m.num_free_blocks(), 0);
+    }
+
+    #[test]
+    fn blocks_released_by_the_window_stay_cached_for_prefix_hits() {
+        let mut m = KvCacheManager::new(8, 4, true).with_window(Some(3));
+        let a = seq(0, 13);
+        run_prompt(&mut m, 1, &a); // 4 blocks, 3 full and cached
+        let table = m.block_table(1).to_vec();
+        // a query at 13 reads 11..=13: blocks 0 and 1 go back to the pool, still cached
+        assert_eq!(m.release_outside_window(1, 13), 2);
+        assert_eq!(m.num_used_blocks(), 2);
+        m.check_invariants().unwrap();
+        // a new request with the same 12-token prefix takes all three cached blocks back, the two
+        // released ones from the free list (request 1 keeps its RELEASED entries)
+        let mut b = a[..12].to_vec();
+        b.push(99);
+        assert_eq!(m.lookup_prefix(&b), 12);
+        m.allocate(2, &b, 12, 13).unwrap();
+        assert_eq!(m.block_table(2)[..3], table[..3]);
+        assert_eq!(m.num_used_blocks(), 5);
+        m.check_invariants().unwrap();
+        m.free(1);
+        m.free(2);
+        assert_eq!(m.num_free_blocks(), 8);
+        m.check_invariants().unwrap();
+    }
+
     mod proptests {
         use super::*;
         use proptest::prelude::*;
@@ -879,7 +1017,7 @@ mod tests {
                 for (j, b) in live.iter().enumerate().skip(i + 1) {
                     let Some(b) = b else { continue };
                     let (ta, tb) = (m.block_table(i as u64), m.block_table(j as u64));
-                    for (x, blk) in ta.iter().enumerate() {
+                    for (x, blk) in ta.iter().enumerate().filter(|e| *e.1 != RELEASED_BLOCK) {
                         if let Some(y) = tb.iter().position(|o| o == blk) {
                             prop_assert_eq!(x, y, "shared block at different positions");
                             let end = (x + 1) * bs;
@@ -896,16 +1034,49 @@ mod tests {
             Ok(())
         }
 
+        /// Under a window, every live request's next query must find its own K/V at every position
+        /// of its window, and its released entries must be exactly the blocks before that window.
+        fn check_window(
+            m: &KvCacheManager,
+            live: &[Option<Live>],
+            content: &[Vec<u32>],
+        ) -> Result<(), TestCaseError> {
+            let Some(w) = m.window() else { return Ok(()) };
+            let bs = m.block_size();
+            for (req, l) in live.iter().enumerate() {
+                let Some(l) = l else { continue };
+                let table = m.block_table(req as u64);
+                let lo = (l.computed + 1).saturating_sub(w);
+                let released = table.iter().take_while(|&&b| b == RELEASED_BLOCK).count();
+                prop_assert_eq!(released, (lo / bs).min(table.len()), "request {}", req);
+                for pos in lo..l.computed {
+                    let blk = table[pos / bs];
+                    prop_assert!(blk != RELEASED_BLOCK, "position {} of {} released", pos, req);
+                    let held = &content[blk as usize];
+                    prop_assert!(
+                        held.len() > pos && held[..=pos] == l.tokens[..=pos],
+                        "request {} position {}: its block was overwritten",
+                        req,
+                        pos
+                    );
+                }
+            }
+            Ok(())
+        }
+
+        #[allow(clippy::too_many_arguments)]
         fn run(
             num_blocks: usize,
             block_size: usize,
             caching: bool,
             weak: bool,
+            window: Option<usize>,
             prefixes: Vec<Vec<u32>>,
             ops: Vec<Op>,
         ) -> Result<(), TestCaseError> {
             let hash_fn: HashFn = if weak { weak_hash } else { hash_block };
-            let mut m = KvCacheManager::with_hash_fn(num_blocks, block_size, caching, hash_fn);
+            let mut m = KvCacheManager::with_hash_fn(num_blocks, block_size, caching, hash_fn)
+                .with_window(window);
             let mut live: Vec<Option<Live>> = (0..NUM_SLOTS).map(|_| None).collect();
             // What each physical block holds: the prefix of the sequence that wrote it, up to the end of
             // the block (only the last block's slots may be partly written).
@@ -970,6 +1141,7 @@ mod tests {
                                 };
                                 write(&mut content, &m, slot, &l, hit);
                                 m.cache_computed(slot as u64, &l.tokens, l.computed);
+                                m.release_outside_window(slot as u64, l.computed);
                                 live[slot] = Some(l);
                             }
                             Err(KvError::NoFreeBlocks { needed, free }) => {
@@ -998,6 +1170,7 @@ mod tests {
                                 let l = live[slot].as_ref().unwrap();
                                 write(&mut content, &m, slot, l, from);
                                 m.cache_computed(slot as u64, &l.tokens, l.computed);
+                                m.release_outside_window(slot as u64, l.computed);
                             }
                             Err(KvError::NoFreeBlocks {
                                 needed: e_needed,
@@ -1018,6 +1191,7 @@ mod tests {
                     return Err(TestCaseError::fail(e));
                 }
                 check_sharing(&m, &live)?;
+                check_window(&m, &live, &content)?;
             }
             for slot in 0..NUM_SLOTS {
                 m.free(slot as u64);
@@ -1039,10 +1213,11 @@ mod tests {
                 block_size in 1..5usize,
                 caching in prop::bool::weighted(0.8),
                 weak in prop::bool::weighted(0.3),
+                window in prop::option::of(1..10usize),
                 prefixes in prop::collection::vec(prop::collection::vec(0..3u32, 0..16), 3),
                 ops in prop::collection::vec(op(), 1..60),
             ) {
-                run(num_blocks, block_size, caching, weak, prefixes, ops)?;
+                run(num_blocks, block_size, caching, weak, window, prefixes, ops)?;
             }
         }
     }

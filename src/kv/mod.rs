@@ -16,6 +16,13 @@
 //!   releases it. A freed cached block stays findable in the free list until it reaches the head and is
 //!   taken for other content (an eviction, LRU order). Requests free their blocks tail first, so a
 //!   sequence's end is evicted before its (more shareable) prefix.
+//! - **Attention window** ([`KvCacheManager::with_window`]): when every layer of the model attends
+//!   only to the last `w` positions (Mistral v0.1, Phi-3 mini: sliding-window attention on all
+//!   layers), a block whose positions all lie before the window of the request's next query can
+//!   never be read again. It is released (refcount − 1; a cached one stays findable) and its table
+//!   entry becomes [`RELEASED_BLOCK`], so a long sequence holds about `w / block_size + 2` blocks
+//!   instead of one per `block_size` tokens. Models with any full-attention layer (Gemma 2/3's
+//!   hybrids) keep every block.
 
 pub mod block_pool;
 pub mod manager;
@@ -25,5 +32,9 @@ pub use manager::{KvCacheManager, KvError, KvStats};
 
 /// Index of a physical KV block (`0..num_blocks`).
 pub type BlockId = u32;
+/// The table entry of a block released because it left the attention window. Never a pool index:
+/// attention reads no key before a query's window, and a read of this entry would fall outside the
+/// pool (the CPU backend panics, `BatchMeta::validate` refuses a slot mapped into it).
+pub const RELEASED_BLOCK: BlockId = BlockId::MAX;
 /// Identity of a request, chosen by the scheduler.
 pub type RequestId = u64;

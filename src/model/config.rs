@@ -133,9 +133,10 @@ pub struct ModelConfig {
     pub sliding_layers: Vec<usize>,
     /// Sliding-window attention (Mistral's and Phi-3's `sliding_window`, Qwen2's with
     /// `use_sliding_window`, Gemma 3's local layers): on the `sliding_layers`, a token at position
-    /// p attends to keys max(0, p + 1 - w) ..= p only (`Backend::attention`'s `window`). The KV
-    /// cache still keeps every position (the full-attention layers of Gemma 3 and Qwen2 need them;
-    /// freeing blocks that left every layer's window is not done).
+    /// p attends to keys max(0, p + 1 - w) ..= p only (`Backend::attention`'s `window`). When every
+    /// layer slides ([`kv_window`](Self::kv_window)), the engine releases KV blocks that left the
+    /// window; with any full-attention layer (Gemma 2/3, Qwen2 below max_window_layers) it keeps
+    /// every position.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<usize>,
     /// Attention scores are multiplied by this (1/sqrt(head_dim) unless GPT-2's `scale_attn_weights` is off).
@@ -226,6 +227,16 @@ impl ModelConfig {
     pub fn layer_window(&self, layer: usize) -> Option<usize> {
         self.sliding_window
             .filter(|_| self.sliding_layers.contains(&layer))
+    }
+
+    /// The attention window of the whole model: Some(w) when every layer attends to at most the
+    /// last w positions, so KV older than that is never read again; None when some layer attends to
+    /// the whole context.
+    pub fn kv_window(&self) -> Option<usize> {
+        let w = self.sliding_window?;
+        (0..self.num_layers)
+            .all(|l| self.sliding_layers.contains(&l))
+            .then_some(w)
     }
 
     /// Queries per KV head (the GQA group size).

@@ -12,6 +12,10 @@
 //!    KV blocks allow, starting from their longest prefix-cache hit. The queue is never reordered:
 //!    a head that does not fit blocks the ones behind it (no starvation by smaller requests).
 //!
+//! Under an attention window (the KV manager's `with_window`) a running request gives back, after
+//! each step, the blocks its next query can no longer see; allocation grows tables at the end as
+//! always, so a long sequence needs about window / block_size + 2 blocks at a time.
+//!
 //! The scheduler owns each request's tokens and progress; the engine runs the planned step, then
 //! reports sampled tokens (`complete_step`) and finished requests (`finish`).
 
@@ -266,7 +270,7 @@ impl Scheduler {
 
     /// Record a finished step: every chunk's tokens are computed, and requests that sampled got
     /// `sampled` (one token per chunk with `samples`, in plan order). Newly full blocks are offered
-    /// to the prefix cache.
+    /// to the prefix cache; under an attention window, blocks that left it are released.
     pub fn complete_step(&mut self, plan: &StepPlan, sampled: &[(RequestId, u32)]) {
         let mut sampled = sampled.iter();
         for chunk in &plan.chunks {
@@ -276,6 +280,7 @@ impl Scheduler {
             seq.num_computed = chunk.start + chunk.len;
             self.kv
                 .cache_computed(seq.id, &seq.tokens, seq.num_computed);
+            self.kv.release_outside_window(seq.id, seq.num_computed);
             if chunk.samples {
                 if let Some(&(id, tok)) = sampled.next() {
                     debug_assert_eq!(id, seq.id);

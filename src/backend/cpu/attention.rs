@@ -60,6 +60,11 @@ pub fn paged_attention(
                 // offset of the i-th key of the window, key lo + i
                 let slot_offset = |i: usize| {
                     let j = lo + i;
+                    debug_assert_ne!(
+                        table[j / bs],
+                        crate::kv::RELEASED_BLOCK,
+                        "key {j} is in a block released as outside the window"
+                    );
                     let slot = table[j / bs] as usize * bs + j % bs;
                     (slot * nkv + kvh) * d
                 };
