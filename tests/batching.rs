@@ -275,3 +275,77 @@ fn abort_frees_blocks_at_once() {
     assert_eq!(engine.kv_blocks_used(), 0);
     assert!(!engine.has_unfinished());
 }
+
+/// A model that slides on every layer (tiny-mistral: 37 keys, tiny-phi3: 61) gives back the KV
+/// blocks that left its window, so a long request holds about window / block_size + 2 blocks at a
+/// time; its outputs stay those of sequential generation, which keeps every block. A hybrid model
+/// (tiny-gemma2: windows on layers 0 and 2 only) keeps every block.
+#[test]
+fn a_model_sliding_on_every_layer_holds_only_its_window() {
+    for (name, window) in [
+        ("tiny-mistral", Some(37)),
+        ("tiny-phi3", Some(61)),
+        ("tiny-gemma2", None),
+    ] {
+        let dir = model_dir(name);
+        let reference = load_cpu(&dir);
+        assert_eq!(reference.config.kv_window(), window, "{name}");
+        let g = golden(name);
+        // the long golden prompt decoding past it, and a short one beside it
+        let reqs = [(g[3].ids.clone(), 20), (g[1].ids.clone(), 40)];
+        let cfg = EngineConfig {
+            block_size: 4,
+            num_blocks: 256,
+            max_num_seqs: 4,
+            max_num_batched_tokens: 7,
+            enable_prefix_caching: true,
+        };
+        let mut engine = Engine::new(load_cpu(&dir), cfg, Instant::now()).unwrap();
+        let mut expected = std::collections::HashMap::new();
+        for (p, n) in &reqs {
+            let request = GenerateRequest {
+                prompt_ids: p.clone(),
+                max_tokens: *n,
+                sampling: SamplingParams::greedy(),
+                ignore_eos: true,
+            };
+            let want = generate(&reference, &request).unwrap().output_ids;
+            let id = engine
+                .add_request(EngineRequest {
+                    prompt_ids: p.clone(),
+                    max_tokens: *n,
+                    sampling: SamplingParams::greedy(),
+                    ignore_eos: true,
+                })
+                .unwrap();
+            expected.insert(id, want);
+        }
+        let mut peak = 0;
+        while engine.has_unfinished() {
+            let out = engine.step().unwrap();
+            peak = peak.max(out.record.unwrap().kv_blocks_used);
+            for f in out.finished {
+                assert_eq!(f.output_ids, expected[&f.id], "{name}: request {}", f.id);
+                expected.remove(&f.id);
+            }
+        }
+        assert!(expected.is_empty());
+        assert_eq!(engine.kv_blocks_used(), 0, "{name}: blocks leaked");
+        let longest = reqs[0].0.len() + reqs[0].1;
+        let released = engine.kv_stats().window_released_blocks;
+        match window {
+            Some(w) => {
+                // between steps each of the two requests holds at most its window's blocks
+                assert!(peak <= 2 * ((w - 1) / 4 + 2), "{name}: peak {peak} blocks");
+                assert!(released > 0, "{name}");
+            }
+            None => {
+                assert!(
+                    peak >= longest.div_ceil(4) - 1,
+                    "{name}: peak {peak} blocks"
+                );
+                assert_eq!(released, 0, "{name}");
+            }
+        }
+    }
+}

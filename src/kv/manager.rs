@@ -913,8 +913,16 @@ mod tests {
         // the edge: a window of exactly one block at a block boundary
         let mut m = KvCacheManager::new(8, 4, false).with_window(Some(4));
         m.allocate(2, &seq(0, 8), 0, 8).unwrap();
-        assert_eq!(m.release_outside_window(2, 6), 0, "a query at 6 reads 3..=6");
-        assert_eq!(m.release_outside_window(2, 7), 1, "a query at 7 reads 4..=7");
+        assert_eq!(
+            m.release_outside_window(2, 6),
+            0,
+            "a query at 6 reads 3..=6"
+        );
+        assert_eq!(
+            m.release_outside_window(2, 7),
+            1,
+            "a query at 7 reads 4..=7"
+        );
         // without a window nothing is released
         let mut m = KvCacheManager::new(8, 4, false);
         m.allocate(3, &seq(0, 32), 0, 32).unwrap();
@@ -1051,7 +1059,12 @@ mod tests {
                 prop_assert_eq!(released, (lo / bs).min(table.len()), "request {}", req);
                 for pos in lo..l.computed {
                     let blk = table[pos / bs];
-                    prop_assert!(blk != RELEASED_BLOCK, "position {} of {} released", pos, req);
+                    prop_assert!(
+                        blk != RELEASED_BLOCK,
+                        "position {} of {} released",
+                        pos,
+                        req
+                    );
                     let held = &content[blk as usize];
                     prop_assert!(
                         held.len() > pos && held[..=pos] == l.tokens[..=pos],

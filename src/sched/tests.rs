@@ -1,7 +1,8 @@
 //! The scheduler driven by a simulated model whose next token depends on the whole context, over a
 //! simulated paged KV store that records which (token, position) each slot holds. Every step checks
 //! that each chunk reads exactly its own prefix through its block table — so chunking, preemption
-//! and prefix sharing can never feed a request someone else's K/V.
+//! and prefix sharing can never feed a request someone else's K/V. Under an attention window it
+//! checks the window only (what attention reads), and that released blocks are not missed.
 
 use std::collections::HashMap;
 
@@ -30,8 +31,20 @@ struct Sim {
 
 impl Sim {
     fn new(num_blocks: usize, block_size: usize, caching: bool, cfg: SchedulerConfig) -> Self {
+        Self::windowed(num_blocks, block_size, caching, cfg, None)
+    }
+
+    /// A simulation whose model attends to the last `window` positions on every layer.
+    fn windowed(
+        num_blocks: usize,
+        block_size: usize,
+        caching: bool,
+        cfg: SchedulerConfig,
+        window: Option<usize>,
+    ) -> Self {
+        let kv = KvCacheManager::new(num_blocks, block_size, caching).with_window(window);
         Self {
-            sched: Scheduler::new(cfg, KvCacheManager::new(num_blocks, block_size, caching)),
+            sched: Scheduler::new(cfg, kv),
             block_size,
             slots: HashMap::new(),
             max_tokens: HashMap::new(),
@@ -66,8 +79,14 @@ impl Sim {
                 .running_seq(c.id)
                 .expect("chunk of a running request");
             let tokens = seq.tokens.clone();
-            // the K/V this chunk attends to must be the request's own earlier tokens
-            for (p, &tok) in tokens.iter().enumerate().take(c.start) {
+            // the K/V this chunk attends to (its first query's window) must be the request's own
+            // earlier tokens
+            let lo = self
+                .sched
+                .kv()
+                .window()
+                .map_or(0, |w| (c.start + 1).saturating_sub(w));
+            for (p, &tok) in tokens.iter().enumerate().take(c.start).skip(lo) {
                 assert_eq!(
                     self.slots.get(&self.slot(c.id, p)),
                     Some(&(tok, p)),
@@ -92,6 +111,23 @@ impl Sim {
             }
         }
         self.sched.kv().check_invariants().unwrap();
+        if let Some(w) = self.sched.kv().window() {
+            // between steps a request holds only the blocks of its next query's window
+            for seq in &self.sched.running {
+                let owned = self
+                    .sched
+                    .block_table(seq.id)
+                    .iter()
+                    .filter(|&&b| b != crate::kv::RELEASED_BLOCK)
+                    .count();
+                let bound = (w - 1) / self.block_size + 2;
+                assert!(
+                    owned <= bound,
+                    "request {} holds {owned} blocks, more than a window of {w} needs ({bound})",
+                    seq.id
+                );
+            }
+        }
         self.steps += 1;
     }
 
@@ -205,6 +241,30 @@ fn a_recompute_finding_its_own_blocks_is_not_a_prefix_hit() {
 }
 
 #[test]
+fn a_window_lets_long_requests_share_a_small_pool() {
+    // 12 blocks of 2 tokens hold one 3 + 20 token request alone; two at once only when each gives
+    // back what its 3-position window has left (at most 3 blocks each between steps)
+    let run = |window: Option<usize>| {
+        let mut sim = Sim::windowed(12, 2, false, cfg(8, 64), window);
+        sim.add(1, vec![1, 2, 3], 20);
+        sim.add(2, vec![4, 5, 6], 20);
+        sim.run(50, 500);
+        assert_eq!(sim.finished[&1], sequential(&[1, 2, 3], 20, 50));
+        assert_eq!(sim.finished[&2], sequential(&[4, 5, 6], 20, 50));
+        assert_eq!(sim.sched.kv().num_free_blocks(), 12);
+        (
+            sim.sched.total_preemptions(),
+            sim.sched.kv_stats().window_released_blocks,
+        )
+    };
+    let (preemptions, released) = run(None);
+    assert!(preemptions > 0 && released == 0, "{preemptions} {released}");
+    let (preemptions, released) = run(Some(3));
+    assert_eq!(preemptions, 0);
+    assert!(released >= 2 * 9, "released {released}");
+}
+
+#[test]
 fn fcfs_head_blocks_smaller_requests_behind_it() {
     let mut sim = Sim::new(4, 2, false, cfg(8, 64));
     sim.add(1, vec![1; 5], 1); // 3 blocks
@@ -246,6 +306,8 @@ struct Mix {
     caching: bool,
     max_seqs: usize,
     budget: usize,
+    /// Every layer's attention window, if the simulated model has one.
+    window: Option<usize>,
     /// (prefix family, extra tokens, max_tokens, arrival step)
     requests: Vec<(usize, Vec<u32>, usize, usize)>,
 }
@@ -256,6 +318,7 @@ fn mix() -> impl Strategy<Value = Mix> {
         any::<bool>(),
         1usize..6,
         1usize..24,
+        prop::option::of(1usize..12),
         prop::collection::vec(
             (
                 0usize..3,
@@ -266,30 +329,40 @@ fn mix() -> impl Strategy<Value = Mix> {
             1..10,
         ),
     )
-        .prop_map(|(block_size, caching, max_seqs, budget, requests)| {
-            // the pool must hold the longest request alone: prefix (≤ 8) + extra (≤ 9) + outputs (≤ 7)
-            let min_blocks = 24usize.div_ceil(block_size);
-            Mix {
-                num_blocks: min_blocks + requests.len() % 3 * 4,
-                block_size,
-                caching,
-                max_seqs,
-                budget,
-                requests,
-            }
-        })
+        .prop_map(
+            |(block_size, caching, max_seqs, budget, window, requests)| {
+                // the pool must hold the longest request alone: prefix (≤ 8) + extra (≤ 9) + outputs (≤ 7)
+                let min_blocks = 24usize.div_ceil(block_size);
+                Mix {
+                    num_blocks: min_blocks + requests.len() % 3 * 4,
+                    block_size,
+                    caching,
+                    max_seqs,
+                    budget,
+                    window,
+                    requests,
+                }
+            },
+        )
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
-    /// Random request mixes: every request completes with exactly its sequential output, the KV
-    /// each chunk reads is its own, reference counts stay consistent (checked every step), and every
+    /// Random request mixes, with and without an attention window: every request completes with
+    /// exactly its sequential output, the KV each chunk reads is its own, a windowed request holds
+    /// no more than its window's blocks between steps, reference counts stay consistent (checked every step), and every
     /// block is free at the end.
     #[test]
     fn random_mixes_match_sequential_and_free_everything(m in mix()) {
         let prefixes: [Vec<u32>; 3] = [(0..8).collect(), (0..8).map(|t| t % 3).collect(), vec![7; 5]];
-        let mut sim = Sim::new(m.num_blocks, m.block_size, m.caching, cfg(m.max_seqs, m.budget));
+        let mut sim = Sim::windowed(
+            m.num_blocks,
+            m.block_size,
+            m.caching,
+            cfg(m.max_seqs, m.budget),
+            m.window,
+        );
         let vocab = 6;
         let mut pending: Vec<(RequestId, Vec<u32>, usize, usize)> = m
             .requests
