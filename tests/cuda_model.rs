@@ -611,15 +611,16 @@ fn check_engine<T: CudaDtype>(b: &CudaBackend<T>) {
 /// Submit `r`'s prompts to `engine` twice (greedy, each for as many tokens as its CPU
 /// continuation), the second round after `head_start` steps, so its prompts hit the prefix cache
 /// while the first round still runs; run to the end, check every request's tokens against the
-/// CPU's greedy ones (up to a near tie, `flip`) and that no KV block stays in use. Returns how many
-/// blocks the engine released as outside the attention window.
+/// CPU's greedy ones (up to a near tie, `flip`) and that no KV block stays in use. Returns every
+/// request's tokens (in submission order) and how many blocks the engine released as outside the
+/// attention window.
 fn check_engine_twice<B: Backend>(
     what: &str,
     mut engine: Engine<B>,
     r: &Reference,
     head_start: usize,
     flip: f32,
-) -> u64 {
+) -> (Vec<Vec<u32>>, u64) {
     let mut ids = Vec::new();
     for round in 0..2 {
         for (p, g) in r.prompts.iter().zip(&r.greedy) {
@@ -659,7 +660,8 @@ fn check_engine_twice<B: Backend>(
         );
     }
     assert_eq!(engine.kv_blocks_used(), 0, "{what}: blocks leaked");
-    engine.kv_stats().window_released_blocks
+    let tokens = ids.iter().map(|id| outputs[id].clone()).collect();
+    (tokens, engine.kv_stats().window_released_blocks)
 }
 
 #[test]
@@ -1215,14 +1217,24 @@ fn check_auto_in_models_of<T: CudaDtype>(b: &CudaBackend<T>, head_dims: &[usize]
             enable_prefix_caching: true,
         };
         let engine = Engine::new(shaped.on(b.clone()), cfg, Instant::now()).unwrap();
-        let released =
+        let (tokens, released) =
             check_engine_twice(&format!("{what} engine"), engine, &r, 4, flip_margin::<T>());
-        // the all-sliding model's long prompts leave the 100-key window: blocks are released
+        // the all-sliding model's long prompts leave the 100-key window: blocks are released, and
+        // every token (not only those before a near tie) equals the same run keeping every block,
+        // so no kernel read a released block table entry
         assert_eq!(
             released > 0,
             shaped.config.kv_window().is_some(),
             "{what}: {released} blocks released"
         );
+        if released > 0 {
+            let mut keeping = Engine::new(shaped.on(b.clone()), cfg, Instant::now()).unwrap();
+            keeping.keep_all_kv_blocks();
+            let what = format!("{what} engine keeping every block");
+            let (kept, none) = check_engine_twice(&what, keeping, &r, 4, flip_margin::<T>());
+            assert_eq!(none, 0);
+            assert_eq!(tokens, kept, "{what}: tokens changed by releasing blocks");
+        }
     }
 }
 

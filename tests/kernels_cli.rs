@@ -875,6 +875,7 @@ fn split_sweep_script_on_a_sample_file() {
                 num_kv_heads: n("num_kv_heads"),
                 head_dim: n("head_dim"),
                 block_size: n("block_size"),
+                window: sh["window"].as_u64().map(|w| w as usize),
             },
             variant: Some(variant),
         };

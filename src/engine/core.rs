@@ -201,6 +201,17 @@ impl<B: Backend> Engine<B> {
         self.sched.kv_stats()
     }
 
+    /// Keep every KV block until its request ends, even for a model that slides on every layer
+    /// (which otherwise gives back the blocks that left the window): the same run at its full KV
+    /// footprint, for comparisons. Tokens do not change: no kernel reads a released block.
+    ///
+    /// # Panics
+    /// Once a step has run.
+    pub fn keep_all_kv_blocks(&mut self) {
+        assert_eq!(self.steps, 0, "keep_all_kv_blocks before the first step");
+        self.sched.keep_all_kv_blocks();
+    }
+
     pub fn total_preemptions(&self) -> u64 {
         self.sched.total_preemptions()
     }

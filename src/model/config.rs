@@ -1198,6 +1198,16 @@ mod tests {
     }
 
     #[test]
+    fn the_embedded_mistral_7b_v0_1_slides_on_every_layer() {
+        // 7.24 B parameters as published; a 4096-key window on all 32 layers over a 32k context
+        let m = crate::model::registry::find("mistral-7b-v0.1").unwrap();
+        let c = ModelConfig::from_json_str(m.config, "mistral-7b-v0.1").unwrap();
+        assert_eq!(c.num_parameters(), 7_241_732_096);
+        assert_eq!((c.kv_window(), c.max_context), (Some(4096), 32768));
+        assert_eq!((c.num_heads, c.num_kv_heads, c.head_dim), (32, 8, 128));
+    }
+
+    #[test]
     fn gemma3_text_in_both_config_styles() {
         // the embedded configs: 4.x style (rope_theta, rope_local_base_freq), the sliding layers
         // from layer_types (270m) or sliding_window_pattern (1b); published parameter counts
@@ -1488,6 +1498,32 @@ mod tests {
             w("llama", r#""sliding_window": 4096"#),
             (None, vec![], vec![None; 4])
         );
+    }
+
+    #[test]
+    fn the_kv_window_is_set_only_when_every_layer_slides() {
+        let kv = |model_type: &str, extra: &str| parse(model_type, extra).unwrap().kv_window();
+        assert_eq!(kv("mistral", r#""sliding_window": 4096"#), Some(4096));
+        assert_eq!(kv("phi3", r#""sliding_window": 2047"#), Some(2047));
+        assert_eq!(kv("mistral", r#""sliding_window": null"#), None);
+        assert_eq!(kv("llama", r#""sliding_window": 4096"#), None);
+        let qwen = r#""sliding_window": 512, "use_sliding_window": true, "max_window_layers": "#;
+        assert_eq!(kv("qwen2", &format!("{qwen}0")), Some(512));
+        assert_eq!(
+            kv("qwen2", &format!("{qwen}1")),
+            None,
+            "layer 0 attends to all"
+        );
+        // Gemma 2 and 3 keep full-attention layers: Gemma 2's odd ones, Gemma 3's every
+        // sliding_window_pattern-th (of 4 layers, the pattern 6 leaves none: all four slide)
+        assert_eq!(kv("gemma2", r#""sliding_window": 4096"#), None);
+        let gemma3 = r#""sliding_window": 512, "sliding_window_pattern": "#;
+        assert_eq!(kv("gemma3_text", &format!("{gemma3}2")), None);
+        assert_eq!(kv("gemma3_text", &format!("{gemma3}6")), Some(512));
+        // unless every layer slides
+        let all_sliding = r#""sliding_window": 64, "layer_types": ["sliding_attention",
+            "sliding_attention", "sliding_attention", "sliding_attention"]"#;
+        assert_eq!(kv("gemma3_text", all_sliding), Some(64));
     }
 
     #[test]

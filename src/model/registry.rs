@@ -54,6 +54,7 @@ pub static EMBEDDED: &[EmbeddedModel] = &[
     config_only!("tinyllama-1.1b"),
     config_only!("qwen2.5-7b"),
     config_only!("mistral-7b-v0.3"),
+    config_only!("mistral-7b-v0.1"),
     config_only!("qwen3-0.6b"),
     config_only!("qwen3-8b"),
     config_only!("phi-3-mini-4k"),

@@ -279,7 +279,8 @@ pub enum Shape {
         block_size: usize,
     },
     /// attention: `seqs` sequences, each with `query_len` new tokens at the end of a context of
-    /// `context_len` tokens (prefill: query_len = context_len; decode: query_len = 1)
+    /// `context_len` tokens (prefill: query_len = context_len; decode: query_len = 1); under a
+    /// sliding `window` a token at position p attends to keys p + 1 − window ..= p only
     Attention {
         seqs: usize,
         query_len: usize,
@@ -288,6 +289,8 @@ pub enum Shape {
         num_kv_heads: usize,
         head_dim: usize,
         block_size: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        window: Option<usize>,
     },
     /// matmul: out [m, n] = x [m, k] · w [n, k]ᵀ; `proj` names the layer it comes from
     Matmul {
@@ -394,9 +397,11 @@ impl Case {
                 num_kv_heads,
                 head_dim,
                 block_size,
+                window,
             } => format!(
                 "seqs={seqs},q={query_len},ctx={context_len},heads={num_heads}/{num_kv_heads},\
-                 d={head_dim},bs={block_size}"
+                 d={head_dim},bs={block_size}{}",
+                window.map_or(String::new(), |w| format!(",w={w}"))
             ),
             Shape::Matmul { m, n, k, proj } => format!("{proj}:m={m},n={n},k={k}"),
             Shape::Logits { rows, vocab } => format!("rows={rows},vocab={vocab}"),
@@ -551,6 +556,7 @@ impl Case {
                     num_kv_heads,
                     head_dim,
                     block_size,
+                    window,
                 },
                 _,
             ) => attention_cost(
@@ -562,6 +568,7 @@ impl Case {
                 u(num_kv_heads),
                 u(head_dim),
                 u(block_size),
+                window.map(u),
             ),
             (&Shape::Matmul { m, n, k, .. }, _) => {
                 let (m, n, k) = (u(m), u(n), u(k));
@@ -636,6 +643,7 @@ impl Case {
                 num_kv_heads,
                 head_dim,
                 block_size,
+                ..
             } => {
                 let slots = u(seqs) * u(context_len.div_ceil(block_size.max(1)) * block_size);
                 let t = u(seqs) * u(query_len);
@@ -663,12 +671,15 @@ impl Case {
     }
 }
 
-/// Attention over `seqs` sequences of `q` new tokens ending a context of `c` tokens.
+/// Attention over `seqs` sequences of `q` new tokens ending a context of `c` tokens, under an
+/// optional sliding window of `w` keys.
 ///
-/// Bytes: each sequence's K and V read once per KV head (2 c nkv d), Q read and out written
-/// (q H d each), one position per new token and the block-table entries of the context.
-/// FLOPs: 4 H d per (query, key) pair (q·k and p·v, 2 each per element); new token i (of q) sees
-/// c − q + i + 1 keys, so a sequence has q c − q (q − 1) / 2 pairs.
+/// Bytes: each sequence's K and V of the keys its queries see read once per KV head (2 k nkv d,
+/// k = c, or min(c, q − 1 + w) under a window: from the first query's window to the end), Q read
+/// and out written (q H d each), one position per new token and the block-table entries of those
+/// keys. FLOPs: 4 H d per (query, key) pair (q·k and p·v, 2 each per element); the token at
+/// position p sees p + 1 keys, or min(p + 1, w), so a sequence has q c − q (q − 1) / 2 pairs
+/// without a window.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_cost(
     s: u64,
@@ -679,11 +690,20 @@ pub fn attention_cost(
     nkv: u64,
     d: u64,
     block_size: u64,
+    window: Option<u64>,
 ) -> Cost {
-    let pairs = (q * c).saturating_sub(q * q.saturating_sub(1) / 2);
-    let blocks = c.div_ceil(block_size.max(1));
+    // (query, key) pairs of the queries at positions 0 .. n - 1: Σ min(p + 1, w)
+    let pairs_upto = |n: u64| match window {
+        Some(w) if n > w => w * (w + 1) / 2 + (n - w) * w,
+        _ => n * (n + 1) / 2,
+    };
+    let pairs = pairs_upto(c) - pairs_upto(c.saturating_sub(q));
+    let first_key = window.map_or(0, |w| (c.saturating_sub(q) + 1).saturating_sub(w));
+    let keys = c - first_key.min(c);
+    let bs = block_size.max(1);
+    let blocks = c.div_ceil(bs) - first_key / bs;
     Cost {
-        bytes: seqs * (s * (2 * c * nkv * d + 2 * q * h * d) + IDX * (q + blocks)),
+        bytes: seqs * (s * (2 * keys * nkv * d + 2 * q * h * d) + IDX * (q + blocks)),
         flops: seqs * 4 * h * d * pairs,
     }
 }
@@ -878,12 +898,28 @@ mod tests {
                 num_kv_heads: 2,
                 head_dim: 8,
                 block_size: 4,
+                window: None,
             },
         );
         // per seq: K,V 2·10·2·8 = 320, q + out 2·4·8 = 64 elements; 1 position + 3 blocks
         let c = dec.cost(Dtype::F32);
         assert_eq!(c.bytes, 2 * (4 * (320 + 64) + 4 * (1 + 3)));
         assert_eq!(c.flops, 2 * 4 * 4 * 8 * 10);
+        // under a window of 6 the token at 9 reads keys 4..=9: K,V 2·6·2·8 = 192 elements, blocks
+        // 1 and 2 of the table; 6 pairs
+        let mut windowed = dec.clone();
+        if let Shape::Attention { window, .. } = &mut windowed.shape {
+            *window = Some(6);
+        }
+        assert_eq!(windowed.shape_label(), format!("{},w=6", dec.shape_label()));
+        let c = windowed.cost(Dtype::F32);
+        assert_eq!(c.bytes, 2 * (4 * (192 + 64) + 4 * (1 + 2)));
+        assert_eq!(c.flops, 2 * 4 * 4 * 8 * 6);
+        // a window as long as the context changes nothing
+        if let Shape::Attention { window, .. } = &mut windowed.shape {
+            *window = Some(10);
+        }
+        assert_eq!(windowed.cost(Dtype::F32), dec.cost(Dtype::F32));
         // prefill of 3 tokens: 1 + 2 + 3 = 6 (query, key) pairs
         let pre = case(
             Op::AttentionPrefill,
@@ -895,11 +931,30 @@ mod tests {
                 num_kv_heads: 2,
                 head_dim: 4,
                 block_size: 16,
+                window: None,
             },
         );
         let c = pre.cost(Dtype::F32);
         assert_eq!(c.flops, 4 * 2 * 4 * 6);
         assert_eq!(c.bytes, 4 * (2 * 3 * 2 * 4 + 2 * 3 * 2 * 4) + 4 * (3 + 1));
+        // the last 3 tokens of a 7-token context under a window of 2: positions 4, 5, 6 see 2
+        // keys each (6 pairs); keys 3..=6 are read (the first query's window onwards)
+        let chunk = case(
+            Op::AttentionPrefill,
+            Shape::Attention {
+                seqs: 1,
+                query_len: 3,
+                context_len: 7,
+                num_heads: 2,
+                num_kv_heads: 2,
+                head_dim: 4,
+                block_size: 16,
+                window: Some(2),
+            },
+        );
+        let c = chunk.cost(Dtype::F32);
+        assert_eq!(c.flops, 4 * 2 * 4 * 6);
+        assert_eq!(c.bytes, 4 * (2 * 4 * 2 * 4 + 2 * 3 * 2 * 4) + 4 * (3 + 1));
     }
 
     #[test]

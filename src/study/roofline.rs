@@ -352,6 +352,7 @@ mod tests {
                 num_kv_heads: 8,
                 head_dim: 128,
                 block_size: 16,
+                window: None,
             },
             variant: Some(Variant::AUTO_ONE_SPLIT),
         };

@@ -367,6 +367,7 @@ where
                 num_kv_heads,
                 head_dim,
                 block_size,
+                window,
             },
             _,
         ) => {
@@ -384,7 +385,10 @@ where
             let v = up(geom.layer_len(), 3, -1.0, 1.0)?;
             let mut out = b.zeros(t * num_heads * head_dim)?;
             let scale = 1.0 / (head_dim as f32).sqrt();
-            let spec = AttentionSpec::causal(num_heads, scale);
+            let spec = AttentionSpec {
+                window,
+                ..AttentionSpec::causal(num_heads, scale)
+            };
             Box::new(move || b.attention(&mut out, &qkv, &k, &v, &meta, &geom, &spec))
         }
         (&Shape::Matmul { m, n, k, .. }, _) => {

@@ -105,6 +105,14 @@ pub fn model_cases(model: &str, cfg: &ModelConfig, ops: &[Op], spec: &SweepSpec)
             out.push(case);
         }
     };
+    // the attention each layer runs: without a window on full-attention layers, with the model's
+    // window on sliding ones (Mistral v0.1: the window only; Gemma 2/3: both)
+    let mut windows: Vec<Option<usize>> =
+        (0..cfg.num_layers).map(|l| cfg.layer_window(l)).collect();
+    windows.sort_unstable();
+    windows.dedup();
+    // a window no shorter than the context is full attention: the same case (pushed once)
+    let shorter = |w: Option<usize>, context: usize| w.filter(|&w| w < context);
     for &op in ops {
         match op {
             Op::Layernorm if gpt2 => {
@@ -195,34 +203,40 @@ pub fn model_cases(model: &str, cfg: &ModelConfig, ops: &[Op], spec: &SweepSpec)
             Op::AttentionPrefill => {
                 for &l in &spec.prefill {
                     let l = ctx(l);
-                    push(
-                        op,
-                        Shape::Attention {
-                            seqs: 1,
-                            query_len: l,
-                            context_len: l,
-                            num_heads: cfg.num_heads,
-                            num_kv_heads: cfg.num_kv_heads,
-                            head_dim: cfg.head_dim,
-                            block_size: BLOCK_SIZE,
-                        },
-                    );
+                    for &window in &windows {
+                        push(
+                            op,
+                            Shape::Attention {
+                                seqs: 1,
+                                query_len: l,
+                                context_len: l,
+                                num_heads: cfg.num_heads,
+                                num_kv_heads: cfg.num_kv_heads,
+                                head_dim: cfg.head_dim,
+                                block_size: BLOCK_SIZE,
+                                window: shorter(window, l),
+                            },
+                        );
+                    }
                 }
             }
             Op::AttentionDecode => {
                 for &(b, c) in &spec.decode {
-                    push(
-                        op,
-                        Shape::Attention {
-                            seqs: b,
-                            query_len: 1,
-                            context_len: ctx(c),
-                            num_heads: cfg.num_heads,
-                            num_kv_heads: cfg.num_kv_heads,
-                            head_dim: cfg.head_dim,
-                            block_size: BLOCK_SIZE,
-                        },
-                    );
+                    for &window in &windows {
+                        push(
+                            op,
+                            Shape::Attention {
+                                seqs: b,
+                                query_len: 1,
+                                context_len: ctx(c),
+                                num_heads: cfg.num_heads,
+                                num_kv_heads: cfg.num_kv_heads,
+                                head_dim: cfg.head_dim,
+                                block_size: BLOCK_SIZE,
+                                window: shorter(window, ctx(c)),
+                            },
+                        );
+                    }
                 }
             }
             Op::Matmul => {
@@ -385,6 +399,16 @@ fn default_plan() -> Vec<(&'static str, Vec<Op>, SweepSpec)> {
             vec![Op::AttentionDecode],
             SweepSpec {
                 decode,
+                ..SweepSpec::default()
+            },
+        ),
+        // Llama 3.1 8B's head layout under Mistral 7B v0.1's 4096-key window on every layer: a
+        // decode token reads the window only, whatever the context
+        (
+            "mistral-7b-v0.1",
+            vec![Op::AttentionDecode],
+            SweepSpec {
+                decode: vec![(1, 16384), (16, 8192)],
                 ..SweepSpec::default()
             },
         ),
@@ -568,9 +592,41 @@ mod tests {
                     num_kv_heads: 8,
                     head_dim: 128,
                     block_size: BLOCK_SIZE,
+                    window: None,
                 }));
+        // Mistral 7B v0.1's decode under its window, beside the 8B's full attention
+        assert!(ids.contains(
+            &"attention_decode/mistral-7b-v0.1/seqs=1,q=1,ctx=16384,heads=32/8,d=128,bs=16,w=4096"
+                .to_string()
+        ));
         let only_norm = default_cases(&[Op::Rmsnorm]).unwrap();
         assert!(only_norm.iter().all(|c| c.op == Op::Rmsnorm));
+    }
+
+    #[test]
+    fn attention_is_studied_at_every_window_the_layers_use() {
+        let windows = |model: &str, decode: Vec<(usize, usize)>| -> Vec<Option<usize>> {
+            let cfg = crate::model::open(model).unwrap().config;
+            let spec = SweepSpec {
+                decode,
+                ..SweepSpec::default()
+            };
+            model_cases(model, &cfg, &[Op::AttentionDecode], &spec)
+                .into_iter()
+                .map(|c| match c.shape {
+                    Shape::Attention { window, .. } => window,
+                    _ => unreachable!(),
+                })
+                .collect()
+        };
+        // Gemma 3 1B: full-attention layers and 512-key sliding ones
+        assert_eq!(windows("gemma-3-1b", vec![(1, 2048)]), [None, Some(512)]);
+        // Mistral 7B v0.1 slides everywhere; a context within the window is full attention
+        assert_eq!(
+            windows("mistral-7b-v0.1", vec![(1, 8192), (1, 4096)]),
+            [Some(4096), None]
+        );
+        assert_eq!(windows("llama-3.1-8b", vec![(1, 8192)]), [None]);
     }
 
     #[test]
@@ -584,6 +640,7 @@ mod tests {
             num_kv_heads: 8,
             head_dim: 128,
             block_size: 16,
+            window: None,
         };
         let mut want: Vec<(Op, Shape)> = vec![];
         for l in [512, 2048, 8192] {

@@ -243,6 +243,7 @@ impl Variant {
             num_kv_heads,
             head_dim,
             block_size,
+            window,
         } = case.shape
         else {
             return None;
@@ -261,7 +262,9 @@ impl Variant {
             attention::SplitInputs {
                 num_decode: seqs,
                 kv_units: num_kv_heads * attention::decode_head_chunks(group) as usize,
-                max_ctx: context_len,
+                // under a window the backend plans the splits over the window's keys only
+                max_ctx: attention::window_keys(context_len as u32, attention::window_param(window))
+                    as usize,
                 block_size,
                 sms: sms as usize,
             },
@@ -452,6 +455,7 @@ mod tests {
                 num_kv_heads: 8,
                 head_dim: 128,
                 block_size: 16,
+                window: None,
             },
             variant: None,
         }
@@ -609,6 +613,18 @@ mod tests {
             Some(want.num_splits)
         );
         assert_eq!(v.decode_splits(&decode, h100), Some(8));
+        // under a 40-key window the plan is the backend's for 40 keys, whatever the context
+        let mut windowed = attention(Op::AttentionDecode, 1, 1, 16384);
+        if let Shape::Attention { window, .. } = &mut windowed.shape {
+            *window = Some(40);
+        }
+        let short = attention(Op::AttentionDecode, 1, 1, 40);
+        for variant in [Variant::Auto, Variant::AutoSplits(64)] {
+            assert_eq!(
+                variant.decode_splits(&windowed, h100),
+                variant.decode_splits(&short, h100)
+            );
+        }
         // more splits than the context has key groups: as many as it has
         let short = attention(Op::AttentionDecode, 1, 1, 40);
         assert_eq!(
