@@ -771,6 +771,40 @@ fn attention_ratios_script_on_sample_files() {
             assert!(stderr.contains("unknown `flash2`"), "{stderr}");
         }
     }
+    // a windowed decode row (Mistral 7B v0.1's study) is a shape of its own: never compared
+    // with the windowless PyTorch rows of the same sizes
+    let mut doc = ours_doc.clone();
+    let mut windowed = doc["rows"][decode_row].clone();
+    windowed["shape"]["window"] = 4096.into();
+    doc["rows"].as_array_mut().unwrap().push(windowed);
+    let path = dir.path().join("windowed.json");
+    std::fs::write(&path, doc.to_string()).unwrap();
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg("--ours")
+        .arg(&path)
+        .arg("--sdpa")
+        .arg(&sdpa)
+        .arg("--out-json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let decode = r["decode"].as_array().unwrap();
+    assert_eq!(decode.len(), 5, "{r}");
+    let w: Vec<_> = decode
+        .iter()
+        .filter(|d| d["shape"]["window"] == 4096)
+        .collect();
+    assert_eq!(w.len(), 1, "{r}");
+    assert_eq!(w[0]["pytorch"], serde_json::json!({}), "{r}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(", window 4096 |"));
 }
 
 /// The report keeps the variants of one shape apart.

@@ -55,6 +55,56 @@ fn grid_mode_writes_a_valid_results_file() {
     assert_eq!(phases.iter().filter(|p| p["warmup"] == true).count(), 4);
 }
 
+/// A model that slides on every layer runs with its window's KV release, said at start with the
+/// pool; the peak of KV blocks in use stays within what the window needs.
+#[test]
+fn a_model_sliding_on_every_layer_says_it_releases_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mistral.json");
+    let model = model_dir("tiny-mistral");
+    let (ok, _, err) = run(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--batch-size",
+        "1",
+        "--input-len",
+        "150",
+        "--output-len",
+        "40",
+        "--block-size",
+        "4",
+        "--max-num-batched-tokens",
+        "16",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("(blocks that leave the 37-token window are released)"),
+        "{err}"
+    );
+    let doc = validate_results(&out);
+    for p in doc["phases"].as_array().unwrap() {
+        // one request of 190 tokens: 48 blocks of 4 without the release; at most
+        // (37 - 1) / 4 + 2 = 11 between steps with it
+        let peak = p["engine_summary"]["peak_kv_blocks_used"].as_u64().unwrap();
+        assert!(peak <= 11, "peak {peak} blocks");
+    }
+    // a model with full-attention layers says nothing of the kind
+    let (ok, _, err) = run(&[
+        "--batch-size",
+        "1",
+        "--input-len",
+        "8",
+        "--output-len",
+        "2",
+        "--out",
+        dir.path().join("llama.json").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("window are released"), "{err}");
+}
+
 /// The golden prompts as a workload file, replayed through the batching engine with a tiny token
 /// budget and KV pool, give exactly HF's greedy continuations.
 #[test]

@@ -37,10 +37,26 @@ PREFILL, DECODE = "attention_prefill", "attention_decode"
 
 
 def shape_key(row, where):
+    """The shape's sizes, then its sliding window (0: none), which no SDPA row has."""
     shape = row.get("shape") if isinstance(row, dict) else None
     if not isinstance(shape, dict):
         raise InputError(f"{where}.shape: missing")
-    return tuple(field(shape, k, f"{where}.shape", (int,)) for k in SHAPE_KEYS)
+    window = shape.get("window") or 0
+    if not isinstance(window, int) or isinstance(window, bool) or window < 0:
+        raise InputError(f"{where}.shape.window: expected a key count, found {window!r}")
+    return tuple(field(shape, k, f"{where}.shape", (int,)) for k in SHAPE_KEYS) + (window,)
+
+
+def shape_of(key):
+    """The shape dict of a shape_key (`window` only where there is one)."""
+    shape = dict(zip(SHAPE_KEYS, key))
+    if key[len(SHAPE_KEYS)]:
+        shape["window"] = key[len(SHAPE_KEYS)]
+    return shape
+
+
+def windowed(sh):
+    return f", window {sh['window']}" if sh.get("window") else ""
 
 
 def measured(row, where):
@@ -114,7 +130,7 @@ def compute(ours, ours_path, sdpa, sdpa_path, prefill_target, decode_pct_target,
 
     prefill, decode = [], []
     for (op, key), variants in found.items():
-        shape = dict(zip(SHAPE_KEYS, key))
+        shape = shape_of(key)
         t = {v: (variants.get(v) or {}).get("time_s") for v in VARIANTS}
         auto = variants.get("auto")
         missing = {v: r for v, r in skipped.get((op, key), {}).items() if v not in variants}
@@ -214,8 +230,8 @@ def markdown(r):
     for row in r["prefill"]:
         sh = row["shape"]
         lines.append(
-            f"| {sh['seqs']} × {sh['query_len']} | {sh['num_heads']}/{sh['num_kv_heads']}, "
-            f"d {sh['head_dim']} | {fmt_ms(row['naive_ms'])} | {fmt_ms(row['auto_ms'])} | "
+            f"| {sh['seqs']} × {sh['query_len']}{windowed(sh)} | "
+            f"{sh['num_heads']}/{sh['num_kv_heads']}, d {sh['head_dim']} | {fmt_ms(row['naive_ms'])} | {fmt_ms(row['auto_ms'])} | "
             f"{fmt(row['auto_speedup_over_naive'], 2, '×')} | {fmt_ms(row['auto_sync_ms'])} | "
             f"{fmt(row['pipeline_speedup'], 2, '×')} | {fmt(row['auto_tflop_s'], 1)} | "
             f"{fmt_ms(row['sdpa_flash_ms'])} | {fmt(row['sdpa_flash_tflop_s'], 1)} | "
@@ -235,7 +251,7 @@ def markdown(r):
     for row in r["decode"]:
         sh = row["shape"]
         cells = [
-            f"{sh['seqs']} × {sh['context_len']}", fmt_ms(row["naive_ms"]), fmt_ms(row["auto_ms"]),
+            f"{sh['seqs']} × {sh['context_len']}{windowed(sh)}", fmt_ms(row["naive_ms"]), fmt_ms(row["auto_ms"]),
             fmt_ms(row["auto_1split_ms"]), fmt(row["auto_speedup_over_naive"], 2, "×"),
             fmt(row["auto_1split_speedup_over_naive"], 2, "×"), fmt(row["auto_gb_s"], 0),
             fmt(row["auto_pct_of_d2d"], 1, " %"),
@@ -251,7 +267,7 @@ def markdown(r):
         lines += ["", "Notes:", ""]
         lines += [f"- {n}" for n in r["notes"]]
         lines += [f"- {v} did not run at seqs={sh['seqs']}, q={sh['query_len']}, "
-                  f"ctx={sh['context_len']}: {why}" for sh, v, why in skipped]
+                  f"ctx={sh['context_len']}{windowed(sh)}: {why}" for sh, v, why in skipped]
     return "\n".join(lines) + "\n"
 
 

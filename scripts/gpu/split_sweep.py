@@ -42,7 +42,10 @@ def by_shape(doc, path):
             raise InputError(f"{where}.variant: `{variant}` is not a decode attention variant "
                              "(naive, auto, auto-<N>split)")
         shape = field(row, "shape", where, (dict,))
-        key = tuple(field(shape, k, f"{where}.shape", (int,)) for k in SHAPE_KEYS)
+        window = shape.get("window") or 0  # 0: none, so keys sort
+        if not isinstance(window, int) or isinstance(window, bool) or window < 0:
+            raise InputError(f"{where}.shape.window: expected a key count, found {window!r}")
+        key = tuple(field(shape, k, f"{where}.shape", (int,)) for k in SHAPE_KEYS) + (window,)
         t = field(row, "time_median_s", where)
         if t <= 0:
             raise InputError(f"{where}.time_median_s: must be > 0, found {t}")
@@ -66,6 +69,8 @@ def compute(doc, path, tolerance):
     shapes = []
     for key, variants in sorted(by_shape(doc, path).items()):
         shape = dict(zip(SHAPE_KEYS, key))
+        if key[len(SHAPE_KEYS)]:
+            shape["window"] = key[len(SHAPE_KEYS)]
         forced = {name: m for name, m in variants.items() if FORCED.match(name)}
         auto = variants.get("auto")
         best_name = min(forced, key=lambda n: forced[n]["time_s"]) if forced else None
@@ -123,7 +128,8 @@ def markdown(r):
     for row in r["shapes"]:
         sh, auto = row["shape"], row["auto"]
         cells = [
-            f"{sh['seqs']} × {sh['context_len']}",
+            f"{sh['seqs']} × {sh['context_len']}"
+            + (f", window {sh['window']}" if sh.get("window") else ""),
             f"{sh['num_heads']}/{sh['num_kv_heads']}, {sh['head_dim']}",
             us(row["naive"]),
             "—" if auto is None else f"{us(auto)} ({auto['splits']})",

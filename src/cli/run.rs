@@ -484,7 +484,7 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
     let mut writer = ResultsWriter::new(&out_path, results)
         .with_context(|| format!("writing {}", out_path.display()))?;
     eprintln!(
-        "model {} ({}, {:.1}M parameters, {} weights) on {on}; KV pool {} blocks x {} tokens ({:.1} MiB); results -> {}",
+        "model {} ({}, {:.1}M parameters, {} weights) on {on}; KV pool {} blocks x {} tokens ({:.1} MiB){}; results -> {}",
         a.model.model,
         cfg.model_type,
         cfg.num_parameters() as f64 / 1e6,
@@ -492,6 +492,7 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
         num_blocks,
         a.engine.block_size,
         (num_blocks * block_bytes) as f64 / (1u64 << 20) as f64,
+        crate::engine::window_release_note(&cfg),
         out_path.display()
     );
     eprintln!("{}", tel.describe());

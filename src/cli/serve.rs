@@ -107,7 +107,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         }
         let info = handle.info();
         eprintln!(
-            "serving `{}` ({:.1}M parameters, {} weights) on {}; context {} tokens; KV pool {} blocks x {} tokens ({:.1} MiB); chat template: {}{}",
+            "serving `{}` ({:.1}M parameters, {} weights) on {}; context {} tokens; KV pool {} blocks x {} tokens ({:.1} MiB){}; chat template: {}{}",
             info.model_name,
             info.config.num_parameters() as f64 / 1e6,
             info.weights,
@@ -116,6 +116,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             info.engine.num_blocks,
             info.engine.block_size,
             info.kv_pool_bytes as f64 / (1u64 << 20) as f64,
+            crate::engine::window_release_note(&info.config),
             info.chat_template,
             if info.has_tokenizer {
                 ""

@@ -7,7 +7,8 @@ pub mod offline;
 pub mod sampling;
 
 pub use core::{
-    Engine, EngineConfig, EngineRequest, FinishedRequest, RequestOptions, StepRecord, TokenEvent,
+    window_release_note, Engine, EngineConfig, EngineRequest, FinishedRequest, RequestOptions,
+    StepRecord, TokenEvent,
 };
 pub use generate::{generate, FinishReason, GenerateOutput, GenerateRequest};
 pub use sampling::{Sampler, SamplingParams};
