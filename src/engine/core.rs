@@ -127,15 +127,15 @@ pub struct Engine<B: Backend> {
     steps: u64,
 }
 
-impl<B: Backend> Engine<B> {
-    /// What the engine does with KV blocks that left the model's attention window, for the start-up
-    /// line: empty for a model with a full-attention layer (every block is kept while its request runs).
-    pub fn window_release_note(cfg: &crate::model::ModelConfig) -> String {
-        cfg.kv_window().map_or(String::new(), |w| {
-            format!(" (blocks that leave the {w}-token window are released)")
-        })
-    }
+/// What the engine does with KV blocks that left the model's attention window, for the start-up
+/// line: empty for a model with a full-attention layer (every block is kept while its request runs).
+pub fn window_release_note(cfg: &crate::model::ModelConfig) -> String {
+    cfg.kv_window().map_or(String::new(), |w| {
+        format!(" (blocks that leave the {w}-token window are released)")
+    })
+}
 
+impl<B: Backend> Engine<B> {
     /// An engine over `model` with a KV pool of `cfg.num_blocks` blocks; times are measured from
     /// `epoch`.
     pub fn new(model: Model<B>, cfg: EngineConfig, epoch: Instant) -> Result<Self> {
