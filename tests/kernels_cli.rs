@@ -984,4 +984,31 @@ fn split_sweep_script_on_a_sample_file() {
         err.contains("broken.json: rows[1].decode_splits: missing"),
         "{err}"
     );
+    // the same rows under a window are another shape, listed apart with their window
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sample).unwrap()).unwrap();
+    let mut windowed: Vec<serde_json::Value> = doc["rows"].as_array().unwrap().clone();
+    for row in &mut windowed {
+        row["shape"]["window"] = 512.into();
+    }
+    doc["rows"].as_array_mut().unwrap().extend(windowed);
+    let both = dir.path().join("windowed.json");
+    std::fs::write(&both, doc.to_string()).unwrap();
+    let out = run(&both);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let windows: Vec<_> = r["shapes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["shape"]["window"].as_u64())
+        .collect();
+    assert_eq!(windows, [None, Some(512), None, Some(512)], "{r}");
+    let table = std::fs::read_to_string(&md).unwrap();
+    assert!(table.contains("| 64 × 16384, window 512 |"), "{table}");
 }
