@@ -750,21 +750,27 @@ fn attention_ratios_script_on_sample_files() {
         .iter()
         .position(|r| r["op"] == "attention_decode" && r["variant"] == "auto")
         .unwrap();
-    for (variant, ok) in [("auto-8split", true), ("flash2", false)] {
+    // the sample with a copy of its auto decode row, edited, through the script
+    let with_extra_row = |edit: &dyn Fn(&mut serde_json::Value)| {
         let mut doc = ours_doc.clone();
         let mut extra = doc["rows"][decode_row].clone();
-        extra["variant"] = variant.into();
+        edit(&mut extra);
         doc["rows"].as_array_mut().unwrap().push(extra);
         let path = dir.path().join("with-extra.json");
         std::fs::write(&path, doc.to_string()).unwrap();
-        let out = Command::new("python3")
+        Command::new("python3")
             .arg(&script)
             .arg("--ours")
             .arg(&path)
             .arg("--sdpa")
             .arg(&sdpa)
+            .arg("--out-json")
+            .arg(&json)
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    for (variant, ok) in [("auto-8split", true), ("flash2", false)] {
+        let out = with_extra_row(&|row| row["variant"] = variant.into());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.success(), ok, "{variant}: {stderr}");
         if !ok {
@@ -773,22 +779,7 @@ fn attention_ratios_script_on_sample_files() {
     }
     // a windowed decode row (Mistral 7B v0.1's study) is a shape of its own: never compared
     // with the windowless PyTorch rows of the same sizes
-    let mut doc = ours_doc.clone();
-    let mut windowed = doc["rows"][decode_row].clone();
-    windowed["shape"]["window"] = 4096.into();
-    doc["rows"].as_array_mut().unwrap().push(windowed);
-    let path = dir.path().join("windowed.json");
-    std::fs::write(&path, doc.to_string()).unwrap();
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg("--ours")
-        .arg(&path)
-        .arg("--sdpa")
-        .arg(&sdpa)
-        .arg("--out-json")
-        .arg(&json)
-        .output()
-        .unwrap();
+    let out = with_extra_row(&|row| row["shape"]["window"] = 4096.into());
     assert!(
         out.status.success(),
         "{}",
