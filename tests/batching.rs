@@ -367,3 +367,70 @@ fn a_model_sliding_on_every_layer_holds_only_its_window() {
         }
     }
 }
+
+/// Under a window on every layer a request longer than the KV pool runs (as vLLM sizes a sliding
+/// window's memory): tiny-mistral's 37-key window with 8-token steps needs ⌈(36 + 8) / 4⌉ + 1 = 12
+/// blocks of 4 at a time, so a 16-block pool (64 tokens) runs a 230-token prompt and its outputs
+/// beside a 100-token prefix of it, giving sequential generation's tokens; without a window (tiny-llama) such a
+/// request is refused.
+#[test]
+fn under_a_window_requests_longer_than_the_pool_run() {
+    let cfg = EngineConfig {
+        block_size: 4,
+        num_blocks: 16,
+        max_num_seqs: 4,
+        max_num_batched_tokens: 8,
+        enable_prefix_caching: true,
+    };
+    let dir = model_dir("tiny-mistral");
+    let reference = load_cpu(&dir);
+    let g = golden("tiny-mistral");
+    let mut engine = Engine::new(load_cpu(&dir), cfg, Instant::now()).unwrap();
+    let mut expected = std::collections::HashMap::new();
+    for p in [g[3].ids.clone(), g[3].ids[..100].to_vec()] {
+        assert!(p.len() + 20 > 64, "the request must outgrow the pool");
+        let want = generate(
+            &reference,
+            &GenerateRequest {
+                prompt_ids: p.clone(),
+                max_tokens: 20,
+                sampling: SamplingParams::greedy(),
+                ignore_eos: true,
+            },
+        )
+        .unwrap()
+        .output_ids;
+        let id = engine
+            .add_request(EngineRequest {
+                prompt_ids: p.clone(),
+                max_tokens: 20,
+                sampling: SamplingParams::greedy(),
+                ignore_eos: true,
+            })
+            .unwrap();
+        expected.insert(id, want);
+    }
+    let mut steps = 0;
+    while engine.has_unfinished() {
+        for f in engine.step().unwrap().finished {
+            assert_eq!(f.output_ids, expected[&f.id], "request {}", f.id);
+            expected.remove(&f.id);
+        }
+        steps += 1;
+        assert!(steps < 10_000, "no progress");
+    }
+    assert!(expected.is_empty());
+    assert_eq!(engine.kv_blocks_used(), 0);
+
+    let mut llama = Engine::new(load_cpu(&model_dir("tiny-llama")), cfg, Instant::now()).unwrap();
+    let err = llama
+        .add_request(EngineRequest {
+            prompt_ids: vec![1; 60],
+            max_tokens: 5,
+            sampling: SamplingParams::greedy(),
+            ignore_eos: true,
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("KV pool of 64 tokens"), "{err}");
+}

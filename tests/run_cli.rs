@@ -56,9 +56,10 @@ fn grid_mode_writes_a_valid_results_file() {
 }
 
 /// A model that slides on every layer runs with its window's KV release, said at start with the
-/// pool; the peak of KV blocks in use stays within what the window needs.
+/// pool; the peak of KV blocks in use stays within what the window needs, and a request longer
+/// than the pool runs (one without a window is refused).
 #[test]
-fn a_model_sliding_on_every_layer_says_it_releases_blocks() {
+fn a_model_sliding_on_every_layer_releases_blocks_and_outgrows_the_pool() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("mistral.json");
     let model = model_dir("tiny-mistral");
@@ -73,11 +74,14 @@ fn a_model_sliding_on_every_layer_says_it_releases_blocks() {
         "40",
         "--block-size",
         "4",
+        "--kv-blocks",
+        "16",
         "--max-num-batched-tokens",
         "16",
         "--out",
         out.to_str().unwrap(),
     ]);
+    // 190 tokens in a pool of 64: the window and a 16-token step need ⌈52 / 4⌉ + 1 = 14 blocks
     assert!(ok, "{err}");
     assert!(
         err.contains("(blocks that leave the 37-token window are released)"),
@@ -103,6 +107,26 @@ fn a_model_sliding_on_every_layer_says_it_releases_blocks() {
     ]);
     assert!(ok, "{err}");
     assert!(!err.contains("window are released"), "{err}");
+    // without a window the same pool refuses the 190-token cell before running anything
+    let (ok, _, err) = run(&[
+        "--batch-size",
+        "1",
+        "--input-len",
+        "150",
+        "--output-len",
+        "40",
+        "--block-size",
+        "4",
+        "--kv-blocks",
+        "16",
+        "--out",
+        dir.path().join("refused.json").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("need 48 KV blocks of 4, the pool has 16"),
+        "{err}"
+    );
 }
 
 /// The golden prompts as a workload file, replayed through the batching engine with a tiny token

@@ -290,20 +290,29 @@ fn check_lengths(
     Ok(())
 }
 
-/// Refuse grid cells whose requests can never fit the KV pool (after the pool is sized).
+/// Refuse grid cells whose requests can never fit the KV pool (after the pool is sized): longer
+/// than the pool, unless the model's window lets any length run in it
+/// (`kv::max_request_tokens`).
 fn check_pool(
     mode: &str,
     plans: &[PhasePlan],
-    num_blocks: usize,
-    block_size: usize,
+    engine: &EngineConfig,
+    window: Option<usize>,
 ) -> anyhow::Result<()> {
     if mode != "grid" {
         return Ok(());
     }
+    let (num_blocks, block_size) = (engine.num_blocks, engine.block_size);
+    let capacity = crate::kv::max_request_tokens(
+        num_blocks,
+        block_size,
+        window,
+        engine.max_num_batched_tokens,
+    );
     for plan in plans {
         if let Some(r) = plan.requests.first() {
             let need = (r.prompt_ids.len() + r.max_tokens).div_ceil(block_size.max(1));
-            if need > num_blocks {
+            if r.prompt_ids.len() + r.max_tokens > capacity {
                 bail!(
                     "grid cell `{}`: {} prompt + {} output tokens need {need} KV blocks of \
                      {block_size}, the pool has {num_blocks} (raise --kv-blocks or --kv-memory)",
@@ -430,7 +439,6 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
             .backend
             .auto_kv_blocks(&model, &a.engine.kv_sizing()?)?,
     };
-    check_pool(mode, &plans, num_blocks, a.engine.block_size)?;
     let engine_cfg = EngineConfig {
         block_size: a.engine.block_size,
         num_blocks,
@@ -438,6 +446,7 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
         max_num_batched_tokens: a.engine.max_num_batched_tokens,
         enable_prefix_caching: !a.engine.no_prefix_caching,
     };
+    check_pool(mode, &plans, &engine_cfg, cfg.kv_window())?;
     let epoch = Instant::now();
     let mut engine = Engine::new(model, engine_cfg, epoch)?;
     let mut tel = RunTelemetry::start(&a.telemetry, epoch, engine_gpu)?;

@@ -32,7 +32,8 @@ pub struct KvStats {
     pub prefix_hit_tokens: u64,
     /// Cached blocks reused for other content.
     pub evictions: u64,
-    /// Blocks released from running requests because they left the attention window.
+    /// Blocks released from running requests because they left the attention window (prefix-hit
+    /// blocks a new request does not take because they lie before its window are not counted).
     pub window_released_blocks: u64,
 }
 
@@ -253,10 +254,13 @@ impl KvCacheManager {
     /// free blocks in LRU order (their hash entries are dropped). All-or-nothing: on Err nothing
     /// changed. `tokens` are the request's known tokens (prompt + outputs so far), used for prefix
     /// hashing only. For a request that already owns blocks `prefix_hit_tokens` is ignored, and a
-    /// `total_tokens` within its current blocks is a no-op (tables never shrink).
+    /// `total_tokens` within its current blocks is a no-op (tables never shrink). Under an attention
+    /// window the hit blocks wholly before the first new token's window are not taken: their
+    /// entries are `RELEASED_BLOCK` from the start (no query of the request reads them), so a long
+    /// shared prefix costs the new request its window's blocks only.
     ///
     /// `NoFreeBlocks::needed` counts every block that must come out of the free list: the new blocks
-    /// plus the prefix-hit blocks that were themselves free (refcount 0).
+    /// plus the prefix-hit blocks taken that were themselves free (refcount 0).
     ///
     /// # Panics
     /// If `req` is new and `prefix_hit_tokens` breaks its contract (not a value `lookup_prefix(tokens)`
@@ -292,8 +296,9 @@ impl KvCacheManager {
         let walk = self.hit_walk(tokens, prefix_hit_tokens);
         let hit_blocks = walk.blocks.len();
         let new_blocks = want_blocks.saturating_sub(hit_blocks);
-        let hits_from_free = walk
-            .blocks
+        // under a window the hit blocks before the first new token's window are not taken at all
+        let skipped = self.unseen_blocks(prefix_hit_tokens).min(hit_blocks);
+        let hits_from_free = walk.blocks[skipped..]
             .iter()
             .filter(|&&b| self.pool.ref_cnt(b) == 0)
             .count();
@@ -303,10 +308,12 @@ impl KvCacheManager {
         }
         // Take the hits first so that taking new blocks cannot evict them.
         let mut state = ReqState::new();
-        for &b in &walk.blocks {
+        for &b in &walk.blocks[skipped..] {
             self.pool.acquire(b);
         }
         state.table = walk.blocks;
+        state.table[..skipped].fill(RELEASED_BLOCK);
+        state.num_released = skipped;
         state.num_cached = hit_blocks;
         state.last_hash = walk.last_hash;
         state.last_entry = walk.last_entry;
@@ -354,8 +361,8 @@ impl KvCacheManager {
         let mut needed = self.blocks_needed(req, prefix_hit_tokens, total_tokens);
         if self.is_new(req) {
             let walk = self.hit_walk(tokens, prefix_hit_tokens);
-            needed += walk
-                .blocks
+            let skipped = self.unseen_blocks(prefix_hit_tokens).min(walk.blocks.len());
+            needed += walk.blocks[skipped..]
                 .iter()
                 .filter(|&&b| self.pool.ref_cnt(b) == 0)
                 .count();
@@ -412,6 +419,19 @@ impl KvCacheManager {
         }
     }
 
+    /// Leading blocks no query from position `next_query` on reads: those wholly before its window
+    /// (0 without a window).
+    fn unseen_blocks(&self, next_query: usize) -> usize {
+        self.window
+            .map_or(0, |w| (next_query + 1).saturating_sub(w) / self.block_size)
+    }
+
+    /// The longest request that can run alone in this pool with steps of at most `max_chunk`
+    /// tokens ([`super::max_request_tokens`]).
+    pub fn max_request_tokens(&self, max_chunk: usize) -> usize {
+        super::max_request_tokens(self.num_blocks(), self.block_size, self.window, max_chunk)
+    }
+
     /// Under an attention window of `w` positions, release the leading blocks of `req` that no query
     /// from position `num_computed_tokens` on can read: block `i` once `(i + 1) * block_size <=
     /// num_computed_tokens + 1 - w` (its last position is before the next query's window). Call it
@@ -421,13 +441,10 @@ impl KvCacheManager {
     /// `table[t / block_size]`. Returns how many blocks were released now. No-op without a window
     /// or for an unknown `req`; never releases a block holding a position not yet computed.
     pub fn release_outside_window(&mut self, req: RequestId, num_computed_tokens: usize) -> usize {
-        let Some(w) = self.window else {
-            return 0;
-        };
+        let unseen = self.unseen_blocks(num_computed_tokens);
         let Some(state) = self.requests.get_mut(&req) else {
             return 0;
         };
-        let unseen = (num_computed_tokens + 1).saturating_sub(w) / self.block_size;
         let upto = unseen.min(state.table.len());
         let first = state.num_released;
         for entry in state.table.iter_mut().take(upto).skip(first) {
@@ -952,15 +969,32 @@ mod tests {
         assert_eq!(m.release_outside_window(1, 13), 2);
         assert_eq!(m.num_used_blocks(), 2);
         m.check_invariants().unwrap();
-        // a new request with the same 12-token prefix takes all three cached blocks back, the two
-        // released ones from the free list (request 1 keeps its RELEASED entries)
+        // a new request with the same 12-token prefix hits all three cached blocks, but its first
+        // new token (at 12) reads 10..=12 only: it takes block 2 and skips blocks 0 and 1, which
+        // stay free (request 1 keeps its RELEASED entries)
         let mut b = a[..12].to_vec();
         b.push(99);
         assert_eq!(m.lookup_prefix(&b), 12);
+        assert!(m.can_allocate(2, &b, 12, 13));
         m.allocate(2, &b, 12, 13).unwrap();
-        assert_eq!(m.block_table(2)[..3], table[..3]);
-        assert_eq!(m.num_used_blocks(), 5);
+        assert_eq!(m.block_table(2)[..2], [RELEASED_BLOCK; 2]);
+        assert_eq!(m.block_table(2)[2], table[2]);
+        assert_eq!(
+            m.num_used_blocks(),
+            3,
+            "blocks 2 and 3 of request 1, and one new"
+        );
+        assert_eq!(m.stats().prefix_hit_tokens, 12);
         m.check_invariants().unwrap();
+        // it goes on caching from the hit's chain: its block 3 (tokens 12..16) once computed
+        let mut b16 = b.clone();
+        b16.extend([100, 101, 102]);
+        m.allocate(2, &b16, 0, 16).unwrap();
+        m.cache_computed(2, &b16, 16);
+        m.check_invariants().unwrap();
+        let mut c = b16.clone();
+        c.push(7);
+        assert_eq!(m.lookup_prefix(&c), 16);
         m.free(1);
         m.free(2);
         assert_eq!(m.num_free_blocks(), 8);
@@ -1153,8 +1187,15 @@ mod tests {
                                     table.len(),
                                     total.div_ceil(block_size).max(hit / block_size)
                                 );
-                                // Hit blocks hold exactly this prefix.
+                                // Hit blocks hold exactly this prefix (those it took: under a
+                                // window the ones before its first query's window are skipped).
+                                let skipped =
+                                    window.map_or(0, |w| (hit + 1).saturating_sub(w) / block_size);
                                 for (i, &blk) in table[..hit / block_size].iter().enumerate() {
+                                    if i < skipped {
+                                        prop_assert_eq!(blk, RELEASED_BLOCK);
+                                        continue;
+                                    }
                                     prop_assert_eq!(
                                         &content[blk as usize],
                                         &tokens[..(i + 1) * block_size]

@@ -36,5 +36,43 @@ pub type BlockId = u32;
 /// attention reads no key before a query's window, and a read of this entry would fall outside the
 /// pool (the CPU backend panics, `BatchMeta::validate` refuses a slot mapped into it).
 pub const RELEASED_BLOCK: BlockId = BlockId::MAX;
+/// The longest request (prompt + outputs, in tokens) that can run alone in a pool of `num_blocks`
+/// blocks, each step adding at most `max_chunk` tokens: the whole pool, or under an attention window
+/// `w` that every layer keeps to, any length once the pool holds the blocks a request needs at a
+/// time — ⌈(w − 1 + max_chunk) / block_size⌉ + 1: its next chunk plus the window before it, one
+/// block more where they straddle a boundary (vLLM sizes a sliding-window layer so) —
+/// `usize::MAX`: the model's context is then the only limit.
+pub fn max_request_tokens(
+    num_blocks: usize,
+    block_size: usize,
+    window: Option<usize>,
+    max_chunk: usize,
+) -> usize {
+    let whole_pool = num_blocks.saturating_mul(block_size);
+    match window {
+        Some(w) if (w.saturating_sub(1) + max_chunk).div_ceil(block_size.max(1)) < num_blocks => {
+            usize::MAX
+        }
+        _ => whole_pool,
+    }
+}
+
 /// Identity of a request, chosen by the scheduler.
 pub type RequestId = u64;
+
+#[cfg(test)]
+mod tests {
+    use super::max_request_tokens;
+
+    #[test]
+    fn the_longest_request_a_pool_runs_alone() {
+        // 10 blocks of 4: 40 tokens without a window
+        assert_eq!(max_request_tokens(10, 4, None, 16), 40);
+        // a window of 9 with chunks of 16: ⌈24 / 4⌉ + 1 = 7 blocks at a time fit, any length runs
+        assert_eq!(max_request_tokens(10, 4, Some(9), 16), usize::MAX);
+        // the window and a chunk need ⌈(20 + 16) / 4⌉ + 1 = 10 blocks: still fits, at the edge
+        assert_eq!(max_request_tokens(10, 4, Some(21), 16), usize::MAX);
+        // one more key and they do not: back to the whole pool
+        assert_eq!(max_request_tokens(10, 4, Some(22), 16), 40);
+    }
+}

@@ -137,9 +137,12 @@ impl Scheduler {
         self.cfg
     }
 
-    /// Tokens a single request can ever hold: the whole pool.
+    /// The longest request (prompt + outputs) that can run alone: the whole pool, or any length
+    /// under an attention window when the pool holds a window and a step's chunk
+    /// ([`crate::kv::max_request_tokens`]). A request within it always runs in the end: alone,
+    /// it gets every block it asks for.
     pub fn capacity_tokens(&self) -> usize {
-        self.kv.num_blocks() * self.kv.block_size()
+        self.kv.max_request_tokens(self.cfg.max_num_batched_tokens)
     }
 
     /// Queue a new request (FCFS). The caller checks it fits the pool (`capacity_tokens`).

@@ -265,6 +265,44 @@ fn a_window_lets_long_requests_share_a_small_pool() {
 }
 
 #[test]
+fn under_a_window_requests_longer_than_the_pool_run() {
+    // 6 blocks of 2 hold 12 tokens; a 3-position window with 2-token steps needs ⌈(2 + 2) / 2⌉ + 1
+    // = 3 blocks at a time: a 9 + 30 token request runs, and two of them together
+    let mut sim = Sim::windowed(6, 2, true, cfg(4, 2), Some(3));
+    assert_eq!(sim.sched.capacity_tokens(), usize::MAX);
+    let (a, b): (Vec<u32>, Vec<u32>) = ((0..9).collect(), (10..19).collect());
+    sim.add(1, a.clone(), 30);
+    sim.add(2, b.clone(), 30);
+    sim.run(50, 1000);
+    assert_eq!(sim.finished[&1], sequential(&a, 30, 50));
+    assert_eq!(sim.finished[&2], sequential(&b, 30, 50));
+    // without the window the pool holds 12 tokens
+    let sim = Sim::new(6, 2, true, cfg(4, 2));
+    assert_eq!(sim.sched.capacity_tokens(), 12);
+
+    // a prefix hit on a long prompt takes only its window's blocks: request 4 shares request 3's
+    // 20-token prompt, hits all 10 cached blocks, and holds at most 3
+    let mut sim = Sim::windowed(32, 2, true, cfg(4, 64), Some(3));
+    let prompt: Vec<u32> = (0..20).collect();
+    sim.add(3, prompt.clone(), 2);
+    sim.run(50, 100);
+    let mut shared = prompt.clone();
+    shared.push(99);
+    sim.add(4, shared.clone(), 4);
+    let plan = sim.sched.schedule();
+    assert_eq!((plan.chunks[0].start, plan.chunks[0].len), (20, 1));
+    let owned = sim
+        .sched
+        .block_table(4)
+        .iter()
+        .filter(|&&b| b != crate::kv::RELEASED_BLOCK)
+        .count();
+    assert_eq!(owned, 2, "block 9 (tokens 18, 19) and the new block 10");
+    sim.sched.complete_step(&plan, &[(4, 7)]);
+    assert_eq!(sim.sched.running_seq(4).unwrap().prefix_hit_tokens, 20);
+}
+
+#[test]
 fn fcfs_head_blocks_smaller_requests_behind_it() {
     let mut sim = Sim::new(4, 2, false, cfg(8, 64));
     sim.add(1, vec![1; 5], 1); // 3 blocks

@@ -353,7 +353,12 @@ pub async fn spawn(config: ServerConfig) -> Result<(SocketAddr, ServerHandle), S
         model_root: config.model.clone(),
         max_context: startup.config.max_context,
         vocab_size: startup.config.vocab_size,
-        kv_capacity_tokens: startup.engine.num_blocks * startup.engine.block_size,
+        kv_capacity_tokens: crate::kv::max_request_tokens(
+            startup.engine.num_blocks,
+            startup.engine.block_size,
+            startup.config.kv_window(),
+            startup.engine.max_num_batched_tokens,
+        ),
         max_waiting: config.max_waiting,
         api_key: config.api_key.clone(),
         next_cid: AtomicU64::new(0),
