@@ -369,10 +369,19 @@ fn mix() -> impl Strategy<Value = Mix> {
     )
         .prop_map(
             |(block_size, caching, max_seqs, budget, window, requests)| {
-                // the pool must hold the longest request alone: prefix (≤ 8) + extra (≤ 9) + outputs (≤ 7)
-                let min_blocks = 24usize.div_ceil(block_size);
+                // the pool must hold the longest request alone: prefix (≤ 8) + extra (≤ 9) + outputs
+                // (≤ 7), or, under a window, the blocks a request needs at a time (often fewer:
+                // then requests longer than the pool run)
+                let min_blocks = match window {
+                    Some(w) => (w - 1 + budget).div_ceil(block_size) + 1,
+                    None => 24usize.div_ceil(block_size),
+                };
+                let num_blocks = min_blocks + requests.len() % 3 * 4;
+                let longest = 24;
+                let cap = crate::kv::max_request_tokens(num_blocks, block_size, window, budget);
+                assert!(cap >= longest, "the pool must run every request alone");
                 Mix {
-                    num_blocks: min_blocks + requests.len() % 3 * 4,
+                    num_blocks,
                     block_size,
                     caching,
                     max_seqs,
