@@ -654,3 +654,31 @@ async fn a_full_waiting_queue_gets_429_with_retry_after() {
     assert!(s.metric("infermeter_requests_aborted_total").await >= 2.0);
     s.handle.shutdown().await.unwrap();
 }
+
+/// The KV bound a request is checked against: the whole pool (16 blocks of 4 = 64 tokens) without
+/// a window, where a 100-token prompt is refused; any length for tiny-mistral, whose 37-key window
+/// and 8-token steps need 12 blocks at a time, so the same prompt runs and gets its default
+/// max_tokens up to the model's context.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_lets_requests_outgrow_the_kv_pool() {
+    let prompt: Vec<u32> = (0..100).map(|i| 5 + i % 50).collect();
+    for (model, fits) in [("tiny-llama", false), ("tiny-mistral", true)] {
+        let dir = model_dir(model);
+        let mut cfg = config(dir.to_str().unwrap());
+        cfg.kv = infermeter::server::KvSize::Blocks(16);
+        cfg.block_size = 4;
+        cfg.max_num_batched_tokens = 8;
+        let s = start(cfg).await;
+        let body = json!({"prompt": prompt, "max_tokens": 3, "temperature": 0});
+        let (status, _, r) = s.post("/v1/completions", &body).await;
+        if fits {
+            assert_eq!(status, 200, "{model}: {r}");
+            assert_eq!(r["usage"]["completion_tokens"], 3, "{r}");
+        } else {
+            assert_eq!(status, 400, "{model}: {r}");
+            let msg = error_of(&r)["message"].as_str().unwrap();
+            assert!(msg.contains("KV pool of 64 tokens"), "{msg}");
+        }
+        s.handle.shutdown().await.unwrap();
+    }
+}
