@@ -321,21 +321,7 @@ fn a_model_sliding_on_every_layer_holds_only_its_window() {
         let mut engine = Engine::new(load_cpu(&dir), cfg, Instant::now()).unwrap();
         let mut expected = std::collections::HashMap::new();
         for (p, n) in &reqs {
-            let request = GenerateRequest {
-                prompt_ids: p.clone(),
-                max_tokens: *n,
-                sampling: SamplingParams::greedy(),
-                ignore_eos: true,
-            };
-            let want = generate(&reference, &request).unwrap().output_ids;
-            let id = engine
-                .add_request(EngineRequest {
-                    prompt_ids: p.clone(),
-                    max_tokens: *n,
-                    sampling: SamplingParams::greedy(),
-                    ignore_eos: true,
-                })
-                .unwrap();
+            let (id, want) = submit_greedy(&mut engine, &reference, p, *n);
             expected.insert(id, want);
         }
         let mut peak = 0;
@@ -389,25 +375,7 @@ fn under_a_window_requests_longer_than_the_pool_run() {
     let mut expected = std::collections::HashMap::new();
     for p in [g[3].ids.clone(), g[3].ids[..100].to_vec()] {
         assert!(p.len() + 20 > 64, "the request must outgrow the pool");
-        let want = generate(
-            &reference,
-            &GenerateRequest {
-                prompt_ids: p.clone(),
-                max_tokens: 20,
-                sampling: SamplingParams::greedy(),
-                ignore_eos: true,
-            },
-        )
-        .unwrap()
-        .output_ids;
-        let id = engine
-            .add_request(EngineRequest {
-                prompt_ids: p.clone(),
-                max_tokens: 20,
-                sampling: SamplingParams::greedy(),
-                ignore_eos: true,
-            })
-            .unwrap();
+        let (id, want) = submit_greedy(&mut engine, &reference, &p, 20);
         expected.insert(id, want);
     }
     let mut steps = 0;
@@ -433,4 +401,34 @@ fn under_a_window_requests_longer_than_the_pool_run() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("KV pool of 64 tokens"), "{err}");
+}
+
+/// Queue a greedy request of `max_tokens` (EOS ignored) on `engine`; returns its id and the tokens
+/// sequential generation on `reference` gives it.
+fn submit_greedy<B: infermeter::backend::Backend>(
+    engine: &mut Engine<B>,
+    reference: &infermeter::model::Model<infermeter::backend::cpu::CpuBackend>,
+    prompt: &[u32],
+    max_tokens: usize,
+) -> (u64, Vec<u32>) {
+    let want = generate(
+        reference,
+        &GenerateRequest {
+            prompt_ids: prompt.to_vec(),
+            max_tokens,
+            sampling: SamplingParams::greedy(),
+            ignore_eos: true,
+        },
+    )
+    .unwrap()
+    .output_ids;
+    let id = engine
+        .add_request(EngineRequest {
+            prompt_ids: prompt.to_vec(),
+            max_tokens,
+            sampling: SamplingParams::greedy(),
+            ignore_eos: true,
+        })
+        .unwrap();
+    (id, want)
 }
