@@ -23,6 +23,7 @@ fn cases(max_context: usize) -> Vec<Case> {
         max_num_seqs: 64,
         max_num_batched_tokens: 4096,
         enable_prefix_caching: true,
+        keep_all_kv_blocks: false,
     };
     vec![
         Case {
@@ -60,6 +61,7 @@ fn cases(max_context: usize) -> Vec<Case> {
                 max_num_seqs: 3,
                 max_num_batched_tokens: 7,
                 enable_prefix_caching: false,
+                keep_all_kv_blocks: false,
             },
         },
     ]
@@ -118,16 +120,16 @@ fn batched_greedy_equals_sequential_for_every_fixture() {
         for (case_name, cfg, keep_all) in runs {
             let case = Case {
                 name: case_name,
-                cfg,
+                cfg: EngineConfig {
+                    keep_all_kv_blocks: keep_all,
+                    ..cfg
+                },
             };
             let label = match keep_all {
                 true => format!("{}, keeping every block", case.name),
                 false => case.name.to_string(),
             };
             let mut engine = Engine::new(load_cpu(&dir), case.cfg, Instant::now()).unwrap();
-            if keep_all {
-                engine.keep_all_kv_blocks();
-            }
             let add = |engine: &mut Engine<_>, i: usize| {
                 let (p, n) = &reqs[i];
                 engine
@@ -254,6 +256,7 @@ fn requests_that_cannot_fit_are_rejected_with_a_reason() {
         max_num_seqs: 4,
         max_num_batched_tokens: 64,
         enable_prefix_caching: true,
+        keep_all_kv_blocks: false,
     };
     let mut engine = Engine::new(load_cpu(&model_dir("tiny-llama")), cfg, Instant::now()).unwrap();
     let err = engine
@@ -276,6 +279,7 @@ fn abort_frees_blocks_at_once() {
         max_num_seqs: 4,
         max_num_batched_tokens: 64,
         enable_prefix_caching: false,
+        keep_all_kv_blocks: false,
     };
     let mut engine = Engine::new(load_cpu(&model_dir("tiny-llama")), cfg, Instant::now()).unwrap();
     let id = engine
@@ -317,6 +321,7 @@ fn a_model_sliding_on_every_layer_holds_only_its_window() {
             max_num_seqs: 4,
             max_num_batched_tokens: 7,
             enable_prefix_caching: true,
+            keep_all_kv_blocks: false,
         };
         let mut engine = Engine::new(load_cpu(&dir), cfg, Instant::now()).unwrap();
         let mut expected = std::collections::HashMap::new();
@@ -367,6 +372,7 @@ fn under_a_window_requests_longer_than_the_pool_run() {
         max_num_seqs: 4,
         max_num_batched_tokens: 8,
         enable_prefix_caching: true,
+        keep_all_kv_blocks: false,
     };
     let dir = model_dir("tiny-mistral");
     let reference = load_cpu(&dir);

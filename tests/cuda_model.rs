@@ -579,6 +579,7 @@ fn check_engine<T: CudaDtype>(b: &CudaBackend<T>) {
             max_num_seqs: 64,
             max_num_batched_tokens: 4096,
             enable_prefix_caching: true,
+            keep_all_kv_blocks: false,
         };
         let cases = [
             ("roomy, prefix caching", roomy),
@@ -898,6 +899,7 @@ fn engine_outputs<T: CudaDtype>(
         max_num_seqs: 16,
         max_num_batched_tokens: 4096,
         enable_prefix_caching: false,
+        keep_all_kv_blocks: false,
     };
     let prompt_tokens: usize = reqs.iter().map(|(p, _)| p.len()).sum();
     assert!(prompt_tokens <= cfg.max_num_batched_tokens && reqs.len() <= cfg.max_num_seqs);
@@ -1215,21 +1217,25 @@ fn check_auto_in_models_of<T: CudaDtype>(b: &CudaBackend<T>, head_dims: &[usize]
             max_num_seqs: 16,
             max_num_batched_tokens: 48,
             enable_prefix_caching: true,
+            keep_all_kv_blocks: false,
         };
         let engine = Engine::new(shaped.on(b.clone()), cfg, Instant::now()).unwrap();
         let (tokens, released) =
             check_engine_twice(&format!("{what} engine"), engine, &r, 4, flip_margin::<T>());
         // the all-sliding model's long prompts leave the 100-key window: blocks are released, and
-        // every token (not only those before a near tie) equals the same run keeping every block,
-        // so no kernel read a released block table entry
+        // every token (not only those before a near tie) equals the same run keeping every block
+        // (`keep_all_kv_blocks`), so no kernel read a released block table entry
         assert_eq!(
             released > 0,
             shaped.config.kv_window().is_some(),
             "{what}: {released} blocks released"
         );
         if released > 0 {
-            let mut keeping = Engine::new(shaped.on(b.clone()), cfg, Instant::now()).unwrap();
-            keeping.keep_all_kv_blocks();
+            let keep_all = EngineConfig {
+                keep_all_kv_blocks: true,
+                ..cfg
+            };
+            let keeping = Engine::new(shaped.on(b.clone()), keep_all, Instant::now()).unwrap();
             let what = format!("{what} engine keeping every block");
             let (kept, none) = check_engine_twice(&what, keeping, &r, 4, flip_margin::<T>());
             assert_eq!(none, 0);

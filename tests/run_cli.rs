@@ -94,6 +94,50 @@ fn a_model_sliding_on_every_layer_releases_blocks_and_outgrows_the_pool() {
         let peak = p["engine_summary"]["peak_kv_blocks_used"].as_u64().unwrap();
         assert!(peak <= 11, "peak {peak} blocks");
     }
+    assert_eq!(doc["engine"]["kv_window"], 37);
+    // --keep-all-kv-blocks: the whole-pool rule again (the 16-block pool refuses the cell), and
+    // in a pool that holds it the request keeps every block (48 of 4 at its end)
+    let mistral = |extra: &[&str], out: &std::path::Path| {
+        let args = [
+            &[
+                "--model",
+                model.to_str().unwrap(),
+                "--batch-size",
+                "1",
+                "--input-len",
+                "150",
+                "--output-len",
+                "40",
+                "--block-size",
+                "4",
+                "--max-num-batched-tokens",
+                "16",
+                "--keep-all-kv-blocks",
+                "--out",
+                out.to_str().unwrap(),
+            ][..],
+            extra,
+        ]
+        .concat();
+        run(&args)
+    };
+    let (ok, _, err) = mistral(&["--kv-blocks", "16"], &dir.path().join("small.json"));
+    assert!(!ok);
+    assert!(
+        err.contains("need 48 KV blocks of 4, the pool has 16"),
+        "{err}"
+    );
+    let kept = dir.path().join("kept.json");
+    let (ok, _, err) = mistral(&["--kv-blocks", "64"], &kept);
+    assert!(ok, "{err}");
+    assert!(!err.contains("window are released"), "{err}");
+    let doc = validate_results(&kept);
+    assert!(doc["engine"]["kv_window"].is_null(), "{}", doc["engine"]);
+    assert_eq!(doc["engine"]["keep_all_kv_blocks"], true);
+    for p in doc["phases"].as_array().unwrap() {
+        let peak = p["engine_summary"]["peak_kv_blocks_used"].as_u64().unwrap();
+        assert!(peak >= 47, "peak {peak} blocks");
+    }
     // a model with full-attention layers says nothing of the kind
     let (ok, _, err) = run(&[
         "--batch-size",

@@ -176,6 +176,10 @@ pub struct EngineArgs {
     /// Turn prefix caching off.
     #[arg(long)]
     pub no_prefix_caching: bool,
+    /// Keep every KV block until its request ends, even for a model that slides on every layer
+    /// (which otherwise releases the blocks that left its window): the baseline for what that saves.
+    #[arg(long)]
+    pub keep_all_kv_blocks: bool,
     /// CUDA: run every decode step kernel by kernel instead of replaying recorded CUDA graphs
     /// (to measure what the graphs save).
     #[arg(long)]

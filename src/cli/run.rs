@@ -445,8 +445,9 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
         max_num_seqs: a.engine.max_num_seqs,
         max_num_batched_tokens: a.engine.max_num_batched_tokens,
         enable_prefix_caching: !a.engine.no_prefix_caching,
+        keep_all_kv_blocks: a.engine.keep_all_kv_blocks,
     };
-    check_pool(mode, &plans, &engine_cfg, cfg.kv_window())?;
+    check_pool(mode, &plans, &engine_cfg, engine_cfg.kv_window(&cfg))?;
     let epoch = Instant::now();
     let mut engine = Engine::new(model, engine_cfg, epoch)?;
     let mut tel = RunTelemetry::start(&a.telemetry, epoch, engine_gpu)?;
@@ -478,6 +479,7 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
             config: engine_cfg,
             kv_pool_bytes: num_blocks * block_bytes,
             cuda_graphs: engine.model().graph_stats().enabled,
+            kv_window: engine_cfg.kv_window(&cfg),
         },
         workload: json!({
             "mode": mode,
@@ -501,7 +503,7 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
         num_blocks,
         a.engine.block_size,
         (num_blocks * block_bytes) as f64 / (1u64 << 20) as f64,
-        crate::engine::window_release_note(&cfg),
+        crate::engine::window_release_note(engine_cfg.kv_window(&cfg)),
         out_path.display()
     );
     eprintln!("{}", tel.describe());

@@ -89,6 +89,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         max_num_seqs: a.engine.max_num_seqs,
         max_num_batched_tokens: a.engine.max_num_batched_tokens,
         enable_prefix_caching: !a.engine.no_prefix_caching,
+        keep_all_kv_blocks: a.engine.keep_all_kv_blocks,
         cuda_graphs: !a.engine.no_cuda_graphs,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -116,7 +117,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             info.engine.num_blocks,
             info.engine.block_size,
             info.kv_pool_bytes as f64 / (1u64 << 20) as f64,
-            crate::engine::window_release_note(&info.config),
+            crate::engine::window_release_note(info.engine.kv_window(&info.config)),
             info.chat_template,
             if info.has_tokenizer {
                 ""

@@ -10,7 +10,7 @@ use super::sampling::{Sampler, SamplingParams, TokenBan};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::kv::{KvCacheManager, KvStats, RequestId};
-use crate::model::{KvCache, Model};
+use crate::model::{KvCache, Model, ModelConfig};
 use crate::sched::{Scheduler, SchedulerConfig, SeqState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -22,6 +22,19 @@ pub struct EngineConfig {
     pub max_num_seqs: usize,
     pub max_num_batched_tokens: usize,
     pub enable_prefix_caching: bool,
+    /// Keep every KV block until its request ends, even for a model that slides on every layer
+    /// (`--keep-all-kv-blocks`): the full-footprint baseline to measure what releasing the blocks
+    /// that left the window saves. Tokens are the same either way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_all_kv_blocks: bool,
+}
+
+impl EngineConfig {
+    /// The attention window outside of which this engine releases KV blocks for `model`: its
+    /// window when every layer slides ([`ModelConfig::kv_window`]), unless `keep_all_kv_blocks`.
+    pub fn kv_window(&self, model: &ModelConfig) -> Option<usize> {
+        model.kv_window().filter(|_| !self.keep_all_kv_blocks)
+    }
 }
 
 /// Per-request options beyond `EngineRequest` (kept apart so existing callers stay unchanged).
@@ -127,10 +140,11 @@ pub struct Engine<B: Backend> {
     steps: u64,
 }
 
-/// What the engine does with KV blocks that left the model's attention window, for the start-up
-/// line: empty for a model with a full-attention layer (every block is kept while its request runs).
-pub fn window_release_note(cfg: &crate::model::ModelConfig) -> String {
-    cfg.kv_window().map_or(String::new(), |w| {
+/// What the engine does with KV blocks that left the model's attention window (`kv_window`, from
+/// [`EngineConfig::kv_window`]), for the start-up line: empty where every block is kept while its
+/// request runs.
+pub fn window_release_note(kv_window: Option<usize>) -> String {
+    kv_window.map_or(String::new(), |w| {
         format!(" (blocks that leave the {w}-token window are released)")
     })
 }
@@ -158,7 +172,7 @@ impl<B: Backend> Engine<B> {
             model.reserve(cfg.max_num_batched_tokens.max(rows), rows)?;
         }
         let kv = KvCacheManager::new(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_caching)
-            .with_window(model.config.kv_window());
+            .with_window(cfg.kv_window(&model.config));
         let sched = Scheduler::new(
             SchedulerConfig {
                 max_num_seqs: cfg.max_num_seqs,
@@ -207,17 +221,6 @@ impl<B: Backend> Engine<B> {
 
     pub fn kv_stats(&self) -> KvStats {
         self.sched.kv_stats()
-    }
-
-    /// Keep every KV block until its request ends, even for a model that slides on every layer
-    /// (which otherwise gives back the blocks that left the window): the same run at its full KV
-    /// footprint, for comparisons. Tokens do not change: no kernel reads a released block.
-    ///
-    /// # Panics
-    /// Once a step has run.
-    pub fn keep_all_kv_blocks(&mut self) {
-        assert_eq!(self.steps, 0, "keep_all_kv_blocks before the first step");
-        self.sched.keep_all_kv_blocks();
     }
 
     pub fn total_preemptions(&self) -> u64 {

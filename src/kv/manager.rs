@@ -129,21 +129,9 @@ impl KvCacheManager {
     /// # Panics
     /// If `window` is `Some(0)`.
     pub fn with_window(mut self, window: Option<usize>) -> Self {
-        self.set_window(window);
-        self
-    }
-
-    /// Stop (None) or start releasing blocks outside an attention window, before any request.
-    ///
-    /// # Panics
-    /// If a request holds blocks, or `window` is `Some(0)`.
-    pub fn set_window(&mut self, window: Option<usize>) {
-        assert!(
-            self.requests.is_empty(),
-            "the attention window changes before any request"
-        );
         assert!(window != Some(0), "an attention window of 0 positions");
         self.window = window;
+        self
     }
 
     /// The attention window blocks are released outside of, if any.

@@ -86,6 +86,10 @@ pub struct EngineInfo {
     /// the CPU backend has none).
     #[serde(default)]
     pub cuda_graphs: bool,
+    /// The attention window outside of which KV blocks were released (a model sliding on every
+    /// layer, without `--keep-all-kv-blocks`); absent where every block was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_window: Option<usize>,
 }
 
 /// A request as the engine served it: the common record plus engine-side facts.

@@ -166,14 +166,6 @@ impl Scheduler {
         &self.kv
     }
 
-    /// Keep every KV block until its request ends, even under an attention window.
-    ///
-    /// # Panics
-    /// Once a request has been scheduled.
-    pub fn keep_all_kv_blocks(&mut self) {
-        self.kv.set_window(None);
-    }
-
     pub fn kv_stats(&self) -> KvStats {
         self.kv.stats()
     }

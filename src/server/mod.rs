@@ -73,6 +73,8 @@ pub struct ServerConfig {
     pub max_num_seqs: usize,
     pub max_num_batched_tokens: usize,
     pub enable_prefix_caching: bool,
+    /// Keep every KV block until its request ends (`--keep-all-kv-blocks`).
+    pub keep_all_kv_blocks: bool,
     /// Replay decode steps from CUDA graphs (backends that record them).
     pub cuda_graphs: bool,
 }
@@ -99,6 +101,7 @@ impl ServerConfig {
             max_num_seqs: 256,
             max_num_batched_tokens: 2048,
             enable_prefix_caching: true,
+            keep_all_kv_blocks: false,
             cuda_graphs: true,
         }
     }
@@ -249,6 +252,7 @@ fn build_engine<B: EngineBackend>(
         max_num_seqs: cfg.max_num_seqs,
         max_num_batched_tokens: cfg.max_num_batched_tokens,
         enable_prefix_caching: cfg.enable_prefix_caching,
+        keep_all_kv_blocks: cfg.keep_all_kv_blocks,
     };
     let epoch = Instant::now();
     let engine = Engine::new(model, engine_cfg, epoch)?;
@@ -356,7 +360,7 @@ pub async fn spawn(config: ServerConfig) -> Result<(SocketAddr, ServerHandle), S
         kv_capacity_tokens: crate::kv::max_request_tokens(
             startup.engine.num_blocks,
             startup.engine.block_size,
-            startup.config.kv_window(),
+            startup.engine.kv_window(&startup.config),
             startup.engine.max_num_batched_tokens,
         ),
         max_waiting: config.max_waiting,
