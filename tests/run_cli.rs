@@ -63,24 +63,31 @@ fn a_model_sliding_on_every_layer_releases_blocks_and_outgrows_the_pool() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("mistral.json");
     let model = model_dir("tiny-mistral");
-    let (ok, _, err) = run(&[
-        "--model",
-        model.to_str().unwrap(),
-        "--batch-size",
-        "1",
-        "--input-len",
-        "150",
-        "--output-len",
-        "40",
-        "--block-size",
-        "4",
-        "--kv-blocks",
-        "16",
-        "--max-num-batched-tokens",
-        "16",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    // one request of 150 + 40 tokens in blocks of 4, 16-token steps
+    let mistral = |extra: &[&str], out: &std::path::Path| {
+        let args = [
+            &[
+                "--model",
+                model.to_str().unwrap(),
+                "--batch-size",
+                "1",
+                "--input-len",
+                "150",
+                "--output-len",
+                "40",
+                "--block-size",
+                "4",
+                "--max-num-batched-tokens",
+                "16",
+                "--out",
+                out.to_str().unwrap(),
+            ][..],
+            extra,
+        ]
+        .concat();
+        run(&args)
+    };
+    let (ok, _, err) = mistral(&["--kv-blocks", "16"], &out);
     // 190 tokens in a pool of 64: the window and a 16-token step need ⌈52 / 4⌉ + 1 = 14 blocks
     assert!(ok, "{err}");
     assert!(
@@ -97,38 +104,18 @@ fn a_model_sliding_on_every_layer_releases_blocks_and_outgrows_the_pool() {
     assert_eq!(doc["engine"]["kv_window"], 37);
     // --keep-all-kv-blocks: the whole-pool rule again (the 16-block pool refuses the cell), and
     // in a pool that holds it the request keeps every block (48 of 4 at its end)
-    let mistral = |extra: &[&str], out: &std::path::Path| {
-        let args = [
-            &[
-                "--model",
-                model.to_str().unwrap(),
-                "--batch-size",
-                "1",
-                "--input-len",
-                "150",
-                "--output-len",
-                "40",
-                "--block-size",
-                "4",
-                "--max-num-batched-tokens",
-                "16",
-                "--keep-all-kv-blocks",
-                "--out",
-                out.to_str().unwrap(),
-            ][..],
-            extra,
-        ]
-        .concat();
-        run(&args)
-    };
-    let (ok, _, err) = mistral(&["--kv-blocks", "16"], &dir.path().join("small.json"));
+    let keep_all = ["--keep-all-kv-blocks", "--kv-blocks"];
+    let (ok, _, err) = mistral(
+        &[&keep_all[..], &["16"]].concat(),
+        &dir.path().join("small.json"),
+    );
     assert!(!ok);
     assert!(
         err.contains("need 48 KV blocks of 4, the pool has 16"),
         "{err}"
     );
     let kept = dir.path().join("kept.json");
-    let (ok, _, err) = mistral(&["--kv-blocks", "64"], &kept);
+    let (ok, _, err) = mistral(&[&keep_all[..], &["64"]].concat(), &kept);
     assert!(ok, "{err}");
     assert!(!err.contains("window are released"), "{err}");
     let doc = validate_results(&kept);
