@@ -62,9 +62,9 @@ fn grid_mode_writes_a_valid_results_file() {
 fn a_model_sliding_on_every_layer_releases_blocks_and_outgrows_the_pool() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("mistral.json");
-    let model = model_dir("tiny-mistral");
     // one request of 150 + 40 tokens in blocks of 4, 16-token steps
-    let mistral = |extra: &[&str], out: &std::path::Path| {
+    let cell = |model: &str, extra: &[&str], out: &std::path::Path| {
+        let model = model_dir(model);
         let args = [
             &[
                 "--model",
@@ -87,6 +87,7 @@ fn a_model_sliding_on_every_layer_releases_blocks_and_outgrows_the_pool() {
         .concat();
         run(&args)
     };
+    let mistral = |extra: &[&str], out: &std::path::Path| cell("tiny-mistral", extra, out);
     let (ok, _, err) = mistral(&["--kv-blocks", "16"], &out);
     // 190 tokens in a pool of 64: the window and a 16-token step need ⌈52 / 4⌉ + 1 = 14 blocks
     assert!(ok, "{err}");
@@ -139,20 +140,11 @@ fn a_model_sliding_on_every_layer_releases_blocks_and_outgrows_the_pool() {
     assert!(ok, "{err}");
     assert!(!err.contains("window are released"), "{err}");
     // without a window the same pool refuses the 190-token cell before running anything
-    let (ok, _, err) = run(&[
-        "--batch-size",
-        "1",
-        "--input-len",
-        "150",
-        "--output-len",
-        "40",
-        "--block-size",
-        "4",
-        "--kv-blocks",
-        "16",
-        "--out",
-        dir.path().join("refused.json").to_str().unwrap(),
-    ]);
+    let (ok, _, err) = cell(
+        "tiny-llama",
+        &["--kv-blocks", "16"],
+        &dir.path().join("refused.json"),
+    );
     assert!(!ok);
     assert!(
         err.contains("need 48 KV blocks of 4, the pool has 16"),
