@@ -103,6 +103,22 @@ fn a_model_sliding_on_every_layer_releases_blocks_and_outgrows_the_pool() {
         assert!(peak <= 11, "peak {peak} blocks");
     }
     assert_eq!(doc["engine"]["kv_window"], 37);
+    // the report says what the KV figures count
+    let report = dir.path().join("report");
+    let (ok, _, err) = run_cli(&[
+        "report",
+        out.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+        "--format",
+        "md",
+    ]);
+    assert!(ok, "{err}");
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(
+        md.contains("released the KV blocks that left its 37-token window"),
+        "{md}"
+    );
     // --keep-all-kv-blocks: the whole-pool rule again (the 16-block pool refuses the cell), and
     // in a pool that holds it the request keeps every block (48 of 4 at its end)
     let keep_all = ["--keep-all-kv-blocks", "--kv-blocks"];

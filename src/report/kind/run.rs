@@ -27,6 +27,14 @@ pub fn part(ctx: &Context, r: &RunResults) -> Part {
             ctx.label
         ));
     }
+    if let Some(w) = r.engine.kv_window {
+        notes.push(format!(
+            "{}: the model slides on every layer, and the engine released the KV blocks that left \
+             its {w}-token window: KV blocks in use count the window's blocks, not whole \
+             sequences (`run --keep-all-kv-blocks` measures the full footprint).",
+            ctx.label
+        ));
+    }
     let framework = format!("infermeter engine ({}, {})", r.model.backend, r.model.dtype);
     let mode = r
         .workload
