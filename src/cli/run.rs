@@ -292,23 +292,18 @@ fn check_lengths(
 
 /// Refuse grid cells whose requests can never fit the KV pool (after the pool is sized): longer
 /// than the pool, unless the model's window lets any length run in it
-/// (`kv::max_request_tokens`).
+/// (`EngineConfig::max_request_tokens`).
 fn check_pool(
     mode: &str,
     plans: &[PhasePlan],
     engine: &EngineConfig,
-    window: Option<usize>,
+    model: &crate::model::ModelConfig,
 ) -> anyhow::Result<()> {
     if mode != "grid" {
         return Ok(());
     }
     let (num_blocks, block_size) = (engine.num_blocks, engine.block_size);
-    let capacity = crate::kv::max_request_tokens(
-        num_blocks,
-        block_size,
-        window,
-        engine.max_num_batched_tokens,
-    );
+    let capacity = engine.max_request_tokens(model);
     for plan in plans {
         if let Some(r) = plan.requests.first() {
             let need = (r.prompt_ids.len() + r.max_tokens).div_ceil(block_size.max(1));
@@ -447,7 +442,7 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
         enable_prefix_caching: !a.engine.no_prefix_caching,
         keep_all_kv_blocks: a.engine.keep_all_kv_blocks,
     };
-    check_pool(mode, &plans, &engine_cfg, engine_cfg.kv_window(&cfg))?;
+    check_pool(mode, &plans, &engine_cfg, &cfg)?;
     let epoch = Instant::now();
     let mut engine = Engine::new(model, engine_cfg, epoch)?;
     let mut tel = RunTelemetry::start(&a.telemetry, epoch, engine_gpu)?;

@@ -35,6 +35,17 @@ impl EngineConfig {
     pub fn kv_window(&self, model: &ModelConfig) -> Option<usize> {
         model.kv_window().filter(|_| !self.keep_all_kv_blocks)
     }
+
+    /// The longest request (prompt + outputs) this engine admits for `model`
+    /// ([`crate::kv::max_request_tokens`] over its pool, window and step budget).
+    pub fn max_request_tokens(&self, model: &ModelConfig) -> usize {
+        crate::kv::max_request_tokens(
+            self.num_blocks,
+            self.block_size,
+            self.kv_window(model),
+            self.max_num_batched_tokens,
+        )
+    }
 }
 
 /// Per-request options beyond `EngineRequest` (kept apart so existing callers stay unchanged).

@@ -357,12 +357,7 @@ pub async fn spawn(config: ServerConfig) -> Result<(SocketAddr, ServerHandle), S
         model_root: config.model.clone(),
         max_context: startup.config.max_context,
         vocab_size: startup.config.vocab_size,
-        kv_capacity_tokens: crate::kv::max_request_tokens(
-            startup.engine.num_blocks,
-            startup.engine.block_size,
-            startup.engine.kv_window(&startup.config),
-            startup.engine.max_num_batched_tokens,
-        ),
+        kv_capacity_tokens: startup.engine.max_request_tokens(&startup.config),
         max_waiting: config.max_waiting,
         api_key: config.api_key.clone(),
         next_cid: AtomicU64::new(0),

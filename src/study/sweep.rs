@@ -111,8 +111,21 @@ pub fn model_cases(model: &str, cfg: &ModelConfig, ops: &[Op], spec: &SweepSpec)
         (0..cfg.num_layers).map(|l| cfg.layer_window(l)).collect();
     windows.sort_unstable();
     windows.dedup();
-    // a window no shorter than the context is full attention: the same case (pushed once)
-    let shorter = |w: Option<usize>, context: usize| w.filter(|&w| w < context);
+    // attention of `seqs` sequences of `q` new tokens ending `context`, once per window the
+    // layers use (a window no shorter than the context is full attention: the same case, which
+    // `push` keeps once)
+    let attention = |seqs: usize, q: usize, context: usize| {
+        windows.iter().map(move |&window| Shape::Attention {
+            seqs,
+            query_len: q,
+            context_len: context,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+            block_size: BLOCK_SIZE,
+            window: window.filter(|&w| w < context),
+        })
+    };
     for &op in ops {
         match op {
             Op::Layernorm if gpt2 => {
@@ -203,39 +216,15 @@ pub fn model_cases(model: &str, cfg: &ModelConfig, ops: &[Op], spec: &SweepSpec)
             Op::AttentionPrefill => {
                 for &l in &spec.prefill {
                     let l = ctx(l);
-                    for &window in &windows {
-                        push(
-                            op,
-                            Shape::Attention {
-                                seqs: 1,
-                                query_len: l,
-                                context_len: l,
-                                num_heads: cfg.num_heads,
-                                num_kv_heads: cfg.num_kv_heads,
-                                head_dim: cfg.head_dim,
-                                block_size: BLOCK_SIZE,
-                                window: shorter(window, l),
-                            },
-                        );
+                    for shape in attention(1, l, l) {
+                        push(op, shape);
                     }
                 }
             }
             Op::AttentionDecode => {
                 for &(b, c) in &spec.decode {
-                    for &window in &windows {
-                        push(
-                            op,
-                            Shape::Attention {
-                                seqs: b,
-                                query_len: 1,
-                                context_len: ctx(c),
-                                num_heads: cfg.num_heads,
-                                num_kv_heads: cfg.num_kv_heads,
-                                head_dim: cfg.head_dim,
-                                block_size: BLOCK_SIZE,
-                                window: shorter(window, ctx(c)),
-                            },
-                        );
+                    for shape in attention(b, 1, ctx(c)) {
+                        push(op, shape);
                     }
                 }
             }
