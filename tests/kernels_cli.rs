@@ -780,13 +780,7 @@ fn attention_ratios_script_on_sample_files() {
     // a windowed decode row (Mistral 7B v0.1's study) is a shape of its own: never compared
     // with the windowless PyTorch rows of the same sizes
     let out = with_extra_row(&|row| row["shape"]["window"] = 4096.into());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = script_json(&out, &json);
     let decode = r["decode"].as_array().unwrap();
     assert_eq!(decode.len(), 5, "{r}");
     let w: Vec<_> = decode
@@ -927,13 +921,7 @@ fn split_sweep_script_on_a_sample_file() {
             .unwrap()
     };
     let out = run(&sample);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = script_json(&out, &json);
     let shapes = r["shapes"].as_array().unwrap();
     assert_eq!(shapes.len(), 2);
     // 1 × 1024: auto (4 splits, 2.8 µs) ties the best forced count, 4 splits; 16 and 64 forced
@@ -986,13 +974,7 @@ fn split_sweep_script_on_a_sample_file() {
     let both = dir.path().join("windowed.json");
     std::fs::write(&both, doc.to_string()).unwrap();
     let out = run(&both);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = script_json(&out, &json);
     let windows: Vec<_> = r["shapes"]
         .as_array()
         .unwrap()
@@ -1002,4 +984,14 @@ fn split_sweep_script_on_a_sample_file() {
     assert_eq!(windows, [None, Some(512), None, Some(512)], "{r}");
     let table = std::fs::read_to_string(&md).unwrap();
     assert!(table.contains("| 64 × 16384, window 512 |"), "{table}");
+}
+
+/// A script run's `--out-json` file, once the run succeeded (else its stderr is the failure).
+fn script_json(out: &std::process::Output, json: &Path) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
 }
