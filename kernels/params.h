@@ -130,17 +130,21 @@ typedef struct KvWriteParams {
     uint32_t qkv_stride; /**< elements between tokens' QKV rows, >= (num_heads + 2 num_kv_heads) head_dim */
 } KvWriteParams;
 
-/** rope: rotate-half rotary embedding in place on the first num_rot_heads heads of each row. */
+/** rope: rotate-half rotary embedding in place on the first rotary_dim dimensions of the first
+ * num_rot_heads heads of each row. */
 typedef struct RopeParams {
     uint32_t num_tokens;
     uint32_t num_rot_heads; /**< num_heads + num_kv_heads: the Q and K heads of a fused QKV row */
-    uint32_t head_dim;      /**< even; the rotated pairs are (i, i + head_dim / 2) */
+    uint32_t head_dim;      /**< elements per head */
+    uint32_t rotary_dim;    /**< even, <= head_dim; the rotated pairs are (i, i + rotary_dim / 2) */
     uint32_t qkv_stride;    /**< elements between consecutive tokens' rows */
-    uint32_t max_positions; /**< rows of the cos_sin table; a token beyond it is left unrotated */
+    uint32_t max_positions; /**< rows of the cos_sin table (rotary_dim wide); a token beyond it is
+                                 left unrotated */
 } RopeParams;
 
 /** qk_norm_rope: Qwen3's per-head RMSNorm of the Q and K heads (q_norm for the first num_q_heads
- * heads, k_norm for the rest of the num_rot_heads), then rope, in place. */
+ * heads, k_norm for the rest of the num_rot_heads), then rope over the whole head (rope.rotary_dim
+ * == rope.head_dim), in place. */
 typedef struct QkNormRopeParams {
     RopeParams rope;
     uint32_t num_q_heads; /**< heads 0 .. num_q_heads - 1 use q_norm; the K heads after them k_norm */

@@ -3,29 +3,33 @@
 //
 // What it computes (CPU reference: src/backend/cpu/rope.rs). For token t at position p = positions[t],
 // each of the first num_rot_heads heads (the num_heads Q heads then the num_kv_heads K heads; the V
-// heads after them are untouched) and each i < head_dim / 2, with half = head_dim / 2:
+// heads after them are untouched) and each i < rotary_dim / 2, with half = rotary_dim / 2:
 //     x1 = head[i], x2 = head[i + half], c = cos_sin[p][i], s = cos_sin[p][half + i]
 //     head[i]        = x1 * c - x2 * s
 //     head[i + half] = x2 * c + x1 * s
+// rotary_dim = head_dim rotates the whole head; a smaller one (Phi-3's partial_rotary_factor,
+// Phi-4-mini's 96 of 128) leaves head[rotary_dim ..] as it is.
 //
 // Layouts (row-major, T = compute dtype):
 //   qkv:       [num_tokens, qkv_stride], heads of head_dim from column 0: Q heads, K heads, V heads
-//   cos_sin:   [max_positions, head_dim]: cos(p * inv_freq[i]) in columns 0..half, sin in half..head_dim
+//   cos_sin:   [max_positions, rotary_dim]: cos(p * inv_freq[i]) in columns 0..half, sin in half..rotary_dim
 //   positions: uint32 [num_tokens]
 //
 // Algorithm: one block per token (grid-stride over tokens), IM_ROW_THREADS threads over the
 // (head, chunk of i) work items of the row: a thread loads W consecutive x1, the W matching x2, cos
-// and sin, rotates them in f32 and stores both halves. W = IM_VEC (16-byte vectors) when half is a
-// multiple of IM_VEC and the pointers and row stride are 16-byte aligned, else W = 1. The cos/sin row
-// is re-read per head from L1 (it is head_dim elements); no shared memory. Tokens whose position is
+// and sin, rotates them in f32 and stores both halves. W = IM_VEC (16-byte vectors) when half and
+// head_dim are multiples of IM_VEC and the pointers and row stride are 16-byte aligned, else W = 1.
+// The cos/sin row is re-read per head from L1 (it is rotary_dim elements); no shared memory. Tokens whose position is
 // outside the table are left unrotated (the host validates positions beforehand).
 //
-// Roofline (s = sizeof(T), R = num_rot_heads): per call 2 num_tokens R head_dim s bytes of qkv
-// (read + write) plus num_tokens head_dim s of cos/sin; 3 num_tokens R head_dim FLOPs (6 per pair).
+// Roofline (s = sizeof(T), R = num_rot_heads, r = rotary_dim): per call 2 num_tokens R r s bytes of
+// qkv (read + write; the unrotated dimensions are not touched) plus num_tokens r s of cos/sin;
+// 3 num_tokens R r FLOPs (6 per pair).
 // Memory-bound; a few microseconds for a decode batch.
 //
-// qk_norm_rope (Qwen3: q_norm / k_norm, then RoPE; CPU reference: qk_norm_rope in
-// src/backend/cpu/rope.rs). Per head h < num_rot_heads of token t, w = q_norm for the first
+// qk_norm_rope (Qwen3: q_norm / k_norm, then RoPE over the whole head: rotary_dim = head_dim, which
+// the host checks; CPU reference: qk_norm_rope in src/backend/cpu/rope.rs). Per head h < num_rot_heads
+// of token t, w = q_norm for the first
 // num_q_heads heads, k_norm for the K heads after them:
 //     inv = 1 / sqrt(mean_i(head[i]^2) + eps)         (f32, over the head's head_dim elements)
 //     x1 = w[i] * (head[i] * inv), x2 = w[i + half] * (head[i + half] * inv), then rotated as above
@@ -47,8 +51,9 @@ namespace {
 
 template <int W>
 __device__ __forceinline__ void rope_row(T* __restrict__ row, const T* __restrict__ cs,
-                                         uint32_t num_rot_heads, uint32_t head_dim) {
-    const uint32_t half = head_dim / 2;
+                                         uint32_t num_rot_heads, uint32_t head_dim,
+                                         uint32_t rotary_dim) {
+    const uint32_t half = rotary_dim / 2;
     const uint32_t chunks = half / W;  // work items per head
     const uint32_t items = num_rot_heads * chunks;
     for (uint32_t k = threadIdx.x; k < items; k += blockDim.x) {
@@ -107,21 +112,21 @@ __device__ __forceinline__ void qk_norm_rope_head(T* __restrict__ head, const T*
 }  // namespace
 
 extern "C" __global__ void rope(T* __restrict__ qkv,                     // [num_tokens, qkv_stride], updated
-                                const T* __restrict__ cos_sin,           // [max_positions, head_dim]
+                                const T* __restrict__ cos_sin,           // [max_positions, rotary_dim]
                                 const uint32_t* __restrict__ positions,  // [num_tokens]
                                 RopeParams p) {
-    const uint32_t half = p.head_dim / 2;
-    const bool vec = half % im::VEC == 0 && p.qkv_stride % im::VEC == 0 && im::aligned16(qkv) &&
-                     im::aligned16(cos_sin);
+    const uint32_t half = p.rotary_dim / 2;
+    const bool vec = half % im::VEC == 0 && p.head_dim % im::VEC == 0 &&
+                     p.qkv_stride % im::VEC == 0 && im::aligned16(qkv) && im::aligned16(cos_sin);
     for (uint32_t t = blockIdx.x; t < p.num_tokens; t += gridDim.x) {
         const uint32_t pos = positions[t];
         if (pos >= p.max_positions) continue;  // uniform across the block
         T* row = qkv + uint64_t(t) * p.qkv_stride;
-        const T* cs = cos_sin + uint64_t(pos) * p.head_dim;
+        const T* cs = cos_sin + uint64_t(pos) * p.rotary_dim;
         if (vec)
-            rope_row<im::VEC>(row, cs, p.num_rot_heads, p.head_dim);
+            rope_row<im::VEC>(row, cs, p.num_rot_heads, p.head_dim, p.rotary_dim);
         else
-            rope_row<1>(row, cs, p.num_rot_heads, p.head_dim);
+            rope_row<1>(row, cs, p.num_rot_heads, p.head_dim, p.rotary_dim);
     }
 }
 

@@ -424,24 +424,36 @@ fn embedding_and_gather_match_cpu() {
 
 // ---- RoPE, KV write, attention ---------------------------------------------------------------------
 
-fn cos_sin(max_pos: usize, head_dim: usize) -> Vec<f32> {
-    let half = head_dim / 2;
-    let mut t = vec![0.0f32; max_pos * head_dim];
+/// A cos/sin table [max_pos, dim] (theta 1e4, computed in f64).
+fn cos_sin(max_pos: usize, dim: usize) -> Vec<f32> {
+    let half = dim / 2;
+    let mut t = vec![0.0f32; max_pos * dim];
     for p in 0..max_pos {
         for i in 0..half {
-            let a = p as f64 * 10000f64.powf(-2.0 * i as f64 / head_dim as f64);
-            t[p * head_dim + i] = a.cos() as f32;
-            t[p * head_dim + half + i] = a.sin() as f32;
+            let a = p as f64 * 10000f64.powf(-2.0 * i as f64 / dim as f64);
+            t[p * dim + i] = a.cos() as f32;
+            t[p * dim + half + i] = a.sin() as f32;
         }
     }
     t
 }
 
+/// RoPE over whole heads and over a leading part of them (a partial rotary: Phi-4-mini's 96 of
+/// 128, halves that are and are not a multiple of the 16-byte vector), whose other dimensions must
+/// come back untouched.
 fn check_rope<T: CudaDtype>(b: &B<T>) {
     let mut r = rng(5);
     let (rel, abs) = one_rounding::<T>();
     for &(heads, kv_heads) in &[(8usize, 8usize), (8, 2), (8, 1)] {
-        for &head_dim in &[64usize, 128, 16, 6] {
+        for &(head_dim, rotary_dim) in &[
+            (64usize, 64usize),
+            (128, 128),
+            (16, 16),
+            (6, 6),
+            (128, 96),
+            (64, 32),
+            (16, 12),
+        ] {
             let (meta, geom) = paged_batch(
                 &[(0, 13), (200, 1), (57, 4)],
                 16,
@@ -453,10 +465,11 @@ fn check_rope<T: CudaDtype>(b: &B<T>) {
             let t = meta.num_tokens();
             let row = (heads + 2 * kv_heads) * head_dim;
             let qkv = rand_t::<T>(&mut r, t * row, 2.0);
-            let table = round::<T>(&cos_sin(256, head_dim));
+            let table = round::<T>(&cos_sin(256, rotary_dim));
             let dm = b.prepare(&meta, &geom).unwrap();
             let mut d = upload(b, &qkv);
-            b.rope(&mut d, &upload(b, &table), &dm, heads, kv_heads, head_dim)
+            let table_d = upload(b, &table);
+            b.rope(&mut d, &table_d, &dm, heads, kv_heads, head_dim, rotary_dim)
                 .unwrap();
             let mut want = qkv.clone();
             cpu::rope::rope(
@@ -466,9 +479,13 @@ fn check_rope<T: CudaDtype>(b: &B<T>) {
                 &meta.positions,
                 heads + kv_heads,
                 head_dim,
+                rotary_dim,
             );
             assert_close(
-                &format!("rope {} heads={heads}/{kv_heads} d={head_dim}", T::NAME),
+                &format!(
+                    "rope {} heads={heads}/{kv_heads} d={head_dim} rot={rotary_dim}",
+                    T::NAME
+                ),
                 &download(b, &d, t * row),
                 &want,
                 rel,

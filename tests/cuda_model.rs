@@ -197,8 +197,17 @@ impl<T: CudaDtype> Backend for Emulated<T> {
         num_heads: usize,
         num_kv_heads: usize,
         head_dim: usize,
+        rotary_dim: usize,
     ) -> infermeter::Result<()> {
-        CpuBackend.rope(qkv, cos_sin, meta, num_heads, num_kv_heads, head_dim)?;
+        CpuBackend.rope(
+            qkv,
+            cos_sin,
+            meta,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rotary_dim,
+        )?;
         round_in_place::<T>(qkv);
         Ok(())
     }

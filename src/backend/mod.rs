@@ -373,9 +373,11 @@ pub trait Backend: Send + Sync {
         k: usize,
     ) -> Result<()>;
 
-    /// Rotary embedding (rotate-half form) in place on the Q and K heads of the fused QKV rows.
-    /// qkv: [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim];
-    /// cos_sin: [max_context, head_dim] (cos in the first half of each row, sin in the second)
+    /// Rotary embedding (rotate-half form) in place on the Q and K heads of the fused QKV rows,
+    /// over the first `rotary_dim` dimensions of each head (pairs (i, i + rotary_dim / 2)); the
+    /// dimensions after them are left as they are (a partial rotary; `rotary_dim == head_dim`
+    /// rotates the whole head). qkv: [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim];
+    /// cos_sin: [max_context, rotary_dim] (cos in the first half of each row, sin in the second)
     #[allow(clippy::too_many_arguments)]
     fn rope(
         &self,
@@ -385,11 +387,13 @@ pub trait Backend: Send + Sync {
         num_heads: usize,
         num_kv_heads: usize,
         head_dim: usize,
+        rotary_dim: usize,
     ) -> Result<()>;
 
     /// Qwen3's QK norm and RoPE in one pass, in place: each of the `num_heads` Q heads and
     /// `num_kv_heads` K heads of a row is RMS-normalised over `head_dim` (f32, `eps`), scaled by
-    /// `q_norm` (Q heads) or `k_norm` (K heads), then rotated as by [`Backend::rope`].
+    /// `q_norm` (Q heads) or `k_norm` (K heads), then rotated as by [`Backend::rope`] over the
+    /// whole head (no model with q/k norms has a partial rotary).
     /// qkv: [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim]; q_norm, k_norm: [head_dim];
     /// cos_sin: [max_context, head_dim]
     #[allow(clippy::too_many_arguments)]

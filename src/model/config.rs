@@ -32,7 +32,7 @@ pub enum Arch {
     Llama,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "rope_type", rename_all = "lowercase")]
 pub enum RopeScaling {
     Default,
@@ -61,6 +61,22 @@ pub enum RopeScaling {
         /// from `mscale` / `mscale_all_dim`, or 0.1 ln(factor) + 1.
         attention_factor: f32,
     },
+    /// Phi-3's LongRoPE (transformers `_compute_longrope_parameters`): inv_freq[i] =
+    /// 1 / (ext[i] · theta^(2i / rotary_dim)) with per-dimension factors `ext`, cos and sin times
+    /// `attention_factor`. transformers takes `long_factor` for a sequence longer than
+    /// `original_max_position_embeddings` and `short_factor` otherwise (recomputing the whole
+    /// sequence when generation crosses that length); the engine fixes one set for its context:
+    /// `long_factor` when it serves sequences past the original length
+    /// ([`ModelConfig::max_context`] > original, llama.cpp's rule), else `short_factor`
+    /// (see [`crate::model::rope::longrope_factors`]).
+    LongRope {
+        short_factor: Vec<f32>,
+        long_factor: Vec<f32>,
+        original_max_position_embeddings: usize,
+        /// Given, else sqrt(1 + ln(factor) / ln(original)) for factor > 1 (factor: given, else
+        /// max_position_embeddings / original), else 1.
+        attention_factor: f32,
+    },
 }
 
 /// The gate's activation of a Llama-family (gated) MLP.
@@ -80,7 +96,7 @@ impl MlpActivation {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RopeConfig {
     pub theta: f32,
     pub scaling: RopeScaling,
@@ -104,6 +120,11 @@ pub struct ModelConfig {
     pub norm_eps: f32,
     /// `None` for GPT-2 (learned absolute positions).
     pub rope: Option<RopeConfig>,
+    /// Phi-3's `partial_rotary_factor` < 1 (Phi-4-mini's 0.75): RoPE rotates only the first
+    /// int(head_dim · factor) dimensions of each Q and K head (pairs (i, i + rotary_dim / 2)) and
+    /// leaves the rest as they are; None: the whole head ([`rotary_dim`](Self::rotary_dim)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_rotary_dim: Option<usize>,
     pub tie_word_embeddings: bool,
     /// The q, k and v projections carry biases.
     pub attention_bias: bool,
@@ -237,6 +258,11 @@ impl ModelConfig {
         (0..self.num_layers)
             .all(|l| self.sliding_layers.contains(&l))
             .then_some(w)
+    }
+
+    /// The leading dimensions of each head that RoPE rotates (the cos/sin tables' width).
+    pub fn rotary_dim(&self) -> usize {
+        self.partial_rotary_dim.unwrap_or(self.head_dim)
     }
 
     /// Queries per KV head (the GQA group size).
@@ -374,6 +400,7 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
         max_context: f.req_usize("n_positions")?,
         norm_eps: f.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
         rope: None,
+        partial_rotary_dim: None,
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
         attention_bias: true,
         o_proj_bias: true,
@@ -458,10 +485,12 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     let max_position = f.opt_usize("max_position_embeddings")?.unwrap_or(2048);
     let layers = f.req_usize("num_hidden_layers")?;
     let (sliding_window, sliding_layers) = parse_sliding_window(f, model_type, layers)?;
-    check_full_rotary(f)?;
-    if model_type == "phi3" {
-        check_phi3_rope(f)?;
-    }
+    let (rope, partial_rotary_dim) = if model_type == "phi3" {
+        parse_phi3_rope(f, head_dim, max_position)?
+    } else {
+        check_full_rotary(f)?;
+        (parse_rope(f)?, None)
+    };
     Ok(ModelConfig {
         arch: Arch::Llama,
         model_type: model_type.to_string(),
@@ -474,7 +503,8 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         intermediate_size: f.req_usize("intermediate_size")?,
         max_context: max_position,
         norm_eps: f.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
-        rope: Some(parse_rope(f)?),
+        rope: Some(rope),
+        partial_rotary_dim,
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
         attention_bias,
         o_proj_bias,
@@ -598,6 +628,7 @@ fn parse_gemma(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         max_context: max_position,
         norm_eps: f.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
         rope: Some(rope),
+        partial_rotary_dim: None,
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
         attention_bias: bias,
         o_proj_bias: bias,
@@ -777,30 +808,168 @@ fn check_full_rotary(f: &Fields) -> Result<()> {
     Ok(())
 }
 
-/// Phi-3's RoPE: plain, or `longrope` (which Phi3Config also reads from the old names `su` and
-/// `yarn`), whose per-dimension factors switch with the sequence length: not supported, refused
-/// by name.
-fn check_phi3_rope(f: &Fields) -> Result<()> {
-    for obj in ["rope_parameters", "rope_scaling"] {
-        if let Some(Value::Object(p)) = f.obj.get(obj) {
-            let kind = p
-                .get("rope_type")
-                .or_else(|| p.get("type"))
-                .and_then(Value::as_str)
-                .unwrap_or("default");
-            if kind != "default" {
+/// Phi-3's RoPE as Phi3Config reads it: the settings object is `rope_parameters` (5.x) or
+/// `rope_scaling` (4.x); `rope_theta` there or at the top level (1e4); `partial_rotary_factor`
+/// there or at the top level (1.0), rotating the first int(head_dim · factor) dimensions, an even
+/// number, of each head; the type `default` or `longrope` (also under its old names `su` and
+/// `yarn`, which Phi3Config renames). LongRoPE's `original_max_position_embeddings` is the top
+/// level's (Phi3Config's 4096 when absent, as transformers gives it priority), its `factor` the
+/// object's or max_position_embeddings / original, and `short_factor` / `long_factor` must hold
+/// rotary_dim / 2 numbers each. Returns the RoPE and the partial rotary width (None: whole head).
+fn parse_phi3_rope(
+    f: &Fields,
+    head_dim: usize,
+    max_position: usize,
+) -> Result<(RopeConfig, Option<usize>)> {
+    let (p, obj) = match (f.obj.get("rope_parameters"), f.obj.get("rope_scaling")) {
+        (Some(Value::Object(p)), _) => (Some(p), "rope_parameters"),
+        (Some(Value::Null) | None, Some(Value::Object(p))) => (Some(p), "rope_scaling"),
+        (Some(Value::Null) | None, Some(Value::Null) | None) => (None, "rope_scaling"),
+        (Some(Value::Null) | None, Some(_)) => {
+            return Err(Error::config(f.file, "rope_scaling", "expected an object"))
+        }
+        (Some(_), _) => {
+            return Err(Error::config(
+                f.file,
+                "rope_parameters",
+                "expected an object",
+            ))
+        }
+    };
+    let empty = Map::new();
+    let p = p.unwrap_or(&empty);
+    let field = |name: &str| format!("{obj}.{name}");
+    // a number from the settings object, else the top level (Phi3Config's setdefault order)
+    let number = |name: &str| -> Result<Option<f64>> {
+        match p.get(name).filter(|v| !v.is_null()) {
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| Error::config(f.file, &field(name), "expected a number")),
+            None => match f.get(name) {
+                Some(v) => v
+                    .as_f64()
+                    .map(Some)
+                    .ok_or_else(|| Error::config(f.file, name, "expected a number")),
+                None => Ok(None),
+            },
+        }
+    };
+    let theta = number("rope_theta")?.unwrap_or(10_000.0) as f32;
+    let partial = number("partial_rotary_factor")?.unwrap_or(1.0);
+    let partial_field = if p.get("partial_rotary_factor").is_some_and(|v| !v.is_null()) {
+        field("partial_rotary_factor")
+    } else {
+        "partial_rotary_factor".to_string()
+    };
+    // transformers: int(head_dim * partial_rotary_factor)
+    let rotary = head_dim as f64 * partial;
+    if !(partial > 0.0 && partial <= 1.0) || rotary < 2.0 || rotary as usize % 2 != 0 {
+        return Err(Error::config(
+            f.file,
+            &partial_field,
+            format!(
+                "{partial}: must be in (0, 1] and rotate an even number of dimensions of the \
+                 {head_dim}-dimension heads (gives {rotary})"
+            ),
+        ));
+    }
+    let rotary_dim = rotary as usize;
+    let kind = match p.get("rope_type").or_else(|| p.get("type")) {
+        None | Some(Value::Null) => "default".to_string(),
+        Some(Value::String(k)) => k.clone(),
+        Some(_) => return Err(Error::config(f.file, &field("rope_type"), "expected a string")),
+    };
+    let scaling = match kind.as_str() {
+        "default" => RopeScaling::Default,
+        "longrope" | "su" | "yarn" => {
+            let original = f.opt_usize("original_max_position_embeddings")?.unwrap_or(4096);
+            if original < 2 {
                 return Err(Error::config(
                     f.file,
-                    &format!("{obj}.rope_type"),
-                    format!(
-                        "`{kind}` (Phi-3's longrope) is not supported; Phi-3 models with plain \
-                         RoPE (the 4k-context ones) are"
-                    ),
+                    "original_max_position_embeddings",
+                    format!("{original}: must be at least 2"),
                 ));
             }
+            let factors = |name: &str| -> Result<Vec<f32>> {
+                let list = match p.get(name) {
+                    Some(Value::Array(list)) => list,
+                    Some(_) => {
+                        return Err(Error::config(f.file, &field(name), "expected a list"))
+                    }
+                    None => {
+                        return Err(Error::config(
+                            f.file,
+                            &field(name),
+                            format!("required for rope_type `{kind}`"),
+                        ))
+                    }
+                };
+                if list.len() != rotary_dim / 2 {
+                    return Err(Error::config(
+                        f.file,
+                        &field(name),
+                        format!(
+                            "{} numbers: expected one per rotated pair, {} (rotary dimension {rotary_dim})",
+                            list.len(),
+                            rotary_dim / 2
+                        ),
+                    ));
+                }
+                list.iter()
+                    .enumerate()
+                    .map(|(i, v)| match v.as_f64() {
+                        Some(x) if x.is_finite() && x > 0.0 => Ok(x as f32),
+                        _ => Err(Error::config(
+                            f.file,
+                            &format!("{}[{i}]", field(name)),
+                            format!("{v}: expected a positive number"),
+                        )),
+                    })
+                    .collect()
+            };
+            let own = |name: &str| -> Result<Option<f64>> {
+                match p.get(name).filter(|v| !v.is_null()) {
+                    Some(v) => v
+                        .as_f64()
+                        .map(Some)
+                        .ok_or_else(|| Error::config(f.file, &field(name), "expected a number")),
+                    None => Ok(None),
+                }
+            };
+            let factor = own("factor")?.unwrap_or(max_position as f64 / original as f64);
+            let attention_factor = match own("attention_factor")? {
+                Some(a) if a.is_finite() && a > 0.0 => a,
+                Some(a) => {
+                    return Err(Error::config(
+                        f.file,
+                        &field("attention_factor"),
+                        format!("{a}: must be positive"),
+                    ))
+                }
+                None if factor <= 1.0 => 1.0,
+                None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+            };
+            RopeScaling::LongRope {
+                short_factor: factors("short_factor")?,
+                long_factor: factors("long_factor")?,
+                original_max_position_embeddings: original,
+                attention_factor: attention_factor as f32,
+            }
         }
-    }
-    Ok(())
+        other => {
+            return Err(Error::config(
+                f.file,
+                &field("rope_type"),
+                format!(
+                    "`{other}` is not supported for phi3 (Phi3Config takes default and longrope, \
+                     also named su or yarn)"
+                ),
+            ))
+        }
+    };
+    let partial_rotary_dim = (rotary_dim != head_dim).then_some(rotary_dim);
+    Ok((RopeConfig { theta, scaling }, partial_rotary_dim))
 }
 
 /// RoPE from either style: 5.x `rope_parameters` {rope_type, rope_theta, ...}, or 4.x top-level
@@ -1163,30 +1332,13 @@ mod tests {
     }
 
     #[test]
-    fn phi3_has_no_biases_a_window_on_every_layer_and_no_longrope() {
+    fn phi3_has_no_biases_and_a_window_on_every_layer() {
         let c = parse("phi3", r#""sliding_window": 2047"#).unwrap();
         assert_eq!((c.arch, c.model_type.as_str()), (Arch::Llama, "phi3"));
         assert!(!c.attention_bias && !c.o_proj_bias && !c.mlp_bias && !c.qk_norm);
         assert_eq!((c.sliding_window, c.max_context), (Some(2047), 32768));
         assert_eq!(c.sliding_layers, (0..4).collect::<Vec<_>>());
         assert_eq!(parse("phi3", "").unwrap().sliding_window, None);
-        // Phi3Config reads longrope under the old names `su` and `yarn` too
-        for (field, kind) in [
-            ("rope_scaling", "longrope"),
-            ("rope_scaling", "su"),
-            ("rope_parameters", "yarn"),
-        ] {
-            let err = parse(
-                "phi3",
-                &format!(r#""{field}": {{"type": "{kind}", "short_factor": [1.0]}}"#),
-            )
-            .unwrap_err()
-            .to_string();
-            assert!(
-                err.contains(&format!("{field}.rope_type")) && err.contains(kind),
-                "{err}"
-            );
-        }
         assert!(parse("phi3", r#""rope_scaling": {"rope_type": "default"}"#).is_ok());
         // the embedded Phi-3 mini: 3.8 B parameters, as published; a 2047-key window on every
         // layer of its 4096 positions
@@ -1316,10 +1468,10 @@ mod tests {
     }
 
     #[test]
-    fn partial_rotary_embeddings_are_refused() {
+    fn partial_rotary_embeddings_are_refused_but_for_phi3() {
         for (model_type, extra, field) in [
             (
-                "phi3",
+                "llama",
                 r#""partial_rotary_factor": 0.75"#,
                 "partial_rotary_factor",
             ),
@@ -1328,11 +1480,132 @@ mod tests {
                 r#""rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}"#,
                 "rope_parameters.partial_rotary_factor",
             ),
+            (
+                "gemma3_text",
+                r#""partial_rotary_factor": 0.5"#,
+                "partial_rotary_factor",
+            ),
         ] {
             let err = parse(model_type, extra).unwrap_err().to_string();
             assert!(err.contains(field) && err.contains("full rotary"), "{err}");
         }
         assert!(parse("llama", r#""partial_rotary_factor": 1.0"#).is_ok());
+    }
+
+    /// Phi-3's RoPE as transformers 5.25's Phi3Config and `_compute_longrope_parameters` resolve
+    /// it (head_dim 16 here): longrope under its three names, the original context from the top
+    /// level (4096 when absent), the attention factor, the partial rotary width, and errors that
+    /// name the field.
+    #[test]
+    fn phi3_longrope_and_partial_rotary_resolve_as_transformers() {
+        let ones = |n: usize| format!("[{}]", vec!["1.0"; n].join(", "));
+        let longrope = |extra: &str| -> (Vec<f32>, Vec<f32>, usize, f32, Option<usize>) {
+            let c = parse("phi3", extra).unwrap();
+            match c.rope.unwrap().scaling {
+                RopeScaling::LongRope {
+                    short_factor,
+                    long_factor,
+                    original_max_position_embeddings,
+                    attention_factor,
+                } => (
+                    short_factor,
+                    long_factor,
+                    original_max_position_embeddings,
+                    attention_factor,
+                    c.partial_rotary_dim,
+                ),
+                other => panic!("{other:?}"),
+            }
+        };
+        let eight: Vec<f32> = (1..=8).map(|i| i as f32).collect();
+        for (field, kind) in [
+            ("rope_scaling", "longrope"),
+            ("rope_scaling", "su"),
+            ("rope_parameters", "yarn"),
+        ] {
+            let (short, long, original, attention, partial) = longrope(&format!(
+                r#""{field}": {{"type": "{kind}", "short_factor": [1, 2, 3, 4, 5, 6, 7, 8],
+                    "long_factor": {}}}"#,
+                ones(8)
+            ));
+            assert_eq!((short, long), (eight.clone(), vec![1.0; 8]));
+            // Phi3Config's original 4096; factor 32768 / 4096 = 8: sqrt(1 + ln 8 / ln 4096)
+            assert_eq!((original, partial), (4096, None));
+            assert!((attention - 1.25f32.sqrt()).abs() < 1e-7, "{attention}");
+        }
+        // the top level's original context; the object's factor wins over the ratio
+        let (_, _, original, attention, _) = longrope(&format!(
+            r#""original_max_position_embeddings": 1024, "rope_scaling": {{"type": "longrope",
+                "factor": 2.0, "short_factor": {0}, "long_factor": {0}}}"#,
+            ones(8)
+        ));
+        assert_eq!(original, 1024);
+        assert!((attention - 1.1f32.sqrt()).abs() < 1e-7, "{attention}");
+        let (.., attention, _) = longrope(&format!(
+            r#""rope_scaling": {{"type": "longrope", "attention_factor": 1.5,
+                "short_factor": {0}, "long_factor": {0}}}"#,
+            ones(8)
+        ));
+        assert_eq!(attention, 1.5);
+        // Phi-4-mini style: 5.x rope_parameters with a partial rotary: factors per rotated pair
+        let (short, .., partial) = longrope(&format!(
+            r#""rope_parameters": {{"rope_type": "longrope", "partial_rotary_factor": 0.5,
+                "rope_theta": 250000.0, "short_factor": {0}, "long_factor": {0}}}"#,
+            ones(4)
+        ));
+        assert_eq!((short.len(), partial), (4, Some(8)));
+        let c = parse("phi3", r#""partial_rotary_factor": 0.75"#).unwrap();
+        assert_eq!((c.partial_rotary_dim, c.rotary_dim()), (Some(12), 12));
+        assert_eq!(c.rope.unwrap().scaling, RopeScaling::Default);
+        // int(16 · 0.3) = 4, as transformers truncates
+        let c = parse("phi3", r#""partial_rotary_factor": 0.3"#).unwrap();
+        assert_eq!(c.rotary_dim(), 4);
+        assert_eq!(parse("phi3", "").unwrap().rotary_dim(), 16);
+        // errors name the field
+        let err = |extra: &str| parse("phi3", extra).unwrap_err().to_string();
+        for (extra, field, says) in [
+            (
+                r#""partial_rotary_factor": 0.1875"#.to_string(),
+                "partial_rotary_factor",
+                "even",
+            ),
+            (
+                r#""rope_parameters": {"partial_rotary_factor": 1.5}"#.to_string(),
+                "rope_parameters.partial_rotary_factor",
+                "(0, 1]",
+            ),
+            (
+                format!(
+                    r#""rope_scaling": {{"type": "longrope", "short_factor": {}, "long_factor": {}}}"#,
+                    ones(8),
+                    ones(7)
+                ),
+                "rope_scaling.long_factor",
+                "7 numbers",
+            ),
+            (
+                format!(r#""rope_scaling": {{"type": "longrope", "short_factor": {}}}"#, ones(8)),
+                "rope_scaling.long_factor",
+                "required",
+            ),
+            (
+                format!(
+                    r#""rope_scaling": {{"type": "longrope", "short_factor": [1, 1, 1, -2, 1, 1, 1, 1],
+                        "long_factor": {}}}"#,
+                    ones(8)
+                ),
+                "rope_scaling.short_factor[3]",
+                "positive",
+            ),
+            (
+                r#""rope_scaling": {"type": "dynamic", "factor": 2.0}"#.to_string(),
+                "rope_scaling.rope_type",
+                "`dynamic` is not supported for phi3",
+            ),
+        ] {
+            let e = err(&extra);
+            assert!(e.contains(field) && e.contains(says), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -78,9 +78,9 @@ pub struct Model<B: Backend> {
     pub config: ModelConfig,
     pub backend: B,
     weights: ModelWeights<B::Buffer>,
-    /// [max_context, head_dim] (Llama only)
+    /// [max_context, rotary_dim] (Llama only; rotary_dim = head_dim but for a partial rotary)
     cos_sin: Option<B::Buffer>,
-    /// [max_context, head_dim]: the sliding-window layers' own table (Gemma 3)
+    /// [max_context, rotary_dim]: the sliding-window layers' own table (Gemma 3)
     cos_sin_local: Option<B::Buffer>,
 }
 
@@ -97,9 +97,10 @@ impl<B: Backend> Model<B> {
         let table = |rope: &Option<RopeConfig>| -> Result<Option<B::Buffer>> {
             match rope {
                 Some(rope) => {
-                    let table = cos_sin_table(rope, config.head_dim, config.max_context);
+                    let dim = config.rotary_dim();
+                    let table = cos_sin_table(rope, dim, config.max_context);
                     Ok(Some(backend.upload(&HostTensor::new(
-                        vec![config.max_context, config.head_dim],
+                        vec![config.max_context, dim],
                         table,
                     ))?))
                 }
@@ -501,6 +502,7 @@ impl<B: Backend> Model<B> {
                     c.num_heads,
                     c.num_kv_heads,
                     c.head_dim,
+                    c.rotary_dim(),
                 )?,
                 (None, _) => {}
             }

@@ -1,15 +1,39 @@
 //! RoPE frequency tables, computed in f32 as transformers computes them on load (`inv_freq`), including
-//! the `linear`, `llama3` and `yarn` scalings.
+//! the `linear`, `llama3`, `yarn` and Phi-3's `longrope` scalings. `dim` is the rotary dimension:
+//! the head's, or its leading part under a partial rotary factor.
 
 use super::config::{RopeConfig, RopeScaling};
 
-/// inv_freq[i] = 1 / theta^(2i / head_dim), i < head_dim / 2, then scaled.
-pub fn inv_freq(rope: &RopeConfig, head_dim: usize) -> Vec<f32> {
-    let base: Vec<f32> = (0..head_dim / 2)
-        .map(|i| 1.0 / rope.theta.powf((2 * i) as f32 / head_dim as f32))
-        .collect();
+/// LongRoPE's per-dimension factors for an engine serving sequences of up to `max_positions`:
+/// `long_factor` when that passes the original context, else `short_factor` (transformers
+/// chooses per sequence length, see [`RopeScaling::LongRope`]). None for other scalings.
+pub fn longrope_factors(rope: &RopeConfig, max_positions: usize) -> Option<&[f32]> {
+    match &rope.scaling {
+        RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            original_max_position_embeddings,
+            ..
+        } => Some(if max_positions > *original_max_position_embeddings {
+            long_factor
+        } else {
+            short_factor
+        }),
+        _ => None,
+    }
+}
+
+/// inv_freq[i] = 1 / theta^(2i / dim), i < dim / 2, then scaled (`max_positions`: the longest
+/// sequence the table serves, which picks LongRoPE's factors).
+pub fn inv_freq(rope: &RopeConfig, dim: usize, max_positions: usize) -> Vec<f32> {
+    let powers = (0..dim / 2).map(|i| rope.theta.powf((2 * i) as f32 / dim as f32));
+    if let Some(ext) = longrope_factors(rope, max_positions) {
+        // 1 / (ext · theta^x), both f32 as transformers' tensors
+        return powers.zip(ext).map(|(p, &e)| 1.0 / (e * p)).collect();
+    }
+    let base: Vec<f32> = powers.map(|p| 1.0 / p).collect();
     match rope.scaling {
-        RopeScaling::Default => base,
+        RopeScaling::Default | RopeScaling::LongRope { .. } => base,
         RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
         RopeScaling::Llama3 {
             factor,
@@ -48,7 +72,7 @@ pub fn inv_freq(rope: &RopeConfig, head_dim: usize) -> Vec<f32> {
         } => {
             // the dimension at which a wavelength makes `rotations` turns over the original
             // context (f64, as transformers' Python floats)
-            let d = head_dim as f64;
+            let d = dim as f64;
             let ln_theta = f64::from(rope.theta).ln();
             let ctx = original_max_position_embeddings as f64;
             let dim_of = |rotations: f32| {
@@ -75,26 +99,29 @@ pub fn inv_freq(rope: &RopeConfig, head_dim: usize) -> Vec<f32> {
     }
 }
 
-/// What cos and sin are multiplied by (YaRN's attention factor; 1 otherwise).
+/// What cos and sin are multiplied by (YaRN's and LongRoPE's attention factor; 1 otherwise).
 pub fn attention_factor(rope: &RopeConfig) -> f32 {
     match rope.scaling {
         RopeScaling::Yarn {
+            attention_factor, ..
+        }
+        | RopeScaling::LongRope {
             attention_factor, ..
         } => attention_factor,
         _ => 1.0,
     }
 }
 
-/// cos/sin table: [max_positions, head_dim], cos(pos · inv_freq[i]) in columns i < head_dim/2 and
-/// sin(pos · inv_freq[i]) in columns head_dim/2 + i, both times [`attention_factor`]. The angle is an
-/// f32 product, as in transformers.
-pub fn cos_sin_table(rope: &RopeConfig, head_dim: usize, max_positions: usize) -> Vec<f32> {
-    let inv = inv_freq(rope, head_dim);
+/// cos/sin table: [max_positions, dim], cos(pos · inv_freq[i]) in columns i < dim/2 and
+/// sin(pos · inv_freq[i]) in columns dim/2 + i, both times [`attention_factor`]; `dim` is the
+/// rotary dimension. The angle is an f32 product, as in transformers.
+pub fn cos_sin_table(rope: &RopeConfig, dim: usize, max_positions: usize) -> Vec<f32> {
+    let inv = inv_freq(rope, dim, max_positions);
     let scale = attention_factor(rope);
-    let half = head_dim / 2;
-    let mut table = vec![0.0f32; max_positions * head_dim];
+    let half = dim / 2;
+    let mut table = vec![0.0f32; max_positions * dim];
     for pos in 0..max_positions {
-        let row = &mut table[pos * head_dim..(pos + 1) * head_dim];
+        let row = &mut table[pos * dim..(pos + 1) * dim];
         for (i, &f) in inv.iter().enumerate() {
             let angle = pos as f32 * f;
             row[i] = angle.cos() * scale;
@@ -126,7 +153,7 @@ mod tests {
             theta: 10_000.0,
             scaling: RopeScaling::Default,
         };
-        let f = inv_freq(&r, 64);
+        let f = inv_freq(&r, 64, 1);
         assert_eq!(f[0], 1.0);
         assert!((f[1] - 10_000f32.powf(-2.0 / 64.0)).abs() < 1e-7);
         assert!((f[31] - 10_000f32.powf(-62.0 / 64.0)).abs() < 1e-9);
@@ -141,8 +168,9 @@ mod tests {
                 scaling: RopeScaling::Default,
             },
             64,
+            1,
         );
-        let scaled = inv_freq(&llama32(), 64);
+        let scaled = inv_freq(&llama32(), 64, 1);
         // wavelength < 8192/4 = 2048: unchanged
         assert_eq!(scaled[0], base[0]);
         assert_eq!(scaled[10], base[10]);
@@ -181,8 +209,9 @@ mod tests {
                 scaling: RopeScaling::Default,
             },
             16,
+            1,
         );
-        for (a, b) in inv_freq(&r, 16).iter().zip(base) {
+        for (a, b) in inv_freq(&r, 16, 1).iter().zip(base) {
             assert_eq!(*a, b / 4.0);
         }
     }
@@ -214,7 +243,7 @@ mod tests {
             ),
         ];
         for (rope, want) in cases {
-            let got = inv_freq(&rope, 32);
+            let got = inv_freq(&rope, 32, 1);
             for (g, w) in got.iter().zip(want) {
                 assert!((g - w).abs() <= 2e-7 * w, "{g} vs {w}");
             }
@@ -228,6 +257,7 @@ mod tests {
                     scaling: RopeScaling::Default,
                 },
                 32,
+            1,
             );
             assert!((got[15] - plain[15] / factor).abs() <= 1e-6 * plain[15]);
             // cos and sin carry the attention factor
@@ -245,5 +275,33 @@ mod tests {
         let t = cos_sin_table(&r, 8, 3);
         assert_eq!(&t[0..8], &[1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
         assert!((t[8] - 1f32.cos()).abs() < 1e-7 && (t[12] - 1f32.sin()).abs() < 1e-7);
+    }
+
+    #[test]
+    fn longrope_picks_its_factors_by_the_context_served() {
+        // transformers 5.25 `_compute_longrope_parameters`: inv_freq = 1 / (ext · theta^(2i/dim))
+        let rope = RopeConfig {
+            theta: 10_000.0,
+            scaling: RopeScaling::LongRope {
+                short_factor: vec![1.0, 2.0, 4.0],
+                long_factor: vec![3.0, 5.0, 9.0],
+                original_max_position_embeddings: 64,
+                attention_factor: 1.25,
+            },
+        };
+        let plain: Vec<f32> = (0..3).map(|i| 10_000f32.powf(-(2 * i) as f32 / 6.0)).collect();
+        let short = inv_freq(&rope, 6, 64);
+        let long = inv_freq(&rope, 6, 65);
+        for i in 0..3 {
+            assert!((short[i] - plain[i] / [1.0, 2.0, 4.0][i]).abs() <= 1e-7 * plain[i]);
+            assert!((long[i] - plain[i] / [3.0, 5.0, 9.0][i]).abs() <= 1e-7 * plain[i]);
+        }
+        // the table: rotary dimension wide, cos and sin times the attention factor
+        let t = cos_sin_table(&rope, 6, 65);
+        assert_eq!(t.len(), 65 * 6);
+        assert_eq!(&t[0..6], &[1.25, 1.25, 1.25, 0.0, 0.0, 0.0]);
+        let angle = 7.0 * long[1];
+        assert!((t[7 * 6 + 1] - 1.25 * angle.cos()).abs() < 1e-6);
+        assert!((t[7 * 6 + 4] - 1.25 * angle.sin()).abs() < 1e-6);
     }
 }

@@ -250,12 +250,14 @@ pub enum Shape {
     Elementwise { len: usize },
     /// silu_mul, gelu_tanh_mul: out [rows, inter]; x [rows, 2 inter]
     SiluMul { rows: usize, inter: usize },
-    /// rope (and qk_norm_rope) over the Q and K heads of the fused QKV rows, one position per token
+    /// rope (and qk_norm_rope) over the Q and K heads of the fused QKV rows, one position per token;
+    /// the first `rotary_dim` dimensions of each head rotate (head_dim but for a partial rotary)
     Rope {
         tokens: usize,
         num_heads: usize,
         num_kv_heads: usize,
         head_dim: usize,
+        rotary_dim: usize,
     },
     /// embedding: out [tokens, hidden] from table [vocab, hidden] (+ learned positions)
     Embedding {
@@ -369,7 +371,15 @@ impl Case {
                 num_heads,
                 num_kv_heads,
                 head_dim,
-            } => format!("tokens={tokens},heads={num_heads}/{num_kv_heads},d={head_dim}"),
+                rotary_dim,
+            } => format!(
+                "tokens={tokens},heads={num_heads}/{num_kv_heads},d={head_dim}{}",
+                if rotary_dim < head_dim {
+                    format!(",rot={rotary_dim}")
+                } else {
+                    String::new()
+                }
+            ),
             Shape::Embedding {
                 tokens,
                 hidden,
@@ -483,15 +493,18 @@ impl Case {
                     num_heads,
                     num_kv_heads,
                     head_dim,
+                    rotary_dim,
                 },
                 op,
             ) => {
                 let (t, r, d) = (u(tokens), u(num_heads + num_kv_heads), u(head_dim));
-                // Q and K heads read and written; one cos/sin row and one position per token;
-                // 6 FLOPs per rotated pair, head_dim / 2 pairs per head
+                let rot = u(rotary_dim);
+                // the rotated dimensions of the Q and K heads read and written (the others are
+                // not touched); one cos/sin row and one position per token; 6 FLOPs per rotated
+                // pair, rotary_dim / 2 pairs per head
                 let rope = Cost {
-                    bytes: 2 * s * t * r * d + s * t * d + IDX * t,
-                    flops: 3 * t * r * d,
+                    bytes: 2 * s * t * r * rot + s * t * rot + IDX * t,
+                    flops: 3 * t * r * rot,
                 };
                 match op {
                     // + the two norm weight vectors; a square and an add per element for the
@@ -613,7 +626,8 @@ impl Case {
                 num_heads,
                 num_kv_heads,
                 head_dim,
-            } => F * u(tokens) * u(head_dim) * (u(num_heads + 2 * num_kv_heads) + 1),
+                rotary_dim,
+            } => F * u(tokens) * (u(head_dim) * u(num_heads + 2 * num_kv_heads) + u(rotary_dim)),
             &Shape::Embedding {
                 tokens,
                 hidden,
@@ -830,6 +844,7 @@ mod tests {
                 num_heads: 4,
                 num_kv_heads: 2,
                 head_dim: 8,
+                rotary_dim: 8,
             },
         );
         assert_eq!(
@@ -839,6 +854,26 @@ mod tests {
                 flops: 288
             }
         );
+        // a partial rotary of 6 of the 8 dimensions: 2·2·6·6 elements, cos/sin rows of 6
+        let partial = case(
+            Op::Rope,
+            Shape::Rope {
+                tokens: 2,
+                num_heads: 4,
+                num_kv_heads: 2,
+                head_dim: 8,
+                rotary_dim: 6,
+            },
+        );
+        assert_eq!(
+            partial.cost(Dtype::F32),
+            Cost {
+                bytes: 4 * 144 + 4 * 12 + 8,
+                flops: 216
+            }
+        );
+        assert_eq!(partial.shape_label(), "tokens=2,heads=4/2,d=8,rot=6");
+        assert_eq!(rope.shape_label(), "tokens=2,heads=4/2,d=8");
         let emb = |learned| {
             case(
                 Op::Embedding,

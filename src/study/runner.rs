@@ -256,6 +256,7 @@ where
                 num_heads,
                 num_kv_heads,
                 head_dim,
+                rotary_dim,
             },
             op,
         ) => {
@@ -266,8 +267,8 @@ where
                 theta: 500_000.0,
                 scaling: crate::model::config::RopeScaling::Default,
             };
-            let table = crate::model::rope::cos_sin_table(&rope, head_dim, tokens);
-            let cos_sin = b.upload(&HostTensor::new(vec![tokens, head_dim], table))?;
+            let table = crate::model::rope::cos_sin_table(&rope, rotary_dim, tokens);
+            let cos_sin = b.upload(&HostTensor::new(vec![tokens, rotary_dim], table))?;
             let mut qkv = up(
                 tokens * (num_heads + 2 * num_kv_heads) * head_dim,
                 1,
@@ -293,7 +294,15 @@ where
                 })
             } else {
                 Box::new(move || {
-                    b.rope(&mut qkv, &cos_sin, &meta, num_heads, num_kv_heads, head_dim)
+                    b.rope(
+                        &mut qkv,
+                        &cos_sin,
+                        &meta,
+                        num_heads,
+                        num_kv_heads,
+                        head_dim,
+                        rotary_dim,
+                    )
                 })
             }
         }

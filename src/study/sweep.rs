@@ -169,6 +169,7 @@ pub fn model_cases(model: &str, cfg: &ModelConfig, ops: &[Op], spec: &SweepSpec)
                             num_heads: cfg.num_heads,
                             num_kv_heads: cfg.num_kv_heads,
                             head_dim: cfg.head_dim,
+                            rotary_dim: cfg.rotary_dim(),
                         },
                     );
                 }

@@ -35,6 +35,8 @@ fn need(buf: &[f32], len: usize, name: &str) -> Result<()> {
 }
 
 /// Check RoPE's buffers and positions against the cos/sin table; returns the QKV row length.
+/// Check RoPE's buffers and positions against a cos/sin table of rows `rotary_dim` wide (even, at
+/// most head_dim); returns the QKV row length.
 fn check_rope(
     qkv: &[f32],
     cos_sin: &[f32],
@@ -42,10 +44,15 @@ fn check_rope(
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
+    rotary_dim: usize,
 ) -> Result<usize> {
     let row_len = (num_heads + 2 * num_kv_heads) * head_dim;
     need(qkv, meta.num_tokens() * row_len, "qkv")?;
-    let max = cos_sin.len() / head_dim.max(1);
+    check(
+        rotary_dim > 0 && rotary_dim % 2 == 0 && rotary_dim <= head_dim,
+        || format!("rotary_dim {rotary_dim}: must be even, positive and at most head_dim {head_dim}"),
+    )?;
+    let max = cos_sin.len() / rotary_dim;
     check(meta.positions.iter().all(|&p| (p as usize) < max), || {
         format!("a position exceeds the RoPE table of {max} positions")
     })?;
@@ -212,8 +219,17 @@ impl Backend for CpuBackend {
         num_heads: usize,
         num_kv_heads: usize,
         head_dim: usize,
+        rotary_dim: usize,
     ) -> Result<()> {
-        let row_len = check_rope(qkv, cos_sin, meta, num_heads, num_kv_heads, head_dim)?;
+        let row_len = check_rope(
+            qkv,
+            cos_sin,
+            meta,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rotary_dim,
+        )?;
         rope::rope(
             qkv,
             row_len,
@@ -221,6 +237,7 @@ impl Backend for CpuBackend {
             &meta.positions,
             num_heads + num_kv_heads,
             head_dim,
+            rotary_dim,
         );
         Ok(())
     }
@@ -237,7 +254,15 @@ impl Backend for CpuBackend {
         head_dim: usize,
         eps: f32,
     ) -> Result<()> {
-        let row_len = check_rope(qkv, cos_sin, meta, num_heads, num_kv_heads, head_dim)?;
+        let row_len = check_rope(
+            qkv,
+            cos_sin,
+            meta,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            head_dim,
+        )?;
         need(q_norm, head_dim, "q_norm")?;
         need(k_norm, head_dim, "k_norm")?;
         rope::qk_norm_rope(

@@ -1,10 +1,12 @@
-//! Rotary position embedding, rotate-half form (HF Llama): for i < d/2,
-//! (x[i], x[i + d/2]) ← (x[i]·cos − x[i + d/2]·sin, x[i + d/2]·cos + x[i]·sin), angle = pos · inv_freq[i].
+//! Rotary position embedding, rotate-half form (HF Llama) over the first r = rotary_dim dimensions
+//! of each head: for i < r/2, (x[i], x[i + r/2]) ← (x[i]·cos − x[i + r/2]·sin, x[i + r/2]·cos +
+//! x[i]·sin), angle = pos · inv_freq[i]; dimensions r.. are left as they are (Phi-3's partial rotary,
+//! transformers' `q_pass`). r = head_dim rotates the whole head.
 //! Qwen3 normalises each Q and K head first ([`qk_norm_rope`]).
 
-/// Rotate the first `num_rot_heads` heads of each row in place.
+/// Rotate the first `rotary_dim` dimensions of the first `num_rot_heads` heads of each row in place.
 /// qkv: [num_tokens, row_len] with heads of `head_dim` from column 0;
-/// cos_sin: [max_context, head_dim] (cos in columns 0..d/2, sin in d/2..d); positions: [num_tokens]
+/// cos_sin: [max_context, rotary_dim] (cos in columns 0..r/2, sin in r/2..r); positions: [num_tokens]
 pub fn rope(
     qkv: &mut [f32],
     row_len: usize,
@@ -12,10 +14,11 @@ pub fn rope(
     positions: &[u32],
     num_rot_heads: usize,
     head_dim: usize,
+    rotary_dim: usize,
 ) {
-    let half = head_dim / 2;
+    let half = rotary_dim / 2;
     for (t, &pos) in positions.iter().enumerate() {
-        let cs = &cos_sin[pos as usize * head_dim..(pos as usize + 1) * head_dim];
+        let cs = &cos_sin[pos as usize * rotary_dim..(pos as usize + 1) * rotary_dim];
         let (cos, sin) = cs.split_at(half);
         let row = &mut qkv[t * row_len..(t + 1) * row_len];
         for h in 0..num_rot_heads {
@@ -58,5 +61,38 @@ pub fn qk_norm_rope(
             }
         }
     }
-    rope(qkv, row_len, cos_sin, positions, num_rot_heads, head_dim);
+    rope(qkv, row_len, cos_sin, positions, num_rot_heads, head_dim, head_dim);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// By hand: one token at position 1, one head of 6 with the first 4 dimensions rotating as
+    /// pairs (0, 2) and (1, 3); dimensions 4 and 5 pass through.
+    #[test]
+    fn a_partial_rotary_rotates_the_leading_pairs_only() {
+        let (a, b) = (0.5f32, 0.25f32);
+        // [1, 4]: cos a, cos b, sin a, sin b
+        let table = [1.0, 1.0, 0.0, 0.0, a.cos(), b.cos(), a.sin(), b.sin()];
+        let mut head = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        rope(&mut head, 6, &table, &[1], 1, 6, 4);
+        let want = [
+            1.0 * a.cos() - 3.0 * a.sin(),
+            2.0 * b.cos() - 4.0 * b.sin(),
+            3.0 * a.cos() + 1.0 * a.sin(),
+            4.0 * b.cos() + 2.0 * b.sin(),
+            5.0,
+            6.0,
+        ];
+        for (g, w) in head.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{head:?} vs {want:?}");
+        }
+        // the whole head: pairs (i, i + 3), a 6-wide table
+        let full: Vec<f32> = [[1.0; 3], [0.0; 3], [a.cos(); 3], [a.sin(); 3]].concat();
+        let mut head = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        rope(&mut head, 6, &full, &[1], 1, 6, 6);
+        assert!((head[0] - (a.cos() - 4.0 * a.sin())).abs() < 1e-6);
+        assert!((head[5] - (6.0 * a.cos() + 3.0 * a.sin())).abs() < 1e-6);
+    }
 }

@@ -867,8 +867,10 @@ fn kv_params(g: &KvGeometry) -> Result<params::KvGeometry> {
     })
 }
 
-/// The launch parameters of RoPE over the fused QKV rows of `meta`'s tokens, after checking the
-/// buffer, head_dim and positions against the cos/sin table (`what` names the op in errors).
+/// The launch parameters of RoPE over the first `rotary_dim` dimensions of each head of the fused
+/// QKV rows of `meta`'s tokens, after checking the buffer, the dimensions and positions against the
+/// cos/sin table (`what` names the op in errors).
+#[allow(clippy::too_many_arguments)]
 fn rope_params<T>(
     qkv: &CudaSlice<T>,
     cos_sin: &CudaSlice<T>,
@@ -876,14 +878,17 @@ fn rope_params<T>(
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
+    rotary_dim: usize,
     what: &str,
 ) -> Result<params::RopeParams> {
     let row_len = (num_heads + 2 * num_kv_heads) * head_dim;
     need(qkv, meta.num_tokens * row_len, "qkv")?;
-    if head_dim == 0 {
-        return Err(Error::Invalid(format!("{what}: head_dim 0")));
+    if rotary_dim == 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim {
+        return Err(Error::Invalid(format!(
+            "{what}: rotary_dim {rotary_dim} must be even, positive and at most head_dim {head_dim}"
+        )));
     }
-    let max = cos_sin.len() / head_dim;
+    let max = cos_sin.len() / rotary_dim;
     if let Some(p) = meta.max_position.filter(|&p| p as usize >= max) {
         return Err(err(format!(
             "position {p} exceeds the RoPE table of {max} positions"
@@ -893,6 +898,7 @@ fn rope_params<T>(
         num_tokens: u(meta.num_tokens, "num_tokens")?,
         num_rot_heads: u(num_heads + num_kv_heads, "num_rot_heads")?,
         head_dim: u(head_dim, "head_dim")?,
+        rotary_dim: u(rotary_dim, "rotary_dim")?,
         qkv_stride: u(row_len, "qkv_stride")?,
         max_positions: u(max, "max_positions")?,
     })
@@ -1220,6 +1226,7 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         num_heads: usize,
         num_kv_heads: usize,
         head_dim: usize,
+        rotary_dim: usize,
     ) -> Result<()> {
         let p = rope_params(
             qkv,
@@ -1228,6 +1235,7 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
             num_heads,
             num_kv_heads,
             head_dim,
+            rotary_dim,
             "rope",
         )?;
         let positions = meta.view(&meta.positions);
@@ -1247,7 +1255,16 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         eps: f32,
     ) -> Result<()> {
         let what = "qk_norm_rope";
-        let rope = rope_params(qkv, cos_sin, meta, num_heads, num_kv_heads, head_dim, what)?;
+        let rope = rope_params(
+            qkv,
+            cos_sin,
+            meta,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            head_dim,
+            what,
+        )?;
         need(q_norm, head_dim, "q_norm")?;
         need(k_norm, head_dim, "k_norm")?;
         let p = params::QkNormRopeParams {

@@ -66,23 +66,25 @@ const _: () = {
     ["Offset of field: KvWriteParams::qkv_stride"]
         [::std::mem::offset_of!(KvWriteParams, qkv_stride) - 24usize];
 };
-#[doc = " rope: rotate-half rotary embedding in place on the first num_rot_heads heads of each row."]
+#[doc = " rope: rotate-half rotary embedding in place on the first rotary_dim dimensions of the first\n num_rot_heads heads of each row."]
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
 pub struct RopeParams {
     pub num_tokens: u32,
     #[doc = "< num_heads + num_kv_heads: the Q and K heads of a fused QKV row"]
     pub num_rot_heads: u32,
-    #[doc = "< even; the rotated pairs are (i, i + head_dim / 2)"]
+    #[doc = "< elements per head"]
     pub head_dim: u32,
+    #[doc = "< even, <= head_dim; the rotated pairs are (i, i + rotary_dim / 2)"]
+    pub rotary_dim: u32,
     #[doc = "< elements between consecutive tokens' rows"]
     pub qkv_stride: u32,
-    #[doc = "< rows of the cos_sin table; a token beyond it is left unrotated"]
+    #[doc = "< rows of the cos_sin table (rotary_dim wide); a token beyond it is\nleft unrotated"]
     pub max_positions: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of RopeParams"][::std::mem::size_of::<RopeParams>() - 20usize];
+    ["Size of RopeParams"][::std::mem::size_of::<RopeParams>() - 24usize];
     ["Alignment of RopeParams"][::std::mem::align_of::<RopeParams>() - 4usize];
     ["Offset of field: RopeParams::num_tokens"]
         [::std::mem::offset_of!(RopeParams, num_tokens) - 0usize];
@@ -90,12 +92,14 @@ const _: () = {
         [::std::mem::offset_of!(RopeParams, num_rot_heads) - 4usize];
     ["Offset of field: RopeParams::head_dim"]
         [::std::mem::offset_of!(RopeParams, head_dim) - 8usize];
+    ["Offset of field: RopeParams::rotary_dim"]
+        [::std::mem::offset_of!(RopeParams, rotary_dim) - 12usize];
     ["Offset of field: RopeParams::qkv_stride"]
-        [::std::mem::offset_of!(RopeParams, qkv_stride) - 12usize];
+        [::std::mem::offset_of!(RopeParams, qkv_stride) - 16usize];
     ["Offset of field: RopeParams::max_positions"]
-        [::std::mem::offset_of!(RopeParams, max_positions) - 16usize];
+        [::std::mem::offset_of!(RopeParams, max_positions) - 20usize];
 };
-#[doc = " qk_norm_rope: Qwen3's per-head RMSNorm of the Q and K heads (q_norm for the first num_q_heads\n heads, k_norm for the rest of the num_rot_heads), then rope, in place."]
+#[doc = " qk_norm_rope: Qwen3's per-head RMSNorm of the Q and K heads (q_norm for the first num_q_heads\n heads, k_norm for the rest of the num_rot_heads), then rope over the whole head (rope.rotary_dim\n == rope.head_dim), in place."]
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
 pub struct QkNormRopeParams {
@@ -107,14 +111,14 @@ pub struct QkNormRopeParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of QkNormRopeParams"][::std::mem::size_of::<QkNormRopeParams>() - 28usize];
+    ["Size of QkNormRopeParams"][::std::mem::size_of::<QkNormRopeParams>() - 32usize];
     ["Alignment of QkNormRopeParams"][::std::mem::align_of::<QkNormRopeParams>() - 4usize];
     ["Offset of field: QkNormRopeParams::rope"]
         [::std::mem::offset_of!(QkNormRopeParams, rope) - 0usize];
     ["Offset of field: QkNormRopeParams::num_q_heads"]
-        [::std::mem::offset_of!(QkNormRopeParams, num_q_heads) - 20usize];
+        [::std::mem::offset_of!(QkNormRopeParams, num_q_heads) - 24usize];
     ["Offset of field: QkNormRopeParams::eps"]
-        [::std::mem::offset_of!(QkNormRopeParams, eps) - 24usize];
+        [::std::mem::offset_of!(QkNormRopeParams, eps) - 28usize];
 };
 #[doc = " paged_attention_naive: causal attention of each new token over its sequence's cached context.\n Token t of sequence s (query_start_loc[s] <= t < query_start_loc[s + 1]) attends to keys\n lo ..= min(positions[t], seq_lens[s] - 1) of KV head h / (num_heads / num_kv_heads), where lo is\n 0, or positions[t] + 1 - window under a sliding window."]
 #[repr(C)]
