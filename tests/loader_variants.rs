@@ -366,6 +366,7 @@ fn dummy_weights_for_every_embedded_config() {
         let opts = infermeter::model::LoadOptions {
             dummy_weights: true,
             dummy_seed: 1,
+            ..Default::default()
         };
         let loaded = infermeter::model::load(dir.path().to_str().unwrap(), opts).unwrap();
         let (model, _) = loaded
@@ -680,4 +681,99 @@ fn gemma3_layer_types_scalar_and_sandwich_norms_count() {
         err.contains("model.layers.2.post_feedforward_layernorm.weight"),
         "{err}"
     );
+}
+
+/// tiny-phi3's weights loaded under `config` (a model copy), serving at most `max_model_len`
+/// positions.
+fn load_phi3_variant(
+    dir: &Path,
+    max_model_len: Option<usize>,
+) -> infermeter::model::Model<infermeter::backend::cpu::CpuBackend> {
+    let opts = infermeter::model::LoadOptions {
+        max_model_len,
+        ..Default::default()
+    };
+    let loaded = infermeter::model::load(dir.to_str().unwrap(), opts).unwrap();
+    loaded
+        .into_model(infermeter::backend::cpu::CpuBackend)
+        .unwrap()
+        .0
+}
+
+/// Phi-3's LongRoPE against transformers: tiny-phi3's weights under
+/// `tests/fixtures/tiny-phi3/{longrope,longrope-partial}` (made by make_rope_variants.py; 4.x
+/// style under the old name `su`, and Phi-4-mini style with a partial rotary of 12 of 16
+/// dimensions in 5.x `rope_parameters`). transformers takes the short factors for a sequence
+/// within `original_max_position_embeddings` and the long ones past it; the engine takes them by
+/// the context it serves, so the three short prompts run with `max_model_len` = the original
+/// context (short factors) and the 230-token one at the whole context (long factors): every
+/// prompt's logits within 1e-3 and its greedy continuation exact. The other factor set moves the
+/// logits.
+#[test]
+fn phi3_longrope_matches_transformers() {
+    for variant in ["longrope", "longrope-partial"] {
+        let fixture = format!("tiny-phi3/{variant}");
+        let dir = copy_model(&model_dir("tiny-phi3"));
+        let cfg = read_config(&repo().join("tests/fixtures").join(&fixture));
+        write_config(dir.path(), &cfg);
+        let original = cfg["original_max_position_embeddings"].as_u64().unwrap() as usize;
+        let short = load_phi3_variant(dir.path(), Some(original));
+        let long = load_phi3_variant(dir.path(), None);
+        assert_eq!(long.config.max_context, 256);
+        let goldens = golden(&fixture);
+        for (n, g) in goldens.iter().enumerate() {
+            let within = g.ids.len() + g.greedy.len() <= original;
+            assert_eq!(within, n < 3, "{fixture} prompt{n}: the fixture's design");
+            let model = if within { &short } else { &long };
+            let err = max_abs_diff(&all_logits(model, &g.ids).unwrap(), &g.logits);
+            assert!(err <= 1e-3, "{fixture} prompt{n}: max abs error {err}");
+            let out = greedy_ignoring_eos(model, &g.ids, g.greedy.len());
+            assert_eq!(out, g.greedy, "{fixture} prompt{n} greedy");
+        }
+        // the other factors: another model
+        let g = &goldens[2];
+        let err = max_abs_diff(&all_logits(&long, &g.ids).unwrap(), &g.logits);
+        assert!(
+            err > 0.05,
+            "{fixture}: long factors on a short prompt moved the logits by only {err}"
+        );
+    }
+}
+
+/// `--max-model-len` caps the context served: a request past it is refused naming it, one within
+/// runs (GPT-2 keeps the learned positions it serves and generates what it generates at its whole
+/// context), and a cap past the model's context or of 0 is refused naming both.
+#[test]
+fn max_model_len_caps_the_context_served() {
+    let generate = |model: &str, max_model_len: &str, prompt_len: usize, max_tokens: usize| {
+        let ids = vec!["5"; prompt_len].join(",");
+        let mut cmd = infermeter_cmd();
+        cmd.args(["generate", "--model", model, "--ids", &ids])
+            .args(["--max-tokens", &max_tokens.to_string(), "--ignore-eos"]);
+        if !max_model_len.is_empty() {
+            cmd.args(["--max-model-len", max_model_len]);
+        }
+        cmd.output().unwrap()
+    };
+    let stdout = |o: &std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    for model in ["tiny-gpt2", "tiny-llama"] {
+        let full = stdout(&generate(model, "", 10, 14));
+        assert_eq!(stdout(&generate(model, "24", 10, 14)), full, "{model}");
+        let long = generate(model, "24", 10, 15);
+        let err = String::from_utf8_lossy(&long.stderr);
+        assert!(!long.status.success());
+        assert!(err.contains("context of 24 tokens"), "{model}: {err}");
+    }
+    for bad in ["0", "100000"] {
+        let o = generate("tiny-llama", bad, 10, 4);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(
+            err.contains(&format!("max_model_len {bad}")) && err.contains("max_position_embeddings"),
+            "{err}"
+        );
+    }
 }

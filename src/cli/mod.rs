@@ -68,6 +68,12 @@ pub struct ModelArgs {
     /// Seed of the dummy weights.
     #[arg(long, default_value_t = 0)]
     pub dummy_seed: u64,
+    /// Serve sequences of at most N positions (prompt + output) instead of the model's whole
+    /// context (max_position_embeddings), as vLLM's flag: longer requests are refused, and a
+    /// Phi-3 LongRoPE model within its original context uses its short factors.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<usize>,
 }
 
 impl ModelArgs {
@@ -75,7 +81,13 @@ impl ModelArgs {
         crate::model::LoadOptions {
             dummy_weights: self.dummy_weights,
             dummy_seed: self.dummy_seed,
+            max_model_len: self.max_model_len,
         }
+    }
+
+    /// Open the model (its config and tokenizer) at the context served.
+    pub fn open(&self) -> crate::Result<crate::model::ModelSource> {
+        crate::model::open(&self.model)?.limit_context(self.max_model_len)
     }
 }
 

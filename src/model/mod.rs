@@ -20,12 +20,15 @@ use crate::error::{Error, Result};
 use tensor_store::{HostTensor, TensorStore};
 use weights::ModelWeights;
 
-/// How to obtain weights.
+/// How to obtain weights, and how long a context to serve.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {
     /// Seeded random weights instead of the checkpoint (vLLM's dummy load format).
     pub dummy_weights: bool,
     pub dummy_seed: u64,
+    /// Serve sequences of at most this many positions instead of the model's whole context
+    /// (vLLM's `--max-model-len`; see [`ModelSource::limit_context`]).
+    pub max_model_len: Option<usize>,
 }
 
 /// A model's config, host weights and tokenizer, before upload to a backend.
@@ -61,9 +64,12 @@ enum Location {
 pub struct ModelSource {
     /// The name or directory it was opened from.
     pub name: String,
+    /// The config; its `max_context` is the context served (after [`limit_context`](Self::limit_context)).
     pub config: ModelConfig,
     pub tokenizer: Option<Tokenizer>,
     location: Location,
+    /// The checkpoint's own context (`max_position_embeddings`), whatever `config.max_context` serves.
+    checkpoint_context: usize,
 }
 
 /// Open `spec`: a Hugging Face model directory, or the name of an embedded model (`models/`).
@@ -123,6 +129,7 @@ fn open_dir(dir: &Path) -> Result<ModelSource> {
     }
     Ok(ModelSource {
         name: dir.display().to_string(),
+        checkpoint_context: config.max_context,
         config,
         tokenizer,
         location: Location::Dir(dir.to_path_buf()),
@@ -142,6 +149,7 @@ fn open_embedded(m: &'static registry::EmbeddedModel) -> Result<ModelSource> {
     }
     Ok(ModelSource {
         name: m.name.to_string(),
+        checkpoint_context: config.max_context,
         config,
         tokenizer,
         location: Location::Embedded(m),
@@ -210,8 +218,47 @@ fn added_tokens_outside_warning(
 }
 
 impl ModelSource {
-    /// Read (or generate) the weights.
+    /// Serve sequences of at most `max_model_len` positions (None: the checkpoint's whole context):
+    /// requests are checked against it, the RoPE tables hold that many rows (Phi-3's LongRoPE takes
+    /// its short factors when it is within the original context), GPT-2 keeps that many learned
+    /// positions. Refused when 0 or longer than the checkpoint's `max_position_embeddings`. Can be
+    /// called again with another value; [`load`](Self::load) applies its options' value.
+    pub fn limit_context(mut self, max_model_len: Option<usize>) -> Result<Self> {
+        let n = max_model_len.unwrap_or(self.checkpoint_context);
+        if n == 0 || n > self.checkpoint_context {
+            return Err(Error::Invalid(format!(
+                "max_model_len {n}: must be between 1 and the context of model `{}`, {} positions \
+                 (max_position_embeddings in its config.json)",
+                self.name, self.checkpoint_context
+            )));
+        }
+        self.config.max_context = n;
+        Ok(self)
+    }
+
+    /// Read (or generate) the weights, after [`limit_context`](Self::limit_context) with
+    /// `opts.max_model_len` when that is set.
     pub fn load(self, opts: LoadOptions) -> Result<LoadedModel> {
+        let mut source = match opts.max_model_len {
+            Some(_) => self.limit_context(opts.max_model_len)?,
+            None => self,
+        };
+        // the checkpoint's tensors have its own context (GPT-2's learned positions): read them
+        // at that, then keep the rows served
+        let served = source.config.max_context;
+        source.config.max_context = source.checkpoint_context;
+        let mut loaded = source.load_checkpoint(opts)?;
+        loaded.config.max_context = served;
+        if let Some(pos) = &mut loaded.weights.positions {
+            let h = pos.shape[1];
+            pos.data.truncate(served * h);
+            pos.shape[0] = served;
+        }
+        Ok(loaded)
+    }
+
+    /// Read (or generate) the weights at the config's context.
+    fn load_checkpoint(self, opts: LoadOptions) -> Result<LoadedModel> {
         // The host copy is f32 whatever the checkpoint's or the backend's dtype.
         let params = self.config.num_parameters() as u64;
         crate::telemetry::host::check_host_memory(
