@@ -772,7 +772,8 @@ fn max_model_len_caps_the_context_served() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success());
         assert!(
-            err.contains(&format!("max_model_len {bad}")) && err.contains("max_position_embeddings"),
+            err.contains(&format!("max_model_len {bad}"))
+                && err.contains("max_position_embeddings"),
             "{err}"
         );
     }

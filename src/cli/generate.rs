@@ -49,7 +49,9 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
 
 fn run_on<B: EngineBackend>(a: GenerateArgs, backend: B) -> anyhow::Result<()> {
     // Validate the prompt against the config and tokenizer before reading or generating weights.
-    let source = a.model.open()
+    let source = a
+        .model
+        .open()
         .with_context(|| format!("opening model `{}`", a.model.model))?;
     let prompt_ids = a
         .prompt

@@ -48,7 +48,9 @@ fn check_out_file(out: &Path) -> anyhow::Result<()> {
 
 fn run_on<B: EngineBackend>(a: LogitsArgs, backend: B) -> anyhow::Result<()> {
     // Validate the prompt against the config and tokenizer before reading or generating weights.
-    let source = a.model.open()
+    let source = a
+        .model
+        .open()
         .with_context(|| format!("opening model `{}`", a.model.model))?;
     let ids = a
         .prompt

@@ -368,7 +368,9 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
         .as_deref()
         .map(|s| Slo::from_str(s).map_err(|e| anyhow::anyhow!("--slo: {e}")))
         .transpose()?;
-    let source = a.model.open()
+    let source = a
+        .model
+        .open()
         .with_context(|| format!("opening model `{}`", a.model.model))?;
     let cfg = source.config.clone();
     let (mode, plans) = if let Some(path) = &a.workload {

@@ -878,12 +878,20 @@ fn parse_phi3_rope(
     let kind = match p.get("rope_type").or_else(|| p.get("type")) {
         None | Some(Value::Null) => "default".to_string(),
         Some(Value::String(k)) => k.clone(),
-        Some(_) => return Err(Error::config(f.file, &field("rope_type"), "expected a string")),
+        Some(_) => {
+            return Err(Error::config(
+                f.file,
+                &field("rope_type"),
+                "expected a string",
+            ))
+        }
     };
     let scaling = match kind.as_str() {
         "default" => RopeScaling::Default,
         "longrope" | "su" | "yarn" => {
-            let original = f.opt_usize("original_max_position_embeddings")?.unwrap_or(4096);
+            let original = f
+                .opt_usize("original_max_position_embeddings")?
+                .unwrap_or(4096);
             if original < 2 {
                 return Err(Error::config(
                     f.file,
@@ -894,9 +902,7 @@ fn parse_phi3_rope(
             let factors = |name: &str| -> Result<Vec<f32>> {
                 let list = match p.get(name) {
                     Some(Value::Array(list)) => list,
-                    Some(_) => {
-                        return Err(Error::config(f.file, &field(name), "expected a list"))
-                    }
+                    Some(_) => return Err(Error::config(f.file, &field(name), "expected a list")),
                     None => {
                         return Err(Error::config(
                             f.file,
@@ -1584,7 +1590,10 @@ mod tests {
                 "7 numbers",
             ),
             (
-                format!(r#""rope_scaling": {{"type": "longrope", "short_factor": {}}}"#, ones(8)),
+                format!(
+                    r#""rope_scaling": {{"type": "longrope", "short_factor": {}}}"#,
+                    ones(8)
+                ),
                 "rope_scaling.long_factor",
                 "required",
             ),

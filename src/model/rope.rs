@@ -257,7 +257,7 @@ mod tests {
                     scaling: RopeScaling::Default,
                 },
                 32,
-            1,
+                1,
             );
             assert!((got[15] - plain[15] / factor).abs() <= 1e-6 * plain[15]);
             // cos and sin carry the attention factor
@@ -289,7 +289,9 @@ mod tests {
                 attention_factor: 1.25,
             },
         };
-        let plain: Vec<f32> = (0..3).map(|i| 10_000f32.powf(-(2 * i) as f32 / 6.0)).collect();
+        let plain: Vec<f32> = (0..3)
+            .map(|i| 10_000f32.powf(-(2 * i) as f32 / 6.0))
+            .collect();
         let short = inv_freq(&rope, 6, 64);
         let long = inv_freq(&rope, 6, 65);
         for i in 0..3 {

@@ -50,7 +50,11 @@ fn check_rope(
     need(qkv, meta.num_tokens() * row_len, "qkv")?;
     check(
         rotary_dim > 0 && rotary_dim % 2 == 0 && rotary_dim <= head_dim,
-        || format!("rotary_dim {rotary_dim}: must be even, positive and at most head_dim {head_dim}"),
+        || {
+            format!(
+                "rotary_dim {rotary_dim}: must be even, positive and at most head_dim {head_dim}"
+            )
+        },
     )?;
     let max = cos_sin.len() / rotary_dim;
     check(meta.positions.iter().all(|&p| (p as usize) < max), || {

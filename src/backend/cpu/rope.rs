@@ -61,7 +61,15 @@ pub fn qk_norm_rope(
             }
         }
     }
-    rope(qkv, row_len, cos_sin, positions, num_rot_heads, head_dim, head_dim);
+    rope(
+        qkv,
+        row_len,
+        cos_sin,
+        positions,
+        num_rot_heads,
+        head_dim,
+        head_dim,
+    );
 }
 
 #[cfg(test)]
