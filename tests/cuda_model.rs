@@ -553,6 +553,49 @@ fn model_logits_and_greedy_match_cpu_on_every_fixture() {
     for_each_dtype!(check_model);
 }
 
+/// Phi-4-mini's RoPE on the GPU: tiny-phi3 under `tests/fixtures/tiny-phi3/longrope-partial`
+/// (LongRoPE with the long factors, 12 of the 16 head dimensions rotating: the rope kernel's
+/// scalar path, the other 4 passing through) matches the CPU model, whose logits match
+/// transformers (loader_variants' phi3_longrope_matches_transformers), within the dtype's
+/// tolerance, greedy continuations included.
+fn check_partial_rotary_longrope<T: CudaDtype>(b: &CudaBackend<T>) {
+    let fixture = "tiny-phi3/longrope-partial";
+    let dir = common::copy_model(&model_dir("tiny-phi3"));
+    let cfg = common::read_config(&common::repo().join("tests/fixtures").join(fixture));
+    common::write_config(dir.path(), &cfg);
+    let path = dir.path().to_str().unwrap();
+    let cpu = load_cpu(dir.path());
+    assert_eq!(cpu.config.rotary_dim(), 12);
+    let prompts = golden(fixture)
+        .into_iter()
+        .map(|g| (g.ids, g.greedy.len()))
+        .collect();
+    let r = reference_of(&cpu, prompts);
+    let m = model::load(path, LoadOptions::default())
+        .unwrap()
+        .into_model(b.clone())
+        .unwrap()
+        .0;
+    let what = format!("cuda {} {fixture}", T::NAME);
+    let worst = check_logits(&what, &m, &r, logits_tol::<T>());
+    println!("{what}: max |Δ logit| {worst:.5}");
+    for (n, p) in r.prompts.iter().enumerate() {
+        let got = greedy(&m, p, r.greedy[n].len());
+        assert_greedy_agrees(
+            &format!("{what} prompt{n}"),
+            &got,
+            &r.greedy[n],
+            &r.margins[n],
+            flip_margin::<T>(),
+        );
+    }
+}
+
+#[test]
+fn partial_rotary_longrope_model_matches_cpu() {
+    for_each_dtype!(check_partial_rotary_longrope);
+}
+
 /// f32 on the GPU reproduces HF transformers' greedy continuations exactly, as the CPU does.
 #[test]
 fn f32_greedy_equals_golden() {

@@ -98,21 +98,23 @@ void test_embedding() {
   cmp("gather_logit_rows cols 13", tof(g2), r2);
 }
 
-void test_rope(unsigned nh, unsigned nkv, unsigned d) {
-  unsigned nt = 5, maxp = 64, stride = (nh + 2*nkv) * d, half = d / 2;
+// rope over the first rot dimensions of each head (rot = d: the whole head); the cos/sin rows are
+// rot wide and the dimensions from rot on must come back as they were
+void test_rope(unsigned nh, unsigned nkv, unsigned d, unsigned rot) {
+  unsigned nt = 5, maxp = 64, stride = (nh + 2*nkv) * d, half = rot / 2;
   auto x = q(randn(nt * stride));
-  std::vector<float> cs(maxp * d);
-  for (unsigned p = 0; p < maxp; ++p) for (unsigned i = 0; i < half; ++i) { float a = p * std::pow(10000.f, -2.f*i/d); cs[p*d+i] = std::cos(a); cs[p*d+half+i] = std::sin(a); }
+  std::vector<float> cs(maxp * rot);
+  for (unsigned p = 0; p < maxp; ++p) for (unsigned i = 0; i < half; ++i) { float a = p * std::pow(10000.f, -2.f*i/rot); cs[p*rot+i] = std::cos(a); cs[p*rot+half+i] = std::sin(a); }
   cs = q(cs);
   std::vector<uint32_t> pos = {0, 1, 17, 63, 5};
   std::vector<T> xt = toT(x), cst = toT(cs);
-  RopeParams p{nt, nh + nkv, d, stride, maxp};
+  RopeParams p{nt, nh + nkv, d, rot, stride, maxp};
   launch(d1(2), d1(64), [&] { rope(xt.data(), cst.data(), pos.data(), p); });
   std::vector<float> ref = x;
   for (unsigned t = 0; t < nt; ++t) for (unsigned h = 0; h < nh + nkv; ++h) for (unsigned i = 0; i < half; ++i) {
-    float* hd = &ref[t*stride + h*d]; const float* c = &cs[pos[t]*d];
+    float* hd = &ref[t*stride + h*d]; const float* c = &cs[pos[t]*rot];
     float x1 = hd[i], x2 = hd[i+half]; hd[i] = x1*c[i] - x2*c[half+i]; hd[i+half] = x2*c[i] + x1*c[half+i]; }
-  char name[100]; snprintf(name, 100, "rope nh%u nkv%u d%u", nh, nkv, d); cmp(name, tof(xt), ref);
+  char name[100]; snprintf(name, 100, "rope nh%u nkv%u d%u rot%u", nh, nkv, d, rot); cmp(name, tof(xt), ref);
 }
 
 // qk_norm_rope: each Q and K head RMS-normalised (q_norm / k_norm weights), then rotated; threads
@@ -125,7 +127,7 @@ void test_qk_norm_rope(unsigned nh, unsigned nkv, unsigned d, unsigned threads) 
   cs = q(cs);
   std::vector<uint32_t> pos = {0, 1, 17, 63, 5};
   std::vector<T> xt = toT(x), cst = toT(cs), qwt = toT(qw), kwt = toT(kw);
-  QkNormRopeParams p{{nt, nh + nkv, d, stride, maxp}, nh, 1e-6f};
+  QkNormRopeParams p{{nt, nh + nkv, d, d, stride, maxp}, nh, 1e-6f};
   launch(d1(2), d1(threads), [&] { qk_norm_rope(xt.data(), cst.data(), pos.data(), qwt.data(), kwt.data(), p); });
   std::vector<double> ref(x.begin(), x.end());
   for (unsigned t = 0; t < nt; ++t) for (unsigned h = 0; h < nh + nkv; ++h) {
@@ -300,7 +302,8 @@ int main(int argc, char** argv) {
   if (!getenv("ONLY_SAMPLING")) {
   test_norm(3, 64, 32); test_norm(2, 1000, 64); test_norm(4, 37, 32); test_norm(1, 4096, 256);
   test_embedding();
-  test_rope(4, 2, 16); test_rope(3, 1, 64); test_rope(2, 2, 6);
+  test_rope(4, 2, 16, 16); test_rope(3, 1, 64, 64); test_rope(2, 2, 6, 6);
+  test_rope(3, 1, 128, 96); test_rope(4, 2, 16, 12); test_rope(2, 2, 64, 32);
   test_qk_norm_rope(4, 2, 128, 256); test_qk_norm_rope(3, 1, 64, 64); test_qk_norm_rope(2, 2, 6, 32);
   test_qk_norm_rope(16, 8, 128, 256); test_qk_norm_rope(5, 5, 256, 96);
   test_act(3, 172); test_act(2, 64);
