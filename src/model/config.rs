@@ -1356,6 +1356,38 @@ mod tests {
     }
 
     #[test]
+    fn the_embedded_phi_4_mini_rotates_96_of_128_dimensions_with_longrope() {
+        // 3.84 B parameters as published (tied embeddings); 24 query heads over 8 KV heads of 128,
+        // of which the first 96 dimensions rotate; LongRoPE over an original context of 4096
+        let m = crate::model::registry::find("phi-4-mini").unwrap();
+        let c = ModelConfig::from_json_str(m.config, "phi-4-mini").unwrap();
+        assert_eq!(c.num_parameters(), 3_836_021_760);
+        assert_eq!((c.head_dim, c.rotary_dim(), c.max_context), (128, 96, 131_072));
+        let rope = c.rope.clone().unwrap();
+        let RopeScaling::LongRope {
+            ref short_factor,
+            ref long_factor,
+            original_max_position_embeddings,
+            attention_factor,
+        } = rope.scaling
+        else {
+            panic!("{:?}", rope.scaling)
+        };
+        assert_eq!((short_factor.len(), long_factor.len()), (48, 48));
+        assert_eq!((long_factor[0], long_factor[47]), (1.0, 47.77));
+        assert_eq!(original_max_position_embeddings, 4096);
+        // factor 131072 / 4096 = 32: sqrt(1 + ln 32 / ln 4096) = sqrt(1 + 5/12)
+        assert!((attention_factor - (17.0f32 / 12.0).sqrt()).abs() < 1e-6);
+        // the long factors at the whole context, the short ones within 4096
+        let long = crate::model::rope::longrope_factors(&rope, c.max_context).unwrap();
+        assert_eq!(long[47], 47.77);
+        let short = crate::model::rope::longrope_factors(&rope, 4096).unwrap();
+        assert_eq!(short[47], 1.0);
+        // its 262144-key window is longer than the context: attention over everything
+        assert_eq!(c.sliding_window, Some(262_144));
+    }
+
+    #[test]
     fn the_embedded_mistral_7b_v0_1_slides_on_every_layer() {
         // 7.24 B parameters as published; a 4096-key window on all 32 layers over a 32k context
         let m = crate::model::registry::find("mistral-7b-v0.1").unwrap();

@@ -58,6 +58,7 @@ pub static EMBEDDED: &[EmbeddedModel] = &[
     config_only!("qwen3-0.6b"),
     config_only!("qwen3-8b"),
     config_only!("phi-3-mini-4k"),
+    config_only!("phi-4-mini"),
     config_only!("gemma-3-270m"),
     config_only!("gemma-3-1b"),
     config_only!("gemma-2-2b"),
