@@ -556,3 +556,55 @@ fn phases_have_a_steady_state_and_goodput() {
         );
     }
 }
+
+/// A LongRoPE model (tiny-phi3 under the longrope fixture's config) says at start which factors
+/// it runs with: the long ones at its whole context, the short ones under `--max-model-len` of
+/// the original context, which the results record as the context served; a grid cell past that
+/// context is refused naming it.
+#[test]
+fn a_longrope_run_says_its_factors_and_max_model_len_caps_the_context() {
+    let model = copy_model(&model_dir("tiny-phi3"));
+    let cfg = read_config(&repo().join("tests/fixtures/tiny-phi3/longrope"));
+    write_config(model.path(), &cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("phi3.json");
+    let cell = |extra: &[&str]| {
+        let args = [
+            &[
+                "--model",
+                model.path().to_str().unwrap(),
+                "--batch-size",
+                "2",
+                "--input-len",
+                "40",
+                "--output-len",
+                "8",
+                "--out",
+                out.to_str().unwrap(),
+            ][..],
+            extra,
+        ]
+        .concat();
+        run(&args)
+    };
+    let (ok, _, err) = cell(&[]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("LongRoPE long factors: context 256 > original 72"),
+        "{err}"
+    );
+    let (ok, _, err) = cell(&["--max-model-len", "72"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("LongRoPE short factors: context 72 within the original 72"),
+        "{err}"
+    );
+    let doc = validate_results(&out);
+    assert_eq!(doc["model"]["config"]["max_context"], 72);
+    let (ok, _, err) = cell(&["--max-model-len", "47"]);
+    assert!(!ok);
+    assert!(
+        err.contains("exceeds") && err.contains("context of 47"),
+        "{err}"
+    );
+}

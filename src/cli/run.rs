@@ -492,11 +492,12 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
     let mut writer = ResultsWriter::new(&out_path, results)
         .with_context(|| format!("writing {}", out_path.display()))?;
     eprintln!(
-        "model {} ({}, {:.1}M parameters, {} weights) on {on}; KV pool {} blocks x {} tokens ({:.1} MiB){}; results -> {}",
+        "model {} ({}, {:.1}M parameters, {} weights{}) on {on}; KV pool {} blocks x {} tokens ({:.1} MiB){}; results -> {}",
         a.model.model,
         cfg.model_type,
         cfg.num_parameters() as f64 / 1e6,
         weights_kind,
+        crate::model::rope::longrope_note(&cfg),
         num_blocks,
         a.engine.block_size,
         (num_blocks * block_bytes) as f64 / (1u64 << 20) as f64,

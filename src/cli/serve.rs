@@ -108,10 +108,11 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         }
         let info = handle.info();
         eprintln!(
-            "serving `{}` ({:.1}M parameters, {} weights) on {}; context {} tokens; KV pool {} blocks x {} tokens ({:.1} MiB){}; chat template: {}{}",
+            "serving `{}` ({:.1}M parameters, {} weights{}) on {}; context {} tokens; KV pool {} blocks x {} tokens ({:.1} MiB){}; chat template: {}{}",
             info.model_name,
             info.config.num_parameters() as f64 / 1e6,
             info.weights,
+            crate::model::rope::longrope_note(&info.config),
             info.backend,
             info.config.max_context,
             info.engine.num_blocks,

@@ -1362,7 +1362,10 @@ mod tests {
         let m = crate::model::registry::find("phi-4-mini").unwrap();
         let c = ModelConfig::from_json_str(m.config, "phi-4-mini").unwrap();
         assert_eq!(c.num_parameters(), 3_836_021_760);
-        assert_eq!((c.head_dim, c.rotary_dim(), c.max_context), (128, 96, 131_072));
+        assert_eq!(
+            (c.head_dim, c.rotary_dim(), c.max_context),
+            (128, 96, 131_072)
+        );
         let rope = c.rope.clone().unwrap();
         let RopeScaling::LongRope {
             ref short_factor,

@@ -23,6 +23,29 @@ pub fn longrope_factors(rope: &RopeConfig, max_positions: usize) -> Option<&[f32
     }
 }
 
+/// What a start line says of a LongRoPE model's factors at the context it serves ("" for other
+/// RoPEs): which set the engine uses, and why.
+pub fn longrope_note(config: &crate::model::ModelConfig) -> String {
+    match config.rope.as_ref().map(|r| &r.scaling) {
+        Some(RopeScaling::LongRope {
+            original_max_position_embeddings: original,
+            ..
+        }) if config.max_context > *original => format!(
+            "; LongRoPE long factors: context {} > original {original} (--max-model-len \
+             {original} for the short ones)",
+            config.max_context
+        ),
+        Some(RopeScaling::LongRope {
+            original_max_position_embeddings: original,
+            ..
+        }) => format!(
+            "; LongRoPE short factors: context {} within the original {original}",
+            config.max_context
+        ),
+        _ => String::new(),
+    }
+}
+
 /// inv_freq[i] = 1 / theta^(2i / dim), i < dim / 2, then scaled (`max_positions`: the longest
 /// sequence the table serves, which picks LongRoPE's factors).
 pub fn inv_freq(rope: &RopeConfig, dim: usize, max_positions: usize) -> Vec<f32> {
