@@ -83,8 +83,13 @@ fn bad_config_fields_are_named() {
         ("hidden_act", json!("relu"), "hidden_act"),
         (
             "rope_scaling",
-            json!({"rope_type": "dynamic", "factor": 4.0}),
-            "dynamic",
+            json!({"rope_type": "ntk-by-parts", "factor": 4.0}),
+            "ntk-by-parts",
+        ),
+        (
+            "rope_scaling",
+            json!({"rope_type": "dynamic", "factor": 0.5}),
+            "rope_scaling.factor",
         ),
         (
             "rope_scaling",

@@ -790,6 +790,25 @@ fn attention_ratios_script_on_sample_files() {
     assert_eq!(w.len(), 1, "{r}");
     assert_eq!(w[0]["pytorch"], serde_json::json!({}), "{r}");
     assert!(String::from_utf8_lossy(&out.stdout).contains(", window 4096 |"));
+    // so is a soft-capped one (Gemma 2's study): PyTorch's SDPA rows cap nothing
+    let out = with_extra_row(&|row| row["shape"]["softcap"] = 50.0.into());
+    let r = script_json(&out, &json);
+    let decode = r["decode"].as_array().unwrap();
+    assert_eq!(decode.len(), 5, "{r}");
+    let capped: Vec<_> = decode
+        .iter()
+        .filter(|d| d["shape"]["softcap"] == 50.0)
+        .collect();
+    assert_eq!(capped.len(), 1, "{r}");
+    assert_eq!(capped[0]["pytorch"], serde_json::json!({}), "{r}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(", soft-cap 50 |"));
+    let out = with_extra_row(&|row| row["shape"]["softcap"] = "high".into());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(".shape.softcap: expected a positive cap"),
+        "{stderr}"
+    );
 }
 
 /// The report keeps the variants of one shape apart.
@@ -895,6 +914,7 @@ fn split_sweep_script_on_a_sample_file() {
                 head_dim: n("head_dim"),
                 block_size: n("block_size"),
                 window: sh["window"].as_u64().map(|w| w as usize),
+                softcap: sh["softcap"].as_f64().map(|c| c as f32),
             },
             variant: Some(variant),
         };
@@ -967,23 +987,40 @@ fn split_sweep_script_on_a_sample_file() {
     let mut doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&sample).unwrap()).unwrap();
     let mut windowed: Vec<serde_json::Value> = doc["rows"].as_array().unwrap().clone();
+    let mut capped = windowed.clone();
     for row in &mut windowed {
         row["shape"]["window"] = 512.into();
     }
+    // and under a soft-cap (Gemma 2)
+    for row in &mut capped {
+        row["shape"]["softcap"] = 50.0.into();
+    }
     doc["rows"].as_array_mut().unwrap().extend(windowed);
+    doc["rows"].as_array_mut().unwrap().extend(capped);
     let both = dir.path().join("windowed.json");
     std::fs::write(&both, doc.to_string()).unwrap();
     let out = run(&both);
     let r = script_json(&out, &json);
-    let windows: Vec<_> = r["shapes"]
+    let options: Vec<_> = r["shapes"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| s["shape"]["window"].as_u64())
+        .map(|s| {
+            (
+                s["shape"]["window"].as_u64(),
+                s["shape"]["softcap"].as_f64(),
+            )
+        })
         .collect();
-    assert_eq!(windows, [None, Some(512), None, Some(512)], "{r}");
+    let (plain, windowed, capped) = ((None, None), (Some(512), None), (None, Some(50.0)));
+    assert_eq!(
+        options,
+        [plain, capped, windowed, plain, capped, windowed],
+        "{r}"
+    );
     let table = std::fs::read_to_string(&md).unwrap();
     assert!(table.contains("| 64 × 16384, window 512 |"), "{table}");
+    assert!(table.contains("| 64 × 16384, soft-cap 50 |"), "{table}");
 }
 
 /// A script run's `--out-json` file, once the run succeeded (else its stderr is the failure).

@@ -540,6 +540,22 @@ fn yarn_rope_scaling_matches_transformers() {
     }
 }
 
+/// Dynamic NTK (`rope_type: dynamic`, factor 4) against transformers: within
+/// max_position_embeddings, all the engine serves, transformers keeps theta as it is, so every
+/// prompt of `tests/fixtures/tiny-qwen3/dynamic` matches plain RoPE's numbers; the config records
+/// the scaling.
+#[test]
+fn dynamic_ntk_within_the_context_matches_transformers() {
+    let (_, dir, _) = check_qwen3_variant("dynamic");
+    let model = load_cpu(dir.path());
+    let rope = model.config.rope.clone().unwrap();
+    assert_eq!(
+        rope.scaling,
+        infermeter::model::config::RopeScaling::DynamicNtk { factor: 4.0 }
+    );
+    assert_eq!(model.config.max_context, 256);
+}
+
 /// tiny-qwen3's weights under the config of `tests/fixtures/tiny-qwen3/<variant>` (made by
 /// make_rope_variants.py) match that variant's goldens: every prompt's logits within 1e-3, the
 /// greedy continuations exact. Returns (fixture name, the model copy, its config).

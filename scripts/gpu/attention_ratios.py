@@ -29,7 +29,9 @@ import re
 import sys
 
 sys.dont_write_bytecode = True  # no __pycache__ beside the scripts for results_io
-from results_io import InputError, emit, field, fmt, load, rows_of  # noqa: E402
+from results_io import (  # noqa: E402
+    InputError, attention_label, attention_options, emit, field, fmt, load, rows_of,
+    with_attention_options)
 
 SHAPE_KEYS = ("seqs", "query_len", "context_len", "num_heads", "num_kv_heads", "head_dim")
 VARIANTS = ("naive", "auto", "auto-sync", "auto-1split")
@@ -37,26 +39,19 @@ PREFILL, DECODE = "attention_prefill", "attention_decode"
 
 
 def shape_key(row, where):
-    """The shape's sizes, then its sliding window (0: none), which no SDPA row has."""
+    """The shape's sizes, then its sliding window and soft-cap (0: none), which no SDPA row has."""
     shape = row.get("shape") if isinstance(row, dict) else None
     if not isinstance(shape, dict):
         raise InputError(f"{where}.shape: missing")
-    window = shape.get("window") or 0
-    if not isinstance(window, int) or isinstance(window, bool) or window < 0:
-        raise InputError(f"{where}.shape.window: expected a key count, found {window!r}")
-    return tuple(field(shape, k, f"{where}.shape", (int,)) for k in SHAPE_KEYS) + (window,)
+    sizes = tuple(field(shape, k, f"{where}.shape", (int,)) for k in SHAPE_KEYS)
+    return sizes + attention_options(shape, where)
 
 
 def shape_of(key):
-    """The shape dict of a shape_key (`window` only where there is one)."""
-    shape = dict(zip(SHAPE_KEYS, key))
-    if key[len(SHAPE_KEYS)]:
-        shape["window"] = key[len(SHAPE_KEYS)]
-    return shape
+    """The shape dict of a shape_key (`window` and `softcap` only where set)."""
+    n = len(SHAPE_KEYS)
+    return with_attention_options(dict(zip(SHAPE_KEYS, key[:n])), key[n:])
 
-
-def windowed(sh):
-    return f", window {sh['window']}" if sh.get("window") else ""
 
 
 def measured(row, where):
@@ -230,7 +225,7 @@ def markdown(r):
     for row in r["prefill"]:
         sh = row["shape"]
         lines.append(
-            f"| {sh['seqs']} × {sh['query_len']}{windowed(sh)} | "
+            f"| {sh['seqs']} × {sh['query_len']}{attention_label(sh)} | "
             f"{sh['num_heads']}/{sh['num_kv_heads']}, d {sh['head_dim']} | {fmt_ms(row['naive_ms'])} | {fmt_ms(row['auto_ms'])} | "
             f"{fmt(row['auto_speedup_over_naive'], 2, '×')} | {fmt_ms(row['auto_sync_ms'])} | "
             f"{fmt(row['pipeline_speedup'], 2, '×')} | {fmt(row['auto_tflop_s'], 1)} | "
@@ -251,7 +246,7 @@ def markdown(r):
     for row in r["decode"]:
         sh = row["shape"]
         cells = [
-            f"{sh['seqs']} × {sh['context_len']}{windowed(sh)}", fmt_ms(row["naive_ms"]), fmt_ms(row["auto_ms"]),
+            f"{sh['seqs']} × {sh['context_len']}{attention_label(sh)}", fmt_ms(row["naive_ms"]), fmt_ms(row["auto_ms"]),
             fmt_ms(row["auto_1split_ms"]), fmt(row["auto_speedup_over_naive"], 2, "×"),
             fmt(row["auto_1split_speedup_over_naive"], 2, "×"), fmt(row["auto_gb_s"], 0),
             fmt(row["auto_pct_of_d2d"], 1, " %"),
@@ -267,7 +262,7 @@ def markdown(r):
         lines += ["", "Notes:", ""]
         lines += [f"- {n}" for n in r["notes"]]
         lines += [f"- {v} did not run at seqs={sh['seqs']}, q={sh['query_len']}, "
-                  f"ctx={sh['context_len']}{windowed(sh)}: {why}" for sh, v, why in skipped]
+                  f"ctx={sh['context_len']}{attention_label(sh)}: {why}" for sh, v, why in skipped]
     return "\n".join(lines) + "\n"
 
 

@@ -38,6 +38,37 @@ def field(obj, key, where, kinds=(int, float)):
     return v
 
 
+# What an attention shape computes besides its sizes: its sliding window (keys) and Gemma 2's
+# score soft-cap. Rows that differ in them are different shapes, never compared (no SDPA row has
+# either); 0 stands for none, so keys sort.
+ATTENTION_OPTIONS = (("window", (int,), "a key count"), ("softcap", (int, float), "a positive cap"))
+
+
+def attention_options(shape, where):
+    """(window, softcap) of an attention shape dict, 0 where absent; `where` names it in errors."""
+    out = ()
+    for key, kinds, what in ATTENTION_OPTIONS:
+        v = shape.get(key) or 0
+        if not isinstance(v, kinds) or isinstance(v, bool) or v < 0:
+            raise InputError(f"{where}.shape.{key}: expected {what}, found {v!r}")
+        out += (v,)
+    return out
+
+
+def with_attention_options(shape, options):
+    """`shape` plus the attention options that are set (the inverse of attention_options)."""
+    for (key, _, _), v in zip(ATTENTION_OPTIONS, options):
+        if v:
+            shape[key] = v
+    return shape
+
+
+def attention_label(sh):
+    """", window W, soft-cap C" for the options a shape dict has, for a table cell."""
+    return (f", window {sh['window']}" if sh.get("window") else "") + (
+        f", soft-cap {sh['softcap']:g}" if sh.get("softcap") else "")
+
+
 def rows_of(doc, path):
     """[(where, row)] for the file's `rows`; `where` ("FILE: rows[i]") names a row in errors."""
     rows = doc.get("rows")

@@ -24,7 +24,9 @@ import re
 import sys
 
 sys.dont_write_bytecode = True  # no __pycache__ beside the scripts for results_io
-from results_io import InputError, emit, field, fmt, load, rows_of  # noqa: E402
+from results_io import (  # noqa: E402
+    InputError, attention_label, attention_options, emit, field, fmt, load, rows_of,
+    with_attention_options)
 
 DECODE = "attention_decode"
 SHAPE_KEYS = ("seqs", "context_len", "num_heads", "num_kv_heads", "head_dim", "block_size")
@@ -42,10 +44,9 @@ def by_shape(doc, path):
             raise InputError(f"{where}.variant: `{variant}` is not a decode attention variant "
                              "(naive, auto, auto-<N>split)")
         shape = field(row, "shape", where, (dict,))
-        window = shape.get("window") or 0  # 0: none, so keys sort
-        if not isinstance(window, int) or isinstance(window, bool) or window < 0:
-            raise InputError(f"{where}.shape.window: expected a key count, found {window!r}")
-        key = tuple(field(shape, k, f"{where}.shape", (int,)) for k in SHAPE_KEYS) + (window,)
+        # the sizes, then the window and soft-cap (0: none, so keys sort)
+        key = tuple(field(shape, k, f"{where}.shape", (int,)) for k in SHAPE_KEYS)
+        key += attention_options(shape, where)
         t = field(row, "time_median_s", where)
         if t <= 0:
             raise InputError(f"{where}.time_median_s: must be > 0, found {t}")
@@ -68,9 +69,8 @@ def compute(doc, path, tolerance):
     """The comparison as a JSON-ready dict (see the module docs)."""
     shapes = []
     for key, variants in sorted(by_shape(doc, path).items()):
-        shape = dict(zip(SHAPE_KEYS, key))
-        if key[len(SHAPE_KEYS)]:
-            shape["window"] = key[len(SHAPE_KEYS)]
+        n = len(SHAPE_KEYS)
+        shape = with_attention_options(dict(zip(SHAPE_KEYS, key[:n])), key[n:])
         forced = {name: m for name, m in variants.items() if FORCED.match(name)}
         auto = variants.get("auto")
         best_name = min(forced, key=lambda n: forced[n]["time_s"]) if forced else None
@@ -128,8 +128,7 @@ def markdown(r):
     for row in r["shapes"]:
         sh, auto = row["shape"], row["auto"]
         cells = [
-            f"{sh['seqs']} × {sh['context_len']}"
-            + (f", window {sh['window']}" if sh.get("window") else ""),
+            f"{sh['seqs']} × {sh['context_len']}" + attention_label(sh),
             f"{sh['num_heads']}/{sh['num_kv_heads']}, {sh['head_dim']}",
             us(row["naive"]),
             "—" if auto is None else f"{us(auto)} ({auto['splits']})",

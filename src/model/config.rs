@@ -61,6 +61,15 @@ pub enum RopeScaling {
         /// from `mscale` / `mscale_all_dim`, or 0.1 ln(factor) + 1.
         attention_factor: f32,
     },
+    /// Dynamic NTK scaling (transformers `_compute_dynamic_ntk_parameters`): theta grows as
+    /// theta · (factor · L / max_position_embeddings − (factor − 1))^(d / (d − 2)) once a
+    /// sequence's length L passes max_position_embeddings, and is theta itself up to there. The
+    /// engine never serves past max_position_embeddings (the context is at most that), so its
+    /// tables are plain RoPE's: transformers' numbers for every sequence it can hold.
+    #[serde(rename = "dynamic")]
+    DynamicNtk {
+        factor: f32,
+    },
     /// Phi-3's LongRoPE (transformers `_compute_longrope_parameters`): inv_freq[i] =
     /// 1 / (ext[i] · theta^(2i / rotary_dim)) with per-dimension factors `ext`, cos and sin times
     /// `attention_factor`. transformers takes `long_factor` for a sequence longer than
@@ -1056,6 +1065,17 @@ fn rope_from_object(
             factor: num("factor")?,
         },
         "yarn" => parse_yarn(f, p, &sub_field)?,
+        "dynamic" => {
+            let factor = num("factor")?;
+            if !(factor.is_finite() && factor >= 1.0) {
+                return Err(Error::config(
+                    f.file,
+                    &sub_field("factor"),
+                    format!("{factor}: must be at least 1"),
+                ));
+            }
+            RopeScaling::DynamicNtk { factor }
+        }
         "llama3" => {
             let scaling = RopeScaling::Llama3 {
                 factor: num("factor")?,
@@ -1083,7 +1103,9 @@ fn rope_from_object(
             return Err(Error::config(
                 f.file,
                 &sub_field("rope_type"),
-                format!("`{other}` is not supported (supported: default, linear, llama3, yarn)"),
+                format!(
+                    "`{other}` is not supported (supported: default, linear, llama3, yarn, dynamic)"
+                ),
             ))
         }
     };

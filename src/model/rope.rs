@@ -56,7 +56,10 @@ pub fn inv_freq(rope: &RopeConfig, dim: usize, max_positions: usize) -> Vec<f32>
     }
     let base: Vec<f32> = powers.map(|p| 1.0 / p).collect();
     match rope.scaling {
-        RopeScaling::Default | RopeScaling::LongRope { .. } => base,
+        // dynamic NTK is theta itself within max_position_embeddings, all the engine serves
+        RopeScaling::Default | RopeScaling::LongRope { .. } | RopeScaling::DynamicNtk { .. } => {
+            base
+        }
         RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
         RopeScaling::Llama3 {
             factor,

@@ -282,7 +282,10 @@ pub enum Shape {
     },
     /// attention: `seqs` sequences, each with `query_len` new tokens at the end of a context of
     /// `context_len` tokens (prefill: query_len = context_len; decode: query_len = 1); under a
-    /// sliding `window` a token at position p attends to keys p + 1 − window ..= p only
+    /// sliding `window` a token at position p attends to keys p + 1 − window ..= p only; under
+    /// Gemma 2's `softcap` every scaled score s becomes softcap · tanh(s / softcap) before the
+    /// softmax (a tanh per (query, key) pair on the special-function units, not in the FLOPs,
+    /// which count the two matmuls)
     Attention {
         seqs: usize,
         query_len: usize,
@@ -293,6 +296,8 @@ pub enum Shape {
         block_size: usize,
         #[serde(skip_serializing_if = "Option::is_none")]
         window: Option<usize>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        softcap: Option<f32>,
     },
     /// matmul: out [m, n] = x [m, k] · w [n, k]ᵀ; `proj` names the layer it comes from
     Matmul {
@@ -408,10 +413,12 @@ impl Case {
                 head_dim,
                 block_size,
                 window,
+                softcap,
             } => format!(
                 "seqs={seqs},q={query_len},ctx={context_len},heads={num_heads}/{num_kv_heads},\
-                 d={head_dim},bs={block_size}{}",
-                window.map_or(String::new(), |w| format!(",w={w}"))
+                 d={head_dim},bs={block_size}{}{}",
+                window.map_or(String::new(), |w| format!(",w={w}")),
+                softcap.map_or(String::new(), |c| format!(",cap={c}"))
             ),
             Shape::Matmul { m, n, k, proj } => format!("{proj}:m={m},n={n},k={k}"),
             Shape::Logits { rows, vocab } => format!("rows={rows},vocab={vocab}"),
@@ -570,6 +577,7 @@ impl Case {
                     head_dim,
                     block_size,
                     window,
+                    ..
                 },
                 _,
             ) => attention_cost(
@@ -934,6 +942,7 @@ mod tests {
                 head_dim: 8,
                 block_size: 4,
                 window: None,
+                softcap: None,
             },
         );
         // per seq: K,V 2·10·2·8 = 320, q + out 2·4·8 = 64 elements; 1 position + 3 blocks
@@ -967,6 +976,7 @@ mod tests {
                 head_dim: 4,
                 block_size: 16,
                 window: None,
+                softcap: None,
             },
         );
         let c = pre.cost(Dtype::F32);
@@ -985,6 +995,7 @@ mod tests {
                 head_dim: 4,
                 block_size: 16,
                 window: Some(2),
+                softcap: None,
             },
         );
         let c = chunk.cost(Dtype::F32);

@@ -353,6 +353,7 @@ mod tests {
                 head_dim: 128,
                 block_size: 16,
                 window: None,
+                softcap: None,
             },
             variant: Some(Variant::AUTO_ONE_SPLIT),
         };

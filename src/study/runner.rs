@@ -377,6 +377,7 @@ where
                 head_dim,
                 block_size,
                 window,
+                softcap,
             },
             _,
         ) => {
@@ -396,6 +397,7 @@ where
             let scale = 1.0 / (head_dim as f32).sqrt();
             let spec = AttentionSpec {
                 window,
+                softcap,
                 ..AttentionSpec::causal(num_heads, scale)
             };
             Box::new(move || b.attention(&mut out, &qkv, &k, &v, &meta, &geom, &spec))
@@ -557,7 +559,9 @@ mod tests {
             sampling_rows: vec![2],
             step: vec![(2, 20)],
         };
-        for name in ["tiny-gpt2", "tiny-llama"] {
+        // tiny-gemma2: soft-capped attention with and without its window
+        let gemma2 = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-gemma2");
+        for name in ["tiny-gpt2", "tiny-llama", gemma2] {
             let cfg = crate::model::open(name).unwrap().config;
             for case in model_cases(name, &cfg, &Op::ALL, &small) {
                 let mut run =
@@ -566,6 +570,21 @@ mod tests {
                 run().unwrap();
             }
         }
+        // the shape's soft-cap reaches the kernel: one it must refuse is refused
+        let cfg = crate::model::open(gemma2).unwrap().config;
+        let mut case = model_cases(gemma2, &cfg, &[Op::AttentionDecode], &small).remove(0);
+        let Shape::Attention { softcap, .. } = &mut case.shape else {
+            unreachable!()
+        };
+        assert_eq!(*softcap, cfg.attn_softcap);
+        *softcap = Some(-1.0);
+        let err = prepare(&Target::Cpu, &case).and_then(|mut run| run());
+        assert!(
+            err.as_ref()
+                .is_err_and(|e| e.to_string().contains("soft-cap -1")),
+            "{:?}",
+            err.map(|_| ())
+        );
     }
 
     #[test]

@@ -124,6 +124,7 @@ pub fn model_cases(model: &str, cfg: &ModelConfig, ops: &[Op], spec: &SweepSpec)
             head_dim: cfg.head_dim,
             block_size: BLOCK_SIZE,
             window: window.filter(|&w| w < context),
+            softcap: cfg.attn_softcap,
         })
     };
     for &op in ops {
@@ -583,6 +584,7 @@ mod tests {
                     head_dim: 128,
                     block_size: BLOCK_SIZE,
                     window: None,
+                    softcap: None,
                 }));
         // Mistral 7B v0.1's decode under its window, beside the 8B's full attention
         assert!(ids.contains(
@@ -620,6 +622,30 @@ mod tests {
     }
 
     #[test]
+    fn soft_capped_attention_is_studied_with_its_cap() {
+        // Gemma 2 2B caps its scores at 50 on every layer, sliding or not; Llama caps none
+        let ids = |model: &str| -> Vec<String> {
+            let cfg = crate::model::open(model).unwrap().config;
+            let spec = SweepSpec {
+                decode: vec![(1, 8192)],
+                ..SweepSpec::default()
+            };
+            model_cases(model, &cfg, &[Op::AttentionDecode], &spec)
+                .iter()
+                .map(Case::id)
+                .collect()
+        };
+        assert_eq!(
+            ids("gemma-2-2b"),
+            [
+                "attention_decode/gemma-2-2b/seqs=1,q=1,ctx=8192,heads=8/4,d=256,bs=16,cap=50",
+                "attention_decode/gemma-2-2b/seqs=1,q=1,ctx=8192,heads=8/4,d=256,bs=16,w=4096,cap=50"
+            ]
+        );
+        assert!(ids("llama-3.1-8b").iter().all(|id| !id.contains("cap=")));
+    }
+
+    #[test]
     fn acceptance_sweep_is_exactly_the_issue_shapes() {
         let cases = Sweep::AttentionAcceptance.cases(&Op::ALL).unwrap();
         let shape = |seqs, q, ctx| Shape::Attention {
@@ -631,6 +657,7 @@ mod tests {
             head_dim: 128,
             block_size: 16,
             window: None,
+            softcap: None,
         };
         let mut want: Vec<(Op, Shape)> = vec![];
         for l in [512, 2048, 8192] {

@@ -244,6 +244,7 @@ impl Variant {
             head_dim,
             block_size,
             window,
+            ..
         } = case.shape
         else {
             return None;
@@ -456,6 +457,7 @@ mod tests {
                 head_dim: 128,
                 block_size: 16,
                 window: None,
+                softcap: None,
             },
             variant: None,
         }
