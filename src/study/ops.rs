@@ -284,8 +284,7 @@ pub enum Shape {
     /// `context_len` tokens (prefill: query_len = context_len; decode: query_len = 1); under a
     /// sliding `window` a token at position p attends to keys p + 1 − window ..= p only; under
     /// Gemma 2's `softcap` every scaled score s becomes softcap · tanh(s / softcap) before the
-    /// softmax (a tanh per (query, key) pair on the special-function units, not in the FLOPs,
-    /// which count the two matmuls)
+    /// softmax (3 FLOPs per score: a divide, a tanh, a multiply)
     Attention {
         seqs: usize,
         query_len: usize,
@@ -577,7 +576,7 @@ impl Case {
                     head_dim,
                     block_size,
                     window,
-                    ..
+                    softcap,
                 },
                 _,
             ) => attention_cost(
@@ -590,6 +589,7 @@ impl Case {
                 u(head_dim),
                 u(block_size),
                 window.map(u),
+                softcap.is_some(),
             ),
             (&Shape::Matmul { m, n, k, .. }, _) => {
                 let (m, n, k) = (u(m), u(n), u(k));
@@ -701,7 +701,8 @@ impl Case {
 /// and out written (q H d each), one position per new token and the block-table entries of those
 /// keys. FLOPs: 4 H d per (query, key) pair (q·k and p·v, 2 each per element); the token at
 /// position p sees p + 1 keys, or min(p + 1, w), so a sequence has q c − q (q − 1) / 2 pairs
-/// without a window.
+/// without a window. A soft-cap (`softcapped`) adds 3 H per pair: the score divided by the cap,
+/// its tanh and the product with the cap.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_cost(
     s: u64,
@@ -713,6 +714,7 @@ pub fn attention_cost(
     d: u64,
     block_size: u64,
     window: Option<u64>,
+    softcapped: bool,
 ) -> Cost {
     // (query, key) pairs of the queries at positions 0 .. n - 1: Σ min(p + 1, w)
     let pairs_upto = |n: u64| match window {
@@ -726,7 +728,7 @@ pub fn attention_cost(
     let blocks = c.div_ceil(bs) - first_key / bs;
     Cost {
         bytes: seqs * (s * (2 * keys * nkv * d + 2 * q * h * d) + IDX * (q + blocks)),
-        flops: seqs * 4 * h * d * pairs,
+        flops: seqs * h * pairs * (4 * d + if softcapped { 3 } else { 0 }),
     }
 }
 
@@ -964,6 +966,18 @@ mod tests {
             *window = Some(10);
         }
         assert_eq!(windowed.cost(Dtype::F32), dec.cost(Dtype::F32));
+        // a soft-cap: 3 more FLOPs per score (4 heads × 10 keys per sequence), the same bytes
+        let mut capped = dec.clone();
+        if let Shape::Attention { softcap, .. } = &mut capped.shape {
+            *softcap = Some(50.0);
+        }
+        assert_eq!(
+            capped.shape_label(),
+            format!("{},cap=50", dec.shape_label())
+        );
+        let c = capped.cost(Dtype::F32);
+        assert_eq!(c.bytes, dec.cost(Dtype::F32).bytes);
+        assert_eq!(c.flops, 2 * 4 * 10 * (4 * 8 + 3));
         // prefill of 3 tokens: 1 + 2 + 3 = 6 (query, key) pairs
         let pre = case(
             Op::AttentionPrefill,
