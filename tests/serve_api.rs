@@ -682,3 +682,42 @@ async fn a_window_lets_requests_outgrow_the_kv_pool() {
         s.handle.shutdown().await.unwrap();
     }
 }
+
+/// `--max-model-len` (`LoadOptions::max_model_len`) caps what the server serves: `/v1/models`
+/// reports the cap, a request that fits it is answered, one past it gets OpenAI's
+/// context_length_exceeded naming the cap, not the model's 256.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_model_len_caps_the_served_context() {
+    let dir = model_dir("tiny-llama");
+    let mut cfg = config(dir.to_str().unwrap());
+    cfg.load.max_model_len = Some(64);
+    let s = start(cfg).await;
+    let (status, models) = s.get_text("/v1/models").await;
+    assert_eq!(status, 200);
+    let models: Value = serde_json::from_str(&models).unwrap();
+    assert_eq!(models["data"][0]["max_model_len"], 64);
+    let prompt: Vec<u32> = (1..=50).collect();
+    let (status, _, r) = s
+        .post(
+            "/v1/completions",
+            &json!({"prompt": prompt, "max_tokens": 14, "temperature": 0, "ignore_eos": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let (status, _, r) = s
+        .post(
+            "/v1/completions",
+            &json!({"prompt": prompt, "max_tokens": 15}),
+        )
+        .await;
+    assert_eq!(status, 400, "{r}");
+    assert_eq!(error_of(&r)["code"], "context_length_exceeded");
+    assert!(
+        error_of(&r)["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum context length is 64"),
+        "{r}"
+    );
+    s.handle.shutdown().await.unwrap();
+}
