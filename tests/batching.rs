@@ -409,6 +409,50 @@ fn under_a_window_requests_longer_than_the_pool_run() {
     assert!(err.contains("KV pool of 64 tokens"), "{err}");
 }
 
+/// Under a window a long prompt's early blocks are released first and so evicted first (here by
+/// the request itself: tiny-mistral's 234-token sequence in a 32-block pool of 4), yet a later
+/// request sharing its first 200 tokens hits all 200: its first new token's window (37 keys) reads
+/// only cached blocks, and the evicted ones before stay verifiable as ghosts. Its outputs equal
+/// sequential generation's.
+#[test]
+fn under_a_window_a_prefix_whose_early_blocks_were_evicted_still_hits() {
+    let cfg = EngineConfig {
+        block_size: 4,
+        num_blocks: 32,
+        max_num_seqs: 4,
+        max_num_batched_tokens: 16,
+        enable_prefix_caching: true,
+        keep_all_kv_blocks: false,
+    };
+    let dir = model_dir("tiny-mistral");
+    let reference = load_cpu(&dir);
+    let long = golden("tiny-mistral")[3].ids.clone();
+    assert_eq!(long.len(), 230);
+    let mut engine = Engine::new(load_cpu(&dir), cfg, Instant::now()).unwrap();
+    let mut run = |engine: &mut Engine<_>, prompt: &[u32]| {
+        let (id, want) = submit_greedy(engine, &reference, prompt, 4);
+        let mut got = None;
+        while engine.has_unfinished() {
+            for f in engine.step().unwrap().finished {
+                assert_eq!(f.id, id);
+                got = Some(f.output_ids);
+            }
+        }
+        assert_eq!(got.unwrap(), want);
+    };
+    run(&mut engine, &long);
+    assert_eq!(engine.kv_stats().prefix_hit_tokens, 0);
+    assert!(
+        engine.kv_stats().evictions > 0,
+        "the early blocks were evicted"
+    );
+    let mut shared = long[..200].to_vec();
+    shared.extend([5, 6, 7]);
+    run(&mut engine, &shared);
+    assert_eq!(engine.kv_stats().prefix_hit_tokens, 200);
+    assert_eq!(engine.kv_blocks_used(), 0);
+}
+
 /// Queue a greedy request of `max_tokens` (EOS ignored) on `engine`; returns its id and the tokens
 /// sequential generation on `reference` gives it.
 fn submit_greedy<B: infermeter::backend::Backend>(

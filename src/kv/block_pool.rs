@@ -9,8 +9,15 @@
 //!   one, which keeps the policy a plain LRU and every operation O(1).
 //! - A block may additionally be *cached*: it holds a full block of computed tokens, has a chain hash,
 //!   and is indexed in `cache` (hash → block). A cached block stays findable while it sits in the free
-//!   list with reference count 0; it loses its cache entry only when it is taken from the free list for
+//!   list with reference count 0; it loses its block only when it is taken from the free list for
 //!   other content (an eviction).
+//! - An evicted entry that other cache entries were chained from becomes a *ghost*: its hash, parent
+//!   entry and tokens stay (no block) while some entry still descends from it, so a later lookup can
+//!   still verify a chain through it token by token — what a sliding-window model needs, whose early
+//!   blocks are released (and evicted) first while the blocks its window reads stay cached. A ghost
+//!   whose content is computed again is revived under its old identity. Ghosts are capped at one per
+//!   block (their tokens take at most what the cached blocks' do); past that an evicted entry is
+//!   dropped and its descendants can no longer be reached.
 
 use std::collections::HashMap;
 
@@ -36,6 +43,9 @@ pub struct CachedBlock {
 pub enum Lookup {
     /// A cached block with exactly this content (parent entry and tokens).
     Hit { block: BlockId, entry: EntryId },
+    /// An evicted entry with exactly this content, kept as a ghost for its descendants: the chain
+    /// goes on through `entry`, but there is no block to share.
+    Ghost { entry: EntryId },
     /// Nothing cached under the hash.
     Absent,
     /// Something is cached under the hash but its content differs (a hash collision).
@@ -53,6 +63,14 @@ struct Slot {
     cached: Option<CachedBlock>,
 }
 
+/// An evicted cache entry kept for the entries chained from it (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GhostEntry {
+    parent: EntryId,
+    entry: EntryId,
+    tokens: Vec<u32>,
+}
+
 /// The pool of `num_blocks` physical blocks (ids `0..num_blocks`).
 #[derive(Debug, Clone)]
 pub struct BlockPool {
@@ -68,6 +86,12 @@ pub struct BlockPool {
     num_free: usize,
     /// Prefix cache: chain hash → the one block cached under it.
     cache: HashMap<BlockHash, BlockId>,
+    /// Evicted entries kept for their descendants, by chain hash (never a hash `cache` holds).
+    ghosts: HashMap<BlockHash, GhostEntry>,
+    /// Entries (cached or ghost) chained from each live entry, for the entries that have any.
+    children: HashMap<EntryId, u32>,
+    /// Every live entry (cached or ghost) → its chain hash.
+    entry_hash: HashMap<EntryId, BlockHash>,
     /// Next [`EntryId`] to hand out (0 is the root).
     next_entry: u64,
     /// Number of cached blocks taken from the free list for other content.
@@ -107,6 +131,9 @@ impl BlockPool {
             free_tail: if n == 0 { NIL } else { n - 1 },
             num_free: num_blocks,
             cache: HashMap::new(),
+            ghosts: HashMap::new(),
+            children: HashMap::new(),
+            entry_hash: HashMap::new(),
             next_entry: 1,
             evictions: 0,
         }
@@ -140,8 +167,21 @@ impl BlockPool {
         &self.tokens[start..start + self.block_size]
     }
 
-    /// Find the cached block for the chain hash `hash` whose content is exactly (`parent`, `tokens`).
+    /// Number of ghost entries (evicted, kept for their descendants).
+    pub fn num_ghosts(&self) -> usize {
+        self.ghosts.len()
+    }
+
+    /// Find the cached block, or the ghost, for the chain hash `hash` whose content is exactly
+    /// (`parent`, `tokens`).
     pub fn lookup(&self, hash: BlockHash, parent: EntryId, tokens: &[u32]) -> Lookup {
+        if let Some(g) = self.ghosts.get(&hash) {
+            return if g.parent == parent && g.tokens == tokens {
+                Lookup::Ghost { entry: g.entry }
+            } else {
+                Lookup::Mismatch
+            };
+        }
         let Some(&block) = self.cache.get(&hash) else {
             return Lookup::Absent;
         };
@@ -160,7 +200,9 @@ impl BlockPool {
     }
 
     /// Take the block at the head of the free list (the least recently released) and give it reference
-    /// count 1. If it was cached, its cache entry is dropped (an eviction). `None` if no block is free.
+    /// count 1. If it was cached, it leaves the cache (an eviction): its entry becomes a ghost when
+    /// other entries descend from it (and the ghosts are under their cap), else it is dropped.
+    /// `None` if no block is free.
     pub fn take_free(&mut self) -> Option<BlockId> {
         let block = self.free_head;
         if block == NIL {
@@ -173,8 +215,47 @@ impl BlockPool {
             let removed = self.cache.remove(&meta.hash);
             debug_assert_eq!(removed, Some(block));
             self.evictions += 1;
+            if self.children.contains_key(&meta.entry) && self.ghosts.len() < self.slots.len() {
+                let tokens = self.stored_tokens(block).to_vec();
+                self.ghosts.insert(
+                    meta.hash,
+                    GhostEntry {
+                        parent: meta.parent,
+                        entry: meta.entry,
+                        tokens,
+                    },
+                );
+            } else {
+                // its descendants, if any, can no longer be reached: forget them as children
+                self.children.remove(&meta.entry);
+                self.entry_hash.remove(&meta.entry);
+                self.drop_child_of(meta.parent);
+            }
         }
         Some(block)
+    }
+
+    /// An entry chained from `parent` is gone: count it off, and drop `parent` too when it is a
+    /// ghost left without descendants (up the chain).
+    fn drop_child_of(&mut self, mut parent: EntryId) {
+        loop {
+            let Some(n) = self.children.get_mut(&parent) else {
+                return;
+            };
+            *n -= 1;
+            if *n > 0 {
+                return;
+            }
+            self.children.remove(&parent);
+            let Some(&hash) = self.entry_hash.get(&parent) else {
+                return;
+            };
+            let Some(ghost) = self.ghosts.remove(&hash) else {
+                return; // a cached entry: it stays
+            };
+            self.entry_hash.remove(&parent);
+            parent = ghost.parent;
+        }
     }
 
     /// Add a reference to `block` (e.g. a prefix hit); a block at reference count 0 leaves the free list
@@ -202,7 +283,9 @@ impl BlockPool {
 
     /// Register the (owned, uncached) `block` in the prefix cache under `hash` with content
     /// (`parent`, `tokens`). Returns the new entry's identity, or `None` (nothing changed) if the block
-    /// is already cached, token storage is off, `tokens` is not one full block, or `hash` is taken.
+    /// is already cached, token storage is off, `tokens` is not one full block, or `hash` is taken
+    /// (by a cached block, or by a ghost of other content). A ghost of exactly this content is
+    /// revived: the block takes its entry, whose descendants are thereby cached again.
     pub fn register(
         &mut self,
         block: BlockId,
@@ -217,8 +300,25 @@ impl BlockPool {
         {
             return None;
         }
-        let entry = EntryId(self.next_entry);
-        self.next_entry += 1;
+        let entry = match self.ghosts.get(&hash) {
+            Some(g) if g.parent == parent && g.tokens == tokens => {
+                let entry = g.entry;
+                self.ghosts.remove(&hash);
+                entry
+            }
+            Some(_) => return None,
+            None => {
+                let entry = EntryId(self.next_entry);
+                self.next_entry += 1;
+                self.entry_hash.insert(entry, hash);
+                // a parent that is gone (evicted without descendants at the time) counts nothing:
+                // this entry can never be reached through it
+                if self.entry_hash.contains_key(&parent) {
+                    *self.children.entry(parent).or_insert(0) += 1;
+                }
+                entry
+            }
+        };
         let start = block as usize * self.block_size;
         self.tokens[start..start + self.block_size].copy_from_slice(tokens);
         self.slots[block as usize].cached = Some(CachedBlock {
@@ -370,9 +470,65 @@ impl BlockPool {
                 entries.push(meta.entry);
             }
         }
+        // ghosts: hashes apart from the cached blocks', under the cap, each with descendants
+        let mut parents: Vec<(EntryId, EntryId)> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.cached.map(|m| (m.entry, m.parent)))
+            .collect();
+        for (hash, g) in &self.ghosts {
+            if self.cache.contains_key(hash) {
+                return Err(format!(
+                    "ghost {:?} shares hash {hash:?} with a cached block",
+                    g.entry
+                ));
+            }
+            if g.tokens.len() != self.block_size {
+                return Err(format!(
+                    "ghost {:?} holds {} tokens",
+                    g.entry,
+                    g.tokens.len()
+                ));
+            }
+            if self.entry_hash.get(&g.entry) != Some(hash) {
+                return Err(format!("ghost {:?} is not indexed under {hash:?}", g.entry));
+            }
+            if !self.children.contains_key(&g.entry) {
+                return Err(format!("ghost {:?} has no descendants", g.entry));
+            }
+            entries.push(g.entry);
+            parents.push((g.entry, g.parent));
+        }
+        if self.ghosts.len() > self.slots.len() {
+            return Err(format!(
+                "{} ghosts over the cap of {}",
+                self.ghosts.len(),
+                self.slots.len()
+            ));
+        }
         entries.sort_unstable();
         if entries.windows(2).any(|w| w[0] == w[1]) {
-            return Err("two cached blocks share an entry id".into());
+            return Err("two cached blocks or ghosts share an entry id".into());
+        }
+        if entries.len() != self.entry_hash.len() {
+            return Err(format!(
+                "{} live entries but {} indexed",
+                entries.len(),
+                self.entry_hash.len()
+            ));
+        }
+        // each live entry's count of live entries chained from it
+        let mut counted: HashMap<EntryId, u32> = HashMap::new();
+        for &(_, parent) in &parents {
+            if self.entry_hash.contains_key(&parent) {
+                *counted.entry(parent).or_insert(0) += 1;
+            }
+        }
+        if counted != self.children {
+            return Err(format!(
+                "children counts {:?} but the live entries give {counted:?}",
+                self.children
+            ));
         }
         Ok(())
     }
@@ -383,11 +539,19 @@ impl BlockPool {
         let mut cache: Vec<(BlockHash, BlockId)> =
             self.cache.iter().map(|(&h, &b)| (h, b)).collect();
         cache.sort_unstable();
+        let mut ghosts: Vec<(BlockHash, GhostEntry)> =
+            self.ghosts.iter().map(|(&h, g)| (h, g.clone())).collect();
+        ghosts.sort_unstable_by_key(|(h, _)| *h);
+        let mut children: Vec<(EntryId, u32)> =
+            self.children.iter().map(|(&e, &n)| (e, n)).collect();
+        children.sort_unstable();
         PoolSnapshot {
             ref_cnts: self.slots.iter().map(|s| s.ref_cnt).collect(),
             cached: self.slots.iter().map(|s| s.cached).collect(),
             free_list: self.free_list(),
             cache,
+            ghosts,
+            children,
             next_entry: self.next_entry,
             evictions: self.evictions,
         }
@@ -401,6 +565,8 @@ pub(crate) struct PoolSnapshot {
     cached: Vec<Option<CachedBlock>>,
     free_list: Vec<BlockId>,
     cache: Vec<(BlockHash, BlockId)>,
+    ghosts: Vec<(BlockHash, GhostEntry)>,
+    children: Vec<(EntryId, u32)>,
     next_entry: u64,
     evictions: u64,
 }

@@ -70,13 +70,31 @@ impl ReqState {
     }
 }
 
-/// Result of walking the prefix cache along a token sequence.
+/// Result of walking the prefix cache along a token sequence: the leading full blocks whose exact
+/// content (tokens and chain) the cache knows, each with its cached block, or None where only a
+/// ghost is left (evicted, kept for its descendants), and its chain state.
 struct CacheWalk {
-    /// Matched cached blocks, in order.
-    blocks: Vec<BlockId>,
-    /// Chain state after the last matched block.
+    blocks: Vec<Option<BlockId>>,
+    chain: Vec<(BlockHash, EntryId)>,
+}
+
+/// A prefix hit resolved against the cache.
+struct Hit {
+    /// The new request's table for the hit blocks: `RELEASED_BLOCK` for those before its first
+    /// query's window (not taken), the cached blocks after.
+    table: Vec<BlockId>,
+    /// Leading entries of `table` that are `RELEASED_BLOCK`.
+    skipped: usize,
+    /// Chain state after the last hit block.
     last_hash: BlockHash,
     last_entry: EntryId,
+}
+
+impl Hit {
+    /// The cached blocks the request takes.
+    fn taken(&self) -> &[BlockId] {
+        &self.table[self.skipped..]
+    }
 }
 
 /// Block accounting for the paged KV cache (see the module docs of [`crate::kv`]).
@@ -162,36 +180,53 @@ impl KvCacheManager {
     }
 
     /// Walk the cache along the full blocks of `tokens`, at most `max_blocks` of them, stopping at the
-    /// first block that is not cached with exactly this prefix.
+    /// first block whose exact prefix the cache does not know (neither cached nor a ghost).
     fn walk_cache(&self, tokens: &[u32], max_blocks: usize) -> CacheWalk {
         let mut walk = CacheWalk {
             blocks: Vec::new(),
-            last_hash: ROOT_HASH,
-            last_entry: EntryId::ROOT,
+            chain: Vec::new(),
         };
+        let (mut last_hash, mut last_entry) = (ROOT_HASH, EntryId::ROOT);
         for chunk in tokens.chunks_exact(self.block_size).take(max_blocks) {
-            let hash = (self.hash_fn)(walk.last_hash, chunk);
-            match self.pool.lookup(hash, walk.last_entry, chunk) {
-                Lookup::Hit { block, entry } => {
-                    walk.blocks.push(block);
-                    walk.last_hash = hash;
-                    walk.last_entry = entry;
-                }
+            let hash = (self.hash_fn)(last_hash, chunk);
+            let (block, entry) = match self.pool.lookup(hash, last_entry, chunk) {
+                Lookup::Hit { block, entry } => (Some(block), entry),
+                Lookup::Ghost { entry } => (None, entry),
                 Lookup::Absent | Lookup::Mismatch => break,
-            }
+            };
+            walk.blocks.push(block);
+            walk.chain.push((hash, entry));
+            (last_hash, last_entry) = (hash, entry);
         }
         walk
     }
 
-    /// Number of leading tokens of `tokens` covered by cached full blocks (a multiple of block_size),
-    /// capped so that at least one token of `tokens` is left to compute (the engine needs logits of the
-    /// last prompt token). Pure query: changes nothing. 0 when prefix caching is off.
+    /// Whether the first `n` blocks of `walk` make a prefix hit: every block from the first one the
+    /// next query's window reads (all of them without a window) up to `n` is cached; those before
+    /// may be ghosts, as no query of the request reads them.
+    fn hit_fits(&self, walk: &CacheWalk, n: usize) -> bool {
+        let first_read = self.unseen_blocks(n * self.block_size).min(n);
+        n <= walk.blocks.len() && walk.blocks[first_read..n].iter().all(Option::is_some)
+    }
+
+    /// Number of leading tokens of `tokens` a new request can take from the cache (a multiple of
+    /// block_size): the most full blocks whose prefix the cache knows exactly and whose blocks the
+    /// first query's window reads are all cached (without a window: every block), capped so that at
+    /// least one token of `tokens` is left to compute (the engine needs logits of the last prompt
+    /// token). Under a window, blocks before that window may have been evicted (ghosts): a long
+    /// shared prefix whose early blocks are gone still hits. Pure query: changes nothing. 0 when
+    /// prefix caching is off.
     pub fn lookup_prefix(&self, tokens: &[u32]) -> usize {
         if !self.enable_prefix_caching || tokens.is_empty() {
             return 0;
         }
         let max_blocks = (tokens.len() - 1) / self.block_size;
-        self.walk_cache(tokens, max_blocks).blocks.len() * self.block_size
+        let walk = self.walk_cache(tokens, max_blocks);
+        let n = (0..=walk.blocks.len())
+            .rev()
+            .find(|&n| self.hit_fits(&walk, n))
+            .unwrap_or(0);
+        n * self.block_size
     }
 
     /// Whether `req` owns no blocks (then `allocate` takes the prefix hit).
@@ -202,15 +237,16 @@ impl KvCacheManager {
         }
     }
 
-    /// Check the `prefix_hit_tokens` contract and return the cached blocks it covers.
+    /// Check the `prefix_hit_tokens` contract and resolve the hit it names.
     ///
     /// # Panics
     /// If `prefix_hit_tokens` cannot have come from `lookup_prefix(tokens)` in the current state.
-    fn hit_walk(&self, tokens: &[u32], prefix_hit_tokens: usize) -> CacheWalk {
+    fn resolve_hit(&self, tokens: &[u32], prefix_hit_tokens: usize) -> Hit {
         let bs = self.block_size;
         if prefix_hit_tokens == 0 {
-            return CacheWalk {
-                blocks: Vec::new(),
+            return Hit {
+                table: Vec::new(),
+                skipped: 0,
                 last_hash: ROOT_HASH,
                 last_entry: EntryId::ROOT,
             };
@@ -227,12 +263,27 @@ impl KvCacheManager {
         let hit_blocks = prefix_hit_tokens / bs;
         let walk = self.walk_cache(tokens, hit_blocks);
         assert!(
-            walk.blocks.len() == hit_blocks,
-            "prefix_hit_tokens {prefix_hit_tokens} is stale: only {} tokens are cached now \
-             (call lookup_prefix right before allocate)",
-            walk.blocks.len() * bs
+            self.hit_fits(&walk, hit_blocks),
+            "prefix_hit_tokens {prefix_hit_tokens} is stale: the cache no longer holds those blocks \
+             (call lookup_prefix right before allocate)"
         );
-        walk
+        let skipped = self.unseen_blocks(prefix_hit_tokens).min(hit_blocks);
+        let table = walk
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| match b {
+                Some(b) if i >= skipped => *b,
+                _ => RELEASED_BLOCK,
+            })
+            .collect();
+        let (last_hash, last_entry) = walk.chain[hit_blocks - 1];
+        Hit {
+            table,
+            skipped,
+            last_hash,
+            last_entry,
+        }
     }
 
     /// Make request `req` own blocks for `total_tokens` tokens. If `req` owns nothing yet, first take
@@ -281,12 +332,12 @@ impl KvCacheManager {
             return Ok(());
         }
 
-        let walk = self.hit_walk(tokens, prefix_hit_tokens);
-        let hit_blocks = walk.blocks.len();
-        let new_blocks = want_blocks.saturating_sub(hit_blocks);
         // under a window the hit blocks before the first new token's window are not taken at all
-        let skipped = self.unseen_blocks(prefix_hit_tokens).min(hit_blocks);
-        let hits_from_free = walk.blocks[skipped..]
+        let hit = self.resolve_hit(tokens, prefix_hit_tokens);
+        let hit_blocks = hit.table.len();
+        let new_blocks = want_blocks.saturating_sub(hit_blocks);
+        let hits_from_free = hit
+            .taken()
             .iter()
             .filter(|&&b| self.pool.ref_cnt(b) == 0)
             .count();
@@ -296,15 +347,14 @@ impl KvCacheManager {
         }
         // Take the hits first so that taking new blocks cannot evict them.
         let mut state = ReqState::new();
-        for &b in &walk.blocks[skipped..] {
+        for &b in hit.taken() {
             self.pool.acquire(b);
         }
-        state.table = walk.blocks;
-        state.table[..skipped].fill(RELEASED_BLOCK);
-        state.num_released = skipped;
+        state.num_released = hit.skipped;
         state.num_cached = hit_blocks;
-        state.last_hash = walk.last_hash;
-        state.last_entry = walk.last_entry;
+        state.last_hash = hit.last_hash;
+        state.last_entry = hit.last_entry;
+        state.table = hit.table;
         for _ in 0..new_blocks {
             let b = self.pool.take_free().expect("free count checked");
             state.table.push(b);
@@ -348,9 +398,9 @@ impl KvCacheManager {
     ) -> bool {
         let mut needed = self.blocks_needed(req, prefix_hit_tokens, total_tokens);
         if self.is_new(req) {
-            let walk = self.hit_walk(tokens, prefix_hit_tokens);
-            let skipped = self.unseen_blocks(prefix_hit_tokens).min(walk.blocks.len());
-            needed += walk.blocks[skipped..]
+            let hit = self.resolve_hit(tokens, prefix_hit_tokens);
+            needed += hit
+                .taken()
                 .iter()
                 .filter(|&&b| self.pool.ref_cnt(b) == 0)
                 .count();
@@ -394,7 +444,10 @@ impl KvCacheManager {
             );
             let entry = match self.pool.lookup(hash, state.last_entry, chunk) {
                 Lookup::Hit { entry, .. } => Some(entry),
-                Lookup::Absent => self.pool.register(block, hash, state.last_entry, chunk),
+                // a ghost of this very block is revived by it
+                Lookup::Absent | Lookup::Ghost { .. } => {
+                    self.pool.register(block, hash, state.last_entry, chunk)
+                }
                 Lookup::Mismatch => None,
             };
             let Some(entry) = entry else {
@@ -842,8 +895,9 @@ mod tests {
     #[test]
     fn collision_on_parent_chain_is_not_a_hit() {
         // a = [1,3 | 5,5 | 9] caches blocks a0 (hash 4), a1 (hash 10). a0 is then evicted while a1 stays
-        // cached, and b = [2,2 | 5,5 | 9] registers its first block under hash 4. A lookup of b finds a1
-        // under hash 10 with equal tokens [5,5], but a1's parent is a0, not b's block: no hit.
+        // cached: a0 stays as a ghost (a1 descends from it). b = [2,2 | 5,5 | 9] hashes its first
+        // block to 4 too: the ghost's tokens differ, so b neither hits nor registers there, and a1
+        // (hash 10, equal tokens [5,5]) is never reached through b's chain.
         let mut m = KvCacheManager::with_hash_fn(3, 2, true, sum_hash);
         let a = [1, 3, 5, 5, 9];
         run_prompt(&mut m, 1, &a);
@@ -856,17 +910,21 @@ mod tests {
         m.allocate(2, &b, 0, 4).unwrap();
         assert_eq!(m.block_table(2), &[ta[2], ta[0]]);
         assert_eq!(m.stats().evictions, 1);
+        assert_eq!(m.pool.num_ghosts(), 1, "a0 is a ghost");
         m.cache_computed(2, &b, 4);
-        assert!(m.pool.cached(ta[2]).is_some(), "b's first block is cached");
         assert!(
-            m.pool.cached(ta[0]).is_none(),
-            "b's second block collided with a1 and is not"
+            m.pool.cached(ta[2]).is_none() && m.pool.cached(ta[0]).is_none(),
+            "b's first block collided with a0's ghost: caching stopped"
         );
         m.pool.release(ta[1]);
         m.check_invariants().unwrap();
         m.free(2);
-        assert_eq!(m.lookup_prefix(&b), 2, "only b's own first block, never a1");
-        assert_eq!(m.lookup_prefix(&a), 0, "a0 was evicted");
+        assert_eq!(m.lookup_prefix(&b), 0, "never a1 through b's chain");
+        assert_eq!(
+            m.lookup_prefix(&a),
+            0,
+            "a0 was evicted, and without a window it is needed"
+        );
         m.check_invariants().unwrap();
     }
 
@@ -986,6 +1044,117 @@ mod tests {
         m.free(1);
         m.free(2);
         assert_eq!(m.num_free_blocks(), 8);
+        m.check_invariants().unwrap();
+    }
+
+    /// Push `n` blocks of other content through the pool (a request allocated and freed), so the
+    /// free list's head — the least recently released blocks — is evicted first.
+    fn churn(m: &mut KvCacheManager, req: RequestId, n: usize) {
+        let bs = m.block_size();
+        m.allocate(req, &seq(10_000, n * bs), 0, n * bs).unwrap();
+        m.free(req);
+    }
+
+    /// Under a window, a long prompt's early blocks are released first and so evicted first; they
+    /// stay as ghosts for the blocks chained from them, and the same prefix still hits: the blocks
+    /// the new request's window reads are cached, those before it are not needed. Without a window
+    /// the same state gives no hit (every block is read).
+    #[test]
+    fn a_windowed_hit_reaches_past_evicted_blocks_through_ghosts() {
+        for window in [Some(3), None] {
+            let mut m = KvCacheManager::new(8, 2, true).with_window(window);
+            let a = seq(0, 13); // blocks 0..6 full
+            run_prompt(&mut m, 1, &a); // a takes blocks 0..=6; 7 stays free
+            m.release_outside_window(1, 13); // under the window: blocks 0..=4 go, in order
+            m.free(1); // the rest, tail first
+                       // 4 blocks of other content take the free list's head: 7, then under the window a's
+                       // blocks 0, 1, 2 (released first); without it a's blocks 6, 5, 4 (freed first)
+            churn(&mut m, 2, 4);
+            m.check_invariants().unwrap();
+            let mut b = a[..12].to_vec();
+            b.push(99);
+            match window {
+                Some(_) => {
+                    assert_eq!(
+                        m.pool.num_ghosts(),
+                        3,
+                        "blocks 0..3 evicted, kept as ghosts"
+                    );
+                    // the first new token (at 12) reads 10..=12: blocks 5 and 6, both cached
+                    assert_eq!(m.lookup_prefix(&b), 12);
+                    m.allocate(3, &b, 12, 13).unwrap();
+                    let t = m.block_table(3).to_vec();
+                    assert_eq!(t[..5], [RELEASED_BLOCK; 5]);
+                    assert!(m.pool.cached(t[5]).is_some());
+                    m.check_invariants().unwrap();
+                }
+                None => {
+                    // a's leaf blocks went without descendants: no ghosts, and the hit stops at
+                    // block 4, which every query reads
+                    assert_eq!(m.pool.num_ghosts(), 0);
+                    assert_eq!(m.lookup_prefix(&b), 8);
+                }
+            }
+        }
+    }
+
+    /// A ghost is verified as a cached block is: under a window, where a hit may run through a
+    /// ghost, one whose hash collides with another prefix's first block (its tokens differ) stops
+    /// the walk, so the cached block chained from it is never shared with that prefix; the prefix
+    /// it does hold still hits through it.
+    #[test]
+    fn a_ghost_of_other_content_is_not_a_hit() {
+        let mut m = KvCacheManager::with_hash_fn(3, 2, true, sum_hash).with_window(Some(2));
+        let a = [1, 3, 5, 5, 9];
+        run_prompt(&mut m, 1, &a);
+        let ta = m.block_table(1).to_vec();
+        m.free(1);
+        // pin a1 (test hook); 4 tokens of other content evict a's partial block and a0, a ghost
+        m.pool.acquire(ta[1]);
+        m.allocate(2, &[7, 7, 7, 7], 0, 4).unwrap();
+        assert_eq!(m.pool.num_ghosts(), 1);
+        m.free(2);
+        // [2, 2] sums like [1, 3]: no hit through a0's ghost
+        assert_eq!(m.lookup_prefix(&[2, 2, 5, 5, 9]), 0);
+        // a itself: a0's ghost matches, a1 is cached and is all its first new token's window reads
+        assert_eq!(m.lookup_prefix(&a), 4);
+        m.pool.release(ta[1]);
+        m.check_invariants().unwrap();
+    }
+
+    /// A ghost whose content is computed again is revived under its old identity, so the chain
+    /// behind it is whole again; a ghost goes when the last entry chained from it goes.
+    #[test]
+    fn ghosts_revive_and_go_with_their_descendants() {
+        let mut m = KvCacheManager::new(10, 2, true).with_window(Some(2));
+        let a = seq(0, 9); // 4 full blocks, a's blocks 0..=4
+        run_prompt(&mut m, 1, &a);
+        let ta = m.block_table(1).to_vec();
+        m.release_outside_window(1, 8); // the query at 8 reads 7..=8: blocks 0, 1, 2 go
+        m.free(1);
+        churn(&mut m, 2, 8); // the 5 never-used blocks, then a's 0, 1, 2: ghosts
+        assert_eq!(m.pool.num_ghosts(), 3);
+        m.check_invariants().unwrap();
+        // pin a's block 3 (test hook) so the next allocation cannot evict it
+        m.pool.acquire(ta[3]);
+        // a request computing a from scratch (no hit taken) revives the ghosts with its blocks
+        m.allocate(3, &a, 0, 9).unwrap();
+        m.cache_computed(3, &a, 9);
+        assert_eq!(m.pool.num_ghosts(), 0, "all three revived");
+        let t = m.block_table(3).to_vec();
+        assert!(t[..3].iter().all(|&b| m.pool.cached(b).is_some()));
+        assert!(
+            m.pool.cached(t[3]).is_none(),
+            "a's own block 3 is still the cached one"
+        );
+        m.pool.check_invariants().unwrap();
+        m.free(3);
+        m.pool.release(ta[3]);
+        m.check_invariants().unwrap();
+        // evicting everything: each ghost chain goes with its last cached descendant
+        churn(&mut m, 4, 10);
+        assert_eq!(m.pool.num_ghosts(), 0);
+        assert_eq!(m.lookup_prefix(&a), 0);
         m.check_invariants().unwrap();
     }
 

@@ -23,6 +23,13 @@
 //!   entry becomes [`RELEASED_BLOCK`], so a long sequence holds about `w / block_size + 2` blocks
 //!   instead of one per `block_size` tokens. Models with any full-attention layer (Gemma 2/3's
 //!   hybrids) keep every block.
+//! - **Ghosts**: released early, a windowed request's leading blocks are evicted first, while the
+//!   blocks its window read stay cached. An evicted entry that cached entries were chained from stays
+//!   as a ghost (chain hash, parent entry and tokens, no block), so a new request's prefix is still
+//!   verified token by token from the root; under a window it needs cached blocks only from its
+//!   first query's window on, and a long shared prefix whose early blocks are gone still hits
+//!   (vLLM's sliding-window manager finds such hits by hash alone). A ghost computed again is
+//!   revived; ghosts go with their last descendant and number at most one per block.
 
 pub mod block_pool;
 pub mod manager;
