@@ -429,7 +429,7 @@ fn under_a_window_a_prefix_whose_early_blocks_were_evicted_still_hits() {
     let long = golden("tiny-mistral")[3].ids.clone();
     assert_eq!(long.len(), 230);
     let mut engine = Engine::new(load_cpu(&dir), cfg, Instant::now()).unwrap();
-    let mut run = |engine: &mut Engine<_>, prompt: &[u32]| {
+    let run = |engine: &mut Engine<_>, prompt: &[u32]| {
         let (id, want) = submit_greedy(engine, &reference, prompt, 4);
         let mut got = None;
         while engine.has_unfinished() {
