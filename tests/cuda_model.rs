@@ -535,16 +535,22 @@ fn check_model<T: CudaDtype>(b: &CudaBackend<T>) {
              agrees on {forced} of {steps} steps",
             T::NAME
         );
-        for (n, p) in r.prompts.iter().enumerate() {
-            let got = greedy(&m, p, r.greedy[n].len());
-            assert_greedy_agrees(
-                &format!("cuda {} {name} prompt{n}", T::NAME),
-                &got,
-                &r.greedy[n],
-                &r.margins[n],
-                flip_margin::<T>(),
-            );
-        }
+        assert_every_greedy_agrees::<T, _>(&format!("cuda {} {name}", T::NAME), &m, &r);
+    }
+}
+
+/// Each of `r`'s prompts continued greedily on `m` agrees with the CPU's continuation (a flip
+/// allowed only at a step whose CPU margin is within the dtype's rounding); `what` names the model.
+fn assert_every_greedy_agrees<T: CudaDtype, B: Backend>(what: &str, m: &Model<B>, r: &Reference) {
+    for (n, p) in r.prompts.iter().enumerate() {
+        let got = greedy(m, p, r.greedy[n].len());
+        assert_greedy_agrees(
+            &format!("{what} prompt{n}"),
+            &got,
+            &r.greedy[n],
+            &r.margins[n],
+            flip_margin::<T>(),
+        );
     }
 }
 
@@ -579,16 +585,7 @@ fn check_partial_rotary_longrope<T: CudaDtype>(b: &CudaBackend<T>) {
     let what = format!("cuda {} {fixture}", T::NAME);
     let worst = check_logits(&what, &m, &r, logits_tol::<T>());
     println!("{what}: max |Δ logit| {worst:.5}");
-    for (n, p) in r.prompts.iter().enumerate() {
-        let got = greedy(&m, p, r.greedy[n].len());
-        assert_greedy_agrees(
-            &format!("{what} prompt{n}"),
-            &got,
-            &r.greedy[n],
-            &r.margins[n],
-            flip_margin::<T>(),
-        );
-    }
+    assert_every_greedy_agrees::<T, _>(&what, &m, &r);
 }
 
 #[test]

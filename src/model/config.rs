@@ -848,20 +848,21 @@ fn parse_phi3_rope(
     let empty = Map::new();
     let p = p.unwrap_or(&empty);
     let field = |name: &str| format!("{obj}.{name}");
-    // a number from the settings object, else the top level (Phi3Config's setdefault order)
-    let number = |name: &str| -> Result<Option<f64>> {
+    // a number of the settings object
+    let own = |name: &str| -> Result<Option<f64>> {
         match p.get(name).filter(|v| !v.is_null()) {
             Some(v) => v
                 .as_f64()
                 .map(Some)
                 .ok_or_else(|| Error::config(f.file, &field(name), "expected a number")),
-            None => match f.get(name) {
-                Some(v) => v
-                    .as_f64()
-                    .map(Some)
-                    .ok_or_else(|| Error::config(f.file, name, "expected a number")),
-                None => Ok(None),
-            },
+            None => Ok(None),
+        }
+    };
+    // ... else of the top level (Phi3Config's setdefault order)
+    let number = |name: &str| -> Result<Option<f64>> {
+        match own(name)? {
+            Some(x) => Ok(Some(x)),
+            None => f.opt_f64(name),
         }
     };
     let theta = number("rope_theta")?.unwrap_or(10_000.0) as f32;
@@ -942,15 +943,6 @@ fn parse_phi3_rope(
                         )),
                     })
                     .collect()
-            };
-            let own = |name: &str| -> Result<Option<f64>> {
-                match p.get(name).filter(|v| !v.is_null()) {
-                    Some(v) => v
-                        .as_f64()
-                        .map(Some)
-                        .ok_or_else(|| Error::config(f.file, &field(name), "expected a number")),
-                    None => Ok(None),
-                }
             };
             let factor = own("factor")?.unwrap_or(max_position as f64 / original as f64);
             let attention_factor = match own("attention_factor")? {
@@ -1242,9 +1234,13 @@ impl Fields<'_> {
     }
 
     fn opt_f32(&self, name: &str) -> Result<Option<f32>> {
+        Ok(self.opt_f64(name)?.map(|x| x as f32))
+    }
+
+    fn opt_f64(&self, name: &str) -> Result<Option<f64>> {
         match self.get(name) {
             None => Ok(None),
-            Some(v) => v.as_f64().map(|x| Some(x as f32)).ok_or_else(|| {
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| {
                 Error::config(self.file, name, format!("expected a number, found {v}"))
             }),
         }

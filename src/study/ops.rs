@@ -845,18 +845,22 @@ mod tests {
 
     #[test]
     fn rope_embedding_kv_costs_by_hand() {
-        // 2 tokens, 4 Q heads + 2 K heads of 8: 2·2·6·8 elements read+written, 2 cos/sin rows of 8,
-        // 2 positions; 3·2·6·8 FLOPs
-        let rope = case(
-            Op::Rope,
-            Shape::Rope {
-                tokens: 2,
-                num_heads: 4,
-                num_kv_heads: 2,
-                head_dim: 8,
-                rotary_dim: 8,
-            },
-        );
+        // 2 tokens, 4 Q heads + 2 K heads of 8 rotating `rotary_dim` of their dimensions
+        let rope_case = |rotary_dim| {
+            case(
+                Op::Rope,
+                Shape::Rope {
+                    tokens: 2,
+                    num_heads: 4,
+                    num_kv_heads: 2,
+                    head_dim: 8,
+                    rotary_dim,
+                },
+            )
+        };
+        // the whole head: 2·2·6·8 elements read+written, 2 cos/sin rows of 8, 2 positions;
+        // 3·2·6·8 FLOPs
+        let rope = rope_case(8);
         assert_eq!(
             rope.cost(Dtype::F32),
             Cost {
@@ -865,16 +869,7 @@ mod tests {
             }
         );
         // a partial rotary of 6 of the 8 dimensions: 2·2·6·6 elements, cos/sin rows of 6
-        let partial = case(
-            Op::Rope,
-            Shape::Rope {
-                tokens: 2,
-                num_heads: 4,
-                num_kv_heads: 2,
-                head_dim: 8,
-                rotary_dim: 6,
-            },
-        );
+        let partial = rope_case(6);
         assert_eq!(
             partial.cost(Dtype::F32),
             Cost {
