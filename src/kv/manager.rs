@@ -180,7 +180,8 @@ impl KvCacheManager {
     }
 
     /// Walk the cache along the full blocks of `tokens`, at most `max_blocks` of them, stopping at the
-    /// first block whose exact prefix the cache does not know (neither cached nor a ghost).
+    /// first block whose exact prefix the cache does not know (neither cached nor a ghost), and
+    /// without a window at the first ghost (no hit reaches past a block that must be recomputed).
     fn walk_cache(&self, tokens: &[u32], max_blocks: usize) -> CacheWalk {
         let mut walk = CacheWalk {
             blocks: Vec::new(),
@@ -191,6 +192,7 @@ impl KvCacheManager {
             let hash = (self.hash_fn)(last_hash, chunk);
             let (block, entry) = match self.pool.lookup(hash, last_entry, chunk) {
                 Lookup::Hit { block, entry } => (Some(block), entry),
+                Lookup::Ghost { .. } if self.window.is_none() => break,
                 Lookup::Ghost { entry } => (None, entry),
                 Lookup::Absent | Lookup::Mismatch => break,
             };
@@ -1155,6 +1157,36 @@ mod tests {
         churn(&mut m, 4, 10);
         assert_eq!(m.pool.num_ghosts(), 0);
         assert_eq!(m.lookup_prefix(&a), 0);
+        m.check_invariants().unwrap();
+    }
+
+    /// Without a window too: once a prefix's first block is evicted while the blocks after it stay
+    /// cached, a request recomputing the prefix revives the first block's ghost, which reconnects
+    /// the cached chain behind it, so the next request hits the whole prefix again (a fresh entry
+    /// would leave those blocks unreachable: they name the evicted one as their parent).
+    #[test]
+    fn a_recomputed_ghost_reconnects_the_cached_chain_behind_it() {
+        let mut m = KvCacheManager::new(6, 2, true);
+        let a = seq(0, 9); // 4 full blocks and a partial one: blocks 0..=4
+        run_prompt(&mut m, 1, &a);
+        let ta = m.block_table(1).to_vec();
+        m.free(1);
+        // pin a's blocks 1..=3 (test hook) so that 3 blocks of other content evict block 5, a's
+        // partial block 4 and a's block 0 only
+        for &b in &ta[1..4] {
+            m.pool.acquire(b);
+        }
+        churn(&mut m, 2, 3);
+        assert_eq!(m.pool.num_ghosts(), 1);
+        for &b in &ta[1..4] {
+            m.pool.release(b);
+        }
+        m.check_invariants().unwrap();
+        assert_eq!(m.lookup_prefix(&a), 0, "block 0 must be recomputed");
+        assert_eq!(run_prompt(&mut m, 3, &a), 0);
+        assert_eq!(m.pool.num_ghosts(), 0, "revived");
+        m.free(3);
+        assert_eq!(m.lookup_prefix(&a), 8);
         m.check_invariants().unwrap();
     }
 
