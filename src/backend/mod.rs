@@ -87,6 +87,22 @@ impl AttentionSpec {
     }
 }
 
+/// Rows of a RoPE cos/sin table of `table_len` elements whose rows are `rotary_dim` wide, once the
+/// width is checked: even, positive and at most `head_dim` (Err: the message). Both backends'
+/// `rope` check their table through it.
+pub fn rope_table_rows(
+    table_len: usize,
+    head_dim: usize,
+    rotary_dim: usize,
+) -> std::result::Result<usize, String> {
+    if rotary_dim == 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim {
+        return Err(format!(
+            "rotary_dim {rotary_dim}: must be even, positive and at most head_dim {head_dim}"
+        ));
+    }
+    Ok(table_len / rotary_dim)
+}
+
 /// Host-side metadata of one forward step over a flattened variable-length batch.
 ///
 /// Sequence `s` owns batch rows `query_start_loc[s]..query_start_loc[s + 1]`: its new tokens, which sit

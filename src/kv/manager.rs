@@ -1065,12 +1065,14 @@ mod tests {
     fn a_windowed_hit_reaches_past_evicted_blocks_through_ghosts() {
         for window in [Some(3), None] {
             let mut m = KvCacheManager::new(8, 2, true).with_window(window);
-            let a = seq(0, 13); // blocks 0..6 full
-            run_prompt(&mut m, 1, &a); // a takes blocks 0..=6; 7 stays free
-            m.release_outside_window(1, 13); // under the window: blocks 0..=4 go, in order
-            m.free(1); // the rest, tail first
-                       // 4 blocks of other content take the free list's head: 7, then under the window a's
-                       // blocks 0, 1, 2 (released first); without it a's blocks 6, 5, 4 (freed first)
+            // a's 13 tokens take blocks 0..=6 (6 full), block 7 stays free; under the window
+            // blocks 0..=4 then go back, in order, and at the end the rest, tail first
+            let a = seq(0, 13);
+            run_prompt(&mut m, 1, &a);
+            m.release_outside_window(1, 13);
+            m.free(1);
+            // 4 blocks of other content take the free list's head: 7, then under the window a's
+            // blocks 0, 1, 2 (released first); without it a's blocks 6, 5, 4 (freed first)
             churn(&mut m, 2, 4);
             m.check_invariants().unwrap();
             let mut b = a[..12].to_vec();

@@ -239,8 +239,9 @@ impl ModelSource {
     /// Read (or generate) the weights, after [`limit_context`](Self::limit_context) with
     /// `opts.max_model_len` when that is set.
     pub fn load(self, opts: LoadOptions) -> Result<LoadedModel> {
+        // without a cap in the options, one set by `limit_context` stays
         let mut source = match opts.max_model_len {
-            Some(_) => self.limit_context(opts.max_model_len)?,
+            Some(n) => self.limit_context(Some(n))?,
             None => self,
         };
         // the checkpoint's tensors have its own context (GPT-2's learned positions): read them

@@ -4,45 +4,62 @@
 
 use super::config::{RopeConfig, RopeScaling};
 
-/// LongRoPE's per-dimension factors for an engine serving sequences of up to `max_positions`:
-/// `long_factor` when that passes the original context, else `short_factor` (transformers
-/// chooses per sequence length, see [`RopeScaling::LongRope`]). None for other scalings.
+/// The factor set LongRoPE takes for an engine serving sequences of up to `max_positions`.
+struct LongRopeChoice<'a> {
+    factors: &'a [f32],
+    /// `long_factor` (the context served passes the original one), else `short_factor`.
+    long: bool,
+    original: usize,
+}
+
+/// LongRoPE's choice for an engine serving up to `max_positions`: `long_factor` when that passes
+/// the original context, else `short_factor` (transformers chooses per sequence length, see
+/// [`RopeScaling::LongRope`]). None for other scalings.
+fn longrope_choice(rope: &RopeConfig, max_positions: usize) -> Option<LongRopeChoice<'_>> {
+    let RopeScaling::LongRope {
+        short_factor,
+        long_factor,
+        original_max_position_embeddings: original,
+        ..
+    } = &rope.scaling
+    else {
+        return None;
+    };
+    let long = max_positions > *original;
+    Some(LongRopeChoice {
+        factors: if long { long_factor } else { short_factor },
+        long,
+        original: *original,
+    })
+}
+
+/// LongRoPE's per-dimension factors for an engine serving sequences of up to `max_positions`
+/// (see `longrope_choice`). None for other scalings.
 pub fn longrope_factors(rope: &RopeConfig, max_positions: usize) -> Option<&[f32]> {
-    match &rope.scaling {
-        RopeScaling::LongRope {
-            short_factor,
-            long_factor,
-            original_max_position_embeddings,
-            ..
-        } => Some(if max_positions > *original_max_position_embeddings {
-            long_factor
-        } else {
-            short_factor
-        }),
-        _ => None,
-    }
+    longrope_choice(rope, max_positions).map(|c| c.factors)
 }
 
 /// What a start line says of a LongRoPE model's factors at the context it serves ("" for other
 /// RoPEs): which set the engine uses, and why.
 pub fn longrope_note(config: &crate::model::ModelConfig) -> String {
-    match config.rope.as_ref().map(|r| &r.scaling) {
-        Some(RopeScaling::LongRope {
-            original_max_position_embeddings: original,
-            ..
-        }) if config.max_context > *original => format!(
-            "; LongRoPE long factors: context {} > original {original} (--max-model-len \
-             {original} for the short ones)",
-            config.max_context
-        ),
-        Some(RopeScaling::LongRope {
-            original_max_position_embeddings: original,
+    let context = config.max_context;
+    match config
+        .rope
+        .as_ref()
+        .and_then(|r| longrope_choice(r, context))
+    {
+        Some(LongRopeChoice {
+            long: true,
+            original,
             ..
         }) => format!(
-            "; LongRoPE short factors: context {} within the original {original}",
-            config.max_context
+            "; LongRoPE long factors: context {context} > original {original} (--max-model-len \
+             {original} for the short ones)"
         ),
-        _ => String::new(),
+        Some(LongRopeChoice { original, .. }) => {
+            format!("; LongRoPE short factors: context {context} within the original {original}")
+        }
+        None => String::new(),
     }
 }
 
@@ -56,7 +73,8 @@ pub fn inv_freq(rope: &RopeConfig, dim: usize, max_positions: usize) -> Vec<f32>
     }
     let base: Vec<f32> = powers.map(|p| 1.0 / p).collect();
     match rope.scaling {
-        // dynamic NTK is theta itself within max_position_embeddings, all the engine serves
+        // dynamic NTK is theta itself within max_position_embeddings, all the engine serves;
+        // LongRoPE returned above with its own factors
         RopeScaling::Default | RopeScaling::LongRope { .. } | RopeScaling::DynamicNtk { .. } => {
             base
         }

@@ -34,7 +34,6 @@ fn need(buf: &[f32], len: usize, name: &str) -> Result<()> {
     super::check_len("cpu", buf.len(), len, name)
 }
 
-/// Check RoPE's buffers and positions against the cos/sin table; returns the QKV row length.
 /// Check RoPE's buffers and positions against a cos/sin table of rows `rotary_dim` wide (even, at
 /// most head_dim); returns the QKV row length.
 fn check_rope(
@@ -48,15 +47,13 @@ fn check_rope(
 ) -> Result<usize> {
     let row_len = (num_heads + 2 * num_kv_heads) * head_dim;
     need(qkv, meta.num_tokens() * row_len, "qkv")?;
-    check(
-        rotary_dim > 0 && rotary_dim % 2 == 0 && rotary_dim <= head_dim,
-        || {
-            format!(
-                "rotary_dim {rotary_dim}: must be even, positive and at most head_dim {head_dim}"
-            )
-        },
-    )?;
-    let max = cos_sin.len() / rotary_dim;
+    let max =
+        crate::backend::rope_table_rows(cos_sin.len(), head_dim, rotary_dim).map_err(|msg| {
+            Error::Backend {
+                backend: "cpu",
+                msg,
+            }
+        })?;
     check(meta.positions.iter().all(|&p| (p as usize) < max), || {
         format!("a position exceeds the RoPE table of {max} positions")
     })?;

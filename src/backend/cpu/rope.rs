@@ -103,4 +103,17 @@ mod tests {
         assert!((head[0] - (a.cos() - 4.0 * a.sin())).abs() < 1e-6);
         assert!((head[5] - (6.0 * a.cos() + 3.0 * a.sin())).abs() < 1e-6);
     }
+
+    /// The table check both backends' `rope` share: rows of `rotary_dim`, which must be even,
+    /// positive and within the head.
+    #[test]
+    fn rope_tables_are_checked_for_their_rotary_width() {
+        use crate::backend::rope_table_rows;
+        assert_eq!(rope_table_rows(96 * 10, 128, 96), Ok(10));
+        assert_eq!(rope_table_rows(128 * 3, 128, 128), Ok(3));
+        for bad in [0, 7, 130] {
+            let e = rope_table_rows(1024, 128, bad).unwrap_err();
+            assert!(e.contains(&format!("rotary_dim {bad}")), "{e}");
+        }
+    }
 }

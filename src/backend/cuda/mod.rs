@@ -883,12 +883,8 @@ fn rope_params<T>(
 ) -> Result<params::RopeParams> {
     let row_len = (num_heads + 2 * num_kv_heads) * head_dim;
     need(qkv, meta.num_tokens * row_len, "qkv")?;
-    if rotary_dim == 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim {
-        return Err(Error::Invalid(format!(
-            "{what}: rotary_dim {rotary_dim} must be even, positive and at most head_dim {head_dim}"
-        )));
-    }
-    let max = cos_sin.len() / rotary_dim;
+    let max = crate::backend::rope_table_rows(cos_sin.len(), head_dim, rotary_dim)
+        .map_err(|msg| Error::Invalid(format!("{what}: {msg}")))?;
     if let Some(p) = meta.max_position.filter(|&p| p as usize >= max) {
         return Err(err(format!(
             "position {p} exceeds the RoPE table of {max} positions"
