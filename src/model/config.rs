@@ -830,21 +830,7 @@ fn parse_phi3_rope(
     head_dim: usize,
     max_position: usize,
 ) -> Result<(RopeConfig, Option<usize>)> {
-    let (p, obj) = match (f.obj.get("rope_parameters"), f.obj.get("rope_scaling")) {
-        (Some(Value::Object(p)), _) => (Some(p), "rope_parameters"),
-        (Some(Value::Null) | None, Some(Value::Object(p))) => (Some(p), "rope_scaling"),
-        (Some(Value::Null) | None, Some(Value::Null) | None) => (None, "rope_scaling"),
-        (Some(Value::Null) | None, Some(_)) => {
-            return Err(Error::config(f.file, "rope_scaling", "expected an object"))
-        }
-        (Some(_), _) => {
-            return Err(Error::config(
-                f.file,
-                "rope_parameters",
-                "expected an object",
-            ))
-        }
-    };
+    let (p, obj) = rope_settings(f)?;
     let empty = Map::new();
     let p = p.unwrap_or(&empty);
     let field = |name: &str| format!("{obj}.{name}");
@@ -979,24 +965,28 @@ fn parse_phi3_rope(
     Ok((RopeConfig { theta, scaling }, partial_rotary_dim))
 }
 
+/// The RoPE settings object and its name: 5.x `rope_parameters`, else 4.x `rope_scaling` (None
+/// when neither is set; null counts as absent).
+fn rope_settings<'a>(f: &Fields<'a>) -> Result<(Option<&'a Map<String, Value>>, &'static str)> {
+    match f.obj.get("rope_parameters") {
+        Some(Value::Object(p)) => Ok((Some(p), "rope_parameters")),
+        Some(Value::Null) | None => match f.obj.get("rope_scaling") {
+            Some(Value::Object(p)) => Ok((Some(p), "rope_scaling")),
+            Some(Value::Null) | None => Ok((None, "rope_scaling")),
+            Some(_) => Err(Error::config(f.file, "rope_scaling", "expected an object")),
+        },
+        Some(_) => Err(Error::config(
+            f.file,
+            "rope_parameters",
+            "expected an object",
+        )),
+    }
+}
+
 /// RoPE from either style: 5.x `rope_parameters` {rope_type, rope_theta, ...}, or 4.x top-level
 /// `rope_theta` with an optional `rope_scaling` {rope_type | type, factor, ...}.
 fn parse_rope(f: &Fields) -> Result<RopeConfig> {
-    let (params, field) = match f.obj.get("rope_parameters") {
-        Some(Value::Object(p)) => (Some(p), "rope_parameters"),
-        Some(Value::Null) | None => match f.obj.get("rope_scaling") {
-            Some(Value::Object(p)) => (Some(p), "rope_scaling"),
-            Some(Value::Null) | None => (None, "rope_scaling"),
-            Some(_) => return Err(Error::config(f.file, "rope_scaling", "expected an object")),
-        },
-        Some(_) => {
-            return Err(Error::config(
-                f.file,
-                "rope_parameters",
-                "expected an object",
-            ))
-        }
-    };
+    let (params, field) = rope_settings(f)?;
     let theta = f.opt_f32("rope_theta")?.unwrap_or(10_000.0);
     match params {
         Some(p) => rope_from_object(f, p, field, theta),
