@@ -10,13 +10,20 @@ use common::*;
 use infermeter::engine::{
     generate, Engine, EngineConfig, EngineRequest, GenerateRequest, SamplingParams,
 };
+use infermeter::kv::KvLayout;
 
 struct Case {
     name: &'static str,
     cfg: EngineConfig,
 }
 
-fn cases(max_context: usize) -> Vec<Case> {
+/// The engine configurations, the tiny pools sized for a request of `max_context` tokens alone in
+/// KV groups attending within `windows` (one group of full attention: one block per 4 tokens; a
+/// hybrid model's sliding groups hold at most their window's blocks on top of the full ones).
+fn cases(max_context: usize, windows: &[Option<usize>]) -> Vec<Case> {
+    let alone = |budget: usize| {
+        infermeter::kv::blocks_held(windows, 4, budget, max_context.div_ceil(4)) + 2
+    };
     let roomy = EngineConfig {
         block_size: 16,
         num_blocks: 512,
@@ -49,7 +56,7 @@ fn cases(max_context: usize) -> Vec<Case> {
             cfg: EngineConfig {
                 block_size: 4,
                 // just enough for the longest request alone
-                num_blocks: max_context.div_ceil(4) + 2,
+                num_blocks: alone(roomy.max_num_batched_tokens),
                 ..roomy
             },
         },
@@ -57,7 +64,7 @@ fn cases(max_context: usize) -> Vec<Case> {
             name: "tiny pool, budget 7, no prefix caching, 3 seqs",
             cfg: EngineConfig {
                 block_size: 4,
-                num_blocks: max_context.div_ceil(4) + 2,
+                num_blocks: alone(7),
                 max_num_seqs: 3,
                 max_num_batched_tokens: 7,
                 enable_prefix_caching: false,
@@ -106,16 +113,17 @@ fn batched_greedy_equals_sequential_for_every_fixture() {
             assert_eq!(expected[i], g.greedy, "{name} prompt{i} sequential");
         }
         let max_len = reqs.iter().map(|(p, n)| p.len() + n).max().unwrap();
-        // A model sliding on every layer gives back the blocks that left its window, so a pool
+        // A model with sliding layers gives back the blocks that left their window, so a pool
         // that forces preemptions otherwise may not: its tiny-pool cases run once releasing and
-        // once keeping every block (where the preemptions must happen).
-        let windowed = reference.config.kv_window().is_some();
-        let runs = cases(max_len).into_iter().flat_map(|case| {
-            let both = windowed && case.name.starts_with("tiny pool");
-            let keeps: &[bool] = if both { &[false, true] } else { &[false] };
-            keeps
-                .iter()
-                .map(move |&keep_all| (case.name, case.cfg, keep_all))
+        // once keeping every block (where the preemptions must happen), each with the pool its
+        // KV layout needs for the longest request alone.
+        let layout = |keep_all| KvLayout::for_model(&reference.config, keep_all).windows();
+        let windowed = layout(false).iter().any(Option::is_some);
+        let runs = [false, true].into_iter().flat_map(|keep_all| {
+            cases(max_len, &layout(keep_all))
+                .into_iter()
+                .filter(move |case| !keep_all || (windowed && case.name.starts_with("tiny pool")))
+                .map(move |case| (case.name, case.cfg, keep_all))
         });
         for (case_name, cfg, keep_all) in runs {
             let case = Case {
@@ -225,7 +233,7 @@ fn seeded_sampling_is_batch_invariant() {
         })
         .collect();
     let max_len = reqs.iter().map(|(p, n)| p.len() + n).max().unwrap();
-    let cfg = cases(max_len)[4].cfg;
+    let cfg = cases(max_len, &[None])[4].cfg;
     let mut engine = Engine::new(load_cpu(&dir), cfg, Instant::now()).unwrap();
     for (i, (p, n)) in reqs.iter().enumerate() {
         engine
@@ -298,64 +306,79 @@ fn abort_frees_blocks_at_once() {
     assert!(!engine.has_unfinished());
 }
 
-/// A model that slides on every layer (tiny-mistral: 37 keys, tiny-phi3: 61) gives back the KV
-/// blocks that left its window, so a long request holds about window / block_size + 2 blocks at a
-/// time; its outputs stay those of sequential generation, which keeps every block. A hybrid model
-/// (tiny-gemma2: windows on layers 0 and 2 only) keeps every block.
+/// A model with sliding layers gives back the KV blocks that left their window: one that slides
+/// on every layer (tiny-mistral: 37 keys, tiny-phi3: 61) holds about window / block_size + 2 blocks
+/// per request at a time; a hybrid (tiny-gemma2: a 20-key window on layers 0 and 2 of 3,
+/// tiny-gemma3: 24 keys on 2 of 3) keeps every block of its full layers' group and the window's
+/// blocks of each sliding group. Either way its KV memory at the peak (blocks × the layers a
+/// block spans) is below what keeping every block takes, and its outputs stay those of
+/// sequential generation, which keeps every block.
 #[test]
-fn a_model_sliding_on_every_layer_holds_only_its_window() {
-    for (name, window) in [
-        ("tiny-mistral", Some(37)),
-        ("tiny-phi3", Some(61)),
-        ("tiny-gemma2", None),
+fn a_model_with_sliding_layers_holds_only_its_windows() {
+    for (name, groups) in [
+        ("tiny-mistral", vec![Some(37)]),
+        ("tiny-phi3", vec![Some(61)]),
+        ("tiny-gemma2", vec![None, Some(20), Some(20)]),
+        ("tiny-gemma3", vec![None, Some(24), Some(24)]),
     ] {
         let dir = model_dir(name);
         let reference = load_cpu(&dir);
-        assert_eq!(reference.config.kv_window(), window, "{name}");
+        let layout = KvLayout::for_model(&reference.config, false);
+        assert_eq!(layout.windows(), groups, "{name}");
         let g = golden(name);
         // the long golden prompt decoding past it, and a short one beside it
         let reqs = [(g[3].ids.clone(), 20), (g[1].ids.clone(), 40)];
-        let cfg = EngineConfig {
-            block_size: 4,
-            num_blocks: 256,
-            max_num_seqs: 4,
-            max_num_batched_tokens: 7,
-            enable_prefix_caching: true,
-            keep_all_kv_blocks: false,
+        let run = |keep_all_kv_blocks: bool| {
+            let cfg = EngineConfig {
+                block_size: 4,
+                num_blocks: 512,
+                max_num_seqs: 4,
+                max_num_batched_tokens: 7,
+                enable_prefix_caching: true,
+                keep_all_kv_blocks,
+            };
+            let mut engine = Engine::new(load_cpu(&dir), cfg, Instant::now()).unwrap();
+            let mut expected = std::collections::HashMap::new();
+            for (p, n) in &reqs {
+                let (id, want) = submit_greedy(&mut engine, &reference, p, *n);
+                expected.insert(id, want);
+            }
+            let mut peak = 0;
+            while engine.has_unfinished() {
+                let out = engine.step().unwrap();
+                peak = peak.max(out.record.unwrap().kv_blocks_used);
+                for f in out.finished {
+                    assert_eq!(f.output_ids, expected[&f.id], "{name}: request {}", f.id);
+                    expected.remove(&f.id);
+                }
+            }
+            assert!(expected.is_empty());
+            assert_eq!(engine.kv_blocks_used(), 0, "{name}: blocks leaked");
+            (peak, engine.kv_stats().window_released_blocks)
         };
-        let mut engine = Engine::new(load_cpu(&dir), cfg, Instant::now()).unwrap();
-        let mut expected = std::collections::HashMap::new();
-        for (p, n) in &reqs {
-            let (id, want) = submit_greedy(&mut engine, &reference, p, *n);
-            expected.insert(id, want);
-        }
-        let mut peak = 0;
-        while engine.has_unfinished() {
-            let out = engine.step().unwrap();
-            peak = peak.max(out.record.unwrap().kv_blocks_used);
-            for f in out.finished {
-                assert_eq!(f.output_ids, expected[&f.id], "{name}: request {}", f.id);
-                expected.remove(&f.id);
-            }
-        }
-        assert!(expected.is_empty());
-        assert_eq!(engine.kv_blocks_used(), 0, "{name}: blocks leaked");
-        let longest = reqs[0].0.len() + reqs[0].1;
-        let released = engine.kv_stats().window_released_blocks;
-        match window {
-            Some(w) => {
-                // between steps each of the two requests holds at most its window's blocks
-                assert!(peak <= 2 * ((w - 1) / 4 + 2), "{name}: peak {peak} blocks");
-                assert!(released > 0, "{name}");
-            }
-            None => {
-                assert!(
-                    peak >= longest.div_ceil(4) - 1,
-                    "{name}: peak {peak} blocks"
-                );
-                assert_eq!(released, 0, "{name}");
-            }
-        }
+        let (peak, released) = run(false);
+        assert!(released > 0, "{name}");
+        // between steps each request holds its whole sequence in a full group and at most its
+        // window's blocks in a sliding one
+        let bound: usize = reqs
+            .iter()
+            .map(|(p, n)| {
+                groups
+                    .iter()
+                    .map(|w| w.map_or((p.len() + n).div_ceil(4), |w| (w - 1) / 4 + 2))
+                    .sum::<usize>()
+            })
+            .sum();
+        assert!(peak <= bound, "{name}: peak {peak} blocks, bound {bound}");
+        let (peak_all, released_all) = run(true);
+        assert_eq!(released_all, 0, "{name}");
+        // memory: a block spans `slots` layers releasing, every layer keeping them all
+        let layers = reference.config.num_layers;
+        assert!(
+            peak * layout.slots() < peak_all * layers,
+            "{name}: {peak} blocks of {} layers vs {peak_all} of {layers}",
+            layout.slots()
+        );
     }
 }
 

@@ -84,7 +84,7 @@ fn paged_batch(
         .map(|((&(c, _), t), table)| SeqChunk {
             tokens: t,
             start_pos: c,
-            block_table: table,
+            block_tables: vec![table],
             logits: LogitsWanted::Last,
         })
         .collect();
@@ -603,7 +603,7 @@ fn check_kv_write_and_attention<T: CudaDtype>(b: &B<T>) {
                 let mut dk = upload(b, &kc);
                 let mut dv = upload(b, &vc);
                 let dqkv = upload(b, &qkv);
-                b.write_kv(&mut dk, &mut dv, &dqkv, &dm, &geom, heads)
+                b.write_kv(&mut dk, &mut dv, &dqkv, &dm, &geom, heads, 0)
                     .unwrap();
                 cpu::kv_write::write_kv(&mut kc, &mut vc, &qkv, &meta.slot_mapping, &geom, q_size);
                 assert_eq!(download(b, &dk, geom.layer_len()), kc, "write_kv K {what}");
@@ -800,7 +800,7 @@ fn check_attention_variants<T: CudaDtype>(b: &B<T>) {
             let mut dk = upload(b, &kc);
             let mut dv = upload(b, &vc);
             let dqkv = upload(b, &qkv);
-            b.write_kv(&mut dk, &mut dv, &dqkv, &dm, &geom, heads)
+            b.write_kv(&mut dk, &mut dv, &dqkv, &dm, &geom, heads, 0)
                 .unwrap();
             cpu::kv_write::write_kv(&mut kc, &mut vc, &qkv, &meta.slot_mapping, &geom, q_size);
             let spec = AttentionSpec {
@@ -808,6 +808,7 @@ fn check_attention_variants<T: CudaDtype>(b: &B<T>) {
                 scale: 1.0 / (head_dim as f32).sqrt(),
                 window,
                 softcap,
+                kv_group: 0,
             };
             let mut want = vec![0.0; t * q_size];
             cpu::attention::paged_attention(&mut want, &qkv, &kc, &vc, &meta, &geom, &spec);

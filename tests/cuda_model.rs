@@ -246,8 +246,9 @@ impl<T: CudaDtype> Backend for Emulated<T> {
         meta: &BatchMeta,
         geom: &KvGeometry,
         num_heads: usize,
+        kv_group: usize,
     ) -> infermeter::Result<()> {
-        CpuBackend.write_kv(k_cache, v_cache, qkv, meta, geom, num_heads)
+        CpuBackend.write_kv(k_cache, v_cache, qkv, meta, geom, num_heads, kv_group)
     }
     fn attention(
         &self,
@@ -782,7 +783,7 @@ fn compare_decode<T: CudaDtype>(
             .map(|(&i, tok)| SeqChunk {
                 tokens: tok,
                 start_pos: prompt_lens[i] + step,
-                block_table: &tables[i],
+                block_tables: vec![&tables[i]],
                 logits: LogitsWanted::Last,
             })
             .collect();
@@ -1172,7 +1173,7 @@ fn check_forced_decode<B: Backend>(
             .map(|(&i, tok)| SeqChunk {
                 tokens: tok,
                 start_pos: r.prompts[i].len() + s,
-                block_table: &tables[i],
+                block_tables: vec![&tables[i]],
                 logits: LogitsWanted::Last,
             })
             .collect();

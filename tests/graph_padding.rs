@@ -49,7 +49,7 @@ fn padded_equals_unpadded(
             .map(|(s, t)| SeqChunk {
                 tokens: t,
                 start_pos: lens[s] + step,
-                block_table: &tables[s],
+                block_tables: vec![&tables[s]],
                 logits: LogitsWanted::Last,
             })
             .collect();
@@ -120,7 +120,7 @@ fn the_cpu_backend_runs_every_step_eagerly() {
         &[SeqChunk {
             tokens: &[5],
             start_pos: 0,
-            block_table: &table,
+            block_tables: vec![&table],
             logits: LogitsWanted::Last,
         }],
         BLOCK,

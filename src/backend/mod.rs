@@ -56,6 +56,9 @@ pub struct AttentionSpec {
     /// Gemma 2's score soft-capping: each scaled score s becomes cap · tanh(s / cap) before the
     /// softmax. None: none.
     pub softcap: Option<f32>,
+    /// The KV group whose block tables the layer reads ([`BatchMeta::block_table`]; 0 in a model
+    /// whose layers all attend alike).
+    pub kv_group: usize,
 }
 
 impl AttentionSpec {
@@ -66,6 +69,7 @@ impl AttentionSpec {
             scale,
             window: None,
             softcap: None,
+            kv_group: 0,
         }
     }
 
@@ -85,6 +89,17 @@ impl AttentionSpec {
         }
         Ok(())
     }
+}
+
+/// The error for a KV group the step has no tables for (`backend` names the backend in it).
+pub fn check_kv_group(backend: &'static str, kv_group: usize, num_kv_groups: usize) -> Result<()> {
+    if kv_group < num_kv_groups {
+        return Ok(());
+    }
+    Err(crate::error::Error::Backend {
+        backend,
+        msg: format!("KV group {kv_group}: the step has block tables for {num_kv_groups} groups"),
+    })
 }
 
 /// Rows of a RoPE cos/sin table of `table_len` elements whose rows are `rotary_dim` wide, once the
@@ -107,22 +122,29 @@ pub fn rope_table_rows(
 ///
 /// Sequence `s` owns batch rows `query_start_loc[s]..query_start_loc[s + 1]`: its new tokens, which sit
 /// at the end of its context of `seq_lens[s]` tokens (the earlier ones are already in the KV cache).
-#[derive(Debug, Clone, Default, PartialEq)]
+///
+/// Block tables and slots come per KV group (`kv::KvLayout`: layers that attend alike share a
+/// table); a model whose layers all attend alike has one group, and the arrays read as plain
+/// `[num_tokens]` and `[num_seqs, max_blocks_per_seq]`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct BatchMeta {
     /// [num_tokens] token ids, sequences concatenated
     pub token_ids: Vec<u32>,
     /// [num_tokens] position of each token within its sequence
     pub positions: Vec<u32>,
-    /// [num_tokens] KV-cache slot (block * block_size + offset) each token's K/V is written to
+    /// [num_kv_groups, num_tokens] KV-cache slot (block * block_size + offset) each token's K/V is
+    /// written to, in each group's blocks
     pub slot_mapping: Vec<u32>,
     /// [num_seqs + 1] start row of each sequence in the batch, then the total
     pub query_start_loc: Vec<u32>,
     /// [num_seqs] context length after this step (cached tokens + new tokens)
     pub seq_lens: Vec<u32>,
-    /// [num_seqs, max_blocks_per_seq] physical block ids, rows padded with 0; a leading entry may be
-    /// `kv::RELEASED_BLOCK` when its block left every layer's attention window
+    /// [num_kv_groups, num_seqs, max_blocks_per_seq] physical block ids, rows padded with 0; a
+    /// leading entry may be `kv::RELEASED_BLOCK` when its block left the group's attention window
     pub block_tables: Vec<u32>,
     pub max_blocks_per_seq: usize,
+    /// KV groups: tables per sequence, slots per token (at least 1)
+    pub num_kv_groups: usize,
     /// [num_logits] batch rows whose logits are wanted (usually each sequence's last new token)
     pub logits_indices: Vec<u32>,
     /// The context length decode attention plans its work for (the CUDA split-KV decode's split
@@ -130,6 +152,24 @@ pub struct BatchMeta {
     /// decode context. Graph-replayed steps set their bucket's, so every replay of a graph has the
     /// launch plan it was recorded with.
     pub decode_plan_ctx: Option<u32>,
+}
+
+impl Default for BatchMeta {
+    /// An empty step of one KV group.
+    fn default() -> Self {
+        BatchMeta {
+            token_ids: Vec::new(),
+            positions: Vec::new(),
+            slot_mapping: Vec::new(),
+            query_start_loc: Vec::new(),
+            seq_lens: Vec::new(),
+            block_tables: Vec::new(),
+            max_blocks_per_seq: 0,
+            num_kv_groups: 1,
+            logits_indices: Vec::new(),
+            decode_plan_ctx: None,
+        }
+    }
 }
 
 impl BatchMeta {
@@ -145,9 +185,22 @@ impl BatchMeta {
         self.logits_indices.len()
     }
 
-    /// The block table row of sequence `s`.
-    pub fn block_table(&self, s: usize) -> &[u32] {
-        &self.block_tables[s * self.max_blocks_per_seq..(s + 1) * self.max_blocks_per_seq]
+    /// The block table row of sequence `s` in KV group `g`.
+    pub fn block_table(&self, g: usize, s: usize) -> &[u32] {
+        let row = (g * self.num_seqs() + s) * self.max_blocks_per_seq;
+        &self.block_tables[row..row + self.max_blocks_per_seq]
+    }
+
+    /// KV group `g`'s block tables: [num_seqs, max_blocks_per_seq].
+    pub fn block_tables_of(&self, g: usize) -> &[u32] {
+        let len = self.num_seqs() * self.max_blocks_per_seq;
+        &self.block_tables[g * len..(g + 1) * len]
+    }
+
+    /// KV group `g`'s slots: [num_tokens].
+    pub fn slot_mapping_of(&self, g: usize) -> &[u32] {
+        let t = self.num_tokens();
+        &self.slot_mapping[g * t..(g + 1) * t]
     }
 
     /// Check internal consistency against a cache geometry: every index in range, positions matching
@@ -155,9 +208,14 @@ impl BatchMeta {
     pub fn validate(&self, geom: &KvGeometry) -> std::result::Result<(), String> {
         let t = self.num_tokens();
         let s = self.num_seqs();
-        if self.positions.len() != t || self.slot_mapping.len() != t {
+        let groups = self.num_kv_groups;
+        if groups == 0 {
+            return Err("num_kv_groups must be at least 1".into());
+        }
+        if self.positions.len() != t || self.slot_mapping.len() != groups * t {
             return Err(format!(
-                "positions ({}) and slot_mapping ({}) must have one entry per token ({t})",
+                "positions ({}) and slot_mapping ({}) must have one entry per token ({t}), \
+                 slot_mapping one per token in each of {groups} KV groups",
                 self.positions.len(),
                 self.slot_mapping.len()
             ));
@@ -167,55 +225,11 @@ impl BatchMeta {
                 "query_start_loc must have num_seqs + 1 entries ending at num_tokens".into(),
             );
         }
-        if self.block_tables.len() != s * self.max_blocks_per_seq {
-            return Err("block_tables must be [num_seqs, max_blocks_per_seq]".into());
+        if self.block_tables.len() != groups * s * self.max_blocks_per_seq {
+            return Err("block_tables must be [num_kv_groups, num_seqs, max_blocks_per_seq]".into());
         }
-        let slots = geom.num_blocks * geom.block_size;
-        for seq in 0..s {
-            let (q0, q1) = (
-                self.query_start_loc[seq] as usize,
-                self.query_start_loc[seq + 1] as usize,
-            );
-            let len = self.seq_lens[seq] as usize;
-            if q1 < q0 || q1 - q0 > len {
-                return Err(format!(
-                    "sequence {seq}: more new tokens than its length {len}"
-                ));
-            }
-            if len.div_ceil(geom.block_size) > self.max_blocks_per_seq {
-                return Err(format!(
-                    "sequence {seq}: block table too short for {len} tokens"
-                ));
-            }
-            let table = self.block_table(seq);
-            // a released entry (the block left the attention window) is allowed; writing into it
-            // is not (the slot check below), and attention never reads before a query's window
-            if let Some(b) = table[..len.div_ceil(geom.block_size)]
-                .iter()
-                .find(|&&b| b as usize >= geom.num_blocks && b != crate::kv::RELEASED_BLOCK)
-            {
-                return Err(format!("sequence {seq}: block {b} outside the pool"));
-            }
-            for (i, row) in (q0..q1).enumerate() {
-                let pos = len - (q1 - q0) + i;
-                if self.positions[row] as usize != pos {
-                    return Err(format!(
-                        "row {row}: position {} != {pos}",
-                        self.positions[row]
-                    ));
-                }
-                if self.slot_mapping[row] == PAD_SLOT {
-                    continue; // a padding token: writes nothing
-                }
-                let slot = self.slot_mapping[row] as usize;
-                let expect =
-                    table[pos / geom.block_size] as usize * geom.block_size + pos % geom.block_size;
-                if slot >= slots || slot != expect {
-                    return Err(format!(
-                        "row {row}: slot {slot} != block table slot {expect}"
-                    ));
-                }
-            }
+        for g in 0..groups {
+            self.validate_group(geom, g)?;
         }
         if let Some(&i) = self.logits_indices.iter().find(|&&i| i as usize >= t) {
             return Err(format!("logits index {i} outside the batch of {t} tokens"));
@@ -225,6 +239,65 @@ impl BatchMeta {
                 return Err(format!(
                     "decode_plan_ctx {plan} is shorter than the longest sequence ({longest})"
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `validate`'s checks of KV group `g`'s block tables and slots (the sizes checked already).
+    fn validate_group(&self, geom: &KvGeometry, g: usize) -> std::result::Result<(), String> {
+        let slots = geom.num_blocks * geom.block_size;
+        let slot_mapping = self.slot_mapping_of(g);
+        // name the group only where there are several
+        let group = if self.num_kv_groups > 1 {
+            format!("KV group {g}, ")
+        } else {
+            String::new()
+        };
+        for seq in 0..self.num_seqs() {
+            let (q0, q1) = (
+                self.query_start_loc[seq] as usize,
+                self.query_start_loc[seq + 1] as usize,
+            );
+            let len = self.seq_lens[seq] as usize;
+            if q1 < q0 || q1 - q0 > len {
+                return Err(format!(
+                    "{group}sequence {seq}: more new tokens than its length {len}"
+                ));
+            }
+            if len.div_ceil(geom.block_size) > self.max_blocks_per_seq {
+                return Err(format!(
+                    "{group}sequence {seq}: block table too short for {len} tokens"
+                ));
+            }
+            let table = self.block_table(g, seq);
+            // a released entry (the block left the attention window) is allowed; writing into it
+            // is not (the slot check below), and attention never reads before a query's window
+            if let Some(b) = table[..len.div_ceil(geom.block_size)]
+                .iter()
+                .find(|&&b| b as usize >= geom.num_blocks && b != crate::kv::RELEASED_BLOCK)
+            {
+                return Err(format!("{group}sequence {seq}: block {b} outside the pool"));
+            }
+            for (i, row) in (q0..q1).enumerate() {
+                let pos = len - (q1 - q0) + i;
+                if self.positions[row] as usize != pos {
+                    return Err(format!(
+                        "row {row}: position {} != {pos}",
+                        self.positions[row]
+                    ));
+                }
+                if slot_mapping[row] == PAD_SLOT {
+                    continue; // a padding token: writes nothing
+                }
+                let slot = slot_mapping[row] as usize;
+                let expect =
+                    table[pos / geom.block_size] as usize * geom.block_size + pos % geom.block_size;
+                if slot >= slots || slot != expect {
+                    return Err(format!(
+                        "{group}row {row}: slot {slot} != block table slot {expect}"
+                    ));
+                }
             }
         }
         Ok(())
@@ -426,9 +499,11 @@ pub trait Backend: Send + Sync {
         eps: f32,
     ) -> Result<()>;
 
-    /// Write each token's K and V (from the fused QKV rows) to its cache slot.
+    /// Write each token's K and V (from the fused QKV rows) to its cache slot in KV group
+    /// `kv_group`'s blocks ([`BatchMeta::slot_mapping_of`]).
     /// qkv: [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim];
     /// k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]
+    #[allow(clippy::too_many_arguments)]
     fn write_kv(
         &self,
         k_cache: &mut Self::Buffer,
@@ -437,6 +512,7 @@ pub trait Backend: Send + Sync {
         meta: &Self::Meta,
         geom: &KvGeometry,
         num_heads: usize,
+        kv_group: usize,
     ) -> Result<()>;
 
     /// Causal attention of each new token over its sequence's context, read from the paged cache

@@ -201,6 +201,7 @@ impl EngineArgs {
             gpu_memory_utilization: u,
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_num_seqs: self.max_num_seqs,
+            keep_all_kv_blocks: self.keep_all_kv_blocks,
         })
     }
 }
@@ -216,6 +217,15 @@ pub struct KvSizing {
     /// CUDA: the activation workspace is sized for these.
     pub max_num_batched_tokens: usize,
     pub max_num_seqs: usize,
+    /// One block table for every layer (`--keep-all-kv-blocks`): blocks span every layer.
+    pub keep_all_kv_blocks: bool,
+}
+
+impl KvSizing {
+    /// The KV layout the engine will run `model` in (what a block spans).
+    pub fn kv_layout(&self, model: &crate::model::ModelConfig) -> crate::kv::KvLayout {
+        crate::kv::KvLayout::for_model(model, self.keep_all_kv_blocks)
+    }
 }
 
 impl EngineBackend for CpuBackend {
@@ -229,7 +239,9 @@ impl EngineBackend for CpuBackend {
         "cpu (f32)".into()
     }
     fn auto_kv_blocks(&self, model: &Model<Self>, s: &KvSizing) -> anyhow::Result<usize> {
-        let block_bytes = KvCache::<Self>::block_bytes(&model.config, s.block_size.max(1), 4);
+        let slots = s.kv_layout(&model.config).slots();
+        let block_bytes =
+            KvCache::<Self>::block_bytes(&model.config, slots, s.block_size.max(1), 4);
         Ok(s.cpu_kv_bytes / block_bytes.max(1))
     }
 }
@@ -268,6 +280,7 @@ impl<T: CudaDtype> EngineBackend for CudaBackend<T> {
     fn auto_kv_blocks(&self, model: &Model<Self>, s: &KvSizing) -> anyhow::Result<usize> {
         let plan = self.plan_memory(
             &model.config,
+            &s.kv_layout(&model.config),
             s.gpu_memory_utilization,
             s.block_size,
             s.max_num_batched_tokens,

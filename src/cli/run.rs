@@ -428,8 +428,13 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
         model.backend.describe(),
         model.backend.gpus(),
     );
-    let block_bytes =
-        KvCache::<B>::block_bytes(&cfg, a.engine.block_size.max(1), model.backend.elem_bytes());
+    let kv_layout = crate::kv::KvLayout::for_model(&cfg, a.engine.keep_all_kv_blocks);
+    let block_bytes = KvCache::<B>::block_bytes(
+        &cfg,
+        kv_layout.slots(),
+        a.engine.block_size.max(1),
+        model.backend.elem_bytes(),
+    );
     let num_blocks = match a.engine.kv_blocks {
         Some(n) => n,
         None => model
@@ -477,6 +482,11 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
             kv_pool_bytes: num_blocks * block_bytes,
             cuda_graphs: engine.model().graph_stats().enabled,
             kv_window: engine_cfg.kv_window(&cfg),
+            kv_groups: if kv_layout.num_groups() > 1 {
+                kv_layout.groups().to_vec()
+            } else {
+                Vec::new()
+            },
         },
         workload: json!({
             "mode": mode,
@@ -501,7 +511,7 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
         num_blocks,
         a.engine.block_size,
         (num_blocks * block_bytes) as f64 / (1u64 << 20) as f64,
-        crate::engine::window_release_note(engine_cfg.kv_window(&cfg)),
+        crate::engine::window_release_note(&kv_layout),
         out_path.display()
     );
     eprintln!("{}", tel.describe());

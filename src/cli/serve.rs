@@ -118,7 +118,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             info.engine.num_blocks,
             info.engine.block_size,
             info.kv_pool_bytes as f64 / (1u64 << 20) as f64,
-            crate::engine::window_release_note(info.engine.kv_window(&info.config)),
+            crate::engine::window_release_note(&info.engine.kv_layout(&info.config)),
             info.chat_template,
             if info.has_tokenizer {
                 ""

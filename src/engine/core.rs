@@ -9,7 +9,7 @@ use super::generate::{check_prompt, FinishReason};
 use super::sampling::{Sampler, SamplingParams, TokenBan};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::kv::{KvCacheManager, KvStats, RequestId};
+use crate::kv::{KvCacheManager, KvLayout, KvStats, RequestId};
 use crate::model::{KvCache, Model, ModelConfig};
 use crate::sched::{Scheduler, SchedulerConfig, SeqState};
 
@@ -22,27 +22,36 @@ pub struct EngineConfig {
     pub max_num_seqs: usize,
     pub max_num_batched_tokens: usize,
     pub enable_prefix_caching: bool,
-    /// Keep every KV block until its request ends, even for a model that slides on every layer
-    /// (`--keep-all-kv-blocks`): the full-footprint baseline to measure what releasing the blocks
-    /// that left the window saves. Tokens are the same either way.
+    /// Keep every KV block until its request ends, even for a model with sliding-window layers
+    /// (`--keep-all-kv-blocks`: one block table for every layer, as if none slid): the
+    /// full-footprint baseline to measure what releasing the blocks that left a window saves.
+    /// Tokens are the same either way.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_all_kv_blocks: bool,
 }
 
 impl EngineConfig {
-    /// The attention window outside of which this engine releases KV blocks for `model`: its
-    /// window when every layer slides ([`ModelConfig::kv_window`]), unless `keep_all_kv_blocks`.
+    /// How this engine lays out `model`'s KV cache ([`KvLayout::for_model`]): its layers grouped by
+    /// attention window, or one group of full attention under `keep_all_kv_blocks`.
+    pub fn kv_layout(&self, model: &ModelConfig) -> KvLayout {
+        KvLayout::for_model(model, self.keep_all_kv_blocks)
+    }
+
+    /// The attention window outside of which this engine releases KV blocks for `model` when
+    /// every layer slides within it (one KV group: [`ModelConfig::kv_window`]), unless
+    /// `keep_all_kv_blocks`. A hybrid model's windows are its layout's groups'.
     pub fn kv_window(&self, model: &ModelConfig) -> Option<usize> {
         model.kv_window().filter(|_| !self.keep_all_kv_blocks)
     }
 
     /// The longest request (prompt + outputs) this engine admits for `model`
-    /// ([`crate::kv::max_request_tokens`] over its pool, window and step budget).
+    /// ([`crate::kv::max_request_tokens`] over its pool, its KV groups' windows and the step
+    /// budget).
     pub fn max_request_tokens(&self, model: &ModelConfig) -> usize {
         crate::kv::max_request_tokens(
             self.num_blocks,
             self.block_size,
-            self.kv_window(model),
+            &self.kv_layout(model).windows(),
             self.max_num_batched_tokens,
         )
     }
@@ -151,13 +160,18 @@ pub struct Engine<B: Backend> {
     steps: u64,
 }
 
-/// What the engine does with KV blocks that left the model's attention window (`kv_window`, from
-/// [`EngineConfig::kv_window`]), for the start-up line: empty where every block is kept while its
+/// What the engine does with KV blocks that left an attention window under `layout` (from
+/// [`EngineConfig::kv_layout`]), for the start-up line: empty where every block is kept while its
 /// request runs.
-pub fn window_release_note(kv_window: Option<usize>) -> String {
-    kv_window.map_or(String::new(), |w| {
-        format!(" (blocks that leave the {w}-token window are released)")
-    })
+pub fn window_release_note(layout: &KvLayout) -> String {
+    match layout.windows()[..] {
+        [None] => String::new(),
+        [Some(w)] => format!(" (blocks that leave the {w}-token window are released)"),
+        _ => format!(
+            " ({}; a sliding group releases the blocks that leave its window)",
+            layout.describe()
+        ),
+    }
 }
 
 impl<B: Backend> Engine<B> {
@@ -175,7 +189,9 @@ impl<B: Backend> Engine<B> {
                 cfg.num_blocks, cfg.block_size
             )));
         }
-        let cache = model.alloc_kv(cfg.num_blocks, cfg.block_size)?;
+        let layout = cfg.kv_layout(&model.config);
+        let windows = layout.windows();
+        let cache = model.alloc_kv_in(layout, cfg.num_blocks, cfg.block_size)?;
         if model.graph_stats().enabled {
             // recorded decode graphs point into the workspace: grow it to the step limits now, not
             // in the middle of the run (which would drop every recording)
@@ -183,7 +199,7 @@ impl<B: Backend> Engine<B> {
             model.reserve(cfg.max_num_batched_tokens.max(rows), rows)?;
         }
         let kv = KvCacheManager::new(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_caching)
-            .with_window(cfg.kv_window(&model.config));
+            .with_groups(&windows);
         let sched = Scheduler::new(
             SchedulerConfig {
                 max_num_seqs: cfg.max_num_seqs,
@@ -337,7 +353,9 @@ impl<B: Backend> Engine<B> {
                     SeqChunk {
                         tokens: &seq.tokens[c.start..c.start + c.len],
                         start_pos: c.start,
-                        block_table: self.sched.block_table(c.id),
+                        block_tables: (0..self.sched.kv().num_groups())
+                            .map(|g| self.sched.block_table(c.id, g))
+                            .collect(),
                         logits: if c.samples {
                             LogitsWanted::Last
                         } else {

@@ -106,7 +106,7 @@ pub fn generate<B: Backend>(model: &Model<B>, req: &GenerateRequest) -> Result<G
             &[SeqChunk {
                 tokens: &pending,
                 start_pos: pos,
-                block_table: &table,
+                block_tables: vec![&table],
                 logits: LogitsWanted::Last,
             }],
             block_size,
@@ -146,7 +146,7 @@ pub fn all_logits<B: Backend>(model: &Model<B>, ids: &[u32]) -> Result<Vec<f32>>
         &[SeqChunk {
             tokens: ids,
             start_pos: 0,
-            block_table: &table,
+            block_tables: vec![&table],
             logits: LogitsWanted::All,
         }],
         block_size,

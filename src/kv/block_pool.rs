@@ -92,8 +92,10 @@ pub struct BlockPool {
     children: HashMap<EntryId, u32>,
     /// Every live entry (cached or ghost) → its chain hash.
     entry_hash: HashMap<EntryId, BlockHash>,
-    /// Next [`EntryId`] to hand out (0 is the root).
+    /// Next [`EntryId`] to hand out (the first `roots` ids are the KV groups' roots).
     next_entry: u64,
+    /// Root entries reserved, one per KV group ([`EntryId::root`]).
+    roots: u64,
     /// Number of cached blocks taken from the free list for other content.
     evictions: u64,
 }
@@ -135,8 +137,22 @@ impl BlockPool {
             children: HashMap::new(),
             entry_hash: HashMap::new(),
             next_entry: 1,
+            roots: 1,
             evictions: 0,
         }
+    }
+
+    /// The same (unused) pool reserving root entries for `groups` KV groups: ids
+    /// `EntryId::root(0..groups)` are never handed out.
+    ///
+    /// # Panics
+    /// If an entry was handed out already, or `groups == 0`.
+    pub fn with_roots(mut self, groups: usize) -> Self {
+        assert!(groups > 0, "a pool for no KV groups");
+        assert_eq!(self.next_entry, self.roots, "roots reserved after use");
+        self.roots = groups as u64;
+        self.next_entry = self.roots;
+        self
     }
 
     pub fn num_blocks(&self) -> usize {
@@ -461,7 +477,7 @@ impl BlockPool {
                         meta.hash
                     ));
                 }
-                if meta.entry == EntryId::ROOT
+                if meta.entry.0 < self.roots
                     || meta.entry.0 >= self.next_entry
                     || meta.parent.0 >= meta.entry.0
                 {

@@ -3,17 +3,23 @@
 //! Typical use by the scheduler, per request and step:
 //! 1. new request: `hit = lookup_prefix(tokens)`, then `allocate(req, tokens, hit, hit + chunk)`
 //!    (the first `hit` tokens need no compute);
-//! 2. running request: `allocate(req, tokens, 0, num_computed + chunk)` to grow its table;
+//! 2. running request: `allocate(req, tokens, 0, num_computed + chunk)` to grow its tables;
 //! 3. after the step computed tokens: `cache_computed(req, tokens, num_computed)`;
 //! 4. finished or preempted: `free(req)`.
 //!
-//! Under an attention window ([`KvCacheManager::with_window`]) step 3 is followed by
-//! `release_outside_window(req, num_computed)`, which gives back the blocks no later query can see.
+//! Under an attention window ([`KvCacheManager::with_window`], or a windowed group of
+//! [`KvCacheManager::with_groups`]) step 3 is followed by `release_outside_window(req,
+//! num_computed)`, which gives back the blocks no later query can see.
+//!
+//! A request holds one block table per KV group ([`super::layout`]): all of the same length
+//! (block i of every table covers the same positions), each from the one shared pool, each
+//! released by its own group's window. Prefix caching keeps each group's chains apart (its own
+//! root entry and root hash), and a prefix hit is a length every group can serve.
 
 use std::collections::HashMap;
 
 use super::block_pool::{BlockPool, Lookup};
-use super::prefix_hash::{hash_block, BlockHash, EntryId, HashFn, ROOT_HASH};
+use super::prefix_hash::{group_root_hash, hash_block, BlockHash, EntryId, HashFn};
 use super::{BlockId, RequestId, RELEASED_BLOCK};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,12 +38,33 @@ pub struct KvStats {
     pub prefix_hit_tokens: u64,
     /// Cached blocks reused for other content.
     pub evictions: u64,
-    /// Blocks released from running requests because they left the attention window (prefix-hit
-    /// blocks a new request does not take because they lie before its window are not counted).
+    /// Blocks released from running requests because they left the attention window, over every
+    /// group (prefix-hit blocks a new request does not take because they lie before its window are
+    /// not counted).
     pub window_released_blocks: u64,
 }
 
-/// Per-request state.
+/// How one KV group attends, and where its prefix-cache chains start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct GroupSpec {
+    /// Every layer of the group attends to at most this many positions; None: the whole context.
+    window: Option<usize>,
+    /// Parent hash and parent entry of a sequence's first block in this group.
+    root_hash: BlockHash,
+    root_entry: EntryId,
+}
+
+impl GroupSpec {
+    fn new(group: usize, window: Option<usize>) -> Self {
+        GroupSpec {
+            window,
+            root_hash: group_root_hash(group),
+            root_entry: EntryId::root(group),
+        }
+    }
+}
+
+/// Per-request state in one group.
 #[derive(Debug, Clone)]
 struct ReqState {
     /// Physical blocks in sequence order: block `i` holds tokens `[i*block_size, (i+1)*block_size)`.
@@ -48,8 +75,8 @@ struct ReqState {
     /// Leading blocks of `table` already handled by prefix caching (prefix hits, blocks registered by
     /// `cache_computed`, or blocks whose identical twin was already cached).
     num_cached: usize,
-    /// Chain state after those blocks: hash and cache entry of block `num_cached - 1`
-    /// (`ROOT_HASH` / `EntryId::ROOT` when `num_cached == 0`).
+    /// Chain state after those blocks: hash and cache entry of block `num_cached - 1` (the group's
+    /// root hash and root entry when `num_cached == 0`).
     last_hash: BlockHash,
     last_entry: EntryId,
     /// A block of this request could not be chained (its hash slot holds other content, a collision):
@@ -58,27 +85,27 @@ struct ReqState {
 }
 
 impl ReqState {
-    fn new() -> Self {
+    fn new(group: &GroupSpec) -> Self {
         ReqState {
             table: Vec::new(),
             num_released: 0,
             num_cached: 0,
-            last_hash: ROOT_HASH,
-            last_entry: EntryId::ROOT,
+            last_hash: group.root_hash,
+            last_entry: group.root_entry,
             cache_stopped: false,
         }
     }
 }
 
-/// Result of walking the prefix cache along a token sequence: the leading full blocks whose exact
-/// content (tokens and chain) the cache knows, each with its cached block, or None where only a
-/// ghost is left (evicted, kept for its descendants), and its chain state.
+/// Result of walking one group's prefix cache along a token sequence: the leading full blocks
+/// whose exact content (tokens and chain) the cache knows, each with its cached block, or None
+/// where only a ghost is left (evicted, kept for its descendants), and its chain state.
 struct CacheWalk {
     blocks: Vec<Option<BlockId>>,
     chain: Vec<(BlockHash, EntryId)>,
 }
 
-/// A prefix hit resolved against the cache.
+/// A prefix hit resolved against one group's cache.
 struct Hit {
     /// The new request's table for the hit blocks: `RELEASED_BLOCK` for those before its first
     /// query's window (not taken), the cached blocks after.
@@ -103,18 +130,19 @@ pub struct KvCacheManager {
     block_size: usize,
     enable_prefix_caching: bool,
     pool: BlockPool,
-    requests: HashMap<RequestId, ReqState>,
+    /// Per request: its state in each group, in group order.
+    requests: HashMap<RequestId, Vec<ReqState>>,
     /// Query/hit counters (`evictions` is read from the pool).
     stats: KvStats,
     /// Block hash function; always [`hash_block`] except in tests that force collisions.
     hash_fn: HashFn,
-    /// Every layer attends to at most this many positions (the query's own included); None: some
-    /// layer attends to the whole context, and no block is released before its request ends.
-    window: Option<usize>,
+    /// The KV groups (one table per request each); at least one.
+    groups: Vec<GroupSpec>,
 }
 
 impl KvCacheManager {
-    /// A manager over `num_blocks` blocks of `block_size` tokens, all free.
+    /// A manager over `num_blocks` blocks of `block_size` tokens, all free, with one group of
+    /// full attention.
     ///
     /// # Panics
     /// If `block_size == 0` or `num_blocks >= u32::MAX`.
@@ -136,25 +164,54 @@ impl KvCacheManager {
             requests: HashMap::new(),
             stats: KvStats::default(),
             hash_fn,
-            window: None,
+            groups: vec![GroupSpec::new(0, None)],
         }
     }
 
-    /// The same manager releasing blocks outside an attention window of `window` positions, which
+    /// The same manager with one group whose layers all attend within `window` positions, which
     /// must bound every layer's attention: a query at position p reads keys p + 1 − w ..= p at most
     /// (see [`release_outside_window`](Self::release_outside_window)). None keeps every block.
     ///
     /// # Panics
-    /// If `window` is `Some(0)`.
-    pub fn with_window(mut self, window: Option<usize>) -> Self {
-        assert!(window != Some(0), "an attention window of 0 positions");
-        self.window = window;
+    /// If `window` is `Some(0)`, or blocks are already allocated.
+    pub fn with_window(self, window: Option<usize>) -> Self {
+        self.with_groups(&[window])
+    }
+
+    /// The same manager with one KV group per entry of `windows` (the group's attention window;
+    /// None: the whole context), as [`super::KvLayout::windows`] lists them: every request holds a
+    /// table in each group, all from the one pool.
+    ///
+    /// # Panics
+    /// If `windows` is empty, a window is `Some(0)`, or blocks are already allocated.
+    pub fn with_groups(mut self, windows: &[Option<usize>]) -> Self {
+        assert!(!windows.is_empty(), "a KV cache of no groups");
+        assert!(
+            !windows.contains(&Some(0)),
+            "an attention window of 0 positions"
+        );
+        assert!(self.requests.is_empty(), "groups set after allocation");
+        self.groups = windows
+            .iter()
+            .enumerate()
+            .map(|(g, &w)| GroupSpec::new(g, w))
+            .collect();
+        self.pool = BlockPool::new(
+            self.pool.num_blocks(),
+            self.block_size,
+            self.enable_prefix_caching,
+        )
+        .with_roots(windows.len());
         self
     }
 
-    /// The attention window blocks are released outside of, if any.
-    pub fn window(&self) -> Option<usize> {
-        self.window
+    /// Each group's attention window (None: the whole context), in group order.
+    pub fn windows(&self) -> Vec<Option<usize>> {
+        self.groups.iter().map(|g| g.window).collect()
+    }
+
+    pub fn num_groups(&self) -> usize {
+        self.groups.len()
     }
 
     pub fn block_size(&self) -> usize {
@@ -179,20 +236,22 @@ impl KvCacheManager {
         self.enable_prefix_caching
     }
 
-    /// Walk the cache along the full blocks of `tokens`, at most `max_blocks` of them, stopping at the
-    /// first block whose exact prefix the cache does not know (neither cached nor a ghost), and
-    /// without a window at the first ghost (no hit reaches past a block that must be recomputed).
-    fn walk_cache(&self, tokens: &[u32], max_blocks: usize) -> CacheWalk {
+    /// Walk group `g`'s cache along the full blocks of `tokens`, at most `max_blocks` of them,
+    /// stopping at the first block whose exact prefix the cache does not know (neither cached nor
+    /// a ghost), and without a window at the first ghost (no hit reaches past a block that must be
+    /// recomputed).
+    fn walk_cache(&self, g: usize, tokens: &[u32], max_blocks: usize) -> CacheWalk {
+        let group = &self.groups[g];
         let mut walk = CacheWalk {
             blocks: Vec::new(),
             chain: Vec::new(),
         };
-        let (mut last_hash, mut last_entry) = (ROOT_HASH, EntryId::ROOT);
+        let (mut last_hash, mut last_entry) = (group.root_hash, group.root_entry);
         for chunk in tokens.chunks_exact(self.block_size).take(max_blocks) {
             let hash = (self.hash_fn)(last_hash, chunk);
             let (block, entry) = match self.pool.lookup(hash, last_entry, chunk) {
                 Lookup::Hit { block, entry } => (Some(block), entry),
-                Lookup::Ghost { .. } if self.window.is_none() => break,
+                Lookup::Ghost { .. } if group.window.is_none() => break,
                 Lookup::Ghost { entry } => (None, entry),
                 Lookup::Absent | Lookup::Mismatch => break,
             };
@@ -203,30 +262,38 @@ impl KvCacheManager {
         walk
     }
 
-    /// Whether the first `n` blocks of `walk` make a prefix hit: every block from the first one the
-    /// next query's window reads (all of them without a window) up to `n` is cached; those before
-    /// may be ghosts, as no query of the request reads them.
-    fn hit_fits(&self, walk: &CacheWalk, n: usize) -> bool {
-        let first_read = self.unseen_blocks(n * self.block_size).min(n);
+    /// Whether the first `n` blocks of group `g`'s `walk` make a prefix hit: every block from the
+    /// first one the next query's window reads (all of them without a window) up to `n` is cached;
+    /// those before may be ghosts, as no query of the request reads them.
+    fn hit_fits(&self, g: usize, walk: &CacheWalk, n: usize) -> bool {
+        let first_read = self.unseen_blocks(g, n * self.block_size).min(n);
         n <= walk.blocks.len() && walk.blocks[first_read..n].iter().all(Option::is_some)
     }
 
     /// Number of leading tokens of `tokens` a new request can take from the cache (a multiple of
-    /// block_size): the most full blocks whose prefix the cache knows exactly and whose blocks the
-    /// first query's window reads are all cached (without a window: every block), capped so that at
-    /// least one token of `tokens` is left to compute (the engine needs logits of the last prompt
-    /// token). Under a window, blocks before that window may have been evicted (ghosts): a long
-    /// shared prefix whose early blocks are gone still hits. Pure query: changes nothing. 0 when
-    /// prefix caching is off.
+    /// block_size): the most full blocks whose prefix every group's cache knows exactly and whose
+    /// blocks the first query's window reads are all cached in that group (without a window:
+    /// every block), capped so that at least one token of `tokens` is left to compute (the engine
+    /// needs logits of the last prompt token). Under a window, blocks before that window may have
+    /// been evicted (ghosts): a long shared prefix whose early blocks are gone still hits. Pure
+    /// query: changes nothing. 0 when prefix caching is off.
     pub fn lookup_prefix(&self, tokens: &[u32]) -> usize {
         if !self.enable_prefix_caching || tokens.is_empty() {
             return 0;
         }
         let max_blocks = (tokens.len() - 1) / self.block_size;
-        let walk = self.walk_cache(tokens, max_blocks);
-        let n = (0..=walk.blocks.len())
+        let walks: Vec<CacheWalk> = (0..self.groups.len())
+            .map(|g| self.walk_cache(g, tokens, max_blocks))
+            .collect();
+        let longest = walks.iter().map(|w| w.blocks.len()).min().unwrap_or(0);
+        let n = (0..=longest)
             .rev()
-            .find(|&n| self.hit_fits(&walk, n))
+            .find(|&n| {
+                walks
+                    .iter()
+                    .enumerate()
+                    .all(|(g, walk)| self.hit_fits(g, walk, n))
+            })
             .unwrap_or(0);
         n * self.block_size
     }
@@ -234,23 +301,24 @@ impl KvCacheManager {
     /// Whether `req` owns no blocks (then `allocate` takes the prefix hit).
     fn is_new(&self, req: RequestId) -> bool {
         match self.requests.get(&req) {
-            Some(s) => s.table.is_empty(),
+            Some(states) => states[0].table.is_empty(),
             None => true,
         }
     }
 
-    /// Check the `prefix_hit_tokens` contract and resolve the hit it names.
+    /// Check the `prefix_hit_tokens` contract and resolve the hit it names in group `g`.
     ///
     /// # Panics
     /// If `prefix_hit_tokens` cannot have come from `lookup_prefix(tokens)` in the current state.
-    fn resolve_hit(&self, tokens: &[u32], prefix_hit_tokens: usize) -> Hit {
+    fn resolve_hit(&self, g: usize, tokens: &[u32], prefix_hit_tokens: usize) -> Hit {
         let bs = self.block_size;
+        let group = &self.groups[g];
         if prefix_hit_tokens == 0 {
             return Hit {
                 table: Vec::new(),
                 skipped: 0,
-                last_hash: ROOT_HASH,
-                last_entry: EntryId::ROOT,
+                last_hash: group.root_hash,
+                last_entry: group.root_entry,
             };
         }
         assert!(
@@ -263,13 +331,13 @@ impl KvCacheManager {
             self.enable_prefix_caching
         );
         let hit_blocks = prefix_hit_tokens / bs;
-        let walk = self.walk_cache(tokens, hit_blocks);
+        let walk = self.walk_cache(g, tokens, hit_blocks);
         assert!(
-            self.hit_fits(&walk, hit_blocks),
+            self.hit_fits(g, &walk, hit_blocks),
             "prefix_hit_tokens {prefix_hit_tokens} is stale: the cache no longer holds those blocks \
              (call lookup_prefix right before allocate)"
         );
-        let skipped = self.unseen_blocks(prefix_hit_tokens).min(hit_blocks);
+        let skipped = self.unseen_blocks(g, prefix_hit_tokens).min(hit_blocks);
         let table = walk
             .blocks
             .iter()
@@ -288,20 +356,47 @@ impl KvCacheManager {
         }
     }
 
-    /// Make request `req` own blocks for `total_tokens` tokens. If `req` owns nothing yet, first take
-    /// the cached blocks covering `tokens[..prefix_hit_tokens]` (`prefix_hit_tokens` must come from
-    /// `lookup_prefix` on the same tokens in the same state; refcount + 1; a cached block with refcount
-    /// 0 is removed from the free list). Then add new blocks from the free list head, evicting cached
-    /// free blocks in LRU order (their hash entries are dropped). All-or-nothing: on Err nothing
-    /// changed. `tokens` are the request's known tokens (prompt + outputs so far), used for prefix
-    /// hashing only. For a request that already owns blocks `prefix_hit_tokens` is ignored, and a
-    /// `total_tokens` within its current blocks is a no-op (tables never shrink). Under an attention
-    /// window the hit blocks wholly before the first new token's window are not taken: their
-    /// entries are `RELEASED_BLOCK` from the start (no query of the request reads them), so a long
-    /// shared prefix costs the new request its window's blocks only.
+    /// Every group's hit for a new request, and how many blocks taking them and growing the tables
+    /// to `want_blocks` needs from the free list (new blocks plus hit blocks at refcount 0).
+    fn resolve_hits(
+        &self,
+        tokens: &[u32],
+        prefix_hit_tokens: usize,
+        want_blocks: usize,
+    ) -> (Vec<Hit>, usize) {
+        let hits: Vec<Hit> = (0..self.groups.len())
+            .map(|g| self.resolve_hit(g, tokens, prefix_hit_tokens))
+            .collect();
+        let needed = hits
+            .iter()
+            .map(|hit| {
+                let from_free = hit
+                    .taken()
+                    .iter()
+                    .filter(|&&b| self.pool.ref_cnt(b) == 0)
+                    .count();
+                want_blocks.saturating_sub(hit.table.len()) + from_free
+            })
+            .sum();
+        (hits, needed)
+    }
+
+    /// Make request `req` own blocks for `total_tokens` tokens in every group. If `req` owns nothing
+    /// yet, first take the cached blocks covering `tokens[..prefix_hit_tokens]` (`prefix_hit_tokens`
+    /// must come from `lookup_prefix` on the same tokens in the same state; refcount + 1; a cached
+    /// block with refcount 0 is removed from the free list). Then add new blocks from the free list
+    /// head, evicting cached free blocks in LRU order (their hash entries are dropped).
+    /// All-or-nothing: on Err nothing changed. `tokens` are the request's known tokens (prompt +
+    /// outputs so far), used for prefix hashing only. For a request that already owns blocks
+    /// `prefix_hit_tokens` is ignored, and a `total_tokens` within its current blocks is a no-op
+    /// (tables never shrink). Under an attention window the hit blocks wholly before the first new
+    /// token's window are not taken: their entries are `RELEASED_BLOCK` from the start (no query of
+    /// the request reads them), so a long shared prefix costs the new request its window's blocks
+    /// only in that group.
     ///
-    /// `NoFreeBlocks::needed` counts every block that must come out of the free list: the new blocks
-    /// plus the prefix-hit blocks taken that were themselves free (refcount 0).
+    /// `NoFreeBlocks::needed` counts every block that must come out of the free list, over the
+    /// groups: the new blocks plus the prefix-hit blocks taken that were themselves free
+    /// (refcount 0).
     ///
     /// # Panics
     /// If `req` is new and `prefix_hit_tokens` breaks its contract (not a value `lookup_prefix(tokens)`
@@ -316,65 +411,66 @@ impl KvCacheManager {
         let want_blocks = total_tokens.div_ceil(self.block_size);
         let free = self.pool.num_free();
         if !self.is_new(req) {
-            let state = self
+            let states = self
                 .requests
                 .get_mut(&req)
                 .expect("request with blocks has state");
-            let new_blocks = want_blocks.saturating_sub(state.table.len());
-            if new_blocks > free {
-                return Err(KvError::NoFreeBlocks {
-                    needed: new_blocks,
-                    free,
-                });
+            let needed: usize = states
+                .iter()
+                .map(|s| want_blocks.saturating_sub(s.table.len()))
+                .sum();
+            if needed > free {
+                return Err(KvError::NoFreeBlocks { needed, free });
             }
-            for _ in 0..new_blocks {
-                let b = self.pool.take_free().expect("free count checked");
-                state.table.push(b);
+            for state in states.iter_mut() {
+                while state.table.len() < want_blocks {
+                    let b = self.pool.take_free().expect("free count checked");
+                    state.table.push(b);
+                }
             }
             return Ok(());
         }
 
         // under a window the hit blocks before the first new token's window are not taken at all
-        let hit = self.resolve_hit(tokens, prefix_hit_tokens);
-        let hit_blocks = hit.table.len();
-        let new_blocks = want_blocks.saturating_sub(hit_blocks);
-        let hits_from_free = hit
-            .taken()
-            .iter()
-            .filter(|&&b| self.pool.ref_cnt(b) == 0)
-            .count();
-        let needed = new_blocks + hits_from_free;
+        let (hits, needed) = self.resolve_hits(tokens, prefix_hit_tokens, want_blocks);
         if needed > free {
             return Err(KvError::NoFreeBlocks { needed, free });
         }
-        // Take the hits first so that taking new blocks cannot evict them.
-        let mut state = ReqState::new();
-        for &b in hit.taken() {
-            self.pool.acquire(b);
+        // Take every group's hits first so that taking new blocks cannot evict them.
+        for hit in &hits {
+            for &b in hit.taken() {
+                self.pool.acquire(b);
+            }
         }
-        state.num_released = hit.skipped;
-        state.num_cached = hit_blocks;
-        state.last_hash = hit.last_hash;
-        state.last_entry = hit.last_entry;
-        state.table = hit.table;
-        for _ in 0..new_blocks {
-            let b = self.pool.take_free().expect("free count checked");
-            state.table.push(b);
+        let mut states = Vec::with_capacity(self.groups.len());
+        for (group, hit) in self.groups.iter().zip(hits) {
+            let mut state = ReqState::new(group);
+            state.num_released = hit.skipped;
+            state.num_cached = hit.table.len();
+            state.last_hash = hit.last_hash;
+            state.last_entry = hit.last_entry;
+            state.table = hit.table;
+            while state.table.len() < want_blocks {
+                let b = self.pool.take_free().expect("free count checked");
+                state.table.push(b);
+            }
+            states.push(state);
         }
         if self.enable_prefix_caching {
             self.stats.prefix_queries_tokens += tokens.len() as u64;
             self.stats.prefix_hit_tokens += prefix_hit_tokens as u64;
         }
-        self.requests.insert(req, state);
+        self.requests.insert(req, states);
         Ok(())
     }
 
-    /// How many new blocks `allocate` would need from the pool (after taking the prefix hit); lets the
-    /// scheduler check before committing.
+    /// How many new blocks `allocate` would need from the pool over the groups (after taking the
+    /// prefix hit); lets the scheduler check before committing.
     ///
     /// This cannot see whether the prefix-hit blocks are themselves in the free list (it has no
-    /// tokens), so for a new request with a hit `allocate` may still fail when
-    /// `blocks_needed <= num_free_blocks`; [`can_allocate`](Self::can_allocate) is exact.
+    /// tokens), nor which hit blocks a window skips, so for a new request with a hit `allocate` may
+    /// still fail when `blocks_needed <= num_free_blocks`; [`can_allocate`](Self::can_allocate) is
+    /// exact.
     pub fn blocks_needed(
         &self,
         req: RequestId,
@@ -382,11 +478,13 @@ impl KvCacheManager {
         total_tokens: usize,
     ) -> usize {
         let want_blocks = total_tokens.div_ceil(self.block_size);
-        let have = match self.requests.get(&req) {
-            Some(s) if !s.table.is_empty() => s.table.len(),
-            _ => prefix_hit_tokens / self.block_size,
-        };
-        want_blocks.saturating_sub(have)
+        match self.requests.get(&req) {
+            Some(states) if !states[0].table.is_empty() => states
+                .iter()
+                .map(|s| want_blocks.saturating_sub(s.table.len()))
+                .sum(),
+            _ => self.groups.len() * want_blocks.saturating_sub(prefix_hit_tokens / self.block_size),
+        }
     }
 
     /// Whether `allocate(req, tokens, prefix_hit_tokens, total_tokens)` would succeed now (counts the
@@ -398,115 +496,136 @@ impl KvCacheManager {
         prefix_hit_tokens: usize,
         total_tokens: usize,
     ) -> bool {
-        let mut needed = self.blocks_needed(req, prefix_hit_tokens, total_tokens);
-        if self.is_new(req) {
-            let hit = self.resolve_hit(tokens, prefix_hit_tokens);
-            needed += hit
-                .taken()
-                .iter()
-                .filter(|&&b| self.pool.ref_cnt(b) == 0)
-                .count();
-        }
+        let needed = if self.is_new(req) {
+            let want_blocks = total_tokens.div_ceil(self.block_size);
+            self.resolve_hits(tokens, prefix_hit_tokens, want_blocks).1
+        } else {
+            self.blocks_needed(req, prefix_hit_tokens, total_tokens)
+        };
         needed <= self.pool.num_free()
     }
 
-    /// Physical blocks of `req`, in order (empty slice if none).
-    pub fn block_table(&self, req: RequestId) -> &[BlockId] {
-        self.requests.get(&req).map_or(&[], |s| s.table.as_slice())
+    /// Physical blocks of `req` in group `group`, in order (empty slice if none).
+    ///
+    /// # Panics
+    /// If `group` is not a group of this manager.
+    pub fn block_table(&self, req: RequestId, group: usize) -> &[BlockId] {
+        assert!(group < self.groups.len(), "no KV group {group}");
+        self.requests
+            .get(&req)
+            .map_or(&[], |states| states[group].table.as_slice())
     }
 
     /// Register in the prefix cache every full block of `req` whose tokens are all computed (the first
-    /// `num_computed_tokens` of `tokens`). Idempotent (each block is handled once; the request
-    /// remembers how far it got). No-op when prefix caching is off or `req` is unknown.
+    /// `num_computed_tokens` of `tokens`), in every group. Idempotent (each block is handled once;
+    /// the request remembers how far it got). No-op when prefix caching is off or `req` is unknown.
     ///
     /// If an identical block (same prefix) is already cached, the request keeps its own block (block
     /// ids never change under a running request) and the cache entry stays as it is; the request's
     /// later blocks chain from that entry. If the hash slot holds *different* content (a collision),
-    /// the block is not cached and neither are this request's later blocks.
+    /// the block is not cached and neither are this request's later blocks in that group.
     pub fn cache_computed(&mut self, req: RequestId, tokens: &[u32], num_computed_tokens: usize) {
         if !self.enable_prefix_caching {
             return;
         }
         let bs = self.block_size;
-        let Some(state) = self.requests.get_mut(&req) else {
+        let Some(states) = self.requests.get_mut(&req) else {
             return;
         };
-        if state.cache_stopped {
-            return;
-        }
-        let full = (num_computed_tokens.min(tokens.len()) / bs).min(state.table.len());
-        for i in state.num_cached..full {
-            let chunk = &tokens[i * bs..(i + 1) * bs];
-            let hash = (self.hash_fn)(state.last_hash, chunk);
-            let block = state.table[i];
-            debug_assert!(block != RELEASED_BLOCK, "block {i} released before caching");
-            debug_assert!(
-                self.pool.cached(block).is_none(),
-                "unprocessed block {block} is cached"
-            );
-            let entry = match self.pool.lookup(hash, state.last_entry, chunk) {
-                Lookup::Hit { entry, .. } => Some(entry),
-                // a ghost of this very block is revived by it
-                Lookup::Absent | Lookup::Ghost { .. } => {
-                    self.pool.register(block, hash, state.last_entry, chunk)
-                }
-                Lookup::Mismatch => None,
-            };
-            let Some(entry) = entry else {
-                state.cache_stopped = true;
-                return;
-            };
-            state.num_cached = i + 1;
-            state.last_hash = hash;
-            state.last_entry = entry;
+        for state in states.iter_mut().filter(|s| !s.cache_stopped) {
+            let full = (num_computed_tokens.min(tokens.len()) / bs).min(state.table.len());
+            for i in state.num_cached..full {
+                let chunk = &tokens[i * bs..(i + 1) * bs];
+                let hash = (self.hash_fn)(state.last_hash, chunk);
+                let block = state.table[i];
+                debug_assert!(block != RELEASED_BLOCK, "block {i} released before caching");
+                debug_assert!(
+                    self.pool.cached(block).is_none(),
+                    "unprocessed block {block} is cached"
+                );
+                let entry = match self.pool.lookup(hash, state.last_entry, chunk) {
+                    Lookup::Hit { entry, .. } => Some(entry),
+                    // a ghost of this very block is revived by it
+                    Lookup::Absent | Lookup::Ghost { .. } => {
+                        self.pool.register(block, hash, state.last_entry, chunk)
+                    }
+                    Lookup::Mismatch => None,
+                };
+                let Some(entry) = entry else {
+                    state.cache_stopped = true;
+                    break;
+                };
+                state.num_cached = i + 1;
+                state.last_hash = hash;
+                state.last_entry = entry;
+            }
         }
     }
 
-    /// Leading blocks no query from position `next_query` on reads: those wholly before its window
-    /// (0 without a window).
-    fn unseen_blocks(&self, next_query: usize) -> usize {
-        self.window
+    /// Leading blocks no query of group `g` from position `next_query` on reads: those wholly
+    /// before its window (0 without a window).
+    fn unseen_blocks(&self, g: usize, next_query: usize) -> usize {
+        self.groups[g]
+            .window
             .map_or(0, |w| (next_query + 1).saturating_sub(w) / self.block_size)
     }
 
     /// The longest request that can run alone in this pool with steps of at most `max_chunk`
     /// tokens ([`super::max_request_tokens`]).
     pub fn max_request_tokens(&self, max_chunk: usize) -> usize {
-        super::max_request_tokens(self.num_blocks(), self.block_size, self.window, max_chunk)
+        super::max_request_tokens(
+            self.num_blocks(),
+            self.block_size,
+            &self.windows(),
+            max_chunk,
+        )
     }
 
-    /// Under an attention window of `w` positions, release the leading blocks of `req` that no query
-    /// from position `num_computed_tokens` on can read: block `i` once `(i + 1) * block_size <=
-    /// num_computed_tokens + 1 - w` (its last position is before the next query's window). Call it
-    /// after `cache_computed` for the same tokens, so a released block is already in the prefix
-    /// cache (it stays findable there until evicted, like any freed cached block). The entries
-    /// become [`RELEASED_BLOCK`]; the table keeps its length, so token `t` still lives in
-    /// `table[t / block_size]`. Returns how many blocks were released now. No-op without a window
-    /// or for an unknown `req`; never releases a block holding a position not yet computed.
+    /// In each group with an attention window of `w` positions, release the leading blocks of
+    /// `req` that no query from position `num_computed_tokens` on can read: block `i` once `(i + 1)
+    /// * block_size <= num_computed_tokens + 1 - w` (its last position is before the next query's
+    /// window). Call it after `cache_computed` for the same tokens, so a released block is already
+    /// in the prefix cache (it stays findable there until evicted, like any freed cached block).
+    /// The entries become [`RELEASED_BLOCK`]; the table keeps its length, so token `t` still lives
+    /// in `table[t / block_size]`. Returns how many blocks were released now, over the groups.
+    /// No-op for groups without a window or an unknown `req`; never releases a block holding a
+    /// position not yet computed.
     pub fn release_outside_window(&mut self, req: RequestId, num_computed_tokens: usize) -> usize {
-        let unseen = self.unseen_blocks(num_computed_tokens);
-        let Some(state) = self.requests.get_mut(&req) else {
+        let unseen: Vec<usize> = (0..self.groups.len())
+            .map(|g| self.unseen_blocks(g, num_computed_tokens))
+            .collect();
+        let Some(states) = self.requests.get_mut(&req) else {
             return 0;
         };
-        let upto = unseen.min(state.table.len());
-        let first = state.num_released;
-        for entry in state.table.iter_mut().take(upto).skip(first) {
-            self.pool.release(*entry);
-            *entry = RELEASED_BLOCK;
+        let mut released = 0;
+        for (state, unseen) in states.iter_mut().zip(unseen) {
+            let upto = unseen.min(state.table.len());
+            let first = state.num_released;
+            for entry in state.table.iter_mut().take(upto).skip(first) {
+                self.pool.release(*entry);
+                *entry = RELEASED_BLOCK;
+            }
+            released += upto.saturating_sub(first);
+            state.num_released = state.num_released.max(upto);
         }
-        let released = upto.saturating_sub(first);
-        state.num_released = state.num_released.max(upto);
         self.stats.window_released_blocks += released as u64;
         released
     }
 
     /// Release every block of `req` (refcount − 1). Blocks reaching 0 go to the tail of the free list;
-    /// cached ones stay findable until evicted. The table is released tail first, so that under LRU
-    /// the end of a sequence is evicted before its shared prefix. Unknown req: no-op.
+    /// cached ones stay findable until evicted. The tables are released tail first, block i of
+    /// every group before block i − 1 of any, so that under LRU the end of a sequence is evicted
+    /// before its shared prefix. Unknown req: no-op.
     pub fn free(&mut self, req: RequestId) {
-        if let Some(state) = self.requests.remove(&req) {
-            for &b in state.table[state.num_released..].iter().rev() {
-                self.pool.release(b);
+        let Some(states) = self.requests.remove(&req) else {
+            return;
+        };
+        let len = states[0].table.len();
+        for i in (0..len).rev() {
+            for state in &states {
+                if i >= state.num_released {
+                    self.pool.release(state.table[i]);
+                }
             }
         }
     }
@@ -518,61 +637,84 @@ impl KvCacheManager {
         }
     }
 
-    /// Check every invariant (for tests): refcount of each block == number of requests whose table
-    /// holds it; free list == blocks with refcount 0, each once; hash map entries point at blocks whose
-    /// stored hash matches; no block in two requests' tables unless it is a cached (hashed) block;
-    /// num_free + num_used == num_blocks; per-request caching progress within its table.
+    /// Check every invariant (for tests): refcount of each block == number of tables holding it;
+    /// free list == blocks with refcount 0, each once; hash map entries point at blocks whose
+    /// stored hash matches; no block in two tables unless it is a cached (hashed) block, and never
+    /// in two groups' tables; a request's tables all of one length; num_free + num_used ==
+    /// num_blocks; per-table caching progress and chain state.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.pool.check_invariants()?;
         let n = self.pool.num_blocks();
         let mut holders = vec![0u32; n];
-        for (req, s) in &self.requests {
-            let mut in_table = std::collections::HashSet::new();
-            if s.num_released > s.table.len() {
+        // the group each held block belongs to (its tables must all be that group's)
+        let mut block_group: HashMap<BlockId, usize> = HashMap::new();
+        for (req, states) in &self.requests {
+            if states.len() != self.groups.len() {
                 return Err(format!(
-                    "request {req}: {} released blocks but a table of {}",
-                    s.num_released,
-                    s.table.len()
+                    "request {req}: {} tables for {} groups",
+                    states.len(),
+                    self.groups.len()
                 ));
             }
-            let (released, owned) = s.table.split_at(s.num_released);
-            if released.iter().any(|&b| b != RELEASED_BLOCK) {
-                return Err(format!("request {req}: a released entry holds a block"));
+            if states.iter().any(|s| s.table.len() != states[0].table.len()) {
+                return Err(format!("request {req}: tables of different lengths"));
             }
-            if s.num_released > 0 && self.window.is_none() {
-                return Err(format!("request {req}: blocks released without a window"));
-            }
-            for &b in owned {
-                if b as usize >= n {
-                    return Err(format!("request {req} holds out-of-range block {b}"));
+            let mut in_tables = std::collections::HashSet::new();
+            for (g, (s, group)) in states.iter().zip(&self.groups).enumerate() {
+                if s.num_released > s.table.len() {
+                    return Err(format!(
+                        "request {req} group {g}: {} released blocks but a table of {}",
+                        s.num_released,
+                        s.table.len()
+                    ));
                 }
-                if !in_table.insert(b) {
-                    return Err(format!("request {req} holds block {b} twice"));
+                let (released, owned) = s.table.split_at(s.num_released);
+                if released.iter().any(|&b| b != RELEASED_BLOCK) {
+                    return Err(format!(
+                        "request {req} group {g}: a released entry holds a block"
+                    ));
                 }
-                holders[b as usize] += 1;
-            }
-            if s.num_cached > s.table.len() {
-                return Err(format!(
-                    "request {req}: {} cached blocks but a table of {}",
-                    s.num_cached,
-                    s.table.len()
-                ));
-            }
-            if (s.num_cached == 0) != (s.last_entry == EntryId::ROOT) {
-                return Err(format!(
-                    "request {req}: chain state does not match {} cached blocks",
-                    s.num_cached
-                ));
+                if s.num_released > 0 && group.window.is_none() {
+                    return Err(format!(
+                        "request {req} group {g}: blocks released without a window"
+                    ));
+                }
+                for &b in owned {
+                    if b as usize >= n {
+                        return Err(format!("request {req} holds out-of-range block {b}"));
+                    }
+                    if !in_tables.insert(b) {
+                        return Err(format!("request {req} holds block {b} twice"));
+                    }
+                    if *block_group.entry(b).or_insert(g) != g {
+                        return Err(format!("block {b} is in the tables of two groups"));
+                    }
+                    holders[b as usize] += 1;
+                }
+                if s.num_cached > s.table.len() {
+                    return Err(format!(
+                        "request {req} group {g}: {} cached blocks but a table of {}",
+                        s.num_cached,
+                        s.table.len()
+                    ));
+                }
+                let at_root = (s.last_hash, s.last_entry) == (group.root_hash, group.root_entry);
+                if (s.num_cached == 0) != at_root {
+                    return Err(format!(
+                        "request {req} group {g}: chain state does not match {} cached blocks",
+                        s.num_cached
+                    ));
+                }
             }
         }
         let mut used = 0;
         for (b, &h) in holders.iter().enumerate() {
             let rc = self.pool.ref_cnt(b as BlockId);
             if rc != h {
-                return Err(format!("block {b}: refcount {rc} but held by {h} requests"));
+                return Err(format!("block {b}: refcount {rc} but held by {h} tables"));
             }
             if h > 1 && self.pool.cached(b as BlockId).is_none() {
-                return Err(format!("uncached block {b} is shared by {h} requests"));
+                return Err(format!("uncached block {b} is shared by {h} tables"));
             }
             if !self.enable_prefix_caching && self.pool.cached(b as BlockId).is_some() {
                 return Err(format!("block {b} is cached with prefix caching off"));
@@ -598,19 +740,22 @@ impl KvCacheManager {
         let mut reqs: Vec<_> = self
             .requests
             .iter()
-            .map(|(&r, s)| {
-                (
-                    r,
-                    s.table.clone(),
-                    s.num_released,
-                    s.num_cached,
-                    s.last_hash,
-                    s.last_entry,
-                    s.cache_stopped,
-                )
+            .flat_map(|(&r, states)| {
+                states.iter().enumerate().map(move |(g, s)| {
+                    (
+                        r,
+                        g,
+                        s.table.clone(),
+                        s.num_released,
+                        s.num_cached,
+                        s.last_hash,
+                        s.last_entry,
+                        s.cache_stopped,
+                    )
+                })
             })
             .collect();
-        reqs.sort_unstable_by_key(|x| x.0);
+        reqs.sort_unstable_by_key(|x| (x.0, x.1));
         (self.pool.snapshot(), reqs, self.stats)
     }
 }
@@ -640,20 +785,20 @@ mod tests {
         m.allocate(1, &seq(0, 9), 0, 9).unwrap(); // 3 blocks
         m.allocate(2, &seq(100, 4), 0, 4).unwrap(); // 1 block
         m.allocate(1, &seq(0, 13), 0, 13).unwrap(); // grows to 4 blocks
-        assert_eq!(m.block_table(1).len(), 4);
-        assert_eq!(m.block_table(2).len(), 1);
+        assert_eq!(m.block_table(1, 0).len(), 4);
+        assert_eq!(m.block_table(2, 0).len(), 1);
         assert_eq!(m.num_used_blocks(), 5);
         assert_eq!(m.num_free_blocks(), 5);
         m.check_invariants().unwrap();
         // Allocating within the current blocks is a no-op.
         m.allocate(1, &seq(0, 13), 0, 10).unwrap();
-        assert_eq!(m.block_table(1).len(), 4);
+        assert_eq!(m.block_table(1, 0).len(), 4);
         m.free(1);
         m.free(2);
         m.free(3); // unknown: no-op
         assert_eq!(m.num_free_blocks(), 10);
         assert_eq!(m.num_used_blocks(), 0);
-        assert!(m.block_table(1).is_empty());
+        assert!(m.block_table(1, 0).is_empty());
         m.check_invariants().unwrap();
     }
 
@@ -678,7 +823,7 @@ mod tests {
         m.free(1);
         assert_eq!(m.lookup_prefix(&b), 8);
         assert_eq!(run_prompt(&mut m, 2, &b), 8);
-        assert_eq!(&m.block_table(2)[..2], &[0, 1]);
+        assert_eq!(&m.block_table(2, 0)[..2], &[0, 1]);
         let st = m.stats();
         assert_eq!(st.prefix_queries_tokens, (a.len() + b.len()) as u64);
         assert_eq!(st.prefix_hit_tokens, 8);
@@ -727,7 +872,7 @@ mod tests {
         let mut b = a[..4].to_vec();
         b.push(42);
         assert_eq!(run_prompt(&mut m, 2, &b), 4);
-        let (ta, tb) = (m.block_table(1).to_vec(), m.block_table(2).to_vec());
+        let (ta, tb) = (m.block_table(1, 0).to_vec(), m.block_table(2, 0).to_vec());
         assert_eq!(ta[..2], tb[..2]);
         assert_ne!(ta[2], tb[2]);
         for &blk in &ta[..2] {
@@ -778,10 +923,10 @@ mod tests {
         let mut m = KvCacheManager::new(6, 2, true);
         let a = seq(0, 7); // blocks: 3 full + 1 partial = 4 blocks
         run_prompt(&mut m, 1, &a);
-        let ta = m.block_table(1).to_vec();
+        let ta = m.block_table(1, 0).to_vec();
         let b = seq(100, 3); // 2 blocks
         run_prompt(&mut m, 2, &b);
-        let tb = m.block_table(2).to_vec();
+        let tb = m.block_table(2, 0).to_vec();
         m.free(1);
         m.free(2);
         // Free list: the request freed first comes first, each table tail first.
@@ -791,7 +936,7 @@ mod tests {
         // Taking 2 blocks evicts a's partial last block (uncached) and its third full block: a keeps a
         // 2-block hit. Taking one more leaves a 1-block hit.
         m.allocate(3, &[], 0, 4).unwrap();
-        assert_eq!(m.block_table(3), &[ta[3], ta[2]]);
+        assert_eq!(m.block_table(3, 0), &[ta[3], ta[2]]);
         assert_eq!(m.stats().evictions, 1);
         assert_eq!(m.lookup_prefix(&a), 4);
         m.allocate(3, &[], 0, 6).unwrap();
@@ -811,7 +956,7 @@ mod tests {
         assert_eq!(run_prompt(&mut m, 1, &a), 0);
         assert_eq!(m.lookup_prefix(&a), 0);
         assert_eq!(run_prompt(&mut m, 2, &a), 0);
-        let (ta, tb) = (m.block_table(1).to_vec(), m.block_table(2).to_vec());
+        let (ta, tb) = (m.block_table(1, 0).to_vec(), m.block_table(2, 0).to_vec());
         assert!(
             ta.iter().all(|x| !tb.contains(x)),
             "no sharing without prefix caching"
@@ -832,11 +977,11 @@ mod tests {
         m.allocate(1, &a, m.lookup_prefix(&a), 5).unwrap();
         m.allocate(2, &a, m.lookup_prefix(&a), 5).unwrap();
         m.cache_computed(1, &a, 5);
-        let tb = m.block_table(2).to_vec();
+        let tb = m.block_table(2, 0).to_vec();
         m.cache_computed(2, &a, 5);
         m.cache_computed(2, &a, 5); // idempotent
         assert_eq!(
-            m.block_table(2),
+            m.block_table(2, 0),
             tb.as_slice(),
             "block ids never change under a request"
         );
@@ -850,14 +995,14 @@ mod tests {
         a2.extend([90, 91, 92]);
         m.allocate(2, &a2, 0, 8).unwrap();
         m.cache_computed(2, &a2, 8);
-        let t2 = m.block_table(2).to_vec();
+        let t2 = m.block_table(2, 0).to_vec();
         assert!(m.pool.cached(t2[2]).is_some());
         let mut probe = a2.clone();
         probe.push(0);
         assert_eq!(m.lookup_prefix(&probe), 8);
         assert_eq!(run_prompt(&mut m, 3, &probe), 8);
-        let t1 = m.block_table(1).to_vec();
-        assert_eq!(m.block_table(3)[..4], [t1[0], t1[1], t2[2], t2[3]]);
+        let t1 = m.block_table(1, 0).to_vec();
+        assert_eq!(m.block_table(3, 0)[..4], [t1[0], t1[1], t2[2], t2[3]]);
         m.check_invariants().unwrap();
     }
 
@@ -889,7 +1034,7 @@ mod tests {
         assert_eq!(m.lookup_prefix(&[2, 2, 5, 5, 9]), 0);
         assert_eq!(run_prompt(&mut m, 2, &[2, 2, 5, 5, 9]), 0);
         // Its first block could not be registered (slot taken by other content) and caching stopped.
-        assert!(m.block_table(2).iter().all(|&b| m.pool.cached(b).is_none()));
+        assert!(m.block_table(2, 0).iter().all(|&b| m.pool.cached(b).is_none()));
         assert_eq!(m.lookup_prefix(&a), 4);
         m.check_invariants().unwrap();
     }
@@ -903,14 +1048,14 @@ mod tests {
         let mut m = KvCacheManager::with_hash_fn(3, 2, true, sum_hash);
         let a = [1, 3, 5, 5, 9];
         run_prompt(&mut m, 1, &a);
-        let ta = m.block_table(1).to_vec();
+        let ta = m.block_table(1, 0).to_vec();
         m.free(1);
         // Test hook: pin a1 so that it is not evicted.
         m.pool.acquire(ta[1]);
         let b = [2, 2, 5, 5, 9];
         assert_eq!(m.lookup_prefix(&b), 0);
         m.allocate(2, &b, 0, 4).unwrap();
-        assert_eq!(m.block_table(2), &[ta[2], ta[0]]);
+        assert_eq!(m.block_table(2, 0), &[ta[2], ta[0]]);
         assert_eq!(m.stats().evictions, 1);
         assert_eq!(m.pool.num_ghosts(), 1, "a0 is a ghost");
         m.cache_computed(2, &b, 4);
@@ -938,8 +1083,8 @@ mod tests {
         m.check_invariants().unwrap();
         // An uncached block in two tables.
         let mut bad = m.clone();
-        let b0 = bad.block_table(1)[0];
-        bad.requests.get_mut(&2).unwrap().table.push(b0);
+        let b0 = bad.block_table(1, 0)[0];
+        bad.requests.get_mut(&2).unwrap()[0].table.push(b0);
         bad.pool.acquire(b0);
         assert!(bad.check_invariants().is_err());
         // Refcount off by one.
@@ -965,17 +1110,17 @@ mod tests {
         // blocks of 4, a window of 6: a query at position p reads keys p - 5 ..= p
         let mut m = KvCacheManager::new(16, 4, false).with_window(Some(6));
         m.allocate(1, &seq(0, 20), 0, 20).unwrap(); // 5 blocks
-        let owned = m.block_table(1).to_vec();
+        let owned = m.block_table(1, 0).to_vec();
         // the next query is at 20 and reads 15..=20: blocks 0-2 (positions 0..12) are out of reach
         assert_eq!(m.release_outside_window(1, 20), 3);
-        assert_eq!(m.block_table(1)[..3], [RELEASED_BLOCK; 3]);
-        assert_eq!(m.block_table(1)[3..], owned[3..]);
+        assert_eq!(m.block_table(1, 0)[..3], [RELEASED_BLOCK; 3]);
+        assert_eq!(m.block_table(1, 0)[3..], owned[3..]);
         assert_eq!((m.num_used_blocks(), m.num_free_blocks()), (2, 14));
         assert_eq!(m.release_outside_window(1, 20), 0, "released once");
         m.check_invariants().unwrap();
         // growing keeps the table's indexing: token t in table[t / 4]
         m.allocate(1, &seq(0, 24), 0, 24).unwrap();
-        assert_eq!(m.block_table(1).len(), 6);
+        assert_eq!(m.block_table(1, 0).len(), 6);
         // a query at 22 reads 17..=22: block 3 (12..16) is out of reach, block 4 (16..20) is not
         assert_eq!(m.release_outside_window(1, 22), 1);
         // at 24 it reads 19..=24: block 4 still holds 19
@@ -1012,7 +1157,7 @@ mod tests {
         let mut m = KvCacheManager::new(8, 4, true).with_window(Some(3));
         let a = seq(0, 13);
         run_prompt(&mut m, 1, &a); // 4 blocks, 3 full and cached
-        let table = m.block_table(1).to_vec();
+        let table = m.block_table(1, 0).to_vec();
         // a query at 13 reads 11..=13: blocks 0 and 1 go back to the pool, still cached
         assert_eq!(m.release_outside_window(1, 13), 2);
         assert_eq!(m.num_used_blocks(), 2);
@@ -1025,8 +1170,8 @@ mod tests {
         assert_eq!(m.lookup_prefix(&b), 12);
         assert!(m.can_allocate(2, &b, 12, 13));
         m.allocate(2, &b, 12, 13).unwrap();
-        assert_eq!(m.block_table(2)[..2], [RELEASED_BLOCK; 2]);
-        assert_eq!(m.block_table(2)[2], table[2]);
+        assert_eq!(m.block_table(2, 0)[..2], [RELEASED_BLOCK; 2]);
+        assert_eq!(m.block_table(2, 0)[2], table[2]);
         assert_eq!(
             m.num_used_blocks(),
             3,
@@ -1087,7 +1232,7 @@ mod tests {
                     // the first new token (at 12) reads 10..=12: blocks 5 and 6, both cached
                     assert_eq!(m.lookup_prefix(&b), 12);
                     m.allocate(3, &b, 12, 13).unwrap();
-                    let t = m.block_table(3).to_vec();
+                    let t = m.block_table(3, 0).to_vec();
                     assert_eq!(t[..5], [RELEASED_BLOCK; 5]);
                     assert!(m.pool.cached(t[5]).is_some());
                     m.check_invariants().unwrap();
@@ -1111,7 +1256,7 @@ mod tests {
         let mut m = KvCacheManager::with_hash_fn(3, 2, true, sum_hash).with_window(Some(2));
         let a = [1, 3, 5, 5, 9];
         run_prompt(&mut m, 1, &a);
-        let ta = m.block_table(1).to_vec();
+        let ta = m.block_table(1, 0).to_vec();
         m.free(1);
         // pin a1 (test hook); 4 tokens of other content evict a's partial block and a0, a ghost
         m.pool.acquire(ta[1]);
@@ -1133,7 +1278,7 @@ mod tests {
         let mut m = KvCacheManager::new(10, 2, true).with_window(Some(2));
         let a = seq(0, 9); // 4 full blocks, a's blocks 0..=4
         run_prompt(&mut m, 1, &a);
-        let ta = m.block_table(1).to_vec();
+        let ta = m.block_table(1, 0).to_vec();
         m.release_outside_window(1, 8); // the query at 8 reads 7..=8: blocks 0, 1, 2 go
         m.free(1);
         churn(&mut m, 2, 8); // the 5 never-used blocks, then a's 0, 1, 2: ghosts
@@ -1145,7 +1290,7 @@ mod tests {
         m.allocate(3, &a, 0, 9).unwrap();
         m.cache_computed(3, &a, 9);
         assert_eq!(m.pool.num_ghosts(), 0, "all three revived");
-        let t = m.block_table(3).to_vec();
+        let t = m.block_table(3, 0).to_vec();
         assert!(t[..3].iter().all(|&b| m.pool.cached(b).is_some()));
         assert!(
             m.pool.cached(t[3]).is_none(),
@@ -1171,7 +1316,7 @@ mod tests {
         let mut m = KvCacheManager::new(6, 2, true);
         let a = seq(0, 9); // 4 full blocks and a partial one: blocks 0..=4
         run_prompt(&mut m, 1, &a);
-        let ta = m.block_table(1).to_vec();
+        let ta = m.block_table(1, 0).to_vec();
         m.free(1);
         // pin a's blocks 1..=3 (test hook) so that 3 blocks of other content evict block 5, a's
         // partial block 4 and a's block 0 only
@@ -1261,37 +1406,65 @@ mod tests {
                 let Some(a) = a else { continue };
                 for (j, b) in live.iter().enumerate().skip(i + 1) {
                     let Some(b) = b else { continue };
-                    let (ta, tb) = (m.block_table(i as u64), m.block_table(j as u64));
-                    for (x, blk) in ta.iter().enumerate().filter(|e| *e.1 != RELEASED_BLOCK) {
-                        if let Some(y) = tb.iter().position(|o| o == blk) {
-                            prop_assert_eq!(x, y, "shared block at different positions");
-                            let end = (x + 1) * bs;
-                            prop_assert!(a.tokens.len() >= end && b.tokens.len() >= end);
-                            prop_assert_eq!(
-                                &a.tokens[..end],
-                                &b.tokens[..end],
-                                "shared block, different prefixes"
-                            );
-                        }
+                    for g in 0..m.num_groups() {
+                        check_pair_sharing(m, g, (i, a), (j, b), bs)?;
                     }
                 }
             }
             Ok(())
         }
 
-        /// Under a window, every live request's next query must find its own K/V at every position
-        /// of its window, and its released entries must be exactly the blocks before that window.
+        /// Blocks two live requests share in group g sit at the same position and hold the same
+        /// prefix (check_invariants already keeps a block out of two groups' tables).
+        fn check_pair_sharing(
+            m: &KvCacheManager,
+            g: usize,
+            (i, a): (usize, &Live),
+            (j, b): (usize, &Live),
+            bs: usize,
+        ) -> Result<(), TestCaseError> {
+            let (ta, tb) = (m.block_table(i as u64, g), m.block_table(j as u64, g));
+            for (x, blk) in ta.iter().enumerate().filter(|e| *e.1 != RELEASED_BLOCK) {
+                if let Some(y) = tb.iter().position(|o| o == blk) {
+                    prop_assert_eq!(x, y, "shared block at different positions");
+                    let end = (x + 1) * bs;
+                    prop_assert!(a.tokens.len() >= end && b.tokens.len() >= end);
+                    prop_assert_eq!(
+                        &a.tokens[..end],
+                        &b.tokens[..end],
+                        "shared block, different prefixes"
+                    );
+                }
+            }
+            Ok(())
+        }
+
+        /// In every group, every live request's next query must find its own K/V at every position
+        /// of its window (the whole context without one), in a block of that group, and its
+        /// released entries must be exactly the blocks before that window.
         fn check_window(
             m: &KvCacheManager,
             live: &[Option<Live>],
-            content: &[Vec<u32>],
+            content: &[(usize, Vec<u32>)],
         ) -> Result<(), TestCaseError> {
-            let Some(w) = m.window() else { return Ok(()) };
+            for (g, window) in m.windows().into_iter().enumerate() {
+                check_group_window(m, g, window, live, content)?;
+            }
+            Ok(())
+        }
+
+        fn check_group_window(
+            m: &KvCacheManager,
+            g: usize,
+            window: Option<usize>,
+            live: &[Option<Live>],
+            content: &[(usize, Vec<u32>)],
+        ) -> Result<(), TestCaseError> {
             let bs = m.block_size();
             for (req, l) in live.iter().enumerate() {
                 let Some(l) = l else { continue };
-                let table = m.block_table(req as u64);
-                let lo = (l.computed + 1).saturating_sub(w);
+                let table = m.block_table(req as u64, g);
+                let lo = window.map_or(0, |w| (l.computed + 1).saturating_sub(w));
                 let released = table.iter().take_while(|&&b| b == RELEASED_BLOCK).count();
                 prop_assert_eq!(released, (lo / bs).min(table.len()), "request {}", req);
                 for pos in lo..l.computed {
@@ -1302,11 +1475,12 @@ mod tests {
                         pos,
                         req
                     );
-                    let held = &content[blk as usize];
+                    let (group, held) = &content[blk as usize];
                     prop_assert!(
-                        held.len() > pos && held[..=pos] == l.tokens[..=pos],
-                        "request {} position {}: its block was overwritten",
+                        *group == g && held.len() > pos && held[..=pos] == l.tokens[..=pos],
+                        "request {} group {} position {}: its block was overwritten",
                         req,
+                        g,
                         pos
                     );
                 }
@@ -1320,27 +1494,30 @@ mod tests {
             block_size: usize,
             caching: bool,
             weak: bool,
-            window: Option<usize>,
+            windows: Vec<Option<usize>>,
             prefixes: Vec<Vec<u32>>,
             ops: Vec<Op>,
         ) -> Result<(), TestCaseError> {
             let hash_fn: HashFn = if weak { weak_hash } else { hash_block };
             let mut m = KvCacheManager::with_hash_fn(num_blocks, block_size, caching, hash_fn)
-                .with_window(window);
+                .with_groups(&windows);
             let mut live: Vec<Option<Live>> = (0..NUM_SLOTS).map(|_| None).collect();
-            // What each physical block holds: the prefix of the sequence that wrote it, up to the end of
-            // the block (only the last block's slots may be partly written).
-            let mut content: Vec<Vec<u32>> = vec![Vec::new(); num_blocks];
-            let write = |content: &mut Vec<Vec<u32>>,
+            // What each physical block holds: the group whose layers wrote it and the prefix of the
+            // sequence that wrote it, up to the end of the block (only the last block's slots may
+            // be partly written).
+            let mut content: Vec<(usize, Vec<u32>)> = vec![(0, Vec::new()); num_blocks];
+            let write = |content: &mut Vec<(usize, Vec<u32>)>,
                          m: &KvCacheManager,
                          req: usize,
                          l: &Live,
                          from: usize| {
-                let table = m.block_table(req as u64);
-                for pos in from..l.computed {
-                    let blk = table[pos / block_size] as usize;
-                    content[blk] =
-                        l.tokens[..(pos / block_size) * block_size + pos % block_size + 1].to_vec();
+                for g in 0..m.num_groups() {
+                    let table = m.block_table(req as u64, g);
+                    for pos in from..l.computed {
+                        let blk = table[pos / block_size] as usize;
+                        let upto = (pos / block_size) * block_size + pos % block_size + 1;
+                        content[blk] = (g, l.tokens[..upto].to_vec());
+                    }
                 }
             };
             for op in ops {
@@ -1373,24 +1550,26 @@ mod tests {
                         match m.allocate(slot as u64, &tokens, hit, total) {
                             Ok(()) => {
                                 prop_assert!(can);
-                                let table = m.block_table(slot as u64).to_vec();
-                                prop_assert_eq!(
-                                    table.len(),
-                                    total.div_ceil(block_size).max(hit / block_size)
-                                );
-                                // Hit blocks hold exactly this prefix (those it took: under a
-                                // window the ones before its first query's window are skipped).
-                                let skipped =
-                                    window.map_or(0, |w| (hit + 1).saturating_sub(w) / block_size);
-                                for (i, &blk) in table[..hit / block_size].iter().enumerate() {
-                                    if i < skipped {
-                                        prop_assert_eq!(blk, RELEASED_BLOCK);
-                                        continue;
-                                    }
+                                for (g, window) in windows.iter().enumerate() {
+                                    let table = m.block_table(slot as u64, g).to_vec();
                                     prop_assert_eq!(
-                                        &content[blk as usize],
-                                        &tokens[..(i + 1) * block_size]
+                                        table.len(),
+                                        total.div_ceil(block_size).max(hit / block_size)
                                     );
+                                    // Hit blocks hold exactly this prefix, written by this group
+                                    // (those it took: under a window the ones before its first
+                                    // query's window are skipped).
+                                    let skipped = window
+                                        .map_or(0, |w| (hit + 1).saturating_sub(w) / block_size);
+                                    for (i, &blk) in table[..hit / block_size].iter().enumerate() {
+                                        if i < skipped {
+                                            prop_assert_eq!(blk, RELEASED_BLOCK);
+                                            continue;
+                                        }
+                                        let (group, held) = &content[blk as usize];
+                                        prop_assert_eq!(*group, g);
+                                        prop_assert_eq!(&held[..], &tokens[..(i + 1) * block_size]);
+                                    }
                                 }
                                 let l = Live {
                                     tokens,
@@ -1470,11 +1649,11 @@ mod tests {
                 block_size in 1..5usize,
                 caching in prop::bool::weighted(0.8),
                 weak in prop::bool::weighted(0.3),
-                window in prop::option::of(1..10usize),
+                windows in prop::collection::vec(prop::option::of(1..10usize), 1..4),
                 prefixes in prop::collection::vec(prop::collection::vec(0..3u32, 0..16), 3),
                 ops in prop::collection::vec(op(), 1..60),
             ) {
-                run(num_blocks, block_size, caching, weak, window, prefixes, ops)?;
+                run(num_blocks, block_size, caching, weak, windows, prefixes, ops)?;
             }
         }
     }

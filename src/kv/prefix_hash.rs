@@ -27,8 +27,27 @@ pub const ROOT_HASH: BlockHash = BlockHash(0x9e37_79b9_7f4a_7c15);
 pub struct EntryId(pub u64);
 
 impl EntryId {
-    /// The virtual parent of block 0 of every sequence.
+    /// The virtual parent of block 0 of every sequence (in KV group 0).
     pub const ROOT: EntryId = EntryId(0);
+
+    /// The virtual parent of block 0 of every sequence in KV group `group`: each group's chains
+    /// start apart, so the same tokens cached by two groups (different layers' K/V) are two
+    /// entries that no lookup confuses. The pool reserves one id per group
+    /// (`BlockPool::with_roots`).
+    pub fn root(group: usize) -> EntryId {
+        EntryId(group as u64)
+    }
+}
+
+/// Parent hash of block 0 in KV group `group`: [`ROOT_HASH`] for group 0, a hash of the group
+/// index for the others, so the groups' chains (which share the pool's one hash index) do not
+/// collide by construction on equal tokens. The entry ids keep them apart whatever the hashes do.
+pub fn group_root_hash(group: usize) -> BlockHash {
+    if group == 0 {
+        ROOT_HASH
+    } else {
+        hash_block(ROOT_HASH, &[u32::MAX, group as u32])
+    }
 }
 
 /// Signature of a block-hash function (the manager holds one so tests can force collisions).
@@ -76,6 +95,15 @@ mod tests {
         assert_ne!(base, hash_block(ROOT_HASH, &[1, 2, 3, 5]));
         assert_ne!(base, hash_block(ROOT_HASH, &[2, 1, 3, 4]));
         assert_ne!(base, hash_block(BlockHash(1), &[1, 2, 3, 4]));
+    }
+
+    #[test]
+    fn groups_start_their_chains_apart() {
+        assert_eq!(group_root_hash(0), ROOT_HASH);
+        let roots: std::collections::HashSet<_> = (0..8).map(group_root_hash).collect();
+        assert_eq!(roots.len(), 8);
+        assert_eq!(EntryId::root(0), EntryId::ROOT);
+        assert_ne!(EntryId::root(1), EntryId::ROOT);
     }
 
     #[test]

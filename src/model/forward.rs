@@ -14,24 +14,28 @@ use super::rope::cos_sin_table;
 use super::tensor_store::HostTensor;
 use super::weights::ModelWeights;
 use crate::backend::{AttentionSpec, Backend, BatchMeta, KvGeometry};
+use crate::kv::KvLayout;
 use crate::engine::sampling::{self, TokenBan, TokenDraw};
 use crate::error::{Error, Result};
 
-/// The paged KV cache of every layer, in backend memory.
+/// The paged KV cache of every layer, in backend memory: one K and one V tensor per slot of its
+/// [`KvLayout`], layer l in slot `layout.slot_of(l)` through its group's block tables.
 pub struct KvCache<B: Backend> {
     /// Unique per allocation: recorded graphs are bound to the cache they write.
     pub id: u64,
     pub geom: KvGeometry,
-    /// per layer: [num_blocks, block_size, num_kv_heads, head_dim]
+    pub layout: KvLayout,
+    /// per slot: [num_blocks, block_size, num_kv_heads, head_dim]
     pub k: Vec<B::Buffer>,
-    /// per layer: [num_blocks, block_size, num_kv_heads, head_dim]
+    /// per slot: [num_blocks, block_size, num_kv_heads, head_dim]
     pub v: Vec<B::Buffer>,
 }
 
 impl<B: Backend> KvCache<B> {
-    /// Bytes of one block across all layers, K and V, at `elem_bytes` per element.
-    pub fn block_bytes(cfg: &ModelConfig, block_size: usize, elem_bytes: usize) -> usize {
-        2 * cfg.num_layers * block_size * cfg.kv_size() * elem_bytes
+    /// Bytes of one block, K and V, across the `slots` layers a block spans (`KvLayout::slots`:
+    /// every layer in the plain layout), at `elem_bytes` per element.
+    pub fn block_bytes(cfg: &ModelConfig, slots: usize, block_size: usize, elem_bytes: usize) -> usize {
+        2 * slots * block_size * cfg.kv_size() * elem_bytes
     }
 }
 
@@ -131,23 +135,44 @@ impl<B: Backend> Model<B> {
         }
     }
 
-    /// Allocate a zeroed paged KV cache of `num_blocks` blocks of `block_size` tokens.
+    /// Allocate a zeroed paged KV cache of `num_blocks` blocks of `block_size` tokens, every layer
+    /// reading one block table (the plain layout: steps with one KV group).
     pub fn alloc_kv(&self, num_blocks: usize, block_size: usize) -> Result<KvCache<B>> {
+        let layout = KvLayout::single(self.config.num_layers, None);
+        self.alloc_kv_in(layout, num_blocks, block_size)
+    }
+
+    /// Allocate a zeroed paged KV cache of `num_blocks` blocks of `block_size` tokens laid out in
+    /// `layout`'s groups (steps then carry a block table per group).
+    pub fn alloc_kv_in(
+        &self,
+        layout: KvLayout,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<KvCache<B>> {
         if num_blocks == 0 || block_size == 0 {
             return Err(Error::Invalid(
                 "the KV cache needs at least one block of at least one token".into(),
             ));
         }
+        if layout.num_layers() != self.config.num_layers {
+            return Err(Error::Invalid(format!(
+                "a KV layout of {} layers for a model of {}",
+                layout.num_layers(),
+                self.config.num_layers
+            )));
+        }
         let geom = self.kv_geometry(num_blocks, block_size);
-        let mut k = Vec::with_capacity(self.config.num_layers);
-        let mut v = Vec::with_capacity(self.config.num_layers);
-        for _ in 0..self.config.num_layers {
+        let mut k = Vec::with_capacity(layout.slots());
+        let mut v = Vec::with_capacity(layout.slots());
+        for _ in 0..layout.slots() {
             k.push(self.backend.zeros(geom.layer_len())?);
             v.push(self.backend.zeros(geom.layer_len())?);
         }
         Ok(KvCache {
             id: next_allocation_id(),
             geom,
+            layout,
             k,
             v,
         })
@@ -295,6 +320,13 @@ impl<B: Backend> Model<B> {
         finish: impl FnOnce(&B, &mut B::Buffer, usize) -> Result<R>,
     ) -> Result<R> {
         let c = &self.config;
+        if meta.num_kv_groups != kv.layout.num_groups() {
+            return Err(Error::Invalid(format!(
+                "a step with block tables for {} KV groups on a cache of {}",
+                meta.num_kv_groups,
+                kv.layout.num_groups()
+            )));
+        }
         if let Some(&p) = meta.positions.iter().max() {
             if p as usize >= c.max_context {
                 return Err(Error::Invalid(format!(
@@ -506,13 +538,16 @@ impl<B: Backend> Model<B> {
                 )?,
                 (None, _) => {}
             }
+            // this layer's tensors and block tables (one group of every layer in the plain layout)
+            let (slot, kv_group) = (kv.layout.slot_of(i), kv.layout.group_of(i));
             b.write_kv(
-                &mut kv.k[i],
-                &mut kv.v[i],
+                &mut kv.k[slot],
+                &mut kv.v[slot],
                 &ws.qkv,
                 meta,
                 &kv.geom,
                 c.num_heads,
+                kv_group,
             )?;
             let scale = if c.scale_attn_by_inverse_layer_idx {
                 c.attn_scale / (i + 1) as f32
@@ -524,12 +559,13 @@ impl<B: Backend> Model<B> {
                 scale,
                 window: c.layer_window(i),
                 softcap: c.attn_softcap,
+                kv_group,
             };
             b.attention(
                 &mut ws.attn,
                 &ws.qkv,
-                &kv.k[i],
-                &kv.v[i],
+                &kv.k[slot],
+                &kv.v[slot],
                 meta,
                 &kv.geom,
                 &spec,

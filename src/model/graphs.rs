@@ -86,31 +86,37 @@ pub fn graph_key(meta: &BatchMeta) -> Option<GraphKey> {
 /// their rows; padding sequences follow (module docs).
 pub fn pad_to_key(meta: &BatchMeta, key: GraphKey, block_size: usize) -> BatchMeta {
     let n = meta.num_seqs();
+    let groups = meta.num_kv_groups;
     let width = key.ctx.div_ceil(block_size.max(1)).max(1);
+    let pad = key.batch.saturating_sub(n);
     let mut out = BatchMeta {
         token_ids: meta.token_ids.clone(),
         positions: meta.positions.clone(),
-        slot_mapping: meta.slot_mapping.clone(),
+        slot_mapping: Vec::with_capacity(groups * key.batch),
         query_start_loc: (0..=key.batch as u32).collect(),
         seq_lens: meta.seq_lens.clone(),
-        block_tables: Vec::with_capacity(key.batch * width),
+        block_tables: Vec::with_capacity(groups * key.batch * width),
         max_blocks_per_seq: width,
+        num_kv_groups: groups,
         logits_indices: (0..key.batch as u32).collect(),
         decode_plan_ctx: Some(key.ctx as u32),
     };
-    for s in 0..n {
-        let row = meta.block_table(s);
-        let keep = row.len().min(width);
-        out.block_tables.extend_from_slice(&row[..keep]);
-        out.block_tables
-            .extend(std::iter::repeat_n(0, width - keep));
+    // per KV group: the real rows' slots and tables, then the padding rows'
+    for g in 0..groups {
+        out.slot_mapping.extend_from_slice(meta.slot_mapping_of(g));
+        out.slot_mapping.extend(std::iter::repeat_n(PAD_SLOT, pad));
+        for s in 0..n {
+            let row = meta.block_table(g, s);
+            let keep = row.len().min(width);
+            out.block_tables.extend_from_slice(&row[..keep]);
+            out.block_tables
+                .extend(std::iter::repeat_n(0, width - keep));
+        }
+        out.block_tables.extend(std::iter::repeat_n(0, pad * width));
     }
-    let pad = key.batch.saturating_sub(n);
     out.token_ids.extend(std::iter::repeat_n(0, pad));
     out.positions.extend(std::iter::repeat_n(0, pad));
-    out.slot_mapping.extend(std::iter::repeat_n(PAD_SLOT, pad));
     out.seq_lens.extend(std::iter::repeat_n(1, pad));
-    out.block_tables.extend(std::iter::repeat_n(0, pad * width));
     out
 }
 
@@ -383,9 +389,9 @@ mod tests {
             assert!(p.slot_mapping[n..].iter().all(|&s| s == PAD_SLOT));
             assert!(p.seq_lens[n..].iter().all(|&l| l == 1));
             for (s, &len) in lens.iter().enumerate() {
-                let real = m.block_table(s);
+                let real = m.block_table(0, s);
                 let used = (len as usize).div_ceil(16);
-                assert_eq!(&p.block_table(s)[..used], &real[..used]);
+                assert_eq!(&p.block_table(0, s)[..used], &real[..used]);
             }
             assert_eq!(p.logits_indices, (0..key.batch as u32).collect::<Vec<_>>());
             // the padded step qualifies for the same key

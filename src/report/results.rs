@@ -90,6 +90,11 @@ pub struct EngineInfo {
     /// layer, without `--keep-all-kv-blocks`); absent where every block was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_window: Option<usize>,
+    /// A hybrid model's KV groups (layers sharing a block table, each with its window; a block
+    /// spans as many layers as a group holds, so `kv_pool_bytes` / `num_blocks` is one block of
+    /// that many layers); absent where one table served every layer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kv_groups: Vec<crate::kv::KvGroup>,
 }
 
 /// A request as the engine served it: the common record plus engine-side facts.

@@ -174,8 +174,9 @@ impl Scheduler {
         self.total_preemptions
     }
 
-    pub fn block_table(&self, id: RequestId) -> &[BlockId] {
-        self.kv.block_table(id)
+    /// Request `id`'s blocks in KV group `group`.
+    pub fn block_table(&self, id: RequestId, group: usize) -> &[BlockId] {
+        self.kv.block_table(id, group)
     }
 
     /// A running request's state.

@@ -2,7 +2,8 @@
 //! simulated paged KV store that records which (token, position) each slot holds. Every step checks
 //! that each chunk reads exactly its own prefix through its block table — so chunking, preemption
 //! and prefix sharing can never feed a request someone else's K/V. Under an attention window it
-//! checks the window only (what attention reads), and that released blocks are not missed.
+//! checks the window only (what attention reads), and that released blocks are not missed. With
+//! several KV groups (a hybrid model) each group's tables and slots are checked on their own.
 
 use std::collections::HashMap;
 
@@ -22,8 +23,8 @@ fn next_token(context: &[u32], vocab: u32) -> u32 {
 struct Sim {
     sched: Scheduler,
     block_size: usize,
-    /// slot -> (token, position) last written there
-    slots: HashMap<usize, (u32, usize)>,
+    /// (KV group, slot) -> (token, position) last written there
+    slots: HashMap<(usize, usize), (u32, usize)>,
     max_tokens: HashMap<RequestId, usize>,
     finished: HashMap<RequestId, Vec<u32>>,
     steps: usize,
@@ -42,7 +43,18 @@ impl Sim {
         cfg: SchedulerConfig,
         window: Option<usize>,
     ) -> Self {
-        let kv = KvCacheManager::new(num_blocks, block_size, caching).with_window(window);
+        Self::grouped(num_blocks, block_size, caching, cfg, &[window])
+    }
+
+    /// A simulation whose model has a KV group per entry of `windows`, attending within it.
+    fn grouped(
+        num_blocks: usize,
+        block_size: usize,
+        caching: bool,
+        cfg: SchedulerConfig,
+        windows: &[Option<usize>],
+    ) -> Self {
+        let kv = KvCacheManager::new(num_blocks, block_size, caching).with_groups(windows);
         Self {
             sched: Scheduler::new(cfg, kv),
             block_size,
@@ -58,9 +70,10 @@ impl Sim {
         self.sched.add(SeqState::new(id, prompt));
     }
 
-    fn slot(&self, id: RequestId, pos: usize) -> usize {
-        let table = self.sched.block_table(id);
-        table[pos / self.block_size] as usize * self.block_size + pos % self.block_size
+    fn slot(&self, id: RequestId, group: usize, pos: usize) -> (usize, usize) {
+        let table = self.sched.block_table(id, group);
+        let slot = table[pos / self.block_size] as usize * self.block_size + pos % self.block_size;
+        (group, slot)
     }
 
     fn step(&mut self, vocab: u32) {
@@ -79,24 +92,22 @@ impl Sim {
                 .running_seq(c.id)
                 .expect("chunk of a running request");
             let tokens = seq.tokens.clone();
-            // the K/V this chunk attends to (its first query's window) must be the request's own
-            // earlier tokens
-            let lo = self
-                .sched
-                .kv()
-                .window()
-                .map_or(0, |w| (c.start + 1).saturating_sub(w));
-            for (p, &tok) in tokens.iter().enumerate().take(c.start).skip(lo) {
-                assert_eq!(
-                    self.slots.get(&self.slot(c.id, p)),
-                    Some(&(tok, p)),
-                    "request {} reads a wrong K/V at position {p}",
-                    c.id
-                );
-            }
-            for (p, &tok) in tokens.iter().enumerate().skip(c.start).take(c.len) {
-                let s = self.slot(c.id, p);
-                self.slots.insert(s, (tok, p));
+            // in every group, the K/V this chunk attends to (its first query's window) must be
+            // the request's own earlier tokens
+            for (g, window) in self.sched.kv().windows().into_iter().enumerate() {
+                let lo = window.map_or(0, |w| (c.start + 1).saturating_sub(w));
+                for (p, &tok) in tokens.iter().enumerate().take(c.start).skip(lo) {
+                    assert_eq!(
+                        self.slots.get(&self.slot(c.id, g, p)),
+                        Some(&(tok, p)),
+                        "request {} reads a wrong K/V at position {p} in group {g}",
+                        c.id
+                    );
+                }
+                for (p, &tok) in tokens.iter().enumerate().skip(c.start).take(c.len) {
+                    let s = self.slot(c.id, g, p);
+                    self.slots.insert(s, (tok, p));
+                }
             }
             if c.samples {
                 sampled.push((c.id, next_token(&tokens, vocab)));
@@ -111,12 +122,14 @@ impl Sim {
             }
         }
         self.sched.kv().check_invariants().unwrap();
-        if let Some(w) = self.sched.kv().window() {
+        let windows = self.sched.kv().windows();
+        for (g, w) in windows.into_iter().enumerate() {
+            let Some(w) = w else { continue };
             // between steps a request holds only the blocks of its next query's window
             for seq in &self.sched.running {
                 let owned = self
                     .sched
-                    .block_table(seq.id)
+                    .block_table(seq.id, g)
                     .iter()
                     .filter(|&&b| b != crate::kv::RELEASED_BLOCK)
                     .count();
@@ -293,7 +306,7 @@ fn under_a_window_requests_longer_than_the_pool_run() {
     assert_eq!((plan.chunks[0].start, plan.chunks[0].len), (20, 1));
     let owned = sim
         .sched
-        .block_table(4)
+        .block_table(4, 0)
         .iter()
         .filter(|&&b| b != crate::kv::RELEASED_BLOCK)
         .count();
@@ -344,8 +357,8 @@ struct Mix {
     caching: bool,
     max_seqs: usize,
     budget: usize,
-    /// Every layer's attention window, if the simulated model has one.
-    window: Option<usize>,
+    /// Each KV group's attention window (one group: every layer's; None: full attention).
+    windows: Vec<Option<usize>>,
     /// (prefix family, extra tokens, max_tokens, arrival step)
     requests: Vec<(usize, Vec<u32>, usize, usize)>,
 }
@@ -356,7 +369,7 @@ fn mix() -> impl Strategy<Value = Mix> {
         any::<bool>(),
         1usize..6,
         1usize..24,
-        prop::option::of(1usize..12),
+        prop::collection::vec(prop::option::of(1usize..12), 1..4),
         prop::collection::vec(
             (
                 0usize..3,
@@ -368,17 +381,19 @@ fn mix() -> impl Strategy<Value = Mix> {
         ),
     )
         .prop_map(
-            |(block_size, caching, max_seqs, budget, window, requests)| {
+            |(block_size, caching, max_seqs, budget, windows, requests)| {
                 // the pool must hold the longest request alone: prefix (≤ 8) + extra (≤ 9) + outputs
-                // (≤ 7), or, under a window, the blocks a request needs at a time (often fewer:
-                // then requests longer than the pool run)
-                let min_blocks = match window {
-                    Some(w) => (w - 1 + budget).div_ceil(block_size) + 1,
-                    None => 24usize.div_ceil(block_size),
-                };
+                // (≤ 7) in every group, where a windowed group needs at most the blocks of its
+                // window and a chunk at a time (often fewer: then requests longer than the pool run)
+                let longest = 24usize;
+                let min_blocks = crate::kv::blocks_held(
+                    &windows,
+                    block_size,
+                    budget,
+                    longest.div_ceil(block_size),
+                );
                 let num_blocks = min_blocks + requests.len() % 3 * 4;
-                let longest = 24;
-                let cap = crate::kv::max_request_tokens(num_blocks, block_size, window, budget);
+                let cap = crate::kv::max_request_tokens(num_blocks, block_size, &windows, budget);
                 assert!(cap >= longest, "the pool must run every request alone");
                 Mix {
                     num_blocks,
@@ -386,7 +401,7 @@ fn mix() -> impl Strategy<Value = Mix> {
                     caching,
                     max_seqs,
                     budget,
-                    window,
+                    windows,
                     requests,
                 }
             },
@@ -403,12 +418,12 @@ proptest! {
     #[test]
     fn random_mixes_match_sequential_and_free_everything(m in mix()) {
         let prefixes: [Vec<u32>; 3] = [(0..8).collect(), (0..8).map(|t| t % 3).collect(), vec![7; 5]];
-        let mut sim = Sim::windowed(
+        let mut sim = Sim::grouped(
             m.num_blocks,
             m.block_size,
             m.caching,
             cfg(m.max_seqs, m.budget),
-            m.window,
+            &m.windows,
         );
         let vocab = 6;
         let mut pending: Vec<(RequestId, Vec<u32>, usize, usize)> = m

@@ -225,8 +225,13 @@ fn build_engine<B: EngineBackend>(
     let (model, tokenizer) = loaded.into_model(backend)?;
     model.set_graphs(cfg.cuda_graphs);
     let described = model.backend.describe();
-    let block_bytes =
-        KvCache::<B>::block_bytes(&config, cfg.block_size.max(1), model.backend.elem_bytes());
+    let slots = crate::kv::KvLayout::for_model(&config, cfg.keep_all_kv_blocks).slots();
+    let block_bytes = KvCache::<B>::block_bytes(
+        &config,
+        slots,
+        cfg.block_size.max(1),
+        model.backend.elem_bytes(),
+    );
     let num_blocks = match cfg.kv {
         KvSize::Blocks(n) => n,
         KvSize::Auto {
@@ -242,6 +247,7 @@ fn build_engine<B: EngineBackend>(
                     gpu_memory_utilization,
                     max_num_batched_tokens: cfg.max_num_batched_tokens,
                     max_num_seqs: cfg.max_num_seqs,
+                    keep_all_kv_blocks: cfg.keep_all_kv_blocks,
                 },
             )
             .map_err(|e| ServeError::Backend(format!("{e:#}")))?,

@@ -365,7 +365,7 @@ where
                 1.0,
             )?;
             let (mut k, mut v) = (b.zeros(geom.layer_len())?, b.zeros(geom.layer_len())?);
-            Box::new(move || b.write_kv(&mut k, &mut v, &qkv, &meta, &geom, num_heads))
+            Box::new(move || b.write_kv(&mut k, &mut v, &qkv, &meta, &geom, num_heads, 0))
         }
         (
             &Shape::Attention {

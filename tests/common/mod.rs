@@ -200,7 +200,7 @@ pub fn prefill_batch(
         .map(|(p, t)| SeqChunk {
             tokens: p,
             start_pos: 0,
-            block_table: t,
+            block_tables: vec![t],
             logits: LogitsWanted::Last,
         })
         .collect();

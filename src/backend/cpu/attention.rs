@@ -30,6 +30,7 @@ pub fn paged_attention(
         scale,
         window,
         softcap,
+        kv_group,
     } = *spec;
     let d = geom.head_dim;
     let nkv = geom.num_kv_heads;
@@ -48,7 +49,7 @@ pub fn paged_attention(
         .enumerate()
         .for_each(|(t, out_row)| {
             let s = seq_of[t];
-            let table = meta.block_table(s);
+            let table = meta.block_table(kv_group, s);
             let pos = meta.positions[t] as usize;
             // keys lo..=pos
             let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
@@ -127,6 +128,7 @@ mod tests {
             seq_lens: vec![ctx as u32],
             block_tables: table,
             max_blocks_per_seq: blocks,
+            num_kv_groups: 1,
             logits_indices: vec![],
             decode_plan_ctx: None,
         };

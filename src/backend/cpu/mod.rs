@@ -289,6 +289,7 @@ impl Backend for CpuBackend {
         meta: &BatchMeta,
         geom: &KvGeometry,
         num_heads: usize,
+        kv_group: usize,
     ) -> Result<()> {
         need(k_cache, geom.layer_len(), "k_cache")?;
         need(v_cache, geom.layer_len(), "v_cache")?;
@@ -298,7 +299,9 @@ impl Backend for CpuBackend {
             meta.num_tokens() * (q_size + 2 * geom.slot_len()),
             "qkv",
         )?;
-        kv_write::write_kv(k_cache, v_cache, qkv, &meta.slot_mapping, geom, q_size);
+        super::check_kv_group("cpu", kv_group, meta.num_kv_groups)?;
+        let slots = meta.slot_mapping_of(kv_group);
+        kv_write::write_kv(k_cache, v_cache, qkv, slots, geom, q_size);
         Ok(())
     }
 
@@ -329,6 +332,7 @@ impl Backend for CpuBackend {
             )
         })?;
         spec.check("cpu")?;
+        super::check_kv_group("cpu", spec.kv_group, meta.num_kv_groups)?;
         attention::paged_attention(out, qkv, k_cache, v_cache, meta, geom, spec);
         Ok(())
     }

@@ -9,14 +9,17 @@
 //!               metadata
 //! reserve     = cuBLAS workspace and allocator slack (RESERVE_BYTES)
 //! kv pool     = budget − weights − activations − reserve, in whole blocks of
-//!               2 × layers × block_size × num_kv_heads × head_dim × sizeof(dtype) bytes,
-//!               capped at what max_num_seqs sequences of the full context can ever hold
+//!               2 × slots × block_size × num_kv_heads × head_dim × sizeof(dtype) bytes
+//!               (slots: the layers a block spans, `kv::KvLayout::slots`: every layer unless the
+//!               model is hybrid), capped at what max_num_seqs sequences of the full context can
+//!               ever hold (a sliding group holds at most its window's blocks per sequence)
 //! ```
 //!
 //! Everything here is plain arithmetic over numbers the backend measured, so it is tested without a
 //! GPU.
 
 use crate::error::{Error, Result};
+use crate::kv::KvLayout;
 use crate::model::{Arch, ModelConfig};
 
 /// Held back for cuBLAS's workspace (it allocates up to 32 MiB per handle on Hopper) and the
@@ -41,14 +44,16 @@ pub fn activation_bytes(
     let per_logit_row = h + cfg.vocab_size;
     // One step's metadata (u32, one upload): ids, positions, slots per token; logits indices,
     // query_start_loc and seq_lens per sequence (at most logits_rows of them); block tables (at most
-    // max_context entries per sequence). Plus the all-zero row indices of the bias broadcast.
+    // max_context entries per sequence: num_kv_groups × ⌈max_context / block_size⌉ is no more while
+    // a block holds at least as many tokens as there are KV groups). Plus the all-zero row indices
+    // of the bias broadcast.
     let meta_u32 = 3 * tokens + 3 * (logits_rows + 1) + logits_rows * cfg.max_context + tokens;
     elem_bytes * (tokens * per_token + logits_rows * per_logit_row) + 4 * meta_u32
 }
 
-/// KV bytes of one block: K and V, every layer.
-pub fn block_bytes(cfg: &ModelConfig, block_size: usize, elem_bytes: usize) -> usize {
-    2 * cfg.num_layers * block_size * cfg.kv_size() * elem_bytes
+/// KV bytes of one block: K and V, across the `slots` layers a block spans (`KvLayout::slots`).
+pub fn block_bytes(cfg: &ModelConfig, slots: usize, block_size: usize, elem_bytes: usize) -> usize {
+    2 * slots * block_size * cfg.kv_size() * elem_bytes
 }
 
 /// Inputs of the plan.
@@ -121,7 +126,7 @@ fn err(msg: String) -> Error {
 }
 
 /// Size the KV pool (see the module docs).
-pub fn plan(cfg: &ModelConfig, i: PlanInputs) -> Result<MemoryPlan> {
+pub fn plan(cfg: &ModelConfig, layout: &KvLayout, i: PlanInputs) -> Result<MemoryPlan> {
     if !(i.utilization > 0.0 && i.utilization <= 1.0) {
         return Err(Error::Invalid(format!(
             "--gpu-memory-utilization must be in (0, 1], got {}",
@@ -142,9 +147,15 @@ pub fn plan(cfg: &ModelConfig, i: PlanInputs) -> Result<MemoryPlan> {
         i.max_num_batched_tokens.max(1),
         logits_rows,
     );
-    let block = block_bytes(cfg, i.block_size, i.elem_bytes).max(1);
+    let block = block_bytes(cfg, layout.slots(), i.block_size, i.elem_bytes).max(1);
     let fixed = weights + activations + RESERVE_BYTES;
-    let per_seq_blocks = cfg.max_context.div_ceil(i.block_size);
+    // the blocks one sequence of the full context holds at most, over the KV groups
+    let per_seq_blocks = crate::kv::blocks_held(
+        &layout.windows(),
+        i.block_size,
+        i.max_num_batched_tokens.max(1),
+        cfg.max_context.div_ceil(i.block_size),
+    );
     let room = budget.saturating_sub(fixed) / block;
     if room < per_seq_blocks.max(1) {
         return Err(err(format!(
@@ -209,8 +220,8 @@ mod tests {
     fn llama_8b_on_an_80_gib_gpu() {
         let cfg = llama_8b();
         // 32 layers x 16 tokens x 8 heads x 128 x 2 bytes x (K, V) = 2 MiB per block
-        assert_eq!(block_bytes(&cfg, 16, 2), 2 << 20);
-        let p = plan(&cfg, inputs(79 << 30, 15 << 30)).unwrap();
+        assert_eq!(block_bytes(&cfg, 32, 16, 2), 2 << 20);
+        let p = plan(&cfg, &plain(&cfg), inputs(79 << 30, 15 << 30)).unwrap();
         assert_eq!(p.budget_bytes, ((79u64 << 30) as f64 * 0.9) as usize);
         let used = p.weights_bytes + p.activation_bytes + p.reserve_bytes + p.kv_bytes;
         assert!(used <= p.budget_bytes && p.budget_bytes - used < p.block_bytes);
@@ -223,7 +234,7 @@ mod tests {
     #[test]
     fn too_little_memory_is_a_clear_error_and_bad_fractions_are_rejected() {
         let cfg = llama_8b();
-        let e = plan(&cfg, inputs(16 << 30, 15 << 30))
+        let e = plan(&cfg, &plain(&cfg), inputs(16 << 30, 15 << 30))
             .unwrap_err()
             .to_string();
         assert!(
@@ -233,6 +244,7 @@ mod tests {
         for bad in [0.0, 1.5, f64::NAN] {
             let e = plan(
                 &cfg,
+                &plain(&cfg),
                 PlanInputs {
                     utilization: bad,
                     ..inputs(79 << 30, 15 << 30)
@@ -248,8 +260,36 @@ mod tests {
             "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
             "vocab_size": 512, "max_position_embeddings": 256}"#;
         let cfg = ModelConfig::from_json_str(text, "tiny.json").unwrap();
-        let p = plan(&cfg, inputs(79 << 30, 1 << 20)).unwrap();
+        let p = plan(&cfg, &plain(&cfg), inputs(79 << 30, 1 << 20)).unwrap();
         assert!(p.capped);
         assert_eq!(p.num_blocks, 256 * (256 / 16));
+    }
+
+    #[test]
+    fn a_hybrid_model_gets_blocks_of_its_group_size_and_a_cap_of_what_its_groups_hold() {
+        // Gemma-3-1B-like: 26 layers, every 6th full, window 512, context 32768
+        let text = r#"{"model_type": "gemma3_text", "hidden_size": 1152, "intermediate_size": 6912,
+            "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
+            "num_hidden_layers": 26, "vocab_size": 262144, "max_position_embeddings": 32768,
+            "sliding_window": 512, "sliding_window_pattern": 6}"#;
+        let cfg = ModelConfig::from_json_str(text, "gemma3.json").unwrap();
+        let hybrid = KvLayout::for_model(&cfg, false);
+        assert_eq!((hybrid.slots(), hybrid.num_groups()), (4, 7));
+        // 4 slots x 16 tokens x 1 head x 256 x 2 bytes x (K, V) = 64 KiB a block
+        assert_eq!(block_bytes(&cfg, hybrid.slots(), 16, 2), 64 << 10);
+        let p = plan(&cfg, &hybrid, inputs(79 << 30, 1 << 30)).unwrap();
+        // a full-context sequence: 2048 blocks in the full group, ⌈(511 + 2048) / 16⌉ + 1 = 161 in
+        // each of 6 sliding groups
+        assert!(p.capped);
+        assert_eq!(p.num_blocks, 256 * (2048 + 6 * 161));
+        // every layer in one table: blocks of 26 layers, capped at 256 whole contexts
+        let plain = plan(&cfg, &plain(&cfg), inputs(79 << 30, 1 << 30)).unwrap();
+        assert_eq!(plain.block_bytes, 26 * 16 * 256 * 2 * 2);
+        assert!(!plain.capped);
+    }
+
+    /// Every layer in one KV group (the layout of a model without sliding layers).
+    fn plain(cfg: &ModelConfig) -> KvLayout {
+        KvLayout::for_model(cfg, true)
     }
 }

@@ -381,6 +381,7 @@ impl<T: CudaDtype> CudaBackend<T> {
     pub fn plan_memory(
         &self,
         cfg: &crate::model::ModelConfig,
+        layout: &crate::kv::KvLayout,
         utilization: f64,
         block_size: usize,
         max_num_batched_tokens: usize,
@@ -390,6 +391,7 @@ impl<T: CudaDtype> CudaBackend<T> {
         let (free_now, total) = self.mem_info()?;
         memory::plan(
             cfg,
+            layout,
             PlanInputs {
                 total_bytes: total,
                 free_at_open_bytes: self.dev.free_at_open,
@@ -547,6 +549,7 @@ impl<T: CudaDtype> CudaBackend<T> {
         scale: f32,
         window: u32,
         softcap: f32,
+        kv_group: usize,
     ) -> Result<()> {
         let x = attention::AttnInputs {
             qkv,
@@ -554,7 +557,7 @@ impl<T: CudaDtype> CudaBackend<T> {
             v_cache,
             query_start_loc: meta.view(&meta.query_start_loc),
             seq_lens: meta.view(&meta.seq_lens),
-            block_tables: meta.view(&meta.block_tables),
+            block_tables: meta.block_tables_of(kv_group),
         };
         let num_seqs = u(meta.num_seqs, "num_seqs")?;
         let max_blocks_per_seq = u(meta.max_blocks_per_seq, "max_blocks_per_seq")?;
@@ -736,6 +739,9 @@ pub struct MetaLayout {
     pub num_seqs: usize,
     pub num_logits: usize,
     pub max_blocks_per_seq: usize,
+    /// KV groups: `slot_mapping` is [num_kv_groups, num_tokens], `block_tables` [num_kv_groups,
+    /// num_seqs, max_blocks_per_seq] ([`BatchMeta`]).
+    pub num_kv_groups: usize,
     /// Largest token id and position of the step (host-side checks against table sizes).
     pub max_token_id: Option<u32>,
     pub max_position: Option<u32>,
@@ -768,7 +774,8 @@ impl MetaLayout {
         ranges(self) == ranges(other)
             && (self.num_tokens, self.num_seqs, self.num_logits)
                 == (other.num_tokens, other.num_seqs, other.num_logits)
-            && self.max_blocks_per_seq == other.max_blocks_per_seq
+            && (self.max_blocks_per_seq, self.num_kv_groups)
+                == (other.max_blocks_per_seq, other.num_kv_groups)
             && (self.num_decode, self.num_prefill_tiles, self.max_decode_ctx)
                 == (
                     other.num_decode,
@@ -788,6 +795,20 @@ impl std::ops::Deref for CudaMeta {
 impl CudaMeta {
     fn view(&self, r: &Range<usize>) -> CudaView<'_, u32> {
         self.buf.slice(r.clone())
+    }
+
+    /// KV group `g`'s slots, [num_tokens] (`g` checked by the caller).
+    fn slot_mapping_of(&self, g: usize) -> CudaView<'_, u32> {
+        let t = self.num_tokens;
+        let start = self.slot_mapping.start + g * t;
+        self.buf.slice(start..start + t)
+    }
+
+    /// KV group `g`'s block tables, [num_seqs, max_blocks_per_seq] (`g` checked by the caller).
+    fn block_tables_of(&self, g: usize) -> CudaView<'_, u32> {
+        let len = self.num_seqs * self.max_blocks_per_seq;
+        let start = self.block_tables.start + g * len;
+        self.buf.slice(start..start + len)
     }
 }
 
@@ -840,6 +861,7 @@ fn step_arrays(meta: &BatchMeta, geom: &KvGeometry) -> Result<(Vec<u32>, MetaLay
         num_seqs: meta.num_seqs(),
         num_logits: meta.num_logits(),
         max_blocks_per_seq: meta.max_blocks_per_seq,
+        num_kv_groups: meta.num_kv_groups,
         max_token_id: meta.token_ids.iter().copied().max(),
         max_position: meta.positions.iter().copied().max(),
         num_decode: decode_seqs.len(),
@@ -1289,18 +1311,20 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         meta: &CudaMeta,
         geom: &KvGeometry,
         num_heads: usize,
+        kv_group: usize,
     ) -> Result<()> {
         need(k_cache, geom.layer_len(), "k_cache")?;
         need(v_cache, geom.layer_len(), "v_cache")?;
         let row_len = num_heads * geom.head_dim + 2 * geom.slot_len();
         need(qkv, meta.num_tokens * row_len, "qkv")?;
+        super::check_kv_group("cuda", kv_group, meta.num_kv_groups)?;
         ops::write_kv(
             self.k(),
             self.s(),
             k_cache,
             v_cache,
             qkv,
-            &meta.view(&meta.slot_mapping),
+            &meta.slot_mapping_of(kv_group),
             params::KvWriteParams {
                 kv: kv_params(geom)?,
                 num_tokens: u(meta.num_tokens, "num_tokens")?,
@@ -1332,6 +1356,7 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         let q_stride = u(row_len, "q_stride")?;
         let out_stride = u(q_size, "out_stride")?;
         spec.check("cuda")?;
+        super::check_kv_group("cuda", spec.kv_group, meta.num_kv_groups)?;
         let window = attention::window_param(spec.window);
         let softcap = spec.softcap.unwrap_or(0.0);
         if self.attention == AttentionVariant::Auto && self.auto_attention_applies(meta, geom) {
@@ -1348,6 +1373,7 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
                 scale,
                 window,
                 softcap,
+                spec.kv_group,
             );
         }
         ops::paged_attention_naive(
@@ -1360,7 +1386,7 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
             &meta.view(&meta.query_start_loc),
             &meta.view(&meta.seq_lens),
             &meta.view(&meta.positions),
-            &meta.view(&meta.block_tables),
+            &meta.block_tables_of(spec.kv_group),
             params::PagedAttentionParams {
                 kv,
                 num_tokens: u(meta.num_tokens, "num_tokens")?,

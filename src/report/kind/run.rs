@@ -35,6 +35,24 @@ pub fn part(ctx: &Context, r: &RunResults) -> Part {
             ctx.label
         ));
     }
+    if r.engine.kv_groups.len() > 1 {
+        let windows: Vec<usize> = r.engine.kv_groups.iter().filter_map(|g| g.window).collect();
+        let slots = r.engine.kv_groups.iter().map(|g| g.layers.len()).max().unwrap_or(0);
+        notes.push(format!(
+            "{}: a hybrid model: its layers shared {} KV block tables (blocks of {slots} layers), \
+             and the {} sliding ones released the blocks that left their window ({} tokens): KV \
+             blocks in use count the full layers' whole sequences and the sliding layers' windows \
+             (`run --keep-all-kv-blocks` measures the footprint with one table for every layer).",
+            ctx.label,
+            r.engine.kv_groups.len(),
+            windows.len(),
+            windows
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     let framework = format!("infermeter engine ({}, {})", r.model.backend, r.model.dtype);
     let mode = r
         .workload
