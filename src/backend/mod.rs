@@ -226,7 +226,9 @@ impl BatchMeta {
             );
         }
         if self.block_tables.len() != groups * s * self.max_blocks_per_seq {
-            return Err("block_tables must be [num_kv_groups, num_seqs, max_blocks_per_seq]".into());
+            return Err(
+                "block_tables must be [num_kv_groups, num_seqs, max_blocks_per_seq]".into(),
+            );
         }
         for g in 0..groups {
             self.validate_group(geom, g)?;

@@ -69,9 +69,8 @@ pub fn build_batch(chunks: &[SeqChunk], block_size: usize) -> BatchMeta {
     for g in 0..groups {
         for c in chunks {
             let table = c.block_tables[g];
-            let slots = (c.start_pos..c.start_pos + c.tokens.len()).map(|pos| {
-                table[pos / block_size] * block_size as u32 + (pos % block_size) as u32
-            });
+            let slots = (c.start_pos..c.start_pos + c.tokens.len())
+                .map(|pos| table[pos / block_size] * block_size as u32 + (pos % block_size) as u32);
             m.slot_mapping.extend(slots);
         }
         for c in chunks {

@@ -141,7 +141,10 @@ impl KvLayout {
     /// Slots no layer uses (the last group of a kind short of layers), summed over the groups:
     /// tensor memory paid per block and never written.
     pub fn padding_slots(&self) -> usize {
-        self.groups.iter().map(|g| self.slots - g.layers.len()).sum()
+        self.groups
+            .iter()
+            .map(|g| self.slots - g.layers.len())
+            .sum()
     }
 
     /// One line for start-up output and reports, e.g. "7 groups of 4 layers: 1 full (4 layers),

@@ -483,7 +483,9 @@ impl KvCacheManager {
                 .iter()
                 .map(|s| want_blocks.saturating_sub(s.table.len()))
                 .sum(),
-            _ => self.groups.len() * want_blocks.saturating_sub(prefix_hit_tokens / self.block_size),
+            _ => {
+                self.groups.len() * want_blocks.saturating_sub(prefix_hit_tokens / self.block_size)
+            }
         }
     }
 
@@ -582,9 +584,9 @@ impl KvCacheManager {
     }
 
     /// In each group with an attention window of `w` positions, release the leading blocks of
-    /// `req` that no query from position `num_computed_tokens` on can read: block `i` once `(i + 1)
-    /// * block_size <= num_computed_tokens + 1 - w` (its last position is before the next query's
-    /// window). Call it after `cache_computed` for the same tokens, so a released block is already
+    /// `req` that no query from position `num_computed_tokens` on can read: block `i` once
+    /// `(i + 1) * block_size <= num_computed_tokens + 1 - w` (its last position is before the next
+    /// query's window). Call it after `cache_computed` for the same tokens, so a released block is already
     /// in the prefix cache (it stays findable there until evicted, like any freed cached block).
     /// The entries become [`RELEASED_BLOCK`]; the table keeps its length, so token `t` still lives
     /// in `table[t / block_size]`. Returns how many blocks were released now, over the groups.
@@ -656,7 +658,10 @@ impl KvCacheManager {
                     self.groups.len()
                 ));
             }
-            if states.iter().any(|s| s.table.len() != states[0].table.len()) {
+            if states
+                .iter()
+                .any(|s| s.table.len() != states[0].table.len())
+            {
                 return Err(format!("request {req}: tables of different lengths"));
             }
             let mut in_tables = std::collections::HashSet::new();
@@ -1034,7 +1039,10 @@ mod tests {
         assert_eq!(m.lookup_prefix(&[2, 2, 5, 5, 9]), 0);
         assert_eq!(run_prompt(&mut m, 2, &[2, 2, 5, 5, 9]), 0);
         // Its first block could not be registered (slot taken by other content) and caching stopped.
-        assert!(m.block_table(2, 0).iter().all(|&b| m.pool.cached(b).is_none()));
+        assert!(m
+            .block_table(2, 0)
+            .iter()
+            .all(|&b| m.pool.cached(b).is_none()));
         assert_eq!(m.lookup_prefix(&a), 4);
         m.check_invariants().unwrap();
     }

@@ -14,9 +14,9 @@ use super::rope::cos_sin_table;
 use super::tensor_store::HostTensor;
 use super::weights::ModelWeights;
 use crate::backend::{AttentionSpec, Backend, BatchMeta, KvGeometry};
-use crate::kv::KvLayout;
 use crate::engine::sampling::{self, TokenBan, TokenDraw};
 use crate::error::{Error, Result};
+use crate::kv::KvLayout;
 
 /// The paged KV cache of every layer, in backend memory: one K and one V tensor per slot of its
 /// [`KvLayout`], layer l in slot `layout.slot_of(l)` through its group's block tables.
@@ -34,7 +34,12 @@ pub struct KvCache<B: Backend> {
 impl<B: Backend> KvCache<B> {
     /// Bytes of one block, K and V, across the `slots` layers a block spans (`KvLayout::slots`:
     /// every layer in the plain layout), at `elem_bytes` per element.
-    pub fn block_bytes(cfg: &ModelConfig, slots: usize, block_size: usize, elem_bytes: usize) -> usize {
+    pub fn block_bytes(
+        cfg: &ModelConfig,
+        slots: usize,
+        block_size: usize,
+        elem_bytes: usize,
+    ) -> usize {
         2 * slots * block_size * cfg.kv_size() * elem_bytes
     }
 }

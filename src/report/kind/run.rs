@@ -37,7 +37,13 @@ pub fn part(ctx: &Context, r: &RunResults) -> Part {
     }
     if r.engine.kv_groups.len() > 1 {
         let windows: Vec<usize> = r.engine.kv_groups.iter().filter_map(|g| g.window).collect();
-        let slots = r.engine.kv_groups.iter().map(|g| g.layers.len()).max().unwrap_or(0);
+        let slots = r
+            .engine
+            .kv_groups
+            .iter()
+            .map(|g| g.layers.len())
+            .max()
+            .unwrap_or(0);
         notes.push(format!(
             "{}: a hybrid model: its layers shared {} KV block tables (blocks of {slots} layers), \
              and the {} sliding ones released the blocks that left their window ({} tokens): KV \
