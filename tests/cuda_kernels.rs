@@ -101,6 +101,34 @@ fn paged_batch(
 
 // ---- norms and elementwise ------------------------------------------------------------------------
 
+/// `meta` (one KV group) as group 1 of a two-group step whose group 0 is a decoy: other blocks
+/// of the same pool for every sequence, so a kernel reading group 0's slots or tables instead of
+/// group 1's reads (or writes) other memory than the CPU reference.
+fn behind_a_decoy_group(meta: &BatchMeta, geom: &KvGeometry, r: &mut ChaCha8Rng) -> BatchMeta {
+    let bs = geom.block_size;
+    let mut pool: Vec<u32> = (0..geom.num_blocks as u32).collect();
+    pool.shuffle(r);
+    let decoy: Vec<u32> = (0..meta.block_tables.len())
+        .map(|i| pool[i % pool.len()])
+        .collect();
+    let mut slots = Vec::with_capacity(2 * meta.num_tokens());
+    for s in 0..meta.num_seqs() {
+        let row = &decoy[s * meta.max_blocks_per_seq..(s + 1) * meta.max_blocks_per_seq];
+        let (q0, q1) = (meta.query_start_loc[s], meta.query_start_loc[s + 1]);
+        for t in q0 as usize..q1 as usize {
+            let pos = meta.positions[t] as usize;
+            slots.push(row[pos / bs] * bs as u32 + (pos % bs) as u32);
+        }
+    }
+    slots.extend_from_slice(&meta.slot_mapping);
+    BatchMeta {
+        slot_mapping: slots,
+        block_tables: [decoy, meta.block_tables.clone()].concat(),
+        num_kv_groups: 2,
+        ..meta.clone()
+    }
+}
+
 fn check_norms<T: CudaDtype>(b: &B<T>) {
     let mut r = rng(1);
     let e = eps::<T>();
@@ -790,6 +818,11 @@ fn check_attention_variants<T: CudaDtype>(b: &B<T>) {
                 heads / kv_heads
             );
             let (meta, geom) = paged_batch(batch, block_size, kv_heads, head_dim, 100, &mut r);
+            // the windowed batches run as a sliding group (group 1) of a hybrid model's step
+            let (meta, kv_group) = match window {
+                Some(_) => (behind_a_decoy_group(&meta, &geom, &mut r), 1),
+                None => (meta, 0),
+            };
             let t = meta.num_tokens();
             let q_size = heads * head_dim;
             let row = q_size + 2 * geom.slot_len();
@@ -800,15 +833,17 @@ fn check_attention_variants<T: CudaDtype>(b: &B<T>) {
             let mut dk = upload(b, &kc);
             let mut dv = upload(b, &vc);
             let dqkv = upload(b, &qkv);
-            b.write_kv(&mut dk, &mut dv, &dqkv, &dm, &geom, heads, 0)
+            b.write_kv(&mut dk, &mut dv, &dqkv, &dm, &geom, heads, kv_group)
                 .unwrap();
-            cpu::kv_write::write_kv(&mut kc, &mut vc, &qkv, &meta.slot_mapping, &geom, q_size);
+            let slots = meta.slot_mapping_of(kv_group);
+            cpu::kv_write::write_kv(&mut kc, &mut vc, &qkv, slots, &geom, q_size);
+            assert_eq!(download(b, &dk, geom.layer_len()), kc, "write_kv K {what}");
             let spec = AttentionSpec {
                 num_heads: heads,
                 scale: 1.0 / (head_dim as f32).sqrt(),
                 window,
                 softcap,
-                kv_group: 0,
+                kv_group,
             };
             let mut want = vec![0.0; t * q_size];
             cpu::attention::paged_attention(&mut want, &qkv, &kc, &vc, &meta, &geom, &spec);

@@ -188,9 +188,13 @@ fn workload_replay_reproduces_golden_greedy_under_batching() {
             .map(|p| p.ids.len() + p.greedy.len())
             .max()
             .unwrap();
-        let kv_blocks = (longest.div_ceil(4) + 3).to_string();
-        let out = dir.path().join(format!("{name}.json"));
         let model = model_dir(name);
+        // room for the longest request alone and a little: one block per 4 tokens in each full
+        // KV group, at most a window's and a chunk's in each sliding one
+        let layout = infermeter::kv::KvLayout::for_model(&load_cpu(&model).config, false);
+        let alone = infermeter::kv::blocks_held(&layout.windows(), 4, 7, longest.div_ceil(4));
+        let kv_blocks = (alone + 3).to_string();
+        let out = dir.path().join(format!("{name}.json"));
         let (ok, _, err) = run(&[
             "--model",
             model.to_str().unwrap(),
@@ -227,6 +231,14 @@ fn workload_replay_reproduces_golden_greedy_under_batching() {
         assert!(steps.iter().all(|s| s["prefill_tokens"].as_u64().unwrap()
             + s["decode_tokens"].as_u64().unwrap()
             <= 7));
+        // a hybrid's KV groups are in the results and on the start line
+        let groups = doc["engine"]["kv_groups"].as_array().map_or(0, Vec::len);
+        if layout.num_groups() > 1 {
+            assert_eq!(groups, layout.num_groups(), "{name}");
+            assert!(err.contains(&layout.describe()), "{name}: {err}");
+        } else {
+            assert_eq!(groups, 0, "{name}");
+        }
     }
 }
 

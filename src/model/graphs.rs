@@ -400,6 +400,46 @@ mod tests {
     }
 
     #[test]
+    fn each_kv_group_is_padded_on_its_own() {
+        // group 1: the same sequences in blocks shifted past group 0's, its first entry released
+        let lens = [5u32, 40, 17];
+        let (m, geom) = decode_step(&lens, 16);
+        let shift = geom.num_blocks as u32;
+        let shifted =
+            |slots: &[u32]| -> Vec<u32> { slots.iter().map(|s| s + shift * 16).collect() };
+        let mut tables1: Vec<u32> = m.block_tables.iter().map(|b| b + shift).collect();
+        tables1[m.max_blocks_per_seq] = crate::kv::RELEASED_BLOCK; // sequence 1's block 0
+        let two = BatchMeta {
+            slot_mapping: [m.slot_mapping.clone(), shifted(&m.slot_mapping)].concat(),
+            block_tables: [m.block_tables.clone(), tables1].concat(),
+            num_kv_groups: 2,
+            ..m.clone()
+        };
+        let geom2 = KvGeometry {
+            num_blocks: 2 * geom.num_blocks,
+            ..geom
+        };
+        two.validate(&geom2).unwrap();
+        let key = graph_key(&two).unwrap();
+        let p = pad_to_key(&two, key, 16);
+        p.validate(&geom2).unwrap();
+        let n = lens.len();
+        for g in 0..2 {
+            assert_eq!(
+                &p.slot_mapping_of(g)[..n],
+                two.slot_mapping_of(g),
+                "group {g}"
+            );
+            assert!(p.slot_mapping_of(g)[n..].iter().all(|&s| s == PAD_SLOT));
+            for s in 0..n {
+                let used = (lens[s] as usize).div_ceil(16);
+                assert_eq!(&p.block_table(g, s)[..used], &two.block_table(g, s)[..used]);
+            }
+        }
+        assert_eq!(p.block_table(1, 1)[0], crate::kv::RELEASED_BLOCK);
+    }
+
+    #[test]
     fn a_plan_context_shorter_than_a_sequence_is_rejected() {
         let (mut m, geom) = decode_step(&[300], 16);
         m.decode_plan_ctx = Some(256);
