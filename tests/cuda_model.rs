@@ -645,7 +645,17 @@ fn check_engine<T: CudaDtype>(b: &CudaBackend<T>) {
                 "tiny pool (preemptions), block 4",
                 EngineConfig {
                     block_size: 4,
-                    num_blocks: max_len.div_ceil(4) + 2,
+                    // the longest request alone, in every KV group of the model's layout
+                    num_blocks: infermeter::kv::blocks_held(
+                        &infermeter::kv::KvLayout::for_model(
+                            &load_cpu(&model_dir(name)).config,
+                            false,
+                        )
+                        .windows(),
+                        4,
+                        roomy.max_num_batched_tokens,
+                        max_len.div_ceil(4),
+                    ) + 2,
                     enable_prefix_caching: false,
                     ..roomy
                 },

@@ -854,3 +854,32 @@ fn an_interrupted_open_loop_step_keeps_its_steady_state_and_the_runs_slo() {
         "every request meets e2el=100s: {g} vs {t}"
     );
 }
+
+/// A hybrid model's KV groups get a note beside the KV figures: blocks span a group's layers, and
+/// the sliding groups released what left their windows.
+#[test]
+fn a_hybrid_models_kv_groups_are_noted() {
+    let mut run = run_file("one-request");
+    let group =
+        |window: Option<usize>, layers: Vec<usize>| infermeter::kv::KvGroup { window, layers };
+    run.engine.kv_groups = vec![
+        group(None, vec![5, 11]),
+        group(Some(512), vec![0, 1]),
+        group(Some(512), vec![2, 3]),
+    ];
+    let files = vec![(fixture("one-request"), ResultsFile::Run(Box::new(run)))];
+    let report = build(&files, &Options::default());
+    let note = report
+        .notes
+        .iter()
+        .find(|n| n.contains("hybrid model"))
+        .unwrap_or_else(|| panic!("no KV groups note in {:?}", report.notes));
+    assert!(
+        note.contains("3 KV block tables (blocks of 2 layers)"),
+        "{note}"
+    );
+    assert!(
+        note.contains("the 2 sliding ones") && note.contains("their window (512 tokens)"),
+        "{note}"
+    );
+}

@@ -36,7 +36,15 @@ pub fn part(ctx: &Context, r: &RunResults) -> Part {
         ));
     }
     if r.engine.kv_groups.len() > 1 {
-        let windows: Vec<usize> = r.engine.kv_groups.iter().filter_map(|g| g.window).collect();
+        let sliding = r
+            .engine
+            .kv_groups
+            .iter()
+            .filter(|g| g.window.is_some())
+            .count();
+        let mut windows: Vec<usize> = r.engine.kv_groups.iter().filter_map(|g| g.window).collect();
+        windows.sort_unstable();
+        windows.dedup();
         let slots = r
             .engine
             .kv_groups
@@ -51,7 +59,7 @@ pub fn part(ctx: &Context, r: &RunResults) -> Part {
              (`run --keep-all-kv-blocks` measures the footprint with one table for every layer).",
             ctx.label,
             r.engine.kv_groups.len(),
-            windows.len(),
+            sliding,
             windows
                 .iter()
                 .map(usize::to_string)
