@@ -514,59 +514,14 @@ fn submit_greedy<B: infermeter::backend::Backend>(
 /// token (untrained weights), so this compares logits, not tokens.
 #[test]
 fn kv_groups_compute_the_plain_layouts_logits() {
-    use infermeter::engine::batch::{build_batch, LogitsWanted, SeqChunk};
     use infermeter::engine::generate::all_logits;
-    use infermeter::kv::KvCacheManager;
     for name in ["tiny-gemma2", "tiny-gemma3", "tiny-mistral"] {
         let model = load_cpu(&model_dir(name));
-        let vocab = model.config.vocab_size;
-        let layout = KvLayout::for_model(&model.config, false);
-        let mut tokens = golden(name)[3].ids.clone();
-        let prompt_len = tokens.len();
-        // outputs: a fixed walk over the vocabulary (what matters is the context, not the choice)
-        tokens.extend((0..12u32).map(|i| (i * 37 + 5) % vocab as u32));
+        let tokens = groups_probe_tokens(name, model.config.vocab_size);
         let want = all_logits(&model, &tokens).unwrap();
-        let (block_size, num_blocks) = (4, 200);
-        let mut kv =
-            KvCacheManager::new(num_blocks, block_size, false).with_groups(&layout.windows());
-        let mut cache = model
-            .alloc_kv_in(layout.clone(), num_blocks, block_size)
-            .unwrap();
-        let mut done = 0;
-        let mut worst = 0f32;
-        while done < tokens.len() {
-            let n = if done < prompt_len {
-                (prompt_len - done).min(7)
-            } else {
-                1
-            };
-            kv.allocate(1, &tokens, 0, done + n).unwrap();
-            let tables: Vec<&[u32]> = (0..layout.num_groups())
-                .map(|g| kv.block_table(1, g))
-                .collect();
-            let meta = build_batch(
-                &[SeqChunk {
-                    tokens: &tokens[done..done + n],
-                    start_pos: done,
-                    block_tables: tables,
-                    logits: LogitsWanted::All,
-                }],
-                block_size,
-            );
-            let got = model.forward(&meta, &mut cache).unwrap();
-            let expect = &want[done * vocab..(done + n) * vocab];
-            for (a, b) in got.iter().zip(expect) {
-                worst = worst.max((a - b).abs());
-            }
-            done += n;
-            kv.release_outside_window(1, done);
-            kv.check_invariants().unwrap();
-        }
+        let (got, released) = logits_through_kv_groups(&model, &tokens, golden(name)[3].ids.len());
+        let worst = max_abs_diff(&got, &want);
         assert!(worst <= 1e-4, "{name}: logits differ by {worst}");
-        if layout.num_groups() > 1 {
-            assert!(kv.stats().window_released_blocks > 0, "{name}");
-        }
-        kv.free(1);
-        assert_eq!(kv.num_free_blocks(), num_blocks);
+        assert!(released > 0, "{name}");
     }
 }

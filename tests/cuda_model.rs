@@ -613,6 +613,35 @@ fn f32_greedy_equals_golden() {
     }
 }
 
+/// A hybrid model's KV groups on the GPU: tiny-gemma2 and tiny-gemma3 (a full-attention group
+/// and two sliding ones; the sliding groups give back and take again blocks as the sequence
+/// passes their window) and tiny-mistral (one sliding group), prefilled in chunks of 7 and decoded
+/// through per-group block tables, give the CPU's plain-layout logits at every position within
+/// the dtype's tolerance. Kernels that read or wrote another group's slots or tables would read
+/// other layers' K/V.
+fn check_kv_groups<T: CudaDtype>(b: &CudaBackend<T>) {
+    for name in ["tiny-gemma2", "tiny-gemma3", "tiny-mistral"] {
+        let cpu = load_cpu(&model_dir(name));
+        let tokens = common::groups_probe_tokens(name, cpu.config.vocab_size);
+        let want = all_logits(&cpu, &tokens).unwrap();
+        let m = load_with(name, b.clone());
+        let prompt_len = golden(name)[3].ids.len();
+        let (got, released) = common::logits_through_kv_groups(&m, &tokens, prompt_len);
+        let err = max_abs_diff(&got, &want);
+        assert!(
+            err <= logits_tol::<T>(),
+            "cuda {} {name} through KV groups: max |Δ logit| {err}",
+            T::NAME
+        );
+        assert!(released > 0, "{name}");
+    }
+}
+
+#[test]
+fn kv_groups_on_the_gpu_match_cpu() {
+    for_each_dtype!(check_kv_groups);
+}
+
 fn check_engine<T: CudaDtype>(b: &CudaBackend<T>) {
     for name in FIXTURES {
         let r = reference(name);

@@ -206,3 +206,60 @@ pub fn prefill_batch(
         .collect();
     build_batch(&chunks, block_size)
 }
+
+/// A fixture's long golden prompt followed by 12 "outputs" (a fixed walk over the vocabulary: what
+/// matters to the KV-group checks is the context, not the choice).
+pub fn groups_probe_tokens(name: &str, vocab: usize) -> Vec<u32> {
+    let mut tokens = golden(name)[3].ids.clone();
+    tokens.extend((0..12u32).map(|i| (i * 37 + 5) % vocab as u32));
+    tokens
+}
+
+/// Every position's logits [tokens, vocab] of `tokens` computed step by step through `model`'s KV
+/// groups (`KvLayout::for_model`): the first `prompt_len` in chunks of 7, then one per step, over
+/// block tables from a KV manager in 200 blocks of 4 whose sliding groups release the blocks that
+/// left their window after every step (so later positions take them again). Also returns how many
+/// blocks were released.
+pub fn logits_through_kv_groups<B: infermeter::backend::Backend>(
+    model: &Model<B>,
+    tokens: &[u32],
+    prompt_len: usize,
+) -> (Vec<f32>, u64) {
+    use infermeter::engine::batch::{build_batch, LogitsWanted, SeqChunk};
+    use infermeter::kv::{KvCacheManager, KvLayout};
+    let layout = KvLayout::for_model(&model.config, false);
+    let (block_size, num_blocks) = (4, 200);
+    let mut kv = KvCacheManager::new(num_blocks, block_size, false).with_groups(&layout.windows());
+    let mut cache = model
+        .alloc_kv_in(layout.clone(), num_blocks, block_size)
+        .unwrap();
+    let mut logits = Vec::with_capacity(tokens.len() * model.config.vocab_size);
+    let mut done = 0;
+    while done < tokens.len() {
+        let n = if done < prompt_len {
+            (prompt_len - done).min(7)
+        } else {
+            1
+        };
+        kv.allocate(1, tokens, 0, done + n).unwrap();
+        let tables: Vec<&[u32]> = (0..layout.num_groups())
+            .map(|g| kv.block_table(1, g))
+            .collect();
+        let meta = build_batch(
+            &[SeqChunk {
+                tokens: &tokens[done..done + n],
+                start_pos: done,
+                block_tables: tables,
+                logits: LogitsWanted::All,
+            }],
+            block_size,
+        );
+        logits.extend(model.forward(&meta, &mut cache).unwrap());
+        done += n;
+        kv.release_outside_window(1, done);
+        kv.check_invariants().unwrap();
+    }
+    kv.free(1);
+    assert_eq!(kv.num_free_blocks(), num_blocks, "blocks leaked");
+    (logits, kv.stats().window_released_blocks)
+}
