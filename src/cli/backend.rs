@@ -161,7 +161,9 @@ pub struct EngineArgs {
     /// Tokens per KV-cache block.
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
-    /// KV-cache blocks in the pool (overrides --kv-memory and the CUDA memory plan).
+    /// KV-cache blocks in the pool (overrides --kv-memory and the CUDA memory plan). A block holds
+    /// block_size tokens of every layer, or of one KV group's layers for a hybrid model (the start
+    /// line says how many).
     #[arg(long)]
     pub kv_blocks: Option<usize>,
     /// CPU: memory for the KV pool, e.g. 512MiB, 2GiB, 1.5GB.
