@@ -777,15 +777,10 @@ fn pick_rows(v: &[f32], width: usize, keep: &[bool], want: bool) -> Vec<f32> {
         .collect()
 }
 
+/// A batch for the attention variants: (name, (cached, new) per sequence, window, soft-cap).
+type VariantBatch<'a> = (&'a str, &'a [(usize, usize)], Option<usize>, Option<f32>);
+
 fn check_attention_variants<T: CudaDtype>(b: &B<T>) {
-    let mut r = rng(11);
-    let (rel, abs) = one_rounding::<T>();
-    // V is uniform in [-1, 1), so eps * max|V| = eps
-    let (flash_rel, flash_abs) = if T::NAME == "f32" {
-        (rel, abs)
-    } else {
-        (eps::<T>(), eps::<T>())
-    };
     // (block_size, heads, kv_heads, head_dim): GQA 1/4/8 x head_dim 64/128 x block 16/32, and a
     // head_dim without optimised kernels (auto falls back to the naive kernel)
     let mut configs = Vec::new();
@@ -809,8 +804,27 @@ fn check_attention_variants<T: CudaDtype>(b: &B<T>) {
         ("decode", VARIANT_DECODE, None, None),
         ("decode", VARIANT_DECODE, Some(1000), Some(0.3)),
     ];
-    for (batch_name, batch, window, softcap) in batches {
-        for &(block_size, heads, kv_heads, head_dim) in &configs {
+    check_attention_variants_over(b, &batches, &configs);
+}
+
+/// Every attention variant against the CPU reference over `batches` × `configs` ((block_size,
+/// heads, kv_heads, head_dim)). A windowed batch runs as KV group 1 of a two-group step behind a
+/// decoy group ([`behind_a_decoy_group`]), as a hybrid model's sliding layers do.
+fn check_attention_variants_over<T: CudaDtype>(
+    b: &B<T>,
+    batches: &[VariantBatch],
+    configs: &[(usize, usize, usize, usize)],
+) {
+    let mut r = rng(11);
+    let (rel, abs) = one_rounding::<T>();
+    // V is uniform in [-1, 1), so eps * max|V| = eps
+    let (flash_rel, flash_abs) = if T::NAME == "f32" {
+        (rel, abs)
+    } else {
+        (eps::<T>(), eps::<T>())
+    };
+    for &(batch_name, batch, window, softcap) in batches {
+        for &(block_size, heads, kv_heads, head_dim) in configs {
             let what = format!(
                 "{} {batch_name} block={block_size} heads={heads}/{kv_heads} (GQA {}) d={head_dim} \
                  window {window:?} softcap {softcap:?}",
@@ -901,6 +915,27 @@ fn check_attention_variants<T: CudaDtype>(b: &B<T>) {
 #[test]
 fn attention_variants_match_cpu() {
     for_each_dtype!(check_attention_variants);
+}
+
+/// Short sequences: decodes, prefills from scratch and a chunk over a cached prefix.
+const VARIANT_SHORT: &[(usize, usize)] = &[(0, 1), (14, 1), (0, 15), (40, 1), (33, 20), (130, 1)];
+
+fn check_attention_kv_groups<T: CudaDtype>(b: &B<T>) {
+    // a 24-key window (a sliding group, behind a decoy group 0) with a soft-cap, and full attention
+    // for comparison; head_dim 64 and 128 with GQA 4 and 1, so the optimised kernels run
+    let batches = [
+        ("short", VARIANT_SHORT, None, None),
+        ("short", VARIANT_SHORT, Some(24), Some(0.3)),
+    ];
+    check_attention_variants_over(b, &batches, &[(16, 8, 2, 64), (32, 8, 8, 128)]);
+}
+
+/// The attention variants read the KV group their layer names: a sliding group's step (group 1
+/// behind a decoy group 0) through the naive kernel, the flash prefill and the split-KV decode,
+/// on short sequences (the whole sweep is `attention_variants_match_cpu`).
+#[test]
+fn attention_variants_read_their_kv_group() {
+    for_each_dtype!(check_attention_kv_groups);
 }
 
 /// The variant comes from INFERMETER_ATTENTION when the backend opens (default naive) and can be

@@ -66,11 +66,12 @@ impl KvLayout {
                 .filter(|&l| layer_windows[l] == kind)
                 .collect()
         };
+        // (kinds is not empty: there is a layer)
         let slots = kinds
             .iter()
             .map(|&k| layers_of(k).len())
             .min()
-            .expect("at least one kind");
+            .unwrap_or(layer_windows.len());
         let mut groups = Vec::new();
         for &kind in &kinds {
             for chunk in layers_of(kind).chunks(slots) {
