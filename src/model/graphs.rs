@@ -431,8 +431,8 @@ mod tests {
                 "group {g}"
             );
             assert!(p.slot_mapping_of(g)[n..].iter().all(|&s| s == PAD_SLOT));
-            for s in 0..n {
-                let used = (lens[s] as usize).div_ceil(16);
+            for (s, &len) in lens.iter().enumerate() {
+                let used = (len as usize).div_ceil(16);
                 assert_eq!(&p.block_table(g, s)[..used], &two.block_table(g, s)[..used]);
             }
         }
