@@ -38,10 +38,13 @@ impl EngineConfig {
     }
 
     /// The attention window outside of which this engine releases KV blocks for `model` when
-    /// every layer slides within it (one KV group: [`ModelConfig::kv_window`]), unless
-    /// `keep_all_kv_blocks`. A hybrid model's windows are its layout's groups'.
+    /// every layer slides within it (one KV group of [`kv_layout`](Self::kv_layout), with a
+    /// window), unless `keep_all_kv_blocks`. A hybrid model's windows are its layout's groups'.
     pub fn kv_window(&self, model: &ModelConfig) -> Option<usize> {
-        model.kv_window().filter(|_| !self.keep_all_kv_blocks)
+        match self.kv_layout(model).windows()[..] {
+            [w] => w,
+            _ => None,
+        }
     }
 
     /// The longest request (prompt + outputs) this engine admits for `model`

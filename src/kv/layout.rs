@@ -96,13 +96,18 @@ impl KvLayout {
 
     /// The layout of `model`'s KV cache: its layers grouped by their attention window
     /// ([`from_windows`](Self::from_windows)), or with `keep_all_blocks` one group of full attention
-    /// (every block kept while its request runs, windows or not: the full-footprint baseline).
+    /// (every block kept while its request runs, windows or not: the full-footprint baseline). A
+    /// window that spans the whole context (`max_context`, e.g. under `--max-model-len`) never
+    /// leaves a block behind, so its layers count as full attention here (one group, not a group
+    /// of tables that release nothing).
     pub fn for_model(model: &crate::model::ModelConfig, keep_all_blocks: bool) -> Self {
         let layers = model.num_layers.max(1);
         if keep_all_blocks {
             return Self::single(layers, None);
         }
-        let windows: Vec<Option<usize>> = (0..layers).map(|l| model.layer_window(l)).collect();
+        let windows: Vec<Option<usize>> = (0..layers)
+            .map(|l| model.layer_window(l).filter(|&w| w < model.max_context))
+            .collect();
         Self::from_windows(&windows)
     }
 
@@ -235,6 +240,25 @@ mod tests {
         places.dedup();
         assert_eq!(places.len(), 26);
         assert!(layout.describe().ends_with("; 2 padding slots"));
+    }
+
+    #[test]
+    fn a_window_spanning_the_context_is_full_attention() {
+        let gemma2 = |max_positions: usize| {
+            let text = format!(
+                r#"{{"model_type": "gemma2", "hidden_size": 64, "intermediate_size": 128,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+                "num_hidden_layers": 4, "vocab_size": 256, "max_position_embeddings": {max_positions},
+                "sliding_window": 4096}}"#
+            );
+            crate::model::ModelConfig::from_json_str(&text, "gemma2.json").unwrap()
+        };
+        let long = KvLayout::for_model(&gemma2(8192), false);
+        assert_eq!(long.windows(), vec![None, Some(4096)]);
+        assert_eq!(KvLayout::for_model(&gemma2(8192), true).num_groups(), 1);
+        // a context no longer than the window: every layer reads every position
+        let short = KvLayout::for_model(&gemma2(4096), false);
+        assert_eq!((short.windows(), short.slots()), (vec![None], 4));
     }
 
     #[test]
