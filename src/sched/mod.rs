@@ -229,19 +229,18 @@ impl Scheduler {
         // 2. admit waiting requests, FCFS, unless this step had to preempt
         if plan.preempted.is_empty() {
             while budget > 0 && self.running.len() < self.cfg.max_num_seqs {
-                let Some(seq) = self.waiting.front() else {
+                let Some(mut seq) = self.waiting.pop_front() else {
                     break;
                 };
                 let hit = self.kv.lookup_prefix(&seq.tokens);
                 let len = (seq.tokens.len() - hit).min(budget);
                 let total = hit + len;
-                if !self.kv.can_allocate(seq.id, &seq.tokens, hit, total) {
+                // all or nothing: on Err the cache is as it was and the request keeps its place
+                // (allocate checks the room itself: the prefix is walked once more, not twice)
+                if self.kv.allocate(seq.id, &seq.tokens, hit, total).is_err() {
+                    self.waiting.push_front(seq);
                     break;
                 }
-                let mut seq = self.waiting.pop_front().expect("front exists");
-                self.kv
-                    .allocate(seq.id, &seq.tokens, hit, total)
-                    .expect("can_allocate said yes");
                 seq.num_computed = hit;
                 if seq.num_preemptions == 0 {
                     seq.prefix_hit_tokens = hit.min(seq.prompt_len);
