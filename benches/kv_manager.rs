@@ -1,0 +1,129 @@
+//! Host-side study: the KV manager's bookkeeping per scheduler step, in the plain layout (one block
+//! table for every layer) and in Gemma 3 1B's KV groups (one full group and six with a 512-token
+//! window, `kv::KvLayout`), so the cost the groups add to a step is measured, not guessed.
+//!
+//! - `admission`: what a waiting request whose prompt is all cached (a shared prefix of 4096 or
+//!   32768 tokens) walks each time it is considered: `lookup_prefix`, then the all-or-nothing room
+//!   check of `allocate` (`can_allocate` walks the same and changes nothing, so every iteration
+//!   sees the same state). A request that the pool cannot take is considered again every step.
+//! - `decode_step`: 64 running requests from a 4096-token context each growing by one token: per
+//!   request `allocate`, `cache_computed` and `release_outside_window`, as the engine does after
+//!   every step; one state across the whole measurement (rebuilt outside the timed region after
+//!   4096 steps), so every 16th step registers a block of every request in every group.
+//!
+//! Blocks of 16 tokens, prefix caching on. `cargo bench --bench kv_manager`; CI runs it once
+//! (`cargo test --benches`).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion};
+use infermeter::kv::{KvCacheManager, KvLayout};
+
+const BLOCK: usize = 16;
+
+/// (name, each group's window)
+fn layouts() -> Vec<(&'static str, Vec<Option<usize>>)> {
+    // Gemma 3 1B: 26 layers, every sixth full
+    let gemma3: Vec<Option<usize>> = (0..26).map(|l| (l % 6 != 5).then_some(512)).collect();
+    vec![
+        ("plain", vec![None]),
+        (
+            "gemma-3-1b groups",
+            KvLayout::from_windows(&gemma3).windows(),
+        ),
+    ]
+}
+
+fn admission(c: &mut Criterion) {
+    let mut g = c.benchmark_group("kv_manager/admission");
+    for (name, windows) in layouts() {
+        for tokens in [4096usize, 32768] {
+            let groups = windows.len();
+            let num_blocks = groups * (tokens / BLOCK + 8);
+            let mut m = KvCacheManager::new(num_blocks, BLOCK, true).with_groups(&windows);
+            // an earlier request computed the prefix: its blocks stay cached once it is freed
+            let prefix: Vec<u32> = (0..tokens as u32).map(|t| t % 50_000).collect();
+            m.allocate(1, &prefix, 0, tokens).unwrap();
+            m.cache_computed(1, &prefix, tokens);
+            m.free(1);
+            let mut prompt = prefix.clone();
+            prompt.push(7);
+            assert_eq!(
+                m.lookup_prefix(&prompt),
+                tokens,
+                "{name}: the prefix must hit"
+            );
+            g.bench_function(BenchmarkId::new(name, tokens), |b| {
+                b.iter(|| {
+                    let hit = m.lookup_prefix(black_box(&prompt));
+                    black_box(m.can_allocate(2, &prompt, hit, prompt.len()))
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn decode_step(c: &mut Criterion) {
+    let mut g = c.benchmark_group("kv_manager/decode_step");
+    const SEQS: usize = 64;
+    const CONTEXT: usize = 4096;
+    // tokens each request grows by before the state is rebuilt (outside the timed region)
+    const GROWTH: usize = 4096;
+    for (name, windows) in layouts() {
+        let groups = windows.len();
+        let num_blocks = groups * SEQS * ((CONTEXT + GROWTH) / BLOCK + 2);
+        let fresh = || {
+            let mut m = KvCacheManager::new(num_blocks, BLOCK, true).with_groups(&windows);
+            let seqs: Vec<Vec<u32>> = (0..SEQS as u32)
+                .map(|s| (0..CONTEXT as u32).map(|t| s * 100_000 + t).collect())
+                .collect();
+            for (id, tokens) in seqs.iter().enumerate() {
+                m.allocate(id as u64, tokens, 0, CONTEXT).unwrap();
+                m.cache_computed(id as u64, tokens, CONTEXT);
+                m.release_outside_window(id as u64, CONTEXT);
+            }
+            (m, seqs)
+        };
+        // one state across criterion's calls: every step is a steady-state step
+        let mut state = fresh();
+        let mut step = 0u32;
+        g.bench_function(BenchmarkId::new(name, format!("{SEQS}x{CONTEXT}")), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    if state.1[0].len() >= CONTEXT + GROWTH {
+                        state = fresh();
+                    }
+                    let (m, seqs) = &mut state;
+                    step += 1;
+                    for s in seqs.iter_mut() {
+                        s.push(step);
+                    }
+                    let start = std::time::Instant::now();
+                    for (id, tokens) in seqs.iter().enumerate() {
+                        let n = tokens.len();
+                        m.allocate(id as u64, tokens, 0, n).unwrap();
+                        m.cache_computed(id as u64, tokens, n);
+                        m.release_outside_window(id as u64, n);
+                    }
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    admission(&mut c);
+    decode_step(&mut c);
+    c.final_summary();
+}
