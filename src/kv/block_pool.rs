@@ -19,7 +19,7 @@
 //!   block (their tokens take at most what the cached blocks' do); past that an evicted entry is
 //!   dropped and its descendants can no longer be reached.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use super::prefix_hash::{BlockHash, EntryId};
 use super::BlockId;
@@ -85,19 +85,25 @@ pub struct BlockPool {
     free_tail: BlockId,
     num_free: usize,
     /// Prefix cache: chain hash → the one block cached under it.
-    cache: HashMap<BlockHash, BlockId>,
+    cache: FxHashMap<BlockHash, BlockId>,
     /// Evicted entries kept for their descendants, by chain hash (never a hash `cache` holds).
-    ghosts: HashMap<BlockHash, GhostEntry>,
+    ghosts: FxHashMap<BlockHash, GhostEntry>,
     /// Entries (cached or ghost) chained from each live entry, for the entries that have any.
-    children: HashMap<EntryId, u32>,
+    children: FxHashMap<EntryId, u32>,
     /// Every live entry (cached or ghost) → its chain hash.
-    entry_hash: HashMap<EntryId, BlockHash>,
+    entry_hash: FxHashMap<EntryId, BlockHash>,
     /// Next [`EntryId`] to hand out (the first `roots` ids are the KV groups' roots).
     next_entry: u64,
     /// Root entries reserved, one per KV group ([`EntryId::root`]).
     roots: u64,
     /// Number of cached blocks taken from the free list for other content.
     evictions: u64,
+}
+
+/// A map with room for `num_blocks` entries when prefix caching stores tokens (else empty).
+fn map_for<K, V>(store_tokens: bool, num_blocks: usize) -> FxHashMap<K, V> {
+    let capacity = if store_tokens { num_blocks } else { 0 };
+    FxHashMap::with_capacity_and_hasher(capacity, Default::default())
 }
 
 impl BlockPool {
@@ -133,11 +139,14 @@ impl BlockPool {
             free_tail: if n == 0 { NIL } else { n - 1 },
             num_free: num_blocks,
             // sized for every block cached up front: growing a map of 10^5 entries rehashes it
-            // within one step (milliseconds on the host, a latency spike in the measured run)
-            cache: HashMap::with_capacity(if store_tokens { num_blocks } else { 0 }),
-            ghosts: HashMap::new(),
-            children: HashMap::with_capacity(if store_tokens { num_blocks } else { 0 }),
-            entry_hash: HashMap::with_capacity(if store_tokens { num_blocks } else { 0 }),
+            // within one step (milliseconds on the host, a latency spike in the measured run).
+            // FxHash, not SipHash: the keys are chain hashes (SipHash outputs already) and entry
+            // counters, and no input reaches them unhashed; it takes about a fifth off a prefix
+            // walk and a third off a decode step's bookkeeping (benches/kv_manager.rs)
+            cache: map_for(store_tokens, num_blocks),
+            ghosts: FxHashMap::default(),
+            children: map_for(store_tokens, num_blocks),
+            entry_hash: map_for(store_tokens, num_blocks),
             next_entry: 1,
             roots: 1,
             evictions: 0,
@@ -536,7 +545,7 @@ impl BlockPool {
             ));
         }
         // each live entry's count of live entries chained from it
-        let mut counted: HashMap<EntryId, u32> = HashMap::new();
+        let mut counted: FxHashMap<EntryId, u32> = FxHashMap::default();
         for &(_, parent) in &parents {
             if self.entry_hash.contains_key(&parent) {
                 *counted.entry(parent).or_insert(0) += 1;
