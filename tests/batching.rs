@@ -330,12 +330,8 @@ fn a_model_with_sliding_layers_holds_only_its_windows() {
         let reqs = [(g[3].ids.clone(), 20), (g[1].ids.clone(), 40)];
         let run = |keep_all_kv_blocks: bool| {
             let cfg = EngineConfig {
-                block_size: 4,
-                num_blocks: 512,
-                max_num_seqs: 4,
-                max_num_batched_tokens: 7,
-                enable_prefix_caching: true,
                 keep_all_kv_blocks,
+                ..small_pool(512, 7)
             };
             let mut engine = Engine::new(load_cpu(&dir), cfg, Instant::now()).unwrap();
             let mut expected = std::collections::HashMap::new();
@@ -389,14 +385,7 @@ fn a_model_with_sliding_layers_holds_only_its_windows() {
 /// request is refused.
 #[test]
 fn under_a_window_requests_longer_than_the_pool_run() {
-    let cfg = EngineConfig {
-        block_size: 4,
-        num_blocks: 16,
-        max_num_seqs: 4,
-        max_num_batched_tokens: 8,
-        enable_prefix_caching: true,
-        keep_all_kv_blocks: false,
-    };
+    let cfg = small_pool(16, 8);
     let dir = model_dir("tiny-mistral");
     let reference = load_cpu(&dir);
     let g = golden("tiny-mistral");
@@ -439,14 +428,7 @@ fn under_a_window_requests_longer_than_the_pool_run() {
 /// sequential generation's.
 #[test]
 fn under_a_window_a_prefix_whose_early_blocks_were_evicted_still_hits() {
-    let cfg = EngineConfig {
-        block_size: 4,
-        num_blocks: 32,
-        max_num_seqs: 4,
-        max_num_batched_tokens: 16,
-        enable_prefix_caching: true,
-        keep_all_kv_blocks: false,
-    };
+    let cfg = small_pool(32, 16);
     let dir = model_dir("tiny-mistral");
     let reference = load_cpu(&dir);
     let long = golden("tiny-mistral")[3].ids.clone();
@@ -474,6 +456,19 @@ fn under_a_window_a_prefix_whose_early_blocks_were_evicted_still_hits() {
     run(&mut engine, &shared);
     assert_eq!(engine.kv_stats().prefix_hit_tokens, 200);
     assert_eq!(engine.kv_blocks_used(), 0);
+}
+
+/// An engine of `num_blocks` blocks of 4 tokens, 4 sequences and `budget` tokens a step, prefix
+/// caching on, releasing what leaves a window.
+fn small_pool(num_blocks: usize, budget: usize) -> EngineConfig {
+    EngineConfig {
+        block_size: 4,
+        num_blocks,
+        max_num_seqs: 4,
+        max_num_batched_tokens: budget,
+        enable_prefix_caching: true,
+        keep_all_kv_blocks: false,
+    }
 }
 
 /// Queue a greedy request of `max_tokens` (EOS ignored) on `engine`; returns its id and the tokens

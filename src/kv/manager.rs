@@ -124,6 +124,12 @@ impl Hit {
     }
 }
 
+/// Leading blocks (of `block_size` positions) wholly before the `window` of a query at
+/// `next_query`: those no query from there on reads (0 without a window).
+fn blocks_before_window(window: Option<usize>, block_size: usize, next_query: usize) -> usize {
+    window.map_or(0, |w| (next_query + 1).saturating_sub(w) / block_size)
+}
+
 /// Block accounting for the paged KV cache (see the module docs of [`crate::kv`]).
 #[derive(Debug, Clone)]
 pub struct KvCacheManager {
@@ -567,9 +573,7 @@ impl KvCacheManager {
     /// Leading blocks no query of group `g` from position `next_query` on reads: those wholly
     /// before its window (0 without a window).
     fn unseen_blocks(&self, g: usize, next_query: usize) -> usize {
-        self.groups[g]
-            .window
-            .map_or(0, |w| (next_query + 1).saturating_sub(w) / self.block_size)
+        blocks_before_window(self.groups[g].window, self.block_size, next_query)
     }
 
     /// The longest request that can run alone in this pool with steps of at most `max_chunk`
@@ -593,14 +597,12 @@ impl KvCacheManager {
     /// No-op for groups without a window or an unknown `req`; never releases a block holding a
     /// position not yet computed.
     pub fn release_outside_window(&mut self, req: RequestId, num_computed_tokens: usize) -> usize {
-        let unseen: Vec<usize> = (0..self.groups.len())
-            .map(|g| self.unseen_blocks(g, num_computed_tokens))
-            .collect();
         let Some(states) = self.requests.get_mut(&req) else {
             return 0;
         };
         let mut released = 0;
-        for (state, unseen) in states.iter_mut().zip(unseen) {
+        for (state, group) in states.iter_mut().zip(&self.groups) {
+            let unseen = blocks_before_window(group.window, self.block_size, num_computed_tokens);
             let upto = unseen.min(state.table.len());
             let first = state.num_released;
             for entry in state.table.iter_mut().take(upto).skip(first) {

@@ -13,7 +13,7 @@ pub mod weights;
 use std::path::Path;
 
 pub use config::{Arch, ModelConfig};
-pub use forward::{KvCache, Model};
+pub use forward::{kv_block_bytes, KvCache, Model};
 pub use tokenizer::Tokenizer;
 
 use crate::error::{Error, Result};

@@ -20,7 +20,7 @@
 
 use crate::error::{Error, Result};
 use crate::kv::KvLayout;
-use crate::model::{Arch, ModelConfig};
+use crate::model::{kv_block_bytes as block_bytes, Arch, ModelConfig};
 
 /// Held back for cuBLAS's workspace (it allocates up to 32 MiB per handle on Hopper) and the
 /// allocator's rounding.
@@ -49,11 +49,6 @@ pub fn activation_bytes(
     // of the bias broadcast.
     let meta_u32 = 3 * tokens + 3 * (logits_rows + 1) + logits_rows * cfg.max_context + tokens;
     elem_bytes * (tokens * per_token + logits_rows * per_logit_row) + 4 * meta_u32
-}
-
-/// KV bytes of one block: K and V, across the `slots` layers a block spans (`KvLayout::slots`).
-pub fn block_bytes(cfg: &ModelConfig, slots: usize, block_size: usize, elem_bytes: usize) -> usize {
-    2 * slots * block_size * cfg.kv_size() * elem_bytes
 }
 
 /// Inputs of the plan.
