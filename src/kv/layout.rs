@@ -12,7 +12,8 @@
 //! `group_of(l)`; a block id handed to group g stands for that block in each of the G tensors,
 //! used by g's layers — one pool of blocks serves every group, each request holding one table per
 //! group, and a sliding group's table gives back the blocks its window left while the full
-//! group's keeps them. G is the smallest layer count among the kinds (vLLM's rule), so a kind
+//! group's keeps them. G is the smallest layer count among the kinds (vLLM's rule; the largest
+//! when the counts are within 25% of each other, as vLLM does too), so a kind
 //! whose count is not a multiple of G has a last group short of layers: its unused slots are the
 //! padding paid for one page size. A model whose layers all attend alike has one group of all its
 //! layers (G = num_layers): the plain layout.
@@ -48,7 +49,8 @@ impl KvLayout {
 
     /// The groups for layers attending within `layer_windows[l]` each (None: the whole context):
     /// one group when they all agree, else the layers of each kind (full first, then windows from
-    /// the narrowest) split in layer order into groups of G layers, G the smallest count of a kind.
+    /// the narrowest) split in layer order into groups of G layers, G the smallest count of a kind
+    /// (the largest when every count is within 25% of the smallest), as vLLM groups them.
     ///
     /// # Panics
     /// If `layer_windows` is empty or a window is 0.
@@ -67,11 +69,14 @@ impl KvLayout {
                 .collect()
         };
         // (kinds is not empty: there is a layer)
-        let slots = kinds
-            .iter()
-            .map(|&k| layers_of(k).len())
-            .min()
-            .unwrap_or(layer_windows.len());
+        let counts: Vec<usize> = kinds.iter().map(|&k| layers_of(k).len()).collect();
+        let fewest = counts.iter().copied().min().unwrap_or(layer_windows.len());
+        let most = counts.iter().copied().max().unwrap_or(layer_windows.len());
+        // vLLM's rule: groups of the smallest kind's count (Gemma 3's 5:1 pattern pads nothing in
+        // the full group), unless the kinds' counts are within 25% of each other, where groups
+        // of the largest count pad less (12 sliding + 13 full: one padding slot in 2 groups, not
+        // 11 in 3 — which would sit in a full group, paid at every position of the context)
+        let slots = if 4 * most < 5 * fewest { most } else { fewest };
         let mut groups = Vec::new();
         for &kind in &kinds {
             for chunk in layers_of(kind).chunks(slots) {
@@ -240,6 +245,27 @@ mod tests {
         places.dedup();
         assert_eq!(places.len(), 26);
         assert!(layout.describe().ends_with("; 2 padding slots"));
+    }
+
+    #[test]
+    fn kinds_of_nearly_equal_counts_group_by_the_largest() {
+        // 12 sliding + 13 full (gpt-oss-20b with an EAGLE layer, vLLM's example): groups of 13,
+        // one padding slot, not groups of 12 with a second full group of 1 layer and 11 padding
+        let windows: Vec<Option<usize>> = (0..25).map(|l| (l % 2 == 1).then_some(128)).collect();
+        let layout = KvLayout::from_windows(&windows);
+        assert_eq!((layout.slots(), layout.num_groups()), (13, 2));
+        assert_eq!(layout.padding_slots(), 1);
+        assert_eq!(layout.windows(), vec![None, Some(128)]);
+        // 8 and 9 are within 25% of each other; 4 and 5 are not (5 = 1.25 * 4): groups of 4
+        let w = |sliding: usize, full: usize| {
+            let mut w = vec![Some(32); sliding];
+            w.extend(vec![None; full]);
+            KvLayout::from_windows(&w)
+        };
+        assert_eq!((w(8, 9).slots(), w(8, 9).padding_slots()), (9, 1));
+        assert_eq!((w(9, 8).slots(), w(9, 8).num_groups()), (9, 2));
+        assert_eq!((w(4, 5).slots(), w(4, 5).padding_slots()), (4, 3));
+        assert_eq!((w(5, 4).slots(), w(5, 4).num_groups()), (4, 3));
     }
 
     #[test]
