@@ -3,13 +3,20 @@
 //! window, `kv::KvLayout`), so the cost the groups add to a step is measured, not guessed.
 //!
 //! - `admission`: what a waiting request whose prompt is all cached (a shared prefix of 4096 or
-//!   32768 tokens) walks each time it is considered: `lookup_prefix`, then the all-or-nothing room
-//!   check of `allocate` (`can_allocate` walks the same and changes nothing, so every iteration
-//!   sees the same state). A request that the pool cannot take is considered again every step.
+//!   32768 tokens) walks each time it is considered: `lookup_prefix_for`, then the all-or-nothing
+//!   room check of `allocate` (`can_allocate` walks the same and changes nothing, so every
+//!   iteration sees the same state). A request that the pool cannot take is considered again
+//!   every step; its chain hashes are kept from its first lookup, so this is the cache's index
+//!   walked per group.
+//! - `first_admission`: the same for a request looked up for the first time (`lookup_prefix`,
+//!   which hashes every block of the prompt once, then the room check).
 //! - `decode_step`: 64 running requests from a 4096-token context each growing by one token: per
 //!   request `allocate`, `cache_computed` and `release_outside_window`, as the engine does after
 //!   every step; one state across the whole measurement (rebuilt outside the timed region after
 //!   4096 steps), so every 16th step registers a block of every request in every group.
+//! - `scheduler_step`: the whole host-side bookkeeping of a decode step of 256 running requests
+//!   (4096-token contexts): `Scheduler::schedule`, the engine's per-chunk lookups of each
+//!   request's tokens and block tables, and `complete_step` with one sampled token each.
 //!
 //! Blocks of 16 tokens, prefix caching on. `cargo bench --bench kv_manager`; CI runs it once
 //! (`cargo test --benches`).
@@ -19,6 +26,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
 use infermeter::kv::{KvCacheManager, KvLayout};
+use infermeter::sched::{Scheduler, SchedulerConfig, SeqState};
 
 const BLOCK: usize = 16;
 
@@ -50,16 +58,25 @@ fn admission(c: &mut Criterion) {
             let mut prompt = prefix.clone();
             prompt.push(7);
             assert_eq!(
-                m.lookup_prefix(&prompt),
+                m.lookup_prefix_for(2, &prompt),
                 tokens,
                 "{name}: the prefix must hit"
             );
             g.bench_function(BenchmarkId::new(name, tokens), |b| {
                 b.iter(|| {
-                    let hit = m.lookup_prefix(black_box(&prompt));
+                    let hit = m.lookup_prefix_for(2, black_box(&prompt));
                     black_box(m.can_allocate(2, &prompt, hit, prompt.len()))
                 })
             });
+            g.bench_function(
+                BenchmarkId::new(format!("first_admission/{name}"), tokens),
+                |b| {
+                    b.iter(|| {
+                        let hit = m.lookup_prefix(black_box(&prompt));
+                        black_box(m.can_allocate(3, &prompt, hit, prompt.len()))
+                    })
+                },
+            );
         }
     }
     g.finish();
@@ -117,6 +134,71 @@ fn decode_step(c: &mut Criterion) {
     g.finish();
 }
 
+fn scheduler_step(c: &mut Criterion) {
+    let mut g = c.benchmark_group("kv_manager/scheduler_step");
+    const SEQS: usize = 256;
+    const CONTEXT: usize = 4096;
+    // tokens each request grows by before the state is rebuilt (outside the timed region)
+    const GROWTH: usize = 512;
+    for (name, windows) in layouts() {
+        let groups = windows.len();
+        let num_blocks = groups * SEQS * ((CONTEXT + GROWTH) / BLOCK + 2);
+        let fresh = || {
+            let kv = KvCacheManager::new(num_blocks, BLOCK, true).with_groups(&windows);
+            let cfg = SchedulerConfig {
+                max_num_seqs: SEQS,
+                max_num_batched_tokens: SEQS * CONTEXT,
+            };
+            let mut sched = Scheduler::new(cfg, kv);
+            for id in 0..SEQS as u64 {
+                let prompt = (0..CONTEXT as u32)
+                    .map(|t| id as u32 * 100_000 + t)
+                    .collect();
+                sched.add(SeqState::new(id, prompt));
+            }
+            // one step prefills every prompt and samples each one's first token
+            let plan = sched.schedule();
+            assert_eq!(
+                plan.admitted.len(),
+                SEQS,
+                "{name}: every request admitted at once"
+            );
+            let sampled: Vec<(u64, u32)> = plan.chunks.iter().map(|c| (c.id, 1)).collect();
+            sched.complete_step(&plan, &sampled);
+            (sched, 0usize)
+        };
+        let mut state = fresh();
+        g.bench_function(BenchmarkId::new(name, format!("{SEQS}x{CONTEXT}")), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    if state.1 >= GROWTH {
+                        state = fresh();
+                    }
+                    let (sched, steps) = &mut state;
+                    *steps += 1;
+                    let start = std::time::Instant::now();
+                    let plan = sched.schedule();
+                    // what the engine reads per chunk to build the step's batch
+                    let mut read = 0usize;
+                    for (i, c) in plan.chunks.iter().enumerate() {
+                        let seq = sched.planned_seq(i, c.id).expect("planned request runs");
+                        read += seq.tokens[c.start..c.start + c.len].len();
+                        read += sched.block_tables(c.id).map(<[u32]>::len).sum::<usize>();
+                    }
+                    let sampled: Vec<(u64, u32)> =
+                        plan.chunks.iter().map(|c| (c.id, *steps as u32)).collect();
+                    sched.complete_step(&plan, &sampled);
+                    total += start.elapsed();
+                    black_box(read);
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
 fn main() {
     let mut c = Criterion::default()
         .sample_size(20)
@@ -125,5 +207,6 @@ fn main() {
         .configure_from_args();
     admission(&mut c);
     decode_step(&mut c);
+    scheduler_step(&mut c);
     c.final_summary();
 }

@@ -348,17 +348,16 @@ impl<B: Backend> Engine<B> {
             let chunks: Vec<SeqChunk> = plan
                 .chunks
                 .iter()
-                .map(|c| {
+                .enumerate()
+                .map(|(i, c)| {
                     let seq = self
                         .sched
-                        .running_seq(c.id)
+                        .planned_seq(i, c.id)
                         .expect("planned requests are running");
                     SeqChunk {
                         tokens: &seq.tokens[c.start..c.start + c.len],
                         start_pos: c.start,
-                        block_tables: (0..self.sched.kv().num_groups())
-                            .map(|g| self.sched.block_table(c.id, g))
-                            .collect(),
+                        block_tables: self.sched.block_tables(c.id).collect(),
                         logits: if c.samples {
                             LogitsWanted::Last
                         } else {

@@ -1,8 +1,9 @@
 //! The KV cache manager: block tables per request on top of the [`BlockPool`], with prefix caching.
 //!
 //! Typical use by the scheduler, per request and step:
-//! 1. new request: `hit = lookup_prefix(tokens)`, then `allocate(req, tokens, hit, hit + chunk)`
-//!    (the first `hit` tokens need no compute);
+//! 1. new request: `hit = lookup_prefix_for(req, tokens)`, then `allocate(req, tokens, hit, hit +
+//!    chunk)` (the first `hit` tokens need no compute); a request that does not fit yet is looked
+//!    up again next step, with the hashes kept from its first lookup;
 //! 2. running request: `allocate(req, tokens, 0, num_computed + chunk)` to grow its tables;
 //! 3. after the step computed tokens: `cache_computed(req, tokens, num_computed)`;
 //! 4. finished or preempted: `free(req)`.
@@ -14,12 +15,20 @@
 //! A request holds one block table per KV group ([`super::layout`]): all of the same length
 //! (block i of every table covers the same positions), each from the one shared pool, each
 //! released by its own group's window. Prefix caching keeps each group's chains apart (its own
-//! root entry and root hash), and a prefix hit is a length every group can serve.
+//! root entry, its keys salted), and a prefix hit is a length every group can serve.
+//!
+//! A request's chain hashes (one per full block, whatever the groups) are computed once and kept
+//! until `free`: the scheduler's `lookup_prefix_for` of a request waiting for room, every step,
+//! walks the cache's index without hashing its prompt again.
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use super::block_pool::{BlockPool, Lookup};
-use super::prefix_hash::{group_root_hash, hash_block, BlockHash, EntryId, HashFn};
+use super::prefix_hash::{
+    extend_chain, group_key, group_salt, hash_block, BlockHash, EntryId, HashFn,
+};
 use super::{BlockId, RequestId, RELEASED_BLOCK};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,8 +58,9 @@ pub struct KvStats {
 struct GroupSpec {
     /// Every layer of the group attends to at most this many positions; None: the whole context.
     window: Option<usize>,
-    /// Parent hash and parent entry of a sequence's first block in this group.
-    root_hash: BlockHash,
+    /// Salt of the group's keys in the pool's index ([`group_key`]).
+    salt: u64,
+    /// Parent entry of a sequence's first block in this group.
     root_entry: EntryId,
 }
 
@@ -58,7 +68,7 @@ impl GroupSpec {
     fn new(group: usize, window: Option<usize>) -> Self {
         GroupSpec {
             window,
-            root_hash: group_root_hash(group),
+            salt: group_salt(group),
             root_entry: EntryId::root(group),
         }
     }
@@ -75,9 +85,8 @@ struct ReqState {
     /// Leading blocks of `table` already handled by prefix caching (prefix hits, blocks registered by
     /// `cache_computed`, or blocks whose identical twin was already cached).
     num_cached: usize,
-    /// Chain state after those blocks: hash and cache entry of block `num_cached - 1` (the group's
-    /// root hash and root entry when `num_cached == 0`).
-    last_hash: BlockHash,
+    /// Chain state after those blocks: the cache entry of block `num_cached - 1` (the group's root
+    /// entry when `num_cached == 0`).
     last_entry: EntryId,
     /// A block of this request could not be chained (its hash slot holds other content, a collision):
     /// its successors have no valid parent entry, so caching stops for this request.
@@ -90,7 +99,6 @@ impl ReqState {
             table: Vec::new(),
             num_released: 0,
             num_cached: 0,
-            last_hash: group.root_hash,
             last_entry: group.root_entry,
             cache_stopped: false,
         }
@@ -99,10 +107,10 @@ impl ReqState {
 
 /// Result of walking one group's prefix cache along a token sequence: the leading full blocks
 /// whose exact content (tokens and chain) the cache knows, each with its cached block, or None
-/// where only a ghost is left (evicted, kept for its descendants), and its chain state.
+/// where only a ghost is left (evicted, kept for its descendants), and its cache entry.
 struct CacheWalk {
     blocks: Vec<Option<BlockId>>,
-    chain: Vec<(BlockHash, EntryId)>,
+    entries: Vec<EntryId>,
 }
 
 /// A prefix hit resolved against one group's cache.
@@ -113,7 +121,6 @@ struct Hit {
     /// Leading entries of `table` that are `RELEASED_BLOCK`.
     skipped: usize,
     /// Chain state after the last hit block.
-    last_hash: BlockHash,
     last_entry: EntryId,
 }
 
@@ -136,8 +143,12 @@ pub struct KvCacheManager {
     block_size: usize,
     enable_prefix_caching: bool,
     pool: BlockPool,
-    /// Per request: its state in each group, in group order.
-    requests: HashMap<RequestId, Vec<ReqState>>,
+    /// Per request: its state in each group, in group order. (FxHash: the ids are the engine's
+    /// counters, and a step looks every running request up three or four times.)
+    requests: FxHashMap<RequestId, Vec<ReqState>>,
+    /// Per request looked up or allocated with prefix caching on: the chain hashes of its leading
+    /// full blocks, as far as they were needed (until `free`).
+    block_hashes: FxHashMap<RequestId, Vec<BlockHash>>,
     /// Query/hit counters (`evictions` is read from the pool).
     stats: KvStats,
     /// Block hash function; always [`hash_block`] except in tests that force collisions.
@@ -167,7 +178,8 @@ impl KvCacheManager {
             block_size,
             enable_prefix_caching,
             pool: BlockPool::new(num_blocks, block_size, enable_prefix_caching),
-            requests: HashMap::new(),
+            requests: FxHashMap::default(),
+            block_hashes: FxHashMap::default(),
             stats: KvStats::default(),
             hash_fn,
             groups: vec![GroupSpec::new(0, None)],
@@ -245,27 +257,69 @@ impl KvCacheManager {
     /// Walk group `g`'s cache along the full blocks of `tokens`, at most `max_blocks` of them,
     /// stopping at the first block whose exact prefix the cache does not know (neither cached nor
     /// a ghost), and without a window at the first ghost (no hit reaches past a block that must be
-    /// recomputed).
-    fn walk_cache(&self, g: usize, tokens: &[u32], max_blocks: usize) -> CacheWalk {
+    /// recomputed). `hashes` are the chain hashes of `tokens`' leading full blocks; the walk goes
+    /// no further than they do.
+    fn walk_cache(
+        &self,
+        g: usize,
+        tokens: &[u32],
+        hashes: &[BlockHash],
+        max_blocks: usize,
+    ) -> CacheWalk {
         let group = &self.groups[g];
         let mut walk = CacheWalk {
             blocks: Vec::new(),
-            chain: Vec::new(),
+            entries: Vec::new(),
         };
-        let (mut last_hash, mut last_entry) = (group.root_hash, group.root_entry);
-        for chunk in tokens.chunks_exact(self.block_size).take(max_blocks) {
-            let hash = (self.hash_fn)(last_hash, chunk);
-            let (block, entry) = match self.pool.lookup(hash, last_entry, chunk) {
+        let mut last_entry = group.root_entry;
+        let blocks = tokens.chunks_exact(self.block_size).zip(hashes);
+        for (chunk, &hash) in blocks.take(max_blocks) {
+            let key = group_key(hash, group.salt);
+            let (block, entry) = match self.pool.lookup(key, last_entry, chunk) {
                 Lookup::Hit { block, entry } => (Some(block), entry),
                 Lookup::Ghost { .. } if group.window.is_none() => break,
                 Lookup::Ghost { entry } => (None, entry),
                 Lookup::Absent | Lookup::Mismatch => break,
             };
             walk.blocks.push(block);
-            walk.chain.push((hash, entry));
-            (last_hash, last_entry) = (hash, entry);
+            walk.entries.push(entry);
+            last_entry = entry;
         }
         walk
+    }
+
+    /// Chain hashes of the first `num_blocks` full blocks of `tokens` (fewer if it has fewer):
+    /// `req`'s kept ones when they reach that far, else computed here.
+    fn hashes_for<'a>(
+        &'a self,
+        req: RequestId,
+        tokens: &[u32],
+        num_blocks: usize,
+    ) -> std::borrow::Cow<'a, [BlockHash]> {
+        let want = num_blocks.min(tokens.len() / self.block_size);
+        match self.block_hashes.get(&req) {
+            Some(kept) if kept.len() >= want => std::borrow::Cow::Borrowed(&kept[..want]),
+            kept => {
+                let mut hashes = kept.cloned().unwrap_or_default();
+                extend_chain(self.hash_fn, &mut hashes, tokens, self.block_size, want);
+                std::borrow::Cow::Owned(hashes)
+            }
+        }
+    }
+
+    /// Extend `req`'s kept chain hashes to the first `num_blocks` full blocks of `tokens` (its
+    /// known tokens, which only ever grow at the end while it lives). Only with prefix caching on.
+    fn keep_hashes(&mut self, req: RequestId, tokens: &[u32], num_blocks: usize) {
+        if !self.enable_prefix_caching {
+            return;
+        }
+        let kept = self.block_hashes.entry(req).or_default();
+        debug_assert!(
+            kept.len() <= tokens.len() / self.block_size,
+            "request {req}'s tokens shrank below its {} hashed blocks",
+            kept.len()
+        );
+        extend_chain(self.hash_fn, kept, tokens, self.block_size, num_blocks);
     }
 
     /// Whether the first `n` blocks of group `g`'s `walk` make a prefix hit: every block from the
@@ -288,8 +342,36 @@ impl KvCacheManager {
             return 0;
         }
         let max_blocks = (tokens.len() - 1) / self.block_size;
+        let mut hashes = Vec::new();
+        extend_chain(
+            self.hash_fn,
+            &mut hashes,
+            tokens,
+            self.block_size,
+            max_blocks,
+        );
+        self.longest_hit(tokens, &hashes)
+    }
+
+    /// [`lookup_prefix`](Self::lookup_prefix) for request `req` (not yet allocated), keeping the
+    /// chain hashes of its prompt for the next lookup, `allocate` and `cache_computed`, so a request
+    /// waiting for room is not hashed again every step. `tokens` must be `req`'s known tokens, which
+    /// only ever grow at the end until `free(req)` forgets them.
+    pub fn lookup_prefix_for(&mut self, req: RequestId, tokens: &[u32]) -> usize {
+        if !self.enable_prefix_caching || tokens.is_empty() {
+            return 0;
+        }
+        let max_blocks = (tokens.len() - 1) / self.block_size;
+        self.keep_hashes(req, tokens, max_blocks);
+        let hashes = self.hashes_for(req, tokens, max_blocks);
+        self.longest_hit(tokens, &hashes)
+    }
+
+    /// Tokens of the longest prefix hit every group can serve along the chain `hashes` (of
+    /// `tokens`' leading full blocks, those a hit may cover).
+    fn longest_hit(&self, tokens: &[u32], hashes: &[BlockHash]) -> usize {
         let walks: Vec<CacheWalk> = (0..self.groups.len())
-            .map(|g| self.walk_cache(g, tokens, max_blocks))
+            .map(|g| self.walk_cache(g, tokens, hashes, hashes.len()))
             .collect();
         let longest = walks.iter().map(|w| w.blocks.len()).min().unwrap_or(0);
         let n = (0..=longest)
@@ -316,14 +398,20 @@ impl KvCacheManager {
     ///
     /// # Panics
     /// If `prefix_hit_tokens` cannot have come from `lookup_prefix(tokens)` in the current state.
-    fn resolve_hit(&self, g: usize, tokens: &[u32], prefix_hit_tokens: usize) -> Hit {
+    /// `hashes` are the chain hashes of `tokens`' first `prefix_hit_tokens / block_size` blocks.
+    fn resolve_hit(
+        &self,
+        g: usize,
+        tokens: &[u32],
+        hashes: &[BlockHash],
+        prefix_hit_tokens: usize,
+    ) -> Hit {
         let bs = self.block_size;
         let group = &self.groups[g];
         if prefix_hit_tokens == 0 {
             return Hit {
                 table: Vec::new(),
                 skipped: 0,
-                last_hash: group.root_hash,
                 last_entry: group.root_entry,
             };
         }
@@ -337,7 +425,7 @@ impl KvCacheManager {
             self.enable_prefix_caching
         );
         let hit_blocks = prefix_hit_tokens / bs;
-        let walk = self.walk_cache(g, tokens, hit_blocks);
+        let walk = self.walk_cache(g, tokens, hashes, hit_blocks);
         assert!(
             self.hit_fits(g, &walk, hit_blocks),
             "prefix_hit_tokens {prefix_hit_tokens} is stale: the cache no longer holds those blocks \
@@ -353,12 +441,10 @@ impl KvCacheManager {
                 _ => RELEASED_BLOCK,
             })
             .collect();
-        let (last_hash, last_entry) = walk.chain[hit_blocks - 1];
         Hit {
             table,
             skipped,
-            last_hash,
-            last_entry,
+            last_entry: walk.entries[hit_blocks - 1],
         }
     }
 
@@ -366,12 +452,18 @@ impl KvCacheManager {
     /// to `want_blocks` needs from the free list (new blocks plus hit blocks at refcount 0).
     fn resolve_hits(
         &self,
+        req: RequestId,
         tokens: &[u32],
         prefix_hit_tokens: usize,
         want_blocks: usize,
     ) -> (Vec<Hit>, usize) {
+        let hashes = if prefix_hit_tokens == 0 {
+            std::borrow::Cow::Borrowed(&[][..])
+        } else {
+            self.hashes_for(req, tokens, prefix_hit_tokens / self.block_size)
+        };
         let hits: Vec<Hit> = (0..self.groups.len())
-            .map(|g| self.resolve_hit(g, tokens, prefix_hit_tokens))
+            .map(|g| self.resolve_hit(g, tokens, &hashes, prefix_hit_tokens))
             .collect();
         let needed = hits
             .iter()
@@ -389,7 +481,7 @@ impl KvCacheManager {
 
     /// Make request `req` own blocks for `total_tokens` tokens in every group. If `req` owns nothing
     /// yet, first take the cached blocks covering `tokens[..prefix_hit_tokens]` (`prefix_hit_tokens`
-    /// must come from `lookup_prefix` on the same tokens in the same state; refcount + 1; a cached
+    /// must come from `lookup_prefix` or `lookup_prefix_for` on the same tokens in the same state; refcount + 1; a cached
     /// block with refcount 0 is removed from the free list). Then add new blocks from the free list
     /// head, evicting cached free blocks in LRU order (their hash entries are dropped).
     /// All-or-nothing: on Err nothing changed. `tokens` are the request's known tokens (prompt +
@@ -438,7 +530,7 @@ impl KvCacheManager {
         }
 
         // under a window the hit blocks before the first new token's window are not taken at all
-        let (hits, needed) = self.resolve_hits(tokens, prefix_hit_tokens, want_blocks);
+        let (hits, needed) = self.resolve_hits(req, tokens, prefix_hit_tokens, want_blocks);
         if needed > free {
             return Err(KvError::NoFreeBlocks { needed, free });
         }
@@ -453,7 +545,6 @@ impl KvCacheManager {
             let mut state = ReqState::new(group);
             state.num_released = hit.skipped;
             state.num_cached = hit.table.len();
-            state.last_hash = hit.last_hash;
             state.last_entry = hit.last_entry;
             state.table = hit.table;
             while state.table.len() < want_blocks {
@@ -506,7 +597,8 @@ impl KvCacheManager {
     ) -> bool {
         let needed = if self.is_new(req) {
             let want_blocks = total_tokens.div_ceil(self.block_size);
-            self.resolve_hits(tokens, prefix_hit_tokens, want_blocks).1
+            self.resolve_hits(req, tokens, prefix_hit_tokens, want_blocks)
+                .1
         } else {
             self.blocks_needed(req, prefix_hit_tokens, total_tokens)
         };
@@ -524,6 +616,14 @@ impl KvCacheManager {
             .map_or(&[], |states| states[group].table.as_slice())
     }
 
+    /// Physical blocks of `req` in each group, in group order (one lookup for all of them; empty
+    /// slices if `req` holds none).
+    pub fn block_tables(&self, req: RequestId) -> impl Iterator<Item = &[BlockId]> + '_ {
+        let states = self.requests.get(&req);
+        (0..self.groups.len())
+            .map(move |g| states.map_or(&[][..], |states| states[g].table.as_slice()))
+    }
+
     /// Register in the prefix cache every full block of `req` whose tokens are all computed (the first
     /// `num_computed_tokens` of `tokens`), in every group. Idempotent (each block is handled once;
     /// the request remembers how far it got). No-op when prefix caching is off or `req` is unknown.
@@ -537,14 +637,29 @@ impl KvCacheManager {
             return;
         }
         let bs = self.block_size;
-        let Some(states) = self.requests.get_mut(&req) else {
+        let Some(states) = self.requests.get(&req) else {
             return;
         };
-        for state in states.iter_mut().filter(|s| !s.cache_stopped) {
-            let full = (num_computed_tokens.min(tokens.len()) / bs).min(state.table.len());
+        let full = (num_computed_tokens.min(tokens.len()) / bs).min(states[0].table.len());
+        if states
+            .iter()
+            .all(|s| s.cache_stopped || s.num_cached >= full)
+        {
+            return; // no block completed since the last call (most decode steps)
+        }
+        self.keep_hashes(req, tokens, full);
+        let (Some(states), Some(hashes)) =
+            (self.requests.get_mut(&req), self.block_hashes.get(&req))
+        else {
+            return;
+        };
+        for (state, group) in states.iter_mut().zip(&self.groups) {
+            if state.cache_stopped {
+                continue;
+            }
             for i in state.num_cached..full {
                 let chunk = &tokens[i * bs..(i + 1) * bs];
-                let hash = (self.hash_fn)(state.last_hash, chunk);
+                let hash = group_key(hashes[i], group.salt);
                 let block = state.table[i];
                 debug_assert!(block != RELEASED_BLOCK, "block {i} released before caching");
                 debug_assert!(
@@ -564,7 +679,6 @@ impl KvCacheManager {
                     break;
                 };
                 state.num_cached = i + 1;
-                state.last_hash = hash;
                 state.last_entry = entry;
             }
         }
@@ -621,6 +735,7 @@ impl KvCacheManager {
     /// every group before block i − 1 of any, so that under LRU the end of a sequence is evicted
     /// before its shared prefix. Unknown req: no-op.
     pub fn free(&mut self, req: RequestId) {
+        self.block_hashes.remove(&req);
         let Some(states) = self.requests.remove(&req) else {
             return;
         };
@@ -705,7 +820,7 @@ impl KvCacheManager {
                         s.table.len()
                     ));
                 }
-                let at_root = (s.last_hash, s.last_entry) == (group.root_hash, group.root_entry);
+                let at_root = s.last_entry == group.root_entry;
                 if (s.num_cached == 0) != at_root {
                     return Err(format!(
                         "request {req} group {g}: chain state does not match {} cached blocks",
@@ -741,6 +856,12 @@ impl KvCacheManager {
         Ok(())
     }
 
+    /// The chain hashes `req` keeps (tests).
+    #[cfg(test)]
+    fn kept_hashes(&self, req: RequestId) -> &[BlockHash] {
+        self.block_hashes.get(&req).map_or(&[], Vec::as_slice)
+    }
+
     /// Comparable image of the whole state (tests: "on Err nothing changed").
     #[cfg(test)]
     fn snapshot(&self) -> impl PartialEq + std::fmt::Debug {
@@ -755,7 +876,6 @@ impl KvCacheManager {
                         s.table.clone(),
                         s.num_released,
                         s.num_cached,
-                        s.last_hash,
                         s.last_entry,
                         s.cache_stopped,
                     )
@@ -974,6 +1094,67 @@ mod tests {
         assert_eq!(m.stats(), KvStats::default());
         m.free(2);
         m.check_invariants().unwrap();
+    }
+
+    thread_local! {
+        static HASHED_BLOCKS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// [`hash_block`], counting the blocks it hashes on this thread.
+    fn counted_hash(parent: BlockHash, tokens: &[u32]) -> BlockHash {
+        HASHED_BLOCKS.with(|n| n.set(n.get() + 1));
+        hash_block(parent, tokens)
+    }
+
+    fn hashed_blocks() -> usize {
+        HASHED_BLOCKS.with(|n| n.replace(0))
+    }
+
+    #[test]
+    fn a_request_waiting_for_room_is_hashed_once() {
+        // 3 groups; request 1 holds 40 blocks in each, request 3 one in each: 2 of 125 free
+        let windows = [None, Some(8), Some(8)];
+        let mut m = KvCacheManager::with_hash_fn(125, 2, true, counted_hash).with_groups(&windows);
+        let prompt = seq(0, 81);
+        m.allocate(1, &prompt[..80], 0, 80).unwrap();
+        m.cache_computed(1, &prompt[..80], 80);
+        assert_eq!(hashed_blocks(), 40, "each block once for every group");
+        m.allocate(3, &seq(500, 2), 0, 2).unwrap();
+        assert_eq!(m.num_free_blocks(), 2);
+
+        // request 2 shares request 1's 80 tokens but needs a new block in every group for its
+        // last one: it waits, looked up again every step
+        for _ in 0..3 {
+            let hit = m.lookup_prefix_for(2, &prompt);
+            assert_eq!(hit, 80);
+            assert_eq!(
+                m.allocate(2, &prompt, hit, 81),
+                Err(KvError::NoFreeBlocks { needed: 3, free: 2 })
+            );
+        }
+        assert_eq!(
+            hashed_blocks(),
+            40,
+            "its prompt hashed at the first lookup only"
+        );
+
+        // room made: admitted from the kept hashes, its computed blocks cached without rehashing
+        m.free(3);
+        let hit = m.lookup_prefix_for(2, &prompt);
+        m.allocate(2, &prompt, hit, 81).unwrap();
+        let mut tokens = prompt.clone();
+        tokens.push(7);
+        m.cache_computed(2, &tokens, 82);
+        assert_eq!(
+            hashed_blocks(),
+            1,
+            "only the block its first output completed"
+        );
+        m.check_invariants().unwrap();
+        // freed: its hashes go with it, a new lookup hashes again
+        m.free(2);
+        assert_eq!(m.lookup_prefix_for(2, &prompt), 80);
+        assert_eq!(hashed_blocks(), 40);
     }
 
     #[test]
@@ -1349,6 +1530,7 @@ mod tests {
 
     mod proptests {
         use super::*;
+        use crate::kv::prefix_hash::hash_full_blocks;
         use proptest::prelude::*;
 
         const NUM_SLOTS: usize = 5;
@@ -1403,6 +1585,27 @@ mod tests {
         struct Live {
             tokens: Vec<u32>,
             computed: usize,
+        }
+
+        /// Each request keeps the chain hashes of its own tokens (a prefix of them), and a slot
+        /// without a live request keeps none.
+        fn check_kept_hashes(
+            m: &KvCacheManager,
+            live: &[Option<Live>],
+            hash_fn: HashFn,
+        ) -> Result<(), TestCaseError> {
+            for (slot, l) in live.iter().enumerate() {
+                let kept = m.kept_hashes(slot as u64);
+                match l {
+                    Some(l) => {
+                        let all = hash_full_blocks(hash_fn, &l.tokens, m.block_size());
+                        prop_assert!(kept.len() <= all.len());
+                        prop_assert_eq!(kept, &all[..kept.len()]);
+                    }
+                    None => prop_assert!(kept.is_empty(), "slot {} keeps hashes", slot),
+                }
+            }
+            Ok(())
         }
 
         /// Few distinct hash buckets: collisions everywhere.
@@ -1549,6 +1752,8 @@ mod tests {
                             tokens.push(1);
                         }
                         let hit = m.lookup_prefix(&tokens);
+                        // the scheduler's lookup, which keeps the request's chain hashes
+                        prop_assert_eq!(m.lookup_prefix_for(slot as u64, &tokens), hit);
                         prop_assert_eq!(hit % block_size, 0);
                         prop_assert!(hit < tokens.len());
                         if !caching {
@@ -1594,6 +1799,9 @@ mod tests {
                                 prop_assert!(!can);
                                 prop_assert!(needed > free);
                                 prop_assert_eq!(m.snapshot(), before);
+                                // given up (as the scheduler aborts a waiting request): its
+                                // kept hashes go, and the slot's next request has other tokens
+                                m.free(slot as u64);
                             }
                         }
                     }
@@ -1638,6 +1846,7 @@ mod tests {
                 }
                 check_sharing(&m, &live)?;
                 check_window(&m, &live, &content)?;
+                check_kept_hashes(&m, &live, hash_fn)?;
             }
             for slot in 0..NUM_SLOTS {
                 m.free(slot as u64);

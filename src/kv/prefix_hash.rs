@@ -39,15 +39,24 @@ impl EntryId {
     }
 }
 
-/// Parent hash of block 0 in KV group `group`: [`ROOT_HASH`] for group 0, a hash of the group
-/// index for the others, so the groups' chains (which share the pool's one hash index) do not
-/// collide by construction on equal tokens. The entry ids keep them apart whatever the hashes do.
-pub fn group_root_hash(group: usize) -> BlockHash {
+/// The salt of KV group `group`'s keys in the prefix cache ([`group_key`]): 0 for group 0, a hash
+/// of the group index for the others.
+pub fn group_salt(group: usize) -> u64 {
     if group == 0 {
-        ROOT_HASH
+        0
     } else {
-        hash_block(ROOT_HASH, &[u32::MAX, group as u32])
+        hash_block(ROOT_HASH, &[u32::MAX, group as u32]).0
     }
+}
+
+/// The prefix cache's key of a block whose chain hash is `chain`, in the KV group of `salt`
+/// ([`group_salt`]). A request's chain hashes do not depend on the group (they are computed once
+/// per block, however many groups there are); the groups share the pool's one index, so each
+/// group's keys are its chain hashes XOR its salt: the same tokens cached by two groups (different
+/// layers' K/V) sit under different keys. Keys are only an index: the entry ids (a root per
+/// group) keep the groups apart whatever the keys do.
+pub fn group_key(chain: BlockHash, salt: u64) -> BlockHash {
+    BlockHash(chain.0 ^ salt)
 }
 
 /// Signature of a block-hash function (the manager holds one so tests can force collisions).
@@ -68,14 +77,30 @@ pub fn hash_block(parent: BlockHash, tokens: &[u32]) -> BlockHash {
 
 /// Chain hashes of the full blocks of `tokens` (a trailing partial block gets none), oldest first.
 pub fn hash_full_blocks(hash_fn: HashFn, tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
-    let mut parent = ROOT_HASH;
-    tokens
+    let mut hashes = Vec::new();
+    extend_chain(hash_fn, &mut hashes, tokens, block_size, usize::MAX);
+    hashes
+}
+
+/// Extend `hashes`, the chain hashes of the first `hashes.len()` full blocks of `tokens`, to its
+/// first `min(num_blocks, full blocks)`: each block is hashed once, however often a request's
+/// prefix is looked up (a request waiting for room is looked up every step).
+pub fn extend_chain(
+    hash_fn: HashFn,
+    hashes: &mut Vec<BlockHash>,
+    tokens: &[u32],
+    block_size: usize,
+    num_blocks: usize,
+) {
+    let want = num_blocks.min(tokens.len() / block_size);
+    let mut parent = hashes.last().copied().unwrap_or(ROOT_HASH);
+    for chunk in tokens[..want * block_size]
         .chunks_exact(block_size)
-        .map(|chunk| {
-            parent = hash_fn(parent, chunk);
-            parent
-        })
-        .collect()
+        .skip(hashes.len())
+    {
+        parent = hash_fn(parent, chunk);
+        hashes.push(parent);
+    }
 }
 
 #[cfg(test)]
@@ -98,12 +123,34 @@ mod tests {
     }
 
     #[test]
-    fn groups_start_their_chains_apart() {
-        assert_eq!(group_root_hash(0), ROOT_HASH);
-        let roots: std::collections::HashSet<_> = (0..8).map(group_root_hash).collect();
-        assert_eq!(roots.len(), 8);
+    fn groups_key_their_chains_apart() {
+        assert_eq!(group_salt(0), 0);
+        let chain = hash_block(ROOT_HASH, &[1, 2]);
+        assert_eq!(group_key(chain, group_salt(0)), chain);
+        let keys: std::collections::HashSet<_> =
+            (0..8).map(|g| group_key(chain, group_salt(g))).collect();
+        assert_eq!(keys.len(), 8);
         assert_eq!(EntryId::root(0), EntryId::ROOT);
         assert_ne!(EntryId::root(1), EntryId::ROOT);
+    }
+
+    #[test]
+    fn extending_a_chain_hashes_only_the_new_blocks() {
+        let tokens: Vec<u32> = (0..11).collect();
+        let all = hash_full_blocks(hash_block, &tokens, 2);
+        assert_eq!(all.len(), 5);
+        let mut hashes = Vec::new();
+        extend_chain(hash_block, &mut hashes, &tokens[..4], 2, usize::MAX);
+        assert_eq!(hashes, all[..2]);
+        extend_chain(hash_block, &mut hashes, &tokens, 2, 3);
+        assert_eq!(hashes, all[..3]);
+        // blocks already there are not hashed again
+        fn no_hash(_: BlockHash, _: &[u32]) -> BlockHash {
+            panic!("hashed a block twice")
+        }
+        extend_chain(no_hash, &mut hashes, &tokens, 2, 2);
+        extend_chain(hash_block, &mut hashes, &tokens, 2, usize::MAX);
+        assert_eq!(hashes, all);
     }
 
     #[test]

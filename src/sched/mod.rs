@@ -179,9 +179,29 @@ impl Scheduler {
         self.kv.block_table(id, group)
     }
 
+    /// Request `id`'s blocks in every KV group, in group order.
+    pub fn block_tables(&self, id: RequestId) -> impl Iterator<Item = &[BlockId]> + '_ {
+        self.kv.block_tables(id)
+    }
+
     /// A running request's state.
     pub fn running_seq(&self, id: RequestId) -> Option<&SeqState> {
         self.running.iter().find(|s| s.id == id)
+    }
+
+    /// The state of the request of a plan's `index`-th chunk, `id`: found in O(1) while the
+    /// running requests are as `schedule` left them (its chunks follow the running order: running
+    /// requests first, then those it admitted, which it appended), else searched. A step of 256
+    /// requests would otherwise walk half the running list per chunk.
+    pub fn planned_seq(&self, index: usize, id: RequestId) -> Option<&SeqState> {
+        self.running_index(index, id).map(|i| &self.running[i])
+    }
+
+    fn running_index(&self, hint: usize, id: RequestId) -> Option<usize> {
+        match self.running.get(hint) {
+            Some(s) if s.id == id => Some(hint),
+            _ => self.running.iter().position(|s| s.id == id),
+        }
     }
 
     /// Plan the next step.
@@ -232,7 +252,7 @@ impl Scheduler {
                 let Some(mut seq) = self.waiting.pop_front() else {
                     break;
                 };
-                let hit = self.kv.lookup_prefix(&seq.tokens);
+                let hit = self.kv.lookup_prefix_for(seq.id, &seq.tokens);
                 let len = (seq.tokens.len() - hit).min(budget);
                 let total = hit + len;
                 // all or nothing: on Err the cache is as it was and the request keeps its place
@@ -276,19 +296,20 @@ impl Scheduler {
     /// to the prefix cache; under an attention window, blocks that left it are released.
     pub fn complete_step(&mut self, plan: &StepPlan, sampled: &[(RequestId, u32)]) {
         let mut sampled = sampled.iter();
-        for chunk in &plan.chunks {
-            let Some(seq) = self.running.iter_mut().find(|s| s.id == chunk.id) else {
+        for (index, chunk) in plan.chunks.iter().enumerate() {
+            // a sampling chunk's token is taken whether or not its request is still here
+            let token = if chunk.samples { sampled.next() } else { None };
+            let Some(i) = self.running_index(index, chunk.id) else {
                 continue; // aborted meanwhile
             };
+            let seq = &mut self.running[i];
             seq.num_computed = chunk.start + chunk.len;
             self.kv
                 .cache_computed(seq.id, &seq.tokens, seq.num_computed);
             self.kv.release_outside_window(seq.id, seq.num_computed);
-            if chunk.samples {
-                if let Some(&(id, tok)) = sampled.next() {
-                    debug_assert_eq!(id, seq.id);
-                    seq.tokens.push(tok);
-                }
+            if let Some(&(id, tok)) = token {
+                debug_assert_eq!(id, seq.id);
+                seq.tokens.push(tok);
             }
         }
     }

@@ -86,11 +86,12 @@ impl Sim {
             "a step with work did nothing"
         );
         let mut sampled = Vec::new();
-        for c in &plan.chunks {
+        for (i, c) in plan.chunks.iter().enumerate() {
             let seq = self
                 .sched
-                .running_seq(c.id)
+                .planned_seq(i, c.id)
                 .expect("chunk of a running request");
+            assert_eq!(Some(seq.id), self.sched.running_seq(c.id).map(|s| s.id));
             let tokens = seq.tokens.clone();
             // in every group, the K/V this chunk attends to (its first query's window) must be
             // the request's own earlier tokens
@@ -456,5 +457,34 @@ proptest! {
             prop_assert_eq!(&sim.finished[id], want, "request {}", id);
         }
         prop_assert_eq!(sim.sched.kv().num_free_blocks(), m.num_blocks);
+    }
+}
+
+#[test]
+fn a_request_aborted_during_its_step_leaves_the_others_their_tokens() {
+    // the plan's chunks follow the running order; an abort between `schedule` and
+    // `complete_step` shifts the requests after it, whose chunks must still find their own
+    let mut sched = Scheduler::new(cfg(8, 64), KvCacheManager::new(32, 2, true));
+    for id in 1..=3u64 {
+        sched.add(SeqState::new(id, vec![id as u32; 3]));
+    }
+    let plan = sched.schedule();
+    let ids: Vec<RequestId> = plan.chunks.iter().map(|c| c.id).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    for (i, c) in plan.chunks.iter().enumerate() {
+        assert_eq!(sched.planned_seq(i, c.id).map(|s| s.id), Some(c.id));
+    }
+    sched.finish(1);
+    assert_eq!(
+        sched.planned_seq(1, 2).map(|s| s.id),
+        Some(2),
+        "found past its hint"
+    );
+    assert!(sched.planned_seq(0, 1).is_none());
+    sched.complete_step(&plan, &[(1, 10), (2, 20), (3, 30)]);
+    for (id, token) in [(2, 20), (3, 30)] {
+        let seq = sched.running_seq(id).unwrap();
+        assert_eq!(seq.num_computed, 3);
+        assert_eq!(seq.tokens, vec![id as u32, id as u32, id as u32, token]);
     }
 }
