@@ -27,12 +27,15 @@ use crate::model::{kv_block_bytes as block_bytes, Arch, ModelConfig};
 pub const RESERVE_BYTES: usize = 256 << 20;
 
 /// Bytes of the forward pass's activation buffers for a step of `tokens` tokens and `logits_rows`
-/// logits rows, at `elem_bytes` per element (mirrors `model::forward::Workspace`).
+/// logits rows, at `elem_bytes` per element (mirrors `model::forward::Workspace`), plus the step's
+/// metadata for a KV cache of `kv_groups` tables of `block_size`-token blocks.
 pub fn activation_bytes(
     cfg: &ModelConfig,
     elem_bytes: usize,
     tokens: usize,
     logits_rows: usize,
+    kv_groups: usize,
+    block_size: usize,
 ) -> usize {
     let up_rows = match cfg.arch {
         Arch::Gpt2 => cfg.intermediate_size,
@@ -42,12 +45,13 @@ pub fn activation_bytes(
     let per_token =
         3 * h + (cfg.q_size() + 2 * cfg.kv_size()) + cfg.q_size() + up_rows + cfg.intermediate_size;
     let per_logit_row = h + cfg.vocab_size;
-    // One step's metadata (u32, one upload): ids, positions, slots per token; logits indices,
-    // query_start_loc and seq_lens per sequence (at most logits_rows of them); block tables (at most
-    // max_context entries per sequence: num_kv_groups × ⌈max_context / block_size⌉ is no more while
-    // a block holds at least as many tokens as there are KV groups). Plus the all-zero row indices
-    // of the bias broadcast.
-    let meta_u32 = 3 * tokens + 3 * (logits_rows + 1) + logits_rows * cfg.max_context + tokens;
+    // One step's metadata (u32, one upload): ids and positions per token, a slot per token in
+    // each KV group; logits indices, query_start_loc and seq_lens per sequence (at most
+    // logits_rows of them); block tables, [kv_groups, seqs, ⌈max_context / block_size⌉] at most.
+    // Plus the all-zero row indices of the bias broadcast.
+    let groups = kv_groups.max(1);
+    let table_entries = logits_rows * groups * cfg.max_context.div_ceil(block_size.max(1));
+    let meta_u32 = (2 + groups) * tokens + 3 * (logits_rows + 1) + table_entries + tokens;
     elem_bytes * (tokens * per_token + logits_rows * per_logit_row) + 4 * meta_u32
 }
 
@@ -141,6 +145,8 @@ pub fn plan(cfg: &ModelConfig, layout: &KvLayout, i: PlanInputs) -> Result<Memor
         i.elem_bytes,
         i.max_num_batched_tokens.max(1),
         logits_rows,
+        layout.num_groups(),
+        i.block_size,
     );
     let block = block_bytes(cfg, layout.slots(), i.block_size, i.elem_bytes).max(1);
     let fixed = weights + activations + RESERVE_BYTES;
@@ -281,6 +287,20 @@ mod tests {
         let plain = plan(&cfg, &plain(&cfg), inputs(79 << 30, 1 << 30)).unwrap();
         assert_eq!(plain.block_bytes, 26 * 16 * 256 * 2 * 2);
         assert!(!plain.capped);
+        // a step's metadata holds a slot per token and a table per sequence in each of the 7
+        // groups: 6 more of each (u32) than in one group, whatever the block size
+        for block_size in [16, 1] {
+            let grouped = activation_bytes(&cfg, 2, 2048, 256, 7, block_size);
+            let single = activation_bytes(&cfg, 2, 2048, 256, 1, block_size);
+            assert_eq!(
+                grouped - single,
+                4 * 6 * (2048 + 256 * 32768usize.div_ceil(block_size))
+            );
+        }
+        assert_eq!(
+            p.activation_bytes,
+            activation_bytes(&cfg, 2, 2048, 256, 7, 16)
+        );
     }
 
     /// Every layer in one KV group (the layout of a model without sliding layers).
