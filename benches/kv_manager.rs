@@ -22,9 +22,9 @@
 //! (`cargo test --benches`).
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion};
+use criterion::{Bencher, BenchmarkId, Criterion};
 use infermeter::kv::{KvCacheManager, KvLayout};
 use infermeter::sched::{Scheduler, SchedulerConfig, SeqState};
 
@@ -82,6 +82,30 @@ fn admission(c: &mut Criterion) {
     g.finish();
 }
 
+/// Time one step per iteration over a long-lived state, so that every step is a steady-state
+/// step: `fresh` builds the state (outside the timed region) at the start and after every
+/// `steps_per_state` steps; `step` gets the state and the step's number within it (from 1) and
+/// returns the time of its measured part.
+fn steady_steps<S>(
+    b: &mut Bencher,
+    state: &mut (S, usize),
+    steps_per_state: usize,
+    fresh: impl Fn() -> S,
+    mut step: impl FnMut(&mut S, usize) -> Duration,
+) {
+    b.iter_custom(|iters| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            if state.1 >= steps_per_state {
+                *state = (fresh(), 0);
+            }
+            state.1 += 1;
+            total += step(&mut state.0, state.1);
+        }
+        total
+    })
+}
+
 fn decode_step(c: &mut Criterion) {
     let mut g = c.benchmark_group("kv_manager/decode_step");
     const SEQS: usize = 64;
@@ -103,31 +127,20 @@ fn decode_step(c: &mut Criterion) {
             }
             (m, seqs)
         };
-        // one state across criterion's calls: every step is a steady-state step
-        let mut state = fresh();
-        let mut step = 0u32;
+        let mut state = (fresh(), 0);
         g.bench_function(BenchmarkId::new(name, format!("{SEQS}x{CONTEXT}")), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    if state.1[0].len() >= CONTEXT + GROWTH {
-                        state = fresh();
-                    }
-                    let (m, seqs) = &mut state;
-                    step += 1;
-                    for s in seqs.iter_mut() {
-                        s.push(step);
-                    }
-                    let start = std::time::Instant::now();
-                    for (id, tokens) in seqs.iter().enumerate() {
-                        let n = tokens.len();
-                        m.allocate(id as u64, tokens, 0, n).unwrap();
-                        m.cache_computed(id as u64, tokens, n);
-                        m.release_outside_window(id as u64, n);
-                    }
-                    total += start.elapsed();
+            steady_steps(b, &mut state, GROWTH, fresh, |(m, seqs), step| {
+                for s in seqs.iter_mut() {
+                    s.push(step as u32);
                 }
-                total
+                let start = Instant::now();
+                for (id, tokens) in seqs.iter().enumerate() {
+                    let n = tokens.len();
+                    m.allocate(id as u64, tokens, 0, n).unwrap();
+                    m.cache_computed(id as u64, tokens, n);
+                    m.release_outside_window(id as u64, n);
+                }
+                start.elapsed()
             })
         });
     }
@@ -165,34 +178,25 @@ fn scheduler_step(c: &mut Criterion) {
             );
             let sampled: Vec<(u64, u32)> = plan.chunks.iter().map(|c| (c.id, 1)).collect();
             sched.complete_step(&plan, &sampled);
-            (sched, 0usize)
+            sched
         };
-        let mut state = fresh();
+        let mut state = (fresh(), 0);
         g.bench_function(BenchmarkId::new(name, format!("{SEQS}x{CONTEXT}")), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    if state.1 >= GROWTH {
-                        state = fresh();
-                    }
-                    let (sched, steps) = &mut state;
-                    *steps += 1;
-                    let start = std::time::Instant::now();
-                    let plan = sched.schedule();
-                    // what the engine reads per chunk to build the step's batch
-                    let mut read = 0usize;
-                    for (i, c) in plan.chunks.iter().enumerate() {
-                        let seq = sched.planned_seq(i, c.id).expect("planned request runs");
-                        read += seq.tokens[c.start..c.start + c.len].len();
-                        read += sched.block_tables(c.id).map(<[u32]>::len).sum::<usize>();
-                    }
-                    let sampled: Vec<(u64, u32)> =
-                        plan.chunks.iter().map(|c| (c.id, *steps as u32)).collect();
-                    sched.complete_step(&plan, &sampled);
-                    total += start.elapsed();
-                    black_box(read);
+            steady_steps(b, &mut state, GROWTH, fresh, |sched, step| {
+                let start = Instant::now();
+                let plan = sched.schedule();
+                // what the engine reads per chunk to build the step's batch
+                let mut read = 0usize;
+                for (i, c) in plan.chunks.iter().enumerate() {
+                    let seq = sched.planned_seq(i, c.id).expect("planned request runs");
+                    read += seq.tokens[c.start..c.start + c.len].len();
+                    read += sched.block_tables(c.id).map(<[u32]>::len).sum::<usize>();
                 }
-                total
+                let sampled: Vec<(u64, u32)> =
+                    plan.chunks.iter().map(|c| (c.id, step as u32)).collect();
+                sched.complete_step(&plan, &sampled);
+                black_box(read);
+                start.elapsed()
             })
         });
     }
