@@ -177,8 +177,8 @@ impl KvLayout {
         let parts: Vec<String> = kinds
             .iter()
             .map(|&(w, n, layers)| match w {
-                None => format!("{n} full ({layers} layers)"),
-                Some(w) => format!("{n} with a {w}-token window ({layers} layers)"),
+                None => format!("{n} full ({})", count(layers, "layer")),
+                Some(w) => format!("{n} with a {w}-token window ({})", count(layers, "layer")),
             })
             .collect();
         let padding = match self.padding_slots() {
@@ -186,12 +186,17 @@ impl KvLayout {
             p => format!("; {p} padding slot{}", if p == 1 { "" } else { "s" }),
         };
         format!(
-            "{} KV groups of {} layers: {}{padding}",
+            "{} KV groups of {}: {}{padding}",
             self.groups.len(),
-            self.slots,
+            count(self.slots, "layer"),
             parts.join(", ")
         )
     }
+}
+
+/// "1 layer", "3 layers".
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 #[cfg(test)]
@@ -266,6 +271,11 @@ mod tests {
         assert_eq!((w(9, 8).slots(), w(9, 8).num_groups()), (9, 2));
         assert_eq!((w(4, 5).slots(), w(4, 5).padding_slots()), (4, 3));
         assert_eq!((w(5, 4).slots(), w(5, 4).num_groups()), (4, 3));
+        // tiny-gemma3's shape: groups of one layer
+        assert_eq!(
+            KvLayout::from_windows(&[Some(24), Some(24), None]).describe(),
+            "3 KV groups of 1 layer: 1 full (1 layer), 2 with a 24-token window (2 layers)"
+        );
     }
 
     #[test]
