@@ -21,6 +21,7 @@
 //! until `free`: the scheduler's `lookup_prefix_for` of a request waiting for room, every step,
 //! walks the cache's index without hashing its prompt again.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
@@ -295,14 +296,14 @@ impl KvCacheManager {
         req: RequestId,
         tokens: &[u32],
         num_blocks: usize,
-    ) -> std::borrow::Cow<'a, [BlockHash]> {
+    ) -> Cow<'a, [BlockHash]> {
         let want = num_blocks.min(tokens.len() / self.block_size);
         match self.block_hashes.get(&req) {
-            Some(kept) if kept.len() >= want => std::borrow::Cow::Borrowed(&kept[..want]),
+            Some(kept) if kept.len() >= want => Cow::Borrowed(&kept[..want]),
             kept => {
                 let mut hashes = kept.cloned().unwrap_or_default();
                 extend_chain(self.hash_fn, &mut hashes, tokens, self.block_size, want);
-                std::borrow::Cow::Owned(hashes)
+                Cow::Owned(hashes)
             }
         }
     }
@@ -458,7 +459,7 @@ impl KvCacheManager {
         want_blocks: usize,
     ) -> (Vec<Hit>, usize) {
         let hashes = if prefix_hit_tokens == 0 {
-            std::borrow::Cow::Borrowed(&[][..])
+            Cow::Borrowed(&[][..])
         } else {
             self.hashes_for(req, tokens, prefix_hit_tokens / self.block_size)
         };
@@ -481,9 +482,10 @@ impl KvCacheManager {
 
     /// Make request `req` own blocks for `total_tokens` tokens in every group. If `req` owns nothing
     /// yet, first take the cached blocks covering `tokens[..prefix_hit_tokens]` (`prefix_hit_tokens`
-    /// must come from `lookup_prefix` or `lookup_prefix_for` on the same tokens in the same state; refcount + 1; a cached
-    /// block with refcount 0 is removed from the free list). Then add new blocks from the free list
-    /// head, evicting cached free blocks in LRU order (their hash entries are dropped).
+    /// must come from `lookup_prefix` or `lookup_prefix_for` on the same tokens in the same state;
+    /// refcount + 1; a cached block with refcount 0 is removed from the free list). Then add new
+    /// blocks from the free list head, evicting cached free blocks in LRU order (their hash entries
+    /// are dropped).
     /// All-or-nothing: on Err nothing changed. `tokens` are the request's known tokens (prompt +
     /// outputs so far), used for prefix hashing only. For a request that already owns blocks
     /// `prefix_hit_tokens` is ignored, and a `total_tokens` within its current blocks is a no-op
