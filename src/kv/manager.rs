@@ -732,12 +732,24 @@ impl KvCacheManager {
         released
     }
 
-    /// Release every block of `req` (refcount − 1). Blocks reaching 0 go to the tail of the free list;
-    /// cached ones stay findable until evicted. The tables are released tail first, block i of
-    /// every group before block i − 1 of any, so that under LRU the end of a sequence is evicted
-    /// before its shared prefix. Unknown req: no-op.
+    /// Release every block of `req` (refcount − 1) and forget its chain hashes: it is finished or
+    /// aborted. Blocks reaching 0 go to the tail of the free list; cached ones stay findable until
+    /// evicted. The tables are released tail first, block i of every group before block i − 1 of
+    /// any, so that under LRU the end of a sequence is evicted before its shared prefix. Unknown
+    /// req: no-op.
     pub fn free(&mut self, req: RequestId) {
         self.block_hashes.remove(&req);
+        self.release_blocks(req);
+    }
+
+    /// Release every block of `req` as [`free`](Self::free) does, keeping its chain hashes: it is
+    /// preempted, and comes back with the same tokens (and more) to be looked up again
+    /// (`lookup_prefix_for`) without hashing them again.
+    pub fn preempt(&mut self, req: RequestId) {
+        self.release_blocks(req);
+    }
+
+    fn release_blocks(&mut self, req: RequestId) {
         let Some(states) = self.requests.remove(&req) else {
             return;
         };
@@ -1152,6 +1164,12 @@ mod tests {
             1,
             "only the block its first output completed"
         );
+        m.check_invariants().unwrap();
+        // preempted: its blocks go back, its hashes stay for the recompute's lookup
+        m.preempt(2);
+        assert!(m.block_table(2, 0).is_empty());
+        assert_eq!(m.lookup_prefix_for(2, &tokens), 80);
+        assert_eq!(hashed_blocks(), 0);
         m.check_invariants().unwrap();
         // freed: its hashes go with it, a new lookup hashes again
         m.free(2);

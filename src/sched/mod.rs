@@ -282,7 +282,7 @@ impl Scheduler {
     }
 
     fn preempt(&mut self, mut victim: SeqState, plan: &mut StepPlan) {
-        self.kv.free(victim.id);
+        self.kv.preempt(victim.id);
         victim.num_computed = 0;
         victim.num_preemptions += 1;
         self.total_preemptions += 1;
