@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{self, AttentionVariant, CudaBackend, CudaDtype, CudaOptions};
 use crate::backend::Backend;
-use crate::model::{KvCache, Model};
+use crate::model::{kv_block_bytes, Model};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -242,8 +242,7 @@ impl EngineBackend for CpuBackend {
     }
     fn auto_kv_blocks(&self, model: &Model<Self>, s: &KvSizing) -> anyhow::Result<usize> {
         let slots = s.kv_layout(&model.config).slots();
-        let block_bytes =
-            KvCache::<Self>::block_bytes(&model.config, slots, s.block_size.max(1), 4);
+        let block_bytes = kv_block_bytes(&model.config, slots, s.block_size.max(1), 4);
         Ok(s.cpu_kv_bytes / block_bytes.max(1))
     }
 }

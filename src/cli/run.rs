@@ -18,7 +18,7 @@ use super::{ModelArgs, SamplingArgs};
 use crate::engine::offline::{run_phase, PhaseEvent, PhaseOptions, PlannedRequest};
 use crate::engine::{Engine, EngineConfig};
 use crate::metrics::{summarize, Slo};
-use crate::model::KvCache;
+use crate::model::kv_block_bytes;
 use crate::report::results::{
     EngineInfo, EngineSummary, Hardware, ModelInfo, Phase, ResultsWriter, RunResults, ToolInfo,
     SCHEMA_VERSION,
@@ -429,7 +429,7 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
         model.backend.gpus(),
     );
     let kv_layout = crate::kv::KvLayout::for_model(&cfg, a.engine.keep_all_kv_blocks);
-    let block_bytes = KvCache::<B>::block_bytes(
+    let block_bytes = kv_block_bytes(
         &cfg,
         kv_layout.slots(),
         a.engine.block_size.max(1),

@@ -28,7 +28,7 @@ use rustc_hash::FxHashMap;
 
 use super::block_pool::{BlockPool, Lookup};
 use super::prefix_hash::{
-    extend_chain, group_key, group_salt, hash_block, BlockHash, EntryId, HashFn,
+    extend_chain, group_key, group_salt, hash_block, hash_full_blocks, BlockHash, EntryId, HashFn,
 };
 use super::{BlockId, RequestId, RELEASED_BLOCK};
 
@@ -343,14 +343,8 @@ impl KvCacheManager {
             return 0;
         }
         let max_blocks = (tokens.len() - 1) / self.block_size;
-        let mut hashes = Vec::new();
-        extend_chain(
-            self.hash_fn,
-            &mut hashes,
-            tokens,
-            self.block_size,
-            max_blocks,
-        );
+        let hashed = &tokens[..max_blocks * self.block_size];
+        let hashes = hash_full_blocks(self.hash_fn, hashed, self.block_size);
         self.longest_hit(tokens, &hashes)
     }
 
@@ -1550,7 +1544,6 @@ mod tests {
 
     mod proptests {
         use super::*;
-        use crate::kv::prefix_hash::hash_full_blocks;
         use proptest::prelude::*;
 
         const NUM_SLOTS: usize = 5;

@@ -31,18 +31,6 @@ pub struct KvCache<B: Backend> {
     pub v: Vec<B::Buffer>,
 }
 
-impl<B: Backend> KvCache<B> {
-    /// Bytes of one block ([`kv_block_bytes`]).
-    pub fn block_bytes(
-        cfg: &ModelConfig,
-        slots: usize,
-        block_size: usize,
-        elem_bytes: usize,
-    ) -> usize {
-        kv_block_bytes(cfg, slots, block_size, elem_bytes)
-    }
-}
-
 /// Bytes of one KV block, K and V, across the `slots` layers a block spans (`KvLayout::slots`:
 /// every layer in the plain layout), at `elem_bytes` per element. Every pool sizing uses it
 /// (`--kv-memory`, serve, the CUDA memory plan).

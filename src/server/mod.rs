@@ -34,7 +34,7 @@ pub use template::{ChatTemplate, TemplateError};
 
 use crate::cli::backend::{BackendArgs, EngineBackend, KvSizing};
 use crate::engine::{Engine, EngineConfig};
-use crate::model::{KvCache, LoadOptions, ModelConfig, Tokenizer};
+use crate::model::{kv_block_bytes, LoadOptions, ModelConfig, Tokenizer};
 use worker::{Command, Shared};
 
 /// How big the KV pool is.
@@ -226,7 +226,7 @@ fn build_engine<B: EngineBackend>(
     model.set_graphs(cfg.cuda_graphs);
     let described = model.backend.describe();
     let slots = crate::kv::KvLayout::for_model(&config, cfg.keep_all_kv_blocks).slots();
-    let block_bytes = KvCache::<B>::block_bytes(
+    let block_bytes = kv_block_bytes(
         &config,
         slots,
         cfg.block_size.max(1),
