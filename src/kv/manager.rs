@@ -138,6 +138,14 @@ fn blocks_before_window(window: Option<usize>, block_size: usize, next_query: us
     window.map_or(0, |w| (next_query + 1).saturating_sub(w) / block_size)
 }
 
+/// New blocks a request's tables (one per group, of one length) need to reach `want_blocks`.
+fn blocks_to_grow(states: &[ReqState], want_blocks: usize) -> usize {
+    states
+        .iter()
+        .map(|s| want_blocks.saturating_sub(s.table.len()))
+        .sum()
+}
+
 /// Block accounting for the paged KV cache (see the module docs of [`crate::kv`]).
 #[derive(Debug, Clone)]
 pub struct KvCacheManager {
@@ -504,15 +512,14 @@ impl KvCacheManager {
     ) -> Result<(), KvError> {
         let want_blocks = total_tokens.div_ceil(self.block_size);
         let free = self.pool.num_free();
-        if !self.is_new(req) {
-            let states = self
-                .requests
-                .get_mut(&req)
-                .expect("request with blocks has state");
-            let needed: usize = states
-                .iter()
-                .map(|s| want_blocks.saturating_sub(s.table.len()))
-                .sum();
+        // a request that owns blocks grows its tables (one lookup: this runs for every running
+        // request on every step)
+        if let Some(states) = self
+            .requests
+            .get_mut(&req)
+            .filter(|states| !states[0].table.is_empty())
+        {
+            let needed = blocks_to_grow(states, want_blocks);
             if needed > free {
                 return Err(KvError::NoFreeBlocks { needed, free });
             }
@@ -572,10 +579,7 @@ impl KvCacheManager {
     ) -> usize {
         let want_blocks = total_tokens.div_ceil(self.block_size);
         match self.requests.get(&req) {
-            Some(states) if !states[0].table.is_empty() => states
-                .iter()
-                .map(|s| want_blocks.saturating_sub(s.table.len()))
-                .sum(),
+            Some(states) if !states[0].table.is_empty() => blocks_to_grow(states, want_blocks),
             _ => {
                 self.groups.len() * want_blocks.saturating_sub(prefix_hit_tokens / self.block_size)
             }
