@@ -82,6 +82,12 @@ fn admission(c: &mut Criterion) {
     g.finish();
 }
 
+/// A pool where `seqs` sequences of up to `tokens` tokens each hold every block in each of
+/// `groups` groups (no preemption, whatever the windows).
+fn pool_blocks(groups: usize, seqs: usize, tokens: usize) -> usize {
+    groups * seqs * (tokens / BLOCK + 2)
+}
+
 /// Time one step per iteration over a long-lived state, so that every step is a steady-state
 /// step: `fresh` builds the state (outside the timed region) at the start and after every
 /// `steps_per_state` steps; `step` gets the state and the step's number within it (from 1) and
@@ -113,8 +119,7 @@ fn decode_step(c: &mut Criterion) {
     // tokens each request grows by before the state is rebuilt (outside the timed region)
     const GROWTH: usize = 4096;
     for (name, windows) in layouts() {
-        let groups = windows.len();
-        let num_blocks = groups * SEQS * ((CONTEXT + GROWTH) / BLOCK + 2);
+        let num_blocks = pool_blocks(windows.len(), SEQS, CONTEXT + GROWTH);
         let fresh = || {
             let mut m = KvCacheManager::new(num_blocks, BLOCK, true).with_groups(&windows);
             let seqs: Vec<Vec<u32>> = (0..SEQS as u32)
@@ -154,8 +159,7 @@ fn scheduler_step(c: &mut Criterion) {
     // tokens each request grows by before the state is rebuilt (outside the timed region)
     const GROWTH: usize = 512;
     for (name, windows) in layouts() {
-        let groups = windows.len();
-        let num_blocks = groups * SEQS * ((CONTEXT + GROWTH) / BLOCK + 2);
+        let num_blocks = pool_blocks(windows.len(), SEQS, CONTEXT + GROWTH);
         let fresh = || {
             let kv = KvCacheManager::new(num_blocks, BLOCK, true).with_groups(&windows);
             let cfg = SchedulerConfig {
