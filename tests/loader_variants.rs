@@ -660,6 +660,62 @@ fn gemma2_soft_caps_and_window_count() {
     }
 }
 
+/// Granite (the fixture checks its logits against transformers): each of its four scalars carries
+/// weight (with any one at 1, its default, the logits move), and one that is not a positive number
+/// is refused naming the field.
+#[test]
+fn granite_multipliers_count() {
+    let moved = |edit: &dyn Fn(&mut serde_json::Value)| {
+        logits_moved_by_config_edit("tiny-granite", 3, edit)
+    };
+    assert!(moved(&|_| {}) <= 1e-3);
+    for field in [
+        "embedding_multiplier",
+        "residual_multiplier",
+        "attention_multiplier",
+        "logits_scaling",
+    ] {
+        let err = moved(&|c| c[field] = json!(1.0));
+        assert!(err > 0.05, "{field} 1 moved the logits by only {err}");
+    }
+    for bad in [json!(0.0), json!(-0.22), json!("0.22")] {
+        let dir = copy_model(&model_dir("tiny-granite"));
+        let mut cfg = read_config(dir.path());
+        cfg["residual_multiplier"] = bad.clone();
+        write_config(dir.path(), &cfg);
+        let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
+            .err()
+            .expect("a bad multiplier is refused")
+            .to_string();
+        assert!(err.contains("residual_multiplier"), "{bad}: {err}");
+    }
+}
+
+/// Gemma 1 (the fixture checks its logits against transformers) is Gemma's layout without Gemma
+/// 2's additions: read as `gemma2`, the same checkpoint is refused (no sandwich norms), and the
+/// (1 + w) norms carry weight (read as `llama`, the logits move).
+#[test]
+fn gemma1_is_not_gemma2_nor_llama() {
+    let dir = copy_model(&model_dir("tiny-gemma"));
+    let mut cfg = read_config(dir.path());
+    cfg["model_type"] = json!("gemma2");
+    write_config(dir.path(), &cfg);
+    let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
+        .err()
+        .expect("a Gemma 1 checkpoint read as gemma2 lacks its sandwich norms")
+        .to_string();
+    assert!(err.contains("pre_feedforward_layernorm"), "{err}");
+    let moved =
+        |edit: &dyn Fn(&mut serde_json::Value)| logits_moved_by_config_edit("tiny-gemma", 3, edit);
+    assert!(moved(&|_| {}) <= 1e-3);
+    let err = moved(&|c| {
+        c["model_type"] = json!("llama");
+        c["hidden_act"] = json!("silu");
+        c["tie_word_embeddings"] = json!(false);
+    });
+    assert!(err > 0.05, "read as llama, the logits moved by only {err}");
+}
+
 /// Gemma 3 (the fixture checks its logits against transformers): each layer type's RoPE, the
 /// query_pre_attn_scalar and the sandwich norms carry weight, and a checkpoint without a
 /// post-feedforward norm is refused naming it.

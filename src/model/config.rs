@@ -2,9 +2,10 @@
 //!
 //! Supported families: `gpt2`, and `llama` with the Llama-architecture model types `mistral`,
 //! `qwen2` (Qwen2 / Qwen2.5: biases on q, k and v but not on o_proj), `qwen3` (an RMSNorm of
-//! each q and k head before RoPE), `phi3` (Phi-3: fused qkv_proj and gate_up_proj, full
-//! rotary, RoPE without longrope) and `gemma3_text` (Gemma 3 text: sandwich norms, GeGLU, a scaled
-//! embedding, q/k norms, per-layer-type RoPE). Both config styles found in the wild are read:
+//! each q and k head before RoPE), `phi3` (Phi-3: fused qkv_proj and gate_up_proj, LongRoPE,
+//! partial rotary), `gemma` (Gemma 1: a scaled embedding, (1 + w) norms, GeGLU), `gemma2`
+//! (Gemma's plus sandwich norms, soft-capping, alternating sliding windows) and `gemma3_text`
+//! (Gemma 2's plus q/k norms and per-layer-type RoPE). Both config styles found in the wild are read:
 //! transformers 4.x (`rope_theta` + `rope_scaling`) and 5.x (`rope_parameters`). Fields are read one by
 //! one from a JSON value (not a derived struct) so that every error names the field at fault.
 
@@ -13,9 +14,11 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
+    "gemma",
     "gemma2",
     "gemma3_text",
     "gpt2",
+    "granite",
     "llama",
     "mistral",
     "phi3",
@@ -145,9 +148,20 @@ pub struct ModelConfig {
     /// (weights `[head_dim]`, eps `norm_eps`) after the projection and before RoPE.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub qk_norm: bool,
-    /// Gemma: the embedding output is multiplied by this (sqrt(hidden_size)).
+    /// Gemma: the embedding output is multiplied by this (sqrt(hidden_size)); Granite's
+    /// `embedding_multiplier` (12 in Granite 3, exact in every dtype: the backends hold the scale
+    /// in their compute dtype, as transformers holds Gemma's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embed_scale: Option<f32>,
+    /// Granite's `residual_multiplier`: each sub-layer's output (o_proj's, down_proj's) is
+    /// multiplied by this before it joins the residual stream. Folded into those projections'
+    /// weights and biases at load, so no backend op sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residual_scale: Option<f32>,
+    /// Granite's `logits_scaling`: the logits are divided by this. Folded into the final norm's
+    /// weight at load (the LM head is linear and bias-free).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logits_divisor: Option<f32>,
     /// Gemma 3: each sub-layer's output is RMS-normalised again before it joins the residual
     /// stream (post_attention_layernorm, post_feedforward_layernorm).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -207,8 +221,10 @@ impl ModelConfig {
         let model_type = f.req_str("model_type")?;
         let config = match model_type.as_str() {
             "gpt2" => parse_gpt2(&f)?,
-            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" => parse_llama(&f, &model_type)?,
-            "gemma2" | "gemma3_text" => parse_gemma(&f, &model_type)?,
+            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "granite" => {
+                parse_llama(&f, &model_type)?
+            }
+            "gemma" | "gemma2" | "gemma3_text" => parse_gemma(&f, &model_type)?,
             other => {
                 return Err(Error::UnsupportedModelType {
                     file: file.to_string(),
@@ -248,9 +264,9 @@ impl ModelConfig {
         Self::from_json_str(&text, &path.display().to_string())
     }
 
-    /// Gemma 2 and 3, whose RMSNorm weights are stored as w and applied as (1 + w).
+    /// Gemma 1, 2 and 3, whose RMSNorm weights are stored as w and applied as (1 + w).
     pub fn is_gemma(&self) -> bool {
-        matches!(self.model_type.as_str(), "gemma2" | "gemma3_text")
+        matches!(self.model_type.as_str(), "gemma" | "gemma2" | "gemma3_text")
     }
 
     /// The sliding window of layer `layer`'s attention, if it has one.
@@ -416,6 +432,8 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
         mlp_bias: true,
         qk_norm: false,
         embed_scale: None,
+        residual_scale: None,
+        logits_divisor: None,
         sandwich_norms: false,
         mlp_activation: MlpActivation::Silu,
         local_rope: None,
@@ -491,6 +509,11 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
             (ab, ab, f.opt_bool("mlp_bias")?.unwrap_or(false))
         }
     };
+    let granite = if model_type == "granite" {
+        Some(GraniteMultipliers::parse(f)?)
+    } else {
+        None
+    };
     let max_position = f.opt_usize("max_position_embeddings")?.unwrap_or(2048);
     let layers = f.req_usize("num_hidden_layers")?;
     let (sliding_window, sliding_layers) = parse_sliding_window(f, model_type, layers)?;
@@ -519,13 +542,15 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         o_proj_bias,
         mlp_bias,
         qk_norm: model_type == "qwen3",
-        embed_scale: None,
+        embed_scale: granite.and_then(|g| g.embedding),
+        residual_scale: granite.and_then(|g| g.residual),
+        logits_divisor: granite.and_then(|g| g.logits_divisor),
         sandwich_norms: false,
         mlp_activation: MlpActivation::Silu,
         local_rope: None,
         sliding_layers,
         sliding_window,
-        attn_scale: 1.0 / (head_dim as f32).sqrt(),
+        attn_scale: granite.map_or(1.0 / (head_dim as f32).sqrt(), |g| g.attention),
         scale_attn_by_inverse_layer_idx: false,
         attn_softcap: None,
         final_softcap: None,
@@ -535,10 +560,52 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     })
 }
 
-/// Gemma 2 (`Gemma2Config`) and Gemma 3 text (`Gemma3TextConfig`): the Llama layout plus a scaled
-/// embedding (sqrt(hidden)), sandwich norms, GeGLU, scores scaled by query_pre_attn_scalar^-1/2
-/// and a sliding window on some layers (`layer_types`, else Gemma 2's even layers and all but each
-/// `sliding_window_pattern`-th (6) of Gemma 3's), and:
+/// Granite's (`GraniteConfig`) four scalars on the Llama layout, each 1 when absent; None where
+/// a factor is 1 (nothing to apply).
+#[derive(Clone, Copy)]
+struct GraniteMultipliers {
+    /// `embedding_multiplier`: the embedding output is multiplied by it.
+    embedding: Option<f32>,
+    /// `residual_multiplier`: each sub-layer's output is, before the residual add.
+    residual: Option<f32>,
+    /// `attention_multiplier`: the attention scores' scale, in place of head_dim^-1/2.
+    attention: f32,
+    /// `logits_scaling`: the logits are divided by it.
+    logits_divisor: Option<f32>,
+}
+
+impl GraniteMultipliers {
+    fn parse(f: &Fields) -> Result<Self> {
+        let factor = |field: &str| -> Result<f32> {
+            match f.opt_f32(field)? {
+                None => Ok(1.0),
+                Some(x) if x.is_finite() && x > 0.0 => Ok(x),
+                Some(x) => Err(Error::config(
+                    f.file,
+                    field,
+                    format!("{x} is not a positive finite number"),
+                )),
+            }
+        };
+        let unless_one = |x: f32| (x != 1.0).then_some(x);
+        Ok(Self {
+            embedding: unless_one(factor("embedding_multiplier")?),
+            residual: unless_one(factor("residual_multiplier")?),
+            attention: factor("attention_multiplier")?,
+            logits_divisor: unless_one(factor("logits_scaling")?),
+        })
+    }
+}
+
+/// Gemma (`GemmaConfig`, Gemma 1 and CodeGemma): the Llama layout with a scaled embedding
+/// (sqrt(hidden)), RMSNorm weights applied as (1 + w), GeGLU (`hidden_act`, whose legacy value
+/// `gelu` means the tanh approximation, as GemmaConfig rewrites it), one RoPE (`rope_theta`, 1e4),
+/// scores scaled by head_dim^-1/2, biases on q, k, v and o under `attention_bias`.
+///
+/// Gemma 2 (`Gemma2Config`) and Gemma 3 text (`Gemma3TextConfig`): Gemma's layout plus sandwich
+/// norms, scores scaled by query_pre_attn_scalar^-1/2 and a sliding window on some layers
+/// (`layer_types`, else Gemma 2's even layers and all but each `sliding_window_pattern`-th (6) of
+/// Gemma 3's), and:
 /// - Gemma 2: one RoPE (`rope_theta`, 1e4), soft-capping of the attention scores
 ///   (`attn_logit_softcapping`, 50) and of the logits (`final_logit_softcapping`, 30); null turns
 ///   either off.
@@ -548,6 +615,7 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
 ///
 /// Bidirectional attention (EmbeddingGemma) is refused.
 fn parse_gemma(f: &Fields, model_type: &str) -> Result<ModelConfig> {
+    let gemma1 = model_type == "gemma";
     let gemma2 = model_type == "gemma2";
     // absent: the config class's default; null: off
     let softcap = |field: &str, default: Option<f32>| -> Result<Option<f32>> {
@@ -563,8 +631,15 @@ fn parse_gemma(f: &Fields, model_type: &str) -> Result<ModelConfig> {
             c => Ok(c),
         }
     };
-    let attn_softcap = softcap("attn_logit_softcapping", gemma2.then_some(50.0))?;
-    let final_softcap = softcap("final_logit_softcapping", gemma2.then_some(30.0))?;
+    // (GemmaConfig has neither cap, window nor query_pre_attn_scalar: GemmaModel ignores them)
+    let (attn_softcap, final_softcap) = if gemma1 {
+        (None, None)
+    } else {
+        (
+            softcap("attn_logit_softcapping", gemma2.then_some(50.0))?,
+            softcap("final_logit_softcapping", gemma2.then_some(30.0))?,
+        )
+    };
     if f.opt_bool("use_bidirectional_attention")?.unwrap_or(false) {
         return Err(Error::config(
             f.file,
@@ -572,13 +647,20 @@ fn parse_gemma(f: &Fields, model_type: &str) -> Result<ModelConfig> {
             "only causal attention is supported",
         ));
     }
+    // GemmaConfig reads `hidden_act` (its official configs' legacy `gelu` means the tanh
+    // approximation), Gemma2Config and Gemma3TextConfig `hidden_activation`
+    let act_field = if gemma1 {
+        "hidden_act"
+    } else {
+        "hidden_activation"
+    };
     let act = f
-        .opt_str("hidden_activation")?
+        .opt_str(act_field)?
         .unwrap_or_else(|| "gelu_pytorch_tanh".into());
-    if act != "gelu_pytorch_tanh" {
+    if act != "gelu_pytorch_tanh" && !(gemma1 && act == "gelu") {
         return Err(Error::config(
             f.file,
-            "hidden_activation",
+            act_field,
             format!("`{act}` is not supported for {model_type} (supported: gelu_pytorch_tanh)"),
         ));
     }
@@ -587,17 +669,22 @@ fn parse_gemma(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     let layers = f.req_usize("num_hidden_layers")?;
     let heads = f.req_usize("num_attention_heads")?;
     let head_dim = f.opt_usize("head_dim")?.unwrap_or(256);
-    let sliding: Vec<usize> = match sliding_layer_types(f, layers)? {
-        Some(listed) => listed,
-        // Gemma2Config: layers 0, 2, 4, ... slide
-        None if gemma2 => (0..layers).step_by(2).collect(),
-        None => {
-            let pattern = f.opt_usize("sliding_window_pattern")?.unwrap_or(6).max(1);
-            (0..layers).filter(|i| (i + 1) % pattern != 0).collect()
+    let sliding: Vec<usize> = if gemma1 {
+        Vec::new()
+    } else {
+        match sliding_layer_types(f, layers)? {
+            Some(listed) => listed,
+            // Gemma2Config: layers 0, 2, 4, ... slide
+            None if gemma2 => (0..layers).step_by(2).collect(),
+            None => {
+                let pattern = f.opt_usize("sliding_window_pattern")?.unwrap_or(6).max(1);
+                (0..layers).filter(|i| (i + 1) % pattern != 0).collect()
+            }
         }
     };
     // absent: the config classes' 4096; null: no window (the sliding layers attend to everything)
     let window = match f.opt_usize("sliding_window")? {
+        _ if gemma1 => None,
         Some(0) => return Err(Error::config(f.file, "sliding_window", "must be positive")),
         Some(w) => Some(w),
         None if f.obj.contains_key("sliding_window") => None,
@@ -605,18 +692,22 @@ fn parse_gemma(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     };
     // (the sliding layers stay listed even without a window: Gemma 3 gives them their own RoPE)
     let sliding_window = window.filter(|_| !sliding.is_empty());
-    let (rope, local_rope) = if gemma2 {
+    let (rope, local_rope) = if gemma1 || gemma2 {
         (parse_rope(f)?, None)
     } else {
         let (global, local) = parse_gemma3_rope(f)?;
         (global, Some(local))
     };
-    let default_positions = if gemma2 { 8192 } else { 131_072 };
+    let default_positions = if gemma1 || gemma2 { 8192 } else { 131_072 };
     let max_position = f
         .opt_usize("max_position_embeddings")?
         .unwrap_or(default_positions);
     let bias = f.opt_bool("attention_bias")?.unwrap_or(false);
-    let scalar = f.opt_f32("query_pre_attn_scalar")?.unwrap_or(256.0);
+    let scalar = if gemma1 {
+        head_dim as f32
+    } else {
+        f.opt_f32("query_pre_attn_scalar")?.unwrap_or(256.0)
+    };
     if scalar.is_nan() || scalar <= 0.0 {
         return Err(Error::config(
             f.file,
@@ -642,10 +733,12 @@ fn parse_gemma(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         attention_bias: bias,
         o_proj_bias: bias,
         mlp_bias: false,
-        qk_norm: !gemma2,
+        qk_norm: model_type == "gemma3_text",
         // transformers keeps sqrt(hidden) as an f32 buffer (cast to the weights' dtype)
         embed_scale: Some((hidden as f32).sqrt()),
-        sandwich_norms: true,
+        residual_scale: None,
+        logits_divisor: None,
+        sandwich_norms: !gemma1,
         mlp_activation: MlpActivation::GeluTanh,
         local_rope,
         sliding_layers: sliding,
@@ -1514,6 +1607,99 @@ mod tests {
         assert_eq!(c.sliding_layers.len(), 13);
         assert_eq!((c.max_context, c.attn_scale), (8192, 1.0 / 16.0));
         assert_eq!(c.eos_token_ids, vec![1, 107]);
+    }
+
+    #[test]
+    fn gemma1_is_gemmas_layout_without_gemma2s_additions() {
+        let c = parse("gemma", r#""head_dim": 32"#).unwrap();
+        assert!(c.is_gemma() && !c.sandwich_norms && !c.qk_norm);
+        assert_eq!(
+            (c.attn_softcap, c.final_softcap, c.sliding_window),
+            (None, None, None)
+        );
+        assert!(c.sliding_layers.is_empty() && c.local_rope.is_none());
+        assert_eq!(c.mlp_activation, MlpActivation::GeluTanh);
+        assert_eq!(c.attn_scale, 1.0 / 32f32.sqrt());
+        assert_eq!(c.embed_scale, Some(8.0));
+        assert_eq!(c.rope.unwrap().theta, 10_000.0);
+        // GemmaModel ignores Gemma 2's fields: no cap, window or query_pre_attn_scalar
+        let c = parse(
+            "gemma",
+            r#""head_dim": 32, "attn_logit_softcapping": 50, "sliding_window": 16,
+            "query_pre_attn_scalar": 24, "layer_types": ["x"]"#,
+        )
+        .unwrap();
+        assert_eq!((c.attn_softcap, c.sliding_window), (None, None));
+        assert_eq!(c.attn_scale, 1.0 / 32f32.sqrt());
+        // `hidden_act` is GemmaConfig's field; its legacy `gelu` is the tanh approximation
+        let c = parse("gemma", r#""hidden_act": "gelu""#).unwrap();
+        assert_eq!(c.mlp_activation, MlpActivation::GeluTanh);
+        let err = parse("gemma", r#""hidden_act": "silu""#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hidden_act") && err.contains("silu"), "{err}");
+        // the embedded Gemma 2B and 7B: 2.51 B and 8.54 B parameters as published (tied heads)
+        for (name, params, kv_heads) in [
+            ("gemma-2b", 2_506_172_416, 1),
+            ("gemma-7b", 8_537_680_896, 16),
+        ] {
+            let m = crate::model::registry::find(name).unwrap();
+            let c = ModelConfig::from_json_str(m.config, name).unwrap();
+            assert_eq!(c.num_parameters(), params, "{name}");
+            assert_eq!((c.num_kv_heads, c.head_dim), (kv_heads, 256), "{name}");
+            assert_eq!(
+                (c.attn_scale, c.eos_token_ids.clone()),
+                (1.0 / 16.0, vec![1])
+            );
+        }
+    }
+
+    #[test]
+    fn granite_scalars_default_to_one_and_are_read_only_for_granite() {
+        let c = parse("granite", "").unwrap();
+        assert_eq!(
+            (c.embed_scale, c.residual_scale, c.logits_divisor),
+            (None, None, None)
+        );
+        // GraniteConfig's attention_multiplier defaults to 1, not head_dim^-1/2
+        assert_eq!(c.attn_scale, 1.0);
+        let scalars = r#""embedding_multiplier": 12, "residual_multiplier": 0.22,
+            "attention_multiplier": 0.0078125, "logits_scaling": 16"#;
+        let c = parse("granite", scalars).unwrap();
+        assert_eq!(
+            (c.embed_scale, c.residual_scale, c.logits_divisor),
+            (Some(12.0), Some(0.22), Some(16.0))
+        );
+        assert_eq!(c.attn_scale, 0.0078125);
+        // LlamaConfig has none of them
+        let c = parse("llama", scalars).unwrap();
+        assert_eq!(
+            (c.embed_scale, c.residual_scale, c.logits_divisor),
+            (None, None, None)
+        );
+        assert_eq!(c.attn_scale, 1.0 / 4.0);
+        for field in ["embedding_multiplier", "logits_scaling"] {
+            for bad in ["0", "-2", "\"2\""] {
+                let err = parse("granite", &format!(r#""{field}": {bad}"#))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(field), "{field} {bad}: {err}");
+            }
+        }
+        // the embedded Granite 3.1 2B and 8B: 2.53 B and 8.17 B parameters as published
+        for (name, params, divisor) in [
+            ("granite-3.1-2b", 2_533_531_648, 8.0),
+            ("granite-3.1-8b", 8_170_848_256, 16.0),
+        ] {
+            let m = crate::model::registry::find(name).unwrap();
+            let c = ModelConfig::from_json_str(m.config, name).unwrap();
+            assert_eq!(c.num_parameters(), params, "{name}");
+            assert_eq!(
+                (c.embed_scale, c.logits_divisor),
+                (Some(12.0), Some(divisor))
+            );
+            assert!(c.tie_word_embeddings && !c.attention_bias && c.sliding_window.is_none());
+        }
     }
 
     #[test]

@@ -62,6 +62,10 @@ pub static EMBEDDED: &[EmbeddedModel] = &[
     config_only!("gemma-3-270m"),
     config_only!("gemma-3-1b"),
     config_only!("gemma-2-2b"),
+    config_only!("gemma-2b"),
+    config_only!("gemma-7b"),
+    config_only!("granite-3.1-2b"),
+    config_only!("granite-3.1-8b"),
 ];
 
 pub fn find(name: &str) -> Option<&'static EmbeddedModel> {

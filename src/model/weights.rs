@@ -336,13 +336,41 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
     } else {
         Some(read("lm_head.weight", &[cfg.vocab_size, h])?)
     };
-    Ok(ModelWeights {
+    let mut weights = ModelWeights {
         embed: read("model.embed_tokens.weight", &[cfg.vocab_size, h])?,
         positions: None,
         layers,
         final_norm: rms("model.norm.weight")?,
         lm_head,
-    })
+    };
+    fold_output_scales(cfg, &mut weights);
+    Ok(weights)
+}
+
+/// Granite's `residual_multiplier` and `logits_scaling`, folded in f32 into the weights they
+/// follow: a sub-layer's output m·(W x + b) is (mW) x + mb, and logits W_head (norm(x) ⊙ g) / s
+/// are W_head (norm(x) ⊙ g/s), so every backend runs them as a plain Llama. (transformers scales
+/// after each GEMM, in the model's dtype: a bf16 run differs from it by the rounding of mW.)
+fn fold_output_scales(cfg: &ModelConfig, weights: &mut ModelWeights<HostTensor>) {
+    let scale = |t: &mut HostTensor, by: f32| t.data.iter_mut().for_each(|x| *x *= by);
+    if let Some(m) = cfg.residual_scale {
+        for l in &mut weights.layers {
+            for out in [&mut l.o, &mut l.down] {
+                scale(&mut out.weight, m);
+                if let Some(b) = &mut out.bias {
+                    scale(b, m);
+                }
+            }
+        }
+    }
+    if let Some(s) = cfg.logits_divisor {
+        weights
+            .final_norm
+            .weight
+            .data
+            .iter_mut()
+            .for_each(|g| *g /= s);
+    }
 }
 
 fn load_gpt2(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTensor>> {

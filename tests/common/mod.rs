@@ -17,6 +17,8 @@ pub const FIXTURES: &[&str] = &[
     "tiny-phi3",
     "tiny-gemma3",
     "tiny-gemma2",
+    "tiny-gemma",
+    "tiny-granite",
 ];
 
 pub fn repo() -> PathBuf {
