@@ -691,6 +691,23 @@ fn granite_multipliers_count() {
     }
 }
 
+/// SmolLM3 (the fixture checks its logits against transformers): its NoPE layer carries weight
+/// (with RoPE on every layer the logits move, as they do with RoPE off everywhere else).
+#[test]
+fn smollm3_nope_layers_count() {
+    let moved = |edit: &dyn Fn(&mut serde_json::Value)| {
+        logits_moved_by_config_edit("tiny-smollm3", 3, edit)
+    };
+    assert!(moved(&|_| {}) <= 1e-3);
+    for flags in [json!([1, 1, 1, 1]), json!([0, 0, 0, 0])] {
+        let err = moved(&|c| c["no_rope_layers"] = flags.clone());
+        assert!(
+            err > 0.05,
+            "no_rope_layers {flags} moved the logits by only {err}"
+        );
+    }
+}
+
 /// Gemma 1 (the fixture checks its logits against transformers) is Gemma's layout without Gemma
 /// 2's additions: read as `gemma2`, the same checkpoint is refused (no sandwich norms), and the
 /// (1 + w) norms carry weight (read as `llama`, the logits move).

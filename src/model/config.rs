@@ -3,9 +3,10 @@
 //! Supported families: `gpt2`, and `llama` with the Llama-architecture model types `mistral`,
 //! `qwen2` (Qwen2 / Qwen2.5: biases on q, k and v but not on o_proj), `qwen3` (an RMSNorm of
 //! each q and k head before RoPE), `phi3` (Phi-3: fused qkv_proj and gate_up_proj, LongRoPE,
-//! partial rotary), `gemma` (Gemma 1: a scaled embedding, (1 + w) norms, GeGLU), `gemma2`
-//! (Gemma's plus sandwich norms, soft-capping, alternating sliding windows) and `gemma3_text`
-//! (Gemma 2's plus q/k norms and per-layer-type RoPE). Both config styles found in the wild are read:
+//! partial rotary), `granite` (four scalars: embedding, residual, attention, logits), `smollm3`
+//! (NoPE layers), `gemma` (Gemma 1: a scaled embedding, (1 + w) norms, GeGLU), `gemma2` (Gemma's
+//! plus sandwich norms, soft-capping, alternating sliding windows) and `gemma3_text` (Gemma 2's
+//! plus q/k norms and per-layer-type RoPE). Both config styles found in the wild are read:
 //! transformers 4.x (`rope_theta` + `rope_scaling`) and 5.x (`rope_parameters`). Fields are read one by
 //! one from a JSON value (not a derived struct) so that every error names the field at fault.
 
@@ -24,6 +25,7 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "phi3",
     "qwen2",
     "qwen3",
+    "smollm3",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -168,6 +170,10 @@ pub struct ModelConfig {
     pub sandwich_norms: bool,
     #[serde(default, skip_serializing_if = "MlpActivation::is_silu")]
     pub mlp_activation: MlpActivation,
+    /// SmolLM3's NoPE layers (`no_rope_layers` 0, by default every 4th): no rotary embedding on
+    /// their queries and keys; empty for every other model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nope_layers: Vec<usize>,
     /// Gemma 3: the RoPE of the sliding-window layers (`sliding_layers`); `rope` is the others'.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_rope: Option<RopeConfig>,
@@ -221,7 +227,7 @@ impl ModelConfig {
         let model_type = f.req_str("model_type")?;
         let config = match model_type.as_str() {
             "gpt2" => parse_gpt2(&f)?,
-            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "granite" => {
+            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "granite" | "smollm3" => {
                 parse_llama(&f, &model_type)?
             }
             "gemma" | "gemma2" | "gemma3_text" => parse_gemma(&f, &model_type)?,
@@ -431,6 +437,7 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
         o_proj_bias: true,
         mlp_bias: true,
         qk_norm: false,
+        nope_layers: Vec::new(),
         embed_scale: None,
         residual_scale: None,
         logits_divisor: None,
@@ -486,13 +493,8 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
             format!("`{act}` is not supported for llama (supported: silu)"),
         ));
     }
-    if f.opt_usize("pretraining_tp")?.unwrap_or(1) != 1 {
-        return Err(Error::config(
-            f.file,
-            "pretraining_tp",
-            "only 1 is supported (as transformers does at inference)",
-        ));
-    }
+    // `pretraining_tp` (Llama 2's, SmolLM3-3B's 2) needs nothing: transformers 5 ignores it, and
+    // 4.x's LlamaMLP split each projection into that many slices and summed them, the same product
     // Qwen2Attention has biases on q, k and v and none on o_proj, whatever the config says
     // (Qwen2Config has no attention_bias); MistralConfig has no bias fields (none anywhere);
     // Qwen3's attention_bias covers q, k, v and o_proj, and its MLP has none
@@ -514,14 +516,24 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     } else {
         None
     };
-    let max_position = f.opt_usize("max_position_embeddings")?.unwrap_or(2048);
+    let smollm3 = model_type == "smollm3";
+    // SmolLM3Config's defaults where they differ from the Llama family's
+    let max_position = f
+        .opt_usize("max_position_embeddings")?
+        .unwrap_or(if smollm3 { 32_768 } else { 2048 });
     let layers = f.req_usize("num_hidden_layers")?;
+    let nope_layers = if smollm3 {
+        parse_nope_layers(f, layers)?
+    } else {
+        Vec::new()
+    };
     let (sliding_window, sliding_layers) = parse_sliding_window(f, model_type, layers)?;
     let (rope, partial_rotary_dim) = if model_type == "phi3" {
         parse_phi3_rope(f, head_dim, max_position)?
     } else {
         check_full_rotary(f)?;
-        (parse_rope(f)?, None)
+        let default_theta = if smollm3 { 2_000_000.0 } else { 10_000.0 };
+        (parse_rope_with_default(f, default_theta)?, None)
     };
     Ok(ModelConfig {
         arch: Arch::Llama,
@@ -537,11 +549,12 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         norm_eps: f.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
         rope: Some(rope),
         partial_rotary_dim,
-        tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+        tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(smollm3),
         attention_bias,
         o_proj_bias,
         mlp_bias,
         qk_norm: model_type == "qwen3",
+        nope_layers,
         embed_scale: granite.and_then(|g| g.embedding),
         residual_scale: granite.and_then(|g| g.residual),
         logits_divisor: granite.and_then(|g| g.logits_divisor),
@@ -734,6 +747,7 @@ fn parse_gemma(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         o_proj_bias: bias,
         mlp_bias: false,
         qk_norm: model_type == "gemma3_text",
+        nope_layers: Vec::new(),
         // transformers keeps sqrt(hidden) as an f32 buffer (cast to the weights' dtype)
         embed_scale: Some((hidden as f32).sqrt()),
         residual_scale: None,
@@ -796,13 +810,15 @@ fn parse_gemma3_rope(f: &Fields) -> Result<(RopeConfig, RopeConfig)> {
     Ok((global, local))
 }
 
-/// The sliding window a `mistral`, `phi3`, `qwen2` or `qwen3` config turns on, if any, and the
-/// layers it applies to, as transformers 5.x reads these configs:
+/// The sliding window a `mistral`, `phi3`, `qwen2`, `qwen3` or `smollm3` config turns on, if any,
+/// and the layers it applies to, as transformers 5.x reads these configs:
 /// - Mistral and Phi-3: `sliding_window` (null or absent: none) on every layer (MistralConfig
 ///   warns about `layer_types` and its model ignores them; Phi-3 has none).
 /// - Qwen2 and Qwen3: `sliding_window` only under `use_sliding_window: true`; then on the layers
 ///   that `layer_types` lists as `sliding_attention`, or without `layer_types` on layers
 ///   `max_window_layers` (default 28, both classes') and up.
+/// - SmolLM3: `sliding_window` only under `use_sliding_window: true`, on the layers `layer_types`
+///   lists as `sliding_attention`, else on its NoPE layers.
 ///
 /// `llama` has no window.
 fn parse_sliding_window(
@@ -842,6 +858,18 @@ fn parse_sliding_window(
                 }
             }
         }
+        // SmolLM3Config: under use_sliding_window with a window, the layers `layer_types` lists
+        // as sliding_attention, by default the NoPE layers
+        "smollm3" => {
+            let listed = sliding_layer_types(f, layers)?;
+            if !f.opt_bool("use_sliding_window")?.unwrap_or(false) || window.is_none() {
+                return Ok((None, Vec::new()));
+            }
+            match listed {
+                Some(listed) => listed,
+                None => parse_nope_layers(f, layers)?,
+            }
+        }
         _ => Vec::new(),
     };
     Ok(((!sliding.is_empty()).then_some(window).flatten(), sliding))
@@ -878,6 +906,49 @@ fn sliding_layer_types(f: &Fields, layers: usize) -> Result<Option<Vec<usize>>> 
         }
     }
     Ok(Some(out))
+}
+
+/// SmolLM3's layers without RoPE: those whose `no_rope_layers` entry is 0 (1: RoPE), or without
+/// that list every `no_rope_layer_interval`-th (4) layer, layers 3, 7, 11, … (SmolLM3Config).
+fn parse_nope_layers(f: &Fields, layers: usize) -> Result<Vec<usize>> {
+    match f.obj.get("no_rope_layers") {
+        Some(Value::Array(flags)) => {
+            if flags.len() != layers {
+                return Err(Error::config(
+                    f.file,
+                    "no_rope_layers",
+                    format!("{} entries for {layers} layers", flags.len()),
+                ));
+            }
+            let mut nope = Vec::new();
+            for (i, flag) in flags.iter().enumerate() {
+                match flag.as_u64() {
+                    Some(0) => nope.push(i),
+                    Some(1) => {}
+                    _ => {
+                        return Err(Error::config(
+                            f.file,
+                            &format!("no_rope_layers[{i}]"),
+                            format!("{flag}: expected 0 (no RoPE) or 1 (RoPE)"),
+                        ))
+                    }
+                }
+            }
+            Ok(nope)
+        }
+        Some(Value::Null) | None => {
+            let interval = f.opt_usize("no_rope_layer_interval")?.unwrap_or(4);
+            if interval == 0 {
+                return Err(Error::config(
+                    f.file,
+                    "no_rope_layer_interval",
+                    "must be positive",
+                ));
+            }
+            Ok((0..layers).filter(|i| (i + 1) % interval == 0).collect())
+        }
+        Some(_) => Err(Error::config(f.file, "no_rope_layers", "expected an array")),
+    }
 }
 
 /// The rotary embedding covers the whole head: `partial_rotary_factor` (top level, or in the
@@ -1079,8 +1150,14 @@ fn rope_settings<'a>(f: &Fields<'a>) -> Result<(Option<&'a Map<String, Value>>, 
 /// RoPE from either style: 5.x `rope_parameters` {rope_type, rope_theta, ...}, or 4.x top-level
 /// `rope_theta` with an optional `rope_scaling` {rope_type | type, factor, ...}.
 fn parse_rope(f: &Fields) -> Result<RopeConfig> {
+    parse_rope_with_default(f, 10_000.0)
+}
+
+/// [`parse_rope`] for a config class whose `rope_theta` defaults to `default_theta`
+/// (SmolLM3Config's 2e6).
+fn parse_rope_with_default(f: &Fields, default_theta: f32) -> Result<RopeConfig> {
     let (params, field) = rope_settings(f)?;
-    let theta = f.opt_f32("rope_theta")?.unwrap_or(10_000.0);
+    let theta = f.opt_f32("rope_theta")?.unwrap_or(default_theta);
     match params {
         Some(p) => rope_from_object(f, p, field, theta),
         None => Ok(RopeConfig {
@@ -1652,6 +1729,69 @@ mod tests {
                 (1.0 / 16.0, vec![1])
             );
         }
+    }
+
+    #[test]
+    fn smollm3_nope_layers_and_defaults() {
+        // SmolLM3Config's defaults: every 4th layer without RoPE, theta 2e6, tied, 32768 positions
+        // (pretraining_tp 2, as SmolLM3-3B's config has it, changes nothing)
+        const SMOL: &str = r#""model_type": "smollm3", "hidden_size": 64, "intermediate_size": 128,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 8,
+            "vocab_size": 100, "pretraining_tp": 2"#;
+        let with = |extra: &str| {
+            let sep = if extra.is_empty() { "" } else { ", " };
+            ModelConfig::from_json_str(&format!("{{{SMOL}{sep}{extra}}}"), "config.json")
+        };
+        let c = with("").unwrap();
+        assert_eq!(c.nope_layers, vec![3, 7]);
+        assert_eq!(c.rope.as_ref().unwrap().theta, 2_000_000.0);
+        assert!(c.tie_word_embeddings && c.sliding_window.is_none());
+        assert_eq!(c.max_context, 32_768);
+        assert_eq!(
+            with(r#""no_rope_layer_interval": 3"#).unwrap().nope_layers,
+            vec![2, 5]
+        );
+        let listed = with(r#""no_rope_layers": [1, 0, 1, 1, 1, 1, 0, 0]"#).unwrap();
+        assert_eq!(listed.nope_layers, vec![1, 6, 7]);
+        // a window only under use_sliding_window, on the NoPE layers unless layer_types says
+        let w = r#""use_sliding_window": true, "sliding_window": 64"#;
+        let c = with(w).unwrap();
+        assert_eq!(
+            (c.sliding_window, &c.sliding_layers[..]),
+            (Some(64), &[3, 7][..])
+        );
+        let typed = r#", "layer_types": ["sliding_attention", "full_attention",
+            "full_attention", "full_attention", "full_attention", "full_attention",
+            "full_attention", "full_attention"]"#;
+        assert_eq!(
+            with(&format!("{w}{typed}")).unwrap().sliding_layers,
+            vec![0]
+        );
+        assert!(with(r#""sliding_window": 64"#)
+            .unwrap()
+            .sliding_window
+            .is_none());
+        for (extra, field) in [
+            (r#""no_rope_layers": [1, 0]"#, "no_rope_layers"),
+            (
+                r#""no_rope_layers": [1, 2, 1, 1, 1, 1, 1, 1]"#,
+                "no_rope_layers[1]",
+            ),
+            (r#""no_rope_layer_interval": 0"#, "no_rope_layer_interval"),
+        ] {
+            let err = with(extra).unwrap_err().to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        }
+        // the Llama family has no NoPE layers, whatever the config says
+        assert!(parse("llama", r#""no_rope_layers": [0, 0, 0, 0]"#)
+            .unwrap()
+            .nope_layers
+            .is_empty());
+        // the embedded SmolLM3 3B: 3.08 B parameters as published (tied head)
+        let m = crate::model::registry::find("smollm3-3b").unwrap();
+        let c = ModelConfig::from_json_str(m.config, "smollm3-3b").unwrap();
+        assert_eq!(c.num_parameters(), 3_075_098_624);
+        assert_eq!(c.nope_layers.len(), 9);
     }
 
     #[test]

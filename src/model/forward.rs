@@ -490,8 +490,10 @@ impl<B: Backend> Model<B> {
             b.scale_inplace(&mut ws.x, scale, t * h)?;
         }
         for (i, layer) in w.layers.iter().enumerate() {
-            // the RoPE table of this layer (Gemma 3: sliding-window layers have their own)
+            // the RoPE table of this layer (Gemma 3: sliding-window layers have their own;
+            // SmolLM3's NoPE layers have none)
             let cos_sin = match &self.cos_sin_local {
+                _ if c.nope_layers.contains(&i) => None,
                 Some(local) if c.sliding_layers.contains(&i) => Some(local),
                 _ => self.cos_sin.as_ref(),
             };

@@ -66,6 +66,7 @@ pub static EMBEDDED: &[EmbeddedModel] = &[
     config_only!("gemma-7b"),
     config_only!("granite-3.1-2b"),
     config_only!("granite-3.1-8b"),
+    config_only!("smollm3-3b"),
 ];
 
 pub fn find(name: &str) -> Option<&'static EmbeddedModel> {

@@ -19,6 +19,7 @@ pub const FIXTURES: &[&str] = &[
     "tiny-gemma2",
     "tiny-gemma",
     "tiny-granite",
+    "tiny-smollm3",
 ];
 
 pub fn repo() -> PathBuf {
