@@ -1,13 +1,17 @@
-// norm.cu — LayerNorm, RMSNorm, fused residual-add + RMSNorm, and in-place add.
+// norm.cu — LayerNorm, RMSNorm, fused residual-add + RMSNorm, OLMo 2's QK RMSNorm, and in-place add.
 //
 // What it computes (per row r, f32 math; CPU reference: src/backend/cpu/norm.rs):
 //   layernorm:    out[r] = (x[r] - mean) / sqrt(var + eps) * weight + bias    (var: biased, two-pass)
 //   rmsnorm:      out[r] = weight * (x[r] / sqrt(mean(x[r]^2) + eps))
 //   add_rmsnorm:  residual[r] += delta[r] (rounded to T and stored); out[r] = rmsnorm(residual[r])
+//   qk_rmsnorm:   in place, per row r of qkv: q[r] = rmsnorm(q[r]) with q_weight, k[r] = rmsnorm(k[r])
+//                 with k_weight, where q[r] = qkv[r, 0:q_cols] and k[r] = qkv[r, q_cols:q_cols+k_cols]
+//                 (OLMo 2 normalises the whole Q and the whole K projection, not each head)
 //   add_inplace:  x[i] += y[i] over a flat array of len elements
 //
 // Layouts (row-major, T = compute dtype):
 //   x, out, residual, delta: [rows, cols];  weight, bias: [cols];  add_inplace x, y: [len]
+//   qk_rmsnorm: qkv [rows, q_cols + 2 k_cols] (V untouched);  q_weight [q_cols];  k_weight [k_cols]
 //
 // Algorithm: one block per row (grid-stride over rows, so any grid size works), IM_ROW_THREADS
 // threads. Each thread walks the row in 16-byte vectors (IM_VEC elements) when cols % IM_VEC == 0 and
@@ -19,12 +23,15 @@
 // reference), so a large mean costs no precision. add_rmsnorm accumulates the square of the value it
 // stores (rounded to T), so out is exactly rmsnorm of the stored residual; each thread later re-reads
 // only elements it wrote itself, so no barrier is needed between the two.
+// qk_rmsnorm: one block per (row, Q or K) vector, grid-stride over the 2 rows of them; in place, each
+// thread scales only the elements it read, so the only barrier is the reduction's.
 // add_inplace: grid-stride over 16-byte vectors, scalar tail (IM_ELEMENTWISE_THREADS per block).
 //
 // Roofline (s = sizeof(T), N = rows * cols), all memory-bound (≈ 0.5–1.5 FLOP/byte for bf16):
 //   layernorm:   DRAM ≈ 2 N s + 2 cols s bytes;  ≈ 8 N FLOPs
 //   rmsnorm:     DRAM ≈ 2 N s + cols s bytes;    ≈ 4 N FLOPs
 //   add_rmsnorm: DRAM ≈ 4 N s + cols s bytes (read residual, delta; write residual, out); ≈ 5 N FLOPs
+//   qk_rmsnorm:  DRAM ≈ 2 rows (q_cols + k_cols) s + (q_cols + k_cols) s bytes; ≈ 4 rows (q_cols + k_cols) FLOPs
 //   add_inplace: DRAM = 3 len s bytes; len FLOPs
 // Large batches should reach most of DRAM bandwidth; a decode step (rows = batch size, a handful) is
 // bound by launch latency and one SM per row, a few microseconds.
@@ -124,6 +131,30 @@ __device__ __forceinline__ void add_rmsnorm_row(T* __restrict__ residual,
     rms_scale_row<W>(out, residual, weight, cols, sq, eps);
 }
 
+// x = weight * (x * inv_rms), in place over one vector of cols elements (qk_rmsnorm).
+template <int W>
+__device__ __forceinline__ void rmsnorm_inplace(T* x, const T* __restrict__ weight, uint32_t cols,
+                                                float eps) {
+    const uint32_t n = cols / W;
+    float sq = 0.f;
+    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
+        float v[W];
+        im::load<W>(x + i * W, v);
+#pragma unroll
+        for (int e = 0; e < W; ++e) sq += v[e] * v[e];
+    }
+    const float inv = rsqrtf(im::block_sum(sq) / float(cols) + eps);
+    // each thread rewrites only the vectors it read above
+    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
+        float v[W], w[W];
+        im::load<W>(x + i * W, v);
+        im::load<W>(weight + i * W, w);
+#pragma unroll
+        for (int e = 0; e < W; ++e) v[e] = w[e] * (v[e] * inv);
+        im::store<W>(x + i * W, v);
+    }
+}
+
 }  // namespace
 
 extern "C" __global__ void layernorm(T* __restrict__ out,           // [rows, cols]
@@ -170,6 +201,24 @@ extern "C" __global__ void add_rmsnorm(T* __restrict__ residual,      // [rows, 
             add_rmsnorm_row<im::VEC>(residual + off, delta + off, out + off, weight, cols, eps);
         else
             add_rmsnorm_row<1>(residual + off, delta + off, out + off, weight, cols, eps);
+    }
+}
+
+extern "C" __global__ void qk_rmsnorm(T* qkv,                          // [rows, q_cols + 2 k_cols]
+                                      const T* __restrict__ q_weight,  // [q_cols]
+                                      const T* __restrict__ k_weight,  // [k_cols]
+                                      uint32_t rows, uint32_t q_cols, uint32_t k_cols, float eps) {
+    const uint64_t width = uint64_t(q_cols) + 2ull * k_cols;
+    // block-uniform: every thread of a block takes the same branch, as block_sum requires
+    for (uint32_t job = blockIdx.x; job < 2u * rows; job += gridDim.x) {
+        const bool is_k = job & 1u;
+        T* x = qkv + uint64_t(job >> 1) * width + (is_k ? q_cols : 0u);
+        const T* w = is_k ? k_weight : q_weight;
+        const uint32_t cols = is_k ? k_cols : q_cols;
+        if (cols % im::VEC == 0 && im::aligned16(x) && im::aligned16(w))
+            rmsnorm_inplace<im::VEC>(x, w, cols, eps);
+        else
+            rmsnorm_inplace<1>(x, w, cols, eps);
     }
 }
 

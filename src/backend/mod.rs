@@ -503,6 +503,22 @@ pub trait Backend: Send + Sync {
         eps: f32,
     ) -> Result<()>;
 
+    /// OLMo 2's QK norm, in place: in each row of `qkv` the Q part (`q_cols` wide) and the K
+    /// part (`k_cols`, after it) are each RMS-normalised as one vector (f32, `eps`) and scaled
+    /// by `q_norm` / `k_norm`; V is untouched. RoPE follows as a separate [`Backend::rope`].
+    /// qkv: [rows, q_cols + 2 * k_cols]; q_norm: [q_cols]; k_norm: [k_cols]
+    #[allow(clippy::too_many_arguments)]
+    fn qk_rmsnorm(
+        &self,
+        qkv: &mut Self::Buffer,
+        q_norm: &Self::Buffer,
+        k_norm: &Self::Buffer,
+        rows: usize,
+        q_cols: usize,
+        k_cols: usize,
+        eps: f32,
+    ) -> Result<()>;
+
     /// Write each token's K and V (from the fused QKV rows) to its cache slot in KV group
     /// `kv_group`'s blocks ([`BatchMeta::slot_mapping_of`]).
     /// qkv: [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim];

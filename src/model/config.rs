@@ -22,6 +22,7 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "granite",
     "llama",
     "mistral",
+    "olmo2",
     "phi3",
     "qwen2",
     "qwen3",
@@ -150,6 +151,11 @@ pub struct ModelConfig {
     /// (weights `[head_dim]`, eps `norm_eps`) after the projection and before RoPE.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub qk_norm: bool,
+    /// OLMo 2's `q_norm` / `k_norm`: the whole Q projection (`[q_size]` weights) and the whole K
+    /// projection (`[kv_size]`) of each token are RMS-normalised, each as one vector, after the
+    /// projection and before RoPE.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub qk_norm_whole: bool,
     /// Gemma: the embedding output is multiplied by this (sqrt(hidden_size)); Granite's
     /// `embedding_multiplier` (12 in Granite 3, exact in every dtype: the backends hold the scale
     /// in their compute dtype, as transformers holds Gemma's).
@@ -168,6 +174,10 @@ pub struct ModelConfig {
     /// stream (post_attention_layernorm, post_feedforward_layernorm).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sandwich_norms: bool,
+    /// OLMo 2: the sub-layers read the residual stream as it is (no input_layernorm, no norm
+    /// before the MLP); only their outputs are normalised (`sandwich_norms`' post norms).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub post_norms_only: bool,
     #[serde(default, skip_serializing_if = "MlpActivation::is_silu")]
     pub mlp_activation: MlpActivation,
     /// SmolLM3's NoPE layers (`no_rope_layers` 0, by default every 4th): no rotary embedding on
@@ -227,7 +237,7 @@ impl ModelConfig {
         let model_type = f.req_str("model_type")?;
         let config = match model_type.as_str() {
             "gpt2" => parse_gpt2(&f)?,
-            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "granite" | "smollm3" => {
+            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "granite" | "smollm3" | "olmo2" => {
                 parse_llama(&f, &model_type)?
             }
             "gemma" | "gemma2" | "gemma3_text" => parse_gemma(&f, &model_type)?,
@@ -322,8 +332,9 @@ impl ModelConfig {
             ),
             Arch::Llama => (
                 3 * h * self.intermediate_size,
-                (2 + 2 * usize::from(self.sandwich_norms)) * h
-                    + usize::from(self.qk_norm) * 2 * self.head_dim,
+                (2 * usize::from(!self.post_norms_only) + 2 * usize::from(self.sandwich_norms)) * h
+                    + usize::from(self.qk_norm) * 2 * self.head_dim
+                    + usize::from(self.qk_norm_whole) * (self.q_size() + self.kv_size()),
                 usize::from(self.attention_bias) * (self.q_size() + 2 * self.kv_size())
                     + usize::from(self.o_proj_bias) * h
                     + usize::from(self.mlp_bias) * (2 * self.intermediate_size + h),
@@ -437,11 +448,13 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
         o_proj_bias: true,
         mlp_bias: true,
         qk_norm: false,
+        qk_norm_whole: false,
         nope_layers: Vec::new(),
         embed_scale: None,
         residual_scale: None,
         logits_divisor: None,
         sandwich_norms: false,
+        post_norms_only: false,
         mlp_activation: MlpActivation::Silu,
         local_rope: None,
         sliding_layers: Vec::new(),
@@ -502,7 +515,8 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         "qwen2" => (true, false, false),
         // Phi3Config has no bias fields: none anywhere
         "mistral" | "phi3" => (false, false, false),
-        "qwen3" => {
+        // and so do OLMo 2's (Olmo2MLP has no biases)
+        "qwen3" | "olmo2" => {
             let ab = f.opt_bool("attention_bias")?.unwrap_or(false);
             (ab, ab, false)
         }
@@ -517,6 +531,7 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         None
     };
     let smollm3 = model_type == "smollm3";
+    let olmo2 = model_type == "olmo2";
     // SmolLM3Config's defaults where they differ from the Llama family's
     let max_position = f
         .opt_usize("max_position_embeddings")?
@@ -546,7 +561,10 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         head_dim,
         intermediate_size: f.req_usize("intermediate_size")?,
         max_context: max_position,
-        norm_eps: f.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
+        // (Olmo2Config's default 1e-5)
+        norm_eps: f
+            .opt_f32("rms_norm_eps")?
+            .unwrap_or(if olmo2 { 1e-5 } else { 1e-6 }),
         rope: Some(rope),
         partial_rotary_dim,
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(smollm3),
@@ -554,11 +572,13 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         o_proj_bias,
         mlp_bias,
         qk_norm: model_type == "qwen3",
+        qk_norm_whole: olmo2,
         nope_layers,
         embed_scale: granite.and_then(|g| g.embedding),
         residual_scale: granite.and_then(|g| g.residual),
         logits_divisor: granite.and_then(|g| g.logits_divisor),
-        sandwich_norms: false,
+        sandwich_norms: olmo2,
+        post_norms_only: olmo2,
         mlp_activation: MlpActivation::Silu,
         local_rope: None,
         sliding_layers,
@@ -747,12 +767,14 @@ fn parse_gemma(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         o_proj_bias: bias,
         mlp_bias: false,
         qk_norm: model_type == "gemma3_text",
+        qk_norm_whole: false,
         nope_layers: Vec::new(),
         // transformers keeps sqrt(hidden) as an f32 buffer (cast to the weights' dtype)
         embed_scale: Some((hidden as f32).sqrt()),
         residual_scale: None,
         logits_divisor: None,
         sandwich_norms: !gemma1,
+        post_norms_only: false,
         mlp_activation: MlpActivation::GeluTanh,
         local_rope,
         sliding_layers: sliding,

@@ -498,30 +498,49 @@ impl<B: Backend> Model<B> {
                 _ => self.cos_sin.as_ref(),
             };
             // --- attention sub-layer ---
-            match c.arch {
-                Arch::Gpt2 => {
-                    let bias = layer.attn_norm.bias.as_ref().expect("layernorm bias");
-                    b.layernorm(&mut ws.xn, &ws.x, &layer.attn_norm.weight, bias, t, h, eps)?;
+            let prev_post_norm = i
+                .checked_sub(1)
+                .and_then(|p| w.layers[p].post_mlp_norm.as_ref());
+            match (c.arch, &layer.attn_norm) {
+                (Arch::Gpt2, norm) => {
+                    let (weight, bias) = layernorm_weights(norm.as_ref())?;
+                    b.layernorm(&mut ws.xn, &ws.x, weight, bias, t, h, eps)?;
                 }
-                Arch::Llama if i == 0 => {
-                    b.rmsnorm(&mut ws.xn, &ws.x, &layer.attn_norm.weight, t, h, eps)?;
+                (Arch::Llama, Some(norm)) if i == 0 => {
+                    b.rmsnorm(&mut ws.xn, &ws.x, &norm.weight, t, h, eps)?;
                 }
                 // the previous layer's MLP output is added and normalised in one fused op
-                Arch::Llama => {
-                    let prev = w.layers[i - 1].post_mlp_norm.as_ref();
-                    self.add_and_norm(ws, prev, &layer.attn_norm.weight, t)?
+                (Arch::Llama, Some(norm)) => {
+                    self.add_and_norm(ws, prev_post_norm, &norm.weight, t)?
                 }
+                // OLMo 2: the attention reads the residual stream itself
+                (Arch::Llama, None) if i == 0 => {}
+                (Arch::Llama, None) => self.add_post_normed(ws, prev_post_norm, t)?,
             }
+            let attn_in = if layer.attn_norm.is_some() {
+                &ws.xn
+            } else {
+                &ws.x
+            };
             b.linear(
                 &mut ws.qkv,
-                &ws.xn,
+                attn_in,
                 &layer.qkv.weight,
                 layer.qkv.bias.as_ref(),
                 t,
                 qkv_n,
                 h,
             )?;
-            match (cos_sin, &layer.qk_norm) {
+            // OLMo 2 normalises the whole Q and the whole K, then ropes them as any Llama
+            let per_head_qk_norm = match &layer.qk_norm {
+                Some(qk) if c.qk_norm_whole => {
+                    let (q, kv) = (c.q_size(), c.kv_size());
+                    b.qk_rmsnorm(&mut ws.qkv, &qk.q, &qk.k, t, q, kv, eps)?;
+                    None
+                }
+                other => other.as_ref(),
+            };
+            match (cos_sin, per_head_qk_norm) {
                 (Some(cos_sin), Some(qk)) => b.qk_norm_rope(
                     &mut ws.qkv,
                     cos_sin,
@@ -589,8 +608,8 @@ impl<B: Backend> Model<B> {
             match c.arch {
                 Arch::Gpt2 => {
                     b.add_inplace(&mut ws.x, &ws.delta, t * h)?;
-                    let bias = layer.mlp_norm.bias.as_ref().expect("layernorm bias");
-                    b.layernorm(&mut ws.xn, &ws.x, &layer.mlp_norm.weight, bias, t, h, eps)?;
+                    let (weight, bias) = layernorm_weights(layer.mlp_norm.as_ref())?;
+                    b.layernorm(&mut ws.xn, &ws.x, weight, bias, t, h, eps)?;
                     b.linear(
                         &mut ws.up,
                         &ws.xn,
@@ -614,10 +633,18 @@ impl<B: Backend> Model<B> {
                 }
                 Arch::Llama => {
                     let post = layer.post_attn_norm.as_ref();
-                    self.add_and_norm(ws, post, &layer.mlp_norm.weight, t)?;
+                    match &layer.mlp_norm {
+                        Some(norm) => self.add_and_norm(ws, post, &norm.weight, t)?,
+                        None => self.add_post_normed(ws, post, t)?,
+                    }
+                    let mlp_in = if layer.mlp_norm.is_some() {
+                        &ws.xn
+                    } else {
+                        &ws.x
+                    };
                     b.linear(
                         &mut ws.up,
-                        &ws.xn,
+                        mlp_in,
                         &layer.up.weight,
                         layer.up.bias.as_ref(),
                         t,
@@ -644,8 +671,8 @@ impl<B: Backend> Model<B> {
         }
         match c.arch {
             Arch::Gpt2 => {
-                let bias = w.final_norm.bias.as_ref().expect("layernorm bias");
-                b.layernorm(&mut ws.xn, &ws.x, &w.final_norm.weight, bias, t, h, eps)?;
+                let (weight, bias) = layernorm_weights(Some(&w.final_norm))?;
+                b.layernorm(&mut ws.xn, &ws.x, weight, bias, t, h, eps)?;
             }
             Arch::Llama => {
                 let last = w.layers.last().and_then(|l| l.post_mlp_norm.as_ref());
@@ -653,6 +680,25 @@ impl<B: Backend> Model<B> {
             }
         }
         Ok(())
+    }
+
+    /// Add a sub-layer's output (`ws.delta`) to the residual stream `ws.x`, normalised first with
+    /// `post_norm` where there is one (into `ws.normed`): OLMo 2, whose next sub-layer reads
+    /// `ws.x` itself. (Two ops where the pre-norm models fuse the add into their next norm.)
+    fn add_post_normed(
+        &self,
+        ws: &mut Workspace<B>,
+        post_norm: Option<&super::weights::Norm<B::Buffer>>,
+        t: usize,
+    ) -> Result<()> {
+        let (b, h, eps) = (&self.backend, self.config.hidden_size, self.config.norm_eps);
+        match post_norm {
+            Some(n) => {
+                b.rmsnorm(&mut ws.normed, &ws.delta, &n.weight, t, h, eps)?;
+                b.add_inplace(&mut ws.x, &ws.normed, t * h)
+            }
+            None => b.add_inplace(&mut ws.x, &ws.delta, t * h),
+        }
     }
 
     /// Add a sub-layer's output (`ws.delta`) to the residual stream `ws.x` and normalise the sum
@@ -673,5 +719,18 @@ impl<B: Backend> Model<B> {
             }
             None => b.add_rmsnorm(&mut ws.x, &ws.delta, &mut ws.xn, weight, t, h, eps),
         }
+    }
+}
+
+/// A GPT-2 LayerNorm's weight and bias (the loader gives every GPT-2 norm both).
+fn layernorm_weights<T>(norm: Option<&super::weights::Norm<T>>) -> Result<(&T, &T)> {
+    match norm {
+        Some(super::weights::Norm {
+            weight,
+            bias: Some(bias),
+        }) => Ok((weight, bias)),
+        _ => Err(Error::Invalid(
+            "a GPT-2 LayerNorm without its weight and bias".into(),
+        )),
     }
 }

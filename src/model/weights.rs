@@ -38,22 +38,25 @@ pub struct Norm<T> {
 /// Qwen3's per-head RMSNorm weights of the query and key heads (`q_norm`, `k_norm`).
 #[derive(Debug, Clone)]
 pub struct QkNorm<T> {
-    /// [head_dim]
+    /// [head_dim] (`qk_norm`: per head) or [q_size] (`qk_norm_whole`: the whole Q)
     pub q: T,
-    /// [head_dim]
+    /// [head_dim] or [kv_size]
     pub k: T,
 }
 
 #[derive(Debug, Clone)]
 pub struct LayerWeights<T> {
-    pub attn_norm: Norm<T>,
+    /// The norm before attention (input_layernorm, GPT-2's ln_1); None under `post_norms_only`
+    /// (OLMo 2, whose attention reads the residual stream as it is).
+    pub attn_norm: Option<Norm<T>>,
     /// [q_size + 2 * kv_size, hidden]
     pub qkv: Linear<T>,
-    /// Present when the config has `qk_norm` (applied to the Q and K heads before RoPE).
+    /// Present when the config has `qk_norm` or `qk_norm_whole` (applied to Q and K before RoPE).
     pub qk_norm: Option<QkNorm<T>>,
     /// [hidden, q_size]
     pub o: Linear<T>,
-    pub mlp_norm: Norm<T>,
+    /// The norm before the MLP; None under `post_norms_only`.
+    pub mlp_norm: Option<Norm<T>>,
     /// Gemma 3's norms of the attention and MLP outputs before the residual add (`sandwich_norms`).
     pub post_attn_norm: Option<Norm<T>>,
     pub post_mlp_norm: Option<Norm<T>>,
@@ -95,7 +98,7 @@ impl<T> ModelWeights<T> {
         let mut layers = Vec::with_capacity(self.layers.len());
         for l in self.layers {
             layers.push(LayerWeights {
-                attn_norm: norm(l.attn_norm, &mut f)?,
+                attn_norm: l.attn_norm.map(|n| norm(n, &mut f)).transpose()?,
                 qkv: lin(l.qkv, &mut f)?,
                 qk_norm: match l.qk_norm {
                     Some(n) => Some(QkNorm {
@@ -105,7 +108,7 @@ impl<T> ModelWeights<T> {
                     None => None,
                 },
                 o: lin(l.o, &mut f)?,
-                mlp_norm: norm(l.mlp_norm, &mut f)?,
+                mlp_norm: l.mlp_norm.map(|n| norm(n, &mut f)).transpose()?,
                 post_attn_norm: l.post_attn_norm.map(|n| norm(n, &mut f)).transpose()?,
                 post_mlp_norm: l.post_mlp_norm.map(|n| norm(n, &mut f)).transpose()?,
                 up: lin(l.up, &mut f)?,
@@ -177,7 +180,7 @@ fn check_all_used(cfg: &ModelConfig, store: &TensorStore) -> Result<()> {
             cfg.model_type
         ));
     }
-    if !cfg.qk_norm && unused.iter().any(|n| n.ends_with("q_norm.weight")) {
+    if qk_norm_widths(cfg).is_none() && unused.iter().any(|n| n.ends_with("q_norm.weight")) {
         hints.push(format!(
             "q_norm/k_norm weights are present, which model_type `{}` does not have (qwen3 has)",
             cfg.model_type
@@ -283,17 +286,23 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
         } else {
             None
         };
-        let qk_norm = if cfg.qk_norm {
-            let d = cfg.head_dim;
-            Some(QkNorm {
-                q: norm_weight(&format!("{p}.self_attn.q_norm.weight"), d)?,
-                k: norm_weight(&format!("{p}.self_attn.k_norm.weight"), d)?,
-            })
-        } else {
-            None
+        let qk_norm = match qk_norm_widths(cfg) {
+            Some((q, k)) => Some(QkNorm {
+                q: norm_weight(&format!("{p}.self_attn.q_norm.weight"), q)?,
+                k: norm_weight(&format!("{p}.self_attn.k_norm.weight"), k)?,
+            }),
+            None => None,
+        };
+        // OLMo 2 has no norm before its sub-layers, only after them (the sandwich's second half)
+        let pre_norm = |name: &str| -> Result<Option<Norm<HostTensor>>> {
+            if cfg.post_norms_only {
+                Ok(None)
+            } else {
+                rms(&format!("{p}.{name}.weight")).map(Some)
+            }
         };
         layers.push(LayerWeights {
-            attn_norm: rms(&format!("{p}.input_layernorm.weight"))?,
+            attn_norm: pre_norm("input_layernorm")?,
             qkv: Linear {
                 weight: qkv_w,
                 bias: qkv_b,
@@ -304,12 +313,12 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
                 bias: opt_bias(&format!("{p}.self_attn.o_proj.bias"), h, cfg.o_proj_bias)?,
             },
             // Llama's post_attention_layernorm is the MLP's input norm; with sandwich norms
-            // (Gemma 3) that one is pre_feedforward_layernorm, and post_attention_layernorm
-            // normalises the attention output
+            // (Gemma 2/3, OLMo 2) that one is pre_feedforward_layernorm, and
+            // post_attention_layernorm normalises the attention output
             mlp_norm: if cfg.sandwich_norms {
-                rms(&format!("{p}.pre_feedforward_layernorm.weight"))?
+                pre_norm("pre_feedforward_layernorm")?
             } else {
-                rms(&format!("{p}.post_attention_layernorm.weight"))?
+                pre_norm("post_attention_layernorm")?
             },
             post_attn_norm: if cfg.sandwich_norms {
                 Some(rms(&format!("{p}.post_attention_layernorm.weight"))?)
@@ -345,6 +354,16 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
     };
     fold_output_scales(cfg, &mut weights);
     Ok(weights)
+}
+
+/// The widths of the q_norm and k_norm weights: a head's (`qk_norm`: Qwen3, Gemma 3) or the whole
+/// projection's (`qk_norm_whole`: OLMo 2); None without q/k norms.
+fn qk_norm_widths(cfg: &ModelConfig) -> Option<(usize, usize)> {
+    if cfg.qk_norm_whole {
+        Some((cfg.q_size(), cfg.kv_size()))
+    } else {
+        cfg.qk_norm.then_some((cfg.head_dim, cfg.head_dim))
+    }
 }
 
 /// Granite's `residual_multiplier` and `logits_scaling`, folded in f32 into the weights they
@@ -400,11 +419,11 @@ fn load_gpt2(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTen
     for i in 0..cfg.num_layers {
         let p = format!("h.{i}");
         layers.push(LayerWeights {
-            attn_norm: ln(&format!("{p}.ln_1"))?,
+            attn_norm: Some(ln(&format!("{p}.ln_1"))?),
             qkv: conv1d(&format!("{p}.attn.c_attn"), h, 3 * h)?,
             qk_norm: None,
             o: conv1d(&format!("{p}.attn.c_proj"), h, h)?,
-            mlp_norm: ln(&format!("{p}.ln_2"))?,
+            mlp_norm: Some(ln(&format!("{p}.ln_2"))?),
             post_attn_norm: None,
             post_mlp_norm: None,
             up: conv1d(&format!("{p}.mlp.c_fc"), h, inter)?,
@@ -452,20 +471,20 @@ pub fn dummy_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights<HostTensor> {
     let bias = |n: usize, present: bool| present.then(|| zeros(n));
     let layers = (0..cfg.num_layers)
         .map(|_| LayerWeights {
-            attn_norm: norm(h),
+            attn_norm: (!cfg.post_norms_only).then(|| norm(h)),
             qkv: Linear {
                 weight: random(vec![q + 2 * kv, h]),
                 bias: bias(q + 2 * kv, cfg.attention_bias),
             },
-            qk_norm: cfg.qk_norm.then(|| QkNorm {
-                q: ones(cfg.head_dim),
-                k: ones(cfg.head_dim),
+            qk_norm: qk_norm_widths(cfg).map(|(q, k)| QkNorm {
+                q: ones(q),
+                k: ones(k),
             }),
             o: Linear {
                 weight: random(vec![h, q]),
                 bias: bias(h, cfg.o_proj_bias),
             },
-            mlp_norm: norm(h),
+            mlp_norm: (!cfg.post_norms_only).then(|| norm(h)),
             post_attn_norm: cfg.sandwich_norms.then(|| norm(h)),
             post_mlp_norm: cfg.sandwich_norms.then(|| norm(h)),
             up: Linear {

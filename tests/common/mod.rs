@@ -20,6 +20,7 @@ pub const FIXTURES: &[&str] = &[
     "tiny-gemma",
     "tiny-granite",
     "tiny-smollm3",
+    "tiny-olmo2",
 ];
 
 pub fn repo() -> PathBuf {

@@ -171,6 +171,23 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn qk_rmsnorm(
+        &self,
+        qkv: &mut Vec<f32>,
+        q_norm: &Vec<f32>,
+        k_norm: &Vec<f32>,
+        rows: usize,
+        q_cols: usize,
+        k_cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        need(qkv, rows * (q_cols + 2 * k_cols), "qkv")?;
+        need(q_norm, q_cols, "q_norm")?;
+        need(k_norm, k_cols, "k_norm")?;
+        norm::qk_rmsnorm(qkv, q_norm, k_norm, rows, q_cols, k_cols, eps);
+        Ok(())
+    }
+
     fn add_rmsnorm(
         &self,
         residual: &mut Vec<f32>,

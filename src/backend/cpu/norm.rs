@@ -35,6 +35,32 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], rows: usize, cols: us
     }
 }
 
+/// OLMo 2's QK norm, in place: in each row of `qkv` the Q part `[0, q_cols)` and the K part
+/// `[q_cols, q_cols + k_cols)` are each RMS-normalised as one vector and scaled by `q_norm` /
+/// `k_norm`; V (the rest of the row) is untouched.
+/// qkv: [rows, q_cols + 2 * k_cols]; q_norm: [q_cols]; k_norm: [k_cols]
+pub fn qk_rmsnorm(
+    qkv: &mut [f32],
+    q_norm: &[f32],
+    k_norm: &[f32],
+    rows: usize,
+    q_cols: usize,
+    k_cols: usize,
+    eps: f32,
+) {
+    let width = q_cols + 2 * k_cols;
+    for row in qkv[..rows * width].chunks_exact_mut(width) {
+        let (q, rest) = row.split_at_mut(q_cols);
+        for (part, weight) in [(q, q_norm), (&mut rest[..k_cols], k_norm)] {
+            let ms = part.iter().map(|v| v * v).sum::<f32>() / part.len() as f32;
+            let inv = 1.0 / (ms + eps).sqrt();
+            for (v, w) in part.iter_mut().zip(weight) {
+                *v = w * (*v * inv);
+            }
+        }
+    }
+}
+
 /// residual += delta; out = rmsnorm(residual). residual, delta, out: [rows, cols]; weight: [cols]
 #[allow(clippy::too_many_arguments)]
 pub fn add_rmsnorm(

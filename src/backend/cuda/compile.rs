@@ -91,7 +91,13 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         name: "norm.cu",
         source: include_str!("../../../kernels/norm.cu"),
-        kernels: &["layernorm", "rmsnorm", "add_rmsnorm", "add_inplace"],
+        kernels: &[
+            "layernorm",
+            "rmsnorm",
+            "add_rmsnorm",
+            "qk_rmsnorm",
+            "add_inplace",
+        ],
     },
     KernelFile {
         name: "rope.cu",

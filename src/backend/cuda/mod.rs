@@ -1147,6 +1147,32 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         )
     }
 
+    fn qk_rmsnorm(
+        &self,
+        qkv: &mut CudaSlice<T>,
+        q_norm: &CudaSlice<T>,
+        k_norm: &CudaSlice<T>,
+        rows: usize,
+        q_cols: usize,
+        k_cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        need(qkv, rows * (q_cols + 2 * k_cols), "qkv")?;
+        need(q_norm, q_cols, "q_norm")?;
+        need(k_norm, k_cols, "k_norm")?;
+        ops::qk_rmsnorm(
+            self.k(),
+            self.s(),
+            qkv,
+            q_norm,
+            k_norm,
+            u(rows, "rows")?,
+            u(q_cols, "q_cols")?,
+            u(k_cols, "k_cols")?,
+            eps,
+        )
+    }
+
     fn add_rmsnorm(
         &self,
         residual: &mut CudaSlice<T>,

@@ -4,6 +4,7 @@
 //! | kernel                  | grid                                         | block                    |
 //! |-------------------------|----------------------------------------------|--------------------------|
 //! | embedding, gather_logit_rows, layernorm, rmsnorm, add_rmsnorm, rope, write_kv | one block per row (the kernels grid-stride, so the grid is capped at [`MAX_ROW_BLOCKS`]) | `IM_ROW_THREADS` |
+//! | qk_rmsnorm              | one block per row's Q and one per its K (2 × rows, capped as rows) | `IM_ROW_THREADS` |
 //! | add_inplace, gelu_new, silu_mul, softcap_inplace, scale_inplace | min(ceil(16-byte vectors / threads), SMs × `IM_ELEMENTWISE_BLOCKS_PER_SM`) | `IM_ELEMENTWISE_THREADS` |
 //! | paged_attention_naive   | (num_tokens, num_heads)                      | `IM_ATTN_THREADS`        |
 //! | paged_decode_d*, paged_decode_reduce, flash_prefill{,_sync}_d* | see [`super::attention`] | |
@@ -69,6 +70,7 @@ pub struct Kernels {
     pub layernorm: CudaFunction,
     pub rmsnorm: CudaFunction,
     pub add_rmsnorm: CudaFunction,
+    pub qk_rmsnorm: CudaFunction,
     pub add_inplace: CudaFunction,
     pub scale_inplace: CudaFunction,
     pub rope: CudaFunction,
@@ -111,6 +113,7 @@ impl Kernels {
             layernorm: get("norm.cu", "layernorm")?,
             rmsnorm: get("norm.cu", "rmsnorm")?,
             add_rmsnorm: get("norm.cu", "add_rmsnorm")?,
+            qk_rmsnorm: get("norm.cu", "qk_rmsnorm")?,
             add_inplace: get("norm.cu", "add_inplace")?,
             scale_inplace: get("activation.cu", "scale_inplace")?,
             rope: get("rope.cu", "rope")?,
@@ -294,6 +297,37 @@ pub fn rmsnorm<T>(
     unsafe { b.launch(Kernels::rows(rows, IM_ROW_THREADS)) }
         .map(drop)
         .map_err(launched("rmsnorm"))
+}
+
+/// `qk_rmsnorm(qkv, q_weight, k_weight, rows, q_cols, k_cols, eps)`: OLMo 2's norm of each row's
+/// whole Q and whole K, in place.
+#[allow(clippy::too_many_arguments)]
+pub fn qk_rmsnorm<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    qkv: &mut CudaSlice<T>,
+    q_weight: &CudaSlice<T>,
+    k_weight: &CudaSlice<T>,
+    rows: u32,
+    q_cols: u32,
+    k_cols: u32,
+    eps: f32,
+) -> Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let mut b = s.launch_builder(&k.qk_rmsnorm);
+    b.arg(qkv)
+        .arg(q_weight)
+        .arg(k_weight)
+        .arg(&rows)
+        .arg(&q_cols)
+        .arg(&k_cols)
+        .arg(&eps);
+    // SAFETY: as norm.cu's qk_rmsnorm declares.
+    unsafe { b.launch(Kernels::rows(rows.saturating_mul(2), IM_ROW_THREADS)) }
+        .map(drop)
+        .map_err(launched("qk_rmsnorm"))
 }
 
 /// `add_rmsnorm(residual, delta, out, weight, rows, cols, eps)`: residual += delta; out =
