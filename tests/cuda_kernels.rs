@@ -205,6 +205,54 @@ fn norms_match_cpu() {
     for_each_dtype!(check_norms);
 }
 
+/// OLMo 2's qk_rmsnorm: each row's whole Q and whole K normalised in place inside the fused QKV
+/// rows, V left bit-exact; Q/K widths of OLMo 2 1B (2048 / 2048) and 7B-like GQA (4096 / 1024),
+/// and odd widths (the scalar path, unaligned K).
+fn check_qk_rmsnorm<T: CudaDtype>(b: &B<T>) {
+    let mut r = rng(11);
+    let e = eps::<T>();
+    let (rel, abs) = (e + 1e-5, e.max(1e-5));
+    for &rows in &[1usize, 3, 17] {
+        for &(q_cols, k_cols) in &[
+            (2048usize, 2048usize),
+            (4096, 1024),
+            (128, 64),
+            (100, 21),
+            (7, 3),
+        ] {
+            let what = format!("qk_rmsnorm {} rows={rows} q={q_cols} k={k_cols}", T::NAME);
+            let width = q_cols + 2 * k_cols;
+            let qkv = rand_t::<T>(&mut r, rows * width, 2.0);
+            let qw = rand_t::<T>(&mut r, q_cols, 1.5);
+            let kw = rand_t::<T>(&mut r, k_cols, 1.5);
+            let mut dqkv = upload(b, &qkv);
+            b.qk_rmsnorm(
+                &mut dqkv,
+                &upload(b, &qw),
+                &upload(b, &kw),
+                rows,
+                q_cols,
+                k_cols,
+                1e-5,
+            )
+            .unwrap();
+            let got = download(b, &dqkv, rows * width);
+            let mut want = qkv.clone();
+            cpu::norm::qk_rmsnorm(&mut want, &qw, &kw, rows, q_cols, k_cols, 1e-5);
+            assert_close(&what, &got, &want, rel, abs);
+            for row in 0..rows {
+                let v = row * width + q_cols + k_cols..(row + 1) * width;
+                assert_eq!(got[v.clone()], qkv[v], "{what}: V of row {row} changed");
+            }
+        }
+    }
+}
+
+#[test]
+fn qk_rmsnorm_matches_cpu() {
+    for_each_dtype!(check_qk_rmsnorm);
+}
+
 fn check_elementwise<T: CudaDtype>(b: &B<T>) {
     let mut r = rng(2);
     let (rel, abs) = one_rounding::<T>();

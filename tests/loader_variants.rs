@@ -710,6 +710,35 @@ fn smollm3_nope_layers_count() {
     }
 }
 
+/// OLMo 2 (the fixture checks its logits against transformers): its q/k norms over the whole
+/// projections carry weight (set to ones, the logits move), and a checkpoint read as another
+/// family is refused for the norms it lacks (as `llama`: no input_layernorm).
+#[test]
+fn olmo2_whole_projection_qk_norms_count() {
+    let dir = copy_model(&model_dir("tiny-olmo2"));
+    let mut ts = tensors(dir.path());
+    for t in ts.iter_mut().filter(|t| t.name.ends_with("_norm.weight")) {
+        let n = t.shape[0];
+        *t = OutTensor::f32(&t.name, vec![n], &vec![1.0; n]);
+    }
+    rewrite(dir.path(), &ts);
+    let g = &golden("tiny-olmo2")[3];
+    let err = max_abs_diff(
+        &all_logits(&load_cpu(dir.path()), &g.ids).unwrap(),
+        &g.logits,
+    );
+    assert!(err > 0.05, "unit q/k norms moved the logits by only {err}");
+    let dir = copy_model(&model_dir("tiny-olmo2"));
+    let mut cfg = read_config(dir.path());
+    cfg["model_type"] = json!("llama");
+    write_config(dir.path(), &cfg);
+    let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
+        .err()
+        .expect("an OLMo 2 checkpoint read as llama lacks its input norms")
+        .to_string();
+    assert!(err.contains("input_layernorm"), "{err}");
+}
+
 /// Gemma 1 (the fixture checks its logits against transformers) is Gemma's layout without Gemma
 /// 2's additions: read as `gemma2`, the same checkpoint is refused (no sandwich norms), and the
 /// (1 + w) norms carry weight (read as `llama`, the logits move).

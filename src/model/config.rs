@@ -1817,6 +1817,35 @@ mod tests {
     }
 
     #[test]
+    fn olmo2_normalises_after_its_sub_layers_and_over_whole_projections() {
+        let c = parse("olmo2", r#""head_dim": 32"#).unwrap();
+        assert!(c.post_norms_only && c.sandwich_norms && c.qk_norm_whole && !c.qk_norm);
+        // Olmo2Config's default eps; attention_bias covers o_proj, the MLP has no biases
+        assert_eq!(c.norm_eps, 1e-5);
+        let b = parse("olmo2", r#""attention_bias": true, "mlp_bias": true"#).unwrap();
+        assert!(b.attention_bias && b.o_proj_bias && !b.mlp_bias);
+        // per layer: two post norms (no pre norms) and the q/k norms' q_size + kv_size weights
+        let llama = ModelConfig {
+            post_norms_only: false,
+            sandwich_norms: false,
+            qk_norm_whole: false,
+            ..c.clone()
+        };
+        assert_eq!(
+            c.num_parameters() - llama.num_parameters(),
+            4 * (4 * 32 + 2 * 32)
+        );
+        assert!(!parse("llama", "").unwrap().qk_norm_whole);
+        // the embedded OLMo 2 1B and 7B: 1.48 B and 7.30 B parameters as published (untied)
+        for (name, params) in [("olmo-2-1b", 1_484_916_736), ("olmo-2-7b", 7_298_617_344)] {
+            let m = crate::model::registry::find(name).unwrap();
+            let c = ModelConfig::from_json_str(m.config, name).unwrap();
+            assert_eq!(c.num_parameters(), params, "{name}");
+            assert!(c.post_norms_only && !c.tie_word_embeddings);
+        }
+    }
+
+    #[test]
     fn granite_scalars_default_to_one_and_are_read_only_for_granite() {
         let c = parse("granite", "").unwrap();
         assert_eq!(

@@ -67,6 +67,8 @@ pub static EMBEDDED: &[EmbeddedModel] = &[
     config_only!("granite-3.1-2b"),
     config_only!("granite-3.1-8b"),
     config_only!("smollm3-3b"),
+    config_only!("olmo-2-1b"),
+    config_only!("olmo-2-7b"),
 ];
 
 pub fn find(name: &str) -> Option<&'static EmbeddedModel> {

@@ -98,6 +98,8 @@ pub enum Op {
     Layernorm,
     Rmsnorm,
     AddRmsnorm,
+    /// OLMo 2's RMSNorm of each token's whole Q and whole K projection.
+    QkRmsnorm,
     AddInplace,
     Rope,
     /// Qwen3's per-head RMSNorm of Q and K fused into RoPE.
@@ -123,10 +125,11 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 18] = [
+    pub const ALL: [Op; 19] = [
         Op::Layernorm,
         Op::Rmsnorm,
         Op::AddRmsnorm,
+        Op::QkRmsnorm,
         Op::AddInplace,
         Op::Rope,
         Op::QkNormRope,
@@ -149,6 +152,7 @@ impl Op {
             Op::Layernorm => "layernorm",
             Op::Rmsnorm => "rmsnorm",
             Op::AddRmsnorm => "add_rmsnorm",
+            Op::QkRmsnorm => "qk_rmsnorm",
             Op::AddInplace => "add_inplace",
             Op::Rope => "rope",
             Op::QkNormRope => "qk_norm_rope",
@@ -169,7 +173,9 @@ impl Op {
 
     pub fn family(self) -> Family {
         match self {
-            Op::Layernorm | Op::Rmsnorm | Op::AddRmsnorm | Op::AddInplace => Family::Norm,
+            Op::Layernorm | Op::Rmsnorm | Op::AddRmsnorm | Op::QkRmsnorm | Op::AddInplace => {
+                Family::Norm
+            }
             Op::Rope | Op::QkNormRope => Family::Rope,
             Op::GeluNew | Op::SiluMul | Op::GeluTanhMul => Family::Activation,
             Op::Embedding | Op::GatherLogitRows => Family::Embedding,
@@ -187,6 +193,7 @@ impl Op {
             Op::Layernorm => "backend/cpu/norm.rs: layernorm",
             Op::Rmsnorm => "backend/cpu/norm.rs: rmsnorm",
             Op::AddRmsnorm => "backend/cpu/norm.rs: add_rmsnorm",
+            Op::QkRmsnorm => "backend/cpu/norm.rs: qk_rmsnorm",
             Op::AddInplace => "backend/cpu/norm.rs: add_inplace",
             Op::Rope => "backend/cpu/rope.rs: rope",
             Op::QkNormRope => "backend/cpu/rope.rs: qk_norm_rope",
@@ -246,6 +253,13 @@ pub fn parse_selection(names: &[String]) -> Result<Vec<Op>> {
 pub enum Shape {
     /// layernorm, rmsnorm, add_rmsnorm: x, out: [rows, cols]
     Rows { rows: usize, cols: usize },
+    /// qk_rmsnorm: in each of `rows` fused QKV rows [q_cols + 2 k_cols], the Q part and the K
+    /// part normalised in place (V untouched)
+    QkRows {
+        rows: usize,
+        q_cols: usize,
+        k_cols: usize,
+    },
     /// add_inplace, gelu_new: [len]
     Elementwise { len: usize },
     /// silu_mul, gelu_tanh_mul: out [rows, inter]; x [rows, 2 inter]
@@ -368,6 +382,11 @@ impl Case {
     pub fn shape_label(&self) -> String {
         match &self.shape {
             Shape::Rows { rows, cols } => format!("rows={rows},cols={cols}"),
+            Shape::QkRows {
+                rows,
+                q_cols,
+                k_cols,
+            } => format!("rows={rows},q={q_cols},k={k_cols}"),
             Shape::Elementwise { len } => format!("len={len}"),
             Shape::SiluMul { rows, inter } => format!("rows={rows},inter={inter}"),
             Shape::Rope {
@@ -473,6 +492,22 @@ impl Case {
                         bytes: s * (2 * n + c),
                         flops: 4 * n,
                     },
+                }
+            }
+            // read and write Q and K in place; both weight vectors once; rmsnorm's 4 FLOPs per
+            // element (square, add; scale by 1/rms and by the weight)
+            (
+                &Shape::QkRows {
+                    rows,
+                    q_cols,
+                    k_cols,
+                },
+                _,
+            ) => {
+                let c = u(q_cols) + u(k_cols);
+                Cost {
+                    bytes: s * (2 * u(rows) * c + c),
+                    flops: 4 * u(rows) * c,
                 }
             }
             (&Shape::Elementwise { len }, op) => match op {
@@ -627,6 +662,11 @@ impl Case {
         const F: u64 = 4; // the CPU backend's f32
         match &self.shape {
             &Shape::Rows { rows, cols } => F * (4 * u(rows) * u(cols) + 2 * u(cols)),
+            &Shape::QkRows {
+                rows,
+                q_cols,
+                k_cols,
+            } => F * (u(rows) * u(q_cols + 2 * k_cols) + u(q_cols + k_cols)),
             &Shape::Elementwise { len } => F * 2 * u(len),
             &Shape::SiluMul { rows, inter } => F * 3 * u(rows) * u(inter),
             &Shape::Rope {
@@ -1090,7 +1130,13 @@ mod tests {
         assert_eq!(s(&[]).unwrap().len(), Op::ALL.len());
         assert_eq!(
             s(&["norm"]).unwrap(),
-            vec![Op::Layernorm, Op::Rmsnorm, Op::AddRmsnorm, Op::AddInplace]
+            vec![
+                Op::Layernorm,
+                Op::Rmsnorm,
+                Op::AddRmsnorm,
+                Op::QkRmsnorm,
+                Op::AddInplace
+            ]
         );
         assert_eq!(s(&["rope"]).unwrap(), vec![Op::Rope, Op::QkNormRope]);
         assert_eq!(s(&["qk_norm_rope"]).unwrap(), vec![Op::QkNormRope]);

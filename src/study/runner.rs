@@ -232,6 +232,19 @@ where
                 _ => Box::new(move || b.rmsnorm(&mut out, &x, &w, rows, cols, eps)),
             }
         }
+        (
+            &Shape::QkRows {
+                rows,
+                q_cols,
+                k_cols,
+            },
+            _,
+        ) => {
+            let mut qkv = up(rows * (q_cols + 2 * k_cols), 1, -1.0, 1.0)?;
+            let q_norm = up(q_cols, 2, 0.5, 1.5)?;
+            let k_norm = up(k_cols, 3, 0.5, 1.5)?;
+            Box::new(move || b.qk_rmsnorm(&mut qkv, &q_norm, &k_norm, rows, q_cols, k_cols, eps))
+        }
         (&Shape::Elementwise { len }, Op::AddInplace) => {
             let (mut x, y) = (up(len, 1, -1.0, 1.0)?, up(len, 2, -1.0, 1.0)?);
             Box::new(move || b.add_inplace(&mut x, &y, len))

@@ -139,6 +139,19 @@ pub fn model_cases(model: &str, cfg: &ModelConfig, ops: &[Op], spec: &SweepSpec)
                     push(op, Shape::Rows { rows: t, cols: h });
                 }
             }
+            // OLMo 2's norm of the whole Q and K projections
+            Op::QkRmsnorm if llama && cfg.qk_norm_whole => {
+                for &t in &spec.tokens {
+                    push(
+                        op,
+                        Shape::QkRows {
+                            rows: t,
+                            q_cols: cfg.q_size(),
+                            k_cols: cfg.kv_size(),
+                        },
+                    );
+                }
+            }
             Op::AddInplace if gpt2 => {
                 for &t in &spec.tokens {
                     push(op, Shape::Elementwise { len: t * h });
@@ -337,6 +350,12 @@ fn default_plan() -> Vec<(&'static str, Vec<Op>, SweepSpec)> {
         (
             "qwen3-8b",
             vec![Op::QkNormRope],
+            SweepSpec::tokens(&[64, 1024]),
+        ),
+        // OLMo 2 7B's norm of the whole Q and K (4096 each) before RoPE
+        (
+            "olmo-2-7b",
+            vec![Op::QkRmsnorm],
             SweepSpec::tokens(&[64, 1024]),
         ),
         // a Llama embedding table (32000 × 2048) beside GPT-2's learned positions

@@ -1,4 +1,4 @@
-// kernels.cpp — the elementwise, normalisation, embedding, RoPE (and QK-norm + RoPE), KV-write, naive paged attention and
+// kernels.cpp — the elementwise, normalisation (and OLMo 2's QK norm), embedding, RoPE (and QK-norm + RoPE), KV-write, naive paged attention and
 // sampling kernels (kernels/*.cu, the sources themselves, compiled for the CPU through emu.h) against
 // CPU references, for every dtype (-DIM_DTYPE=1/2/3). Run by scripts/emulate-kernels; no GPU needed.
 // Inputs are rounded to T before the references see them; tolerances: |got - want| / (1 + |want|)
@@ -34,6 +34,27 @@ static void cmp(const char* what, const std::vector<float>& got, const std::vect
   printf("%-40s %s  max rel err %.3g (at %zu: got %g want %g)\n", what, ok ? "ok  " : "FAIL", worst, wi, got[wi], want[wi]);
 }
 static dim3 d1(unsigned x, unsigned y = 1) { dim3 d; d.x = x; d.y = y; return d; }
+
+// qk_rmsnorm: each row's whole Q (q_cols) and whole K (k_cols) normalised in place, V untouched;
+// more blocks than rows' vectors exercise the grid-stride loop's uniform branches
+void test_qk_rmsnorm(unsigned rows, unsigned qc, unsigned kc, unsigned blocks, unsigned threads) {
+  const unsigned width = qc + 2 * kc;
+  auto x = q(randn(rows * width, 2.f)), qw = q(randn(qc)), kw = q(randn(kc));
+  std::vector<T> xt = toT(x), qwt = toT(qw), kwt = toT(kw);
+  launch(d1(blocks), d1(threads), [&] { qk_rmsnorm(xt.data(), qwt.data(), kwt.data(), rows, qc, kc, 1e-5f); });
+  std::vector<float> ref = x;
+  for (unsigned r = 0; r < rows; ++r)
+    for (unsigned part = 0; part < 2; ++part) {
+      const unsigned off = r * width + (part ? qc : 0), n = part ? kc : qc;
+      const std::vector<float>& w = part ? kw : qw;
+      double s = 0; for (unsigned c = 0; c < n; ++c) s += double(x[off+c]) * x[off+c];
+      const double inv = 1 / std::sqrt(s / n + 1e-5);
+      for (unsigned c = 0; c < n; ++c) ref[off+c] = float(w[c] * (x[off+c] * inv));
+    }
+  char name[100];
+  snprintf(name, 100, "qk_rmsnorm %ux(%u+%u) b%u t%u", rows, qc, kc, blocks, threads);
+  cmp(name, tof(xt), ref);
+}
 
 void test_norm(unsigned rows, unsigned cols, unsigned threads) {
   auto x = q(randn(rows * cols, 2.f)), w = q(randn(cols)), b = q(randn(cols)), dl = q(randn(rows * cols));
@@ -301,6 +322,7 @@ int main(int argc, char** argv) {
   printf("dtype %d\n", IM_DTYPE);
   if (!getenv("ONLY_SAMPLING")) {
   test_norm(3, 64, 32); test_norm(2, 1000, 64); test_norm(4, 37, 32); test_norm(1, 4096, 256);
+  test_qk_rmsnorm(3, 128, 64, 4, 32); test_qk_rmsnorm(2, 2048, 512, 3, 256); test_qk_rmsnorm(3, 100, 21, 8, 64);
   test_embedding();
   test_rope(4, 2, 16, 16); test_rope(3, 1, 64, 64); test_rope(2, 2, 6, 6);
   test_rope(3, 1, 128, 96); test_rope(4, 2, 16, 12); test_rope(2, 2, 64, 32);
