@@ -170,8 +170,9 @@ pub struct ModelConfig {
     /// weight at load (the LM head is linear and bias-free).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logits_divisor: Option<f32>,
-    /// Gemma 3: each sub-layer's output is RMS-normalised again before it joins the residual
-    /// stream (post_attention_layernorm, post_feedforward_layernorm).
+    /// Gemma 2 and 3, OLMo 2: each sub-layer's output is RMS-normalised before it joins the
+    /// residual stream (post_attention_layernorm, post_feedforward_layernorm); Gemma's norm the
+    /// sub-layers' inputs too.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sandwich_norms: bool,
     /// OLMo 2: the sub-layers read the residual stream as it is (no input_layernorm, no norm
@@ -503,10 +504,10 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         return Err(Error::config(
             f.file,
             "hidden_act",
-            format!("`{act}` is not supported for llama (supported: silu)"),
+            format!("`{act}` is not supported for {model_type} (supported: silu)"),
         ));
     }
-    // `pretraining_tp` (Llama 2's, SmolLM3-3B's 2) needs nothing: transformers 5 ignores it, and
+    // `pretraining_tp` (2 in SmolLM3-3B's config) needs nothing: transformers 5 ignores it, and
     // 4.x's LlamaMLP split each projection into that many slices and summed them, the same product
     // Qwen2Attention has biases on q, k and v and none on o_proj, whatever the config says
     // (Qwen2Config has no attention_bias); MistralConfig has no bias fields (none anywhere);
@@ -694,7 +695,14 @@ fn parse_gemma(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         return Err(Error::config(
             f.file,
             act_field,
-            format!("`{act}` is not supported for {model_type} (supported: gelu_pytorch_tanh)"),
+            format!(
+                "`{act}` is not supported for {model_type} (supported: gelu_pytorch_tanh{})",
+                if gemma1 {
+                    ", and gelu, its legacy name"
+                } else {
+                    ""
+                }
+            ),
         ));
     }
     check_full_rotary(f)?;
