@@ -93,19 +93,24 @@ __device__ __forceinline__ void rms_scale_row(T* __restrict__ out, const T* __re
     }
 }
 
+// This thread's share of the row's sum of squares (its vectors i = threadIdx.x, + blockDim.x, ...).
 template <int W>
-__device__ __forceinline__ void rmsnorm_row(T* __restrict__ out, const T* __restrict__ x,
-                                            const T* __restrict__ weight, uint32_t cols,
-                                            float eps) {
-    const uint32_t n = cols / W;
+__device__ __forceinline__ float thread_sum_squares(const T* x, uint32_t cols) {
     float sq = 0.f;
-    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
+    for (uint32_t i = threadIdx.x; i < cols / W; i += blockDim.x) {
         float v[W];
         im::load<W>(x + i * W, v);
 #pragma unroll
         for (int e = 0; e < W; ++e) sq += v[e] * v[e];
     }
-    rms_scale_row<W>(out, x, weight, cols, sq, eps);
+    return sq;
+}
+
+template <int W>
+__device__ __forceinline__ void rmsnorm_row(T* __restrict__ out, const T* __restrict__ x,
+                                            const T* __restrict__ weight, uint32_t cols,
+                                            float eps) {
+    rms_scale_row<W>(out, x, weight, cols, thread_sum_squares<W>(x, cols), eps);
 }
 
 template <int W>
@@ -132,18 +137,12 @@ __device__ __forceinline__ void add_rmsnorm_row(T* __restrict__ residual,
 }
 
 // x = weight * (x * inv_rms), in place over one vector of cols elements (qk_rmsnorm).
+// (rms_scale_row's loop without its __restrict__ out / x, which alias here)
 template <int W>
 __device__ __forceinline__ void rmsnorm_inplace(T* x, const T* __restrict__ weight, uint32_t cols,
                                                 float eps) {
     const uint32_t n = cols / W;
-    float sq = 0.f;
-    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
-        float v[W];
-        im::load<W>(x + i * W, v);
-#pragma unroll
-        for (int e = 0; e < W; ++e) sq += v[e] * v[e];
-    }
-    const float inv = rsqrtf(im::block_sum(sq) / float(cols) + eps);
+    const float inv = rsqrtf(im::block_sum(thread_sum_squares<W>(x, cols)) / float(cols) + eps);
     // each thread rewrites only the vectors it read above
     for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
         float v[W], w[W];

@@ -509,13 +509,13 @@ impl<B: Backend> Model<B> {
                 (Arch::Llama, Some(norm)) if i == 0 => {
                     b.rmsnorm(&mut ws.xn, &ws.x, &norm.weight, t, h, eps)?;
                 }
-                // the previous layer's MLP output is added and normalised in one fused op
-                (Arch::Llama, Some(norm)) => {
-                    self.add_and_norm(ws, prev_post_norm, &norm.weight, t)?
-                }
                 // OLMo 2: the attention reads the residual stream itself
                 (Arch::Llama, None) if i == 0 => {}
-                (Arch::Llama, None) => self.add_post_normed(ws, prev_post_norm, t)?,
+                // the previous layer's MLP output is added (and normalised, in one fused op)
+                (Arch::Llama, norm) => {
+                    let weight = norm.as_ref().map(|n| &n.weight);
+                    self.add_output(ws, prev_post_norm, weight, t)?
+                }
             }
             let attn_in = if layer.attn_norm.is_some() {
                 &ws.xn
@@ -633,10 +633,8 @@ impl<B: Backend> Model<B> {
                 }
                 Arch::Llama => {
                     let post = layer.post_attn_norm.as_ref();
-                    match &layer.mlp_norm {
-                        Some(norm) => self.add_and_norm(ws, post, &norm.weight, t)?,
-                        None => self.add_post_normed(ws, post, t)?,
-                    }
+                    let weight = layer.mlp_norm.as_ref().map(|n| &n.weight);
+                    self.add_output(ws, post, weight, t)?;
                     let mlp_in = if layer.mlp_norm.is_some() {
                         &ws.xn
                     } else {
@@ -676,48 +674,35 @@ impl<B: Backend> Model<B> {
             }
             Arch::Llama => {
                 let last = w.layers.last().and_then(|l| l.post_mlp_norm.as_ref());
-                self.add_and_norm(ws, last, &w.final_norm.weight, t)?
+                self.add_output(ws, last, Some(&w.final_norm.weight), t)?
             }
         }
         Ok(())
     }
 
-    /// Add a sub-layer's output (`ws.delta`) to the residual stream `ws.x`, normalised first with
-    /// `post_norm` where there is one (into `ws.normed`): OLMo 2, whose next sub-layer reads
-    /// `ws.x` itself. (Two ops where the pre-norm models fuse the add into their next norm.)
-    fn add_post_normed(
+    /// Add a sub-layer's output (`ws.delta`) to the residual stream `ws.x`, normalised first
+    /// where the model has a `post_norm` (Gemma 2/3, OLMo 2: into `ws.normed`). With `next_norm`
+    /// (the next sub-layer's or the final norm's weight) the sum is normalised into `ws.xn` in
+    /// the same fused op; without (OLMo 2, whose next sub-layer reads `ws.x` itself) it is only
+    /// added.
+    fn add_output(
         &self,
         ws: &mut Workspace<B>,
         post_norm: Option<&super::weights::Norm<B::Buffer>>,
+        next_norm: Option<&B::Buffer>,
         t: usize,
     ) -> Result<()> {
         let (b, h, eps) = (&self.backend, self.config.hidden_size, self.config.norm_eps);
-        match post_norm {
+        let output = match post_norm {
             Some(n) => {
                 b.rmsnorm(&mut ws.normed, &ws.delta, &n.weight, t, h, eps)?;
-                b.add_inplace(&mut ws.x, &ws.normed, t * h)
+                &ws.normed
             }
-            None => b.add_inplace(&mut ws.x, &ws.delta, t * h),
-        }
-    }
-
-    /// Add a sub-layer's output (`ws.delta`) to the residual stream `ws.x` and normalise the sum
-    /// into `ws.xn` with `weight`, in one fused op. Under a sandwich norm (Gemma 3's
-    /// post_attention / post_feedforward norm) the output is normalised first, into `ws.normed`.
-    fn add_and_norm(
-        &self,
-        ws: &mut Workspace<B>,
-        post_norm: Option<&super::weights::Norm<B::Buffer>>,
-        weight: &B::Buffer,
-        t: usize,
-    ) -> Result<()> {
-        let (b, h, eps) = (&self.backend, self.config.hidden_size, self.config.norm_eps);
-        match post_norm {
-            Some(n) => {
-                b.rmsnorm(&mut ws.normed, &ws.delta, &n.weight, t, h, eps)?;
-                b.add_rmsnorm(&mut ws.x, &ws.normed, &mut ws.xn, weight, t, h, eps)
-            }
-            None => b.add_rmsnorm(&mut ws.x, &ws.delta, &mut ws.xn, weight, t, h, eps),
+            None => &ws.delta,
+        };
+        match next_norm {
+            Some(weight) => b.add_rmsnorm(&mut ws.x, output, &mut ws.xn, weight, t, h, eps),
+            None => b.add_inplace(&mut ws.x, output, t * h),
         }
     }
 }
