@@ -739,6 +739,46 @@ fn olmo2_whole_projection_qk_norms_count() {
     assert!(err.contains("input_layernorm"), "{err}");
 }
 
+/// Phi (the fixture checks its logits against transformers): the LM head's bias and the partial
+/// rotary width carry weight (zero the bias, or rotate 8 dimensions instead of 6, and the logits
+/// move), and a checkpoint without the bias is refused naming it.
+#[test]
+fn phi_lm_head_bias_and_partial_rotary_count() {
+    let g = &golden("tiny-phi")[3];
+    let dir = copy_model(&model_dir("tiny-phi"));
+    let mut ts = tensors(dir.path());
+    for t in ts.iter_mut().filter(|t| t.name == "lm_head.bias") {
+        *t = OutTensor::f32(&t.name, vec![512], &[0.0; 512]);
+    }
+    rewrite(dir.path(), &ts);
+    let err = max_abs_diff(
+        &all_logits(&load_cpu(dir.path()), &g.ids).unwrap(),
+        &g.logits,
+    );
+    assert!(
+        err > 0.05,
+        "a zero LM head bias moved the logits by only {err}"
+    );
+    let moved = logits_moved_by_config_edit("tiny-phi", 3, &|c| {
+        c["rope_parameters"]["partial_rotary_factor"] = json!(0.5)
+    });
+    assert!(
+        moved > 0.05,
+        "8 rotating dimensions moved the logits by only {moved}"
+    );
+    let dir = copy_model(&model_dir("tiny-phi"));
+    let ts: Vec<_> = tensors(dir.path())
+        .into_iter()
+        .filter(|t| t.name != "lm_head.bias")
+        .collect();
+    rewrite(dir.path(), &ts);
+    let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
+        .err()
+        .expect("a Phi checkpoint without its LM head bias is refused")
+        .to_string();
+    assert!(err.contains("lm_head.bias"), "{err}");
+}
+
 /// Gemma 1 (the fixture checks its logits against transformers) is Gemma's layout without Gemma
 /// 2's additions: read as `gemma2`, the same checkpoint is refused (no sandwich norms), and the
 /// (1 + w) norms carry weight (read as `llama`, the logits move).

@@ -1,6 +1,7 @@
 //! `config.json` of a Hugging Face model directory, parsed into one architecture-neutral [`ModelConfig`].
 //!
-//! Supported families: `gpt2`, and `llama` with the Llama-architecture model types `mistral`,
+//! Supported families: `gpt2` and `phi` (GPT-2's block with partial RoPE, in parallel), and
+//! `llama` with the Llama-architecture model types `mistral`,
 //! `qwen2` (Qwen2 / Qwen2.5: biases on q, k and v but not on o_proj), `qwen3` (an RMSNorm of
 //! each q and k head before RoPE), `phi3` (Phi-3: fused qkv_proj and gate_up_proj, LongRoPE,
 //! partial rotary), `granite` (four scalars: embedding, residual, attention, logits), `smollm3`
@@ -23,6 +24,7 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "llama",
     "mistral",
     "olmo2",
+    "phi",
     "phi3",
     "qwen2",
     "qwen3",
@@ -32,7 +34,9 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
-    /// Learned positions, LayerNorm, fused QKV with bias, gelu_new MLP, tied LM head.
+    /// LayerNorm, biases everywhere, a gelu_new MLP of two dense layers: GPT-2 (learned
+    /// positions, fused QKV, tied LM head) and Phi-1/1.5/2 (`phi`: partial RoPE, the attention
+    /// and the MLP in parallel, an LM head with a bias).
     Gpt2,
     /// RoPE, RMSNorm, grouped-query attention, SiLU-gated MLP.
     Llama,
@@ -211,6 +215,13 @@ pub struct ModelConfig {
     pub final_softcap: Option<f32>,
     /// GPT-2's `scale_attn_by_inverse_layer_idx`: layer i additionally divides scores by i + 1.
     pub scale_attn_by_inverse_layer_idx: bool,
+    /// Phi: the attention and the MLP read the same normalised input (`input_layernorm`) and
+    /// both outputs join the residual stream: x + attn(ln(x)) + mlp(ln(x)).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parallel_residual: bool,
+    /// Phi: the LM head carries a bias (`lm_head.bias`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lm_head_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     /// `torch_dtype` / `dtype` as written in the config, informational.
@@ -238,6 +249,7 @@ impl ModelConfig {
         let model_type = f.req_str("model_type")?;
         let config = match model_type.as_str() {
             "gpt2" => parse_gpt2(&f)?,
+            "phi" => parse_phi(&f)?,
             "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "granite" | "smollm3" | "olmo2" => {
                 parse_llama(&f, &model_type)?
             }
@@ -279,6 +291,11 @@ impl ModelConfig {
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_json_str(&text, &path.display().to_string())
+    }
+
+    /// GPT-2's learned position embeddings (`wpe`), which a model without RoPE has.
+    pub fn learned_positions(&self) -> bool {
+        self.rope.is_none()
     }
 
     /// Gemma 1, 2 and 3, whose RMSNorm weights are stored as w and applied as (1 + w).
@@ -326,9 +343,10 @@ impl ModelConfig {
         let qkv = h * (self.q_size() + 2 * self.kv_size());
         let o = self.q_size() * h;
         let (mlp, norms, biases) = match self.arch {
+            // (Phi's parallel block has one LayerNorm per layer)
             Arch::Gpt2 => (
                 2 * h * self.intermediate_size,
-                4 * h,
+                if self.parallel_residual { 2 * h } else { 4 * h },
                 self.q_size() + 2 * self.kv_size() + h + self.intermediate_size + h,
             ),
             Arch::Llama => (
@@ -343,12 +361,13 @@ impl ModelConfig {
         };
         let per_layer = qkv + o + mlp + norms + biases;
         let embed = self.vocab_size * h;
-        let positions = if self.arch == Arch::Gpt2 {
+        let positions = if self.learned_positions() {
             self.max_context * h
         } else {
             0
         };
-        let head = if self.tie_word_embeddings { 0 } else { embed };
+        let head = if self.tie_word_embeddings { 0 } else { embed }
+            + usize::from(self.lm_head_bias) * self.vocab_size;
         let final_norm = if self.arch == Arch::Gpt2 { 2 * h } else { h };
         embed + positions + self.num_layers * per_layer + final_norm + head
     }
@@ -468,9 +487,88 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
         scale_attn_by_inverse_layer_idx: f
             .opt_bool("scale_attn_by_inverse_layer_idx")?
             .unwrap_or(false),
+        parallel_residual: false,
+        lm_head_bias: false,
         bos_token_id: f.opt_token("bos_token_id")?,
         attn_softcap: None,
         final_softcap: None,
+        eos_token_ids: f.token_list("eos_token_id")?,
+        stored_dtype: f.stored_dtype()?,
+    })
+}
+
+/// Phi-1, Phi-1.5 and Phi-2 (`PhiConfig`): GPT-2's LayerNorm (`layer_norm_eps`, 1e-5), biases
+/// and gelu_new MLP (`fc1`, `fc2`), with separate q/k/v projections, RoPE over the first
+/// `partial_rotary_factor` (0.5 when absent; Phi-2's 0.4) of each head, grouped-query attention
+/// under `num_key_value_heads`, one norm feeding the attention and the MLP in parallel, and an LM
+/// head with a bias. `qk_layernorm` is refused.
+fn parse_phi(f: &Fields) -> Result<ModelConfig> {
+    let hidden = f.req_usize("hidden_size")?;
+    let heads = f.req_usize("num_attention_heads")?;
+    if heads == 0 || hidden % heads != 0 {
+        return Err(Error::config(
+            f.file,
+            "num_attention_heads",
+            format!("{heads} does not divide hidden_size {hidden}"),
+        ));
+    }
+    let head_dim = hidden / heads;
+    let act = f
+        .opt_str("hidden_act")?
+        .unwrap_or_else(|| "gelu_new".into());
+    if !matches!(act.as_str(), "gelu_new" | "gelu_pytorch_tanh") {
+        return Err(Error::config(
+            f.file,
+            "hidden_act",
+            format!("`{act}` is not supported for phi (supported: gelu_new, gelu_pytorch_tanh)"),
+        ));
+    }
+    if f.opt_bool("qk_layernorm")?.unwrap_or(false) {
+        return Err(Error::config(
+            f.file,
+            "qk_layernorm",
+            "LayerNorms of the query and key heads are not supported",
+        ));
+    }
+    let max_position = f.opt_usize("max_position_embeddings")?.unwrap_or(2048);
+    let (rope, partial_rotary_dim) = parse_phi3_rope(f, head_dim, max_position, 0.5)?;
+    Ok(ModelConfig {
+        arch: Arch::Gpt2,
+        model_type: "phi".into(),
+        vocab_size: f.req_usize("vocab_size")?,
+        hidden_size: hidden,
+        num_layers: f.req_usize("num_hidden_layers")?,
+        num_heads: heads,
+        num_kv_heads: f.opt_usize("num_key_value_heads")?.unwrap_or(heads),
+        head_dim,
+        intermediate_size: f.req_usize("intermediate_size")?,
+        max_context: max_position,
+        norm_eps: f.opt_f32("layer_norm_eps")?.unwrap_or(1e-5),
+        rope: Some(rope),
+        partial_rotary_dim,
+        tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+        attention_bias: true,
+        o_proj_bias: true,
+        mlp_bias: true,
+        qk_norm: false,
+        qk_norm_whole: false,
+        nope_layers: Vec::new(),
+        embed_scale: None,
+        residual_scale: None,
+        logits_divisor: None,
+        sandwich_norms: false,
+        post_norms_only: false,
+        mlp_activation: MlpActivation::Silu,
+        local_rope: None,
+        sliding_layers: Vec::new(),
+        sliding_window: None,
+        attn_scale: 1.0 / (head_dim as f32).sqrt(),
+        scale_attn_by_inverse_layer_idx: false,
+        parallel_residual: true,
+        lm_head_bias: true,
+        attn_softcap: None,
+        final_softcap: None,
+        bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
         stored_dtype: f.stored_dtype()?,
     })
@@ -545,7 +643,7 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     };
     let (sliding_window, sliding_layers) = parse_sliding_window(f, model_type, layers)?;
     let (rope, partial_rotary_dim) = if model_type == "phi3" {
-        parse_phi3_rope(f, head_dim, max_position)?
+        parse_phi3_rope(f, head_dim, max_position, 1.0)?
     } else {
         check_full_rotary(f)?;
         let default_theta = if smollm3 { 2_000_000.0 } else { 10_000.0 };
@@ -586,6 +684,8 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         sliding_window,
         attn_scale: granite.map_or(1.0 / (head_dim as f32).sqrt(), |g| g.attention),
         scale_attn_by_inverse_layer_idx: false,
+        parallel_residual: false,
+        lm_head_bias: false,
         attn_softcap: None,
         final_softcap: None,
         bos_token_id: f.opt_token("bos_token_id")?,
@@ -789,6 +889,8 @@ fn parse_gemma(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         sliding_window,
         attn_scale: 1.0 / scalar.sqrt(),
         scale_attn_by_inverse_layer_idx: false,
+        parallel_residual: false,
+        lm_head_bias: false,
         attn_softcap,
         final_softcap,
         bos_token_id: f.opt_token("bos_token_id")?,
@@ -1011,9 +1113,9 @@ fn check_full_rotary(f: &Fields) -> Result<()> {
     Ok(())
 }
 
-/// Phi-3's RoPE as Phi3Config reads it: the settings object is `rope_parameters` (5.x) or
-/// `rope_scaling` (4.x); `rope_theta` there or at the top level (1e4); `partial_rotary_factor`
-/// there or at the top level (1.0), rotating the first int(head_dim · factor) dimensions, an even
+/// Phi-3's RoPE as Phi3Config reads it (and Phi's, whose factor defaults to 0.5): the settings
+/// object is `rope_parameters` (5.x) or `rope_scaling` (4.x); `rope_theta` there or at the top
+/// level (1e4); `partial_rotary_factor` there or at the top level (`default_partial`), rotating the first int(head_dim · factor) dimensions, an even
 /// number, of each head; the type `default` or `longrope` (also under its old names `su` and
 /// `yarn`, which Phi3Config renames). LongRoPE's `original_max_position_embeddings` is the top
 /// level's (Phi3Config's 4096 when absent, as transformers gives it priority), its `factor` the
@@ -1023,6 +1125,7 @@ fn parse_phi3_rope(
     f: &Fields,
     head_dim: usize,
     max_position: usize,
+    default_partial: f64,
 ) -> Result<(RopeConfig, Option<usize>)> {
     let (p, obj) = rope_settings(f)?;
     let empty = Map::new();
@@ -1046,7 +1149,7 @@ fn parse_phi3_rope(
         }
     };
     let theta = number("rope_theta")?.unwrap_or(10_000.0) as f32;
-    let partial = number("partial_rotary_factor")?.unwrap_or(1.0);
+    let partial = number("partial_rotary_factor")?.unwrap_or(default_partial);
     let partial_field = if p.get("partial_rotary_factor").is_some_and(|v| !v.is_null()) {
         field("partial_rotary_factor")
     } else {
@@ -1851,6 +1954,32 @@ mod tests {
             assert_eq!(c.num_parameters(), params, "{name}");
             assert!(c.post_norms_only && !c.tie_word_embeddings);
         }
+    }
+
+    #[test]
+    fn phi_is_gpt2s_block_with_partial_rope_in_parallel() {
+        let c = parse("phi", "").unwrap();
+        assert_eq!((c.arch, c.model_type.as_str()), (Arch::Gpt2, "phi"));
+        assert!(c.parallel_residual && c.lm_head_bias && !c.learned_positions());
+        assert!(c.attention_bias && c.o_proj_bias && c.mlp_bias && !c.tie_word_embeddings);
+        // PhiConfig's partial_rotary_factor defaults to 0.5: 8 of 16 dimensions; eps 1e-5
+        assert_eq!((c.rotary_dim(), c.norm_eps), (8, 1e-5));
+        let c = parse("phi", r#""partial_rotary_factor": 0.4, "head_dim": 99"#).unwrap();
+        // int(16 · 0.4) = 6; head_dim is hidden / heads whatever the config says
+        assert_eq!((c.head_dim, c.rotary_dim()), (16, 6));
+        for (extra, field) in [
+            (r#""qk_layernorm": true"#, "qk_layernorm"),
+            (r#""hidden_act": "gelu""#, "hidden_act"),
+            (r#""partial_rotary_factor": 0.05"#, "partial_rotary_factor"),
+        ] {
+            let err = parse("phi", extra).unwrap_err().to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        }
+        // the embedded Phi-2: 2.78 B parameters as published (untied head with a bias)
+        let m = crate::model::registry::find("phi-2").unwrap();
+        let c = ModelConfig::from_json_str(m.config, "phi-2").unwrap();
+        assert_eq!(c.num_parameters(), 2_779_683_840);
+        assert_eq!((c.head_dim, c.rotary_dim()), (80, 32));
     }
 
     #[test]

@@ -463,7 +463,16 @@ impl<B: Backend> Model<B> {
         let h = c.hidden_size;
         b.gather_logit_rows(&mut ws.last, &ws.xn, meta, h)?;
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
-        b.linear(&mut ws.logits, &ws.last, head, None, l, c.vocab_size, h)?;
+        let head_bias = self.weights.lm_head_bias.as_ref();
+        b.linear(
+            &mut ws.logits,
+            &ws.last,
+            head,
+            head_bias,
+            l,
+            c.vocab_size,
+            h,
+        )?;
         match c.final_softcap {
             Some(cap) => b.softcap_inplace(&mut ws.logits, cap, l * c.vocab_size),
             None => Ok(()),
@@ -608,8 +617,12 @@ impl<B: Backend> Model<B> {
             match c.arch {
                 Arch::Gpt2 => {
                     b.add_inplace(&mut ws.x, &ws.delta, t * h)?;
-                    let (weight, bias) = layernorm_weights(layer.mlp_norm.as_ref())?;
-                    b.layernorm(&mut ws.xn, &ws.x, weight, bias, t, h, eps)?;
+                    // GPT-2's MLP reads the normalised sum; Phi's (parallel_residual) the
+                    // attention's own normalised input, still in ws.xn
+                    if !c.parallel_residual {
+                        let (weight, bias) = layernorm_weights(layer.mlp_norm.as_ref())?;
+                        b.layernorm(&mut ws.xn, &ws.x, weight, bias, t, h, eps)?;
+                    }
                     b.linear(
                         &mut ws.up,
                         &ws.xn,

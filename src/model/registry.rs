@@ -69,6 +69,7 @@ pub static EMBEDDED: &[EmbeddedModel] = &[
     config_only!("smollm3-3b"),
     config_only!("olmo-2-1b"),
     config_only!("olmo-2-7b"),
+    config_only!("phi-2"),
 ];
 
 pub fn find(name: &str) -> Option<&'static EmbeddedModel> {

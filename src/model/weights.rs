@@ -76,6 +76,8 @@ pub struct ModelWeights<T> {
     pub final_norm: Norm<T>,
     /// [vocab, hidden]; `None` when tied to `embed`
     pub lm_head: Option<T>,
+    /// [vocab]: Phi's LM head bias (`lm_head_bias`)
+    pub lm_head_bias: Option<T>,
 }
 
 impl<T> ModelWeights<T> {
@@ -121,6 +123,7 @@ impl<T> ModelWeights<T> {
             layers,
             final_norm: norm(self.final_norm, &mut f)?,
             lm_head: self.lm_head.map(&mut f).transpose()?,
+            lm_head_bias: self.lm_head_bias.map(&mut f).transpose()?,
         })
     }
 }
@@ -128,6 +131,7 @@ impl<T> ModelWeights<T> {
 /// Load weights from a checkpoint into the canonical layout, checking every shape.
 pub fn load_weights(cfg: &ModelConfig, store: &TensorStore) -> Result<ModelWeights<HostTensor>> {
     let weights = match cfg.arch {
+        Arch::Gpt2 if cfg.model_type == "phi" => load_phi(cfg, store)?,
         Arch::Gpt2 => load_gpt2(cfg, store)?,
         Arch::Llama => load_llama(cfg, store)?,
     };
@@ -351,6 +355,7 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
         layers,
         final_norm: rms("model.norm.weight")?,
         lm_head,
+        lm_head_bias: None,
     };
     fold_output_scales(cfg, &mut weights);
     Ok(weights)
@@ -443,6 +448,69 @@ fn load_gpt2(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTen
         layers,
         final_norm: ln("ln_f")?,
         lm_head,
+        lm_head_bias: None,
+    })
+}
+
+/// Phi-1/1.5/2 (`PhiForCausalLM`): q/k/v fused here into the canonical QKV, `dense` the output
+/// projection, `fc1` / `fc2` the MLP, one `input_layernorm` per layer (the parallel block's),
+/// `final_layernorm`, and an LM head with a bias; every norm and linear layer has a bias.
+fn load_phi(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTensor>> {
+    let h = cfg.hidden_size;
+    let (q, kv, inter) = (cfg.q_size(), cfg.kv_size(), cfg.intermediate_size);
+    let read = |name: &str, shape: &[usize]| st.read_f32(name, shape);
+    let linear = |name: &str, out: usize, inp: usize| -> Result<Linear<HostTensor>> {
+        Ok(Linear {
+            weight: read(&format!("{name}.weight"), &[out, inp])?,
+            bias: Some(read(&format!("{name}.bias"), &[out])?),
+        })
+    };
+    let ln = |name: &str| -> Result<Norm<HostTensor>> {
+        Ok(Norm {
+            weight: read(&format!("{name}.weight"), &[h])?,
+            bias: Some(read(&format!("{name}.bias"), &[h])?),
+        })
+    };
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for i in 0..cfg.num_layers {
+        let p = format!("model.layers.{i}");
+        let (qp, kp, vp) = (
+            linear(&format!("{p}.self_attn.q_proj"), q, h)?,
+            linear(&format!("{p}.self_attn.k_proj"), kv, h)?,
+            linear(&format!("{p}.self_attn.v_proj"), kv, h)?,
+        );
+        let biases = [qp.bias, kp.bias, vp.bias]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
+        layers.push(LayerWeights {
+            attn_norm: Some(ln(&format!("{p}.input_layernorm"))?),
+            qkv: Linear {
+                weight: concat_rows(&[qp.weight, kp.weight, vp.weight]),
+                bias: Some(concat_rows(&biases)),
+            },
+            qk_norm: None,
+            o: linear(&format!("{p}.self_attn.dense"), h, q)?,
+            // the MLP reads the attention's normalised input (`parallel_residual`)
+            mlp_norm: None,
+            post_attn_norm: None,
+            post_mlp_norm: None,
+            up: linear(&format!("{p}.mlp.fc1"), inter, h)?,
+            down: linear(&format!("{p}.mlp.fc2"), h, inter)?,
+        });
+    }
+    let lm_head = if cfg.tie_word_embeddings {
+        None
+    } else {
+        Some(read("lm_head.weight", &[cfg.vocab_size, h])?)
+    };
+    Ok(ModelWeights {
+        embed: read("model.embed_tokens.weight", &[cfg.vocab_size, h])?,
+        positions: None,
+        layers,
+        final_norm: ln("model.final_layernorm")?,
+        lm_head,
+        lm_head_bias: Some(read("lm_head.bias", &[cfg.vocab_size])?),
     })
 }
 
@@ -484,7 +552,7 @@ pub fn dummy_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights<HostTensor> {
                 weight: random(vec![h, q]),
                 bias: bias(h, cfg.o_proj_bias),
             },
-            mlp_norm: (!cfg.post_norms_only).then(|| norm(h)),
+            mlp_norm: (!cfg.post_norms_only && !cfg.parallel_residual).then(|| norm(h)),
             post_attn_norm: cfg.sandwich_norms.then(|| norm(h)),
             post_mlp_norm: cfg.sandwich_norms.then(|| norm(h)),
             up: Linear {
@@ -499,10 +567,13 @@ pub fn dummy_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights<HostTensor> {
         .collect();
     ModelWeights {
         embed: random(vec![cfg.vocab_size, h]),
-        positions: (cfg.arch == Arch::Gpt2).then(|| random(vec![cfg.max_context, h])),
+        positions: cfg
+            .learned_positions()
+            .then(|| random(vec![cfg.max_context, h])),
         layers,
         final_norm: norm(h),
         lm_head: (!cfg.tie_word_embeddings).then(|| random(vec![cfg.vocab_size, h])),
+        lm_head_bias: cfg.lm_head_bias.then(|| zeros(cfg.vocab_size)),
     }
 }
 

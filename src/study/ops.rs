@@ -802,7 +802,7 @@ pub fn decode_step_cost(cfg: &ModelConfig, batch: usize, context: usize, dtype: 
     let layers = u(cfg.num_layers);
     let mut weights = u(cfg.num_parameters());
     let mut rows_read = b * h; // embedding rows
-    if cfg.arch == Arch::Gpt2 {
+    if cfg.learned_positions() {
         weights -= u(cfg.max_context) * h;
         rows_read += b * h; // position rows
     }

@@ -174,7 +174,9 @@ pub fn model_cases(model: &str, cfg: &ModelConfig, ops: &[Op], spec: &SweepSpec)
                 }
             }
             // the model's own rotary op: Qwen3 normalises q and k in the same kernel
-            Op::Rope | Op::QkNormRope if llama && (op == Op::QkNormRope) == cfg.qk_norm => {
+            Op::Rope | Op::QkNormRope
+                if cfg.rope.is_some() && (op == Op::QkNormRope) == cfg.qk_norm =>
+            {
                 for &t in &spec.tokens {
                     push(
                         op,
@@ -194,10 +196,10 @@ pub fn model_cases(model: &str, cfg: &ModelConfig, ops: &[Op], spec: &SweepSpec)
                         op,
                         Shape::Embedding {
                             // learned positions: one prompt of t tokens, within the position table
-                            tokens: if gpt2 { ctx(t) } else { t },
+                            tokens: if cfg.learned_positions() { ctx(t) } else { t },
                             hidden: h,
                             vocab: cfg.vocab_size,
-                            learned_positions: gpt2,
+                            learned_positions: cfg.learned_positions(),
                         },
                     );
                 }

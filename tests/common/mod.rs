@@ -21,6 +21,7 @@ pub const FIXTURES: &[&str] = &[
     "tiny-granite",
     "tiny-smollm3",
     "tiny-olmo2",
+    "tiny-phi",
 ];
 
 pub fn repo() -> PathBuf {
