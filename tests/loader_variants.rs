@@ -779,6 +779,29 @@ fn phi_lm_head_bias_and_partial_rotary_count() {
     assert!(err.contains("lm_head.bias"), "{err}");
 }
 
+/// StarCoder2 (the fixture checks its logits against transformers): its sliding window carries
+/// weight (null, the 230-token prompt's logits move), and a checkpoint with biases read under
+/// `use_bias: false` is refused naming the biases and that field.
+#[test]
+fn starcoder2_window_and_use_bias_count() {
+    let moved = logits_moved_by_config_edit("tiny-starcoder2", 3, &|c| {
+        c["sliding_window"] = serde_json::Value::Null
+    });
+    assert!(moved > 0.05, "no window moved the logits by only {moved}");
+    let dir = copy_model(&model_dir("tiny-starcoder2"));
+    let mut cfg = read_config(dir.path());
+    cfg["use_bias"] = json!(false);
+    write_config(dir.path(), &cfg);
+    let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
+        .err()
+        .expect("biases under use_bias: false are refused")
+        .to_string();
+    assert!(
+        err.contains("k_proj.bias") && err.contains("use_bias is false"),
+        "{err}"
+    );
+}
+
 /// Gemma 1 (the fixture checks its logits against transformers) is Gemma's layout without Gemma
 /// 2's additions: read as `gemma2`, the same checkpoint is refused (no sandwich norms), and the
 /// (1 + w) norms carry weight (read as `llama`, the logits move).

@@ -1,6 +1,7 @@
 //! `config.json` of a Hugging Face model directory, parsed into one architecture-neutral [`ModelConfig`].
 //!
-//! Supported families: `gpt2` and `phi` (GPT-2's block with partial RoPE, in parallel), and
+//! Supported families: `gpt2`, `phi` (GPT-2's block with partial RoPE, in parallel) and
+//! `starcoder2` (GPT-2's block with RoPE and a window), and
 //! `llama` with the Llama-architecture model types `mistral`,
 //! `qwen2` (Qwen2 / Qwen2.5: biases on q, k and v but not on o_proj), `qwen3` (an RMSNorm of
 //! each q and k head before RoPE), `phi3` (Phi-3: fused qkv_proj and gate_up_proj, LongRoPE,
@@ -29,14 +30,16 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "qwen2",
     "qwen3",
     "smollm3",
+    "starcoder2",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
-    /// LayerNorm, biases everywhere, a gelu_new MLP of two dense layers: GPT-2 (learned
-    /// positions, fused QKV, tied LM head) and Phi-1/1.5/2 (`phi`: partial RoPE, the attention
-    /// and the MLP in parallel, an LM head with a bias).
+    /// LayerNorm, a gelu_new MLP of two dense layers: GPT-2 (learned positions, fused QKV,
+    /// biases everywhere, tied LM head), Phi-1/1.5/2 (`phi`: partial RoPE, the attention and the
+    /// MLP in parallel, an LM head with a bias) and StarCoder2 (`starcoder2`: RoPE, GQA, a
+    /// sliding window, biases under `use_bias`).
     Gpt2,
     /// RoPE, RMSNorm, grouped-query attention, SiLU-gated MLP.
     Llama,
@@ -249,7 +252,7 @@ impl ModelConfig {
         let model_type = f.req_str("model_type")?;
         let config = match model_type.as_str() {
             "gpt2" => parse_gpt2(&f)?,
-            "phi" => parse_phi(&f)?,
+            "phi" | "starcoder2" => parse_dense_rope(&f, &model_type)?,
             "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "granite" | "smollm3" | "olmo2" => {
                 parse_llama(&f, &model_type)?
             }
@@ -347,7 +350,9 @@ impl ModelConfig {
             Arch::Gpt2 => (
                 2 * h * self.intermediate_size,
                 if self.parallel_residual { 2 * h } else { 4 * h },
-                self.q_size() + 2 * self.kv_size() + h + self.intermediate_size + h,
+                usize::from(self.attention_bias) * (self.q_size() + 2 * self.kv_size())
+                    + usize::from(self.o_proj_bias) * h
+                    + usize::from(self.mlp_bias) * (self.intermediate_size + h),
             ),
             Arch::Llama => (
                 3 * h * self.intermediate_size,
@@ -497,12 +502,17 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
     })
 }
 
-/// Phi-1, Phi-1.5 and Phi-2 (`PhiConfig`): GPT-2's LayerNorm (`layer_norm_eps`, 1e-5), biases
-/// and gelu_new MLP (`fc1`, `fc2`), with separate q/k/v projections, RoPE over the first
-/// `partial_rotary_factor` (0.5 when absent; Phi-2's 0.4) of each head, grouped-query attention
-/// under `num_key_value_heads`, one norm feeding the attention and the MLP in parallel, and an LM
-/// head with a bias. `qk_layernorm` is refused.
-fn parse_phi(f: &Fields) -> Result<ModelConfig> {
+/// GPT-2's block (LayerNorm with biases, a gelu_new MLP of two dense layers) with RoPE, separate
+/// q/k/v projections and grouped-query attention (`num_key_value_heads`):
+/// - Phi-1, Phi-1.5 and Phi-2 (`PhiConfig`): biases everywhere, RoPE over the first
+///   `partial_rotary_factor` (0.5 when absent; Phi-2's 0.4) of each head, one norm
+///   (`layer_norm_eps`, 1e-5) feeding the attention and the MLP in parallel, an LM head with a
+///   bias; `qk_layernorm` is refused.
+/// - StarCoder2 (`Starcoder2Config`): biases under `use_bias` (true), full RoPE, the usual
+///   sequential block (`norm_epsilon`, 1e-5), `sliding_window` on every layer (null: none), tied
+///   embeddings unless `tie_word_embeddings` says otherwise.
+fn parse_dense_rope(f: &Fields, model_type: &str) -> Result<ModelConfig> {
+    let phi = model_type == "phi";
     let hidden = f.req_usize("hidden_size")?;
     let heads = f.req_usize("num_attention_heads")?;
     if heads == 0 || hidden % heads != 0 {
@@ -520,7 +530,10 @@ fn parse_phi(f: &Fields) -> Result<ModelConfig> {
         return Err(Error::config(
             f.file,
             "hidden_act",
-            format!("`{act}` is not supported for phi (supported: gelu_new, gelu_pytorch_tanh)"),
+            format!(
+                "`{act}` is not supported for {model_type} (supported: gelu_new, \
+                 gelu_pytorch_tanh)"
+            ),
         ));
     }
     if f.opt_bool("qk_layernorm")?.unwrap_or(false) {
@@ -530,26 +543,42 @@ fn parse_phi(f: &Fields) -> Result<ModelConfig> {
             "LayerNorms of the query and key heads are not supported",
         ));
     }
-    let max_position = f.opt_usize("max_position_embeddings")?.unwrap_or(2048);
-    let (rope, partial_rotary_dim) = parse_phi3_rope(f, head_dim, max_position, 0.5)?;
+    let layers = f.req_usize("num_hidden_layers")?;
+    let default_positions = if phi { 2048 } else { 4096 };
+    let max_position = f
+        .opt_usize("max_position_embeddings")?
+        .unwrap_or(default_positions);
+    let (rope, partial_rotary_dim) = if phi {
+        parse_phi3_rope(f, head_dim, max_position, 0.5)?
+    } else {
+        check_full_rotary(f)?;
+        (parse_rope(f)?, None)
+    };
+    let (sliding_window, sliding_layers) = parse_sliding_window(f, model_type, layers)?;
+    let bias = phi || f.opt_bool("use_bias")?.unwrap_or(true);
+    let eps_field = if phi {
+        "layer_norm_eps"
+    } else {
+        "norm_epsilon"
+    };
     Ok(ModelConfig {
         arch: Arch::Gpt2,
-        model_type: "phi".into(),
+        model_type: model_type.into(),
         vocab_size: f.req_usize("vocab_size")?,
         hidden_size: hidden,
-        num_layers: f.req_usize("num_hidden_layers")?,
+        num_layers: layers,
         num_heads: heads,
         num_kv_heads: f.opt_usize("num_key_value_heads")?.unwrap_or(heads),
         head_dim,
         intermediate_size: f.req_usize("intermediate_size")?,
         max_context: max_position,
-        norm_eps: f.opt_f32("layer_norm_eps")?.unwrap_or(1e-5),
+        norm_eps: f.opt_f32(eps_field)?.unwrap_or(1e-5),
         rope: Some(rope),
         partial_rotary_dim,
-        tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-        attention_bias: true,
-        o_proj_bias: true,
-        mlp_bias: true,
+        tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(!phi),
+        attention_bias: bias,
+        o_proj_bias: bias,
+        mlp_bias: bias,
         qk_norm: false,
         qk_norm_whole: false,
         nope_layers: Vec::new(),
@@ -560,12 +589,12 @@ fn parse_phi(f: &Fields) -> Result<ModelConfig> {
         post_norms_only: false,
         mlp_activation: MlpActivation::Silu,
         local_rope: None,
-        sliding_layers: Vec::new(),
-        sliding_window: None,
+        sliding_layers,
+        sliding_window,
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         scale_attn_by_inverse_layer_idx: false,
-        parallel_residual: true,
-        lm_head_bias: true,
+        parallel_residual: phi,
+        lm_head_bias: phi,
         attn_softcap: None,
         final_softcap: None,
         bos_token_id: f.opt_token("bos_token_id")?,
@@ -942,10 +971,11 @@ fn parse_gemma3_rope(f: &Fields) -> Result<(RopeConfig, RopeConfig)> {
     Ok((global, local))
 }
 
-/// The sliding window a `mistral`, `phi3`, `qwen2`, `qwen3` or `smollm3` config turns on, if any,
+/// The sliding window a `mistral`, `phi3`, `starcoder2`, `qwen2`, `qwen3` or `smollm3` config
+/// turns on, if any,
 /// and the layers it applies to, as transformers 5.x reads these configs:
-/// - Mistral and Phi-3: `sliding_window` (null or absent: none) on every layer (MistralConfig
-///   warns about `layer_types` and its model ignores them; Phi-3 has none).
+/// - Mistral, Phi-3 and StarCoder2: `sliding_window` (null or absent: none) on every layer
+///   (MistralConfig warns about `layer_types` and its model ignores them; the others have none).
 /// - Qwen2 and Qwen3: `sliding_window` only under `use_sliding_window: true`; then on the layers
 ///   that `layer_types` lists as `sliding_attention`, or without `layer_types` on layers
 ///   `max_window_layers` (default 28, both classes') and up.
@@ -963,7 +993,7 @@ fn parse_sliding_window(
         w => w,
     };
     let sliding = match model_type {
-        "mistral" | "phi3" => match window {
+        "mistral" | "phi3" | "starcoder2" => match window {
             Some(_) => (0..layers).collect(),
             None => Vec::new(),
         },
@@ -1980,6 +2010,38 @@ mod tests {
         let c = ModelConfig::from_json_str(m.config, "phi-2").unwrap();
         assert_eq!(c.num_parameters(), 2_779_683_840);
         assert_eq!((c.head_dim, c.rotary_dim()), (80, 32));
+    }
+
+    #[test]
+    fn starcoder2_is_gpt2s_block_with_rope_and_a_window() {
+        let c = parse("starcoder2", r#""sliding_window": 64"#).unwrap();
+        assert_eq!((c.arch, c.model_type.as_str()), (Arch::Gpt2, "starcoder2"));
+        assert!(!c.parallel_residual && !c.lm_head_bias && !c.learned_positions());
+        // Starcoder2Config's defaults: biases (use_bias), tied, full rotary, eps 1e-5
+        assert!(c.attention_bias && c.o_proj_bias && c.mlp_bias && c.tie_word_embeddings);
+        assert_eq!((c.rotary_dim(), c.head_dim, c.norm_eps), (16, 16, 1e-5));
+        assert_eq!((c.sliding_window, c.sliding_layers.len()), (Some(64), 4));
+        let c = parse("starcoder2", r#""use_bias": false, "sliding_window": null"#).unwrap();
+        assert!(!c.attention_bias && !c.o_proj_bias && !c.mlp_bias);
+        assert_eq!(c.sliding_window, None);
+        // without biases, a layer has the four LayerNorm vectors and nothing else besides weights
+        let with = parse("starcoder2", "").unwrap();
+        assert_eq!(
+            with.num_parameters() - c.num_parameters(),
+            4 * (64 + 2 * 32 + 64 + 128 + 64)
+        );
+        let err = parse("starcoder2", r#""partial_rotary_factor": 0.5"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("partial_rotary_factor"), "{err}");
+        // the embedded StarCoder2 3B: 3.03 B parameters as published (tied)
+        let m = crate::model::registry::find("starcoder2-3b").unwrap();
+        let c = ModelConfig::from_json_str(m.config, "starcoder2-3b").unwrap();
+        assert_eq!(c.num_parameters(), 3_030_371_328);
+        assert_eq!(
+            (c.head_dim, c.num_kv_heads, c.sliding_window),
+            (128, 2, Some(4096))
+        );
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub static EMBEDDED: &[EmbeddedModel] = &[
     config_only!("olmo-2-1b"),
     config_only!("olmo-2-7b"),
     config_only!("phi-2"),
+    config_only!("starcoder2-3b"),
 ];
 
 pub fn find(name: &str) -> Option<&'static EmbeddedModel> {

@@ -131,7 +131,8 @@ impl<T> ModelWeights<T> {
 /// Load weights from a checkpoint into the canonical layout, checking every shape.
 pub fn load_weights(cfg: &ModelConfig, store: &TensorStore) -> Result<ModelWeights<HostTensor>> {
     let weights = match cfg.arch {
-        Arch::Gpt2 if cfg.model_type == "phi" => load_phi(cfg, store)?,
+        // GPT-2's block with RoPE: Phi, StarCoder2
+        Arch::Gpt2 if cfg.rope.is_some() => load_dense_rope(cfg, store)?,
         Arch::Gpt2 => load_gpt2(cfg, store)?,
         Arch::Llama => load_llama(cfg, store)?,
     };
@@ -177,7 +178,10 @@ fn check_all_used(cfg: &ModelConfig, store: &TensorStore) -> Result<()> {
             .iter()
             .any(|n| n.contains("self_attn.") && n.ends_with(".bias"))
     {
-        hints.push("attention biases are present but attention_bias is false or absent".into());
+        hints.push(format!(
+            "attention biases are present but {} is false or absent",
+            bias_field(cfg, "attention_bias")
+        ));
     } else if !cfg.o_proj_bias && unused.iter().any(|n| n.ends_with("o_proj.bias")) {
         hints.push(format!(
             "an o_proj bias is present, which model_type `{}` does not have",
@@ -195,7 +199,10 @@ fn check_all_used(cfg: &ModelConfig, store: &TensorStore) -> Result<()> {
             .iter()
             .any(|n| n.contains(".mlp.") && n.ends_with(".bias"))
     {
-        hints.push("MLP biases are present but mlp_bias is false or absent".into());
+        hints.push(format!(
+            "MLP biases are present but {} is false or absent",
+            bias_field(cfg, "mlp_bias")
+        ));
     }
     let shown: Vec<&str> = unused.iter().take(4).map(String::as_str).collect();
     Err(crate::error::Error::Invalid(format!(
@@ -361,6 +368,15 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
     Ok(weights)
 }
 
+/// The config field that turns a model type's biases on: StarCoder2's one `use_bias`, else `field`.
+fn bias_field<'a>(cfg: &ModelConfig, field: &'a str) -> &'a str {
+    if cfg.model_type == "starcoder2" {
+        "use_bias"
+    } else {
+        field
+    }
+}
+
 /// The widths of the q_norm and k_norm weights: a head's (`qk_norm`: Qwen3, Gemma 3) or the whole
 /// projection's (`qk_norm_whole`: OLMo 2); None without q/k norms.
 fn qk_norm_widths(cfg: &ModelConfig) -> Option<(usize, usize)> {
@@ -452,17 +468,52 @@ fn load_gpt2(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTen
     })
 }
 
-/// Phi-1/1.5/2 (`PhiForCausalLM`): q/k/v fused here into the canonical QKV, `dense` the output
-/// projection, `fc1` / `fc2` the MLP, one `input_layernorm` per layer (the parallel block's),
-/// `final_layernorm`, and an LM head with a bias; every norm and linear layer has a bias.
-fn load_phi(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTensor>> {
+/// The checkpoint names of GPT-2's block with RoPE (`Arch::Gpt2` with a rope), per model type.
+struct DenseRopeNames {
+    /// the attention output projection
+    o: &'static str,
+    /// the MLP's first and second dense layers
+    up: &'static str,
+    down: &'static str,
+    /// the MLP's input norm; None: the attention's (`parallel_residual`)
+    mlp_norm: Option<&'static str>,
+    final_norm: &'static str,
+}
+
+/// Phi-1/1.5/2 (`PhiForCausalLM`: `dense`, `fc1` / `fc2`, one `input_layernorm` per layer feeding
+/// both sub-layers, `final_layernorm`, an LM head with a bias) and StarCoder2
+/// (`Starcoder2ForCausalLM`: `o_proj`, `c_fc` / `c_proj`, `post_attention_layernorm` before the
+/// MLP, `norm`): separate q/k/v projections fused here into the canonical QKV; every LayerNorm has a
+/// bias, the linear layers have theirs as the config says.
+fn load_dense_rope(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTensor>> {
+    let names = if cfg.model_type == "phi" {
+        DenseRopeNames {
+            o: "self_attn.dense",
+            up: "mlp.fc1",
+            down: "mlp.fc2",
+            mlp_norm: None,
+            final_norm: "model.final_layernorm",
+        }
+    } else {
+        DenseRopeNames {
+            o: "self_attn.o_proj",
+            up: "mlp.c_fc",
+            down: "mlp.c_proj",
+            mlp_norm: Some("post_attention_layernorm"),
+            final_norm: "model.norm",
+        }
+    };
     let h = cfg.hidden_size;
     let (q, kv, inter) = (cfg.q_size(), cfg.kv_size(), cfg.intermediate_size);
     let read = |name: &str, shape: &[usize]| st.read_f32(name, shape);
-    let linear = |name: &str, out: usize, inp: usize| -> Result<Linear<HostTensor>> {
+    let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear<HostTensor>> {
         Ok(Linear {
             weight: read(&format!("{name}.weight"), &[out, inp])?,
-            bias: Some(read(&format!("{name}.bias"), &[out])?),
+            bias: if bias {
+                Some(read(&format!("{name}.bias"), &[out])?)
+            } else {
+                None
+            },
         })
     };
     let ln = |name: &str| -> Result<Norm<HostTensor>> {
@@ -474,29 +525,29 @@ fn load_phi(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTens
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
         let p = format!("model.layers.{i}");
+        let ab = cfg.attention_bias;
         let (qp, kp, vp) = (
-            linear(&format!("{p}.self_attn.q_proj"), q, h)?,
-            linear(&format!("{p}.self_attn.k_proj"), kv, h)?,
-            linear(&format!("{p}.self_attn.v_proj"), kv, h)?,
+            linear(&format!("{p}.self_attn.q_proj"), q, h, ab)?,
+            linear(&format!("{p}.self_attn.k_proj"), kv, h, ab)?,
+            linear(&format!("{p}.self_attn.v_proj"), kv, h, ab)?,
         );
-        let biases = [qp.bias, kp.bias, vp.bias]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>();
+        let biases: Vec<HostTensor> = [qp.bias, kp.bias, vp.bias].into_iter().flatten().collect();
         layers.push(LayerWeights {
             attn_norm: Some(ln(&format!("{p}.input_layernorm"))?),
             qkv: Linear {
                 weight: concat_rows(&[qp.weight, kp.weight, vp.weight]),
-                bias: Some(concat_rows(&biases)),
+                bias: (!biases.is_empty()).then(|| concat_rows(&biases)),
             },
             qk_norm: None,
-            o: linear(&format!("{p}.self_attn.dense"), h, q)?,
-            // the MLP reads the attention's normalised input (`parallel_residual`)
-            mlp_norm: None,
+            o: linear(&format!("{p}.{}", names.o), h, q, cfg.o_proj_bias)?,
+            mlp_norm: match names.mlp_norm {
+                Some(n) => Some(ln(&format!("{p}.{n}"))?),
+                None => None,
+            },
             post_attn_norm: None,
             post_mlp_norm: None,
-            up: linear(&format!("{p}.mlp.fc1"), inter, h)?,
-            down: linear(&format!("{p}.mlp.fc2"), h, inter)?,
+            up: linear(&format!("{p}.{}", names.up), inter, h, cfg.mlp_bias)?,
+            down: linear(&format!("{p}.{}", names.down), h, inter, cfg.mlp_bias)?,
         });
     }
     let lm_head = if cfg.tie_word_embeddings {
@@ -504,13 +555,18 @@ fn load_phi(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTens
     } else {
         Some(read("lm_head.weight", &[cfg.vocab_size, h])?)
     };
+    let lm_head_bias = if cfg.lm_head_bias {
+        Some(read("lm_head.bias", &[cfg.vocab_size])?)
+    } else {
+        None
+    };
     Ok(ModelWeights {
         embed: read("model.embed_tokens.weight", &[cfg.vocab_size, h])?,
         positions: None,
         layers,
-        final_norm: ln("model.final_layernorm")?,
+        final_norm: ln(names.final_norm)?,
         lm_head,
-        lm_head_bias: Some(read("lm_head.bias", &[cfg.vocab_size])?),
+        lm_head_bias,
     })
 }
 

@@ -22,6 +22,7 @@ pub const FIXTURES: &[&str] = &[
     "tiny-smollm3",
     "tiny-olmo2",
     "tiny-phi",
+    "tiny-starcoder2",
 ];
 
 pub fn repo() -> PathBuf {
