@@ -633,6 +633,18 @@ fn logits_moved_by_config_edit(
     )
 }
 
+/// The error loading `fixture` gives once `edit` changed its config.
+fn refused_after_config_edit(fixture: &str, edit: &dyn Fn(&mut serde_json::Value)) -> String {
+    let dir = copy_model(&model_dir(fixture));
+    let mut cfg = read_config(dir.path());
+    edit(&mut cfg);
+    write_config(dir.path(), &cfg);
+    match infermeter::model::load(dir.path().to_str().unwrap(), Default::default()) {
+        Ok(_) => panic!("{fixture} loaded under the edited config"),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// Gemma 2 (the fixture checks its logits against transformers): the attention scores'
 /// soft-cap, the logits' soft-cap and the sliding window each carry weight (with any one off the
 /// logits move), and a soft-cap that is not a positive number is refused naming the field.
@@ -650,14 +662,9 @@ fn gemma2_soft_caps_and_window_count() {
         assert!(err > 0.05, "{field} null moved the logits by only {err}");
     }
     for bad in [json!(0.0), json!(-30.0), json!("30")] {
-        let dir = copy_model(&model_dir("tiny-gemma2"));
-        let mut cfg = read_config(dir.path());
-        cfg["final_logit_softcapping"] = bad.clone();
-        write_config(dir.path(), &cfg);
-        let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
-            .err()
-            .expect("a bad soft-cap is refused")
-            .to_string();
+        let err = refused_after_config_edit("tiny-gemma2", &|c| {
+            c["final_logit_softcapping"] = bad.clone()
+        });
         assert!(err.contains("final_logit_softcapping"), "{bad}: {err}");
     }
 }
@@ -681,14 +688,8 @@ fn granite_multipliers_count() {
         assert!(err > 0.05, "{field} 1 moved the logits by only {err}");
     }
     for bad in [json!(0.0), json!(-0.22), json!("0.22")] {
-        let dir = copy_model(&model_dir("tiny-granite"));
-        let mut cfg = read_config(dir.path());
-        cfg["residual_multiplier"] = bad.clone();
-        write_config(dir.path(), &cfg);
-        let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
-            .err()
-            .expect("a bad multiplier is refused")
-            .to_string();
+        let err =
+            refused_after_config_edit("tiny-granite", &|c| c["residual_multiplier"] = bad.clone());
         assert!(err.contains("residual_multiplier"), "{bad}: {err}");
     }
 }
@@ -728,14 +729,7 @@ fn olmo2_whole_projection_qk_norms_count() {
         &g.logits,
     );
     assert!(err > 0.05, "unit q/k norms moved the logits by only {err}");
-    let dir = copy_model(&model_dir("tiny-olmo2"));
-    let mut cfg = read_config(dir.path());
-    cfg["model_type"] = json!("llama");
-    write_config(dir.path(), &cfg);
-    let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
-        .err()
-        .expect("an OLMo 2 checkpoint read as llama lacks its input norms")
-        .to_string();
+    let err = refused_after_config_edit("tiny-olmo2", &|c| c["model_type"] = json!("llama"));
     assert!(err.contains("input_layernorm"), "{err}");
 }
 
@@ -788,14 +782,7 @@ fn starcoder2_window_and_use_bias_count() {
         c["sliding_window"] = serde_json::Value::Null
     });
     assert!(moved > 0.05, "no window moved the logits by only {moved}");
-    let dir = copy_model(&model_dir("tiny-starcoder2"));
-    let mut cfg = read_config(dir.path());
-    cfg["use_bias"] = json!(false);
-    write_config(dir.path(), &cfg);
-    let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
-        .err()
-        .expect("biases under use_bias: false are refused")
-        .to_string();
+    let err = refused_after_config_edit("tiny-starcoder2", &|c| c["use_bias"] = json!(false));
     assert!(
         err.contains("k_proj.bias") && err.contains("use_bias is false"),
         "{err}"
@@ -807,14 +794,8 @@ fn starcoder2_window_and_use_bias_count() {
 /// (1 + w) norms carry weight (read as `llama`, the logits move).
 #[test]
 fn gemma1_is_not_gemma2_nor_llama() {
-    let dir = copy_model(&model_dir("tiny-gemma"));
-    let mut cfg = read_config(dir.path());
-    cfg["model_type"] = json!("gemma2");
-    write_config(dir.path(), &cfg);
-    let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
-        .err()
-        .expect("a Gemma 1 checkpoint read as gemma2 lacks its sandwich norms")
-        .to_string();
+    // read as gemma2, the checkpoint lacks the sandwich norms
+    let err = refused_after_config_edit("tiny-gemma", &|c| c["model_type"] = json!("gemma2"));
     assert!(err.contains("pre_feedforward_layernorm"), "{err}");
     let moved =
         |edit: &dyn Fn(&mut serde_json::Value)| logits_moved_by_config_edit("tiny-gemma", 3, edit);

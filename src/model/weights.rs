@@ -430,12 +430,7 @@ fn load_gpt2(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTen
             bias: Some(read(&format!("{name}.bias"), &[n_out])?),
         })
     };
-    let ln = |name: &str| -> Result<Norm<HostTensor>> {
-        Ok(Norm {
-            weight: read(&format!("{name}.weight"), &[h])?,
-            bias: Some(read(&format!("{name}.bias"), &[h])?),
-        })
-    };
+    let ln = |name: &str| layernorm(&read, name, h);
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
         let p = format!("h.{i}");
@@ -465,6 +460,19 @@ fn load_gpt2(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTen
         final_norm: ln("ln_f")?,
         lm_head,
         lm_head_bias: None,
+    })
+}
+
+/// A LayerNorm's `{name}.weight` and `{name}.bias`, `[h]` each, through `read` (which may prefix
+/// the names).
+fn layernorm(
+    read: &dyn Fn(&str, &[usize]) -> Result<HostTensor>,
+    name: &str,
+    h: usize,
+) -> Result<Norm<HostTensor>> {
+    Ok(Norm {
+        weight: read(&format!("{name}.weight"), &[h])?,
+        bias: Some(read(&format!("{name}.bias"), &[h])?),
     })
 }
 
@@ -516,12 +524,7 @@ fn load_dense_rope(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<H
             },
         })
     };
-    let ln = |name: &str| -> Result<Norm<HostTensor>> {
-        Ok(Norm {
-            weight: read(&format!("{name}.weight"), &[h])?,
-            bias: Some(read(&format!("{name}.bias"), &[h])?),
-        })
-    };
+    let ln = |name: &str| layernorm(&read, name, h);
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
         let p = format!("model.layers.{i}");
