@@ -462,50 +462,30 @@ fn qwen2_biases_and_mistral_sliding_window() {
 /// `model_type: llama` are refused with a hint instead of running without the norms.
 #[test]
 fn qwen3_qk_norms_are_loaded_and_required() {
-    let g = &golden("tiny-qwen3")[2];
     // unit norm weights: another model (the fixture's are 1 + 0.2 N(0, 1))
-    let dir = copy_model(&model_dir("tiny-qwen3"));
-    let mut ts = tensors(dir.path());
-    for t in ts
-        .iter_mut()
-        .filter(|t| t.name.ends_with("q_norm.weight") || t.name.ends_with("k_norm.weight"))
-    {
-        let n = t.shape[0];
-        *t = OutTensor::f32(&t.name, vec![n], &vec![1.0; n]);
-    }
-    rewrite(dir.path(), &ts);
-    let err = max_abs_diff(
-        &all_logits(&load_cpu(dir.path()), &g.ids).unwrap(),
-        &g.logits,
-    );
+    let err = logits_moved_by_weight_edit("tiny-qwen3", 2, &|ts| {
+        for t in ts
+            .iter_mut()
+            .filter(|t| t.name.ends_with("q_norm.weight") || t.name.ends_with("k_norm.weight"))
+        {
+            let n = t.shape[0];
+            *t = OutTensor::f32(&t.name, vec![n], &vec![1.0; n]);
+        }
+    });
     assert!(
         err > 0.05,
         "unit q/k norm weights changed the logits by only {err}"
     );
     // a k_norm missing
-    let dir = copy_model(&model_dir("tiny-qwen3"));
-    let ts: Vec<OutTensor> = tensors(dir.path())
-        .into_iter()
-        .filter(|t| t.name != "model.layers.1.self_attn.k_norm.weight")
-        .collect();
-    rewrite(dir.path(), &ts);
-    let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
-        .err()
-        .expect("a missing k_norm is refused")
-        .to_string();
+    let err = refused_after_weight_edit("tiny-qwen3", &|ts| {
+        ts.retain(|t| t.name != "model.layers.1.self_attn.k_norm.weight")
+    });
     assert!(
         err.contains("model.layers.1.self_attn.k_norm.weight"),
         "{err}"
     );
     // the same checkpoint called llama: the norms would go unused
-    let dir = copy_model(&model_dir("tiny-qwen3"));
-    let mut cfg = read_config(dir.path());
-    cfg["model_type"] = json!("llama");
-    write_config(dir.path(), &cfg);
-    let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
-        .err()
-        .expect("unused q/k norms are refused")
-        .to_string();
+    let err = refused_after_config_edit("tiny-qwen3", &|c| c["model_type"] = json!("llama"));
     assert!(
         err.contains("q_norm") && err.contains("model_type `llama` does not have"),
         "{err}"
@@ -639,8 +619,43 @@ fn refused_after_config_edit(fixture: &str, edit: &dyn Fn(&mut serde_json::Value
     let mut cfg = read_config(dir.path());
     edit(&mut cfg);
     write_config(dir.path(), &cfg);
-    match infermeter::model::load(dir.path().to_str().unwrap(), Default::default()) {
-        Ok(_) => panic!("{fixture} loaded under the edited config"),
+    load_error(dir.path(), fixture)
+}
+
+/// `fixture` with its tensors changed by `edit` (config and tokenizer as they are), in a copy.
+fn with_weight_edit(fixture: &str, edit: &dyn Fn(&mut Vec<OutTensor>)) -> tempfile::TempDir {
+    let dir = copy_model(&model_dir(fixture));
+    let mut ts = tensors(dir.path());
+    edit(&mut ts);
+    rewrite(dir.path(), &ts);
+    dir
+}
+
+/// How far the CPU logits of golden prompt `prompt` of `fixture` move from its goldens when its
+/// tensors are changed by `edit`.
+fn logits_moved_by_weight_edit(
+    fixture: &str,
+    prompt: usize,
+    edit: &dyn Fn(&mut Vec<OutTensor>),
+) -> f32 {
+    let g = &golden(fixture)[prompt];
+    let dir = with_weight_edit(fixture, edit);
+    max_abs_diff(
+        &all_logits(&load_cpu(dir.path()), &g.ids).unwrap(),
+        &g.logits,
+    )
+}
+
+/// The error loading `fixture` gives once `edit` changed its tensors.
+fn refused_after_weight_edit(fixture: &str, edit: &dyn Fn(&mut Vec<OutTensor>)) -> String {
+    let dir = with_weight_edit(fixture, edit);
+    load_error(dir.path(), fixture)
+}
+
+/// The error loading the model in `dir` (an edited copy of `fixture`) gives.
+fn load_error(dir: &Path, fixture: &str) -> String {
+    match infermeter::model::load(dir.to_str().unwrap(), Default::default()) {
+        Ok(_) => panic!("{fixture} loaded after the edit"),
         Err(e) => e.to_string(),
     }
 }
@@ -716,18 +731,12 @@ fn smollm3_nope_layers_count() {
 /// family is refused for the norms it lacks (as `llama`: no input_layernorm).
 #[test]
 fn olmo2_whole_projection_qk_norms_count() {
-    let dir = copy_model(&model_dir("tiny-olmo2"));
-    let mut ts = tensors(dir.path());
-    for t in ts.iter_mut().filter(|t| t.name.ends_with("_norm.weight")) {
-        let n = t.shape[0];
-        *t = OutTensor::f32(&t.name, vec![n], &vec![1.0; n]);
-    }
-    rewrite(dir.path(), &ts);
-    let g = &golden("tiny-olmo2")[3];
-    let err = max_abs_diff(
-        &all_logits(&load_cpu(dir.path()), &g.ids).unwrap(),
-        &g.logits,
-    );
+    let err = logits_moved_by_weight_edit("tiny-olmo2", 3, &|ts| {
+        for t in ts.iter_mut().filter(|t| t.name.ends_with("_norm.weight")) {
+            let n = t.shape[0];
+            *t = OutTensor::f32(&t.name, vec![n], &vec![1.0; n]);
+        }
+    });
     assert!(err > 0.05, "unit q/k norms moved the logits by only {err}");
     let err = refused_after_config_edit("tiny-olmo2", &|c| c["model_type"] = json!("llama"));
     assert!(err.contains("input_layernorm"), "{err}");
@@ -738,17 +747,11 @@ fn olmo2_whole_projection_qk_norms_count() {
 /// move), and a checkpoint without the bias is refused naming it.
 #[test]
 fn phi_lm_head_bias_and_partial_rotary_count() {
-    let g = &golden("tiny-phi")[3];
-    let dir = copy_model(&model_dir("tiny-phi"));
-    let mut ts = tensors(dir.path());
-    for t in ts.iter_mut().filter(|t| t.name == "lm_head.bias") {
-        *t = OutTensor::f32(&t.name, vec![512], &[0.0; 512]);
-    }
-    rewrite(dir.path(), &ts);
-    let err = max_abs_diff(
-        &all_logits(&load_cpu(dir.path()), &g.ids).unwrap(),
-        &g.logits,
-    );
+    let err = logits_moved_by_weight_edit("tiny-phi", 3, &|ts| {
+        for t in ts.iter_mut().filter(|t| t.name == "lm_head.bias") {
+            *t = OutTensor::f32(&t.name, vec![512], &[0.0; 512]);
+        }
+    });
     assert!(
         err > 0.05,
         "a zero LM head bias moved the logits by only {err}"
@@ -760,16 +763,7 @@ fn phi_lm_head_bias_and_partial_rotary_count() {
         moved > 0.05,
         "8 rotating dimensions moved the logits by only {moved}"
     );
-    let dir = copy_model(&model_dir("tiny-phi"));
-    let ts: Vec<_> = tensors(dir.path())
-        .into_iter()
-        .filter(|t| t.name != "lm_head.bias")
-        .collect();
-    rewrite(dir.path(), &ts);
-    let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
-        .err()
-        .expect("a Phi checkpoint without its LM head bias is refused")
-        .to_string();
+    let err = refused_after_weight_edit("tiny-phi", &|ts| ts.retain(|t| t.name != "lm_head.bias"));
     assert!(err.contains("lm_head.bias"), "{err}");
 }
 
@@ -831,16 +825,9 @@ fn gemma3_layer_types_scalar_and_sandwich_norms_count() {
         "query_pre_attn_scalar 32 moved the logits by {err}"
     );
     // without sandwich norms the post_* norms go unused: refused
-    let dir = copy_model(&model_dir("tiny-gemma3"));
-    let ts: Vec<OutTensor> = tensors(dir.path())
-        .into_iter()
-        .filter(|t| t.name != "model.layers.2.post_feedforward_layernorm.weight")
-        .collect();
-    rewrite(dir.path(), &ts);
-    let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
-        .err()
-        .expect("a missing post_feedforward_layernorm is refused")
-        .to_string();
+    let err = refused_after_weight_edit("tiny-gemma3", &|ts| {
+        ts.retain(|t| t.name != "model.layers.2.post_feedforward_layernorm.weight")
+    });
     assert!(
         err.contains("model.layers.2.post_feedforward_layernorm.weight"),
         "{err}"
