@@ -554,7 +554,7 @@ fn parse_dense_rope(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         check_full_rotary(f)?;
         (parse_rope(f)?, None)
     };
-    let (sliding_window, sliding_layers) = parse_sliding_window(f, model_type, layers)?;
+    let (sliding_window, sliding_layers) = parse_sliding_window(f, model_type, layers, &[])?;
     let bias = phi || f.opt_bool("use_bias")?.unwrap_or(true);
     let eps_field = if phi {
         "layer_norm_eps"
@@ -670,7 +670,8 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     } else {
         Vec::new()
     };
-    let (sliding_window, sliding_layers) = parse_sliding_window(f, model_type, layers)?;
+    let (sliding_window, sliding_layers) =
+        parse_sliding_window(f, model_type, layers, &nope_layers)?;
     let (rope, partial_rotary_dim) = if model_type == "phi3" {
         parse_phi3_rope(f, head_dim, max_position, 1.0)?
     } else {
@@ -980,13 +981,14 @@ fn parse_gemma3_rope(f: &Fields) -> Result<(RopeConfig, RopeConfig)> {
 ///   that `layer_types` lists as `sliding_attention`, or without `layer_types` on layers
 ///   `max_window_layers` (default 28, both classes') and up.
 /// - SmolLM3: `sliding_window` only under `use_sliding_window: true`, on the layers `layer_types`
-///   lists as `sliding_attention`, else on its NoPE layers.
+///   lists as `sliding_attention`, else on its NoPE layers (`nope_layers`, already parsed).
 ///
 /// `llama` has no window.
 fn parse_sliding_window(
     f: &Fields,
     model_type: &str,
     layers: usize,
+    nope_layers: &[usize],
 ) -> Result<(Option<usize>, Vec<usize>)> {
     let window = match f.opt_usize("sliding_window")? {
         Some(0) => return Err(Error::config(f.file, "sliding_window", "must be positive")),
@@ -1029,7 +1031,7 @@ fn parse_sliding_window(
             }
             match listed {
                 Some(listed) => listed,
-                None => parse_nope_layers(f, layers)?,
+                None => nope_layers.to_vec(),
             }
         }
         _ => Vec::new(),
