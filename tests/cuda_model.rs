@@ -283,6 +283,11 @@ impl<T: CudaDtype> Backend for Emulated<T> {
         round_in_place::<T>(x);
         Ok(())
     }
+    fn gelu_erf(&self, x: &mut Vec<f32>, len: usize) -> infermeter::Result<()> {
+        CpuBackend.gelu_erf(x, len)?;
+        round_in_place::<T>(x);
+        Ok(())
+    }
     fn silu_mul(
         &self,
         out: &mut Vec<f32>,

@@ -555,6 +555,10 @@ pub trait Backend: Send + Sync {
     /// GPT-2's tanh-approximated GELU, in place over `len` elements.
     fn gelu_new(&self, x: &mut Self::Buffer, len: usize) -> Result<()>;
 
+    /// The exact GELU, 0.5 x (1 + erf(x / √2)) (transformers' `gelu`: GPT-NeoX, Pythia), in place
+    /// over `len` elements.
+    fn gelu_erf(&self, x: &mut Self::Buffer, len: usize) -> Result<()>;
+
     /// out[r, j] = silu(x[r, j]) * x[r, inter + j]. out: [rows, inter]; x: [rows, 2 * inter]
     fn silu_mul(
         &self,

@@ -40,7 +40,8 @@ pub enum KernelBackend {
 #[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct KernelsArgs {
     /// Ops or op families to study, comma-separated (default: all). Ops: layernorm, rmsnorm,
-    /// add_rmsnorm, add_inplace, rope, gelu_new, silu_mul, embedding, gather_logit_rows, write_kv,
+    /// add_rmsnorm, qk_rmsnorm, add_inplace, rope, qk_norm_rope, gelu_new, gelu_erf, silu_mul,
+    /// gelu_tanh_mul, embedding, gather_logit_rows, write_kv,
     /// attention_prefill, attention_decode, matmul, argmax, sample, decode_step. Families: norm,
     /// rope, activation, embedding, kv_write, attention, matmul, sampling, decode_step.
     #[arg(long, value_delimiter = ',')]
@@ -156,8 +157,9 @@ pub fn run(a: KernelsArgs) -> anyhow::Result<()> {
                 let names: Vec<&str> = selected.iter().map(|o| o.name()).collect();
                 bail!(
                     "--shapes {spec}: no case: {} do(es) not apply to a {:?} model \
-                     (layernorm, add_inplace and gelu_new are GPT-2's; rmsnorm, add_rmsnorm, \
-                     silu_mul and rope Llama's)",
+                     (layernorm, add_inplace and gelu_new / gelu_erf are GPT-2's block's; rmsnorm, \
+                     add_rmsnorm, silu_mul and rope Llama's; an activation or norm the model \
+                     does not run has no case)",
                     names.join(", "),
                     src.config.arch
                 );

@@ -21,6 +21,7 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "gemma2",
     "gemma3_text",
     "gpt2",
+    "gpt_neox",
     "granite",
     "llama",
     "mistral",
@@ -101,15 +102,20 @@ pub enum RopeScaling {
     },
 }
 
-/// The gate's activation of a Llama-family (gated) MLP.
+/// The MLP's activation: of the gate in a Llama-family (gated) MLP, of the first dense layer's
+/// output in GPT-2's block ([`Arch::Gpt2`]: `GeluTanh` or `GeluErf`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MlpActivation {
     /// silu(gate) * up (Llama, Mistral, Qwen, Phi-3)
     #[default]
     Silu,
-    /// gelu_tanh(gate) * up (Gemma's `gelu_pytorch_tanh`)
+    /// The tanh approximation of GELU: transformers' `gelu_new`, `gelu_fast` and
+    /// `gelu_pytorch_tanh` (GPT-2, Phi, StarCoder2; gated: Gemma)
     GeluTanh,
+    /// The exact GELU, 0.5 u (1 + erf(u / √2)): transformers' `gelu` (GPT-NeoX / Pythia; GPT-2's
+    /// block only)
+    GeluErf,
 }
 
 impl MlpActivation {
@@ -218,8 +224,10 @@ pub struct ModelConfig {
     pub final_softcap: Option<f32>,
     /// GPT-2's `scale_attn_by_inverse_layer_idx`: layer i additionally divides scores by i + 1.
     pub scale_attn_by_inverse_layer_idx: bool,
-    /// Phi: the attention and the MLP read the same normalised input (`input_layernorm`) and
-    /// both outputs join the residual stream: x + attn(ln(x)) + mlp(ln(x)).
+    /// Phi, GPT-NeoX (`use_parallel_residual`): the attention and the MLP both read the layer's
+    /// input and both outputs join the residual stream: x + attn(ln₁(x)) + mlp(ln₂(x)), where
+    /// Phi's MLP reads the attention's own normalised input (ln₂ = ln₁: one norm per layer; see
+    /// [`has_mlp_norm`](Self::has_mlp_norm)) and GPT-NeoX's has a LayerNorm of its own.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub parallel_residual: bool,
     /// Phi: the LM head carries a bias (`lm_head.bias`).
@@ -252,6 +260,7 @@ impl ModelConfig {
         let model_type = f.req_str("model_type")?;
         let config = match model_type.as_str() {
             "gpt2" => parse_gpt2(&f)?,
+            "gpt_neox" => parse_gpt_neox(&f)?,
             "phi" | "starcoder2" => parse_dense_rope(&f, &model_type)?,
             "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "granite" | "smollm3" | "olmo2" => {
                 parse_llama(&f, &model_type)?
@@ -299,6 +308,12 @@ impl ModelConfig {
     /// GPT-2's learned position embeddings (`wpe`), which a model without RoPE has.
     pub fn learned_positions(&self) -> bool {
         self.rope.is_none()
+    }
+
+    /// Whether each layer has a norm of its own before the MLP: not under `post_norms_only`
+    /// (OLMo 2), nor in Phi's parallel block (its MLP reads the attention's normalised input).
+    pub fn has_mlp_norm(&self) -> bool {
+        !self.post_norms_only && !(self.parallel_residual && self.model_type == "phi")
     }
 
     /// Gemma 1, 2 and 3, whose RMSNorm weights are stored as w and applied as (1 + w).
@@ -349,7 +364,7 @@ impl ModelConfig {
             // (Phi's parallel block has one LayerNorm per layer)
             Arch::Gpt2 => (
                 2 * h * self.intermediate_size,
-                if self.parallel_residual { 2 * h } else { 4 * h },
+                if self.has_mlp_norm() { 4 * h } else { 2 * h },
                 usize::from(self.attention_bias) * (self.q_size() + 2 * self.kv_size())
                     + usize::from(self.o_proj_bias) * h
                     + usize::from(self.mlp_bias) * (self.intermediate_size + h),
@@ -403,6 +418,20 @@ impl ModelConfig {
                 ),
             ));
         }
+        let activation_fits = match self.arch {
+            Arch::Gpt2 => self.mlp_activation != MlpActivation::Silu,
+            Arch::Llama => self.mlp_activation != MlpActivation::GeluErf,
+        };
+        if !activation_fits {
+            return Err(Error::config(
+                file,
+                "hidden_act",
+                format!(
+                    "{:?} is not an activation of {}'s MLP",
+                    self.mlp_activation, self.model_type
+                ),
+            ));
+        }
         if self.rope.is_some() && self.head_dim % 2 != 0 {
             return Err(Error::config(
                 file,
@@ -438,13 +467,7 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
     let act = f
         .opt_str("activation_function")?
         .unwrap_or_else(|| "gelu_new".into());
-    if !matches!(act.as_str(), "gelu_new" | "gelu_pytorch_tanh") {
-        return Err(Error::config(
-            f.file,
-            "activation_function",
-            format!("`{act}` is not supported (supported: gelu_new, gelu_pytorch_tanh)"),
-        ));
-    }
+    let mlp_activation = dense_gelu(f, "activation_function", &act, "gpt2")?;
     if f.opt_bool("add_cross_attention")?.unwrap_or(false) {
         return Err(Error::config(
             f.file,
@@ -480,7 +503,7 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
         logits_divisor: None,
         sandwich_norms: false,
         post_norms_only: false,
-        mlp_activation: MlpActivation::Silu,
+        mlp_activation,
         local_rope: None,
         sliding_layers: Vec::new(),
         sliding_window: None,
@@ -526,16 +549,7 @@ fn parse_dense_rope(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     let act = f
         .opt_str("hidden_act")?
         .unwrap_or_else(|| "gelu_new".into());
-    if !matches!(act.as_str(), "gelu_new" | "gelu_pytorch_tanh") {
-        return Err(Error::config(
-            f.file,
-            "hidden_act",
-            format!(
-                "`{act}` is not supported for {model_type} (supported: gelu_new, \
-                 gelu_pytorch_tanh)"
-            ),
-        ));
-    }
+    let mlp_activation = dense_gelu(f, "hidden_act", &act, model_type)?;
     if f.opt_bool("qk_layernorm")?.unwrap_or(false) {
         return Err(Error::config(
             f.file,
@@ -587,7 +601,7 @@ fn parse_dense_rope(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         logits_divisor: None,
         sandwich_norms: false,
         post_norms_only: false,
-        mlp_activation: MlpActivation::Silu,
+        mlp_activation,
         local_rope: None,
         sliding_layers,
         sliding_window,
@@ -601,6 +615,138 @@ fn parse_dense_rope(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         eos_token_ids: f.token_list("eos_token_id")?,
         stored_dtype: f.stored_dtype()?,
     })
+}
+
+/// The GELU of GPT-2's block named `act` in `field` (`model_type`'s): transformers' `gelu` is the
+/// exact one; `gelu_new`, `gelu_fast` and `gelu_pytorch_tanh` are the tanh approximation.
+fn dense_gelu(f: &Fields, field: &str, act: &str, model_type: &str) -> Result<MlpActivation> {
+    match act {
+        "gelu" => Ok(MlpActivation::GeluErf),
+        "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh" => Ok(MlpActivation::GeluTanh),
+        _ => Err(Error::config(
+            f.file,
+            field,
+            format!(
+                "`{act}` is not supported for {model_type} (supported: gelu, gelu_new, \
+                 gelu_fast, gelu_pytorch_tanh)"
+            ),
+        )),
+    }
+}
+
+/// GPT-NeoX (`GPTNeoXConfig`: Pythia, GPT-NeoX-20B, and their fine-tunes): GPT-2's block
+/// (LayerNorms with biases, a two-layer MLP with biases) with one fused `query_key_value`
+/// projection (interleaved per head; the loader splits it), RoPE over the first `rotary_pct`
+/// (4.x; `rope_parameters.partial_rotary_factor` in 5.x; 0.25 when absent) of each head with base
+/// `rotary_emb_base` (4.x; `rope_parameters.rope_theta`; 1e4), `rope_scaling` / `rope_parameters`'
+/// linear, dynamic and the other RoPE types, `hidden_act` `gelu` (exact, the default) or a tanh
+/// GELU, `use_parallel_residual` (true: x + attn(ln₁(x)) + mlp(ln₂(x))), `attention_bias` (true)
+/// on the QKV and output projections, an untied `embed_out` unless `tie_word_embeddings`.
+fn parse_gpt_neox(f: &Fields) -> Result<ModelConfig> {
+    let hidden = f.req_usize("hidden_size")?;
+    let heads = f.req_usize("num_attention_heads")?;
+    if heads == 0 || hidden % heads != 0 {
+        return Err(Error::config(
+            f.file,
+            "num_attention_heads",
+            format!("{heads} does not divide hidden_size {hidden}"),
+        ));
+    }
+    let head_dim = hidden / heads;
+    let act = f.opt_str("hidden_act")?.unwrap_or_else(|| "gelu".into());
+    let mlp_activation = dense_gelu(f, "hidden_act", &act, "gpt_neox")?;
+    let (rope, partial_rotary_dim) = parse_neox_rope(f, head_dim)?;
+    let attention_bias = f.opt_bool("attention_bias")?.unwrap_or(true);
+    Ok(ModelConfig {
+        arch: Arch::Gpt2,
+        model_type: "gpt_neox".into(),
+        vocab_size: f.req_usize("vocab_size")?,
+        hidden_size: hidden,
+        num_layers: f.req_usize("num_hidden_layers")?,
+        num_heads: heads,
+        num_kv_heads: heads,
+        head_dim,
+        intermediate_size: f.req_usize("intermediate_size")?,
+        max_context: f.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+        norm_eps: f.opt_f32("layer_norm_eps")?.unwrap_or(1e-5),
+        rope: Some(rope),
+        partial_rotary_dim,
+        tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+        attention_bias,
+        o_proj_bias: attention_bias,
+        mlp_bias: true,
+        qk_norm: false,
+        qk_norm_whole: false,
+        nope_layers: Vec::new(),
+        embed_scale: None,
+        residual_scale: None,
+        logits_divisor: None,
+        sandwich_norms: false,
+        post_norms_only: false,
+        mlp_activation,
+        local_rope: None,
+        sliding_layers: Vec::new(),
+        sliding_window: None,
+        attn_scale: 1.0 / (head_dim as f32).sqrt(),
+        scale_attn_by_inverse_layer_idx: false,
+        parallel_residual: f.opt_bool("use_parallel_residual")?.unwrap_or(true),
+        lm_head_bias: false,
+        attn_softcap: None,
+        final_softcap: None,
+        bos_token_id: f.opt_token("bos_token_id")?,
+        eos_token_ids: f.token_list("eos_token_id")?,
+        stored_dtype: f.stored_dtype()?,
+    })
+}
+
+/// GPT-NeoX's RoPE as GPTNeoXConfig reads it: the settings object `rope_parameters` (5.x) or
+/// `rope_scaling` (4.x) with its own `rope_theta` and `partial_rotary_factor` where set, else
+/// the top level's `rotary_emb_base` (1e4) and `rotary_pct` (0.25). Rotates the first
+/// int(head_dim · factor) dimensions, an even number, of each head. Returns the RoPE and the
+/// partial rotary width (None: the whole head).
+fn parse_neox_rope(f: &Fields, head_dim: usize) -> Result<(RopeConfig, Option<usize>)> {
+    let (settings, obj) = rope_settings(f)?;
+    let base = f.opt_f32("rotary_emb_base")?.unwrap_or(10_000.0);
+    let rope = match settings {
+        Some(p) => rope_from_object(f, p, obj, base)?,
+        None => RopeConfig {
+            theta: base,
+            scaling: RopeScaling::Default,
+        },
+    };
+    let own_factor = settings
+        .and_then(|p| p.get("partial_rotary_factor"))
+        .filter(|v| !v.is_null());
+    let (factor, field) = match own_factor {
+        Some(v) => (
+            v.as_f64().ok_or_else(|| {
+                Error::config(
+                    f.file,
+                    &format!("{obj}.partial_rotary_factor"),
+                    "expected a number",
+                )
+            })?,
+            format!("{obj}.partial_rotary_factor"),
+        ),
+        None => (
+            f.opt_f64("rotary_pct")?.unwrap_or(0.25),
+            "rotary_pct".to_string(),
+        ),
+    };
+    // transformers: int(head_dim * partial_rotary_factor)
+    let rotary = head_dim as f64 * factor;
+    if !(factor > 0.0 && factor <= 1.0) || rotary < 2.0 || rotary as usize % 2 != 0 {
+        return Err(Error::config(
+            f.file,
+            &field,
+            format!(
+                "{factor}: must be in (0, 1] and rotate an even number of dimensions of the \
+                 {head_dim}-dimension heads (gives {rotary})"
+            ),
+        ));
+    }
+    let rotary_dim = rotary as usize;
+    Ok((rope, (rotary_dim != head_dim).then_some(rotary_dim)))
 }
 
 /// `llama` and the model types of the same architecture (`mistral`, `qwen2`, `qwen3`): `model_type`
@@ -1999,9 +2145,13 @@ mod tests {
         let c = parse("phi", r#""partial_rotary_factor": 0.4, "head_dim": 99"#).unwrap();
         // int(16 · 0.4) = 6; head_dim is hidden / heads whatever the config says
         assert_eq!((c.head_dim, c.rotary_dim()), (16, 6));
+        assert_eq!(c.mlp_activation, MlpActivation::GeluTanh);
+        // transformers' `gelu` is the exact one, in any model of GPT-2's block
+        let c = parse("phi", r#""hidden_act": "gelu""#).unwrap();
+        assert_eq!(c.mlp_activation, MlpActivation::GeluErf);
         for (extra, field) in [
             (r#""qk_layernorm": true"#, "qk_layernorm"),
-            (r#""hidden_act": "gelu""#, "hidden_act"),
+            (r#""hidden_act": "relu""#, "hidden_act"),
             (r#""partial_rotary_factor": 0.05"#, "partial_rotary_factor"),
         ] {
             let err = parse("phi", extra).unwrap_err().to_string();
@@ -2012,6 +2162,70 @@ mod tests {
         let c = ModelConfig::from_json_str(m.config, "phi-2").unwrap();
         assert_eq!(c.num_parameters(), 2_779_683_840);
         assert_eq!((c.head_dim, c.rotary_dim()), (80, 32));
+    }
+
+    #[test]
+    fn gpt_neox_reads_both_rope_styles_and_its_own_defaults() {
+        // GPTNeoXConfig's defaults: rotary_pct 0.25, base 1e4, exact GELU, parallel block with
+        // a norm per sub-layer, biases on every projection, untied, MHA whatever the config says
+        let c = parse("gpt_neox", "").unwrap();
+        assert_eq!((c.arch, c.model_type.as_str()), (Arch::Gpt2, "gpt_neox"));
+        assert_eq!((c.head_dim, c.rotary_dim(), c.num_kv_heads), (16, 4, 4));
+        assert_eq!(c.rope.as_ref().map(|r| r.theta), Some(10_000.0));
+        assert_eq!(c.mlp_activation, MlpActivation::GeluErf);
+        assert!(c.parallel_residual && c.has_mlp_norm() && !c.learned_positions());
+        assert!(c.attention_bias && c.o_proj_bias && c.mlp_bias && !c.tie_word_embeddings);
+        assert!(!c.lm_head_bias);
+        // 4.x fields (Pythia's config.json) and 5.x's rope_parameters say the same
+        let legacy = parse(
+            "gpt_neox",
+            r#""rotary_pct": 0.5, "rotary_emb_base": 500000, "use_parallel_residual": false,
+               "hidden_act": "gelu_fast", "attention_bias": false"#,
+        )
+        .unwrap();
+        let new = parse(
+            "gpt_neox",
+            r#""rope_parameters": {"rope_type": "default", "rope_theta": 500000,
+                "partial_rotary_factor": 0.5}, "use_parallel_residual": false,
+               "hidden_act": "gelu_fast", "attention_bias": false"#,
+        )
+        .unwrap();
+        assert_eq!(legacy, new);
+        assert_eq!((new.rotary_dim(), new.rope.as_ref().map(|r| r.theta)), (8, Some(5e5)));
+        assert!(!new.parallel_residual && !new.attention_bias && !new.o_proj_bias && new.mlp_bias);
+        assert_eq!(new.mlp_activation, MlpActivation::GeluTanh);
+        // 4.x rope_scaling (linear) with the top-level base
+        let c = parse(
+            "gpt_neox",
+            r#""rotary_emb_base": 20000, "rope_scaling": {"type": "linear", "factor": 2.0}"#,
+        )
+        .unwrap();
+        let rope = c.rope.unwrap();
+        assert_eq!(rope.theta, 20_000.0);
+        assert_eq!(rope.scaling, RopeScaling::Linear { factor: 2.0 });
+        for (extra, field) in [
+            (r#""rotary_pct": 0.1"#, "rotary_pct"),
+            (
+                r#""rope_parameters": {"partial_rotary_factor": 1.5}"#,
+                "rope_parameters.partial_rotary_factor",
+            ),
+            (r#""hidden_act": "silu""#, "hidden_act"),
+            (r#""rope_scaling": {"type": "su"}"#, "rope_scaling.rope_type"),
+        ] {
+            let err = parse("gpt_neox", extra).unwrap_err().to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        }
+        // the embedded Pythia configs: parameter counts as published
+        for (name, params, head_dim, rotary) in [
+            ("pythia-160m", 162_322_944, 64, 16),
+            ("pythia-1b", 1_011_781_632, 256, 64),
+            ("pythia-6.9b", 6_857_302_016, 128, 32),
+        ] {
+            let m = crate::model::registry::find(name).unwrap();
+            let c = ModelConfig::from_json_str(m.config, name).unwrap();
+            assert_eq!(c.num_parameters(), params, "{name}");
+            assert_eq!((c.head_dim, c.rotary_dim()), (head_dim, rotary), "{name}");
+        }
     }
 
     #[test]

@@ -616,12 +616,21 @@ impl<B: Backend> Model<B> {
             // --- MLP sub-layer ---
             match c.arch {
                 Arch::Gpt2 => {
-                    b.add_inplace(&mut ws.x, &ws.delta, t * h)?;
-                    // GPT-2's MLP reads the normalised sum; Phi's (parallel_residual) the
-                    // attention's own normalised input, still in ws.xn
-                    if !c.parallel_residual {
-                        let (weight, bias) = layernorm_weights(layer.mlp_norm.as_ref())?;
-                        b.layernorm(&mut ws.xn, &ws.x, weight, bias, t, h, eps)?;
+                    // GPT-2's MLP reads the normalised sum x + attn; a parallel block's MLP the
+                    // layer's input x: GPT-NeoX's through a norm of its own (taken before the
+                    // attention's output joins x), Phi's through the attention's, still in ws.xn
+                    match (c.parallel_residual, &layer.mlp_norm) {
+                        (true, None) => b.add_inplace(&mut ws.x, &ws.delta, t * h)?,
+                        (true, norm) => {
+                            let (weight, bias) = layernorm_weights(norm.as_ref())?;
+                            b.layernorm(&mut ws.xn, &ws.x, weight, bias, t, h, eps)?;
+                            b.add_inplace(&mut ws.x, &ws.delta, t * h)?;
+                        }
+                        (false, norm) => {
+                            b.add_inplace(&mut ws.x, &ws.delta, t * h)?;
+                            let (weight, bias) = layernorm_weights(norm.as_ref())?;
+                            b.layernorm(&mut ws.xn, &ws.x, weight, bias, t, h, eps)?;
+                        }
                     }
                     b.linear(
                         &mut ws.up,
@@ -632,7 +641,10 @@ impl<B: Backend> Model<B> {
                         inter,
                         h,
                     )?;
-                    b.gelu_new(&mut ws.up, t * inter)?;
+                    match c.mlp_activation {
+                        MlpActivation::GeluErf => b.gelu_erf(&mut ws.up, t * inter)?,
+                        _ => b.gelu_new(&mut ws.up, t * inter)?,
+                    }
                     b.linear(
                         &mut ws.delta,
                         &ws.up,
@@ -666,6 +678,12 @@ impl<B: Backend> Model<B> {
                         MlpActivation::Silu => b.silu_mul(&mut ws.act, &ws.up, t, inter)?,
                         MlpActivation::GeluTanh => {
                             b.gelu_tanh_mul(&mut ws.act, &ws.up, t, inter)?
+                        }
+                        // (ModelConfig::validate refuses it for a gated MLP)
+                        MlpActivation::GeluErf => {
+                            return Err(Error::Invalid(
+                                "a gated MLP with the exact GELU is not supported".into(),
+                            ))
                         }
                     }
                     b.linear(

@@ -71,6 +71,9 @@ pub static EMBEDDED: &[EmbeddedModel] = &[
     config_only!("olmo-2-7b"),
     config_only!("phi-2"),
     config_only!("starcoder2-3b"),
+    config_only!("pythia-160m"),
+    config_only!("pythia-1b"),
+    config_only!("pythia-6.9b"),
 ];
 
 pub fn find(name: &str) -> Option<&'static EmbeddedModel> {

@@ -131,6 +131,7 @@ impl<T> ModelWeights<T> {
 /// Load weights from a checkpoint into the canonical layout, checking every shape.
 pub fn load_weights(cfg: &ModelConfig, store: &TensorStore) -> Result<ModelWeights<HostTensor>> {
     let weights = match cfg.arch {
+        Arch::Gpt2 if cfg.model_type == "gpt_neox" => load_gpt_neox(cfg, store)?,
         // GPT-2's block with RoPE: Phi, StarCoder2
         Arch::Gpt2 if cfg.rope.is_some() => load_dense_rope(cfg, store)?,
         Arch::Gpt2 => load_gpt2(cfg, store)?,
@@ -143,13 +144,18 @@ pub fn load_weights(cfg: &ModelConfig, store: &TensorStore) -> Result<ModelWeigh
 /// Refuse a checkpoint with weights the config does not use: the forward pass would run without
 /// them and give wrong numbers silently (q/k/v biases under `attention_bias: false`, a layer past
 /// `num_hidden_layers`). Buffers transformers itself ignores are allowed: RoPE's `inv_freq`,
-/// GPT-2's causal-mask `attn.bias` / `attn.masked_bias`, and a tied model's `lm_head.weight`.
+/// GPT-2's causal-mask `attn.bias` / `attn.masked_bias` (GPT-NeoX's `attention.bias` /
+/// `attention.masked_bias`, in Pythia's checkpoints), and a tied model's `lm_head.weight`
+/// (GPT-NeoX's `embed_out.weight`).
 fn check_all_used(cfg: &ModelConfig, store: &TensorStore) -> Result<()> {
+    let neox = cfg.model_type == "gpt_neox";
     let ignorable = |n: &str| {
         n.ends_with("rotary_emb.inv_freq")
             || (cfg.arch == Arch::Gpt2
                 && (n.ends_with(".attn.bias") || n.ends_with(".attn.masked_bias")))
-            || (cfg.tie_word_embeddings && n == "lm_head.weight")
+            || (neox
+                && (n.ends_with(".attention.bias") || n.ends_with(".attention.masked_bias")))
+            || (cfg.tie_word_embeddings && (n == "lm_head.weight" || (neox && n == "embed_out.weight")))
     };
     let unused: Vec<String> = store
         .unread()
@@ -174,9 +180,9 @@ fn check_all_used(cfg: &ModelConfig, store: &TensorStore) -> Result<()> {
         ));
     }
     if !cfg.attention_bias
-        && unused
-            .iter()
-            .any(|n| n.contains("self_attn.") && n.ends_with(".bias"))
+        && unused.iter().any(|n| {
+            (n.contains("self_attn.") || n.contains(".attention.")) && n.ends_with(".bias")
+        })
     {
         hints.push(format!(
             "attention biases are present but {} is false or absent",
@@ -573,6 +579,86 @@ fn load_dense_rope(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<H
     })
 }
 
+/// GPT-NeoX (`GPTNeoXForCausalLM`: Pythia, GPT-NeoX-20B): `gpt_neox.embed_in`, per layer
+/// `input_layernorm` and `post_attention_layernorm` (the MLP's own, in the parallel block too),
+/// one `attention.query_key_value` projection, `attention.dense`, `mlp.dense_h_to_4h` /
+/// `dense_4h_to_h`, then `gpt_neox.final_layer_norm` and `embed_out` (absent when tied). The QKV
+/// projection's rows are interleaved per head (head 0's q, k, v, then head 1's, ...: transformers
+/// views its output as [tokens, heads, 3 · head_dim]); they are reordered here into the canonical
+/// all-Q, all-K, all-V rows, biases alike.
+fn load_gpt_neox(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTensor>> {
+    let h = cfg.hidden_size;
+    let (q, inter) = (cfg.q_size(), cfg.intermediate_size);
+    let read = |name: &str, shape: &[usize]| st.read_f32(name, shape);
+    let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear<HostTensor>> {
+        Ok(Linear {
+            weight: read(&format!("{name}.weight"), &[out, inp])?,
+            bias: if bias {
+                Some(read(&format!("{name}.bias"), &[out])?)
+            } else {
+                None
+            },
+        })
+    };
+    let ln = |name: &str| layernorm(&read, name, h);
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for i in 0..cfg.num_layers {
+        let p = format!("gpt_neox.layers.{i}");
+        let fused = linear(
+            &format!("{p}.attention.query_key_value"),
+            3 * q,
+            h,
+            cfg.attention_bias,
+        )?;
+        layers.push(LayerWeights {
+            attn_norm: Some(ln(&format!("{p}.input_layernorm"))?),
+            qkv: Linear {
+                weight: split_interleaved_qkv(&fused.weight, cfg.num_heads, cfg.head_dim),
+                bias: fused
+                    .bias
+                    .map(|b| split_interleaved_qkv(&b, cfg.num_heads, cfg.head_dim)),
+            },
+            qk_norm: None,
+            o: linear(&format!("{p}.attention.dense"), h, q, cfg.o_proj_bias)?,
+            mlp_norm: Some(ln(&format!("{p}.post_attention_layernorm"))?),
+            post_attn_norm: None,
+            post_mlp_norm: None,
+            up: linear(&format!("{p}.mlp.dense_h_to_4h"), inter, h, cfg.mlp_bias)?,
+            down: linear(&format!("{p}.mlp.dense_4h_to_h"), h, inter, cfg.mlp_bias)?,
+        });
+    }
+    let lm_head = if cfg.tie_word_embeddings {
+        None
+    } else {
+        Some(read("embed_out.weight", &[cfg.vocab_size, h])?)
+    };
+    Ok(ModelWeights {
+        embed: read("gpt_neox.embed_in.weight", &[cfg.vocab_size, h])?,
+        positions: None,
+        layers,
+        final_norm: ln("gpt_neox.final_layer_norm")?,
+        lm_head,
+        lm_head_bias: None,
+    })
+}
+
+/// GPT-NeoX's fused QKV rows, interleaved per head ([heads, 3, head_dim] rows: head 0's q, k and
+/// v, then head 1's ...), reordered into the canonical [3, heads, head_dim] rows (every head's q,
+/// then every k, then every v). Works on a weight ([3 · q_size, hidden]) and a bias ([3 · q_size]).
+fn split_interleaved_qkv(fused: &HostTensor, heads: usize, head_dim: usize) -> HostTensor {
+    let cols: usize = fused.shape[1..].iter().product();
+    let block = head_dim * cols; // one head's q (or k, or v) rows
+    let mut data = vec![0.0f32; fused.data.len()];
+    for head in 0..heads {
+        for part in 0..3 {
+            let from = (head * 3 + part) * block;
+            let to = (part * heads + head) * block;
+            data[to..to + block].copy_from_slice(&fused.data[from..from + block]);
+        }
+    }
+    HostTensor::new(fused.shape.clone(), data)
+}
+
 /// Random weights for any config (vLLM's "dummy" load format): linear weights and embeddings drawn
 /// from N(0, 0.02²), norms at weight 1 and bias 0, biases 0. Each tensor has its own seed derived from
 /// `seed` and its position, so generation is parallel and reproducible.
@@ -611,7 +697,7 @@ pub fn dummy_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights<HostTensor> {
                 weight: random(vec![h, q]),
                 bias: bias(h, cfg.o_proj_bias),
             },
-            mlp_norm: (!cfg.post_norms_only && !cfg.parallel_residual).then(|| norm(h)),
+            mlp_norm: cfg.has_mlp_norm().then(|| norm(h)),
             post_attn_norm: cfg.sandwich_norms.then(|| norm(h)),
             post_mlp_norm: cfg.sandwich_norms.then(|| norm(h)),
             up: Linear {

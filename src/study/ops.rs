@@ -105,6 +105,8 @@ pub enum Op {
     /// Qwen3's per-head RMSNorm of Q and K fused into RoPE.
     QkNormRope,
     GeluNew,
+    /// GPT-NeoX's exact GELU, 0.5 u (1 + erf(u / √2)).
+    GeluErf,
     SiluMul,
     /// Gemma's GeGLU: gelu_new(gate) * up.
     GeluTanhMul,
@@ -125,7 +127,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 19] = [
+    pub const ALL: [Op; 20] = [
         Op::Layernorm,
         Op::Rmsnorm,
         Op::AddRmsnorm,
@@ -134,6 +136,7 @@ impl Op {
         Op::Rope,
         Op::QkNormRope,
         Op::GeluNew,
+        Op::GeluErf,
         Op::SiluMul,
         Op::GeluTanhMul,
         Op::Embedding,
@@ -157,6 +160,7 @@ impl Op {
             Op::Rope => "rope",
             Op::QkNormRope => "qk_norm_rope",
             Op::GeluNew => "gelu_new",
+            Op::GeluErf => "gelu_erf",
             Op::SiluMul => "silu_mul",
             Op::GeluTanhMul => "gelu_tanh_mul",
             Op::Embedding => "embedding",
@@ -177,7 +181,7 @@ impl Op {
                 Family::Norm
             }
             Op::Rope | Op::QkNormRope => Family::Rope,
-            Op::GeluNew | Op::SiluMul | Op::GeluTanhMul => Family::Activation,
+            Op::GeluNew | Op::GeluErf | Op::SiluMul | Op::GeluTanhMul => Family::Activation,
             Op::Embedding | Op::GatherLogitRows => Family::Embedding,
             Op::WriteKv => Family::KvWrite,
             Op::AttentionPrefill | Op::AttentionDecode => Family::Attention,
@@ -198,6 +202,7 @@ impl Op {
             Op::Rope => "backend/cpu/rope.rs: rope",
             Op::QkNormRope => "backend/cpu/rope.rs: qk_norm_rope",
             Op::GeluNew => "backend/cpu/activation.rs: gelu_new",
+            Op::GeluErf => "backend/cpu/activation.rs: gelu_erf",
             Op::SiluMul => "backend/cpu/activation.rs: silu_mul",
             Op::GeluTanhMul => "backend/cpu/activation.rs: gelu_tanh_mul",
             Op::Embedding => "backend/cpu/embedding.rs: embedding",
@@ -260,7 +265,7 @@ pub enum Shape {
         q_cols: usize,
         k_cols: usize,
     },
-    /// add_inplace, gelu_new: [len]
+    /// add_inplace, gelu_new, gelu_erf: [len]
     Elementwise { len: usize },
     /// silu_mul, gelu_tanh_mul: out [rows, inter]; x [rows, 2 inter]
     SiluMul { rows: usize, inter: usize },
@@ -515,6 +520,11 @@ impl Case {
                 Op::AddInplace => Cost {
                     bytes: 3 * s * u(len),
                     flops: u(len),
+                },
+                // gelu_erf in place: read, write; 4 arithmetic ops and an erf per element
+                Op::GeluErf => Cost {
+                    bytes: 2 * s * u(len),
+                    flops: 5 * u(len),
                 },
                 // gelu_new in place: read, write; 8 arithmetic ops and a tanh per element
                 _ => Cost {
@@ -871,6 +881,14 @@ mod tests {
             Cost {
                 bytes: 40,
                 flops: 90
+            }
+        );
+        let gelu_erf = case(Op::GeluErf, Shape::Elementwise { len: 10 });
+        assert_eq!(
+            gelu_erf.cost(Dtype::Bf16),
+            Cost {
+                bytes: 40,
+                flops: 50
             }
         );
         let silu = case(Op::SiluMul, Shape::SiluMul { rows: 3, inter: 5 });

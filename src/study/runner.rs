@@ -11,9 +11,9 @@
 //!
 //! On the CPU the closure runs the op synchronously; on a GPU ([`Target::Cuda`], see
 //! [`super::gpu`]) it queues the op on the backend's stream, and CUDA events time it. Calls repeat
-//! on the same buffers, so in-place ops see their own output again: `gelu_new` starts from values
-//! in [6, 7), where tanh rounds to exactly 1 in f32 and each value is a fixed point (the tanh is
-//! still computed; in bf16 and f16 too, since the kernels compute in f32 and the inputs are
+//! on the same buffers, so in-place ops see their own output again: `gelu_new` and `gelu_erf` start
+//! from values in [6, 7), where tanh (and erf of u / √2) rounds to exactly 1 in f32 and each value
+//! is a fixed point (the tanh or erf is still computed; in bf16 and f16 too, since the kernels compute in f32 and the inputs are
 //! representable), so every call sees the same data instead of decaying towards zero and
 //! denormals.
 
@@ -249,10 +249,14 @@ where
             let (mut x, y) = (up(len, 1, -1.0, 1.0)?, up(len, 2, -1.0, 1.0)?);
             Box::new(move || b.add_inplace(&mut x, &y, len))
         }
-        (&Shape::Elementwise { len }, _) => {
-            // [6, 7): fixed points of f32 gelu_new (see the module docs)
+        (&Shape::Elementwise { len }, op) => {
+            // [6, 7): fixed points of f32 gelu_new and gelu_erf (see the module docs)
             let mut x = up(len, 1, 6.0, 7.0)?;
-            Box::new(move || b.gelu_new(&mut x, len))
+            if op == Op::GeluErf {
+                Box::new(move || b.gelu_erf(&mut x, len))
+            } else {
+                Box::new(move || b.gelu_new(&mut x, len))
+            }
         }
         (&Shape::SiluMul { rows, inter }, op) => {
             let x = up(rows * 2 * inter, 1, -4.0, 4.0)?;
@@ -605,6 +609,8 @@ mod tests {
         let mut x = fill(1000, 1, 6.0, 7.0);
         let before = x.clone();
         crate::backend::cpu::activation::gelu_new(&mut x);
+        assert_eq!(x, before);
+        crate::backend::cpu::activation::gelu_erf(&mut x);
         assert_eq!(x, before);
     }
 

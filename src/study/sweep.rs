@@ -5,7 +5,8 @@
 //! and GQA ratio, matmuls at its projection shapes, sampling over its vocabulary, a whole decode
 //! step of it) at the token counts, batch sizes and context lengths of a [`SweepSpec`]. Ops of the
 //! other architecture are left out (`layernorm`, `add_inplace` and `gelu_new` are GPT-2's;
-//! `rmsnorm`, `add_rmsnorm`, `silu_mul` and `rope` Llama's). Context lengths are capped at the
+//! `rmsnorm`, `add_rmsnorm`, `silu_mul` and `rope` Llama's), and so are the ops the model does not
+//! run (`gelu_erf` is GPT-NeoX's MLP activation, `gelu_new` the other GPT-2-block models'). Context lengths are capped at the
 //! model's context.
 //!
 //! [`Sweep`] names the sets of shapes a run can take: `default` and `attention-acceptance` (issue 5's
@@ -18,6 +19,7 @@
 //! machine.
 
 use crate::error::{Error, Result};
+use crate::model::config::MlpActivation;
 use crate::model::{Arch, ModelConfig};
 
 use super::ops::{Case, Op, Shape};
@@ -157,7 +159,10 @@ pub fn model_cases(model: &str, cfg: &ModelConfig, ops: &[Op], spec: &SweepSpec)
                     push(op, Shape::Elementwise { len: t * h });
                 }
             }
-            Op::GeluNew if gpt2 => {
+            // the model's own GELU
+            Op::GeluNew | Op::GeluErf
+                if gpt2 && (op == Op::GeluErf) == (cfg.mlp_activation == MlpActivation::GeluErf) =>
+            {
                 for &t in &spec.tokens {
                     push(op, Shape::Elementwise { len: t * inter });
                 }
@@ -166,8 +171,7 @@ pub fn model_cases(model: &str, cfg: &ModelConfig, ops: &[Op], spec: &SweepSpec)
             Op::SiluMul | Op::GeluTanhMul
                 if llama
                     && (op == Op::GeluTanhMul)
-                        == (cfg.mlp_activation
-                            == crate::model::config::MlpActivation::GeluTanh) =>
+                        == (cfg.mlp_activation == MlpActivation::GeluTanh) =>
             {
                 for &t in &spec.tokens {
                     push(op, Shape::SiluMul { rows: t, inter });
@@ -336,6 +340,8 @@ fn default_plan() -> Vec<(&'static str, Vec<Op>, SweepSpec)> {
             vec![Op::AddInplace, Op::GeluNew, Op::Embedding],
             SweepSpec::tokens(&[64, 1024]),
         ),
+        // GPT-NeoX's exact GELU at Pythia 1B's width (8192) beside GPT-2's tanh one
+        ("pythia-1b", vec![Op::GeluErf], SweepSpec::tokens(&[64, 1024])),
         // RoPE at head_dim 64 (Llama 3.2 1B) beside 128 (8B)
         (
             "llama-3.2-1b",

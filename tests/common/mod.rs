@@ -23,6 +23,7 @@ pub const FIXTURES: &[&str] = &[
     "tiny-olmo2",
     "tiny-phi",
     "tiny-starcoder2",
+    "tiny-gpt-neox",
 ];
 
 pub fn repo() -> PathBuf {

@@ -175,6 +175,10 @@ void test_act(unsigned rows, unsigned inter) {
   launch(d1(2), d1(32), [&] { gelu_new(yt.data(), len); });
   for (auto& u : y) u = 0.5f * u * (1.0f + std::tanh(0.7978846f * (u + 0.044715f * u * u * u)));
   snprintf(name, 100, "gelu_new len %zu", len); cmp(name, tof(yt), y);
+  auto e = q(randn(len, 3.f)); std::vector<T> et = toT(e);
+  launch(d1(2), d1(32), [&] { gelu_erf(et.data(), len); });
+  for (auto& u : e) u = float(0.5 * u * (1.0 + std::erf(double(u) / std::sqrt(2.0))));
+  snprintf(name, 100, "gelu_erf len %zu", len); cmp(name, tof(et), e);
   auto z = q(randn(len, 6.f)); std::vector<T> zt = toT(z);
   launch(d1(2), d1(32), [&] { softcap_inplace(zt.data(), len, 2.5f); });
   for (auto& u : z) u = float(2.5 * std::tanh(double(u) / 2.5));

@@ -1,4 +1,5 @@
-//! Activations: GPT-2's gelu_new, Llama's SiLU-gated product and Gemma's GELU(tanh)-gated one.
+//! Activations: GPT-2's gelu_new, GPT-NeoX's exact GELU, Llama's SiLU-gated product and Gemma's
+//! GELU(tanh)-gated one.
 
 /// gelu_new(u) = 0.5 u (1 + tanh(sqrt(2/π) (u + 0.044715 u³))).
 fn gelu_new_of(u: f32) -> f32 {
@@ -10,6 +11,13 @@ fn gelu_new_of(u: f32) -> f32 {
 pub fn gelu_new(x: &mut [f32]) {
     for v in x.iter_mut() {
         *v = gelu_new_of(*v);
+    }
+}
+
+/// The exact GELU, in place: 0.5 u (1 + erf(u / √2)) in f32, as torch's `gelu` computes it.
+pub fn gelu_erf(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v = 0.5 * *v * (1.0 + libm::erff(*v * std::f32::consts::FRAC_1_SQRT_2));
     }
 }
 
@@ -54,6 +62,17 @@ mod tests {
         let want = [0.0f32, 0.841_192, -0.158_808, 2.996_363_4];
         for (a, b) in x.iter().zip(want) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn gelu_erf_known_values() {
+        let mut x = [0.0f32, 1.0, -1.0, 3.0, -0.5];
+        gelu_erf(&mut x);
+        // torch.nn.functional.gelu (approximate="none") values
+        let want = [0.0f32, 0.841_344_7, -0.158_655_26, 2.995_950_2, -0.154_269_3];
+        for (a, b) in x.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
     }
 

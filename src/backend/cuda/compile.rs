@@ -47,6 +47,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
         source: include_str!("../../../kernels/activation.cu"),
         kernels: &[
             "gelu_new",
+            "gelu_erf",
             "silu_mul",
             "gelu_tanh_mul",
             "softcap_inplace",

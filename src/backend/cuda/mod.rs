@@ -1433,6 +1433,11 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         ops::gelu_new(self.k(), self.s(), x, len as u64)
     }
 
+    fn gelu_erf(&self, x: &mut CudaSlice<T>, len: usize) -> Result<()> {
+        need(x, len, "x")?;
+        ops::gelu_erf(self.k(), self.s(), x, len as u64)
+    }
+
     fn silu_mul(
         &self,
         out: &mut CudaSlice<T>,

@@ -5,7 +5,7 @@
 //! |-------------------------|----------------------------------------------|--------------------------|
 //! | embedding, gather_logit_rows, layernorm, rmsnorm, add_rmsnorm, rope, write_kv | one block per row (the kernels grid-stride, so the grid is capped at [`MAX_ROW_BLOCKS`]) | `IM_ROW_THREADS` |
 //! | qk_rmsnorm              | one block per row's Q and one per its K (2 × rows, capped as rows) | `IM_ROW_THREADS` |
-//! | add_inplace, gelu_new, silu_mul, softcap_inplace, scale_inplace | min(ceil(16-byte vectors / threads), SMs × `IM_ELEMENTWISE_BLOCKS_PER_SM`) | `IM_ELEMENTWISE_THREADS` |
+//! | add_inplace, gelu_new, gelu_erf, silu_mul, softcap_inplace, scale_inplace | min(ceil(16-byte vectors / threads), SMs × `IM_ELEMENTWISE_BLOCKS_PER_SM`) | `IM_ELEMENTWISE_THREADS` |
 //! | paged_attention_naive   | (num_tokens, num_heads)                      | `IM_ATTN_THREADS`        |
 //! | paged_decode_d*, paged_decode_reduce, flash_prefill{,_sync}_d* | see [`super::attention`] | |
 //! | argmax_rows, sample_rows| one block per row (capped as rows)           | `IM_SAMPLING_THREADS`    |
@@ -86,6 +86,7 @@ pub struct Kernels {
     /// `flash_prefill_sync_d64`, `_d128`: the same with synchronous K/V loads (studies).
     pub flash_prefill_sync: [CudaFunction; 2],
     pub gelu_new: CudaFunction,
+    pub gelu_erf: CudaFunction,
     pub softcap_inplace: CudaFunction,
     pub silu_mul: CudaFunction,
     pub gelu_tanh_mul: CudaFunction,
@@ -135,6 +136,7 @@ impl Kernels {
                 get("attention_prefill.cu", "flash_prefill_sync_d128")?,
             ],
             gelu_new: get("activation.cu", "gelu_new")?,
+            gelu_erf: get("activation.cu", "gelu_erf")?,
             softcap_inplace: get("activation.cu", "softcap_inplace")?,
             silu_mul: get("activation.cu", "silu_mul")?,
             gelu_tanh_mul: get("activation.cu", "gelu_tanh_mul")?,
@@ -426,16 +428,31 @@ fn inplace_with_scalar<T>(
 
 /// `gelu_new(x, len)`, in place (len is uint64 in the kernel).
 pub fn gelu_new<T>(k: &Kernels, s: &CudaStream, x: &mut CudaSlice<T>, len: u64) -> Result<()> {
+    map_in_place(k, s, &k.gelu_new, "gelu_new", x, len)
+}
+
+/// `gelu_erf(x, len)`, in place (len is uint64 in the kernel).
+pub fn gelu_erf<T>(k: &Kernels, s: &CudaStream, x: &mut CudaSlice<T>, len: u64) -> Result<()> {
+    map_in_place(k, s, &k.gelu_erf, "gelu_erf", x, len)
+}
+
+/// One of activation.cu's in-place maps without parameters (`gelu_new`, `gelu_erf`).
+fn map_in_place<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    f: &CudaFunction,
+    name: &'static str,
+    x: &mut CudaSlice<T>,
+    len: u64,
+) -> Result<()> {
     if len == 0 {
         return Ok(());
     }
     let cfg = k.elementwise(len.div_ceil(u64::from(vec_width::<T>())));
-    let mut b = s.launch_builder(&k.gelu_new);
+    let mut b = s.launch_builder(f);
     b.arg(x).arg(&len);
-    // SAFETY: as activation.cu's gelu_new declares.
-    unsafe { b.launch(cfg) }
-        .map(drop)
-        .map_err(launched("gelu_new"))
+    // SAFETY: both kernels take (T* x, uint64_t len), as activation.cu declares them.
+    unsafe { b.launch(cfg) }.map(drop).map_err(launched(name))
 }
 
 /// `silu_mul(out, x, rows, inter)` or `gelu_tanh_mul(...)` (same signature and grid):
@@ -455,6 +472,8 @@ pub fn gated_mul<T>(
     let (f, name) = match act {
         MlpActivation::Silu => (&k.silu_mul, "silu_mul"),
         MlpActivation::GeluTanh => (&k.gelu_tanh_mul, "gelu_tanh_mul"),
+        // (ModelConfig::validate refuses it for a gated MLP)
+        MlpActivation::GeluErf => return Err(err("no gated exact-GELU kernel")),
     };
     let w = vec_width::<T>();
     let per_row = if inter % w == 0 { inter / w } else { inter };
