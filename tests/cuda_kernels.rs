@@ -308,6 +308,18 @@ fn check_elementwise<T: CudaDtype>(b: &B<T>) {
             rel,
             abs,
         );
+
+        let mut dx = upload(b, &x);
+        b.gelu_erf(&mut dx, len).unwrap();
+        let mut want = x.clone();
+        cpu::activation::gelu_erf(&mut want);
+        assert_close(
+            &format!("gelu_erf {what}"),
+            &download(b, &dx, len),
+            &want,
+            rel,
+            abs,
+        );
     }
     for &rows in &[1usize, 5, 33] {
         for &inter in &[1usize, 7, 172, 256, 1000] {

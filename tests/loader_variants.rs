@@ -783,6 +783,83 @@ fn starcoder2_window_and_use_bias_count() {
     );
 }
 
+/// GPT-NeoX (the fixture checks its logits against transformers, parallel block): read with
+/// `use_parallel_residual: false`, the same checkpoint matches transformers' sequential block (the
+/// golden file's `sequential.prompt3.logits`); Pythia's 4.x config form (`rotary_pct`,
+/// `rotary_emb_base`) is the same model; the exact GELU carries weight (read as `gelu_new`, the
+/// logits move past the golden tolerance); the buffers Pythia's checkpoints carry (causal masks, `inv_freq`) are ignored;
+/// a checkpoint without the QKV bias is refused naming it.
+#[test]
+fn gpt_neox_sequential_block_pythia_config_and_checkpoints() {
+    let fixture = "tiny-gpt-neox";
+    let g = &golden(fixture)[3];
+    let raw = read_all_raw(
+        &repo()
+            .join("tests/fixtures")
+            .join(fixture)
+            .join("golden.safetensors"),
+    )
+    .unwrap();
+    let sequential = raw
+        .iter()
+        .find(|t| t.name == "sequential.prompt3.logits")
+        .map(|t| raw_to_f32(t).unwrap())
+        .expect("sequential.prompt3.logits in the golden file");
+    let dir = copy_model(&model_dir(fixture));
+    let mut cfg = read_config(dir.path());
+    cfg["use_parallel_residual"] = json!(false);
+    write_config(dir.path(), &cfg);
+    let err = max_abs_diff(
+        &all_logits(&load_cpu(dir.path()), &g.ids).unwrap(),
+        &sequential,
+    );
+    assert!(err <= 1e-3, "sequential block: max abs error {err}");
+    let moved = logits_moved_by_config_edit(fixture, 3, &|c| {
+        let obj = c.as_object_mut().unwrap();
+        obj.remove("rope_parameters");
+        obj.insert("rotary_pct".into(), json!(0.25));
+        obj.insert("rotary_emb_base".into(), json!(10000));
+    });
+    assert!(
+        moved <= 1e-3,
+        "Pythia's config form moved the logits by {moved}"
+    );
+    // the tanh approximation is within 3e-4 of the exact GELU at every input, so the logits move
+    // little: but past the golden tolerance (1e-3), so tests/golden.rs tells the two apart
+    let moved = logits_moved_by_config_edit(fixture, 3, &|c| c["hidden_act"] = json!("gelu_new"));
+    assert!(
+        moved > 1e-3,
+        "the tanh GELU moved the logits by only {moved}"
+    );
+    let moved = logits_moved_by_weight_edit(fixture, 3, &|ts| {
+        for l in 0..2 {
+            let p = format!("gpt_neox.layers.{l}.attention");
+            ts.push(OutTensor::f32(
+                &format!("{p}.bias"),
+                vec![1, 1, 4, 4],
+                &[1.0; 16],
+            ));
+            ts.push(OutTensor::f32(&format!("{p}.masked_bias"), vec![], &[-1e9]));
+            ts.push(OutTensor::f32(
+                &format!("{p}.rotary_emb.inv_freq"),
+                vec![2],
+                &[1.0, 0.01],
+            ));
+        }
+    });
+    assert!(
+        moved <= 1e-3,
+        "Pythia's buffers moved the logits by {moved}"
+    );
+    let err = refused_after_weight_edit(fixture, &|ts| {
+        ts.retain(|t| t.name != "gpt_neox.layers.1.attention.query_key_value.bias")
+    });
+    assert!(
+        err.contains("gpt_neox.layers.1.attention.query_key_value.bias"),
+        "{err}"
+    );
+}
+
 /// Gemma 1 (the fixture checks its logits against transformers) is Gemma's layout without Gemma
 /// 2's additions: read as `gemma2`, the same checkpoint is refused (no sandwich norms), and the
 /// (1 + w) norms carry weight (read as `llama`, the logits move).

@@ -2191,7 +2191,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(legacy, new);
-        assert_eq!((new.rotary_dim(), new.rope.as_ref().map(|r| r.theta)), (8, Some(5e5)));
+        assert_eq!(
+            (new.rotary_dim(), new.rope.as_ref().map(|r| r.theta)),
+            (8, Some(5e5))
+        );
         assert!(!new.parallel_residual && !new.attention_bias && !new.o_proj_bias && new.mlp_bias);
         assert_eq!(new.mlp_activation, MlpActivation::GeluTanh);
         // 4.x rope_scaling (linear) with the top-level base
@@ -2210,7 +2213,10 @@ mod tests {
                 "rope_parameters.partial_rotary_factor",
             ),
             (r#""hidden_act": "silu""#, "hidden_act"),
-            (r#""rope_scaling": {"type": "su"}"#, "rope_scaling.rope_type"),
+            (
+                r#""rope_scaling": {"type": "su"}"#,
+                "rope_scaling.rope_type",
+            ),
         ] {
             let err = parse("gpt_neox", extra).unwrap_err().to_string();
             assert!(err.contains(field), "{extra}: {err}");

@@ -153,9 +153,9 @@ fn check_all_used(cfg: &ModelConfig, store: &TensorStore) -> Result<()> {
         n.ends_with("rotary_emb.inv_freq")
             || (cfg.arch == Arch::Gpt2
                 && (n.ends_with(".attn.bias") || n.ends_with(".attn.masked_bias")))
-            || (neox
-                && (n.ends_with(".attention.bias") || n.ends_with(".attention.masked_bias")))
-            || (cfg.tie_word_embeddings && (n == "lm_head.weight" || (neox && n == "embed_out.weight")))
+            || (neox && (n.ends_with(".attention.bias") || n.ends_with(".attention.masked_bias")))
+            || (cfg.tie_word_embeddings
+                && (n == "lm_head.weight" || (neox && n == "embed_out.weight")))
     };
     let unused: Vec<String> = store
         .unread()

@@ -161,7 +161,8 @@ pub fn model_cases(model: &str, cfg: &ModelConfig, ops: &[Op], spec: &SweepSpec)
             }
             // the model's own GELU
             Op::GeluNew | Op::GeluErf
-                if gpt2 && (op == Op::GeluErf) == (cfg.mlp_activation == MlpActivation::GeluErf) =>
+                if gpt2
+                    && (op == Op::GeluErf) == (cfg.mlp_activation == MlpActivation::GeluErf) =>
             {
                 for &t in &spec.tokens {
                     push(op, Shape::Elementwise { len: t * inter });
@@ -341,7 +342,11 @@ fn default_plan() -> Vec<(&'static str, Vec<Op>, SweepSpec)> {
             SweepSpec::tokens(&[64, 1024]),
         ),
         // GPT-NeoX's exact GELU at Pythia 1B's width (8192) beside GPT-2's tanh one
-        ("pythia-1b", vec![Op::GeluErf], SweepSpec::tokens(&[64, 1024])),
+        (
+            "pythia-1b",
+            vec![Op::GeluErf],
+            SweepSpec::tokens(&[64, 1024]),
+        ),
         // RoPE at head_dim 64 (Llama 3.2 1B) beside 128 (8B)
         (
             "llama-3.2-1b",

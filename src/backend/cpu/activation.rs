@@ -70,7 +70,13 @@ mod tests {
         let mut x = [0.0f32, 1.0, -1.0, 3.0, -0.5];
         gelu_erf(&mut x);
         // torch.nn.functional.gelu (approximate="none") values
-        let want = [0.0f32, 0.841_344_7, -0.158_655_26, 2.995_950_2, -0.154_269_3];
+        let want = [
+            0.0f32,
+            0.841_344_7,
+            -0.158_655_26,
+            2.995_950_2,
+            -0.154_269_3,
+        ];
         for (a, b) in x.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
