@@ -860,6 +860,30 @@ fn gpt_neox_sequential_block_pythia_config_and_checkpoints() {
     );
 }
 
+/// Falcon 40B's `new_decoder_architecture` (tiny-falcon-gqa, outside the fixture list: the fused
+/// QKV rows grouped per KV head, `ln_attn` and `ln_mlp`, biases) matches transformers on all four
+/// prompts, logits and greedy continuations; its biases read under `bias: false` are refused
+/// naming the field, and its norms read as a single-norm block (`num_ln_in_parallel_attn: 1`)
+/// are missing by name. (tiny-falcon, Falcon 7B's multi-query block, is in the fixture list.)
+#[test]
+fn falcon_new_decoder_architecture_matches_transformers() {
+    let fixture = "tiny-falcon-gqa";
+    let model = load_cpu(&model_dir(fixture));
+    for (n, g) in golden(fixture).iter().enumerate() {
+        let err = max_abs_diff(&all_logits(&model, &g.ids).unwrap(), &g.logits);
+        assert!(err <= 1e-3, "{fixture} prompt{n}: max abs error {err}");
+        let greedy = greedy_ignoring_eos(&model, &g.ids, g.greedy.len());
+        assert_eq!(greedy, g.greedy, "{fixture} prompt{n}");
+    }
+    let err = refused_after_config_edit(fixture, &|c| c["bias"] = json!(false));
+    assert!(
+        err.contains("query_key_value.bias") && err.contains("bias is false"),
+        "{err}"
+    );
+    let err = refused_after_config_edit(fixture, &|c| c["num_ln_in_parallel_attn"] = json!(1));
+    assert!(err.contains("transformer.h.0.input_layernorm"), "{err}");
+}
+
 /// Gemma 1 (the fixture checks its logits against transformers) is Gemma's layout without Gemma
 /// 2's additions: read as `gemma2`, the same checkpoint is refused (no sandwich norms), and the
 /// (1 + w) norms carry weight (read as `llama`, the logits move).

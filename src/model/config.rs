@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "gemma",
     "gemma2",
+    "falcon",
     "gemma3_text",
     "gpt2",
     "gpt_neox",
@@ -224,12 +225,16 @@ pub struct ModelConfig {
     pub final_softcap: Option<f32>,
     /// GPT-2's `scale_attn_by_inverse_layer_idx`: layer i additionally divides scores by i + 1.
     pub scale_attn_by_inverse_layer_idx: bool,
-    /// Phi, GPT-NeoX (`use_parallel_residual`): the attention and the MLP both read the layer's
-    /// input and both outputs join the residual stream: x + attn(ln₁(x)) + mlp(ln₂(x)), where
-    /// Phi's MLP reads the attention's own normalised input (ln₂ = ln₁: one norm per layer; see
-    /// [`has_mlp_norm`](Self::has_mlp_norm)) and GPT-NeoX's has a LayerNorm of its own.
+    /// Phi, GPT-NeoX (`use_parallel_residual`), Falcon (`parallel_attn`,
+    /// `new_decoder_architecture`): the attention and the MLP both read the layer's input and both
+    /// outputs join the residual stream: x + attn(ln₁(x)) + mlp(ln₂(x)), ln₂ a LayerNorm of its own
+    /// (GPT-NeoX, Falcon 40B's `ln_mlp`) or ln₁ itself (`parallel_shared_norm`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub parallel_residual: bool,
+    /// Phi, Falcon 7B: in the parallel block the MLP reads the attention's own normalised input
+    /// (one LayerNorm per layer; see [`has_mlp_norm`](Self::has_mlp_norm)).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parallel_shared_norm: bool,
     /// Phi: the LM head carries a bias (`lm_head.bias`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lm_head_bias: bool,
@@ -261,6 +266,7 @@ impl ModelConfig {
         let config = match model_type.as_str() {
             "gpt2" => parse_gpt2(&f)?,
             "gpt_neox" => parse_gpt_neox(&f)?,
+            "falcon" => parse_falcon(&f)?,
             "phi" | "starcoder2" => parse_dense_rope(&f, &model_type)?,
             "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "granite" | "smollm3" | "olmo2" => {
                 parse_llama(&f, &model_type)?
@@ -311,9 +317,10 @@ impl ModelConfig {
     }
 
     /// Whether each layer has a norm of its own before the MLP: not under `post_norms_only`
-    /// (OLMo 2), nor in Phi's parallel block (its MLP reads the attention's normalised input).
+    /// (OLMo 2), nor under `parallel_shared_norm` (Phi, Falcon 7B: the MLP reads the attention's
+    /// normalised input).
     pub fn has_mlp_norm(&self) -> bool {
-        !self.post_norms_only && !(self.parallel_residual && self.model_type == "phi")
+        !self.post_norms_only && !self.parallel_shared_norm
     }
 
     /// Gemma 1, 2 and 3, whose RMSNorm weights are stored as w and applied as (1 + w).
@@ -516,6 +523,7 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
             .opt_bool("scale_attn_by_inverse_layer_idx")?
             .unwrap_or(false),
         parallel_residual: false,
+        parallel_shared_norm: false,
         lm_head_bias: false,
         bos_token_id: f.opt_token("bos_token_id")?,
         attn_softcap: None,
@@ -608,6 +616,7 @@ fn parse_dense_rope(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         scale_attn_by_inverse_layer_idx: false,
         parallel_residual: phi,
+        parallel_shared_norm: phi,
         lm_head_bias: phi,
         attn_softcap: None,
         final_softcap: None,
@@ -690,6 +699,119 @@ fn parse_gpt_neox(f: &Fields) -> Result<ModelConfig> {
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         scale_attn_by_inverse_layer_idx: false,
         parallel_residual: f.opt_bool("use_parallel_residual")?.unwrap_or(true),
+        parallel_shared_norm: false,
+        lm_head_bias: false,
+        attn_softcap: None,
+        final_softcap: None,
+        bos_token_id: f.opt_token("bos_token_id")?,
+        eos_token_ids: f.token_list("eos_token_id")?,
+        stored_dtype: f.stored_dtype()?,
+    })
+}
+
+/// Falcon (`FalconConfig`: Falcon 7B, 40B, 180B, Falcon 2 11B): GPT-2's block with RoPE and one
+/// fused `query_key_value` projection in one of three layouts (the loader reorders it): grouped per
+/// KV head under `new_decoder_architecture` (`num_kv_heads` KV heads), multi-query under
+/// `multi_query` (true: one KV head), else interleaved per head (MHA). The attention and the MLP
+/// run in parallel under `parallel_attn` (true) or `new_decoder_architecture`, the MLP off the
+/// attention's `input_layernorm` or, with `num_ln_in_parallel_attn` 2 (the new architecture's
+/// default), a LayerNorm of its own (`ln_attn`, `ln_mlp`); else in sequence
+/// (`post_attention_layernorm`). `bias` (false) on every linear layer, `activation` (`gelu`,
+/// exact), `ffn_hidden_size` (4 × hidden), `layer_norm_epsilon` (1e-5), RoPE from `rope_theta`
+/// (1e4) and `rope_scaling` / `rope_parameters`, tied unless `tie_word_embeddings` says otherwise.
+/// ALiBi (`alibi: true`: Falcon-RW) is refused.
+fn parse_falcon(f: &Fields) -> Result<ModelConfig> {
+    if f.opt_bool("alibi")?.unwrap_or(false) {
+        return Err(Error::config(
+            f.file,
+            "alibi",
+            "ALiBi position biases (Falcon-RW) are not supported; RoPE Falcons are",
+        ));
+    }
+    let hidden = match f.opt_usize("hidden_size")? {
+        Some(h) => h,
+        None => f.req_usize("n_embed")?,
+    };
+    let heads = f.req_usize("num_attention_heads")?;
+    if heads == 0 || hidden % heads != 0 {
+        return Err(Error::config(
+            f.file,
+            "num_attention_heads",
+            format!("{heads} does not divide hidden_size {hidden}"),
+        ));
+    }
+    let head_dim = hidden / heads;
+    let new_arch = f.opt_bool("new_decoder_architecture")?.unwrap_or(false);
+    let multi_query = f.opt_bool("multi_query")?.unwrap_or(true);
+    let parallel_attn = f.opt_bool("parallel_attn")?.unwrap_or(true);
+    let num_kv_heads = if new_arch {
+        f.opt_usize("num_kv_heads")?.unwrap_or(heads)
+    } else if multi_query {
+        1
+    } else {
+        heads
+    };
+    // FalconDecoderLayer builds the new architecture's norms only for the parallel block
+    if new_arch && !parallel_attn {
+        return Err(Error::config(
+            f.file,
+            "parallel_attn",
+            "false with new_decoder_architecture: transformers' Falcon has no such block",
+        ));
+    }
+    let parallel = new_arch || parallel_attn;
+    let norms_in_parallel = match f.opt_usize("num_ln_in_parallel_attn")? {
+        Some(n @ (1 | 2)) => n,
+        Some(n) => {
+            return Err(Error::config(
+                f.file,
+                "num_ln_in_parallel_attn",
+                format!("{n}: must be 1 or 2"),
+            ))
+        }
+        None if new_arch => 2,
+        None => 1,
+    };
+    // only the new architecture reads num_ln_in_parallel_attn; the old parallel block has one norm
+    let shared_norm = parallel && !(new_arch && norms_in_parallel == 2);
+    let act = f.opt_str("activation")?.unwrap_or_else(|| "gelu".into());
+    let mlp_activation = dense_gelu(f, "activation", &act, "falcon")?;
+    check_full_rotary(f)?;
+    let bias = f.opt_bool("bias")?.unwrap_or(false);
+    Ok(ModelConfig {
+        arch: Arch::Gpt2,
+        model_type: "falcon".into(),
+        vocab_size: f.req_usize("vocab_size")?,
+        hidden_size: hidden,
+        num_layers: f.req_usize("num_hidden_layers")?,
+        num_heads: heads,
+        num_kv_heads,
+        head_dim,
+        intermediate_size: f.opt_usize("ffn_hidden_size")?.unwrap_or(4 * hidden),
+        max_context: f.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+        norm_eps: f.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
+        rope: Some(parse_rope(f)?),
+        partial_rotary_dim: None,
+        tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
+        attention_bias: bias,
+        o_proj_bias: bias,
+        mlp_bias: bias,
+        qk_norm: false,
+        qk_norm_whole: false,
+        nope_layers: Vec::new(),
+        embed_scale: None,
+        residual_scale: None,
+        logits_divisor: None,
+        sandwich_norms: false,
+        post_norms_only: false,
+        mlp_activation,
+        local_rope: None,
+        sliding_layers: Vec::new(),
+        sliding_window: None,
+        attn_scale: 1.0 / (head_dim as f32).sqrt(),
+        scale_attn_by_inverse_layer_idx: false,
+        parallel_residual: parallel,
+        parallel_shared_norm: shared_norm,
         lm_head_bias: false,
         attn_softcap: None,
         final_softcap: None,
@@ -861,6 +983,7 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         attn_scale: granite.map_or(1.0 / (head_dim as f32).sqrt(), |g| g.attention),
         scale_attn_by_inverse_layer_idx: false,
         parallel_residual: false,
+        parallel_shared_norm: false,
         lm_head_bias: false,
         attn_softcap: None,
         final_softcap: None,
@@ -1066,6 +1189,7 @@ fn parse_gemma(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         attn_scale: 1.0 / scalar.sqrt(),
         scale_attn_by_inverse_layer_idx: false,
         parallel_residual: false,
+        parallel_shared_norm: false,
         lm_head_bias: false,
         attn_softcap,
         final_softcap,
@@ -2235,6 +2359,56 @@ mod tests {
     }
 
     #[test]
+    fn falcon_reads_its_three_blocks_and_refuses_alibi() {
+        // FalconConfig's defaults: multi-query, parallel off one norm, no biases, exact GELU,
+        // MLP 4 × hidden, tied
+        let c = parse("falcon", "").unwrap();
+        assert_eq!((c.arch, c.model_type.as_str()), (Arch::Gpt2, "falcon"));
+        assert_eq!((c.num_kv_heads, c.intermediate_size, c.rotary_dim()), (1, 256, 16));
+        assert!(c.parallel_residual && c.parallel_shared_norm && !c.has_mlp_norm());
+        assert!(!c.attention_bias && !c.o_proj_bias && !c.mlp_bias && c.tie_word_embeddings);
+        assert_eq!(c.mlp_activation, MlpActivation::GeluErf);
+        // the new architecture: num_kv_heads KV heads, two norms unless num_ln_in_parallel_attn 1
+        let c = parse(
+            "falcon",
+            r#""new_decoder_architecture": true, "num_kv_heads": 2, "bias": true,
+               "ffn_hidden_size": 160"#,
+        )
+        .unwrap();
+        assert_eq!((c.num_kv_heads, c.intermediate_size), (2, 160));
+        assert!(c.parallel_residual && c.has_mlp_norm() && c.attention_bias && c.mlp_bias);
+        let c = parse(
+            "falcon",
+            r#""new_decoder_architecture": true, "num_ln_in_parallel_attn": 1"#,
+        )
+        .unwrap();
+        assert_eq!(c.num_kv_heads, 4);
+        assert!(c.parallel_residual && !c.has_mlp_norm());
+        // the old architecture without multi-query is MHA; without parallel_attn, sequential
+        let c = parse("falcon", r#""multi_query": false, "parallel_attn": false"#).unwrap();
+        assert_eq!(c.num_kv_heads, 4);
+        assert!(!c.parallel_residual && c.has_mlp_norm());
+        for (extra, field) in [
+            (r#""alibi": true"#, "alibi"),
+            (
+                r#""new_decoder_architecture": true, "parallel_attn": false"#,
+                "parallel_attn",
+            ),
+            (r#""num_ln_in_parallel_attn": 3"#, "num_ln_in_parallel_attn"),
+            (r#""activation": "relu""#, "activation"),
+            (r#""partial_rotary_factor": 0.5"#, "partial_rotary_factor"),
+        ] {
+            let err = parse("falcon", extra).unwrap_err().to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        }
+        // the embedded Falcon 7B: 6.92 B parameters as published (multi-query, tied)
+        let m = crate::model::registry::find("falcon-7b").unwrap();
+        let c = ModelConfig::from_json_str(m.config, "falcon-7b").unwrap();
+        assert_eq!(c.num_parameters(), 6_921_720_704);
+        assert_eq!((c.head_dim, c.num_heads, c.num_kv_heads), (64, 71, 1));
+    }
+
+    #[test]
     fn starcoder2_is_gpt2s_block_with_rope_and_a_window() {
         let c = parse("starcoder2", r#""sliding_window": 64"#).unwrap();
         assert_eq!((c.arch, c.model_type.as_str()), (Arch::Gpt2, "starcoder2"));
@@ -2672,7 +2846,7 @@ mod tests {
         );
         let e = err("qwen2", r#""use_sliding_window": 1"#);
         assert!(e.contains("use_sliding_window"), "{e}");
-        let e = err("falcon", "");
+        let e = err("mpt", "");
         assert!(e.contains("qwen2") && e.contains("mistral"), "{e}");
     }
 }

@@ -74,6 +74,7 @@ pub static EMBEDDED: &[EmbeddedModel] = &[
     config_only!("pythia-160m"),
     config_only!("pythia-1b"),
     config_only!("pythia-6.9b"),
+    config_only!("falcon-7b"),
 ];
 
 pub fn find(name: &str) -> Option<&'static EmbeddedModel> {

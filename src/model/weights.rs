@@ -132,6 +132,7 @@ impl<T> ModelWeights<T> {
 pub fn load_weights(cfg: &ModelConfig, store: &TensorStore) -> Result<ModelWeights<HostTensor>> {
     let weights = match cfg.arch {
         Arch::Gpt2 if cfg.model_type == "gpt_neox" => load_gpt_neox(cfg, store)?,
+        Arch::Gpt2 if cfg.model_type == "falcon" => load_falcon(cfg, store)?,
         // GPT-2's block with RoPE: Phi, StarCoder2
         Arch::Gpt2 if cfg.rope.is_some() => load_dense_rope(cfg, store)?,
         Arch::Gpt2 => load_gpt2(cfg, store)?,
@@ -181,7 +182,8 @@ fn check_all_used(cfg: &ModelConfig, store: &TensorStore) -> Result<()> {
     }
     if !cfg.attention_bias
         && unused.iter().any(|n| {
-            (n.contains("self_attn.") || n.contains(".attention.")) && n.ends_with(".bias")
+            (n.contains("self_attn.") || n.contains(".attention.") || n.contains(".self_attention."))
+                && n.ends_with(".bias")
         })
     {
         hints.push(format!(
@@ -374,12 +376,13 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
     Ok(weights)
 }
 
-/// The config field that turns a model type's biases on: StarCoder2's one `use_bias`, else `field`.
+/// The config field that turns a model type's biases on: StarCoder2's one `use_bias`, Falcon's one
+/// `bias`, else `field`.
 fn bias_field<'a>(cfg: &ModelConfig, field: &'a str) -> &'a str {
-    if cfg.model_type == "starcoder2" {
-        "use_bias"
-    } else {
-        field
+    match cfg.model_type.as_str() {
+        "starcoder2" => "use_bias",
+        "falcon" => "bias",
+        _ => field,
     }
 }
 
@@ -612,12 +615,8 @@ fn load_gpt_neox(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<Hos
         )?;
         layers.push(LayerWeights {
             attn_norm: Some(ln(&format!("{p}.input_layernorm"))?),
-            qkv: Linear {
-                weight: split_interleaved_qkv(&fused.weight, cfg.num_heads, cfg.head_dim),
-                bias: fused
-                    .bias
-                    .map(|b| split_interleaved_qkv(&b, cfg.num_heads, cfg.head_dim)),
-            },
+            // [heads, 3, head_dim] rows: the grouped layout with groups of one query
+            qkv: ungroup_qkv(fused, cfg.num_heads, 1, cfg.head_dim),
             qk_norm: None,
             o: linear(&format!("{p}.attention.dense"), h, q, cfg.o_proj_bias)?,
             mlp_norm: Some(ln(&format!("{p}.post_attention_layernorm"))?),
@@ -642,21 +641,108 @@ fn load_gpt_neox(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<Hos
     })
 }
 
-/// GPT-NeoX's fused QKV rows, interleaved per head ([heads, 3, head_dim] rows: head 0's q, k and
-/// v, then head 1's ...), reordered into the canonical [3, heads, head_dim] rows (every head's q,
-/// then every k, then every v). Works on a weight ([3 · q_size, hidden]) and a bias ([3 · q_size]).
-fn split_interleaved_qkv(fused: &HostTensor, heads: usize, head_dim: usize) -> HostTensor {
-    let cols: usize = fused.shape[1..].iter().product();
-    let block = head_dim * cols; // one head's q (or k, or v) rows
-    let mut data = vec![0.0f32; fused.data.len()];
-    for head in 0..heads {
-        for part in 0..3 {
-            let from = (head * 3 + part) * block;
-            let to = (part * heads + head) * block;
-            data[to..to + block].copy_from_slice(&fused.data[from..from + block]);
+/// A fused QKV projection whose rows are grouped per KV head — [kv_heads, group + 2, head_dim]:
+/// the group's `group` query heads, then its key head, then its value head — reordered into the
+/// canonical rows (every query head, then every key head, then every value head), weight
+/// ([(group + 2) · kv_heads · head_dim, hidden]) and bias alike. Falcon's three layouts and
+/// GPT-NeoX's are all this one: grouped (Falcon 40B), one group of every query head (multi-query,
+/// Falcon 7B), groups of one query head (interleaved per head: GPT-NeoX, MHA Falcon).
+fn ungroup_qkv(
+    fused: Linear<HostTensor>,
+    kv_heads: usize,
+    group: usize,
+    head_dim: usize,
+) -> Linear<HostTensor> {
+    let reorder = |t: HostTensor| -> HostTensor {
+        let cols: usize = t.shape[1..].iter().product();
+        let head = head_dim * cols; // one head's rows
+        let q_heads = kv_heads * group;
+        let mut data = vec![0.0f32; t.data.len()];
+        for g in 0..kv_heads {
+            let from = g * (group + 2) * head;
+            // the group's query heads, contiguous in both layouts
+            let q_to = g * group * head;
+            data[q_to..q_to + group * head].copy_from_slice(&t.data[from..from + group * head]);
+            for (part, first) in [(group, q_heads), (group + 1, q_heads + kv_heads)] {
+                let src = from + part * head;
+                let to = (first + g) * head;
+                data[to..to + head].copy_from_slice(&t.data[src..src + head]);
+            }
         }
+        HostTensor::new(t.shape, data)
+    };
+    Linear {
+        weight: reorder(fused.weight),
+        bias: fused.bias.map(reorder),
     }
-    HostTensor::new(fused.shape.clone(), data)
+}
+
+/// Falcon (`FalconForCausalLM`): `transformer.word_embeddings`, per layer
+/// `self_attention.query_key_value` (grouped per KV head: see [`ungroup_qkv`]),
+/// `self_attention.dense`, `mlp.dense_h_to_4h` / `dense_4h_to_h`, and the norms of its block:
+/// `ln_attn` and `ln_mlp` (the new architecture's two), or `input_layernorm` alone (the parallel
+/// block's one), or `input_layernorm` and `post_attention_layernorm` (sequential); then
+/// `transformer.ln_f` and `lm_head` (absent or ignored when tied).
+fn load_falcon(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTensor>> {
+    let h = cfg.hidden_size;
+    let (q, kv, inter) = (cfg.q_size(), cfg.kv_size(), cfg.intermediate_size);
+    let read = |name: &str, shape: &[usize]| st.read_f32(name, shape);
+    let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear<HostTensor>> {
+        Ok(Linear {
+            weight: read(&format!("{name}.weight"), &[out, inp])?,
+            bias: if bias {
+                Some(read(&format!("{name}.bias"), &[out])?)
+            } else {
+                None
+            },
+        })
+    };
+    let ln = |name: &str| layernorm(&read, name, h);
+    // the attention's and the MLP's norm names (None: the MLP reads the attention's)
+    let (attn_norm, mlp_norm) = if cfg.parallel_residual && cfg.has_mlp_norm() {
+        ("ln_attn", Some("ln_mlp"))
+    } else if cfg.parallel_residual {
+        ("input_layernorm", None)
+    } else {
+        ("input_layernorm", Some("post_attention_layernorm"))
+    };
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for i in 0..cfg.num_layers {
+        let p = format!("transformer.h.{i}");
+        let fused = linear(
+            &format!("{p}.self_attention.query_key_value"),
+            q + 2 * kv,
+            h,
+            cfg.attention_bias,
+        )?;
+        layers.push(LayerWeights {
+            attn_norm: Some(ln(&format!("{p}.{attn_norm}"))?),
+            qkv: ungroup_qkv(fused, cfg.num_kv_heads, cfg.gqa_group(), cfg.head_dim),
+            qk_norm: None,
+            o: linear(&format!("{p}.self_attention.dense"), h, q, cfg.o_proj_bias)?,
+            mlp_norm: match mlp_norm {
+                Some(n) => Some(ln(&format!("{p}.{n}"))?),
+                None => None,
+            },
+            post_attn_norm: None,
+            post_mlp_norm: None,
+            up: linear(&format!("{p}.mlp.dense_h_to_4h"), inter, h, cfg.mlp_bias)?,
+            down: linear(&format!("{p}.mlp.dense_4h_to_h"), h, inter, cfg.mlp_bias)?,
+        });
+    }
+    let lm_head = if cfg.tie_word_embeddings {
+        None
+    } else {
+        Some(read("lm_head.weight", &[cfg.vocab_size, h])?)
+    };
+    Ok(ModelWeights {
+        embed: read("transformer.word_embeddings.weight", &[cfg.vocab_size, h])?,
+        positions: None,
+        layers,
+        final_norm: ln("transformer.ln_f")?,
+        lm_head,
+        lm_head_bias: None,
+    })
 }
 
 /// Random weights for any config (vLLM's "dummy" load format): linear weights and embeddings drawn

@@ -24,6 +24,7 @@ pub const FIXTURES: &[&str] = &[
     "tiny-phi",
     "tiny-starcoder2",
     "tiny-gpt-neox",
+    "tiny-falcon",
 ];
 
 pub fn repo() -> PathBuf {
