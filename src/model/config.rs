@@ -2364,7 +2364,10 @@ mod tests {
         // MLP 4 × hidden, tied
         let c = parse("falcon", "").unwrap();
         assert_eq!((c.arch, c.model_type.as_str()), (Arch::Gpt2, "falcon"));
-        assert_eq!((c.num_kv_heads, c.intermediate_size, c.rotary_dim()), (1, 256, 16));
+        assert_eq!(
+            (c.num_kv_heads, c.intermediate_size, c.rotary_dim()),
+            (1, 256, 16)
+        );
         assert!(c.parallel_residual && c.parallel_shared_norm && !c.has_mlp_norm());
         assert!(!c.attention_bias && !c.o_proj_bias && !c.mlp_bias && c.tie_word_embeddings);
         assert_eq!(c.mlp_activation, MlpActivation::GeluErf);

@@ -182,7 +182,9 @@ fn check_all_used(cfg: &ModelConfig, store: &TensorStore) -> Result<()> {
     }
     if !cfg.attention_bias
         && unused.iter().any(|n| {
-            (n.contains("self_attn.") || n.contains(".attention.") || n.contains(".self_attention."))
+            (n.contains("self_attn.")
+                || n.contains(".attention.")
+                || n.contains(".self_attention."))
                 && n.ends_with(".bias")
         })
     {
