@@ -1,21 +1,22 @@
-// activation.cu — GPT-2's gelu_new and GPT-NeoX's exact GELU (in place), Llama's SiLU-gated product,
-// Gemma's GELU(tanh)-gated product (GeGLU), and Gemma's in-place maps: the embedding scale and Gemma 2's
-// logit soft-capping.
+// activation.cu — GPT-2's gelu_new, GPT-NeoX's exact GELU and OPT's ReLU (in place), Llama's
+// SiLU-gated product, Gemma's GELU(tanh)-gated product (GeGLU), and Gemma's in-place maps: the
+// embedding scale and Gemma 2's logit soft-capping.
 //
 // What it computes (CPU reference: src/backend/cpu/activation.rs), in f32:
 //   gelu_new:  x[i] = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))      over len elements, in place
 //   gelu_erf:  x[i] = 0.5 x (1 + erf(x / sqrt(2)))    (transformers' `gelu`) over len elements, in place
+//   relu:      x[i] = x < 0 ? 0 : x                    (NaN stays NaN)       over len elements, in place
 //   silu_mul:  out[r, j] = silu(x[r, j]) * x[r, inter + j],  silu(g) = g / (1 + exp(-g))
 //   gelu_tanh_mul: out[r, j] = gelu_new(x[r, j]) * x[r, inter + j]   (gelu_pytorch_tanh is gelu_new)
 //   softcap_inplace: x[i] = cap * tanh(x[i] / cap)                      over len elements, in place
 //   scale_inplace:   x[i] = x[i] * scale                                over len elements, in place
 //
 // Layouts (row-major, T = compute dtype):
-//   gelu_new, gelu_erf, softcap_inplace, scale_inplace:  x [len]
+//   gelu_new, gelu_erf, relu, softcap_inplace, scale_inplace:  x [len]
 //   silu_mul, gelu_tanh_mul:  out [rows, inter];  x [rows, 2 * inter] (gate columns 0..inter, then up)
 //
 // Algorithm: grid-stride loops (IM_ELEMENTWISE_THREADS per block, grid capped at a few blocks per SM)
-// over 16-byte vectors of IM_VEC elements, converted to f32 and back. gelu_new, gelu_erf,
+// over 16-byte vectors of IM_VEC elements, converted to f32 and back. gelu_new, gelu_erf, relu,
 // softcap_inplace and scale_inplace (one in-place loop, map_inplace) handle a ragged tail
 // (len % IM_VEC) element by element; silu_mul takes the vector path when inter is a multiple of
 // IM_VEC (then every gate/up/out vector is aligned), else works element by element (e.g. a tiny
@@ -25,6 +26,7 @@
 // Roofline (s = sizeof(T)), memory-bound:
 //   gelu_new:  2 len s bytes; ≈ 8 len FLOPs plus one tanh per element
 //   gelu_erf:  2 len s bytes; ≈ 4 len FLOPs plus one erf per element
+//   relu:      2 len s bytes; len comparisons
 //   silu_mul:  3 rows inter s bytes; ≈ 3 rows inter FLOPs plus one exp per element
 //   gelu_tanh_mul: 3 rows inter s bytes; ≈ 9 rows inter FLOPs plus one tanh per element
 //   softcap_inplace: 2 len s bytes; 2 len FLOPs plus one tanh per element (the logits: a few MB)
@@ -90,6 +92,10 @@ struct GeluNewOp {
     __device__ __forceinline__ float operator()(float u) const { return gelu_new_f(u); }
 };
 
+struct ReluOp {
+    __device__ __forceinline__ float operator()(float u) const { return u < 0.f ? 0.f : u; }
+};
+
 struct GeluErfOp {
     __device__ __forceinline__ float operator()(float u) const {
         const float k_sqrt_half = 0.7071067811865476f;
@@ -119,6 +125,12 @@ extern "C" __global__ void gelu_new(T* __restrict__ x,  // [len], updated
 extern "C" __global__ void gelu_erf(T* __restrict__ x,  // [len], updated
                                     uint64_t len) {
     map_inplace(x, len, GeluErfOp{});
+}
+
+// OPT's MLP activation.
+extern "C" __global__ void relu(T* __restrict__ x,  // [len], updated
+                                uint64_t len) {
+    map_inplace(x, len, ReluOp{});
 }
 
 // Gemma 2's final_logit_softcapping over the logits.

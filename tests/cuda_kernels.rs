@@ -320,6 +320,18 @@ fn check_elementwise<T: CudaDtype>(b: &B<T>) {
             rel,
             abs,
         );
+
+        let mut dx = upload(b, &x);
+        b.relu(&mut dx, len).unwrap();
+        let mut want = x.clone();
+        cpu::activation::relu(&mut want);
+        assert_close(
+            &format!("relu {what}"),
+            &download(b, &dx, len),
+            &want,
+            rel,
+            abs,
+        );
     }
     for &rows in &[1usize, 5, 33] {
         for &inter in &[1usize, 7, 172, 256, 1000] {

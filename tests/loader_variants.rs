@@ -884,6 +884,35 @@ fn falcon_new_decoder_architecture_matches_transformers() {
     assert!(err.contains("transformer.h.0.input_layernorm"), "{err}");
 }
 
+/// OPT (the fixture checks its logits against transformers): a checkpoint saved from `OPTModel`
+/// (names without `model.`, as the hub's original OPT checkpoints are) is the same model; the two
+/// offset rows of its position table carry weight (read without them, at row p for position p,
+/// the logits move); a table of the wrong length is refused naming it.
+#[test]
+fn opt_checkpoint_prefixes_and_position_offset() {
+    let fixture = "tiny-opt";
+    let moved = logits_moved_by_weight_edit(fixture, 2, &|ts| {
+        for t in ts.iter_mut() {
+            if let Some(rest) = t.name.strip_prefix("model.") {
+                t.name = rest.to_string();
+            }
+        }
+    });
+    assert!(moved <= 1e-3, "the prefix-less checkpoint moved the logits by {moved}");
+    let moved = logits_moved_by_weight_edit(fixture, 2, &|ts| {
+        for t in ts.iter_mut().filter(|t| t.name.ends_with("embed_positions.weight")) {
+            // shift the table by the offset: row p + 2 now holds what row p did
+            let row = t.shape[1] * 4;
+            let mut bytes = t.bytes[..2 * row].to_vec();
+            bytes.extend_from_slice(&t.bytes[..t.bytes.len() - 2 * row]);
+            t.bytes = bytes;
+        }
+    });
+    assert!(moved > 0.05, "positions without the offset moved the logits by only {moved}");
+    let err = refused_after_config_edit(fixture, &|c| c["max_position_embeddings"] = json!(258));
+    assert!(err.contains("embed_positions"), "{err}");
+}
+
 /// Gemma 1 (the fixture checks its logits against transformers) is Gemma's layout without Gemma
 /// 2's additions: read as `gemma2`, the same checkpoint is refused (no sandwich norms), and the
 /// (1 + w) norms carry weight (read as `llama`, the logits move).

@@ -559,6 +559,9 @@ pub trait Backend: Send + Sync {
     /// over `len` elements.
     fn gelu_erf(&self, x: &mut Self::Buffer, len: usize) -> Result<()>;
 
+    /// max(x, 0) (OPT's `relu`; NaN stays NaN, as torch's), in place over `len` elements.
+    fn relu(&self, x: &mut Self::Buffer, len: usize) -> Result<()>;
+
     /// out[r, j] = silu(x[r, j]) * x[r, inter + j]. out: [rows, inter]; x: [rows, 2 * inter]
     fn silu_mul(
         &self,

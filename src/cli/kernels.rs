@@ -40,7 +40,7 @@ pub enum KernelBackend {
 #[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct KernelsArgs {
     /// Ops or op families to study, comma-separated (default: all). Ops: layernorm, rmsnorm,
-    /// add_rmsnorm, qk_rmsnorm, add_inplace, rope, qk_norm_rope, gelu_new, gelu_erf, silu_mul,
+    /// add_rmsnorm, qk_rmsnorm, add_inplace, rope, qk_norm_rope, gelu_new, gelu_erf, relu, silu_mul,
     /// gelu_tanh_mul, embedding, gather_logit_rows, write_kv,
     /// attention_prefill, attention_decode, matmul, argmax, sample, decode_step. Families: norm,
     /// rope, activation, embedding, kv_write, attention, matmul, sampling, decode_step.

@@ -27,6 +27,7 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "llama",
     "mistral",
     "olmo2",
+    "opt",
     "phi",
     "phi3",
     "qwen2",
@@ -117,6 +118,8 @@ pub enum MlpActivation {
     /// The exact GELU, 0.5 u (1 + erf(u / √2)): transformers' `gelu` (GPT-NeoX / Pythia; GPT-2's
     /// block only)
     GeluErf,
+    /// max(u, 0): transformers' `relu` (OPT; GPT-2's block only)
+    Relu,
 }
 
 impl MlpActivation {
@@ -147,8 +150,13 @@ pub struct ModelConfig {
     /// Longest sequence (prompt + output) the model supports: `max_position_embeddings`.
     pub max_context: usize,
     pub norm_eps: f32,
-    /// `None` for GPT-2 (learned absolute positions).
+    /// `None` for GPT-2 and OPT (learned absolute positions).
     pub rope: Option<RopeConfig>,
+    /// OPT: its learned position table has this many rows before position 0's (2: a fairseq
+    /// padding convention). The loader drops them, so the table the backends see starts at
+    /// position 0 as GPT-2's does; parameter counts include them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub position_offset: usize,
     /// Phi-3's `partial_rotary_factor` < 1 (Phi-4-mini's 0.75): RoPE rotates only the first
     /// int(head_dim · factor) dimensions of each Q and K head (pairs (i, i + rotary_dim / 2)) and
     /// leaves the rest as they are; None: the whole head ([`rotary_dim`](Self::rotary_dim)).
@@ -244,6 +252,10 @@ pub struct ModelConfig {
     pub stored_dtype: Option<String>,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// The JSON object `text` holds (`file` names it in errors: malformed, or not an object).
 fn json_object(text: &str, file: &str) -> Result<Map<String, Value>> {
     match serde_json::from_str(text) {
@@ -267,6 +279,7 @@ impl ModelConfig {
             "gpt2" => parse_gpt2(&f)?,
             "gpt_neox" => parse_gpt_neox(&f)?,
             "falcon" => parse_falcon(&f)?,
+            "opt" => parse_opt(&f)?,
             "phi" | "starcoder2" => parse_dense_rope(&f, &model_type)?,
             "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "granite" | "smollm3" | "olmo2" => {
                 parse_llama(&f, &model_type)?
@@ -389,7 +402,7 @@ impl ModelConfig {
         let per_layer = qkv + o + mlp + norms + biases;
         let embed = self.vocab_size * h;
         let positions = if self.learned_positions() {
-            self.max_context * h
+            (self.max_context + self.position_offset) * h
         } else {
             0
         };
@@ -427,7 +440,10 @@ impl ModelConfig {
         }
         let activation_fits = match self.arch {
             Arch::Gpt2 => self.mlp_activation != MlpActivation::Silu,
-            Arch::Llama => self.mlp_activation != MlpActivation::GeluErf,
+            Arch::Llama => matches!(
+                self.mlp_activation,
+                MlpActivation::Silu | MlpActivation::GeluTanh
+            ),
         };
         if !activation_fits {
             return Err(Error::config(
@@ -498,6 +514,7 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
         norm_eps: f.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
         rope: None,
         partial_rotary_dim: None,
+        position_offset: 0,
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
         attention_bias: true,
         o_proj_bias: true,
@@ -597,6 +614,7 @@ fn parse_dense_rope(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         norm_eps: f.opt_f32(eps_field)?.unwrap_or(1e-5),
         rope: Some(rope),
         partial_rotary_dim,
+        position_offset: 0,
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(!phi),
         attention_bias: bias,
         o_proj_bias: bias,
@@ -680,6 +698,7 @@ fn parse_gpt_neox(f: &Fields) -> Result<ModelConfig> {
         norm_eps: f.opt_f32("layer_norm_eps")?.unwrap_or(1e-5),
         rope: Some(rope),
         partial_rotary_dim,
+        position_offset: 0,
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
         attention_bias,
         o_proj_bias: attention_bias,
@@ -792,6 +811,7 @@ fn parse_falcon(f: &Fields) -> Result<ModelConfig> {
         norm_eps: f.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
         rope: Some(parse_rope(f)?),
         partial_rotary_dim: None,
+        position_offset: 0,
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
         attention_bias: bias,
         o_proj_bias: bias,
@@ -812,6 +832,109 @@ fn parse_falcon(f: &Fields) -> Result<ModelConfig> {
         scale_attn_by_inverse_layer_idx: false,
         parallel_residual: parallel,
         parallel_shared_norm: shared_norm,
+        lm_head_bias: false,
+        attn_softcap: None,
+        final_softcap: None,
+        bos_token_id: f.opt_token("bos_token_id")?,
+        eos_token_ids: f.token_list("eos_token_id")?,
+        stored_dtype: f.stored_dtype()?,
+    })
+}
+
+/// OPT (`OPTConfig`: OPT 125M to 66B): GPT-2's pre-norm block with learned positions (a table of
+/// `max_position_embeddings` + 2 rows, position p at row p + 2), separate q/k/v/out projections,
+/// `fc1` / `fc2` with `activation_function` (`relu`), biases under `enable_bias` (true), LayerNorms
+/// with eps 1e-5, tied unless `tie_word_embeddings` says otherwise. OPT-350M's post-norm block
+/// (`do_layer_norm_before: false`) and its embedding projections (`word_embed_proj_dim` ≠
+/// hidden), and LayerNorms without weights (`layer_norm_elementwise_affine: false`), are refused by
+/// name.
+fn parse_opt(f: &Fields) -> Result<ModelConfig> {
+    let hidden = f.req_usize("hidden_size")?;
+    let heads = f.req_usize("num_attention_heads")?;
+    if heads == 0 || hidden % heads != 0 {
+        return Err(Error::config(
+            f.file,
+            "num_attention_heads",
+            format!("{heads} does not divide hidden_size {hidden}"),
+        ));
+    }
+    if !f.opt_bool("do_layer_norm_before")?.unwrap_or(true) {
+        return Err(Error::config(
+            f.file,
+            "do_layer_norm_before",
+            "false (OPT-350M's post-norm block) is not supported",
+        ));
+    }
+    if let Some(proj) = f.opt_usize("word_embed_proj_dim")? {
+        if proj != hidden {
+            return Err(Error::config(
+                f.file,
+                "word_embed_proj_dim",
+                format!(
+                    "{proj} ≠ hidden_size {hidden}: OPT-350M's embedding projections are not \
+                     supported"
+                ),
+            ));
+        }
+    }
+    if !f.opt_bool("layer_norm_elementwise_affine")?.unwrap_or(true) {
+        return Err(Error::config(
+            f.file,
+            "layer_norm_elementwise_affine",
+            "LayerNorms without weights are not supported",
+        ));
+    }
+    if f.opt_bool("_remove_final_layer_norm")?.unwrap_or(false) {
+        return Err(Error::config(
+            f.file,
+            "_remove_final_layer_norm",
+            "a model without its final LayerNorm is not supported",
+        ));
+    }
+    let act = f
+        .opt_str("activation_function")?
+        .unwrap_or_else(|| "relu".into());
+    let mlp_activation = match act.as_str() {
+        "relu" => MlpActivation::Relu,
+        other => dense_gelu(f, "activation_function", other, "opt")?,
+    };
+    let head_dim = hidden / heads;
+    let bias = f.opt_bool("enable_bias")?.unwrap_or(true);
+    Ok(ModelConfig {
+        arch: Arch::Gpt2,
+        model_type: "opt".into(),
+        vocab_size: f.req_usize("vocab_size")?,
+        hidden_size: hidden,
+        num_layers: f.req_usize("num_hidden_layers")?,
+        num_heads: heads,
+        num_kv_heads: heads,
+        head_dim,
+        intermediate_size: f.req_usize("ffn_dim")?,
+        max_context: f.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+        norm_eps: 1e-5,
+        rope: None,
+        position_offset: 2,
+        partial_rotary_dim: None,
+        tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
+        attention_bias: bias,
+        o_proj_bias: bias,
+        mlp_bias: bias,
+        qk_norm: false,
+        qk_norm_whole: false,
+        nope_layers: Vec::new(),
+        embed_scale: None,
+        residual_scale: None,
+        logits_divisor: None,
+        sandwich_norms: false,
+        post_norms_only: false,
+        mlp_activation,
+        local_rope: None,
+        sliding_layers: Vec::new(),
+        sliding_window: None,
+        attn_scale: 1.0 / (head_dim as f32).sqrt(),
+        scale_attn_by_inverse_layer_idx: false,
+        parallel_residual: false,
+        parallel_shared_norm: false,
         lm_head_bias: false,
         attn_softcap: None,
         final_softcap: None,
@@ -964,6 +1087,7 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
             .unwrap_or(if olmo2 { 1e-5 } else { 1e-6 }),
         rope: Some(rope),
         partial_rotary_dim,
+        position_offset: 0,
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(smollm3),
         attention_bias,
         o_proj_bias,
@@ -1169,6 +1293,7 @@ fn parse_gemma(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         norm_eps: f.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
         rope: Some(rope),
         partial_rotary_dim: None,
+        position_offset: 0,
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
         attention_bias: bias,
         o_proj_bias: bias,
@@ -2409,6 +2534,42 @@ mod tests {
         let c = ModelConfig::from_json_str(m.config, "falcon-7b").unwrap();
         assert_eq!(c.num_parameters(), 6_921_720_704);
         assert_eq!((c.head_dim, c.num_heads, c.num_kv_heads), (64, 71, 1));
+    }
+
+    #[test]
+    fn opt_has_learned_positions_after_an_offset_and_refuses_350ms_block() {
+        // OPTConfig's defaults: ReLU, biases, tied, LayerNorm eps 1e-5, MHA
+        let c = parse("opt", r#""ffn_dim": 160"#).unwrap();
+        assert_eq!((c.arch, c.model_type.as_str()), (Arch::Gpt2, "opt"));
+        assert!(c.learned_positions() && c.rope.is_none());
+        assert_eq!((c.position_offset, c.num_kv_heads, c.intermediate_size), (2, 4, 160));
+        assert_eq!(c.mlp_activation, MlpActivation::Relu);
+        assert!(c.attention_bias && c.o_proj_bias && c.mlp_bias && c.tie_word_embeddings);
+        assert!(!c.parallel_residual && c.has_mlp_norm());
+        let c = parse("opt", r#""ffn_dim": 160, "enable_bias": false, "activation_function": "gelu""#)
+            .unwrap();
+        assert!(!c.attention_bias && !c.o_proj_bias && !c.mlp_bias);
+        assert_eq!(c.mlp_activation, MlpActivation::GeluErf);
+        for (extra, field) in [
+            (r#""do_layer_norm_before": false"#, "do_layer_norm_before"),
+            (r#""word_embed_proj_dim": 32"#, "word_embed_proj_dim"),
+            (r#""layer_norm_elementwise_affine": false"#, "layer_norm_elementwise_affine"),
+            (r#""activation_function": "silu""#, "activation_function"),
+        ] {
+            let err = parse("opt", &format!(r#""ffn_dim": 160, {extra}"#))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        }
+        let err = parse("opt", "").unwrap_err().to_string();
+        assert!(err.contains("ffn_dim"), "{err}");
+        // the embedded OPT configs: parameter counts as published (the position table's two
+        // offset rows included)
+        for (name, params) in [("opt-125m", 125_239_296), ("opt-6.7b", 6_658_473_984)] {
+            let m = crate::model::registry::find(name).unwrap();
+            let c = ModelConfig::from_json_str(m.config, name).unwrap();
+            assert_eq!(c.num_parameters(), params, "{name}");
+        }
     }
 
     #[test]

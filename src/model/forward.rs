@@ -643,6 +643,7 @@ impl<B: Backend> Model<B> {
                     )?;
                     match c.mlp_activation {
                         MlpActivation::GeluErf => b.gelu_erf(&mut ws.up, t * inter)?,
+                        MlpActivation::Relu => b.relu(&mut ws.up, t * inter)?,
                         _ => b.gelu_new(&mut ws.up, t * inter)?,
                     }
                     b.linear(
@@ -679,11 +680,12 @@ impl<B: Backend> Model<B> {
                         MlpActivation::GeluTanh => {
                             b.gelu_tanh_mul(&mut ws.act, &ws.up, t, inter)?
                         }
-                        // (ModelConfig::validate refuses it for a gated MLP)
-                        MlpActivation::GeluErf => {
-                            return Err(Error::Invalid(
-                                "a gated MLP with the exact GELU is not supported".into(),
-                            ))
+                        // (ModelConfig::validate refuses them for a gated MLP)
+                        MlpActivation::GeluErf | MlpActivation::Relu => {
+                            return Err(Error::Invalid(format!(
+                                "a gated MLP with {:?} is not supported",
+                                c.mlp_activation
+                            )))
                         }
                     }
                     b.linear(

@@ -75,6 +75,8 @@ pub static EMBEDDED: &[EmbeddedModel] = &[
     config_only!("pythia-1b"),
     config_only!("pythia-6.9b"),
     config_only!("falcon-7b"),
+    config_only!("opt-125m"),
+    config_only!("opt-6.7b"),
 ];
 
 pub fn find(name: &str) -> Option<&'static EmbeddedModel> {

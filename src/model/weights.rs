@@ -133,6 +133,7 @@ pub fn load_weights(cfg: &ModelConfig, store: &TensorStore) -> Result<ModelWeigh
     let weights = match cfg.arch {
         Arch::Gpt2 if cfg.model_type == "gpt_neox" => load_gpt_neox(cfg, store)?,
         Arch::Gpt2 if cfg.model_type == "falcon" => load_falcon(cfg, store)?,
+        Arch::Gpt2 if cfg.model_type == "opt" => load_opt(cfg, store)?,
         // GPT-2's block with RoPE: Phi, StarCoder2
         Arch::Gpt2 if cfg.rope.is_some() => load_dense_rope(cfg, store)?,
         Arch::Gpt2 => load_gpt2(cfg, store)?,
@@ -742,6 +743,75 @@ fn load_falcon(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostT
         positions: None,
         layers,
         final_norm: ln("transformer.ln_f")?,
+        lm_head,
+        lm_head_bias: None,
+    })
+}
+
+/// OPT (`OPTForCausalLM`, or an `OPTModel` checkpoint without the `model.` prefix, as the hub's
+/// original OPT checkpoints are): `decoder.embed_tokens`, `decoder.embed_positions` (the
+/// config's `position_offset` rows before position 0's, dropped here), per layer
+/// `self_attn_layer_norm`, `self_attn.{q,k,v}_proj` fused into the canonical QKV,
+/// `self_attn.out_proj`, `final_layer_norm` (the MLP's norm), `fc1` / `fc2`; then
+/// `decoder.final_layer_norm` and `lm_head` (absent or ignored when tied).
+fn load_opt(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTensor>> {
+    let h = cfg.hidden_size;
+    let (q, kv, inter) = (cfg.q_size(), cfg.kv_size(), cfg.intermediate_size);
+    let prefix = if st.contains("decoder.embed_tokens.weight") {
+        "decoder."
+    } else {
+        "model.decoder."
+    };
+    let read = |name: &str, shape: &[usize]| st.read_f32(&format!("{prefix}{name}"), shape);
+    let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear<HostTensor>> {
+        Ok(Linear {
+            weight: read(&format!("{name}.weight"), &[out, inp])?,
+            bias: if bias {
+                Some(read(&format!("{name}.bias"), &[out])?)
+            } else {
+                None
+            },
+        })
+    };
+    let ln = |name: &str| layernorm(&read, name, h);
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for i in 0..cfg.num_layers {
+        let p = format!("layers.{i}");
+        let ab = cfg.attention_bias;
+        let (qp, kp, vp) = (
+            linear(&format!("{p}.self_attn.q_proj"), q, h, ab)?,
+            linear(&format!("{p}.self_attn.k_proj"), kv, h, ab)?,
+            linear(&format!("{p}.self_attn.v_proj"), kv, h, ab)?,
+        );
+        let biases: Vec<HostTensor> = [qp.bias, kp.bias, vp.bias].into_iter().flatten().collect();
+        layers.push(LayerWeights {
+            attn_norm: Some(ln(&format!("{p}.self_attn_layer_norm"))?),
+            qkv: Linear {
+                weight: concat_rows(&[qp.weight, kp.weight, vp.weight]),
+                bias: (!biases.is_empty()).then(|| concat_rows(&biases)),
+            },
+            qk_norm: None,
+            o: linear(&format!("{p}.self_attn.out_proj"), h, q, cfg.o_proj_bias)?,
+            mlp_norm: Some(ln(&format!("{p}.final_layer_norm"))?),
+            post_attn_norm: None,
+            post_mlp_norm: None,
+            up: linear(&format!("{p}.fc1"), inter, h, cfg.mlp_bias)?,
+            down: linear(&format!("{p}.fc2"), h, inter, cfg.mlp_bias)?,
+        });
+    }
+    let offset = cfg.position_offset;
+    let table = read("embed_positions.weight", &[cfg.max_context + offset, h])?;
+    let positions = HostTensor::new(vec![cfg.max_context, h], table.data[offset * h..].to_vec());
+    let lm_head = if cfg.tie_word_embeddings {
+        None
+    } else {
+        Some(st.read_f32("lm_head.weight", &[cfg.vocab_size, h])?)
+    };
+    Ok(ModelWeights {
+        embed: read("embed_tokens.weight", &[cfg.vocab_size, h])?,
+        positions: Some(positions),
+        layers,
+        final_norm: ln("final_layer_norm")?,
         lm_head,
         lm_head_bias: None,
     })

@@ -107,6 +107,8 @@ pub enum Op {
     GeluNew,
     /// GPT-NeoX's exact GELU, 0.5 u (1 + erf(u / √2)).
     GeluErf,
+    /// OPT's ReLU.
+    Relu,
     SiluMul,
     /// Gemma's GeGLU: gelu_new(gate) * up.
     GeluTanhMul,
@@ -127,7 +129,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 20] = [
+    pub const ALL: [Op; 21] = [
         Op::Layernorm,
         Op::Rmsnorm,
         Op::AddRmsnorm,
@@ -137,6 +139,7 @@ impl Op {
         Op::QkNormRope,
         Op::GeluNew,
         Op::GeluErf,
+        Op::Relu,
         Op::SiluMul,
         Op::GeluTanhMul,
         Op::Embedding,
@@ -161,6 +164,7 @@ impl Op {
             Op::QkNormRope => "qk_norm_rope",
             Op::GeluNew => "gelu_new",
             Op::GeluErf => "gelu_erf",
+            Op::Relu => "relu",
             Op::SiluMul => "silu_mul",
             Op::GeluTanhMul => "gelu_tanh_mul",
             Op::Embedding => "embedding",
@@ -181,7 +185,9 @@ impl Op {
                 Family::Norm
             }
             Op::Rope | Op::QkNormRope => Family::Rope,
-            Op::GeluNew | Op::GeluErf | Op::SiluMul | Op::GeluTanhMul => Family::Activation,
+            Op::GeluNew | Op::GeluErf | Op::Relu | Op::SiluMul | Op::GeluTanhMul => {
+                Family::Activation
+            }
             Op::Embedding | Op::GatherLogitRows => Family::Embedding,
             Op::WriteKv => Family::KvWrite,
             Op::AttentionPrefill | Op::AttentionDecode => Family::Attention,
@@ -203,6 +209,7 @@ impl Op {
             Op::QkNormRope => "backend/cpu/rope.rs: qk_norm_rope",
             Op::GeluNew => "backend/cpu/activation.rs: gelu_new",
             Op::GeluErf => "backend/cpu/activation.rs: gelu_erf",
+            Op::Relu => "backend/cpu/activation.rs: relu",
             Op::SiluMul => "backend/cpu/activation.rs: silu_mul",
             Op::GeluTanhMul => "backend/cpu/activation.rs: gelu_tanh_mul",
             Op::Embedding => "backend/cpu/embedding.rs: embedding",
@@ -265,7 +272,7 @@ pub enum Shape {
         q_cols: usize,
         k_cols: usize,
     },
-    /// add_inplace, gelu_new, gelu_erf: [len]
+    /// add_inplace, gelu_new, gelu_erf, relu: [len]
     Elementwise { len: usize },
     /// silu_mul, gelu_tanh_mul: out [rows, inter]; x [rows, 2 inter]
     SiluMul { rows: usize, inter: usize },
@@ -519,6 +526,11 @@ impl Case {
                 // x += y: read x and y, write x
                 Op::AddInplace => Cost {
                     bytes: 3 * s * u(len),
+                    flops: u(len),
+                },
+                // relu in place: read, write; one comparison per element
+                Op::Relu => Cost {
+                    bytes: 2 * s * u(len),
                     flops: u(len),
                 },
                 // gelu_erf in place: read, write; 4 arithmetic ops and an erf per element

@@ -252,10 +252,11 @@ where
         (&Shape::Elementwise { len }, op) => {
             // [6, 7): fixed points of f32 gelu_new and gelu_erf (see the module docs)
             let mut x = up(len, 1, 6.0, 7.0)?;
-            if op == Op::GeluErf {
-                Box::new(move || b.gelu_erf(&mut x, len))
-            } else {
-                Box::new(move || b.gelu_new(&mut x, len))
+            match op {
+                Op::GeluErf => Box::new(move || b.gelu_erf(&mut x, len)),
+                // (positive inputs are fixed points of relu too)
+                Op::Relu => Box::new(move || b.relu(&mut x, len)),
+                _ => Box::new(move || b.gelu_new(&mut x, len)),
             }
         }
         (&Shape::SiluMul { rows, inter }, op) => {

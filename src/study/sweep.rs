@@ -6,7 +6,8 @@
 //! step of it) at the token counts, batch sizes and context lengths of a [`SweepSpec`]. Ops of the
 //! other architecture are left out (`layernorm`, `add_inplace` and `gelu_new` are GPT-2's;
 //! `rmsnorm`, `add_rmsnorm`, `silu_mul` and `rope` Llama's), and so are the ops the model does not
-//! run (`gelu_erf` is GPT-NeoX's MLP activation, `gelu_new` the other GPT-2-block models'). Context lengths are capped at the
+//! run (`gelu_erf` is GPT-NeoX's and Falcon's MLP activation, `relu` OPT's, `gelu_new` the other
+//! GPT-2-block models'). Context lengths are capped at the
 //! model's context.
 //!
 //! [`Sweep`] names the sets of shapes a run can take: `default` and `attention-acceptance` (issue 5's
@@ -160,9 +161,14 @@ pub fn model_cases(model: &str, cfg: &ModelConfig, ops: &[Op], spec: &SweepSpec)
                 }
             }
             // the model's own GELU
-            Op::GeluNew | Op::GeluErf
+            Op::GeluNew | Op::GeluErf | Op::Relu
                 if gpt2
-                    && (op == Op::GeluErf) == (cfg.mlp_activation == MlpActivation::GeluErf) =>
+                    && op
+                        == match cfg.mlp_activation {
+                            MlpActivation::GeluErf => Op::GeluErf,
+                            MlpActivation::Relu => Op::Relu,
+                            _ => Op::GeluNew,
+                        } =>
             {
                 for &t in &spec.tokens {
                     push(op, Shape::Elementwise { len: t * inter });
@@ -347,6 +353,8 @@ fn default_plan() -> Vec<(&'static str, Vec<Op>, SweepSpec)> {
             vec![Op::GeluErf],
             SweepSpec::tokens(&[64, 1024]),
         ),
+        // OPT's ReLU at OPT 6.7B's width (16384)
+        ("opt-6.7b", vec![Op::Relu], SweepSpec::tokens(&[64, 1024])),
         // RoPE at head_dim 64 (Llama 3.2 1B) beside 128 (8B)
         (
             "llama-3.2-1b",

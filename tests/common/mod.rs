@@ -25,6 +25,7 @@ pub const FIXTURES: &[&str] = &[
     "tiny-starcoder2",
     "tiny-gpt-neox",
     "tiny-falcon",
+    "tiny-opt",
 ];
 
 pub fn repo() -> PathBuf {

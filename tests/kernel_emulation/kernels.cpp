@@ -179,6 +179,10 @@ void test_act(unsigned rows, unsigned inter) {
   launch(d1(2), d1(32), [&] { gelu_erf(et.data(), len); });
   for (auto& u : e) u = float(0.5 * u * (1.0 + std::erf(double(u) / std::sqrt(2.0))));
   snprintf(name, 100, "gelu_erf len %zu", len); cmp(name, tof(et), e);
+  auto rl = q(randn(len, 3.f)); std::vector<T> rt = toT(rl);
+  launch(d1(2), d1(32), [&] { relu(rt.data(), len); });
+  for (auto& u : rl) u = u < 0 ? 0.f : u;
+  snprintf(name, 100, "relu len %zu", len); cmp(name, tof(rt), rl, 0.f);
   auto z = q(randn(len, 6.f)); std::vector<T> zt = toT(z);
   launch(d1(2), d1(32), [&] { softcap_inplace(zt.data(), len, 2.5f); });
   for (auto& u : z) u = float(2.5 * std::tanh(double(u) / 2.5));

@@ -1,5 +1,5 @@
-//! Activations: GPT-2's gelu_new, GPT-NeoX's exact GELU, Llama's SiLU-gated product and Gemma's
-//! GELU(tanh)-gated one.
+//! Activations: GPT-2's gelu_new, GPT-NeoX's exact GELU, OPT's ReLU, Llama's SiLU-gated product
+//! and Gemma's GELU(tanh)-gated one.
 
 /// gelu_new(u) = 0.5 u (1 + tanh(sqrt(2/π) (u + 0.044715 u³))).
 fn gelu_new_of(u: f32) -> f32 {
@@ -18,6 +18,15 @@ pub fn gelu_new(x: &mut [f32]) {
 pub fn gelu_erf(x: &mut [f32]) {
     for v in x.iter_mut() {
         *v = 0.5 * *v * (1.0 + libm::erff(*v * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+/// ReLU, in place: negatives become 0; NaN stays NaN (as torch's `relu`).
+pub fn relu(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        if *v < 0.0 {
+            *v = 0.0;
+        }
     }
 }
 
@@ -80,6 +89,14 @@ mod tests {
         for (a, b) in x.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn relu_zeroes_negatives_and_keeps_nan() {
+        let mut x = [-2.0f32, -0.0, 0.0, 3.5, f32::NAN];
+        relu(&mut x);
+        assert_eq!(&x[..4], &[0.0, -0.0, 0.0, 3.5]);
+        assert!(x[4].is_nan());
     }
 
     #[test]

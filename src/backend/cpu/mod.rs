@@ -375,6 +375,12 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn relu(&self, x: &mut Vec<f32>, len: usize) -> Result<()> {
+        need(x, len, "x")?;
+        activation::relu(&mut x[..len]);
+        Ok(())
+    }
+
     fn silu_mul(&self, out: &mut Vec<f32>, x: &Vec<f32>, rows: usize, inter: usize) -> Result<()> {
         need(out, rows * inter, "out")?;
         need(x, rows * 2 * inter, "x")?;

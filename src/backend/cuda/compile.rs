@@ -48,6 +48,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
         kernels: &[
             "gelu_new",
             "gelu_erf",
+            "relu",
             "silu_mul",
             "gelu_tanh_mul",
             "softcap_inplace",

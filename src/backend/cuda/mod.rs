@@ -1438,6 +1438,11 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         ops::gelu_erf(self.k(), self.s(), x, len as u64)
     }
 
+    fn relu(&self, x: &mut CudaSlice<T>, len: usize) -> Result<()> {
+        need(x, len, "x")?;
+        ops::relu(self.k(), self.s(), x, len as u64)
+    }
+
     fn silu_mul(
         &self,
         out: &mut CudaSlice<T>,

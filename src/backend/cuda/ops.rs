@@ -5,7 +5,7 @@
 //! |-------------------------|----------------------------------------------|--------------------------|
 //! | embedding, gather_logit_rows, layernorm, rmsnorm, add_rmsnorm, rope, write_kv | one block per row (the kernels grid-stride, so the grid is capped at [`MAX_ROW_BLOCKS`]) | `IM_ROW_THREADS` |
 //! | qk_rmsnorm              | one block per row's Q and one per its K (2 × rows, capped as rows) | `IM_ROW_THREADS` |
-//! | add_inplace, gelu_new, gelu_erf, silu_mul, softcap_inplace, scale_inplace | min(ceil(16-byte vectors / threads), SMs × `IM_ELEMENTWISE_BLOCKS_PER_SM`) | `IM_ELEMENTWISE_THREADS` |
+//! | add_inplace, gelu_new, gelu_erf, relu, silu_mul, softcap_inplace, scale_inplace | min(ceil(16-byte vectors / threads), SMs × `IM_ELEMENTWISE_BLOCKS_PER_SM`) | `IM_ELEMENTWISE_THREADS` |
 //! | paged_attention_naive   | (num_tokens, num_heads)                      | `IM_ATTN_THREADS`        |
 //! | paged_decode_d*, paged_decode_reduce, flash_prefill{,_sync}_d* | see [`super::attention`] | |
 //! | argmax_rows, sample_rows| one block per row (capped as rows)           | `IM_SAMPLING_THREADS`    |
@@ -87,6 +87,7 @@ pub struct Kernels {
     pub flash_prefill_sync: [CudaFunction; 2],
     pub gelu_new: CudaFunction,
     pub gelu_erf: CudaFunction,
+    pub relu: CudaFunction,
     pub softcap_inplace: CudaFunction,
     pub silu_mul: CudaFunction,
     pub gelu_tanh_mul: CudaFunction,
@@ -137,6 +138,7 @@ impl Kernels {
             ],
             gelu_new: get("activation.cu", "gelu_new")?,
             gelu_erf: get("activation.cu", "gelu_erf")?,
+            relu: get("activation.cu", "relu")?,
             softcap_inplace: get("activation.cu", "softcap_inplace")?,
             silu_mul: get("activation.cu", "silu_mul")?,
             gelu_tanh_mul: get("activation.cu", "gelu_tanh_mul")?,
@@ -436,7 +438,12 @@ pub fn gelu_erf<T>(k: &Kernels, s: &CudaStream, x: &mut CudaSlice<T>, len: u64) 
     map_in_place(k, s, &k.gelu_erf, "gelu_erf", x, len)
 }
 
-/// One of activation.cu's in-place maps without parameters (`gelu_new`, `gelu_erf`).
+/// `relu(x, len)`, in place (len is uint64 in the kernel).
+pub fn relu<T>(k: &Kernels, s: &CudaStream, x: &mut CudaSlice<T>, len: u64) -> Result<()> {
+    map_in_place(k, s, &k.relu, "relu", x, len)
+}
+
+/// One of activation.cu's in-place maps without parameters (`gelu_new`, `gelu_erf`, `relu`).
 fn map_in_place<T>(
     k: &Kernels,
     s: &CudaStream,
@@ -451,7 +458,7 @@ fn map_in_place<T>(
     let cfg = k.elementwise(len.div_ceil(u64::from(vec_width::<T>())));
     let mut b = s.launch_builder(f);
     b.arg(x).arg(&len);
-    // SAFETY: both kernels take (T* x, uint64_t len), as activation.cu declares them.
+    // SAFETY: these kernels take (T* x, uint64_t len), as activation.cu declares them.
     unsafe { b.launch(cfg) }.map(drop).map_err(launched(name))
 }
 
@@ -472,8 +479,10 @@ pub fn gated_mul<T>(
     let (f, name) = match act {
         MlpActivation::Silu => (&k.silu_mul, "silu_mul"),
         MlpActivation::GeluTanh => (&k.gelu_tanh_mul, "gelu_tanh_mul"),
-        // (ModelConfig::validate refuses it for a gated MLP)
-        MlpActivation::GeluErf => return Err(err("no gated exact-GELU kernel")),
+        // (ModelConfig::validate refuses them for a gated MLP)
+        MlpActivation::GeluErf | MlpActivation::Relu => {
+            return Err(err(format!("no gated {act:?} kernel")))
+        }
     };
     let w = vec_width::<T>();
     let per_row = if inter % w == 0 { inter / w } else { inter };
