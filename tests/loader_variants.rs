@@ -898,9 +898,15 @@ fn opt_checkpoint_prefixes_and_position_offset() {
             }
         }
     });
-    assert!(moved <= 1e-3, "the prefix-less checkpoint moved the logits by {moved}");
+    assert!(
+        moved <= 1e-3,
+        "the prefix-less checkpoint moved the logits by {moved}"
+    );
     let moved = logits_moved_by_weight_edit(fixture, 2, &|ts| {
-        for t in ts.iter_mut().filter(|t| t.name.ends_with("embed_positions.weight")) {
+        for t in ts
+            .iter_mut()
+            .filter(|t| t.name.ends_with("embed_positions.weight"))
+        {
             // shift the table by the offset: row p + 2 now holds what row p did
             let row = t.shape[1] * 4;
             let mut bytes = t.bytes[..2 * row].to_vec();
@@ -908,7 +914,10 @@ fn opt_checkpoint_prefixes_and_position_offset() {
             t.bytes = bytes;
         }
     });
-    assert!(moved > 0.05, "positions without the offset moved the logits by only {moved}");
+    assert!(
+        moved > 0.05,
+        "positions without the offset moved the logits by only {moved}"
+    );
     let err = refused_after_config_edit(fixture, &|c| c["max_position_embeddings"] = json!(258));
     assert!(err.contains("embed_positions"), "{err}");
 }

@@ -22,6 +22,7 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "falcon",
     "gemma3_text",
     "gpt2",
+    "gpt_bigcode",
     "gpt_neox",
     "granite",
     "llama",
@@ -276,7 +277,7 @@ impl ModelConfig {
         let f = Fields { obj, file };
         let model_type = f.req_str("model_type")?;
         let config = match model_type.as_str() {
-            "gpt2" => parse_gpt2(&f)?,
+            "gpt2" | "gpt_bigcode" => parse_gpt2(&f, &model_type)?,
             "gpt_neox" => parse_gpt_neox(&f)?,
             "falcon" => parse_falcon(&f)?,
             "opt" => parse_opt(&f)?,
@@ -477,7 +478,13 @@ impl ModelConfig {
     }
 }
 
-fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
+/// GPT-2 (`GPT2Config`) and GPT-BigCode (`GPTBigCodeConfig`: StarCoder 1, SantaCoder,
+/// tiny_starcoder): learned positions, LayerNorms, biases everywhere, an MLP of `n_inner` (4 ×
+/// hidden) with `activation_function` (gelu_new; GPT-BigCode's gelu_pytorch_tanh), tied unless
+/// `tie_word_embeddings` says otherwise. GPT-BigCode adds multi-query attention (`multi_query`,
+/// true: one KV head) and has no `scale_attn_by_inverse_layer_idx`.
+fn parse_gpt2(f: &Fields, model_type: &str) -> Result<ModelConfig> {
+    let bigcode = model_type == "gpt_bigcode";
     let hidden = f.req_usize("n_embd")?;
     let heads = f.req_usize("n_head")?;
     if heads == 0 || hidden % heads != 0 {
@@ -487,27 +494,33 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
             format!("{heads} does not divide n_embd {hidden}"),
         ));
     }
+    let default_act = if bigcode {
+        "gelu_pytorch_tanh"
+    } else {
+        "gelu_new"
+    };
     let act = f
         .opt_str("activation_function")?
-        .unwrap_or_else(|| "gelu_new".into());
-    let mlp_activation = dense_gelu(f, "activation_function", &act, "gpt2")?;
+        .unwrap_or_else(|| default_act.into());
+    let mlp_activation = dense_gelu(f, "activation_function", &act, model_type)?;
     if f.opt_bool("add_cross_attention")?.unwrap_or(false) {
         return Err(Error::config(
             f.file,
             "add_cross_attention",
-            "cross-attention (encoder-decoder GPT-2) is not supported",
+            format!("cross-attention (encoder-decoder {model_type}) is not supported"),
         ));
     }
     let head_dim = hidden / heads;
     let scale_weights = f.opt_bool("scale_attn_weights")?.unwrap_or(true);
+    let multi_query = bigcode && f.opt_bool("multi_query")?.unwrap_or(true);
     Ok(ModelConfig {
         arch: Arch::Gpt2,
-        model_type: "gpt2".into(),
+        model_type: model_type.into(),
         vocab_size: f.req_usize("vocab_size")?,
         hidden_size: hidden,
         num_layers: f.req_usize("n_layer")?,
         num_heads: heads,
-        num_kv_heads: heads,
+        num_kv_heads: if multi_query { 1 } else { heads },
         head_dim,
         intermediate_size: f.opt_usize("n_inner")?.unwrap_or(4 * hidden),
         max_context: f.req_usize("n_positions")?,
@@ -536,9 +549,10 @@ fn parse_gpt2(f: &Fields) -> Result<ModelConfig> {
         } else {
             1.0
         },
-        scale_attn_by_inverse_layer_idx: f
-            .opt_bool("scale_attn_by_inverse_layer_idx")?
-            .unwrap_or(false),
+        // (GPTBigCodeConfig has no such field: transformers ignores it there)
+        scale_attn_by_inverse_layer_idx: !bigcode
+            && f.opt_bool("scale_attn_by_inverse_layer_idx")?
+                .unwrap_or(false),
         parallel_residual: false,
         parallel_shared_norm: false,
         lm_head_bias: false,
@@ -2542,18 +2556,27 @@ mod tests {
         let c = parse("opt", r#""ffn_dim": 160"#).unwrap();
         assert_eq!((c.arch, c.model_type.as_str()), (Arch::Gpt2, "opt"));
         assert!(c.learned_positions() && c.rope.is_none());
-        assert_eq!((c.position_offset, c.num_kv_heads, c.intermediate_size), (2, 4, 160));
+        assert_eq!(
+            (c.position_offset, c.num_kv_heads, c.intermediate_size),
+            (2, 4, 160)
+        );
         assert_eq!(c.mlp_activation, MlpActivation::Relu);
         assert!(c.attention_bias && c.o_proj_bias && c.mlp_bias && c.tie_word_embeddings);
         assert!(!c.parallel_residual && c.has_mlp_norm());
-        let c = parse("opt", r#""ffn_dim": 160, "enable_bias": false, "activation_function": "gelu""#)
-            .unwrap();
+        let c = parse(
+            "opt",
+            r#""ffn_dim": 160, "enable_bias": false, "activation_function": "gelu""#,
+        )
+        .unwrap();
         assert!(!c.attention_bias && !c.o_proj_bias && !c.mlp_bias);
         assert_eq!(c.mlp_activation, MlpActivation::GeluErf);
         for (extra, field) in [
             (r#""do_layer_norm_before": false"#, "do_layer_norm_before"),
             (r#""word_embed_proj_dim": 32"#, "word_embed_proj_dim"),
-            (r#""layer_norm_elementwise_affine": false"#, "layer_norm_elementwise_affine"),
+            (
+                r#""layer_norm_elementwise_affine": false"#,
+                "layer_norm_elementwise_affine",
+            ),
             (r#""activation_function": "silu""#, "activation_function"),
         ] {
             let err = parse("opt", &format!(r#""ffn_dim": 160, {extra}"#))
@@ -2570,6 +2593,44 @@ mod tests {
             let c = ModelConfig::from_json_str(m.config, name).unwrap();
             assert_eq!(c.num_parameters(), params, "{name}");
         }
+    }
+
+    #[test]
+    fn gpt_bigcode_is_gpt2_with_multi_query_attention() {
+        let bigcode = |extra: &str| {
+            let sep = if extra.is_empty() { "" } else { "," };
+            let text = format!(
+                r#"{{"model_type": "gpt_bigcode", "n_embd": 64, "n_head": 4, "n_layer": 2,
+                    "n_positions": 128, "vocab_size": 100{sep} {extra}}}"#
+            );
+            ModelConfig::from_json_str(&text, "config.json")
+        };
+        // GPTBigCodeConfig's defaults: multi-query, gelu_pytorch_tanh, MLP 4 × hidden, tied
+        let c = bigcode("").unwrap();
+        assert_eq!((c.arch, c.model_type.as_str()), (Arch::Gpt2, "gpt_bigcode"));
+        assert_eq!(
+            (c.num_kv_heads, c.intermediate_size, c.head_dim),
+            (1, 256, 16)
+        );
+        assert_eq!(c.mlp_activation, MlpActivation::GeluTanh);
+        assert!(c.learned_positions() && c.tie_word_embeddings && c.attention_bias);
+        // transformers reads no scale_attn_by_inverse_layer_idx for GPT-BigCode
+        let c =
+            bigcode(r#""multi_query": false, "scale_attn_by_inverse_layer_idx": true"#).unwrap();
+        assert_eq!(c.num_kv_heads, 4);
+        assert!(!c.scale_attn_by_inverse_layer_idx);
+        let err = bigcode(r#""add_cross_attention": true"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("add_cross_attention") && err.contains("gpt_bigcode"),
+            "{err}"
+        );
+        // the embedded StarCoder: 15.5 B parameters (multi-query over 48 heads, 8192 positions)
+        let m = crate::model::registry::find("starcoder").unwrap();
+        let c = ModelConfig::from_json_str(m.config, "starcoder").unwrap();
+        assert_eq!(c.num_parameters(), 15_517_456_384);
+        assert_eq!((c.head_dim, c.num_kv_heads, c.max_context), (128, 1, 8192));
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub static EMBEDDED: &[EmbeddedModel] = &[
     config_only!("falcon-7b"),
     config_only!("opt-125m"),
     config_only!("opt-6.7b"),
+    config_only!("starcoder"),
 ];
 
 pub fn find(name: &str) -> Option<&'static EmbeddedModel> {

@@ -134,6 +134,7 @@ pub fn load_weights(cfg: &ModelConfig, store: &TensorStore) -> Result<ModelWeigh
         Arch::Gpt2 if cfg.model_type == "gpt_neox" => load_gpt_neox(cfg, store)?,
         Arch::Gpt2 if cfg.model_type == "falcon" => load_falcon(cfg, store)?,
         Arch::Gpt2 if cfg.model_type == "opt" => load_opt(cfg, store)?,
+        Arch::Gpt2 if cfg.model_type == "gpt_bigcode" => load_gpt_bigcode(cfg, store)?,
         // GPT-2's block with RoPE: Phi, StarCoder2
         Arch::Gpt2 if cfg.rope.is_some() => load_dense_rope(cfg, store)?,
         Arch::Gpt2 => load_gpt2(cfg, store)?,
@@ -475,6 +476,49 @@ fn load_gpt2(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTen
     })
 }
 
+/// GPT-BigCode (`GPTBigCodeForCausalLM`: StarCoder 1, SantaCoder): GPT-2's names under
+/// `transformer.` (`wte`, `wpe`, `h.{i}.ln_1`, `attn.c_attn`, `attn.c_proj`, `ln_2`, `mlp.c_fc`,
+/// `mlp.c_proj`, `ln_f`) but `nn.Linear` weights ([out, in], not Conv1D's [in, out]) and a fused
+/// `c_attn` of q_size + 2 · kv_size rows: all Q heads then the one K and V head under multi-query
+/// (the canonical order), interleaved per head ([heads, 3, head_dim]) without; `lm_head` absent or
+/// ignored when tied.
+fn load_gpt_bigcode(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTensor>> {
+    let h = cfg.hidden_size;
+    let (q, kv, inter) = (cfg.q_size(), cfg.kv_size(), cfg.intermediate_size);
+    let read = |name: &str, shape: &[usize]| st.read_f32(&format!("transformer.{name}"), shape);
+    let linear = |name: &str, out: usize, inp: usize| read_linear(&read, name, out, inp, true);
+    let ln = |name: &str| layernorm(&read, name, h);
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for i in 0..cfg.num_layers {
+        let p = format!("h.{i}");
+        let fused = linear(&format!("{p}.attn.c_attn"), q + 2 * kv, h)?;
+        layers.push(LayerWeights {
+            attn_norm: Some(ln(&format!("{p}.ln_1"))?),
+            qkv: ungroup_qkv(fused, cfg.num_kv_heads, cfg.gqa_group(), cfg.head_dim),
+            qk_norm: None,
+            o: linear(&format!("{p}.attn.c_proj"), h, q)?,
+            mlp_norm: Some(ln(&format!("{p}.ln_2"))?),
+            post_attn_norm: None,
+            post_mlp_norm: None,
+            up: linear(&format!("{p}.mlp.c_fc"), inter, h)?,
+            down: linear(&format!("{p}.mlp.c_proj"), h, inter)?,
+        });
+    }
+    let lm_head = if cfg.tie_word_embeddings {
+        None
+    } else {
+        Some(st.read_f32("lm_head.weight", &[cfg.vocab_size, h])?)
+    };
+    Ok(ModelWeights {
+        embed: read("wte.weight", &[cfg.vocab_size, h])?,
+        positions: Some(read("wpe.weight", &[cfg.max_context, h])?),
+        layers,
+        final_norm: ln("ln_f")?,
+        lm_head,
+        lm_head_bias: None,
+    })
+}
+
 /// A LayerNorm's `{name}.weight` and `{name}.bias`, `[h]` each, through `read` (which may prefix
 /// the names).
 fn layernorm(
@@ -485,6 +529,25 @@ fn layernorm(
     Ok(Norm {
         weight: read(&format!("{name}.weight"), &[h])?,
         bias: Some(read(&format!("{name}.bias"), &[h])?),
+    })
+}
+
+/// A linear layer's `{name}.weight` ([out, inp]) and, with `bias`, its `{name}.bias` ([out]),
+/// through `read` (which may prefix the names).
+fn read_linear(
+    read: &dyn Fn(&str, &[usize]) -> Result<HostTensor>,
+    name: &str,
+    out: usize,
+    inp: usize,
+    bias: bool,
+) -> Result<Linear<HostTensor>> {
+    Ok(Linear {
+        weight: read(&format!("{name}.weight"), &[out, inp])?,
+        bias: if bias {
+            Some(read(&format!("{name}.bias"), &[out])?)
+        } else {
+            None
+        },
     })
 }
 
@@ -526,16 +589,8 @@ fn load_dense_rope(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<H
     let h = cfg.hidden_size;
     let (q, kv, inter) = (cfg.q_size(), cfg.kv_size(), cfg.intermediate_size);
     let read = |name: &str, shape: &[usize]| st.read_f32(name, shape);
-    let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear<HostTensor>> {
-        Ok(Linear {
-            weight: read(&format!("{name}.weight"), &[out, inp])?,
-            bias: if bias {
-                Some(read(&format!("{name}.bias"), &[out])?)
-            } else {
-                None
-            },
-        })
-    };
+    let linear =
+        |name: &str, out: usize, inp: usize, bias: bool| read_linear(&read, name, out, inp, bias);
     let ln = |name: &str| layernorm(&read, name, h);
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
@@ -596,16 +651,8 @@ fn load_gpt_neox(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<Hos
     let h = cfg.hidden_size;
     let (q, inter) = (cfg.q_size(), cfg.intermediate_size);
     let read = |name: &str, shape: &[usize]| st.read_f32(name, shape);
-    let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear<HostTensor>> {
-        Ok(Linear {
-            weight: read(&format!("{name}.weight"), &[out, inp])?,
-            bias: if bias {
-                Some(read(&format!("{name}.bias"), &[out])?)
-            } else {
-                None
-            },
-        })
-    };
+    let linear =
+        |name: &str, out: usize, inp: usize, bias: bool| read_linear(&read, name, out, inp, bias);
     let ln = |name: &str| layernorm(&read, name, h);
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
@@ -647,9 +694,10 @@ fn load_gpt_neox(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<Hos
 /// A fused QKV projection whose rows are grouped per KV head — [kv_heads, group + 2, head_dim]:
 /// the group's `group` query heads, then its key head, then its value head — reordered into the
 /// canonical rows (every query head, then every key head, then every value head), weight
-/// ([(group + 2) · kv_heads · head_dim, hidden]) and bias alike. Falcon's three layouts and
-/// GPT-NeoX's are all this one: grouped (Falcon 40B), one group of every query head (multi-query,
-/// Falcon 7B), groups of one query head (interleaved per head: GPT-NeoX, MHA Falcon).
+/// ([(group + 2) · kv_heads · head_dim, hidden]) and bias alike. Falcon's three layouts, GPT-NeoX's
+/// and GPT-BigCode's two are all this one: grouped (Falcon 40B), one group of every query head
+/// (multi-query: Falcon 7B, StarCoder; already canonical), groups of one query head (interleaved
+/// per head: GPT-NeoX, MHA Falcon and GPT-BigCode).
 fn ungroup_qkv(
     fused: Linear<HostTensor>,
     kv_heads: usize,
@@ -690,16 +738,8 @@ fn load_falcon(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostT
     let h = cfg.hidden_size;
     let (q, kv, inter) = (cfg.q_size(), cfg.kv_size(), cfg.intermediate_size);
     let read = |name: &str, shape: &[usize]| st.read_f32(name, shape);
-    let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear<HostTensor>> {
-        Ok(Linear {
-            weight: read(&format!("{name}.weight"), &[out, inp])?,
-            bias: if bias {
-                Some(read(&format!("{name}.bias"), &[out])?)
-            } else {
-                None
-            },
-        })
-    };
+    let linear =
+        |name: &str, out: usize, inp: usize, bias: bool| read_linear(&read, name, out, inp, bias);
     let ln = |name: &str| layernorm(&read, name, h);
     // the attention's and the MLP's norm names (None: the MLP reads the attention's)
     let (attn_norm, mlp_norm) = if cfg.parallel_residual && cfg.has_mlp_norm() {
@@ -763,16 +803,8 @@ fn load_opt(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTens
         "model.decoder."
     };
     let read = |name: &str, shape: &[usize]| st.read_f32(&format!("{prefix}{name}"), shape);
-    let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear<HostTensor>> {
-        Ok(Linear {
-            weight: read(&format!("{name}.weight"), &[out, inp])?,
-            bias: if bias {
-                Some(read(&format!("{name}.bias"), &[out])?)
-            } else {
-                None
-            },
-        })
-    };
+    let linear =
+        |name: &str, out: usize, inp: usize, bias: bool| read_linear(&read, name, out, inp, bias);
     let ln = |name: &str| layernorm(&read, name, h);
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
@@ -910,4 +942,58 @@ fn concat_rows(parts: &[HostTensor]) -> HostTensor {
     let mut shape = parts[0].shape.clone();
     shape[0] = rows;
     HostTensor::new(shape, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows named by their (kind, head): q heads 1x, k heads 2x, v heads 3x; each row holds its
+    /// name in every column.
+    fn fused(rows: &[f32], cols: usize) -> Linear<HostTensor> {
+        let data = rows.iter().flat_map(|&r| vec![r; cols]).collect();
+        Linear {
+            weight: HostTensor::new(vec![rows.len(), cols], data),
+            bias: Some(HostTensor::new(vec![rows.len()], rows.to_vec())),
+        }
+    }
+
+    #[test]
+    fn ungroup_qkv_gives_the_canonical_rows_for_every_layout() {
+        let canonical = |kv: usize, group: usize| -> Vec<f32> {
+            let q = (0..kv * group).map(|h| 10.0 + h as f32);
+            let k = (0..kv).map(|h| 20.0 + h as f32);
+            let v = (0..kv).map(|h| 30.0 + h as f32);
+            q.chain(k).chain(v).collect()
+        };
+        for (kv, group, stored) in [
+            // Falcon 40B: per KV head, its queries, then its key and value
+            (2, 2, vec![10.0, 11.0, 20.0, 30.0, 12.0, 13.0, 21.0, 31.0]),
+            // GPT-NeoX, MHA Falcon and GPT-BigCode: interleaved per head
+            (
+                3,
+                1,
+                vec![10.0, 20.0, 30.0, 11.0, 21.0, 31.0, 12.0, 22.0, 32.0],
+            ),
+            // multi-query: already canonical
+            (1, 3, vec![10.0, 11.0, 12.0, 20.0, 30.0]),
+        ] {
+            let head_dim = 1;
+            let out = ungroup_qkv(fused(&stored, 2), kv, group, head_dim);
+            let want = canonical(kv, group);
+            let rows: Vec<f32> = out.weight.data.chunks(2).map(|r| r[0]).collect();
+            assert_eq!(rows, want, "weight, kv {kv} group {group}");
+            assert!(out.weight.data.chunks(2).all(|r| r[0] == r[1]));
+            assert_eq!(out.bias.unwrap().data, want, "bias, kv {kv} group {group}");
+        }
+        // head_dim 2: a head's rows move together
+        let out = ungroup_qkv(fused(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 1), 1, 1, 2);
+        assert_eq!(out.weight.data, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let stored = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5];
+        let out = ungroup_qkv(fused(&stored, 1), 2, 1, 2);
+        assert_eq!(
+            out.weight.data,
+            vec![1.0, 1.5, 4.0, 4.5, 2.0, 2.5, 5.0, 5.5, 3.0, 3.5, 6.0, 6.5]
+        );
+    }
 }

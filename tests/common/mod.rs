@@ -26,6 +26,7 @@ pub const FIXTURES: &[&str] = &[
     "tiny-gpt-neox",
     "tiny-falcon",
     "tiny-opt",
+    "tiny-gpt-bigcode",
 ];
 
 pub fn repo() -> PathBuf {
