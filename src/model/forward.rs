@@ -617,8 +617,9 @@ impl<B: Backend> Model<B> {
             match c.arch {
                 Arch::Gpt2 => {
                     // GPT-2's MLP reads the normalised sum x + attn; a parallel block's MLP the
-                    // layer's input x: GPT-NeoX's through a norm of its own (taken before the
-                    // attention's output joins x), Phi's through the attention's, still in ws.xn
+                    // layer's input x: GPT-NeoX's and Falcon 40B's through a norm of their own
+                    // (taken before the attention's output joins x), Phi's and Falcon 7B's
+                    // through the attention's, still in ws.xn
                     match (c.parallel_residual, &layer.mlp_norm) {
                         (true, None) => b.add_inplace(&mut ws.x, &ws.delta, t * h)?,
                         (true, norm) => {
@@ -644,7 +645,13 @@ impl<B: Backend> Model<B> {
                     match c.mlp_activation {
                         MlpActivation::GeluErf => b.gelu_erf(&mut ws.up, t * inter)?,
                         MlpActivation::Relu => b.relu(&mut ws.up, t * inter)?,
-                        _ => b.gelu_new(&mut ws.up, t * inter)?,
+                        MlpActivation::GeluTanh => b.gelu_new(&mut ws.up, t * inter)?,
+                        // (ModelConfig::validate refuses it for GPT-2's block)
+                        MlpActivation::Silu => {
+                            return Err(Error::Invalid(
+                                "GPT-2's block with a SiLU MLP is not supported".into(),
+                            ))
+                        }
                     }
                     b.linear(
                         &mut ws.delta,
