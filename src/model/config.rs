@@ -487,13 +487,7 @@ fn parse_gpt2(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     let bigcode = model_type == "gpt_bigcode";
     let hidden = f.req_usize("n_embd")?;
     let heads = f.req_usize("n_head")?;
-    if heads == 0 || hidden % heads != 0 {
-        return Err(Error::config(
-            f.file,
-            "n_head",
-            format!("{heads} does not divide n_embd {hidden}"),
-        ));
-    }
+    let head_dim = head_dim_of(f, hidden, heads, "n_head", "n_embd")?;
     let default_act = if bigcode {
         "gelu_pytorch_tanh"
     } else {
@@ -510,7 +504,6 @@ fn parse_gpt2(f: &Fields, model_type: &str) -> Result<ModelConfig> {
             format!("cross-attention (encoder-decoder {model_type}) is not supported"),
         ));
     }
-    let head_dim = hidden / heads;
     let scale_weights = f.opt_bool("scale_attn_weights")?.unwrap_or(true);
     let multi_query = bigcode && f.opt_bool("multi_query")?.unwrap_or(true);
     Ok(ModelConfig {
@@ -577,14 +570,7 @@ fn parse_dense_rope(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     let phi = model_type == "phi";
     let hidden = f.req_usize("hidden_size")?;
     let heads = f.req_usize("num_attention_heads")?;
-    if heads == 0 || hidden % heads != 0 {
-        return Err(Error::config(
-            f.file,
-            "num_attention_heads",
-            format!("{heads} does not divide hidden_size {hidden}"),
-        ));
-    }
-    let head_dim = hidden / heads;
+    let head_dim = head_dim_of(f, hidden, heads, "num_attention_heads", "hidden_size")?;
     let act = f
         .opt_str("hidden_act")?
         .unwrap_or_else(|| "gelu_new".into());
@@ -658,6 +644,25 @@ fn parse_dense_rope(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     })
 }
 
+/// hidden / heads, the head width of a model without a `head_dim` field; `heads_field` and
+/// `hidden_field` name the two in the error when heads do not divide hidden.
+fn head_dim_of(
+    f: &Fields,
+    hidden: usize,
+    heads: usize,
+    heads_field: &str,
+    hidden_field: &str,
+) -> Result<usize> {
+    if heads == 0 || hidden % heads != 0 {
+        return Err(Error::config(
+            f.file,
+            heads_field,
+            format!("{heads} does not divide {hidden_field} {hidden}"),
+        ));
+    }
+    Ok(hidden / heads)
+}
+
 /// The GELU of GPT-2's block named `act` in `field` (`model_type`'s): transformers' `gelu` is the
 /// exact one; `gelu_new`, `gelu_fast` and `gelu_pytorch_tanh` are the tanh approximation.
 fn dense_gelu(f: &Fields, field: &str, act: &str, model_type: &str) -> Result<MlpActivation> {
@@ -686,14 +691,7 @@ fn dense_gelu(f: &Fields, field: &str, act: &str, model_type: &str) -> Result<Ml
 fn parse_gpt_neox(f: &Fields) -> Result<ModelConfig> {
     let hidden = f.req_usize("hidden_size")?;
     let heads = f.req_usize("num_attention_heads")?;
-    if heads == 0 || hidden % heads != 0 {
-        return Err(Error::config(
-            f.file,
-            "num_attention_heads",
-            format!("{heads} does not divide hidden_size {hidden}"),
-        ));
-    }
-    let head_dim = hidden / heads;
+    let head_dim = head_dim_of(f, hidden, heads, "num_attention_heads", "hidden_size")?;
     let act = f.opt_str("hidden_act")?.unwrap_or_else(|| "gelu".into());
     let mlp_activation = dense_gelu(f, "hidden_act", &act, "gpt_neox")?;
     let (rope, partial_rotary_dim) = parse_neox_rope(f, head_dim)?;
@@ -766,14 +764,7 @@ fn parse_falcon(f: &Fields) -> Result<ModelConfig> {
         None => f.req_usize("n_embed")?,
     };
     let heads = f.req_usize("num_attention_heads")?;
-    if heads == 0 || hidden % heads != 0 {
-        return Err(Error::config(
-            f.file,
-            "num_attention_heads",
-            format!("{heads} does not divide hidden_size {hidden}"),
-        ));
-    }
-    let head_dim = hidden / heads;
+    let head_dim = head_dim_of(f, hidden, heads, "num_attention_heads", "hidden_size")?;
     let new_arch = f.opt_bool("new_decoder_architecture")?.unwrap_or(false);
     let multi_query = f.opt_bool("multi_query")?.unwrap_or(true);
     let parallel_attn = f.opt_bool("parallel_attn")?.unwrap_or(true);
@@ -865,13 +856,7 @@ fn parse_falcon(f: &Fields) -> Result<ModelConfig> {
 fn parse_opt(f: &Fields) -> Result<ModelConfig> {
     let hidden = f.req_usize("hidden_size")?;
     let heads = f.req_usize("num_attention_heads")?;
-    if heads == 0 || hidden % heads != 0 {
-        return Err(Error::config(
-            f.file,
-            "num_attention_heads",
-            format!("{heads} does not divide hidden_size {hidden}"),
-        ));
-    }
+    let head_dim = head_dim_of(f, hidden, heads, "num_attention_heads", "hidden_size")?;
     if !f.opt_bool("do_layer_norm_before")?.unwrap_or(true) {
         return Err(Error::config(
             f.file,
@@ -912,7 +897,6 @@ fn parse_opt(f: &Fields) -> Result<ModelConfig> {
         "relu" => MlpActivation::Relu,
         other => dense_gelu(f, "activation_function", other, "opt")?,
     };
-    let head_dim = hidden / heads;
     let bias = f.opt_bool("enable_bias")?.unwrap_or(true);
     Ok(ModelConfig {
         arch: Arch::Gpt2,

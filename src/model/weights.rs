@@ -551,6 +551,28 @@ fn read_linear(
     })
 }
 
+/// Separate `{attn}.q_proj`, `k_proj` and `v_proj` layers ([q, h], [kv, h], [kv, h]; biases under
+/// `bias`) fused into the canonical QKV, through `read`.
+fn read_separate_qkv(
+    read: &dyn Fn(&str, &[usize]) -> Result<HostTensor>,
+    attn: &str,
+    q: usize,
+    kv: usize,
+    h: usize,
+    bias: bool,
+) -> Result<Linear<HostTensor>> {
+    let (mut weights, mut biases) = (Vec::with_capacity(3), Vec::with_capacity(3));
+    for (name, rows) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+        let part = read_linear(read, &format!("{attn}.{name}"), rows, h, bias)?;
+        weights.push(part.weight);
+        biases.extend(part.bias);
+    }
+    Ok(Linear {
+        weight: concat_rows(&weights),
+        bias: bias.then(|| concat_rows(&biases)),
+    })
+}
+
 /// The checkpoint names of GPT-2's block with RoPE (`Arch::Gpt2` with a rope), per model type.
 struct DenseRopeNames {
     /// the attention output projection
@@ -595,19 +617,10 @@ fn load_dense_rope(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<H
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
         let p = format!("model.layers.{i}");
-        let ab = cfg.attention_bias;
-        let (qp, kp, vp) = (
-            linear(&format!("{p}.self_attn.q_proj"), q, h, ab)?,
-            linear(&format!("{p}.self_attn.k_proj"), kv, h, ab)?,
-            linear(&format!("{p}.self_attn.v_proj"), kv, h, ab)?,
-        );
-        let biases: Vec<HostTensor> = [qp.bias, kp.bias, vp.bias].into_iter().flatten().collect();
+        let attn = format!("{p}.self_attn");
         layers.push(LayerWeights {
             attn_norm: Some(ln(&format!("{p}.input_layernorm"))?),
-            qkv: Linear {
-                weight: concat_rows(&[qp.weight, kp.weight, vp.weight]),
-                bias: (!biases.is_empty()).then(|| concat_rows(&biases)),
-            },
+            qkv: read_separate_qkv(&read, &attn, q, kv, h, cfg.attention_bias)?,
             qk_norm: None,
             o: linear(&format!("{p}.{}", names.o), h, q, cfg.o_proj_bias)?,
             mlp_norm: match names.mlp_norm {
@@ -809,19 +822,10 @@ fn load_opt(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTens
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
         let p = format!("layers.{i}");
-        let ab = cfg.attention_bias;
-        let (qp, kp, vp) = (
-            linear(&format!("{p}.self_attn.q_proj"), q, h, ab)?,
-            linear(&format!("{p}.self_attn.k_proj"), kv, h, ab)?,
-            linear(&format!("{p}.self_attn.v_proj"), kv, h, ab)?,
-        );
-        let biases: Vec<HostTensor> = [qp.bias, kp.bias, vp.bias].into_iter().flatten().collect();
+        let attn = format!("{p}.self_attn");
         layers.push(LayerWeights {
             attn_norm: Some(ln(&format!("{p}.self_attn_layer_norm"))?),
-            qkv: Linear {
-                weight: concat_rows(&[qp.weight, kp.weight, vp.weight]),
-                bias: (!biases.is_empty()).then(|| concat_rows(&biases)),
-            },
+            qkv: read_separate_qkv(&read, &attn, q, kv, h, cfg.attention_bias)?,
             qk_norm: None,
             o: linear(&format!("{p}.self_attn.out_proj"), h, q, cfg.o_proj_bias)?,
             mlp_norm: Some(ln(&format!("{p}.final_layer_norm"))?),
