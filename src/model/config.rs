@@ -24,6 +24,7 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "gpt2",
     "gpt_bigcode",
     "gpt_neox",
+    "gptj",
     "granite",
     "llama",
     "mistral",
@@ -163,6 +164,13 @@ pub struct ModelConfig {
     /// leaves the rest as they are; None: the whole head ([`rotary_dim`](Self::rotary_dim)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial_rotary_dim: Option<usize>,
+    /// GPT-J: RoPE rotates the pairs (2i, 2i + 1) of each head's first rotary_dim dimensions
+    /// (rotate-every-two) instead of (i, i + rotary_dim / 2). The loader permutes those rows of
+    /// every Q and K head (pair i's two rows to i and i + rotary_dim / 2) so the backends'
+    /// rotate-half RoPE computes it: q·k is the same under one permutation of both, and V is not
+    /// touched. The KV cache holds the permuted keys.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rope_interleaved: bool,
     pub tie_word_embeddings: bool,
     /// The q, k and v projections carry biases.
     pub attention_bias: bool,
@@ -281,6 +289,7 @@ impl ModelConfig {
             "gpt_neox" => parse_gpt_neox(&f)?,
             "falcon" => parse_falcon(&f)?,
             "opt" => parse_opt(&f)?,
+            "gptj" => parse_gptj(&f)?,
             "phi" | "starcoder2" => parse_dense_rope(&f, &model_type)?,
             "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "granite" | "smollm3" | "olmo2" => {
                 parse_llama(&f, &model_type)?
@@ -521,6 +530,7 @@ fn parse_gpt2(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         rope: None,
         partial_rotary_dim: None,
         position_offset: 0,
+        rope_interleaved: false,
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
         attention_bias: true,
         o_proj_bias: true,
@@ -615,6 +625,7 @@ fn parse_dense_rope(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         rope: Some(rope),
         partial_rotary_dim,
         position_offset: 0,
+        rope_interleaved: false,
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(!phi),
         attention_bias: bias,
         o_proj_bias: bias,
@@ -711,6 +722,7 @@ fn parse_gpt_neox(f: &Fields) -> Result<ModelConfig> {
         rope: Some(rope),
         partial_rotary_dim,
         position_offset: 0,
+        rope_interleaved: false,
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
         attention_bias,
         o_proj_bias: attention_bias,
@@ -817,6 +829,7 @@ fn parse_falcon(f: &Fields) -> Result<ModelConfig> {
         rope: Some(parse_rope(f)?),
         partial_rotary_dim: None,
         position_offset: 0,
+        rope_interleaved: false,
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
         attention_bias: bias,
         o_proj_bias: bias,
@@ -912,6 +925,7 @@ fn parse_opt(f: &Fields) -> Result<ModelConfig> {
         norm_eps: 1e-5,
         rope: None,
         position_offset: 2,
+        rope_interleaved: false,
         partial_rotary_dim: None,
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
         attention_bias: bias,
@@ -934,6 +948,79 @@ fn parse_opt(f: &Fields) -> Result<ModelConfig> {
         parallel_residual: false,
         parallel_shared_norm: false,
         lm_head_bias: false,
+        attn_softcap: None,
+        final_softcap: None,
+        bos_token_id: f.opt_token("bos_token_id")?,
+        eos_token_ids: f.token_list("eos_token_id")?,
+        stored_dtype: f.stored_dtype()?,
+    })
+}
+
+/// GPT-J (`GPTJConfig`: GPT-J 6B and its fine-tunes): GPT-2's names (`n_embd`, `n_head`, ...)
+/// for a parallel block off one LayerNorm, attention without biases, a `gelu_new` MLP (`fc_in`,
+/// `fc_out`, of `n_inner`: 4 × hidden) with biases, an LM head with a bias, untied; RoPE with base
+/// 1e4 (GPT-J's fixed one) on pairs (2i, 2i + 1) of each head's first `rotary_dim` (64; null:
+/// the whole head) dimensions ([`ModelConfig::rope_interleaved`]).
+fn parse_gptj(f: &Fields) -> Result<ModelConfig> {
+    let hidden = f.req_usize("n_embd")?;
+    let heads = f.req_usize("n_head")?;
+    let head_dim = head_dim_of(f, hidden, heads, "n_head", "n_embd")?;
+    let act = f
+        .opt_str("activation_function")?
+        .unwrap_or_else(|| "gelu_new".into());
+    let mlp_activation = dense_gelu(f, "activation_function", &act, "gptj")?;
+    // absent: GPTJConfig's 64; null: the whole head
+    let rotary_dim = match f.obj.get("rotary_dim") {
+        Some(Value::Null) => head_dim,
+        _ => f.opt_usize("rotary_dim")?.unwrap_or(64),
+    };
+    if rotary_dim < 2 || rotary_dim % 2 != 0 || rotary_dim > head_dim {
+        return Err(Error::config(
+            f.file,
+            "rotary_dim",
+            format!("{rotary_dim}: must be even, at least 2 and at most head_dim {head_dim}"),
+        ));
+    }
+    Ok(ModelConfig {
+        arch: Arch::Gpt2,
+        model_type: "gptj".into(),
+        vocab_size: f.req_usize("vocab_size")?,
+        hidden_size: hidden,
+        num_layers: f.req_usize("n_layer")?,
+        num_heads: heads,
+        num_kv_heads: heads,
+        head_dim,
+        intermediate_size: f.opt_usize("n_inner")?.unwrap_or(4 * hidden),
+        max_context: f.opt_usize("n_positions")?.unwrap_or(2048),
+        norm_eps: f.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
+        rope: Some(RopeConfig {
+            theta: 10_000.0,
+            scaling: RopeScaling::Default,
+        }),
+        partial_rotary_dim: (rotary_dim != head_dim).then_some(rotary_dim),
+        position_offset: 0,
+        rope_interleaved: true,
+        tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+        attention_bias: false,
+        o_proj_bias: false,
+        mlp_bias: true,
+        qk_norm: false,
+        qk_norm_whole: false,
+        nope_layers: Vec::new(),
+        embed_scale: None,
+        residual_scale: None,
+        logits_divisor: None,
+        sandwich_norms: false,
+        post_norms_only: false,
+        mlp_activation,
+        local_rope: None,
+        sliding_layers: Vec::new(),
+        sliding_window: None,
+        attn_scale: 1.0 / (head_dim as f32).sqrt(),
+        scale_attn_by_inverse_layer_idx: false,
+        parallel_residual: true,
+        parallel_shared_norm: true,
+        lm_head_bias: true,
         attn_softcap: None,
         final_softcap: None,
         bos_token_id: f.opt_token("bos_token_id")?,
@@ -1086,6 +1173,7 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         rope: Some(rope),
         partial_rotary_dim,
         position_offset: 0,
+        rope_interleaved: false,
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(smollm3),
         attention_bias,
         o_proj_bias,
@@ -1292,6 +1380,7 @@ fn parse_gemma(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         rope: Some(rope),
         partial_rotary_dim: None,
         position_offset: 0,
+        rope_interleaved: false,
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
         attention_bias: bias,
         o_proj_bias: bias,
@@ -2615,6 +2704,42 @@ mod tests {
         let c = ModelConfig::from_json_str(m.config, "starcoder").unwrap();
         assert_eq!(c.num_parameters(), 15_517_456_384);
         assert_eq!((c.head_dim, c.num_kv_heads, c.max_context), (128, 1, 8192));
+    }
+
+    #[test]
+    fn gptj_rotates_every_two_of_its_rotary_dims_in_a_parallel_block() {
+        let gptj = |extra: &str| {
+            let sep = if extra.is_empty() { "" } else { "," };
+            let text = format!(
+                r#"{{"model_type": "gptj", "n_embd": 64, "n_head": 4, "n_layer": 2,
+                    "vocab_size": 100{sep} {extra}}}"#
+            );
+            ModelConfig::from_json_str(&text, "config.json")
+        };
+        // GPTJConfig's defaults: rotary_dim 64 (here the whole 16-wide head is too small: refused),
+        // 2048 positions, gelu_new, untied, LM head bias, no attention biases
+        let err = gptj("").unwrap_err().to_string();
+        assert!(err.contains("rotary_dim"), "{err}");
+        let c = gptj(r#""rotary_dim": 8"#).unwrap();
+        assert_eq!((c.arch, c.model_type.as_str()), (Arch::Gpt2, "gptj"));
+        assert_eq!(
+            (c.rotary_dim(), c.max_context, c.intermediate_size),
+            (8, 2048, 256)
+        );
+        assert!(c.rope_interleaved && c.parallel_residual && !c.has_mlp_norm());
+        assert!(!c.attention_bias && !c.o_proj_bias && c.mlp_bias && c.lm_head_bias);
+        assert!(!c.tie_word_embeddings && !c.learned_positions());
+        assert_eq!(c.mlp_activation, MlpActivation::GeluTanh);
+        // null: the whole head
+        let c = gptj(r#""rotary_dim": null"#).unwrap();
+        assert_eq!(c.rotary_dim(), 16);
+        let err = gptj(r#""rotary_dim": 7"#).unwrap_err().to_string();
+        assert!(err.contains("rotary_dim"), "{err}");
+        // the embedded GPT-J 6B: 6.05 B parameters as transformers counts them
+        let m = crate::model::registry::find("gpt-j-6b").unwrap();
+        let c = ModelConfig::from_json_str(m.config, "gpt-j-6b").unwrap();
+        assert_eq!(c.num_parameters(), 6_050_882_784);
+        assert_eq!((c.head_dim, c.rotary_dim()), (256, 64));
     }
 
     #[test]

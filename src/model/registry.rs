@@ -78,6 +78,7 @@ pub static EMBEDDED: &[EmbeddedModel] = &[
     config_only!("opt-125m"),
     config_only!("opt-6.7b"),
     config_only!("starcoder"),
+    config_only!("gpt-j-6b"),
 ];
 
 pub fn find(name: &str) -> Option<&'static EmbeddedModel> {

@@ -135,6 +135,7 @@ pub fn load_weights(cfg: &ModelConfig, store: &TensorStore) -> Result<ModelWeigh
         Arch::Gpt2 if cfg.model_type == "falcon" => load_falcon(cfg, store)?,
         Arch::Gpt2 if cfg.model_type == "opt" => load_opt(cfg, store)?,
         Arch::Gpt2 if cfg.model_type == "gpt_bigcode" => load_gpt_bigcode(cfg, store)?,
+        Arch::Gpt2 if cfg.model_type == "gptj" => load_gptj(cfg, store)?,
         // GPT-2's block with RoPE: Phi, StarCoder2
         Arch::Gpt2 if cfg.rope.is_some() => load_dense_rope(cfg, store)?,
         Arch::Gpt2 => load_gpt2(cfg, store)?,
@@ -517,6 +518,74 @@ fn load_gpt_bigcode(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<
         lm_head,
         lm_head_bias: None,
     })
+}
+
+/// GPT-J (`GPTJForCausalLM`): `transformer.wte`, per layer `ln_1` (the one norm of its parallel
+/// block), `attn.{q,k,v}_proj` (no biases; Q and K rows permuted by [`rotate_every_two_rows`]),
+/// `attn.out_proj`, `mlp.fc_in` / `fc_out`; then `transformer.ln_f` and `lm_head` with its bias.
+/// The causal-mask buffers of older checkpoints (`attn.bias`, `attn.masked_bias`) are ignored.
+fn load_gptj(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTensor>> {
+    let h = cfg.hidden_size;
+    let (q, kv, inter) = (cfg.q_size(), cfg.kv_size(), cfg.intermediate_size);
+    let read = |name: &str, shape: &[usize]| st.read_f32(&format!("transformer.{name}"), shape);
+    let linear =
+        |name: &str, out: usize, inp: usize, bias: bool| read_linear(&read, name, out, inp, bias);
+    let ln = |name: &str| layernorm(&read, name, h);
+    let permute = |t: HostTensor| rotate_every_two_rows(t, cfg.head_dim, cfg.rotary_dim());
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for i in 0..cfg.num_layers {
+        let p = format!("h.{i}");
+        let mut qkv = read_separate_qkv(&read, &format!("{p}.attn"), q, kv, h, false)?;
+        // Q and K rows (every head of both), V's after them untouched
+        let (qk_rows, v_rows) = qkv.weight.data.split_at((q + kv) * h);
+        let mut data = permute(HostTensor::new(vec![q + kv, h], qk_rows.to_vec())).data;
+        data.extend_from_slice(v_rows);
+        qkv.weight = HostTensor::new(qkv.weight.shape, data);
+        layers.push(LayerWeights {
+            attn_norm: Some(ln(&format!("{p}.ln_1"))?),
+            qkv,
+            qk_norm: None,
+            o: linear(&format!("{p}.attn.out_proj"), h, q, false)?,
+            mlp_norm: None,
+            post_attn_norm: None,
+            post_mlp_norm: None,
+            up: linear(&format!("{p}.mlp.fc_in"), inter, h, cfg.mlp_bias)?,
+            down: linear(&format!("{p}.mlp.fc_out"), h, inter, cfg.mlp_bias)?,
+        });
+    }
+    let lm_head = if cfg.tie_word_embeddings {
+        None
+    } else {
+        Some(st.read_f32("lm_head.weight", &[cfg.vocab_size, h])?)
+    };
+    Ok(ModelWeights {
+        embed: read("wte.weight", &[cfg.vocab_size, h])?,
+        positions: None,
+        layers,
+        final_norm: ln("ln_f")?,
+        lm_head,
+        lm_head_bias: Some(st.read_f32("lm_head.bias", &[cfg.vocab_size])?),
+    })
+}
+
+/// The rows of heads of `head_dim` rows each (a [heads · head_dim, cols] weight or a
+/// [heads · head_dim] bias), each head's first `rotary_dim` rows reordered from rotate-every-two's
+/// pairs (2i, 2i + 1) to rotate-half's (i, i + rotary_dim / 2): new row i is old row 2i, new row
+/// i + rotary_dim / 2 old row 2i + 1. The rows past rotary_dim stay.
+fn rotate_every_two_rows(t: HostTensor, head_dim: usize, rotary_dim: usize) -> HostTensor {
+    let cols: usize = t.shape[1..].iter().product();
+    let half = rotary_dim / 2;
+    let mut data = t.data.clone();
+    for head in 0..t.shape[0] / head_dim {
+        let base = head * head_dim * cols;
+        for i in 0..half {
+            for (new, old) in [(i, 2 * i), (half + i, 2 * i + 1)] {
+                let (to, from) = (base + new * cols, base + old * cols);
+                data[to..to + cols].copy_from_slice(&t.data[from..from + cols]);
+            }
+        }
+    }
+    HostTensor::new(t.shape, data)
 }
 
 /// A LayerNorm's `{name}.weight` and `{name}.bias`, `[h]` each, through `read` (which may prefix
@@ -960,6 +1029,22 @@ mod tests {
             weight: HostTensor::new(vec![rows.len(), cols], data),
             bias: Some(HostTensor::new(vec![rows.len()], rows.to_vec())),
         }
+    }
+
+    #[test]
+    fn rotate_every_two_rows_moves_pairs_to_halves_per_head() {
+        // two heads of 6 rows, 4 rotating: per head rows (0, 1) and (2, 3) are the pairs
+        let rows: Vec<f32> = (0..12).map(|r| r as f32).collect();
+        let t = HostTensor::new(vec![12, 1], rows);
+        let out = rotate_every_two_rows(t, 6, 4);
+        assert_eq!(
+            out.data,
+            vec![0.0, 2.0, 1.0, 3.0, 4.0, 5.0, 6.0, 8.0, 7.0, 9.0, 10.0, 11.0]
+        );
+        // whole-head rotation, two columns per row: the columns move with their row
+        let t = HostTensor::new(vec![4, 2], vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]);
+        let out = rotate_every_two_rows(t, 4, 4);
+        assert_eq!(out.data, vec![0.0, 0.5, 2.0, 2.5, 1.0, 1.5, 3.0, 3.5]);
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub const FIXTURES: &[&str] = &[
     "tiny-falcon",
     "tiny-opt",
     "tiny-gpt-bigcode",
+    "tiny-gptj",
 ];
 
 pub fn repo() -> PathBuf {
