@@ -364,11 +364,7 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
             },
         });
     }
-    let lm_head = if cfg.tie_word_embeddings {
-        None
-    } else {
-        Some(read("lm_head.weight", &[cfg.vocab_size, h])?)
-    };
+    let lm_head = untied_head(cfg, &read, "lm_head.weight")?;
     let mut weights = ModelWeights {
         embed: read("model.embed_tokens.weight", &[cfg.vocab_size, h])?,
         positions: None,
@@ -505,11 +501,7 @@ fn load_gpt_bigcode(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<
             down: linear(&format!("{p}.mlp.c_proj"), h, inter)?,
         });
     }
-    let lm_head = if cfg.tie_word_embeddings {
-        None
-    } else {
-        Some(st.read_f32("lm_head.weight", &[cfg.vocab_size, h])?)
-    };
+    let lm_head = untied_head(cfg, &|n, shape| st.read_f32(n, shape), "lm_head.weight")?;
     Ok(ModelWeights {
         embed: read("wte.weight", &[cfg.vocab_size, h])?,
         positions: Some(read("wpe.weight", &[cfg.max_context, h])?),
@@ -553,11 +545,7 @@ fn load_gptj(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTen
             down: linear(&format!("{p}.mlp.fc_out"), h, inter, cfg.mlp_bias)?,
         });
     }
-    let lm_head = if cfg.tie_word_embeddings {
-        None
-    } else {
-        Some(st.read_f32("lm_head.weight", &[cfg.vocab_size, h])?)
-    };
+    let lm_head = untied_head(cfg, &|n, shape| st.read_f32(n, shape), "lm_head.weight")?;
     Ok(ModelWeights {
         embed: read("wte.weight", &[cfg.vocab_size, h])?,
         positions: None,
@@ -599,6 +587,19 @@ fn layernorm(
         weight: read(&format!("{name}.weight"), &[h])?,
         bias: Some(read(&format!("{name}.bias"), &[h])?),
     })
+}
+
+/// The LM head `name` ([vocab, hidden]) through `read`, or None when the config ties it to the
+/// embedding (a tied checkpoint's copy, if any, is then left unread).
+fn untied_head(
+    cfg: &ModelConfig,
+    read: &dyn Fn(&str, &[usize]) -> Result<HostTensor>,
+    name: &str,
+) -> Result<Option<HostTensor>> {
+    if cfg.tie_word_embeddings {
+        return Ok(None);
+    }
+    read(name, &[cfg.vocab_size, cfg.hidden_size]).map(Some)
 }
 
 /// A linear layer's `{name}.weight` ([out, inp]) and, with `bias`, its `{name}.bias` ([out]),
@@ -702,11 +703,7 @@ fn load_dense_rope(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<H
             down: linear(&format!("{p}.{}", names.down), h, inter, cfg.mlp_bias)?,
         });
     }
-    let lm_head = if cfg.tie_word_embeddings {
-        None
-    } else {
-        Some(read("lm_head.weight", &[cfg.vocab_size, h])?)
-    };
+    let lm_head = untied_head(cfg, &read, "lm_head.weight")?;
     let lm_head_bias = if cfg.lm_head_bias {
         Some(read("lm_head.bias", &[cfg.vocab_size])?)
     } else {
@@ -758,11 +755,7 @@ fn load_gpt_neox(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<Hos
             down: linear(&format!("{p}.mlp.dense_4h_to_h"), h, inter, cfg.mlp_bias)?,
         });
     }
-    let lm_head = if cfg.tie_word_embeddings {
-        None
-    } else {
-        Some(read("embed_out.weight", &[cfg.vocab_size, h])?)
-    };
+    let lm_head = untied_head(cfg, &read, "embed_out.weight")?;
     Ok(ModelWeights {
         embed: read("gpt_neox.embed_in.weight", &[cfg.vocab_size, h])?,
         positions: None,
@@ -855,11 +848,7 @@ fn load_falcon(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostT
             down: linear(&format!("{p}.mlp.dense_4h_to_h"), h, inter, cfg.mlp_bias)?,
         });
     }
-    let lm_head = if cfg.tie_word_embeddings {
-        None
-    } else {
-        Some(read("lm_head.weight", &[cfg.vocab_size, h])?)
-    };
+    let lm_head = untied_head(cfg, &read, "lm_head.weight")?;
     Ok(ModelWeights {
         embed: read("transformer.word_embeddings.weight", &[cfg.vocab_size, h])?,
         positions: None,
@@ -907,11 +896,7 @@ fn load_opt(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTens
     let offset = cfg.position_offset;
     let table = read("embed_positions.weight", &[cfg.max_context + offset, h])?;
     let positions = HostTensor::new(vec![cfg.max_context, h], table.data[offset * h..].to_vec());
-    let lm_head = if cfg.tie_word_embeddings {
-        None
-    } else {
-        Some(st.read_f32("lm_head.weight", &[cfg.vocab_size, h])?)
-    };
+    let lm_head = untied_head(cfg, &|n, shape| st.read_f32(n, shape), "lm_head.weight")?;
     Ok(ModelWeights {
         embed: read("embed_tokens.weight", &[cfg.vocab_size, h])?,
         positions: Some(positions),
