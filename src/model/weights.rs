@@ -134,7 +134,6 @@ pub fn load_weights(cfg: &ModelConfig, store: &TensorStore) -> Result<ModelWeigh
         Arch::Gpt2 if cfg.model_type == "gpt_neox" => load_gpt_neox(cfg, store)?,
         Arch::Gpt2 if cfg.model_type == "falcon" => load_falcon(cfg, store)?,
         Arch::Gpt2 if cfg.model_type == "opt" => load_opt(cfg, store)?,
-        Arch::Gpt2 if cfg.model_type == "gpt_bigcode" => load_gpt_bigcode(cfg, store)?,
         Arch::Gpt2 if cfg.model_type == "gptj" => load_gptj(cfg, store)?,
         // GPT-2's block with RoPE: Phi, StarCoder2
         Arch::Gpt2 if cfg.rope.is_some() => load_dense_rope(cfg, store)?,
@@ -423,18 +422,30 @@ fn fold_output_scales(cfg: &ModelConfig, weights: &mut ModelWeights<HostTensor>)
     }
 }
 
+/// GPT-2 (`GPT2LMHeadModel`, with or without the `transformer.` prefix) and GPT-BigCode
+/// (`GPTBigCodeForCausalLM`: StarCoder 1, SantaCoder): `wte`, `wpe`, per layer `ln_1`,
+/// `attn.c_attn`, `attn.c_proj`, `ln_2`, `mlp.c_fc`, `mlp.c_proj`, then `ln_f`. GPT-2's
+/// projections are Conv1D ([in, out], transposed here to the canonical [out, in]) and its `c_attn`
+/// is Q, K, V rows already; GPT-BigCode's are `nn.Linear` and its `c_attn` holds q_size + 2 ·
+/// kv_size rows, all Q heads then the one K and V head under multi-query (the canonical order),
+/// interleaved per head ([heads, 3, head_dim]) without. GPT2LMHeadModel always ties `lm_head`
+/// (an untied GPT-2 checkpoint carries its own); GPT-BigCode's is read unless tied.
 fn load_gpt2(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTensor>> {
+    let bigcode = cfg.model_type == "gpt_bigcode";
     let h = cfg.hidden_size;
-    let inter = cfg.intermediate_size;
+    let (q, kv, inter) = (cfg.q_size(), cfg.kv_size(), cfg.intermediate_size);
     // The hub's `gpt2` stores names without the `transformer.` prefix; GPT2LMHeadModel checkpoints have it.
-    let prefix = if st.contains("transformer.wte.weight") {
+    let prefix = if bigcode || st.contains("transformer.wte.weight") {
         "transformer."
     } else {
         ""
     };
     let read = |name: &str, shape: &[usize]| st.read_f32(&format!("{prefix}{name}"), shape);
-    // Conv1D stores [in, out]; transpose to the canonical [out, in].
-    let conv1d = |name: &str, n_in: usize, n_out: usize| -> Result<Linear<HostTensor>> {
+    // a projection of n_in to n_out features, with its bias, in the canonical [out, in] layout
+    let proj = |name: &str, n_in: usize, n_out: usize| -> Result<Linear<HostTensor>> {
+        if bigcode {
+            return read_linear(&read, name, n_out, n_in, true);
+        }
         Ok(Linear {
             weight: read(&format!("{name}.weight"), &[n_in, n_out])?.transposed(),
             bias: Some(read(&format!("{name}.bias"), &[n_out])?),
@@ -444,64 +455,28 @@ fn load_gpt2(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTen
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
         let p = format!("h.{i}");
+        let mut qkv = proj(&format!("{p}.attn.c_attn"), h, q + 2 * kv)?;
+        if bigcode {
+            qkv = ungroup_qkv(qkv, cfg.num_kv_heads, cfg.gqa_group(), cfg.head_dim);
+        }
         layers.push(LayerWeights {
             attn_norm: Some(ln(&format!("{p}.ln_1"))?),
-            qkv: conv1d(&format!("{p}.attn.c_attn"), h, 3 * h)?,
+            qkv,
             qk_norm: None,
-            o: conv1d(&format!("{p}.attn.c_proj"), h, h)?,
+            o: proj(&format!("{p}.attn.c_proj"), q, h)?,
             mlp_norm: Some(ln(&format!("{p}.ln_2"))?),
             post_attn_norm: None,
             post_mlp_norm: None,
-            up: conv1d(&format!("{p}.mlp.c_fc"), h, inter)?,
-            down: conv1d(&format!("{p}.mlp.c_proj"), inter, h)?,
+            up: proj(&format!("{p}.mlp.c_fc"), h, inter)?,
+            down: proj(&format!("{p}.mlp.c_proj"), inter, h)?,
         });
     }
-    let embed = read("wte.weight", &[cfg.vocab_size, h])?;
-    // GPT2LMHeadModel always ties lm_head to wte; an untied checkpoint carries its own lm_head.weight.
-    let lm_head = if !cfg.tie_word_embeddings && st.contains("lm_head.weight") {
-        Some(st.read_f32("lm_head.weight", &[cfg.vocab_size, h])?)
+    let root = |n: &str, shape: &[usize]| st.read_f32(n, shape);
+    let lm_head = if bigcode || st.contains("lm_head.weight") {
+        untied_head(cfg, &root, "lm_head.weight")?
     } else {
         None
     };
-    Ok(ModelWeights {
-        embed,
-        positions: Some(read("wpe.weight", &[cfg.max_context, h])?),
-        layers,
-        final_norm: ln("ln_f")?,
-        lm_head,
-        lm_head_bias: None,
-    })
-}
-
-/// GPT-BigCode (`GPTBigCodeForCausalLM`: StarCoder 1, SantaCoder): GPT-2's names under
-/// `transformer.` (`wte`, `wpe`, `h.{i}.ln_1`, `attn.c_attn`, `attn.c_proj`, `ln_2`, `mlp.c_fc`,
-/// `mlp.c_proj`, `ln_f`) but `nn.Linear` weights ([out, in], not Conv1D's [in, out]) and a fused
-/// `c_attn` of q_size + 2 · kv_size rows: all Q heads then the one K and V head under multi-query
-/// (the canonical order), interleaved per head ([heads, 3, head_dim]) without; `lm_head` absent or
-/// ignored when tied.
-fn load_gpt_bigcode(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTensor>> {
-    let h = cfg.hidden_size;
-    let (q, kv, inter) = (cfg.q_size(), cfg.kv_size(), cfg.intermediate_size);
-    let read = |name: &str, shape: &[usize]| st.read_f32(&format!("transformer.{name}"), shape);
-    let linear = |name: &str, out: usize, inp: usize| read_linear(&read, name, out, inp, true);
-    let ln = |name: &str| layernorm(&read, name, h);
-    let mut layers = Vec::with_capacity(cfg.num_layers);
-    for i in 0..cfg.num_layers {
-        let p = format!("h.{i}");
-        let fused = linear(&format!("{p}.attn.c_attn"), q + 2 * kv, h)?;
-        layers.push(LayerWeights {
-            attn_norm: Some(ln(&format!("{p}.ln_1"))?),
-            qkv: ungroup_qkv(fused, cfg.num_kv_heads, cfg.gqa_group(), cfg.head_dim),
-            qk_norm: None,
-            o: linear(&format!("{p}.attn.c_proj"), h, q)?,
-            mlp_norm: Some(ln(&format!("{p}.ln_2"))?),
-            post_attn_norm: None,
-            post_mlp_norm: None,
-            up: linear(&format!("{p}.mlp.c_fc"), inter, h)?,
-            down: linear(&format!("{p}.mlp.c_proj"), h, inter)?,
-        });
-    }
-    let lm_head = untied_head(cfg, &|n, shape| st.read_f32(n, shape), "lm_head.weight")?;
     Ok(ModelWeights {
         embed: read("wte.weight", &[cfg.vocab_size, h])?,
         positions: Some(read("wpe.weight", &[cfg.max_context, h])?),
