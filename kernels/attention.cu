@@ -12,7 +12,8 @@
 //     out[t, h] = sum_j softmax(score)_j V[s, j, kvh]
 // with lo = 0, or under a sliding window (p.window > 0) lo = max(0, p + 1 - window): the last
 // `window` positions, the token's own included. With p.softcap > 0 (Gemma 2) each score becomes
-// softcap * tanh(score / softcap) before the softmax.
+// softcap * tanh(score / softcap) before the softmax; with p.alibi_max_bias > 0 (BLOOM, MPT) it then
+// gains alibi_scale * slope(h) * (j - p) (ALiBi, params.h).
 // where key j of sequence s is read through its block table: block = block_tables[s][j / block_size],
 // offset j % block_size. The new tokens' K/V must already be in the cache (write_kv runs first).
 //
@@ -107,6 +108,8 @@ extern "C" __global__ void __launch_bounds__(IM_ATTN_THREADS) paged_attention_na
     uint64_t ctx = min(pos + 1, uint64_t(seq_lens[s]));  // keys lo .. ctx - 1
     ctx = min(ctx, uint64_t(p.max_blocks_per_seq) * bs);
     const uint64_t lo = p.window != 0 && pos + 1 > p.window ? pos + 1 - p.window : 0;
+    const bool alibi = p.alibi_max_bias > 0.f;
+    const float slope = alibi ? p.alibi_scale * im::alibi_slope(h, p.num_heads, p.alibi_max_bias) : 0.f;
 
     // Thread groups: tpk lanes per key, each lane owning vectors gl, gl + tpk, ... of the head row.
     const uint32_t vecs = d / im::VEC;
@@ -161,6 +164,7 @@ extern "C" __global__ void __launch_bounds__(IM_ATTN_THREADS) paged_attention_na
         if (valid) {
             float score = dot * p.scale;
             if (p.softcap > 0.f) score = p.softcap * tanhf(score / p.softcap);
+            if (alibi) score += slope * float(int64_t(j) - int64_t(pos));
             const float m_new = fmaxf(m, score);
             const float corr = expf(m - m_new);  // exp(-inf) = 0 on the group's first key
             const float w = expf(score - m_new);

@@ -10,7 +10,9 @@
 //     out[t, h] = sum_j softmax(score)_j V[s, j, kvh]
 // lo = 0, or under a sliding window (p.window > 0) lo = max(0, seq_lens[s] - window): the splits
 // then cover the window only, so a windowed layer reads at most `window` keys per sequence. With
-// p.softcap > 0 (Gemma 2) each score becomes softcap * tanh(score / softcap) before the softmax.
+// p.softcap > 0 (Gemma 2) each score becomes softcap * tanh(score / softcap) before the softmax;
+// with p.alibi_max_bias > 0 (BLOOM, MPT) it then gains alibi_scale * slope(h) * (j - (seq_lens[s] - 1))
+// (ALiBi, params.h: the decode token is the sequence's last).
 // Key j of sequence s sits in block block_tables[s][j / block_size], offset j % block_size.
 //
 // Layouts (row-major, T = compute dtype; cache layout and its reasons in params.h):
@@ -31,7 +33,8 @@
 // keys are read once per (chunk of) GQA group, not once per query head as in the naive kernel.
 //  - The GC query heads are staged in shared memory as f32, pre-multiplied by scale * log2(e)
 //    (softmax with exp2); under a soft-cap by scale / softcap, the score then being
-//    softcap * log2(e) * tanh(q · k).
+//    softcap * log2(e) * tanh(q · k). Under ALiBi each head's slope, times log2(e), is staged beside
+//    them, and a lane adds slope * (j - (ctx - 1)) to its key j's score.
 //  - Each iteration covers 128 keys, one per thread: a lane reads its key's head row of K with
 //    16-byte loads (D / IM_VEC of them) and forms its GC scores against the staged queries (broadcast
 //    shared-memory reads; no shuffles). Each warp keeps an online softmax per head (running max m,
@@ -46,7 +49,7 @@
 //    split and paged_decode_reduce (grid (num_decode, num_heads), IM_DECODE_REDUCE_THREADS threads)
 //    combines the splits used by each sequence: M = max m_z, L = sum l_z 2^(m_z - M),
 //    out = sum acc_z 2^(m_z - M) / L.
-// Shared memory (static): (1 + 4) * 8 * D floats + 256 bytes: 20.3 KiB at D = 128, 40.3 KiB at 256.
+// Shared memory (static): (1 + 4) * 8 * D floats + 288 bytes: 20.3 KiB at D = 128, 40.3 KiB at 256.
 // Registers: __launch_bounds__(128, 3) (at most 170 per thread); D = 256: (128, 2).
 // Requirements (checked by the host; the kernel returns without writing when they fail):
 // head_dim == the kernel's D, num_heads % num_kv_heads == 0, num_splits <= IM_DECODE_MAX_SPLITS,
@@ -79,8 +82,10 @@ __device__ __forceinline__ uint32_t window_start(uint32_t ctx, uint32_t window) 
 }
 
 // Shared floats of paged_decode_d<D>: staged queries [8][D], warp accumulators [WARPS][8][D],
-// warp (m, l) [WARPS][8][2].
-constexpr int decode_smem_floats(int d) { return IM_DECODE_HEADS * d * (1 + WARPS) + WARPS * IM_DECODE_HEADS * 2; }
+// warp (m, l) [WARPS][8][2], ALiBi slopes [8] and the query's position (one uint32).
+constexpr int decode_smem_floats(int d) {
+    return IM_DECODE_HEADS * d * (1 + WARPS) + WARPS * IM_DECODE_HEADS * 2 + IM_DECODE_HEADS + 1;
+}
 
 template <int D, int GC>
 __device__ __forceinline__ void decode_block(float* __restrict__ smem, T* __restrict__ out,
@@ -104,6 +109,8 @@ __device__ __forceinline__ void decode_block(float* __restrict__ smem, T* __rest
     float* q_s = smem;                                // [GC][D]
     float* red = smem + IM_DECODE_HEADS * D;          // [WARPS][GC][D]
     float* ml = red + WARPS * IM_DECODE_HEADS * D;    // [WARPS][GC][2]
+    float* slope_s = ml + WARPS * IM_DECODE_HEADS * 2;  // [GC]: ALiBi slopes times log2(e)
+    uint32_t* qpos_s = reinterpret_cast<uint32_t*>(slope_s + IM_DECODE_HEADS);  // ALiBi: ctx - 1
 
     const uint32_t nkv = p.kv.num_kv_heads, bs = p.kv.block_size;
     const uint32_t group = p.num_heads / nkv;
@@ -141,6 +148,10 @@ __device__ __forceinline__ void decode_block(float* __restrict__ smem, T* __rest
 #pragma unroll
         for (int e = 0; e < im::VEC; ++e) q_s[g * D + e0 + e] = f[e] * qscale;
     }
+    const bool alibi = p.alibi_max_bias > 0.f;
+    if (alibi && tid < GC)
+        slope_s[tid] = p.alibi_scale * LOG2E * im::alibi_slope(h0 + tid, p.num_heads, p.alibi_max_bias);
+    if (alibi && tid == 0) *qpos_s = ctx - 1;
     __syncthreads();
 
     float m[GC], l[GC], acc[GC][CH][im::VEC];
@@ -186,6 +197,15 @@ __device__ __forceinline__ void decode_block(float* __restrict__ smem, T* __rest
         if (capped) {
 #pragma unroll
             for (int g = 0; g < GC; ++g) sc[g] = cap_log2e * tanhf(sc[g]);
+        }
+        if (alibi) {  // uniform; (j - (ctx - 1)) wraps to the negative distance as int32
+            // (volatile: the slopes and the query position are read from shared memory here
+            // rather than held in registers across the loop, which made the f16 build spill at its
+            // 168-register budget)
+            const volatile float* slopes = slope_s;
+            const float dist = float(int32_t(j - *static_cast<const volatile uint32_t*>(qpos_s)));
+#pragma unroll
+            for (int g = 0; g < GC; ++g) sc[g] += slopes[g] * dist;
         }
         // ---- online softmax per head, warp-wide (every lane ends with the same m and l)
         float w[GC];

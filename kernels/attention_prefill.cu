@@ -10,7 +10,9 @@
 //     score_j = scale * dot(q[q0 + r, h], K[s, j, kvh])     for keys j = lo ..= ctx - q_len + r (causal)
 //     out[q0 + r, h] = sum_j softmax(score)_j V[s, j, kvh]
 // lo = 0, or under a sliding window (p.window > 0) lo = max(0, ctx - q_len + r + 1 - window).
-// With p.softcap > 0 (Gemma 2) each score becomes softcap * tanh(score / softcap) before the softmax.
+// With p.softcap > 0 (Gemma 2) each score becomes softcap * tanh(score / softcap) before the softmax;
+// with p.alibi_max_bias > 0 (BLOOM, MPT) it then gains alibi_scale * slope(h) * (j - position) (ALiBi,
+// params.h).
 // Every key, the earlier context's and the new tokens' alike, is read through the block table from the
 // paged cache (write_kv runs before attention in the forward pass), so chunked prefill and prefix-cache
 // hits need nothing special: a chunk is q_len new rows over a longer context.
@@ -47,6 +49,8 @@
 //    rounded to T and reused in registers as the A operand of O += P V (FlashAttention-2's register
 //    reuse: the C layout of two adjacent n-tiles is the A layout of one k-step); V's B fragments of
 //    two n-tiles per ldmatrix.x4.trans from the V tile (key-major, so transposed on the way).
+//  - ALiBi: a uniform branch adds each score's slope * (j - position) before the scaling (the bias
+//    pre-divided by it), so a model without ALiBi pays one predicate per tile.
 //  - At the end O / l is rounded to T and stored as 4-byte pairs.
 // Shared memory (static): 2 * BN * (D + 8) * sizeof(T) = 18 KiB at D = 64, 17 KiB at D = 128.
 // The f32 build compiles these kernels to an empty body (no f32 tensor-core path); the host runs
@@ -279,6 +283,13 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
     const bool capped = p.softcap > 0.f;
     const float qk_scale = capped ? p.scale / p.softcap : p.scale * LOG2E;
     const float cap_log2e = p.softcap * LOG2E;
+    // ALiBi: slope * (j - pos) in log2 units, added before the scaling below multiplies the scores by
+    // score_scale, so divided by it here (1 under a soft-cap, whose tanh is taken first)
+    const bool alibi = p.alibi_max_bias > 0.f;
+    const float alibi_pre = alibi ? p.alibi_scale * LOG2E *
+                                        im::alibi_slope(h, p.num_heads, p.alibi_max_bias) /
+                                        (capped ? 1.f : qk_scale)
+                                  : 0.f;
     float m_a = im::neg_inf(), m_b = im::neg_inf(), l_a = 0.f, l_b = 0.f;  // l: this lane's share
     float o[DT][4];
 #pragma unroll
@@ -336,6 +347,16 @@ __device__ __forceinline__ void prefill_block(T* __restrict__ smem, T* __restric
                 for (int e = 0; e < 4; ++e) sc[nt][e] = cap_log2e * tanhf(sc[nt][e] * qk_scale);
         }
         const float score_scale = capped ? 1.f : qk_scale;
+        if (alibi) {  // uniform; the distances wrap to negative int32
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const uint32_t j = kb + nt * 8 + tig * 2 + e;
+                    sc[nt][e] += alibi_pre * float(int32_t(j - pos_a));
+                    sc[nt][2 + e] += alibi_pre * float(int32_t(j - pos_b));
+                }
+        }
         float mx_a = im::neg_inf(), mx_b = im::neg_inf();
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {

@@ -61,6 +61,14 @@ constexpr int WARP = 32;
 
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 
+// ALiBi slope of query head h of n (params.h): c = 2^floor(log2 n) heads take 2^(-max_bias (h + 1) / c),
+// the rest (n not a power of two) the odd steps between them, 2^(-max_bias (2 (h - c) + 1) / (2 c)).
+__device__ __forceinline__ float alibi_slope(uint32_t h, uint32_t n, float max_bias) {
+    const uint32_t c = 1u << (31 - __clz(n));
+    const float e = h < c ? float(h + 1) / float(c) : float(2 * (h - c) + 1) / float(2 * c);
+    return exp2f(-max_bias * e);
+}
+
 // ---- conversions -----------------------------------------------------------------------------------
 
 __device__ __forceinline__ float to_float(float x) { return x; }

@@ -155,7 +155,15 @@ typedef struct QkNormRopeParams {
  * position p attends to keys max(0, p - window + 1) ..= p, the last `window` positions including its
  * own (transformers' mask: key j is visible when j > p - window); window 0: no window, keys 0 ..= p.
  * Score soft-capping (the `softcap` field, Gemma 2): each scaled score s becomes
- * softcap * tanh(s / softcap) before the softmax; softcap 0: none. */
+ * softcap * tanh(s / softcap) before the softmax; softcap 0: none.
+ * ALiBi (the `alibi_max_bias` and `alibi_scale` fields; BLOOM, MPT, Falcon-RW): the score of a
+ * query at position p against key j (after the scale and any soft-cap) gains
+ * alibi_scale * slope(h) * (j - p), a linear penalty on distance, where query head h of n has the
+ * slope of BLOOM's and MPT's construction with c = 2^floor(log2 n):
+ *     h < c:   2^(-alibi_max_bias * (h + 1) / c)
+ *     h >= c:  2^(-alibi_max_bias * (2 (h - c) + 1) / (2 c))    (n not a power of two)
+ * (common.cuh's im::alibi_slope). BLOOM and MPT add slope * j: the same softmax, since a row's
+ * constant slope * p cancels in it. alibi_max_bias 0: none. */
 
 /** paged_attention_naive: causal attention of each new token over its sequence's cached context.
  * Token t of sequence s (query_start_loc[s] <= t < query_start_loc[s + 1]) attends to keys
@@ -172,6 +180,8 @@ typedef struct PagedAttentionParams {
     float scale;                 /**< softmax scale, usually 1 / sqrt(head_dim) */
     uint32_t window;             /**< sliding window in keys; 0: none */
     float softcap;               /**< score soft-cap; 0: none */
+    float alibi_max_bias;        /**< ALiBi slopes' exponent scale (8 in BLOOM and MPT); 0: none */
+    float alibi_scale;           /**< every ALiBi slope times this (Falcon-RW: scale; else 1) */
 } PagedAttentionParams;
 
 /** paged_decode_d*: split-KV attention of decode sequences (one new token each). Decode sequence i
@@ -193,6 +203,8 @@ typedef struct DecodeAttentionParams {
     float scale;                 /**< softmax scale, usually 1 / sqrt(head_dim) */
     uint32_t window;             /**< sliding window in keys; 0: none */
     float softcap;               /**< score soft-cap; 0: none */
+    float alibi_max_bias;        /**< ALiBi slopes' exponent scale (8 in BLOOM and MPT); 0: none */
+    float alibi_scale;           /**< every ALiBi slope times this (Falcon-RW: scale; else 1) */
 } DecodeAttentionParams;
 
 /** flash_prefill_d*: causal attention of prefill sequences (two or more new tokens each) in query
@@ -209,6 +221,8 @@ typedef struct PrefillAttentionParams {
     float scale;                 /**< softmax scale, usually 1 / sqrt(head_dim) */
     uint32_t window;             /**< sliding window in keys; 0: none */
     float softcap;               /**< score soft-cap; 0: none */
+    float alibi_max_bias;        /**< ALiBi slopes' exponent scale (8 in BLOOM and MPT); 0: none */
+    float alibi_scale;           /**< every ALiBi slope times this (Falcon-RW: scale; else 1) */
 } PrefillAttentionParams;
 
 /** sample_rows: one per logits row. */

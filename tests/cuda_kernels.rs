@@ -26,7 +26,7 @@ use infermeter::backend::cpu;
 use infermeter::backend::cuda::{
     sampling_row_params, AttentionVariant, AutoTuning, CudaBackend, CudaDtype, PrefillLoads,
 };
-use infermeter::backend::{AttentionSpec, Backend, BatchMeta, KvGeometry};
+use infermeter::backend::{Alibi, AttentionSpec, Backend, BatchMeta, KvGeometry};
 use infermeter::engine::batch::{build_batch, LogitsWanted, SeqChunk};
 use infermeter::engine::sampling::{kept_weights, TokenDraw};
 use infermeter::engine::{Sampler, SamplingParams};
@@ -723,6 +723,10 @@ fn check_kv_write_and_attention<T: CudaDtype>(b: &B<T>) {
                         softcap: Some(0.3),
                         ..causal
                     },
+                    AttentionSpec {
+                        alibi: ALIBI_SCALED,
+                        ..causal
+                    },
                 ];
                 for spec in specs {
                     let mut dout = b.zeros(t * q_size).unwrap();
@@ -732,8 +736,8 @@ fn check_kv_write_and_attention<T: CudaDtype>(b: &B<T>) {
                     cpu::attention::paged_attention(&mut want, &qkv, &kc, &vc, &meta, &geom, &spec);
                     assert_close(
                         &format!(
-                            "attention {what} window {:?} softcap {:?}",
-                            spec.window, spec.softcap
+                            "attention {what} window {:?} softcap {:?} alibi {:?}",
+                            spec.window, spec.softcap, spec.alibi
                         ),
                         &download(b, &dout, t * q_size),
                         &want,
@@ -785,6 +789,16 @@ fn check_kv_write_and_attention<T: CudaDtype>(b: &B<T>) {
                 ..AttentionSpec::causal(2, 1.0)
             },
             "soft-cap 0",
+        ),
+        (
+            AttentionSpec {
+                alibi: Some(Alibi {
+                    max_bias: 0.0,
+                    scale: 1.0,
+                }),
+                ..AttentionSpec::causal(2, 1.0)
+            },
+            "ALiBi max bias 0",
         ),
     ] {
         let e = b
@@ -849,8 +863,25 @@ fn pick_rows(v: &[f32], width: usize, keep: &[bool], want: bool) -> Vec<f32> {
         .collect()
 }
 
-/// A batch for the attention variants: (name, (cached, new) per sequence, window, soft-cap).
-type VariantBatch<'a> = (&'a str, &'a [(usize, usize)], Option<usize>, Option<f32>);
+/// A batch for the attention variants: (name, (cached, new) per sequence, window, soft-cap,
+/// ALiBi).
+type VariantBatch<'a> = (
+    &'a str,
+    &'a [(usize, usize)],
+    Option<usize>,
+    Option<f32>,
+    Option<Alibi>,
+);
+
+/// BLOOM's and MPT's ALiBi: over these contexts head 0 of 8 (slope 1/2) sees a few keys, head 7
+/// (1/256) a few thousand.
+const ALIBI: Option<Alibi> = Some(Alibi::STANDARD);
+/// Falcon-RW's form (slopes times the score scale), steeper: with max bias 4, head 0 of 12 has
+/// slope 2^-0.5 / 8 at head_dim 64.
+const ALIBI_SCALED: Option<Alibi> = Some(Alibi {
+    max_bias: 4.0,
+    scale: 0.125,
+});
 
 fn check_attention_variants<T: CudaDtype>(b: &B<T>) {
     // (block_size, heads, kv_heads, head_dim): GQA 1/4/8 x head_dim 64/128 x block 16/32, and a
@@ -869,12 +900,14 @@ fn check_attention_variants<T: CudaDtype>(b: &B<T>) {
     // Sliding windows: 100 keys (shorter than the 130-token prefill and the chunk of 100 after
     // 900, not a multiple of the block size or of a K/V tile), 1000 (the 999-token decode's
     // context exactly; cuts the 4096 and 8192 ones, over which the splits then run); with them a
-    // soft-cap of 0.3, which bends these scores (|s| up to ~1.5).
+    // soft-cap of 0.3, which bends these scores (|s| up to ~1.5); ALiBi alone.
     let batches = [
-        ("mixed", VARIANT_MIXED, None, None),
-        ("mixed", VARIANT_MIXED, Some(100), Some(0.3)),
-        ("decode", VARIANT_DECODE, None, None),
-        ("decode", VARIANT_DECODE, Some(1000), Some(0.3)),
+        ("mixed", VARIANT_MIXED, None, None, None),
+        ("mixed", VARIANT_MIXED, Some(100), Some(0.3), None),
+        ("mixed", VARIANT_MIXED, None, None, ALIBI),
+        ("decode", VARIANT_DECODE, None, None, None),
+        ("decode", VARIANT_DECODE, Some(1000), Some(0.3), None),
+        ("decode", VARIANT_DECODE, None, None, ALIBI),
     ];
     check_attention_variants_over(b, &batches, &configs);
 }
@@ -895,11 +928,11 @@ fn check_attention_variants_over<T: CudaDtype>(
     } else {
         (eps::<T>(), eps::<T>())
     };
-    for &(batch_name, batch, window, softcap) in batches {
+    for &(batch_name, batch, window, softcap, alibi) in batches {
         for &(block_size, heads, kv_heads, head_dim) in configs {
             let what = format!(
                 "{} {batch_name} block={block_size} heads={heads}/{kv_heads} (GQA {}) d={head_dim} \
-                 window {window:?} softcap {softcap:?}",
+                 window {window:?} softcap {softcap:?} alibi {alibi:?}",
                 T::NAME,
                 heads / kv_heads
             );
@@ -929,6 +962,7 @@ fn check_attention_variants_over<T: CudaDtype>(
                 scale: 1.0 / (head_dim as f32).sqrt(),
                 window,
                 softcap,
+                alibi,
                 kv_group,
             };
             let mut want = vec![0.0; t * q_size];
@@ -996,10 +1030,15 @@ fn check_attention_kv_groups<T: CudaDtype>(b: &B<T>) {
     // a 24-key window (a sliding group, behind a decoy group 0) with a soft-cap, and full attention
     // for comparison; head_dim 64 and 128 with GQA 4 and 1, so the optimised kernels run
     let batches = [
-        ("short", VARIANT_SHORT, None, None),
-        ("short", VARIANT_SHORT, Some(24), Some(0.3)),
+        ("short", VARIANT_SHORT, None, None, None),
+        ("short", VARIANT_SHORT, Some(24), Some(0.3), None),
+        ("short", VARIANT_SHORT, None, None, ALIBI),
     ];
     check_attention_variants_over(b, &batches, &[(16, 8, 2, 64), (32, 8, 8, 128)]);
+    // ALiBi over 12 heads (not a power of two: the slopes' second series) in Falcon-RW's form,
+    // with a window: every score modifier but the soft-cap at once
+    let batches = [("short", VARIANT_SHORT, Some(24), None, ALIBI_SCALED)];
+    check_attention_variants_over(b, &batches, &[(16, 12, 3, 64)]);
 }
 
 /// The attention variants read the KV group their layer names: a sliding group's step (group 1

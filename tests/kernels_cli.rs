@@ -915,6 +915,7 @@ fn split_sweep_script_on_a_sample_file() {
                 block_size: n("block_size"),
                 window: sh["window"].as_u64().map(|w| w as usize),
                 softcap: sh["softcap"].as_f64().map(|c| c as f32),
+                alibi: sh["alibi"].as_f64().map(|c| c as f32),
             },
             variant: Some(variant),
         };

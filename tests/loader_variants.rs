@@ -343,7 +343,7 @@ fn dummy_weights_for_every_embedded_config() {
     for m in infermeter::model::registry::EMBEDDED {
         let mut cfg: serde_json::Value = serde_json::from_str(m.config).unwrap();
         // keep the real widths, cut the depth and vocabulary so the test stays small
-        for key in ["num_hidden_layers", "n_layer"] {
+        for key in ["num_hidden_layers", "n_layer", "n_layers"] {
             if cfg.get(key).is_some() {
                 cfg[key] = json!(1);
             }
@@ -355,7 +355,7 @@ fn dummy_weights_for_every_embedded_config() {
             }
         }
         cfg["vocab_size"] = json!(1000);
-        for key in ["max_position_embeddings", "n_positions"] {
+        for key in ["max_position_embeddings", "n_positions", "max_seq_len", "seq_length"] {
             if cfg.get(key).is_some() {
                 cfg[key] = json!(64);
             }

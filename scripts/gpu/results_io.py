@@ -38,14 +38,15 @@ def field(obj, key, where, kinds=(int, float)):
     return v
 
 
-# What an attention shape computes besides its sizes: its sliding window (keys) and Gemma 2's
-# score soft-cap. Rows that differ in them are different shapes, never compared (no SDPA row has
-# either); 0 stands for none, so keys sort.
-ATTENTION_OPTIONS = (("window", (int,), "a key count"), ("softcap", (int, float), "a positive cap"))
+# What an attention shape computes besides its sizes: its sliding window (keys), Gemma 2's score
+# soft-cap and ALiBi's max bias. Rows that differ in them are different shapes, never compared (no
+# SDPA row has any); 0 stands for none, so keys sort.
+ATTENTION_OPTIONS = (("window", (int,), "a key count"), ("softcap", (int, float), "a positive cap"),
+                     ("alibi", (int, float), "a positive max bias"))
 
 
 def attention_options(shape, where):
-    """(window, softcap) of an attention shape dict, 0 where absent; `where` names it in errors."""
+    """(window, softcap, alibi) of an attention shape dict, 0 where absent; `where` names it in errors."""
     out = ()
     for key, kinds, what in ATTENTION_OPTIONS:
         v = shape.get(key) or 0
@@ -64,9 +65,10 @@ def with_attention_options(shape, options):
 
 
 def attention_label(sh):
-    """", window W, soft-cap C" for the options a shape dict has, for a table cell."""
+    """", window W, soft-cap C, ALiBi M" for the options a shape dict has, for a table cell."""
     return (f", window {sh['window']}" if sh.get("window") else "") + (
-        f", soft-cap {sh['softcap']:g}" if sh.get("softcap") else "")
+        f", soft-cap {sh['softcap']:g}" if sh.get("softcap") else "") + (
+        f", ALiBi {sh['alibi']:g}" if sh.get("alibi") else "")
 
 
 def rows_of(doc, path):

@@ -41,6 +41,44 @@ impl KvGeometry {
     }
 }
 
+/// ALiBi, attention with linear biases (Press et al. 2022; BLOOM, MPT, Falcon-RW): the score of a
+/// query at position p against key j gains `scale` · slope(h) · (j − p), a penalty growing with
+/// the distance, instead of any position embedding. Query head h of n has the slope of BLOOM's
+/// and MPT's construction ([`slope`](Self::slope)); BLOOM and MPT add slope · j instead, which
+/// gives the same softmax (a row's constant slope · p cancels in it). The kernels compute the same
+/// slopes (kernels/common.cuh `im::alibi_slope`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Alibi {
+    /// The slopes' exponent scale: 8 in BLOOM and Falcon, MPT's `alibi_bias_max` (8 by default).
+    pub max_bias: f32,
+    /// Every slope times this: 1, or Falcon-RW's 1 / √head_dim (it adds the biases to q · k
+    /// before scaling the sum).
+    pub scale: f32,
+}
+
+impl Alibi {
+    /// ALiBi as BLOOM and MPT apply it: exponent scale 8, slopes as they are.
+    pub const STANDARD: Alibi = Alibi {
+        max_bias: 8.0,
+        scale: 1.0,
+    };
+
+    /// Query head `head`'s slope of `num_heads` (`scale` included): with c = 2^⌊log₂ n⌋, heads
+    /// h < c take 2^(−max_bias (h + 1) / c) and the rest (n not a power of two) the odd steps
+    /// between them, 2^(−max_bias (2 (h − c) + 1) / 2c): BLOOM's `build_alibi_tensor` at
+    /// max_bias 8, MPT's `gen_slopes` at any `alibi_bias_max` (its interleaving of the next power
+    /// of two's sequence is the same list).
+    pub fn slope(&self, head: usize, num_heads: usize) -> f32 {
+        let c = 1usize << num_heads.max(1).ilog2();
+        let e = if head < c {
+            (head + 1) as f32 / c as f32
+        } else {
+            (2 * (head - c) + 1) as f32 / (2 * c) as f32
+        };
+        self.scale * (-self.max_bias * e).exp2()
+    }
+}
+
 /// What one layer's attention computes, besides its inputs: [`Backend::attention`]'s options.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttentionSpec {
@@ -56,6 +94,9 @@ pub struct AttentionSpec {
     /// Gemma 2's score soft-capping: each scaled score s becomes cap · tanh(s / cap) before the
     /// softmax. None: none.
     pub softcap: Option<f32>,
+    /// ALiBi's linear distance penalty on the scores (BLOOM, MPT, Falcon-RW), added after the
+    /// scale and any soft-cap. None: none.
+    pub alibi: Option<Alibi>,
     /// The KV group whose block tables the layer reads ([`BatchMeta::block_table`]; 0 in a model
     /// whose layers all attend alike).
     pub kv_group: usize,
@@ -69,6 +110,7 @@ impl AttentionSpec {
             scale,
             window: None,
             softcap: None,
+            alibi: None,
             kv_group: 0,
         }
     }
@@ -84,6 +126,16 @@ impl AttentionSpec {
             if !(c.is_finite() && c > 0.0) {
                 return Err(bad(format!(
                     "attention: soft-cap {c} (must be positive and finite)"
+                )));
+            }
+        }
+        if let Some(a) = self.alibi {
+            let fine = |x: f32| x.is_finite() && x > 0.0;
+            if !(fine(a.max_bias) && fine(a.scale) && fine(self.scale)) {
+                return Err(bad(format!(
+                    "attention: ALiBi max bias {} and slope scale {} with score scale {} (each \
+                     must be positive and finite)",
+                    a.max_bias, a.scale, self.scale
                 )));
             }
         }

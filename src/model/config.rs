@@ -14,9 +14,11 @@
 
 use serde_json::{Map, Value};
 
+use crate::backend::Alibi;
 use crate::error::{Error, Result};
 
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
+    "bloom",
     "gemma",
     "gemma2",
     "falcon",
@@ -28,6 +30,7 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "granite",
     "llama",
     "mistral",
+    "mpt",
     "olmo2",
     "opt",
     "phi",
@@ -237,6 +240,11 @@ pub struct ModelConfig {
     /// cap · tanh(s / cap) before the softmax.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attn_softcap: Option<f32>,
+    /// ALiBi (BLOOM, MPT, Falcon-RW): a per-head linear penalty on each score by the key's
+    /// distance from the query, the model's only position information (`rope` is None and no
+    /// learned positions are read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alibi: Option<Alibi>,
     /// Gemma 2's `final_logit_softcapping`: each logit x becomes cap · tanh(x / cap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_softcap: Option<f32>,
@@ -252,6 +260,14 @@ pub struct ModelConfig {
     /// (one LayerNorm per layer; see [`has_mlp_norm`](Self::has_mlp_norm)).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub parallel_shared_norm: bool,
+    /// BLOOM: a LayerNorm of the embedding output (`word_embeddings_layernorm`) before the first
+    /// layer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub embed_norm: bool,
+    /// MPT: LayerNorms with a weight and no bias (transformers' `norm.bias = None`); the loader
+    /// gives them zero biases, which the parameter count leaves out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub norms_without_bias: bool,
     /// Phi: the LM head carries a bias (`lm_head.bias`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lm_head_bias: bool,
@@ -288,6 +304,8 @@ impl ModelConfig {
             "gpt2" | "gpt_bigcode" => parse_gpt2(&f, &model_type)?,
             "gpt_neox" => parse_gpt_neox(&f)?,
             "falcon" => parse_falcon(&f)?,
+            "bloom" => parse_bloom(&f)?,
+            "mpt" => parse_mpt(&f)?,
             "opt" => parse_opt(&f)?,
             "gptj" => parse_gptj(&f)?,
             "phi" | "starcoder2" => parse_dense_rope(&f, &model_type)?,
@@ -334,9 +352,9 @@ impl ModelConfig {
         Self::from_json_str(&text, &path.display().to_string())
     }
 
-    /// GPT-2's learned position embeddings (`wpe`), which a model without RoPE has.
+    /// GPT-2's learned position embeddings (`wpe`), which a model without RoPE or ALiBi has.
     pub fn learned_positions(&self) -> bool {
-        self.rope.is_none()
+        self.rope.is_none() && self.alibi.is_none()
     }
 
     /// Whether each layer has a norm of its own before the MLP: not under `post_norms_only`
@@ -390,11 +408,13 @@ impl ModelConfig {
         let h = self.hidden_size;
         let qkv = h * (self.q_size() + 2 * self.kv_size());
         let o = self.q_size() * h;
+        // a LayerNorm's weight and bias, or its weight alone (MPT)
+        let ln = if self.norms_without_bias { h } else { 2 * h };
         let (mlp, norms, biases) = match self.arch {
             // (Phi's parallel block has one LayerNorm per layer)
             Arch::Gpt2 => (
                 2 * h * self.intermediate_size,
-                if self.has_mlp_norm() { 4 * h } else { 2 * h },
+                if self.has_mlp_norm() { 2 * ln } else { ln },
                 usize::from(self.attention_bias) * (self.q_size() + 2 * self.kv_size())
                     + usize::from(self.o_proj_bias) * h
                     + usize::from(self.mlp_bias) * (self.intermediate_size + h),
@@ -418,8 +438,9 @@ impl ModelConfig {
         };
         let head = if self.tie_word_embeddings { 0 } else { embed }
             + usize::from(self.lm_head_bias) * self.vocab_size;
-        let final_norm = if self.arch == Arch::Gpt2 { 2 * h } else { h };
-        embed + positions + self.num_layers * per_layer + final_norm + head
+        let final_norm = if self.arch == Arch::Gpt2 { ln } else { h };
+        let embed_norm = if self.embed_norm { ln } else { 0 };
+        embed + embed_norm + positions + self.num_layers * per_layer + final_norm + head
     }
 
     fn validate(&self, file: &str) -> Result<()> {
@@ -559,8 +580,11 @@ fn parse_gpt2(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         parallel_residual: false,
         parallel_shared_norm: false,
         lm_head_bias: false,
+        embed_norm: false,
+        norms_without_bias: false,
         bos_token_id: f.opt_token("bos_token_id")?,
         attn_softcap: None,
+        alibi: None,
         final_softcap: None,
         eos_token_ids: f.token_list("eos_token_id")?,
         stored_dtype: f.stored_dtype()?,
@@ -647,7 +671,10 @@ fn parse_dense_rope(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         parallel_residual: phi,
         parallel_shared_norm: phi,
         lm_head_bias: phi,
+        embed_norm: false,
+        norms_without_bias: false,
         attn_softcap: None,
+        alibi: None,
         final_softcap: None,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
@@ -744,7 +771,10 @@ fn parse_gpt_neox(f: &Fields) -> Result<ModelConfig> {
         parallel_residual: f.opt_bool("use_parallel_residual")?.unwrap_or(true),
         parallel_shared_norm: false,
         lm_head_bias: false,
+        embed_norm: false,
+        norms_without_bias: false,
         attn_softcap: None,
+        alibi: None,
         final_softcap: None,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
@@ -762,15 +792,10 @@ fn parse_gpt_neox(f: &Fields) -> Result<ModelConfig> {
 /// (`post_attention_layernorm`). `bias` (false) on every linear layer, `activation` (`gelu`,
 /// exact), `ffn_hidden_size` (4 × hidden), `layer_norm_epsilon` (1e-5), RoPE from `rope_theta`
 /// (1e4) and `rope_scaling` / `rope_parameters`, tied unless `tie_word_embeddings` says otherwise.
-/// ALiBi (`alibi: true`: Falcon-RW) is refused.
+/// Under `alibi` (Falcon-RW) ALiBi replaces RoPE, its biases added to q · k before the scale (so
+/// the slopes are scaled too: [`Alibi::scale`]).
 fn parse_falcon(f: &Fields) -> Result<ModelConfig> {
-    if f.opt_bool("alibi")?.unwrap_or(false) {
-        return Err(Error::config(
-            f.file,
-            "alibi",
-            "ALiBi position biases (Falcon-RW) are not supported; RoPE Falcons are",
-        ));
-    }
+    let alibi = f.opt_bool("alibi")?.unwrap_or(false);
     let hidden = match f.opt_usize("hidden_size")? {
         Some(h) => h,
         None => f.req_usize("n_embed")?,
@@ -812,7 +837,17 @@ fn parse_falcon(f: &Fields) -> Result<ModelConfig> {
     let shared_norm = parallel && !(new_arch && norms_in_parallel == 2);
     let act = f.opt_str("activation")?.unwrap_or_else(|| "gelu".into());
     let mlp_activation = dense_gelu(f, "activation", &act, "falcon")?;
-    check_full_rotary(f)?;
+    let attn_scale = 1.0 / (head_dim as f32).sqrt();
+    let (rope, alibi) = if alibi {
+        let alibi = Alibi {
+            scale: attn_scale,
+            ..Alibi::STANDARD
+        };
+        (None, Some(alibi))
+    } else {
+        check_full_rotary(f)?;
+        (Some(parse_rope(f)?), None)
+    };
     let bias = f.opt_bool("bias")?.unwrap_or(false);
     Ok(ModelConfig {
         arch: Arch::Gpt2,
@@ -826,7 +861,7 @@ fn parse_falcon(f: &Fields) -> Result<ModelConfig> {
         intermediate_size: f.opt_usize("ffn_hidden_size")?.unwrap_or(4 * hidden),
         max_context: f.opt_usize("max_position_embeddings")?.unwrap_or(2048),
         norm_eps: f.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
-        rope: Some(parse_rope(f)?),
+        rope,
         partial_rotary_dim: None,
         position_offset: 0,
         rope_interleaved: false,
@@ -846,12 +881,247 @@ fn parse_falcon(f: &Fields) -> Result<ModelConfig> {
         local_rope: None,
         sliding_layers: Vec::new(),
         sliding_window: None,
-        attn_scale: 1.0 / (head_dim as f32).sqrt(),
+        attn_scale,
         scale_attn_by_inverse_layer_idx: false,
         parallel_residual: parallel,
         parallel_shared_norm: shared_norm,
         lm_head_bias: false,
+        embed_norm: false,
+        norms_without_bias: false,
         attn_softcap: None,
+        alibi,
+        final_softcap: None,
+        bos_token_id: f.opt_token("bos_token_id")?,
+        eos_token_ids: f.token_list("eos_token_id")?,
+        stored_dtype: f.stored_dtype()?,
+    })
+}
+
+/// BLOOM (`BloomConfig`: BLOOM 560M to 176B, BLOOMZ): GPT-2's pre-norm block with ALiBi instead of
+/// any position embedding, a LayerNorm of the embeddings (`word_embeddings_layernorm`), one fused
+/// `query_key_value` interleaved per head (the loader reorders it), biases everywhere, an MLP of 4 ×
+/// hidden with the tanh GELU, LayerNorms with eps `layer_norm_epsilon` (1e-5), tied unless
+/// `tie_word_embeddings` says otherwise. Sizes under either name: `hidden_size` / `n_embed`,
+/// `n_head` / `num_attention_heads`, `n_layer` / `num_hidden_layers`. ALiBi needs no position
+/// table, so the config names no context length: `seq_length` when given, else 2048 (BLOOM's
+/// training length). `apply_residual_connection_post_layernorm` (the residual taken after the norm)
+/// is refused by name; `pretraining_tp` / `slow_but_exact` only reorder transformers' sums.
+fn parse_bloom(f: &Fields) -> Result<ModelConfig> {
+    let either = |a: &str, b: &str| -> Result<usize> {
+        match f.opt_usize(a)? {
+            Some(v) => Ok(v),
+            None => f.req_usize(b),
+        }
+    };
+    let hidden = either("hidden_size", "n_embed")?;
+    let heads = either("n_head", "num_attention_heads")?;
+    let head_dim = head_dim_of(f, hidden, heads, "n_head", "hidden_size")?;
+    if f.opt_bool("apply_residual_connection_post_layernorm")?
+        .unwrap_or(false)
+    {
+        return Err(Error::config(
+            f.file,
+            "apply_residual_connection_post_layernorm",
+            "true (the residual taken after the LayerNorm) is not supported",
+        ));
+    }
+    Ok(ModelConfig {
+        arch: Arch::Gpt2,
+        model_type: "bloom".into(),
+        vocab_size: f.req_usize("vocab_size")?,
+        hidden_size: hidden,
+        num_layers: either("n_layer", "num_hidden_layers")?,
+        num_heads: heads,
+        num_kv_heads: heads,
+        head_dim,
+        intermediate_size: 4 * hidden,
+        max_context: f.opt_usize("seq_length")?.unwrap_or(2048),
+        norm_eps: f.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
+        rope: None,
+        partial_rotary_dim: None,
+        position_offset: 0,
+        rope_interleaved: false,
+        tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
+        attention_bias: true,
+        o_proj_bias: true,
+        mlp_bias: true,
+        qk_norm: false,
+        qk_norm_whole: false,
+        nope_layers: Vec::new(),
+        embed_scale: None,
+        residual_scale: None,
+        logits_divisor: None,
+        sandwich_norms: false,
+        post_norms_only: false,
+        mlp_activation: MlpActivation::GeluTanh,
+        local_rope: None,
+        sliding_layers: Vec::new(),
+        sliding_window: None,
+        attn_scale: 1.0 / (head_dim as f32).sqrt(),
+        scale_attn_by_inverse_layer_idx: false,
+        parallel_residual: false,
+        parallel_shared_norm: false,
+        lm_head_bias: false,
+        embed_norm: true,
+        norms_without_bias: false,
+        attn_softcap: None,
+        alibi: Some(Alibi::STANDARD),
+        final_softcap: None,
+        bos_token_id: f.opt_token("bos_token_id")?,
+        eos_token_ids: f.token_list("eos_token_id")?,
+        stored_dtype: f.stored_dtype()?,
+    })
+}
+
+/// MPT (`MptConfig`: MPT-7B, MPT-30B and their fine-tunes): GPT-2's pre-norm block with ALiBi
+/// (`attn_config.alibi`, slopes of max bias `attn_config.alibi_bias_max`, 8), no biases anywhere
+/// (`no_bias`: the LayerNorms too), a fused `Wqkv` ([q; k; v]), an MLP of `expansion_ratio` (4) ×
+/// `d_model` with the exact GELU, `max_seq_len` (2048) positions, scores scaled by
+/// `attn_config.softmax_scale` (1 / √head_dim), tied. transformers' MptModel reads neither
+/// `alibi_bias_max` (it always builds slopes of 8) nor `expansion_ratio` (its MLP is always 4 ×
+/// d_model), which are read here as MosaicML's own code reads them (every published MPT has 8 and
+/// 4), nor `no_bias`, `clip_qkv`, `qk_ln`, `logit_scale` or `attn_type`: what it would run
+/// differently from MosaicML's code is refused
+/// by name (`no_bias: false`, `alibi: false`, `clip_qkv`, `qk_ln`, `prefix_lm`, `logit_scale`, a
+/// multi-query or grouped `attn_type`, a `norm_type` other than LayerNorm).
+fn parse_mpt(f: &Fields) -> Result<ModelConfig> {
+    let hidden = f.req_usize("d_model")?;
+    let heads = f.req_usize("n_heads")?;
+    let head_dim = head_dim_of(f, hidden, heads, "n_heads", "d_model")?;
+    let refuse = |field: &str, msg: &str| Err(Error::config(f.file, field, msg.to_string()));
+    if !f.opt_bool("no_bias")?.unwrap_or(true) {
+        return refuse(
+            "no_bias",
+            "false (biases) is not supported: transformers' MPT has none",
+        );
+    }
+    if f.get("logit_scale").is_some() {
+        return refuse("logit_scale", "scaled logits are not supported");
+    }
+    let norm_type = f
+        .opt_str("norm_type")?
+        .unwrap_or_else(|| "low_precision_layernorm".into());
+    if !matches!(norm_type.as_str(), "low_precision_layernorm" | "layernorm") {
+        return Err(Error::config(
+            f.file,
+            "norm_type",
+            format!("`{norm_type}` is not supported (low_precision_layernorm, layernorm are)"),
+        ));
+    }
+    // attn_config: an object; its errors name `attn_config.<field>`
+    let empty = Map::new();
+    let attn = match f.get("attn_config") {
+        None => &empty,
+        Some(Value::Object(o)) => o,
+        Some(v) => {
+            return Err(Error::config(
+                f.file,
+                "attn_config",
+                format!("expected an object, found {v}"),
+            ))
+        }
+    };
+    let sub = Fields {
+        obj: attn,
+        file: f.file,
+    };
+    let nested = |e: Error| match e {
+        Error::Config { file, field, msg } => Error::Config {
+            file,
+            field: format!("attn_config.{field}"),
+            msg,
+        },
+        other => other,
+    };
+    let attn_type = sub
+        .opt_str("attn_type")
+        .map_err(nested)?
+        .unwrap_or_else(|| "multihead_attention".into());
+    if attn_type != "multihead_attention" {
+        return refuse(
+            "attn_config.attn_type",
+            &format!("`{attn_type}` is not supported (multihead_attention is)"),
+        );
+    }
+    if !sub.opt_bool("alibi").map_err(nested)?.unwrap_or(true) {
+        return refuse(
+            "attn_config.alibi",
+            "false (learned positions) is not supported: transformers' MPT always uses ALiBi",
+        );
+    }
+    for (field, what) in [
+        ("qk_ln", "a LayerNorm of q and k"),
+        ("prefix_lm", "a bidirectional prefix"),
+    ] {
+        if sub.opt_bool(field).map_err(nested)?.unwrap_or(false) {
+            return refuse(
+                &format!("attn_config.{field}"),
+                &format!("true ({what}) is not supported"),
+            );
+        }
+    }
+    if sub.get("clip_qkv").is_some() {
+        return refuse(
+            "attn_config.clip_qkv",
+            "clipping q, k and v is not supported",
+        );
+    }
+    let max_bias = sub
+        .opt_f32("alibi_bias_max")
+        .map_err(nested)?
+        .unwrap_or(8.0);
+    if !(max_bias.is_finite() && max_bias > 0.0) {
+        return refuse("attn_config.alibi_bias_max", "must be positive");
+    }
+    let attn_scale = match sub.opt_f32("softmax_scale").map_err(nested)? {
+        Some(s) if s.is_finite() && s > 0.0 => s,
+        Some(_) => return refuse("attn_config.softmax_scale", "must be positive"),
+        None => 1.0 / (head_dim as f32).sqrt(),
+    };
+    Ok(ModelConfig {
+        arch: Arch::Gpt2,
+        model_type: "mpt".into(),
+        vocab_size: f.req_usize("vocab_size")?,
+        hidden_size: hidden,
+        num_layers: f.req_usize("n_layers")?,
+        num_heads: heads,
+        num_kv_heads: heads,
+        head_dim,
+        intermediate_size: f.opt_usize("expansion_ratio")?.unwrap_or(4) * hidden,
+        max_context: f.opt_usize("max_seq_len")?.unwrap_or(2048),
+        norm_eps: f.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
+        rope: None,
+        partial_rotary_dim: None,
+        position_offset: 0,
+        rope_interleaved: false,
+        tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
+        attention_bias: false,
+        o_proj_bias: false,
+        mlp_bias: false,
+        qk_norm: false,
+        qk_norm_whole: false,
+        nope_layers: Vec::new(),
+        embed_scale: None,
+        residual_scale: None,
+        logits_divisor: None,
+        sandwich_norms: false,
+        post_norms_only: false,
+        mlp_activation: MlpActivation::GeluErf,
+        local_rope: None,
+        sliding_layers: Vec::new(),
+        sliding_window: None,
+        attn_scale,
+        scale_attn_by_inverse_layer_idx: false,
+        parallel_residual: false,
+        parallel_shared_norm: false,
+        lm_head_bias: false,
+        embed_norm: false,
+        norms_without_bias: true,
+        attn_softcap: None,
+        alibi: Some(Alibi {
+            max_bias,
+            scale: 1.0,
+        }),
         final_softcap: None,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
@@ -948,7 +1218,10 @@ fn parse_opt(f: &Fields) -> Result<ModelConfig> {
         parallel_residual: false,
         parallel_shared_norm: false,
         lm_head_bias: false,
+        embed_norm: false,
+        norms_without_bias: false,
         attn_softcap: None,
+        alibi: None,
         final_softcap: None,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
@@ -1021,7 +1294,10 @@ fn parse_gptj(f: &Fields) -> Result<ModelConfig> {
         parallel_residual: true,
         parallel_shared_norm: true,
         lm_head_bias: true,
+        embed_norm: false,
+        norms_without_bias: false,
         attn_softcap: None,
+        alibi: None,
         final_softcap: None,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
@@ -1195,7 +1471,10 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         parallel_residual: false,
         parallel_shared_norm: false,
         lm_head_bias: false,
+        embed_norm: false,
+        norms_without_bias: false,
         attn_softcap: None,
+        alibi: None,
         final_softcap: None,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
@@ -1403,7 +1682,10 @@ fn parse_gemma(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         parallel_residual: false,
         parallel_shared_norm: false,
         lm_head_bias: false,
+        embed_norm: false,
+        norms_without_bias: false,
         attn_softcap,
+        alibi: None,
         final_softcap,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
@@ -2571,7 +2853,7 @@ mod tests {
     }
 
     #[test]
-    fn falcon_reads_its_three_blocks_and_refuses_alibi() {
+    fn falcon_reads_its_three_blocks_and_alibi() {
         // FalconConfig's defaults: multi-query, parallel off one norm, no biases, exact GELU,
         // MLP 4 × hidden, tied
         let c = parse("falcon", "").unwrap();
@@ -2603,8 +2885,15 @@ mod tests {
         let c = parse("falcon", r#""multi_query": false, "parallel_attn": false"#).unwrap();
         assert_eq!(c.num_kv_heads, 4);
         assert!(!c.parallel_residual && c.has_mlp_norm());
+        // Falcon-RW: ALiBi instead of RoPE, its slopes scaled as its scores (1 / √16)
+        let c = parse("falcon", r#""alibi": true, "parallel_attn": false"#).unwrap();
+        assert!(c.rope.is_none() && !c.learned_positions());
+        let alibi = Alibi {
+            max_bias: 8.0,
+            scale: 0.25,
+        };
+        assert_eq!((c.alibi, c.attn_scale), (Some(alibi), 0.25));
         for (extra, field) in [
-            (r#""alibi": true"#, "alibi"),
             (
                 r#""new_decoder_architecture": true, "parallel_attn": false"#,
                 "parallel_attn",
@@ -2621,6 +2910,113 @@ mod tests {
         let c = ModelConfig::from_json_str(m.config, "falcon-7b").unwrap();
         assert_eq!(c.num_parameters(), 6_921_720_704);
         assert_eq!((c.head_dim, c.num_heads, c.num_kv_heads), (64, 71, 1));
+        // the embedded Falcon-RW 1B: transformers counts 1,311,625,216 on the meta device
+        let m = crate::model::registry::find("falcon-rw-1b").unwrap();
+        let c = ModelConfig::from_json_str(m.config, "falcon-rw-1b").unwrap();
+        assert_eq!(c.num_parameters(), 1_311_625_216);
+        assert_eq!(c.alibi.map(|a| a.scale), Some(0.125));
+    }
+
+    #[test]
+    fn bloom_is_gpt2_with_alibi_and_an_embedding_norm() {
+        // BloomConfig's names and defaults: 4 × hidden MLP, tanh GELU, biases, tied, 2048 tokens
+        let c = ModelConfig::from_json_str(
+            r#"{"model_type": "bloom", "n_embed": 64, "n_head": 4, "n_layer": 2,
+                "vocab_size": 100}"#,
+            "config.json",
+        )
+        .unwrap();
+        assert_eq!((c.arch, c.hidden_size, c.head_dim), (Arch::Gpt2, 64, 16));
+        assert_eq!((c.intermediate_size, c.max_context), (256, 2048));
+        assert_eq!(c.mlp_activation, MlpActivation::GeluTanh);
+        assert_eq!(c.alibi, Some(Alibi::STANDARD));
+        assert!(c.embed_norm && c.rope.is_none() && !c.learned_positions());
+        assert!(c.attention_bias && c.o_proj_bias && c.mlp_bias && c.tie_word_embeddings);
+        assert!(!c.parallel_residual && c.has_mlp_norm());
+        // 5.x-style names, a training length
+        let c = parse("bloom", r#""seq_length": 4096"#).unwrap();
+        assert_eq!((c.num_heads, c.num_layers, c.max_context), (4, 4, 4096));
+        let err = parse(
+            "bloom",
+            r#""apply_residual_connection_post_layernorm": true"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("apply_residual_connection_post_layernorm"),
+            "{err}"
+        );
+        // the embedded BLOOMs: transformers counts these on the meta device
+        for (name, params) in [("bloom-560m", 559_214_592), ("bloom-7b1", 7_069_016_064)] {
+            let m = crate::model::registry::find(name).unwrap();
+            let c = ModelConfig::from_json_str(m.config, name).unwrap();
+            assert_eq!(c.num_parameters(), params, "{name}");
+        }
+    }
+
+    #[test]
+    fn mpt_is_bias_free_gpt2_with_alibi() {
+        let mpt = |extra: &str| {
+            let sep = if extra.is_empty() { "" } else { "," };
+            ModelConfig::from_json_str(
+                &format!(
+                    r#"{{"model_type": "mpt", "d_model": 64, "n_heads": 4, "n_layers": 2,
+                        "vocab_size": 100{sep} {extra}}}"#
+                ),
+                "config.json",
+            )
+        };
+        // MptConfig's defaults: ALiBi of max bias 8, no biases anywhere, exact GELU, 4 × d_model
+        let c = mpt("").unwrap();
+        assert_eq!(
+            (c.arch, c.head_dim, c.intermediate_size),
+            (Arch::Gpt2, 16, 256)
+        );
+        assert_eq!((c.max_context, c.attn_scale), (2048, 0.25));
+        assert_eq!(c.alibi, Some(Alibi::STANDARD));
+        assert_eq!(c.mlp_activation, MlpActivation::GeluErf);
+        assert!(!c.attention_bias && !c.o_proj_bias && !c.mlp_bias && c.norms_without_bias);
+        assert!(c.tie_word_embeddings && !c.learned_positions() && !c.embed_norm);
+        let c = mpt(r#""expansion_ratio": 2, "max_seq_len": 4096,
+               "attn_config": {"alibi_bias_max": 16, "softmax_scale": 0.1, "clip_qkv": null}"#)
+        .unwrap();
+        assert_eq!((c.intermediate_size, c.max_context), (128, 4096));
+        assert_eq!(
+            (c.alibi.map(|a| a.max_bias), c.attn_scale),
+            (Some(16.0), 0.1)
+        );
+        for (extra, field) in [
+            (r#""no_bias": false"#, "no_bias"),
+            (r#""logit_scale": 0.5"#, "logit_scale"),
+            (r#""norm_type": "rmsnorm""#, "norm_type"),
+            (r#""attn_config": 3"#, "attn_config"),
+            (r#""attn_config": {"alibi": false}"#, "attn_config.alibi"),
+            (r#""attn_config": {"clip_qkv": 6}"#, "attn_config.clip_qkv"),
+            (r#""attn_config": {"qk_ln": true}"#, "attn_config.qk_ln"),
+            (
+                r#""attn_config": {"prefix_lm": true}"#,
+                "attn_config.prefix_lm",
+            ),
+            (
+                r#""attn_config": {"attn_type": "multiquery_attention"}"#,
+                "attn_config.attn_type",
+            ),
+            (
+                r#""attn_config": {"alibi_bias_max": "8"}"#,
+                "attn_config.alibi_bias_max",
+            ),
+            (
+                r#""attn_config": {"alibi_bias_max": 0}"#,
+                "attn_config.alibi_bias_max",
+            ),
+        ] {
+            let err = mpt(extra).unwrap_err().to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        }
+        // the embedded MPT-7B: transformers counts 6,649,286,656 (its LayerNorms have no bias)
+        let m = crate::model::registry::find("mpt-7b").unwrap();
+        let c = ModelConfig::from_json_str(m.config, "mpt-7b").unwrap();
+        assert_eq!(c.num_parameters(), 6_649_286_656);
     }
 
     #[test]
@@ -3180,7 +3576,7 @@ mod tests {
         );
         let e = err("qwen2", r#""use_sliding_window": 1"#);
         assert!(e.contains("use_sliding_window"), "{e}");
-        let e = err("mpt", "");
+        let e = err("mamba", "");
         assert!(e.contains("qwen2") && e.contains("mistral"), "{e}");
     }
 }

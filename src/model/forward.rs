@@ -494,7 +494,15 @@ impl<B: Backend> Model<B> {
         let qkv_n = c.q_size() + 2 * c.kv_size();
         let inter = c.intermediate_size;
         let eps = c.norm_eps;
-        b.embedding(&mut ws.x, &w.embed, w.positions.as_ref(), meta, h)?;
+        match &w.embed_norm {
+            // BLOOM: the embedding normalised before the first layer (via ws.delta, free here)
+            Some(norm) => {
+                b.embedding(&mut ws.delta, &w.embed, w.positions.as_ref(), meta, h)?;
+                let (weight, bias) = layernorm_weights(Some(norm))?;
+                b.layernorm(&mut ws.x, &ws.delta, weight, bias, t, h, eps)?;
+            }
+            None => b.embedding(&mut ws.x, &w.embed, w.positions.as_ref(), meta, h)?,
+        }
         if let Some(scale) = c.embed_scale {
             b.scale_inplace(&mut ws.x, scale, t * h)?;
         }
@@ -593,6 +601,7 @@ impl<B: Backend> Model<B> {
                 scale,
                 window: c.layer_window(i),
                 softcap: c.attn_softcap,
+                alibi: c.alibi,
                 kv_group,
             };
             b.attention(

@@ -79,6 +79,10 @@ pub static EMBEDDED: &[EmbeddedModel] = &[
     config_only!("opt-6.7b"),
     config_only!("starcoder"),
     config_only!("gpt-j-6b"),
+    config_only!("bloom-560m"),
+    config_only!("bloom-7b1"),
+    config_only!("mpt-7b"),
+    config_only!("falcon-rw-1b"),
 ];
 
 pub fn find(name: &str) -> Option<&'static EmbeddedModel> {

@@ -72,6 +72,8 @@ pub struct ModelWeights<T> {
     pub embed: T,
     /// GPT-2 only: [max_context, hidden]
     pub positions: Option<T>,
+    /// BLOOM's LayerNorm of the embedding output (`embed_norm`)
+    pub embed_norm: Option<Norm<T>>,
     pub layers: Vec<LayerWeights<T>>,
     pub final_norm: Norm<T>,
     /// [vocab, hidden]; `None` when tied to `embed`
@@ -97,6 +99,7 @@ impl<T> ModelWeights<T> {
         };
         let embed = f(self.embed)?;
         let positions = self.positions.map(&mut f).transpose()?;
+        let embed_norm = self.embed_norm.map(|n| norm(n, &mut f)).transpose()?;
         let mut layers = Vec::with_capacity(self.layers.len());
         for l in self.layers {
             layers.push(LayerWeights {
@@ -120,6 +123,7 @@ impl<T> ModelWeights<T> {
         Ok(ModelWeights {
             embed,
             positions,
+            embed_norm,
             layers,
             final_norm: norm(self.final_norm, &mut f)?,
             lm_head: self.lm_head.map(&mut f).transpose()?,
@@ -135,6 +139,8 @@ pub fn load_weights(cfg: &ModelConfig, store: &TensorStore) -> Result<ModelWeigh
         Arch::Gpt2 if cfg.model_type == "falcon" => load_falcon(cfg, store)?,
         Arch::Gpt2 if cfg.model_type == "opt" => load_opt(cfg, store)?,
         Arch::Gpt2 if cfg.model_type == "gptj" => load_gptj(cfg, store)?,
+        Arch::Gpt2 if cfg.model_type == "bloom" => load_bloom(cfg, store)?,
+        Arch::Gpt2 if cfg.model_type == "mpt" => load_mpt(cfg, store)?,
         // GPT-2's block with RoPE: Phi, StarCoder2
         Arch::Gpt2 if cfg.rope.is_some() => load_dense_rope(cfg, store)?,
         Arch::Gpt2 => load_gpt2(cfg, store)?,
@@ -367,6 +373,7 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
     let mut weights = ModelWeights {
         embed: read("model.embed_tokens.weight", &[cfg.vocab_size, h])?,
         positions: None,
+        embed_norm: None,
         layers,
         final_norm: rms("model.norm.weight")?,
         lm_head,
@@ -480,6 +487,7 @@ fn load_gpt2(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTen
     Ok(ModelWeights {
         embed: read("wte.weight", &[cfg.vocab_size, h])?,
         positions: Some(read("wpe.weight", &[cfg.max_context, h])?),
+        embed_norm: None,
         layers,
         final_norm: ln("ln_f")?,
         lm_head,
@@ -524,6 +532,7 @@ fn load_gptj(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTen
     Ok(ModelWeights {
         embed: read("wte.weight", &[cfg.vocab_size, h])?,
         positions: None,
+        embed_norm: None,
         layers,
         final_norm: ln("ln_f")?,
         lm_head,
@@ -687,6 +696,7 @@ fn load_dense_rope(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<H
     Ok(ModelWeights {
         embed: read("model.embed_tokens.weight", &[cfg.vocab_size, h])?,
         positions: None,
+        embed_norm: None,
         layers,
         final_norm: ln(names.final_norm)?,
         lm_head,
@@ -734,6 +744,7 @@ fn load_gpt_neox(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<Hos
     Ok(ModelWeights {
         embed: read("gpt_neox.embed_in.weight", &[cfg.vocab_size, h])?,
         positions: None,
+        embed_norm: None,
         layers,
         final_norm: ln("gpt_neox.final_layer_norm")?,
         lm_head,
@@ -827,6 +838,7 @@ fn load_falcon(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostT
     Ok(ModelWeights {
         embed: read("transformer.word_embeddings.weight", &[cfg.vocab_size, h])?,
         positions: None,
+        embed_norm: None,
         layers,
         final_norm: ln("transformer.ln_f")?,
         lm_head,
@@ -875,9 +887,96 @@ fn load_opt(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTens
     Ok(ModelWeights {
         embed: read("embed_tokens.weight", &[cfg.vocab_size, h])?,
         positions: Some(positions),
+        embed_norm: None,
         layers,
         final_norm: ln("final_layer_norm")?,
         lm_head,
+        lm_head_bias: None,
+    })
+}
+
+/// BLOOM (`BloomForCausalLM`, with or without the `transformer.` prefix): `word_embeddings`,
+/// `word_embeddings_layernorm`, per layer `h.{i}.input_layernorm`,
+/// `self_attention.query_key_value` (interleaved per head: [heads, 3, head_dim] rows, reordered by
+/// [`ungroup_qkv`]), `self_attention.dense`, `post_attention_layernorm`, `mlp.dense_h_to_4h` /
+/// `dense_4h_to_h`; then `ln_f` and `lm_head` (absent or ignored when tied).
+fn load_bloom(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTensor>> {
+    let h = cfg.hidden_size;
+    let (q, inter) = (cfg.q_size(), cfg.intermediate_size);
+    let prefix = if st.contains("transformer.word_embeddings.weight") {
+        "transformer."
+    } else {
+        ""
+    };
+    let read = |name: &str, shape: &[usize]| st.read_f32(&format!("{prefix}{name}"), shape);
+    let linear = |name: &str, out: usize, inp: usize| read_linear(&read, name, out, inp, true);
+    let ln = |name: &str| layernorm(&read, name, h);
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for i in 0..cfg.num_layers {
+        let p = format!("h.{i}");
+        let fused = linear(&format!("{p}.self_attention.query_key_value"), 3 * q, h)?;
+        layers.push(LayerWeights {
+            attn_norm: Some(ln(&format!("{p}.input_layernorm"))?),
+            qkv: ungroup_qkv(fused, cfg.num_heads, 1, cfg.head_dim),
+            qk_norm: None,
+            o: linear(&format!("{p}.self_attention.dense"), h, q)?,
+            mlp_norm: Some(ln(&format!("{p}.post_attention_layernorm"))?),
+            post_attn_norm: None,
+            post_mlp_norm: None,
+            up: linear(&format!("{p}.mlp.dense_h_to_4h"), inter, h)?,
+            down: linear(&format!("{p}.mlp.dense_4h_to_h"), h, inter)?,
+        });
+    }
+    let root = |n: &str, shape: &[usize]| st.read_f32(n, shape);
+    Ok(ModelWeights {
+        embed: read("word_embeddings.weight", &[cfg.vocab_size, h])?,
+        positions: None,
+        embed_norm: Some(ln("word_embeddings_layernorm")?),
+        layers,
+        final_norm: ln("ln_f")?,
+        lm_head: untied_head(cfg, &root, "lm_head.weight")?,
+        lm_head_bias: None,
+    })
+}
+
+/// MPT (`MptForCausalLM`): `transformer.wte`, per layer `blocks.{i}.norm_1` (a LayerNorm weight
+/// without bias: the loader gives it zeros), `attn.Wqkv` ([q; k; v] rows, the canonical order),
+/// `attn.out_proj`, `norm_2`, `ffn.up_proj` / `down_proj`, all without biases; then
+/// `transformer.norm_f` and `lm_head` (absent or ignored when tied).
+fn load_mpt(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTensor>> {
+    let h = cfg.hidden_size;
+    let (q, inter) = (cfg.q_size(), cfg.intermediate_size);
+    let read = |name: &str, shape: &[usize]| st.read_f32(&format!("transformer.{name}"), shape);
+    let linear = |name: &str, out: usize, inp: usize| read_linear(&read, name, out, inp, false);
+    let ln = |name: &str| -> Result<Norm<HostTensor>> {
+        Ok(Norm {
+            weight: read(&format!("{name}.weight"), &[h])?,
+            bias: Some(HostTensor::new(vec![h], vec![0.0; h])),
+        })
+    };
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for i in 0..cfg.num_layers {
+        let p = format!("blocks.{i}");
+        layers.push(LayerWeights {
+            attn_norm: Some(ln(&format!("{p}.norm_1"))?),
+            qkv: linear(&format!("{p}.attn.Wqkv"), 3 * q, h)?,
+            qk_norm: None,
+            o: linear(&format!("{p}.attn.out_proj"), h, q)?,
+            mlp_norm: Some(ln(&format!("{p}.norm_2"))?),
+            post_attn_norm: None,
+            post_mlp_norm: None,
+            up: linear(&format!("{p}.ffn.up_proj"), inter, h)?,
+            down: linear(&format!("{p}.ffn.down_proj"), h, inter)?,
+        });
+    }
+    let root = |n: &str, shape: &[usize]| st.read_f32(n, shape);
+    Ok(ModelWeights {
+        embed: read("wte.weight", &[cfg.vocab_size, h])?,
+        positions: None,
+        embed_norm: None,
+        layers,
+        final_norm: ln("norm_f")?,
+        lm_head: untied_head(cfg, &root, "lm_head.weight")?,
         lm_head_bias: None,
     })
 }
@@ -938,6 +1037,7 @@ pub fn dummy_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights<HostTensor> {
         positions: cfg
             .learned_positions()
             .then(|| random(vec![cfg.max_context, h])),
+        embed_norm: cfg.embed_norm.then(|| norm(h)),
         layers,
         final_norm: norm(h),
         lm_head: (!cfg.tie_word_embeddings).then(|| random(vec![cfg.vocab_size, h])),

@@ -310,7 +310,9 @@ pub enum Shape {
     /// `context_len` tokens (prefill: query_len = context_len; decode: query_len = 1); under a
     /// sliding `window` a token at position p attends to keys p + 1 − window ..= p only; under
     /// Gemma 2's `softcap` every scaled score s becomes softcap · tanh(s / softcap) before the
-    /// softmax (3 FLOPs per score: a divide, a tanh, a multiply)
+    /// softmax (3 FLOPs per score: a divide, a tanh, a multiply); under ALiBi (`alibi`: its max
+    /// bias, BLOOM's and MPT's 8) each score gains its head's slope times the key's distance
+    /// (2 FLOPs per score: the distance's conversion and a multiply-add)
     Attention {
         seqs: usize,
         query_len: usize,
@@ -323,6 +325,8 @@ pub enum Shape {
         window: Option<usize>,
         #[serde(skip_serializing_if = "Option::is_none")]
         softcap: Option<f32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alibi: Option<f32>,
     },
     /// matmul: out [m, n] = x [m, k] · w [n, k]ᵀ; `proj` names the layer it comes from
     Matmul {
@@ -444,11 +448,13 @@ impl Case {
                 block_size,
                 window,
                 softcap,
+                alibi,
             } => format!(
                 "seqs={seqs},q={query_len},ctx={context_len},heads={num_heads}/{num_kv_heads},\
-                 d={head_dim},bs={block_size}{}{}",
+                 d={head_dim},bs={block_size}{}{}{}",
                 window.map_or(String::new(), |w| format!(",w={w}")),
-                softcap.map_or(String::new(), |c| format!(",cap={c}"))
+                softcap.map_or(String::new(), |c| format!(",cap={c}")),
+                alibi.map_or(String::new(), |m| format!(",alibi={m}"))
             ),
             Shape::Matmul { m, n, k, proj } => format!("{proj}:m={m},n={n},k={k}"),
             Shape::Logits { rows, vocab } => format!("rows={rows},vocab={vocab}"),
@@ -634,6 +640,7 @@ impl Case {
                     block_size,
                     window,
                     softcap,
+                    alibi,
                 },
                 _,
             ) => attention_cost(
@@ -647,6 +654,7 @@ impl Case {
                 u(block_size),
                 window.map(u),
                 softcap.is_some(),
+                alibi.is_some(),
             ),
             (&Shape::Matmul { m, n, k, .. }, _) => {
                 let (m, n, k) = (u(m), u(n), u(k));
@@ -764,7 +772,8 @@ impl Case {
 /// keys. FLOPs: 4 H d per (query, key) pair (q·k and p·v, 2 each per element); the token at
 /// position p sees p + 1 keys, or min(p + 1, w), so a sequence has q c − q (q − 1) / 2 pairs
 /// without a window. A soft-cap (`softcapped`) adds 3 H per pair: the score divided by the cap,
-/// its tanh and the product with the cap.
+/// its tanh and the product with the cap; ALiBi (`alibi`) 2 H: the distance converted to a float
+/// and a multiply-add of the slope.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_cost(
     s: u64,
@@ -777,6 +786,7 @@ pub fn attention_cost(
     block_size: u64,
     window: Option<u64>,
     softcapped: bool,
+    alibi: bool,
 ) -> Cost {
     // (query, key) pairs of the queries at positions 0 .. n - 1: Σ min(p + 1, w)
     let pairs_upto = |n: u64| match window {
@@ -790,7 +800,10 @@ pub fn attention_cost(
     let blocks = c.div_ceil(bs) - first_key / bs;
     Cost {
         bytes: seqs * (s * (2 * keys * nkv * d + 2 * q * h * d) + IDX * (q + blocks)),
-        flops: seqs * h * pairs * (4 * d + if softcapped { 3 } else { 0 }),
+        flops: seqs
+            * h
+            * pairs
+            * (4 * d + if softcapped { 3 } else { 0 } + if alibi { 2 } else { 0 }),
     }
 }
 
@@ -1010,6 +1023,7 @@ mod tests {
                 block_size: 4,
                 window: None,
                 softcap: None,
+                alibi: None,
             },
         );
         // per seq: K,V 2·10·2·8 = 320, q + out 2·4·8 = 64 elements; 1 position + 3 blocks
@@ -1043,6 +1057,18 @@ mod tests {
         let c = capped.cost(Dtype::F32);
         assert_eq!(c.bytes, dec.cost(Dtype::F32).bytes);
         assert_eq!(c.flops, 2 * 4 * 10 * (4 * 8 + 3));
+        // ALiBi: 2 more FLOPs per score, the same bytes
+        let mut biased = dec.clone();
+        if let Shape::Attention { alibi, .. } = &mut biased.shape {
+            *alibi = Some(8.0);
+        }
+        assert_eq!(
+            biased.shape_label(),
+            format!("{},alibi=8", dec.shape_label())
+        );
+        let c = biased.cost(Dtype::F32);
+        assert_eq!(c.bytes, dec.cost(Dtype::F32).bytes);
+        assert_eq!(c.flops, 2 * 4 * 10 * (4 * 8 + 2));
         // prefill of 3 tokens: 1 + 2 + 3 = 6 (query, key) pairs
         let pre = case(
             Op::AttentionPrefill,
@@ -1056,6 +1082,7 @@ mod tests {
                 block_size: 16,
                 window: None,
                 softcap: None,
+                alibi: None,
             },
         );
         let c = pre.cost(Dtype::F32);
@@ -1075,6 +1102,7 @@ mod tests {
                 block_size: 16,
                 window: Some(2),
                 softcap: None,
+                alibi: None,
             },
         );
         let c = chunk.cost(Dtype::F32);

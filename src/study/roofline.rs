@@ -354,6 +354,7 @@ mod tests {
                 block_size: 16,
                 window: None,
                 softcap: None,
+                alibi: None,
             },
             variant: Some(Variant::AUTO_ONE_SPLIT),
         };

@@ -20,7 +20,7 @@
 use rayon::prelude::*;
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{AttentionSpec, Backend, BatchMeta, KvGeometry};
+use crate::backend::{Alibi, AttentionSpec, Backend, BatchMeta, KvGeometry};
 use crate::engine::sampling::{argmax, Sampler, SamplingParams, TokenDraw};
 use crate::error::{Error, Result};
 use crate::model::tensor_store::HostTensor;
@@ -396,6 +396,7 @@ where
                 block_size,
                 window,
                 softcap,
+                alibi,
             },
             _,
         ) => {
@@ -416,6 +417,10 @@ where
             let spec = AttentionSpec {
                 window,
                 softcap,
+                alibi: alibi.map(|max_bias| Alibi {
+                    max_bias,
+                    scale: 1.0,
+                }),
                 ..AttentionSpec::causal(num_heads, scale)
             };
             Box::new(move || b.attention(&mut out, &qkv, &k, &v, &meta, &geom, &spec))

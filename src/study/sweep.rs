@@ -128,6 +128,7 @@ pub fn model_cases(model: &str, cfg: &ModelConfig, ops: &[Op], spec: &SweepSpec)
             block_size: BLOCK_SIZE,
             window: window.filter(|&w| w < context),
             softcap: cfg.attn_softcap,
+            alibi: cfg.alibi.map(|a| a.max_bias),
         })
     };
     for &op in ops {
@@ -625,6 +626,7 @@ mod tests {
                     block_size: BLOCK_SIZE,
                     window: None,
                     softcap: None,
+                    alibi: None,
                 }));
         // Mistral 7B v0.1's decode under its window, beside the 8B's full attention
         assert!(ids.contains(
@@ -698,6 +700,7 @@ mod tests {
             block_size: 16,
             window: None,
             softcap: None,
+            alibi: None,
         };
         let mut want: Vec<(Op, Shape)> = vec![];
         for l in [512, 2048, 8192] {

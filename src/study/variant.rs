@@ -458,6 +458,7 @@ mod tests {
                 block_size: 16,
                 window: None,
                 softcap: None,
+                alibi: None,
             },
             variant: None,
         }

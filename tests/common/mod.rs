@@ -28,6 +28,9 @@ pub const FIXTURES: &[&str] = &[
     "tiny-opt",
     "tiny-gpt-bigcode",
     "tiny-gptj",
+    "tiny-bloom",
+    "tiny-mpt",
+    "tiny-falcon-rw",
 ];
 
 pub fn repo() -> PathBuf {

@@ -13,6 +13,7 @@
 // window of W keys (each decode token sees its last W positions); the keys before a decode sequence's
 // window hold NaN/inf, so a read before the window start shows up as NaN, and the split plan covers
 // the window only, as the host plans it. "softcap C": scores bent to C tanh(s / C) before the softmax.
+// "alibi M x S": ALiBi slopes of max bias M times S added per key distance (BLOOM, MPT, Falcon-RW).
 // Tolerance: |got - want| / (1 + |want|) <= 2e-2 (bf16), 4e-3 (f16), 1e-5 (f32): one rounding of
 // the output to T plus f32 accumulation (inputs are rounded to T before the reference sees them).
 #include "emu.h"
@@ -35,7 +36,8 @@ static Plan plan_for(uint32_t splits, uint32_t ctx) {
 
 // seqs: (new tokens, context) per sequence; decode sequences have 1 new token.
 void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std::pair<uint32_t, uint32_t>> seqs,
-              uint32_t want_splits, bool poison, bool bad_block, uint32_t window = 0, float softcap = 0.f) {
+              uint32_t want_splits, bool poison, bool bad_block, uint32_t window = 0, float softcap = 0.f,
+              float alibi = 0.f, float alibi_scale = 1.f) {
   uint32_t G = H / Hkv;
   uint32_t ns = seqs.size(), max_ctx = 0, max_blocks = 0;
   std::vector<uint32_t> qsl(ns + 1, 0), lens(ns), dec;
@@ -83,6 +85,7 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
   p.kv = {num_blocks, bs, Hkv, D}; p.num_decode = dec.size(); p.num_seqs = ns; p.num_heads = H;
   p.max_blocks_per_seq = max_blocks; p.q_stride = q_stride; p.out_stride = out_stride;
   p.num_splits = pl.splits; p.partition_len = pl.len; p.scale = scale; p.window = window; p.softcap = softcap;
+  p.alibi_max_bias = alibi; p.alibi_scale = alibi_scale;
   uint32_t gc = G > 4 ? 8 : (G > 2 ? 4 : G);
   uint32_t chunks = (G + gc - 1) / gc;
   std::vector<float> pacc(size_t(dec.size()) * H * pl.splits * D, NAN), pml(size_t(dec.size()) * H * pl.splits * 2, NAN);
@@ -108,6 +111,7 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
         double d = 0; for (uint32_t e = 0; e < D; ++e) d += double(qf[size_t(t) * q_stride + h * D + e]) * kf[off + e];
         double sd = d * scale;
         if (softcap > 0) sd = softcap * std::tanh(sd / softcap);
+        if (alibi > 0) sd += ref_alibi_slope(h, H, alibi, alibi_scale) * (double(j) - double(ctx - 1));
         sc.push_back(sd); offs.push_back(off);
       }
       double m = -INFINITY; for (double x : sc) m = std::max(m, x);
@@ -128,8 +132,9 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
     for (uint32_t t = qsl[s]; t < qsl[s + 1]; ++t) for (uint32_t c = 0; c < out_stride; ++c) untouched &= im::to_float(ot[size_t(t) * out_stride + c]) == -7.f;
   bool ok = worst <= TOL && !nan && untouched;
   cases++; if (!ok) failures++;
-  char win[48] = "";
-  if (window || softcap > 0) snprintf(win, sizeof win, " window %u softcap %g", window, softcap);
+  char win[80] = "";
+  if (window || softcap > 0 || alibi > 0)
+    snprintf(win, sizeof win, " window %u softcap %g alibi %g x %g", window, softcap, alibi, alibi_scale);
   printf("D%-3u H%-2u Hkv%-2u bs%-2u splits %2u x %-5u ndec %zu max_keys %-5u%s%s%s  %s err %.3g%s%s\n", D, H, Hkv, bs, pl.splits, pl.len, dec.size(), max_ctx,
          poison ? " poison" : "", bad_block ? " badblk" : "", win, ok ? "ok  " : "FAIL", worst, nan ? " NaN" : "", untouched ? "" : " prefill rows written");
 }
@@ -153,6 +158,11 @@ int main() {
     // soft-capped scores (Gemma 2), alone and under a window, one and several splits
     run_case(D, 8, 2, 16, {{1, 300}, {1, 17}}, 1, true, false, 0, 0.5f);                // G 4
     run_case(D, 12, 4, 32, {{1, 700}, {2, 9}, {1, 90}}, 3, true, true, 200, 1.5f);      // G 3
+    // ALiBi: BLOOM's slopes over 8 heads (G 4, several splits); 12 heads (not a power of two) in
+    // Falcon-RW's scaled form under a window; 24 heads with a soft-cap (chunks 8 + 4)
+    run_case(D, 8, 2, 16, {{1, 700}, {2, 9}, {1, 37}}, 3, true, true, 0, 0.f, 8.f);          // G 4
+    run_case(D, 12, 4, 32, {{1, 300}, {1, 5}}, 2, true, false, 200, 0.f, 8.f, 0.125f);      // G 3
+    run_case(D, 24, 2, 16, {{1, 260}, {4, 20}, {1, 2}}, 2, true, false, 0, 1.5f, 4.f);      // G 12
   }
   printf("%s: %d of %d cases failed\n", failures ? "FAILED" : "PASSED", failures, cases);
   return failures != 0;

@@ -15,7 +15,8 @@
 // and the tails of last blocks) holds NaN/inf, so a read past the context shows up as NaN.
 // "window W": a sliding window of W keys; the keys before a sequence's first new row's window (which
 // no row of the sequence sees) hold NaN/inf too, so a read before the window shows up as NaN.
-// "softcap C": scores bent to C tanh(s / C) before the softmax (Gemma 2).
+// "softcap C": scores bent to C tanh(s / C) before the softmax (Gemma 2). "alibi M x S": ALiBi slopes
+// of max bias M times S added per key distance (BLOOM, MPT, Falcon-RW).
 // Tolerance: |got - want| / (1 + |want|) <= 2e-2 (bf16), 4e-3 (f16): the probabilities are rounded to
 // T before P V (as FlashAttention does) plus one rounding of the output (inputs are rounded to T
 // before the reference sees them).
@@ -45,7 +46,7 @@ static std::vector<uint32_t> prefill_tiles(const std::vector<uint32_t>& qsl) {
 
 // seqs: (new tokens, context) per sequence.
 void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std::pair<uint32_t, uint32_t>> seqs,
-              uint32_t window = 0, float softcap = 0.f) {
+              uint32_t window = 0, float softcap = 0.f, float alibi = 0.f, float alibi_scale = 1.f) {
   auto first_key = [&](uint32_t pos) { return window && pos + 1 > window ? pos + 1 - window : 0u; };
   uint32_t G = H / Hkv, ns = seqs.size(), max_blocks = 0;
   std::vector<uint32_t> qsl(ns + 1, 0), lens(ns);
@@ -80,7 +81,7 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
   PrefillAttentionParams p{};
   p.kv = {num_blocks, bs, Hkv, D}; p.num_tiles = tiles.size() / 2; p.num_seqs = ns; p.num_heads = H;
   p.max_blocks_per_seq = max_blocks; p.q_stride = q_stride; p.out_stride = out_stride; p.scale = scale;
-  p.window = window; p.softcap = softcap;
+  p.window = window; p.softcap = softcap; p.alibi_max_bias = alibi; p.alibi_scale = alibi_scale;
   dim3 grid; grid.x = p.num_tiles; grid.y = H;
   dim3 blk; blk.x = IM_PREFILL_THREADS;
   for (bool pipelined : {true, false}) {
@@ -116,6 +117,7 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
             double d = 0; for (uint32_t e = 0; e < D; ++e) d += double(qf[size_t(t) * q_stride + h * D + e]) * kf[slot(s, j, kvh) + e];
             sc[j] = d * scale;
             if (softcap > 0) sc[j] = softcap * std::tanh(sc[j] / softcap);
+            if (alibi > 0) sc[j] += ref_alibi_slope(h, H, alibi, alibi_scale) * (double(j) - double(pos));
             m = std::max(m, sc[j]);
           }
           double l = 0; for (uint32_t j = lo; j <= pos; ++j) l += std::exp(sc[j] - m);
@@ -135,6 +137,7 @@ void run_case(uint32_t D, uint32_t H, uint32_t Hkv, uint32_t bs, std::vector<std
     for (auto [n, c] : seqs) printf(" %u/%u", n, c);
     if (window) printf(" window %u", window);
     if (softcap > 0) printf(" softcap %g", softcap);
+    if (alibi > 0) printf(" alibi %g x %g", alibi, alibi_scale);
     printf("  %s err %.3g%s%s\n", ok ? "ok  " : "FAIL", worst, nan ? " NaN" : "", untouched ? "" : " decode rows written");
   }
 }
@@ -153,6 +156,11 @@ int main() {
     // soft-capped scores (Gemma 2), alone and under a window
     run_case(D, 8, 2, 16, {{130, 130}, {64, 100}, {1, 9}}, 0, 0.5f);        // G 4
     run_case(D, 4, 4, 32, {{200, 233}, {37, 37}}, 50, 1.5f);                 // G 1
+    // ALiBi: BLOOM's slopes (8 heads); 12 heads in Falcon-RW's scaled form under a window; with a
+    // soft-cap
+    run_case(D, 8, 2, 16, {{130, 130}, {64, 100}, {1, 9}}, 0, 0.f, 8.f);                // G 4
+    run_case(D, 12, 3, 32, {{200, 233}, {37, 37}}, 50, 0.f, 8.f, 0.125f);               // G 4
+    run_case(D, 4, 4, 16, {{65, 65}, {3, 300}}, 0, 1.5f, 4.f);                           // G 1
   }
   printf("%s: %d of %d cases failed\n", failures ? "FAILED" : "PASSED", failures, cases);
   return failures != 0;

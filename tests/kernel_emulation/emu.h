@@ -354,6 +354,16 @@ inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); r
 inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline int __clz(unsigned x) { return x ? __builtin_clz(x) : 32; }
+
+// For the attention references (not part of the emulation): ALiBi's slope of head h of n in double,
+// from BLOOM's construction as transformers writes it (closest power of two c = 2^floor(log2 n), base
+// 2^(-max_bias / c); the heads past c take the odd powers of 2^(-max_bias / 2c)), times `scale`.
+inline double ref_alibi_slope(unsigned h, unsigned n, double max_bias, double scale) {
+    unsigned c = 1;
+    while (c * 2 <= n) c *= 2;
+    if (h < c) return scale * std::pow(std::exp2(-max_bias / c), double(h + 1));
+    return scale * std::pow(std::exp2(-max_bias / (2.0 * c)), double(2 * (h - c) + 1));
+}
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 // f32 -> u64 rounding toward zero (negative and NaN give 0, as the hardware conversion does)
 inline unsigned long long __float2ull_rz(float f) { return f > 0.f ? (unsigned long long)f : 0ull; }

@@ -8,6 +8,7 @@
 // the uniform draw sits within 1e-5 of a CDF step (or where a double-precision sampler agrees with
 // the kernel) is counted as a rounding boundary, anything else fails.
 #include "emu.h"
+#include <cstring>
 #include <cstdio>
 #include <random>
 #include <numeric>
@@ -191,7 +192,7 @@ void test_act(unsigned rows, unsigned inter) {
 
 // ---- paged attention -------------------------------------------------------------------------------
 void test_attention(unsigned nh, unsigned nkv, unsigned d, unsigned bs, unsigned threads, unsigned window = 0,
-                    float softcap = 0.f) {
+                    float softcap = 0.f, float alibi = 0.f, float alibi_scale = 1.f) {
   std::vector<unsigned> cached = {0, 5, 30, 2, 0}, fresh = {6, 1, 1, 3, 0};  // last seq: no new tokens
   unsigned ns = cached.size(), num_blocks = 64, mbps = 0;
   std::vector<uint32_t> qsl = {0}, lens, positions, tables;
@@ -203,7 +204,7 @@ void test_attention(unsigned nh, unsigned nkv, unsigned d, unsigned bs, unsigned
   auto qkv = q(randn(nt * stride)); auto kc = q(randn(num_blocks * bs * nkv * d)), vc = q(randn(num_blocks * bs * nkv * d));
   std::vector<T> qt = toT(qkv), kt = toT(kc), vt = toT(vc), out(nt * nh * d);
   float scale = 1.f / std::sqrt(float(d));
-  PagedAttentionParams p{{num_blocks, bs, nkv, d}, nt, ns, nh, mbps, stride, nh * d, scale, window, softcap};
+  PagedAttentionParams p{{num_blocks, bs, nkv, d}, nt, ns, nh, mbps, stride, nh * d, scale, window, softcap, alibi, alibi_scale};
   launch(d1(nt, nh), d1(threads), [&] { paged_attention_naive(out.data(), qt.data(), kt.data(), vt.data(), qsl.data(), lens.data(), positions.data(), tables.data(), p); });
   std::vector<float> ref(nt * nh * d, 0.f);
   for (unsigned s = 0; s < ns; ++s) for (unsigned t = qsl[s]; t < qsl[s+1]; ++t) for (unsigned h = 0; h < nh; ++h) {
@@ -211,11 +212,11 @@ void test_attention(unsigned nh, unsigned nkv, unsigned d, unsigned bs, unsigned
     unsigned kvh = h / (nh / nkv), ctx = positions[t] + 1, lo = window && ctx > window ? ctx - window : 0;
     std::vector<float> sc(ctx); float mx = -INFINITY;
     auto off = [&](unsigned j) { return ((size_t(tables[s*mbps + j/bs]) * bs + j % bs) * nkv + kvh) * d; };
-    for (unsigned j = lo; j < ctx; ++j) { float dot = 0; for (unsigned e = 0; e < d; ++e) dot += qkv[t*stride + h*d + e] * kc[off(j)+e]; sc[j] = dot * scale; if (softcap > 0) sc[j] = softcap * std::tanh(sc[j] / softcap); mx = std::max(mx, sc[j]); }
+    for (unsigned j = lo; j < ctx; ++j) { float dot = 0; for (unsigned e = 0; e < d; ++e) dot += qkv[t*stride + h*d + e] * kc[off(j)+e]; sc[j] = dot * scale; if (softcap > 0) sc[j] = softcap * std::tanh(sc[j] / softcap); if (alibi > 0) sc[j] += float(ref_alibi_slope(h, nh, alibi, alibi_scale) * (double(j) - double(ctx - 1))); mx = std::max(mx, sc[j]); }
     float sum = 0; for (unsigned j = lo; j < ctx; ++j) { sc[j] = std::exp(sc[j] - mx); sum += sc[j]; }
     for (unsigned j = lo; j < ctx; ++j) for (unsigned e = 0; e < d; ++e) ref[t*nh*d + h*d + e] += sc[j] * vc[off(j)+e];
     for (unsigned e = 0; e < d; ++e) ref[t*nh*d + h*d + e] /= sum; }
-  char name[100]; snprintf(name, 100, "attention nh%u nkv%u d%u bs%u t%u window %u softcap %g", nh, nkv, d, bs, threads, window, softcap); cmp(name, tof(out), ref);
+  char name[120]; snprintf(name, 120, "attention nh%u nkv%u d%u bs%u t%u window %u softcap %g alibi %g x %g", nh, nkv, d, bs, threads, window, softcap, alibi, alibi_scale); cmp(name, tof(out), ref);
 
   // write_kv: write fresh tokens' K/V into their slots, compare with a CPU copy; a pad token writes nothing
   std::vector<uint32_t> slots;
@@ -230,10 +231,18 @@ void test_attention(unsigned nh, unsigned nkv, unsigned d, unsigned bs, unsigned
 }
 
 // ---- sampling: port of src/engine/sampling.rs ------------------------------------------------------
+// Rust's f32::total_cmp as an integer key: the candidates sort by it, so -0 ranks below +0 (a plain
+// float comparison calls them a tie and breaks it by index, which the kernel and the Rust sampler
+// do not).
+static int32_t total_key(float x) { int32_t i; std::memcpy(&i, &x, 4); return i ^ int32_t(uint32_t(i >> 31) >> 1); }
+static bool ranks_before(const std::pair<uint32_t, float>& a, const std::pair<uint32_t, float>& b) {
+  int32_t ka = total_key(a.second), kb = total_key(b.second);
+  return ka != kb ? ka > kb : a.first < b.first;
+}
 static uint32_t cpu_sample(const std::vector<float>& logits, float temp, uint32_t top_k, float top_p, float u) {
   if (temp == 0) { uint32_t best = 0; for (uint32_t i = 0; i < logits.size(); ++i) if (logits[i] > logits[best]) best = i; return best; }
   std::vector<std::pair<uint32_t, float>> c; for (uint32_t i = 0; i < logits.size(); ++i) c.push_back({i, logits[i] / temp});
-  std::sort(c.begin(), c.end(), [](auto a, auto b) { return a.second != b.second ? a.second > b.second : a.first < b.first; });
+  std::sort(c.begin(), c.end(), ranks_before);
   if (top_k > 0 && top_k < c.size()) c.resize(top_k);
   float mx = c[0].second; for (auto& x : c) x.second = std::exp(x.second - mx);
   if (top_p < 1) { float tot = 0; for (auto& x : c) tot += x.second; float acc = 0; size_t keep = c.size(); for (size_t i = 0; i < c.size(); ++i) { acc += c[i].second / tot; if (acc >= top_p) { keep = i + 1; break; } } c.resize(keep); }
@@ -245,7 +254,7 @@ static uint32_t cpu_sample(const std::vector<float>& logits, float temp, uint32_
 // The same algorithm in double precision (exp of f32 scaled logits, as both implementations use).
 static uint32_t exact_sample(const std::vector<float>& logits, float temp, uint32_t top_k, float top_p, float u) {
   std::vector<std::pair<uint32_t, float>> c; for (uint32_t i = 0; i < logits.size(); ++i) c.push_back({i, logits[i] / temp});
-  std::sort(c.begin(), c.end(), [](auto a, auto b) { return a.second != b.second ? a.second > b.second : a.first < b.first; });
+  std::sort(c.begin(), c.end(), ranks_before);
   if (top_k > 0 && top_k < c.size()) c.resize(top_k);
   std::vector<double> w; for (auto& x : c) w.push_back(std::exp(double(x.second) - double(c[0].second)));
   if (top_p < 1) { double tot = 0; for (double x : w) tot += x; double acc = 0; size_t keep = c.size(); for (size_t i = 0; i < c.size(); ++i) { acc += w[i]; if (acc >= top_p * tot) { keep = i + 1; break; } } c.resize(keep); w.resize(keep); }
@@ -342,6 +351,8 @@ int main(int argc, char** argv) {
   test_attention(2, 1, 256, 5, 96);
   test_attention(8, 2, 64, 4, 128, 7); test_attention(4, 4, 16, 16, 64, 1); test_attention(6, 3, 128, 3, 128, 30);
   test_attention(8, 2, 64, 4, 128, 0, 0.5f); test_attention(6, 3, 128, 3, 128, 9, 1.5f);
+  test_attention(8, 2, 64, 4, 128, 0, 0.f, 8.f); test_attention(6, 3, 128, 3, 128, 9, 0.f, 8.f, 0.125f);
+  test_attention(12, 4, 64, 16, 96, 0, 1.5f, 4.f);
   }
   test_sampling(argc > 1 ? atoi(argv[1]) : 64);
   test_sampling_determinism();

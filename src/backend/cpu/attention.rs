@@ -5,7 +5,8 @@
 //! `block_table[j / block_size]`, offset `j % block_size`); softmax in f32 with the max subtracted;
 //! weighted sum of V. lo is 0, or under a sliding window of w keys max(0, p + 1 − w): the last w
 //! positions, the token's own included (transformers' mask `kv_idx > q_idx - sliding_window`).
-//! Under Gemma 2's soft-cap c each scaled score s becomes c · tanh(s / c) before the softmax.
+//! Under Gemma 2's soft-cap c each scaled score s becomes c · tanh(s / c) before the softmax;
+//! under ALiBi it then gains slope(h) · (j − p) ([`crate::backend::Alibi`]).
 //! No contiguous per-sequence copy of K/V is made. Parallel over tokens.
 
 use rayon::prelude::*;
@@ -15,7 +16,7 @@ use crate::backend::{AttentionSpec, BatchMeta, KvGeometry};
 /// out: [num_tokens, num_heads * head_dim];
 /// qkv: [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim] (Q in the first num_heads * head_dim columns);
 /// k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]; `spec`: heads, scale,
-/// sliding window and soft-cap ([`AttentionSpec`])
+/// sliding window, soft-cap and ALiBi ([`AttentionSpec`])
 pub fn paged_attention(
     out: &mut [f32],
     qkv: &[f32],
@@ -30,6 +31,7 @@ pub fn paged_attention(
         scale,
         window,
         softcap,
+        alibi,
         kv_group,
     } = *spec;
     let d = geom.head_dim;
@@ -57,6 +59,7 @@ pub fn paged_attention(
             let mut scores = vec![0.0f32; pos + 1 - lo];
             for h in 0..num_heads {
                 let kvh = h / group;
+                let slope = alibi.map(|a| a.slope(h, num_heads));
                 let q = &q_row[h * d..(h + 1) * d];
                 // offset of the i-th key of the window, key lo + i
                 let slot_offset = |i: usize| {
@@ -78,6 +81,10 @@ pub fn paged_attention(
                         Some(c) => c * (dot * scale / c).tanh(),
                         None => dot * scale,
                     };
+                    if let Some(slope) = slope {
+                        // key lo + j at distance pos - (lo + j) before the query
+                        *sc -= slope * (pos - lo - j) as f32;
+                    }
                     max = max.max(*sc);
                 }
                 let mut sum = 0.0f32;
@@ -105,6 +112,7 @@ pub fn paged_attention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Alibi;
     use proptest::prelude::*;
 
     /// One sequence of `ctx` cached tokens (K/V already in the cache, blocks in reverse order) whose
@@ -182,6 +190,65 @@ mod tests {
         assert!((weight_of_key0(None) - plain).abs() < 1e-6);
         // a cap far above the scores changes nothing measurable
         assert!((weight_of_key0(Some(1e4)) - plain).abs() < 1e-5);
+    }
+
+    /// ALiBi's slopes are BLOOM's (`build_alibi_tensor`, written out for 8 and 12 heads) and
+    /// MPT's (`gen_slopes` at alibi_bias_max 16 for 6 heads: the next power of two's sequence,
+    /// odd entries first).
+    #[test]
+    fn alibi_slopes_are_bloom_and_mpt() {
+        let slopes = |a: Alibi, n: usize| (0..n).map(|h| a.slope(h, n)).collect::<Vec<f32>>();
+        let pow2 = |e: f32| 2f32.powf(e);
+        let eight: Vec<f32> = (1..=8).map(|i| pow2(-(i as f32))).collect();
+        assert_eq!(slopes(Alibi::STANDARD, 8), eight);
+        // 12 heads: 2^-1 .. 2^-8, then 2^-0.5 .. 2^-3.5 in steps of 1
+        let mut twelve = eight.clone();
+        twelve.extend([-0.5, -1.5, -2.5, -3.5].map(pow2));
+        assert_eq!(slopes(Alibi::STANDARD, 12), twelve);
+        // MPT, 6 heads, bias max 16: 8 slopes 2^-2, 2^-4, .., 2^-16, then [1::2] + [::2]
+        let mpt8: Vec<f32> = (1..=8).map(|i| pow2(-2.0 * i as f32)).collect();
+        let mut mpt: Vec<f32> = mpt8.iter().skip(1).step_by(2).copied().collect();
+        mpt.extend(mpt8.iter().step_by(2));
+        mpt.truncate(6);
+        let a = Alibi {
+            max_bias: 16.0,
+            scale: 1.0,
+        };
+        assert_eq!(slopes(a, 6), mpt);
+        // the scale multiplies every slope
+        let scaled = Alibi { scale: 0.25, ..a };
+        assert_eq!(scaled.slope(3, 6), 0.25 * a.slope(3, 6));
+    }
+
+    /// ALiBi weighs equal scores by distance: a query at position 2 whose q·k is 0 for all three
+    /// keys puts softmax(−2m, −m, 0) on them (one head: slope m = 2^−max_bias).
+    #[test]
+    fn alibi_penalises_distance() {
+        let (meta, geom) = one_seq(3, 1, 2, 1, 4);
+        let qkv = vec![0.0f32; 3 * 4];
+        let k = vec![0.0f32; geom.layer_len()];
+        // V row of key j: e_j
+        let mut v = vec![0.0f32; geom.layer_len()];
+        for j in 0..3 {
+            let slot = meta.block_tables[j / 2] as usize * 2 + j % 2;
+            v[slot * 4 + j] = 1.0;
+        }
+        let alibi = Alibi {
+            max_bias: 1.0,
+            scale: 1.0,
+        };
+        let mut out = vec![0.0f32; 4];
+        let spec = AttentionSpec {
+            alibi: Some(alibi),
+            ..AttentionSpec::causal(1, 0.5)
+        };
+        paged_attention(&mut out, &qkv, &k, &v, &meta, &geom, &spec);
+        let m = 0.5f32;
+        let e = [(-2.0 * m).exp(), (-m).exp(), 1.0];
+        let sum: f32 = e.iter().sum();
+        for j in 0..3 {
+            assert!((out[j] - e[j] / sum).abs() < 1e-6, "{out:?}");
+        }
     }
 
     proptest! {

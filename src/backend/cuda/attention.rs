@@ -164,6 +164,11 @@ pub fn window_param(window: Option<usize>) -> u32 {
     window.map_or(0, |w| u32::try_from(w).unwrap_or(0))
 }
 
+/// The kernels' ALiBi parameters (params.h `alibi_max_bias`, `alibi_scale`): (0, 1) for none.
+pub fn alibi_params(alibi: Option<crate::backend::Alibi>) -> (f32, f32) {
+    alibi.map_or((0.0, 1.0), |a| (a.max_bias, a.scale))
+}
+
 /// Keys a decode token with a context of `ctx` reads under the kernels' `window` (0: none).
 pub fn window_keys(ctx: u32, window: u32) -> u32 {
     if window == 0 {

@@ -549,6 +549,7 @@ impl<T: CudaDtype> CudaBackend<T> {
         scale: f32,
         window: u32,
         softcap: f32,
+        (alibi_max_bias, alibi_scale): (f32, f32),
         kv_group: usize,
     ) -> Result<()> {
         let x = attention::AttnInputs {
@@ -579,6 +580,8 @@ impl<T: CudaDtype> CudaBackend<T> {
                     scale,
                     window,
                     softcap,
+                    alibi_max_bias,
+                    alibi_scale,
                 },
                 self.auto_tuning.prefill_loads,
             )?;
@@ -655,6 +658,8 @@ impl<T: CudaDtype> CudaBackend<T> {
                 scale,
                 window,
                 softcap,
+                alibi_max_bias,
+                alibi_scale,
             },
         )
     }
@@ -1385,6 +1390,7 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         super::check_kv_group("cuda", spec.kv_group, meta.num_kv_groups)?;
         let window = attention::window_param(spec.window);
         let softcap = spec.softcap.unwrap_or(0.0);
+        let alibi = attention::alibi_params(spec.alibi);
         if self.attention == AttentionVariant::Auto && self.auto_attention_applies(meta, geom) {
             return self.attention_auto(
                 out,
@@ -1399,6 +1405,7 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
                 scale,
                 window,
                 softcap,
+                alibi,
                 spec.kv_group,
             );
         }
@@ -1424,6 +1431,8 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
                 scale,
                 window,
                 softcap,
+                alibi_max_bias: alibi.0,
+                alibi_scale: alibi.1,
             },
         )
     }

@@ -142,10 +142,14 @@ pub struct PagedAttentionParams {
     pub window: u32,
     #[doc = "< score soft-cap; 0: none"]
     pub softcap: f32,
+    #[doc = "< ALiBi slopes' exponent scale (8 in BLOOM and MPT); 0: none"]
+    pub alibi_max_bias: f32,
+    #[doc = "< every ALiBi slope times this (Falcon-RW: scale; else 1)"]
+    pub alibi_scale: f32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of PagedAttentionParams"][::std::mem::size_of::<PagedAttentionParams>() - 52usize];
+    ["Size of PagedAttentionParams"][::std::mem::size_of::<PagedAttentionParams>() - 60usize];
     ["Alignment of PagedAttentionParams"][::std::mem::align_of::<PagedAttentionParams>() - 4usize];
     ["Offset of field: PagedAttentionParams::kv"]
         [::std::mem::offset_of!(PagedAttentionParams, kv) - 0usize];
@@ -167,6 +171,10 @@ const _: () = {
         [::std::mem::offset_of!(PagedAttentionParams, window) - 44usize];
     ["Offset of field: PagedAttentionParams::softcap"]
         [::std::mem::offset_of!(PagedAttentionParams, softcap) - 48usize];
+    ["Offset of field: PagedAttentionParams::alibi_max_bias"]
+        [::std::mem::offset_of!(PagedAttentionParams, alibi_max_bias) - 52usize];
+    ["Offset of field: PagedAttentionParams::alibi_scale"]
+        [::std::mem::offset_of!(PagedAttentionParams, alibi_scale) - 56usize];
 };
 #[doc = " paged_decode_d*: split-KV attention of decode sequences (one new token each). Decode sequence i\n is sequence decode_seqs[i]; its token row is query_start_loc[s] and its keys lo .. seq_lens[s] - 1\n (lo = 0, or seq_lens[s] - window under a sliding window shorter than the context), cut into\n splits of partition_len keys (split z covers keys lo + z * partition_len ..). With\n num_splits == 1 the kernel writes out directly; otherwise each block writes its partial result\n and paged_decode_reduce combines them."]
 #[repr(C)]
@@ -194,10 +202,14 @@ pub struct DecodeAttentionParams {
     pub window: u32,
     #[doc = "< score soft-cap; 0: none"]
     pub softcap: f32,
+    #[doc = "< ALiBi slopes' exponent scale (8 in BLOOM and MPT); 0: none"]
+    pub alibi_max_bias: f32,
+    #[doc = "< every ALiBi slope times this (Falcon-RW: scale; else 1)"]
+    pub alibi_scale: f32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of DecodeAttentionParams"][::std::mem::size_of::<DecodeAttentionParams>() - 60usize];
+    ["Size of DecodeAttentionParams"][::std::mem::size_of::<DecodeAttentionParams>() - 68usize];
     ["Alignment of DecodeAttentionParams"]
         [::std::mem::align_of::<DecodeAttentionParams>() - 4usize];
     ["Offset of field: DecodeAttentionParams::kv"]
@@ -224,6 +236,10 @@ const _: () = {
         [::std::mem::offset_of!(DecodeAttentionParams, window) - 52usize];
     ["Offset of field: DecodeAttentionParams::softcap"]
         [::std::mem::offset_of!(DecodeAttentionParams, softcap) - 56usize];
+    ["Offset of field: DecodeAttentionParams::alibi_max_bias"]
+        [::std::mem::offset_of!(DecodeAttentionParams, alibi_max_bias) - 60usize];
+    ["Offset of field: DecodeAttentionParams::alibi_scale"]
+        [::std::mem::offset_of!(DecodeAttentionParams, alibi_scale) - 64usize];
 };
 #[doc = " flash_prefill_d*: causal attention of prefill sequences (two or more new tokens each) in query\n tiles of IM_PREFILL_BLOCK_M rows. Tile i is (sequence tiles[2 i], tile index tiles[2 i + 1]) and\n covers that sequence's new-token rows tiles[2 i + 1] * IM_PREFILL_BLOCK_M ..."]
 #[repr(C)]
@@ -247,10 +263,14 @@ pub struct PrefillAttentionParams {
     pub window: u32,
     #[doc = "< score soft-cap; 0: none"]
     pub softcap: f32,
+    #[doc = "< ALiBi slopes' exponent scale (8 in BLOOM and MPT); 0: none"]
+    pub alibi_max_bias: f32,
+    #[doc = "< every ALiBi slope times this (Falcon-RW: scale; else 1)"]
+    pub alibi_scale: f32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of PrefillAttentionParams"][::std::mem::size_of::<PrefillAttentionParams>() - 52usize];
+    ["Size of PrefillAttentionParams"][::std::mem::size_of::<PrefillAttentionParams>() - 60usize];
     ["Alignment of PrefillAttentionParams"]
         [::std::mem::align_of::<PrefillAttentionParams>() - 4usize];
     ["Offset of field: PrefillAttentionParams::kv"]
@@ -273,6 +293,10 @@ const _: () = {
         [::std::mem::offset_of!(PrefillAttentionParams, window) - 44usize];
     ["Offset of field: PrefillAttentionParams::softcap"]
         [::std::mem::offset_of!(PrefillAttentionParams, softcap) - 48usize];
+    ["Offset of field: PrefillAttentionParams::alibi_max_bias"]
+        [::std::mem::offset_of!(PrefillAttentionParams, alibi_max_bias) - 52usize];
+    ["Offset of field: PrefillAttentionParams::alibi_scale"]
+        [::std::mem::offset_of!(PrefillAttentionParams, alibi_scale) - 56usize];
 };
 #[doc = " sample_rows: one per logits row."]
 #[repr(C)]
