@@ -355,7 +355,12 @@ fn dummy_weights_for_every_embedded_config() {
             }
         }
         cfg["vocab_size"] = json!(1000);
-        for key in ["max_position_embeddings", "n_positions", "max_seq_len", "seq_length"] {
+        for key in [
+            "max_position_embeddings",
+            "n_positions",
+            "max_seq_len",
+            "seq_length",
+        ] {
             if cfg.get(key).is_some() {
                 cfg[key] = json!(64);
             }
@@ -920,6 +925,66 @@ fn opt_checkpoint_prefixes_and_position_offset() {
     );
     let err = refused_after_config_edit(fixture, &|c| c["max_position_embeddings"] = json!(258));
     assert!(err.contains("embed_positions"), "{err}");
+}
+
+/// BLOOM (the fixture checks its logits against transformers): checkpoints with and without the
+/// `transformer.` prefix read alike, the embedding LayerNorm carries weight (without it the logits
+/// move) and is required (a checkpoint without it is refused naming it), and ALiBi carries weight:
+/// read as MPT's bias-free layout it is another model, and its slopes' exponent scale moves the
+/// logits (MPT's `alibi_bias_max`).
+#[test]
+fn bloom_and_mpt_embedding_norm_prefixes_and_alibi_count() {
+    let fixture = "tiny-bloom";
+    // transformers saves BloomForCausalLM's names with the prefix; bigscience's checkpoints have
+    // none (BloomModel's)
+    let moved = logits_moved_by_weight_edit(fixture, 2, &|ts| {
+        for t in ts.iter_mut() {
+            if let Some(rest) = t.name.strip_prefix("transformer.") {
+                t.name = rest.to_string();
+            }
+        }
+    });
+    assert!(
+        moved <= 1e-3,
+        "the prefix-less checkpoint moved the logits by {moved}"
+    );
+    let moved = logits_moved_by_weight_edit(fixture, 2, &|ts| {
+        for t in ts
+            .iter_mut()
+            .filter(|t| t.name.contains("word_embeddings_layernorm."))
+        {
+            let (n, one) = (t.shape[0], t.name.ends_with("weight"));
+            *t = OutTensor::f32(&t.name, vec![n], &vec![if one { 1.0 } else { 0.0 }; n]);
+        }
+    });
+    assert!(
+        moved > 0.05,
+        "a plain embedding LayerNorm moved the logits by only {moved}"
+    );
+    let err = refused_after_weight_edit(fixture, &|ts| {
+        ts.retain(|t| !t.name.contains("word_embeddings_layernorm."))
+    });
+    assert!(err.contains("word_embeddings_layernorm"), "{err}");
+
+    // MPT: slopes of another exponent scale are another model
+    let moved =
+        |edit: &dyn Fn(&mut serde_json::Value)| logits_moved_by_config_edit("tiny-mpt", 3, edit);
+    assert!(moved(&|_| {}) <= 1e-3);
+    let err = moved(&|c| c["attn_config"]["alibi_bias_max"] = json!(4));
+    assert!(
+        err > 0.05,
+        "alibi_bias_max 4 moved the logits by only {err}"
+    );
+    // learned positions beside ALiBi (MosaicML's `learned_pos_emb` without ALiBi): refused, not
+    // run without them
+    let err = refused_after_weight_edit("tiny-mpt", &|ts| {
+        ts.push(OutTensor::f32(
+            "transformer.wpe.weight",
+            vec![256, 96],
+            &vec![0.0; 256 * 96],
+        ))
+    });
+    assert!(err.contains("transformer.wpe.weight"), "{err}");
 }
 
 /// Gemma 1 (the fixture checks its logits against transformers) is Gemma's layout without Gemma

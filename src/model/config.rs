@@ -1,7 +1,8 @@
 //! `config.json` of a Hugging Face model directory, parsed into one architecture-neutral [`ModelConfig`].
 //!
-//! Supported families: `gpt2`, `phi` (GPT-2's block with partial RoPE, in parallel) and
-//! `starcoder2` (GPT-2's block with RoPE and a window), and
+//! Supported families: `gpt2`, `phi` (GPT-2's block with partial RoPE, in parallel),
+//! `starcoder2` (GPT-2's block with RoPE and a window), `gpt_neox`, `falcon`, `opt`,
+//! `gpt_bigcode`, `gptj`, `bloom` and `mpt` (GPT-2's block with ALiBi), and
 //! `llama` with the Llama-architecture model types `mistral`,
 //! `qwen2` (Qwen2 / Qwen2.5: biases on q, k and v but not on o_proj), `qwen3` (an RMSNorm of
 //! each q and k head before RoPE), `phi3` (Phi-3: fused qkv_proj and gate_up_proj, LongRoPE,
