@@ -582,9 +582,10 @@ mod tests {
             sampling_rows: vec![2],
             step: vec![(2, 20)],
         };
-        // tiny-gemma2: soft-capped attention with and without its window
+        // tiny-gemma2: soft-capped attention with and without its window; tiny-bloom: ALiBi
         let gemma2 = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-gemma2");
-        for name in ["tiny-gpt2", "tiny-llama", gemma2] {
+        let bloom = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-bloom");
+        for name in ["tiny-gpt2", "tiny-llama", gemma2, bloom] {
             let cfg = crate::model::open(name).unwrap().config;
             for case in model_cases(name, &cfg, &Op::ALL, &small) {
                 let mut run =
@@ -605,6 +606,21 @@ mod tests {
         assert!(
             err.as_ref()
                 .is_err_and(|e| e.to_string().contains("soft-cap -1")),
+            "{:?}",
+            err.map(|_| ())
+        );
+        // and ALiBi's max bias
+        let cfg = crate::model::open(bloom).unwrap().config;
+        let mut case = model_cases(bloom, &cfg, &[Op::AttentionDecode], &small).remove(0);
+        let Shape::Attention { alibi, .. } = &mut case.shape else {
+            unreachable!()
+        };
+        assert_eq!(*alibi, Some(8.0));
+        *alibi = Some(-1.0);
+        let err = prepare(&Target::Cpu, &case).and_then(|mut run| run());
+        assert!(
+            err.as_ref()
+                .is_err_and(|e| e.to_string().contains("ALiBi max bias -1")),
             "{:?}",
             err.map(|_| ())
         );

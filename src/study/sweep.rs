@@ -688,6 +688,29 @@ mod tests {
     }
 
     #[test]
+    fn alibi_attention_is_studied_with_its_bias() {
+        // BLOOM's and MPT's attention runs with ALiBi (max bias 8), Falcon-RW's too; Llama without
+        let ids = |model: &str| -> Vec<String> {
+            let cfg = crate::model::open(model).unwrap().config;
+            let spec = SweepSpec {
+                decode: vec![(1, 2048)],
+                ..SweepSpec::default()
+            };
+            model_cases(model, &cfg, &[Op::AttentionDecode], &spec)
+                .iter()
+                .map(Case::id)
+                .collect()
+        };
+        assert_eq!(
+            ids("bloom-560m"),
+            ["attention_decode/bloom-560m/seqs=1,q=1,ctx=2048,heads=16/16,d=64,bs=16,alibi=8"]
+        );
+        assert!(ids("mpt-7b")[0].ends_with(",alibi=8"));
+        assert!(ids("falcon-rw-1b")[0].ends_with(",alibi=8"));
+        assert!(ids("llama-3.1-8b").iter().all(|id| !id.contains("alibi")));
+    }
+
+    #[test]
     fn acceptance_sweep_is_exactly_the_issue_shapes() {
         let cases = Sweep::AttentionAcceptance.cases(&Op::ALL).unwrap();
         let shape = |seqs, q, ctx| Shape::Attention {
