@@ -1132,4 +1132,13 @@ fn max_model_len_caps_the_context_served() {
             "{err}"
         );
     }
+    // a model type whose context has another name is told by it (BLOOM's seq_length)
+    let bloom = model_dir("tiny-bloom");
+    let o = generate(bloom.to_str().unwrap(), "300", 10, 4);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("256 positions (seq_length in its config.json)"),
+        "{err}"
+    );
 }

@@ -358,6 +358,18 @@ impl ModelConfig {
         self.rope.is_none() && self.alibi.is_none()
     }
 
+    /// The `config.json` field that gives the context ([`max_context`](Self::max_context)), for
+    /// messages: GPT-2's, GPT-BigCode's and GPT-J's `n_positions`, BLOOM's `seq_length`, MPT's
+    /// `max_seq_len`, else `max_position_embeddings`.
+    pub fn context_field(&self) -> &'static str {
+        match self.model_type.as_str() {
+            "gpt2" | "gpt_bigcode" | "gptj" => "n_positions",
+            "bloom" => "seq_length",
+            "mpt" => "max_seq_len",
+            _ => "max_position_embeddings",
+        }
+    }
+
     /// Whether each layer has a norm of its own before the MLP: not under `post_norms_only`
     /// (OLMo 2), nor under `parallel_shared_norm` (Phi, Falcon 7B: the MLP reads the attention's
     /// normalised input).

@@ -221,15 +221,18 @@ impl ModelSource {
     /// Serve sequences of at most `max_model_len` positions (None: the checkpoint's whole context):
     /// requests are checked against it, the RoPE tables hold that many rows (Phi-3's LongRoPE takes
     /// its short factors when it is within the original context), GPT-2 keeps that many learned
-    /// positions. Refused when 0 or longer than the checkpoint's `max_position_embeddings`. Can be
+    /// positions. Refused when 0 or longer than the checkpoint's context (`max_position_embeddings`, or
+    /// the model type's own field: [`ModelConfig::context_field`]). Can be
     /// called again with another value; [`load`](Self::load) applies its options' value.
     pub fn limit_context(mut self, max_model_len: Option<usize>) -> Result<Self> {
         let n = max_model_len.unwrap_or(self.checkpoint_context);
         if n == 0 || n > self.checkpoint_context {
             return Err(Error::Invalid(format!(
                 "max_model_len {n}: must be between 1 and the context of model `{}`, {} positions \
-                 (max_position_embeddings in its config.json)",
-                self.name, self.checkpoint_context
+                 ({} in its config.json)",
+                self.name,
+                self.checkpoint_context,
+                self.config.context_field()
             )));
         }
         self.config.max_context = n;
