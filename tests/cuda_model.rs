@@ -38,7 +38,7 @@ mod common;
 use std::marker::PhantomData;
 use std::time::Instant;
 
-use common::{golden, load_cpu, model_dir, FIXTURES};
+use common::{fixtures, golden, load_cpu, model_dir};
 use cuda_support::*;
 use infermeter::backend::cpu::CpuBackend;
 use infermeter::backend::cuda::{CudaBackend, CudaDtype};
@@ -488,7 +488,7 @@ fn check_logits<B: Backend>(what: &str, m: &Model<B>, r: &Reference, tol: f32) -
 // ---- tests ----------------------------------------------------------------------------------------
 
 fn emulated_error<T: CudaDtype>() {
-    for name in FIXTURES {
+    for name in fixtures() {
         let r = reference(name);
         let m = load_with(name, Emulated::<T>::new());
         let tol = logits_tol::<T>();
@@ -545,7 +545,7 @@ fn emulated_rounding_error_is_within_half_the_gpu_tolerance() {
 
 fn check_model<T: CudaDtype>(b: &CudaBackend<T>) {
     let tol = logits_tol::<T>();
-    for name in FIXTURES {
+    for name in fixtures() {
         let r = reference(name);
         let m = load_with(name, b.clone());
         let worst = check_logits(&format!("cuda {} {name}", T::NAME), &m, &r, tol);
@@ -625,7 +625,7 @@ fn f32_greedy_equals_golden() {
         return;
     }
     let b = open::<f32>();
-    for name in FIXTURES {
+    for name in fixtures() {
         let m = load_with(name, b.clone());
         for (n, g) in golden(name).iter().enumerate() {
             assert_eq!(
@@ -667,7 +667,7 @@ fn kv_groups_on_the_gpu_match_cpu() {
 }
 
 fn check_engine<T: CudaDtype>(b: &CudaBackend<T>) {
-    for name in FIXTURES {
+    for name in fixtures() {
         let r = reference(name);
         let max_len = r
             .prompts
@@ -904,7 +904,7 @@ fn check_graphs<T: CudaDtype>(b: &CudaBackend<T>) {
     use infermeter::backend::cuda::AttentionVariant;
     for variant in [AttentionVariant::Naive, AttentionVariant::Auto] {
         let bk = b.clone().with_attention_variant(variant);
-        for name in FIXTURES {
+        for name in fixtures() {
             let eager = load_with(name, bk.clone());
             eager.set_graphs(false);
             let graphed = load_with(name, bk.clone());
@@ -964,7 +964,7 @@ fn greedy_with_and_without_graphs_agree() {
         return;
     }
     let b = open::<half::bf16>();
-    for name in FIXTURES {
+    for name in fixtures() {
         let r = reference(name);
         let graphed = load_with(name, b.clone());
         let eager = load_with(name, b.clone());
@@ -1054,7 +1054,7 @@ fn engine_picks_tokens_on_the_gpu() {
         return;
     }
     let b = open::<half::bf16>();
-    for name in FIXTURES {
+    for name in fixtures() {
         let r = reference(name);
         let sampled = |seed, top_k| SamplingParams {
             temperature: 0.9,

@@ -33,6 +33,27 @@ pub const FIXTURES: &[&str] = &[
     "tiny-falcon-rw",
 ];
 
+/// [`FIXTURES`], or the ones `INFERMETER_TEST_FIXTURES` lists (comma-separated; each must be one
+/// of them): the emulated CUDA runs of the per-fixture model tests take minutes per fixture, so a
+/// change to one family can be checked on its own fixtures (`INFERMETER_TEST_FIXTURES=tiny-bloom
+/// scripts/emulate-cuda cuda_model`). CI and GPU runs leave it unset.
+pub fn fixtures() -> Vec<&'static str> {
+    let Ok(list) = std::env::var("INFERMETER_TEST_FIXTURES") else {
+        return FIXTURES.to_vec();
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            FIXTURES
+                .iter()
+                .copied()
+                .find(|f| *f == n)
+                .unwrap_or_else(|| panic!("INFERMETER_TEST_FIXTURES: `{n}` is not a fixture"))
+        })
+        .collect()
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
