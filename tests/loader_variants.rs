@@ -1142,3 +1142,94 @@ fn max_model_len_caps_the_context_served() {
         "{err}"
     );
 }
+
+/// A model directory with `vocab.json` and `merges.txt` instead of `tokenizer.json` (OPT's, GPT-J's
+/// repositories): the byte-level BPE built from them encodes and decodes as the tokenizer.json
+/// transformers wrote for the same vocabulary and merges (tiny-gpt2's), special tokens kept whole;
+/// tokenizer_config.json's `add_bos_token` puts the BOS before every text (OPT's `</s>`); another
+/// `tokenizer_class` leaves the model without a tokenizer; a malformed field is refused naming it.
+#[test]
+fn vocab_and_merges_make_gpt2s_tokenizer() {
+    let reference = infermeter::model::open("tiny-gpt2")
+        .unwrap()
+        .tokenizer
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("models/tiny-gpt2/tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = copy_model(&repo().join("models/tiny-gpt2"));
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    std::fs::write(
+        dir.path().join("vocab.json"),
+        serde_json::to_string(&json["model"]["vocab"]).unwrap(),
+    )
+    .unwrap();
+    let mut merges = String::from("#version: 0.2\n");
+    for m in json["model"]["merges"].as_array().unwrap() {
+        let pair: Vec<&str> = m
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        merges += &format!("{}\n", pair.join(" "));
+    }
+    std::fs::write(dir.path().join("merges.txt"), merges).unwrap();
+    let open = || infermeter::model::open(dir.path().to_str().unwrap());
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/tiny-gpt2/golden.json")).unwrap(),
+    )
+    .unwrap();
+    let texts: Vec<String> = golden["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["text"].as_str().unwrap().to_string())
+        .chain([
+            "Hello world<|endoftext|> again".to_string(),
+            "  leading spaces, tabs\tand ünïcödé — 日本".to_string(),
+        ])
+        .collect();
+    let tok = open()
+        .unwrap()
+        .tokenizer
+        .expect("a tokenizer from vocab.json and merges.txt");
+    assert!(tok.source().ends_with("merges.txt"), "{}", tok.source());
+    for text in &texts {
+        let want = reference.encode(text).unwrap();
+        assert_eq!(tok.encode(text).unwrap(), want, "{text}");
+        assert_eq!(tok.decode(&want).unwrap(), reference.decode(&want).unwrap());
+    }
+    assert_eq!(tok.encode("<|endoftext|>").unwrap(), [0]);
+
+    // OPT's tokenizer_config: the BOS before every text
+    let config = |v: serde_json::Value| {
+        std::fs::write(dir.path().join("tokenizer_config.json"), v.to_string()).unwrap()
+    };
+    config(
+        json!({"tokenizer_class": "GPT2Tokenizer", "add_bos_token": true,
+                  "bos_token": {"content": "<|endoftext|>", "special": true}}),
+    );
+    let tok = open().unwrap().tokenizer.unwrap();
+    for text in &texts {
+        let mut want = vec![0];
+        want.extend(reference.encode(text).unwrap());
+        assert_eq!(tok.encode(text).unwrap(), want, "{text}");
+    }
+    // another tokenizer's files: no tokenizer, the model still opens
+    config(json!({"tokenizer_class": "LlamaTokenizer"}));
+    assert!(open().unwrap().tokenizer.is_none());
+    for (bad, field) in [
+        (json!({"add_bos_token": "yes"}), "add_bos_token"),
+        (json!({"bos_token": 3}), "bos_token"),
+        (
+            json!({"add_bos_token": true, "bos_token": null}),
+            "bos_token",
+        ),
+    ] {
+        config(bad.clone());
+        let err = open().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(field), "{bad}: {err}");
+    }
+}

@@ -252,15 +252,16 @@ fn load_tokenizer(spec: &str) -> anyhow::Result<Tokenizer> {
         return Ok(Tokenizer::from_file(p)?);
     }
     if p.is_dir() {
-        let f = p.join("tokenizer.json");
-        if f.is_file() {
-            return Ok(Tokenizer::from_file(&f)?);
-        }
-        bail!("--tokenizer {spec}: no tokenizer.json in that directory");
+        return Tokenizer::from_dir(p)?.ok_or_else(|| {
+            anyhow!(
+                "--tokenizer {spec}: no tokenizer.json (nor vocab.json and merges.txt) in that \
+                 directory"
+            )
+        });
     }
     let src = crate::model::open(spec).with_context(|| format!("--tokenizer {spec}"))?;
     src.tokenizer
-        .ok_or_else(|| anyhow!("--tokenizer {spec}: that model has no tokenizer.json"))
+        .ok_or_else(|| anyhow!("--tokenizer {spec}: that model has no tokenizer (tokenizer.json, or vocab.json and merges.txt)"))
 }
 
 /// Ctrl-C sets the returned flag.

@@ -141,7 +141,7 @@ impl PromptArgs {
             (Some(text), _) => match tokenizer {
                 Some(t) => t.encode(text),
                 None => Err(crate::Error::Invalid(format!(
-                    "--prompt needs a tokenizer, and model `{model}` has no tokenizer.json: pass --ids instead"
+                    "--prompt needs a tokenizer, and model `{model}` has none (tokenizer.json, or vocab.json and merges.txt): pass --ids instead"
                 ))),
             },
             (None, Some(ids)) => crate::util::parse_ids(ids),

@@ -334,7 +334,7 @@ fn workload_plan(
             (Some(ids), _, _) => ids.clone(),
             (None, Some(text), Some(t)) => t.encode(text)?,
             (None, Some(_), None) => bail!(
-                "{}: request {} has a text prompt, but the model has no tokenizer.json (use prompt_ids)",
+                "{}: request {} has a text prompt, but the model has no tokenizer (tokenizer.json, or vocab.json and merges.txt; use prompt_ids)",
                 path.display(),
                 n + 1
             ),

@@ -123,7 +123,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             if info.has_tokenizer {
                 ""
             } else {
-                "; no tokenizer.json: prompts must be token ids, output text is [id] per token"
+                "; no tokenizer (tokenizer.json, or vocab.json and merges.txt): prompts must be token ids, output text is [id] per token"
             }
         );
         eprintln!(

@@ -113,19 +113,9 @@ fn open_dir(dir: &Path) -> Result<ModelSource> {
             .map_err(|e| Error::io(&generation_path, e))?;
         config.merge_generation_config(&text, &generation_path.display().to_string())?;
     }
-    let tokenizer_path = dir.join("tokenizer.json");
-    let tokenizer = if tokenizer_path.is_file() {
-        Some(Tokenizer::from_file(&tokenizer_path)?)
-    } else {
-        None
-    };
+    let tokenizer = Tokenizer::from_dir(dir)?;
     if let Some(t) = &tokenizer {
-        check_tokenizer_fits(
-            t,
-            &config,
-            &tokenizer_path.display().to_string(),
-            &config_path.display().to_string(),
-        )?;
+        check_tokenizer_fits(t, &config, t.source(), &config_path.display().to_string())?;
     }
     Ok(ModelSource {
         name: dir.display().to_string(),

@@ -221,7 +221,7 @@ fn tokenize(
         return Err(ApiError::invalid(
             param,
             format!(
-                "model `{}` has no tokenizer.json: send the prompt as token ids",
+                "model `{}` has no tokenizer (tokenizer.json, or vocab.json and merges.txt): send the prompt as token ids",
                 st.model_name
             ),
         ));
