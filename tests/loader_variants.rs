@@ -651,6 +651,18 @@ fn logits_moved_by_weight_edit(
     )
 }
 
+/// How far golden prompt 2's logits move when `fixture`'s tensor names lose `prefix` (a checkpoint
+/// saved from the base model rather than the LM-head model).
+fn logits_moved_without_prefix(fixture: &str, prefix: &str) -> f32 {
+    logits_moved_by_weight_edit(fixture, 2, &|ts| {
+        for t in ts.iter_mut() {
+            if let Some(rest) = t.name.strip_prefix(prefix) {
+                t.name = rest.to_string();
+            }
+        }
+    })
+}
+
 /// The error loading `fixture` gives once `edit` changed its tensors.
 fn refused_after_weight_edit(fixture: &str, edit: &dyn Fn(&mut Vec<OutTensor>)) -> String {
     let dir = with_weight_edit(fixture, edit);
@@ -896,13 +908,7 @@ fn falcon_new_decoder_architecture_matches_transformers() {
 #[test]
 fn opt_checkpoint_prefixes_and_position_offset() {
     let fixture = "tiny-opt";
-    let moved = logits_moved_by_weight_edit(fixture, 2, &|ts| {
-        for t in ts.iter_mut() {
-            if let Some(rest) = t.name.strip_prefix("model.") {
-                t.name = rest.to_string();
-            }
-        }
-    });
+    let moved = logits_moved_without_prefix(fixture, "model.");
     assert!(
         moved <= 1e-3,
         "the prefix-less checkpoint moved the logits by {moved}"
@@ -929,21 +935,14 @@ fn opt_checkpoint_prefixes_and_position_offset() {
 
 /// BLOOM (the fixture checks its logits against transformers): checkpoints with and without the
 /// `transformer.` prefix read alike, the embedding LayerNorm carries weight (without it the logits
-/// move) and is required (a checkpoint without it is refused naming it), and ALiBi carries weight:
-/// read as MPT's bias-free layout it is another model, and its slopes' exponent scale moves the
-/// logits (MPT's `alibi_bias_max`).
+/// move) and is required (a checkpoint without it is refused naming it); MPT's slopes' exponent
+/// scale (`alibi_bias_max`) carries weight, and learned positions beside its ALiBi are refused.
 #[test]
 fn bloom_and_mpt_embedding_norm_prefixes_and_alibi_count() {
     let fixture = "tiny-bloom";
     // transformers saves BloomForCausalLM's names with the prefix; bigscience's checkpoints have
     // none (BloomModel's)
-    let moved = logits_moved_by_weight_edit(fixture, 2, &|ts| {
-        for t in ts.iter_mut() {
-            if let Some(rest) = t.name.strip_prefix("transformer.") {
-                t.name = rest.to_string();
-            }
-        }
-    });
+    let moved = logits_moved_without_prefix(fixture, "transformer.");
     assert!(
         moved <= 1e-3,
         "the prefix-less checkpoint moved the logits by {moved}"

@@ -663,20 +663,23 @@ mod tests {
         assert_eq!(windows("llama-3.1-8b", vec![(1, 8192)]), [None]);
     }
 
+    /// The ids of `model`'s decode-attention cases at one sequence of `ctx` keys.
+    fn decode_ids(model: &str, ctx: usize) -> Vec<String> {
+        let cfg = crate::model::open(model).unwrap().config;
+        let spec = SweepSpec {
+            decode: vec![(1, ctx)],
+            ..SweepSpec::default()
+        };
+        model_cases(model, &cfg, &[Op::AttentionDecode], &spec)
+            .iter()
+            .map(Case::id)
+            .collect()
+    }
+
     #[test]
     fn soft_capped_attention_is_studied_with_its_cap() {
         // Gemma 2 2B caps its scores at 50 on every layer, sliding or not; Llama caps none
-        let ids = |model: &str| -> Vec<String> {
-            let cfg = crate::model::open(model).unwrap().config;
-            let spec = SweepSpec {
-                decode: vec![(1, 8192)],
-                ..SweepSpec::default()
-            };
-            model_cases(model, &cfg, &[Op::AttentionDecode], &spec)
-                .iter()
-                .map(Case::id)
-                .collect()
-        };
+        let ids = |model: &str| decode_ids(model, 8192);
         assert_eq!(
             ids("gemma-2-2b"),
             [
@@ -690,17 +693,7 @@ mod tests {
     #[test]
     fn alibi_attention_is_studied_with_its_bias() {
         // BLOOM's and MPT's attention runs with ALiBi (max bias 8), Falcon-RW's too; Llama without
-        let ids = |model: &str| -> Vec<String> {
-            let cfg = crate::model::open(model).unwrap().config;
-            let spec = SweepSpec {
-                decode: vec![(1, 2048)],
-                ..SweepSpec::default()
-            };
-            model_cases(model, &cfg, &[Op::AttentionDecode], &spec)
-                .iter()
-                .map(Case::id)
-                .collect()
-        };
+        let ids = |model: &str| decode_ids(model, 2048);
         assert_eq!(
             ids("bloom-560m"),
             ["attention_decode/bloom-560m/seqs=1,q=1,ctx=2048,heads=16/16,d=64,bs=16,alibi=8"]
