@@ -434,6 +434,17 @@ fn default_plan() -> Vec<(&'static str, Vec<Op>, SweepSpec)> {
                 ..SweepSpec::default()
             },
         ),
+        // ALiBi (MPT-7B: 32 MHA heads of 128): the distance bias in the prefill and decode
+        // kernels, beside the plain heads above
+        (
+            "mpt-7b",
+            vec![Op::AttentionPrefill, Op::AttentionDecode],
+            SweepSpec {
+                prefill: vec![512],
+                decode: vec![(1, 2048), (16, 1024)],
+                ..SweepSpec::default()
+            },
+        ),
         // Llama 3.1 8B's head layout under Mistral 7B v0.1's 4096-key window on every layer: a
         // decode token reads the window only, whatever the context
         (
