@@ -1096,7 +1096,8 @@ fn phi3_longrope_matches_transformers() {
 
 /// `--max-model-len` caps the context served: a request past it is refused naming it, one within
 /// runs (GPT-2 keeps the learned positions it serves and generates what it generates at its whole
-/// context), and a cap past the model's context or of 0 is refused naming both.
+/// context), and a cap past the model's context or of 0 is refused naming both, but for an ALiBi
+/// model, which runs past its trained context with a warning.
 #[test]
 fn max_model_len_caps_the_context_served() {
     let generate = |model: &str, max_model_len: &str, prompt_len: usize, max_tokens: usize| {
@@ -1131,13 +1132,19 @@ fn max_model_len_caps_the_context_served() {
             "{err}"
         );
     }
-    // a model type whose context has another name is told by it (BLOOM's seq_length)
-    let bloom = model_dir("tiny-bloom");
-    let o = generate(bloom.to_str().unwrap(), "300", 10, 4);
+    // a model type whose context has another name is told by it (GPT-2's n_positions)
+    let o = generate("tiny-gpt2", "100000", 10, 4);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
+    assert!(err.contains("(n_positions in its config.json)"), "{err}");
+    // an ALiBi model has no position table: past its trained context it runs, with a warning
+    // naming it (BLOOM's seq_length), here a 290-token prompt past tiny-bloom's 256
+    let bloom = model_dir("tiny-bloom");
+    let o = generate(bloom.to_str().unwrap(), "300", 290, 4);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
     assert!(
-        err.contains("256 positions (seq_length in its config.json)"),
+        err.contains("past the 256 positions") && err.contains("seq_length"),
         "{err}"
     );
 }

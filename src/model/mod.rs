@@ -214,8 +214,23 @@ impl ModelSource {
     /// positions. Refused when 0 or longer than the checkpoint's context (`max_position_embeddings`, or
     /// the model type's own field: [`ModelConfig::context_field`]). Can be
     /// called again with another value; [`load`](Self::load) applies its options' value.
+    ///
+    /// An ALiBi model (BLOOM, MPT, Falcon-RW) has no position table: its config's context is the
+    /// length it was trained to, which ALiBi was designed to run past (Press et al.), so a longer
+    /// `max_model_len` is served, with a warning.
     pub fn limit_context(mut self, max_model_len: Option<usize>) -> Result<Self> {
         let n = max_model_len.unwrap_or(self.checkpoint_context);
+        if n > self.checkpoint_context && n > 0 && self.config.alibi.is_some() {
+            eprintln!(
+                "warning: max_model_len {n} is past the {} positions `{}` was trained to ({} in \
+                 its config.json): ALiBi runs there, how well the model does is another matter",
+                self.checkpoint_context,
+                self.name,
+                self.config.context_field()
+            );
+            self.config.max_context = n;
+            return Ok(self);
+        }
         if n == 0 || n > self.checkpoint_context {
             return Err(Error::Invalid(format!(
                 "max_model_len {n}: must be between 1 and the context of model `{}`, {} positions \
@@ -232,10 +247,11 @@ impl ModelSource {
     /// Read (or generate) the weights, after [`limit_context`](Self::limit_context) with
     /// `opts.max_model_len` when that is set.
     pub fn load(self, opts: LoadOptions) -> Result<LoadedModel> {
-        // without a cap in the options, one set by `limit_context` stays
+        // without a cap in the options, one set by `limit_context` stays (and one it set to the
+        // options' value already is not checked, nor warned about, twice)
         let mut source = match opts.max_model_len {
-            Some(n) => self.limit_context(Some(n))?,
-            None => self,
+            Some(n) if n != self.config.max_context => self.limit_context(Some(n))?,
+            _ => self,
         };
         // the checkpoint's tensors have its own context (GPT-2's learned positions): read them
         // at that, then keep the rows served
