@@ -220,7 +220,7 @@ impl ModelSource {
     /// `max_model_len` is served, with a warning.
     pub fn limit_context(mut self, max_model_len: Option<usize>) -> Result<Self> {
         let n = max_model_len.unwrap_or(self.checkpoint_context);
-        if n > self.checkpoint_context && n > 0 && self.config.alibi.is_some() {
+        if n > self.checkpoint_context && self.config.alibi.is_some() {
             eprintln!(
                 "warning: max_model_len {n} is past the {} positions `{}` was trained to ({} in \
                  its config.json): ALiBi runs there, how well the model does is another matter",
