@@ -40,9 +40,10 @@ use std::time::Instant;
 
 use common::{fixtures, golden, load_cpu, model_dir};
 use cuda_support::*;
+use infermeter::backend::cpu::moe as cpu_moe;
 use infermeter::backend::cpu::CpuBackend;
 use infermeter::backend::cuda::{CudaBackend, CudaDtype};
-use infermeter::backend::{AttentionSpec, Backend, BatchMeta, KvGeometry};
+use infermeter::backend::{AttentionSpec, Backend, BatchMeta, KvGeometry, MoeRouting, MoeScratch};
 use infermeter::engine::generate::all_logits;
 use infermeter::engine::{
     generate, Engine, EngineConfig, EngineRequest, GenerateRequest, SamplingParams,
@@ -334,6 +335,33 @@ impl<T: CudaDtype> Backend for Emulated<T> {
         cols: usize,
     ) -> infermeter::Result<()> {
         CpuBackend.gather_logit_rows(out, x, meta, cols)
+    }
+    /// Rounded where the CUDA backend stores: each GEMM's output, the activation, the combined
+    /// output (its weighted sum in f32).
+    fn moe_experts(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        gate_up: &Vec<f32>,
+        down: &Vec<f32>,
+        routing: &MoeRouting,
+        scratch: &mut MoeScratch<Vec<f32>>,
+        hidden: usize,
+        inter: usize,
+    ) -> infermeter::Result<()> {
+        let scratch_lens = [&scratch.rows, &scratch.gate_up, &scratch.act, &scratch.out];
+        routing.check_buffers(
+            "emulated",
+            [out, x, gate_up, down].map(|b| b.len()),
+            scratch_lens.map(|b| b.len()),
+            hidden,
+            inter,
+        )?;
+        let round = |v: &mut [f32]| round_in_place::<T>(v);
+        cpu_moe::moe_experts(
+            out, x, gate_up, down, routing, scratch, hidden, inter, &round,
+        );
+        Ok(())
     }
 }
 

@@ -11,10 +11,12 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod moe;
 
 use crate::engine::sampling::{TokenBan, TokenDraw};
 use crate::error::Result;
 use crate::model::tensor_store::HostTensor;
+pub use moe::MoeRouting;
 
 /// The slot of a padding token: it writes no K/V (`kernels/params.h`: `IM_PAD_SLOT`). Padded
 /// decode steps (the rows a CUDA graph bucket has beyond the real batch) use it.
@@ -604,6 +606,25 @@ pub trait Backend: Send + Sync {
         spec: &AttentionSpec,
     ) -> Result<()>;
 
+    /// A mixture-of-experts MLP as `routing` plans it: out[t] = Σ_j weights[t, j] ·
+    /// expert_e(x[t]) over token t's choices (e = experts[t, j], j in order), each expert a Llama
+    /// MLP without biases, down_e · (silu(gate_e · x) ⊙ (up_e · x)). Each expert runs once over
+    /// the tokens routed to it; `scratch` holds the grouped rows (see [`MoeScratch`]).
+    /// out, x: [num_tokens, hidden]; gate_up: [num_experts, 2 · inter, hidden] (each expert's gate
+    /// rows, then its up rows); down: [num_experts, hidden, inter]
+    #[allow(clippy::too_many_arguments)]
+    fn moe_experts(
+        &self,
+        out: &mut Self::Buffer,
+        x: &Self::Buffer,
+        gate_up: &Self::Buffer,
+        down: &Self::Buffer,
+        routing: &MoeRouting,
+        scratch: &mut MoeScratch<Self::Buffer>,
+        hidden: usize,
+        inter: usize,
+    ) -> Result<()>;
+
     /// GPT-2's tanh-approximated GELU, in place over `len` elements.
     fn gelu_new(&self, x: &mut Self::Buffer, len: usize) -> Result<()>;
 
@@ -651,6 +672,19 @@ pub trait Backend: Send + Sync {
         meta: &Self::Meta,
         cols: usize,
     ) -> Result<()>;
+}
+
+/// [`Backend::moe_experts`]'s working rows, in expert order (c = num_tokens · top_k choices):
+/// the caller owns them (the forward pass's workspace) and sizes them for its largest step.
+pub struct MoeScratch<B> {
+    /// [c, hidden] each choice's input row
+    pub rows: B,
+    /// [c, 2 · inter] gate||up projections
+    pub gate_up: B,
+    /// [c, inter] silu(gate) ⊙ up
+    pub act: B,
+    /// [c, hidden] each choice's expert output
+    pub out: B,
 }
 
 /// The error every backend gives when a buffer is shorter than an op needs (`name` is the op's

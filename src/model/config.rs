@@ -31,13 +31,16 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "granite",
     "llama",
     "mistral",
+    "mixtral",
     "mpt",
     "olmo2",
+    "olmoe",
     "opt",
     "phi",
     "phi3",
     "qwen2",
     "qwen3",
+    "qwen3_moe",
     "smollm3",
     "starcoder2",
 ];
@@ -138,6 +141,28 @@ impl MlpActivation {
 pub struct RopeConfig {
     pub theta: f32,
     pub scaling: RopeScaling,
+}
+
+/// A mixture-of-experts MLP: on the layers in `layers` each token's MLP output is the weighted
+/// sum of `top_k` of `num_experts` SwiGLU experts (each a Llama MLP of `expert_intermediate`),
+/// chosen per token by a linear router (`[num_experts, hidden]`, no bias): softmax over the
+/// router's logits in f32, the `top_k` largest probabilities, divided by their sum under
+/// `renormalize` (`model::moe::route`). Mixtral, Qwen3-MoE and OLMoE all route so.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MoeConfig {
+    /// Experts per MoE layer (Mixtral's `num_local_experts`, else `num_experts`).
+    pub num_experts: usize,
+    /// Experts each token is sent to (`num_experts_per_tok`).
+    pub top_k: usize,
+    /// Each expert's intermediate size (Qwen3-MoE's `moe_intermediate_size`, else
+    /// `intermediate_size`).
+    pub expert_intermediate: usize,
+    /// The chosen probabilities are divided by their sum (Mixtral always; `norm_topk_prob`
+    /// elsewhere).
+    pub renormalize: bool,
+    /// The layers whose MLP is the experts, ascending; the others keep a dense MLP of
+    /// `intermediate_size` (Qwen3-MoE's `mlp_only_layers` and `decoder_sparse_step`).
+    pub layers: Vec<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -249,6 +274,10 @@ pub struct ModelConfig {
     /// Gemma 2's `final_logit_softcapping`: each logit x becomes cap · tanh(x / cap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_softcap: Option<f32>,
+    /// Mixture-of-experts models (Mixtral, Qwen3-MoE, OLMoE): the MLP of the layers it lists is
+    /// a routed set of SwiGLU experts. None: every MLP is dense.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe: Option<MoeConfig>,
     /// GPT-2's `scale_attn_by_inverse_layer_idx`: layer i additionally divides scores by i + 1.
     pub scale_attn_by_inverse_layer_idx: bool,
     /// Phi, GPT-NeoX (`use_parallel_residual`), Falcon (`parallel_attn`,
@@ -310,9 +339,8 @@ impl ModelConfig {
             "opt" => parse_opt(&f)?,
             "gptj" => parse_gptj(&f)?,
             "phi" | "starcoder2" => parse_dense_rope(&f, &model_type)?,
-            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "granite" | "smollm3" | "olmo2" => {
-                parse_llama(&f, &model_type)?
-            }
+            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "granite" | "smollm3" | "olmo2"
+            | "mixtral" | "qwen3_moe" | "olmoe" => parse_llama(&f, &model_type)?,
             "gemma" | "gemma2" | "gemma3_text" => parse_gemma(&f, &model_type)?,
             other => {
                 return Err(Error::UnsupportedModelType {
@@ -443,6 +471,12 @@ impl ModelConfig {
             ),
         };
         let per_layer = qkv + o + mlp + norms + biases;
+        // MoE layers: a router and the experts in place of the dense MLP (which has no biases in
+        // any MoE model type)
+        let moe = self.moe.as_ref().map_or(0, |m| {
+            let experts = m.num_experts * (h + 3 * h * m.expert_intermediate);
+            m.layers.len() * experts - m.layers.len() * mlp
+        });
         let embed = self.vocab_size * h;
         let positions = if self.learned_positions() {
             (self.max_context + self.position_offset) * h
@@ -453,7 +487,27 @@ impl ModelConfig {
             + usize::from(self.lm_head_bias) * self.vocab_size;
         let final_norm = if self.arch == Arch::Gpt2 { ln } else { h };
         let embed_norm = if self.embed_norm { ln } else { 0 };
-        embed + embed_norm + positions + self.num_layers * per_layer + final_norm + head
+        embed + embed_norm + positions + self.num_layers * per_layer + moe + final_norm + head
+    }
+
+    /// Parameters a token's forward pass reads: all of them but, in each MoE layer, the experts it
+    /// is not routed to (`top_k` of `num_experts` run). The weight bytes of a batch-1 decode step.
+    pub fn active_parameters(&self) -> usize {
+        let all = self.num_parameters();
+        match &self.moe {
+            Some(m) => {
+                let expert = 3 * self.hidden_size * m.expert_intermediate;
+                all - m.layers.len() * (m.num_experts - m.top_k) * expert
+            }
+            None => all,
+        }
+    }
+
+    /// The routed experts of layer `layer`, if its MLP is a mixture of experts.
+    pub fn layer_moe(&self, layer: usize) -> Option<&MoeConfig> {
+        self.moe
+            .as_ref()
+            .filter(|m| m.layers.binary_search(&layer).is_ok())
     }
 
     fn validate(&self, file: &str) -> Result<()> {
@@ -599,6 +653,7 @@ fn parse_gpt2(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         attn_softcap: None,
         alibi: None,
         final_softcap: None,
+        moe: None,
         eos_token_ids: f.token_list("eos_token_id")?,
         stored_dtype: f.stored_dtype()?,
     })
@@ -689,6 +744,7 @@ fn parse_dense_rope(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         attn_softcap: None,
         alibi: None,
         final_softcap: None,
+        moe: None,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
         stored_dtype: f.stored_dtype()?,
@@ -789,6 +845,7 @@ fn parse_gpt_neox(f: &Fields) -> Result<ModelConfig> {
         attn_softcap: None,
         alibi: None,
         final_softcap: None,
+        moe: None,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
         stored_dtype: f.stored_dtype()?,
@@ -904,6 +961,7 @@ fn parse_falcon(f: &Fields) -> Result<ModelConfig> {
         attn_softcap: None,
         alibi,
         final_softcap: None,
+        moe: None,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
         stored_dtype: f.stored_dtype()?,
@@ -980,6 +1038,7 @@ fn parse_bloom(f: &Fields) -> Result<ModelConfig> {
         attn_softcap: None,
         alibi: Some(Alibi::STANDARD),
         final_softcap: None,
+        moe: None,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
         stored_dtype: f.stored_dtype()?,
@@ -1136,6 +1195,7 @@ fn parse_mpt(f: &Fields) -> Result<ModelConfig> {
             scale: 1.0,
         }),
         final_softcap: None,
+        moe: None,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
         stored_dtype: f.stored_dtype()?,
@@ -1236,6 +1296,7 @@ fn parse_opt(f: &Fields) -> Result<ModelConfig> {
         attn_softcap: None,
         alibi: None,
         final_softcap: None,
+        moe: None,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
         stored_dtype: f.stored_dtype()?,
@@ -1312,6 +1373,7 @@ fn parse_gptj(f: &Fields) -> Result<ModelConfig> {
         attn_softcap: None,
         alibi: None,
         final_softcap: None,
+        moe: None,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
         stored_dtype: f.stored_dtype()?,
@@ -1371,13 +1433,23 @@ fn parse_neox_rope(f: &Fields, head_dim: usize) -> Result<(RopeConfig, Option<us
 /// `llama` and the model types of the same architecture (`mistral`, `qwen2`, `qwen3`): `model_type`
 /// decides the defaults and the fields each one's transformers config class has.
 fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
+    // the mixture-of-experts types: their dense sibling's attention and norms, with routed experts
+    // for the MLP (parse_moe); `model_type` stays as written, `base` picks the layout
+    let base = match model_type {
+        "mixtral" => "mistral",
+        "qwen3_moe" => "qwen3",
+        // OLMoE: Llama's pre-norm block with OLMo 2's whole-projection q/k norms
+        "olmoe" => "llama",
+        other => other,
+    };
+    let olmoe = model_type == "olmoe";
     let hidden = f.req_usize("hidden_size")?;
     let heads = f.req_usize("num_attention_heads")?;
     let kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(heads);
     let head_dim = match f.opt_usize("head_dim")? {
         Some(d) => d,
         // Qwen3Config's own default, whatever hidden_size / num_attention_heads is
-        None if model_type == "qwen3" => 128,
+        None if base == "qwen3" => 128,
         None => {
             if heads == 0 || hidden % heads != 0 {
                 return Err(Error::config(
@@ -1404,7 +1476,7 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     // Qwen2Attention has biases on q, k and v and none on o_proj, whatever the config says
     // (Qwen2Config has no attention_bias); MistralConfig has no bias fields (none anywhere);
     // Qwen3's attention_bias covers q, k, v and o_proj, and its MLP has none
-    let (attention_bias, o_proj_bias, mlp_bias) = match model_type {
+    let (attention_bias, o_proj_bias, mlp_bias) = match base {
         "qwen2" => (true, false, false),
         // Phi3Config has no bias fields: none anywhere
         "mistral" | "phi3" => (false, false, false),
@@ -1418,13 +1490,13 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
             (ab, ab, f.opt_bool("mlp_bias")?.unwrap_or(false))
         }
     };
-    let granite = if model_type == "granite" {
+    let granite = if base == "granite" {
         Some(GraniteMultipliers::parse(f)?)
     } else {
         None
     };
-    let smollm3 = model_type == "smollm3";
-    let olmo2 = model_type == "olmo2";
+    let smollm3 = base == "smollm3";
+    let olmo2 = base == "olmo2";
     // SmolLM3Config's defaults where they differ from the Llama family's
     let max_position = f
         .opt_usize("max_position_embeddings")?
@@ -1435,15 +1507,15 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
     } else {
         Vec::new()
     };
-    let (sliding_window, sliding_layers) =
-        parse_sliding_window(f, model_type, layers, &nope_layers)?;
-    let (rope, partial_rotary_dim) = if model_type == "phi3" {
+    let (sliding_window, sliding_layers) = parse_sliding_window(f, base, layers, &nope_layers)?;
+    let (rope, partial_rotary_dim) = if base == "phi3" {
         parse_phi3_rope(f, head_dim, max_position, 1.0)?
     } else {
         check_full_rotary(f)?;
         let default_theta = if smollm3 { 2_000_000.0 } else { 10_000.0 };
         (parse_rope_with_default(f, default_theta)?, None)
     };
+    let intermediate = f.req_usize("intermediate_size")?;
     Ok(ModelConfig {
         arch: Arch::Llama,
         model_type: model_type.to_string(),
@@ -1453,12 +1525,12 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         num_heads: heads,
         num_kv_heads: kv_heads,
         head_dim,
-        intermediate_size: f.req_usize("intermediate_size")?,
+        intermediate_size: intermediate,
         max_context: max_position,
         // (Olmo2Config's default 1e-5)
         norm_eps: f
             .opt_f32("rms_norm_eps")?
-            .unwrap_or(if olmo2 { 1e-5 } else { 1e-6 }),
+            .unwrap_or(if olmo2 || olmoe { 1e-5 } else { 1e-6 }),
         rope: Some(rope),
         partial_rotary_dim,
         position_offset: 0,
@@ -1467,8 +1539,8 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         attention_bias,
         o_proj_bias,
         mlp_bias,
-        qk_norm: model_type == "qwen3",
-        qk_norm_whole: olmo2,
+        qk_norm: base == "qwen3",
+        qk_norm_whole: olmo2 || olmoe,
         nope_layers,
         embed_scale: granite.and_then(|g| g.embedding),
         residual_scale: granite.and_then(|g| g.residual),
@@ -1489,10 +1561,123 @@ fn parse_llama(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         attn_softcap: None,
         alibi: None,
         final_softcap: None,
+        moe: parse_moe(f, model_type, layers, intermediate)?,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
         stored_dtype: f.stored_dtype()?,
     })
+}
+
+/// The routed experts of a mixture-of-experts model type (None for the dense ones):
+/// - `mixtral` (`MixtralConfig`): `num_local_experts` (8) experts of `intermediate_size` on every
+///   layer, `num_experts_per_tok` (2), always renormalised;
+/// - `qwen3_moe` (`Qwen3MoeConfig`): `num_experts` (128) of `moe_intermediate_size` (768),
+///   `num_experts_per_tok` (8), `norm_topk_prob` (false), on layer i when i is not in
+///   `mlp_only_layers` and (i + 1) is a multiple of `decoder_sparse_step` (1); the other layers
+///   keep a dense MLP of `intermediate_size`;
+/// - `olmoe` (`OlmoeConfig`): `num_experts` (64) of `intermediate_size` on every layer,
+///   `num_experts_per_tok` (8), `norm_topk_prob` (false).
+///
+/// The expert count is read from `num_local_experts` where present (transformers 5 writes it so
+/// for every type), else `num_experts`. Training-only fields (router jitter, auxiliary losses)
+/// change nothing at inference.
+fn parse_moe(
+    f: &Fields,
+    model_type: &str,
+    layers: usize,
+    intermediate: usize,
+) -> Result<Option<MoeConfig>> {
+    let (default_experts, default_top_k) = match model_type {
+        "mixtral" => (8, 2),
+        "qwen3_moe" => (128, 8),
+        "olmoe" => (64, 8),
+        _ => return Ok(None),
+    };
+    // transformers 5 writes every type's count as `num_local_experts` (Mixtral's name); the
+    // published Qwen3-MoE and OLMoE configs say `num_experts`
+    let (experts_field, num_experts) = match f.opt_usize("num_local_experts")? {
+        Some(n) => ("num_local_experts", n),
+        None => (
+            "num_experts",
+            f.opt_usize("num_experts")?.unwrap_or(default_experts),
+        ),
+    };
+    let top_k = f.opt_usize("num_experts_per_tok")?.unwrap_or(default_top_k);
+    if num_experts == 0 {
+        return Err(Error::config(f.file, experts_field, "must be positive"));
+    }
+    if top_k == 0 || top_k > num_experts {
+        return Err(Error::config(
+            f.file,
+            "num_experts_per_tok",
+            format!("{top_k}: must be between 1 and the {num_experts} experts ({experts_field})"),
+        ));
+    }
+    let (expert_intermediate, moe_layers) = if model_type == "qwen3_moe" {
+        let size = f.opt_usize("moe_intermediate_size")?.unwrap_or(768);
+        let step = f.opt_usize("decoder_sparse_step")?.unwrap_or(1);
+        if step == 0 {
+            return Err(Error::config(
+                f.file,
+                "decoder_sparse_step",
+                "must be positive",
+            ));
+        }
+        let dense = match f.obj.get("mlp_only_layers") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(list)) => list
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v.as_u64() {
+                    Some(l) if (l as usize) < layers => Ok(l as usize),
+                    _ => Err(Error::config(
+                        f.file,
+                        &format!("mlp_only_layers[{i}]"),
+                        format!("{v}: expected a layer index below num_hidden_layers {layers}"),
+                    )),
+                })
+                .collect::<Result<Vec<_>>>()?,
+            Some(_) => {
+                return Err(Error::config(
+                    f.file,
+                    "mlp_only_layers",
+                    "expected an array",
+                ))
+            }
+        };
+        let sparse = (0..layers)
+            .filter(|i| !dense.contains(i) && (i + 1) % step == 0)
+            .collect();
+        (size, sparse)
+    } else {
+        (intermediate, (0..layers).collect())
+    };
+    if expert_intermediate == 0 {
+        return Err(Error::config(
+            f.file,
+            "moe_intermediate_size",
+            "must be positive",
+        ));
+    }
+    let renormalize = match model_type {
+        "mixtral" => true,
+        _ => f.opt_bool("norm_topk_prob")?.unwrap_or(false),
+    };
+    // OLMoE's optional clamp of q, k and v, which no published checkpoint sets
+    if model_type == "olmoe" && f.get("clip_qkv").is_some() {
+        return Err(Error::config(
+            f.file,
+            "clip_qkv",
+            "not supported (OLMoE's checkpoints set null)",
+        ));
+    }
+    Ok(Some(MoeConfig {
+        num_experts,
+        top_k,
+        expert_intermediate,
+        renormalize,
+        layers: moe_layers,
+    }))
 }
 
 /// Granite's (`GraniteConfig`) four scalars on the Llama layout, each 1 when absent; None where
@@ -1700,6 +1885,7 @@ fn parse_gemma(f: &Fields, model_type: &str) -> Result<ModelConfig> {
         attn_softcap,
         alibi: None,
         final_softcap,
+        moe: None,
         bos_token_id: f.opt_token("bos_token_id")?,
         eos_token_ids: f.token_list("eos_token_id")?,
         stored_dtype: f.stored_dtype()?,

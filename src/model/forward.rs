@@ -12,8 +12,8 @@ use super::config::{Arch, MlpActivation, ModelConfig, RopeConfig};
 use super::graphs::{self, GraphKey, GraphStats, StepGraphs};
 use super::rope::cos_sin_table;
 use super::tensor_store::HostTensor;
-use super::weights::ModelWeights;
-use crate::backend::{AttentionSpec, Backend, BatchMeta, KvGeometry};
+use super::weights::{Mlp, ModelWeights};
+use crate::backend::{AttentionSpec, Backend, BatchMeta, KvGeometry, MoeRouting, MoeScratch};
 use crate::engine::sampling::{self, TokenBan, TokenDraw};
 use crate::error::{Error, Result};
 use crate::kv::KvLayout;
@@ -72,10 +72,20 @@ struct Workspace<B: Backend> {
     up: B::Buffer,
     /// [tokens, intermediate] (Llama: silu(gate) * up)
     act: B::Buffer,
+    /// Mixture-of-experts models: the router's logits and the experts' rows
+    moe: Option<MoeWorkspace<B>>,
     /// [logits_rows, hidden]
     last: B::Buffer,
     /// [logits_rows, vocab]
     logits: B::Buffer,
+}
+
+/// A MoE layer's buffers, for steps of up to `tokens` tokens.
+struct MoeWorkspace<B: Backend> {
+    /// [tokens, num_experts]
+    router_logits: B::Buffer,
+    /// [tokens · top_k, …]: see [`MoeScratch`]
+    scratch: MoeScratch<B::Buffer>,
 }
 
 pub struct Model<B: Backend> {
@@ -117,6 +127,15 @@ impl<B: Backend> Model<B> {
         };
         let cos_sin = table(&config.rope)?;
         let cos_sin_local = table(&config.local_rope)?;
+        let graphs = if backend_records && config.moe.is_some() {
+            StepGraphs::unavailable(
+                "mixture-of-experts layers route each step on the host (the experts' GEMM \
+                 shapes depend on it), which a recorded graph cannot replay"
+                    .into(),
+            )
+        } else {
+            StepGraphs::new(backend_records)
+        };
         Ok(Self {
             config,
             backend,
@@ -125,7 +144,7 @@ impl<B: Backend> Model<B> {
             cos_sin_local,
             state: Mutex::new(StepState {
                 workspace: None,
-                graphs: StepGraphs::new(backend_records),
+                graphs,
             }),
         })
     }
@@ -205,6 +224,22 @@ impl<B: Backend> Model<B> {
             })?,
             up: b.zeros(tokens * up_rows)?,
             act: b.zeros(tokens * c.intermediate_size)?,
+            moe: match &c.moe {
+                Some(m) => {
+                    let choices = tokens * m.top_k;
+                    let inter = m.expert_intermediate;
+                    Some(MoeWorkspace {
+                        router_logits: b.zeros(tokens * m.num_experts)?,
+                        scratch: MoeScratch {
+                            rows: b.zeros(choices * c.hidden_size)?,
+                            gate_up: b.zeros(choices * 2 * inter)?,
+                            act: b.zeros(choices * inter)?,
+                            out: b.zeros(choices * c.hidden_size)?,
+                        },
+                    })
+                }
+                None => None,
+            },
             last: b.zeros(logits_rows * c.hidden_size)?,
             logits: b.zeros(logits_rows * c.vocab_size)?,
         })
@@ -214,7 +249,7 @@ impl<B: Backend> Model<B> {
     /// records). Off: every step runs its ops one by one (`--no-cuda-graphs`). A backend that
     /// cannot record ignores `true`.
     pub fn set_graphs(&self, on: bool) {
-        let on = on && self.backend.can_capture();
+        let on = on && self.backend.can_capture() && self.config.moe.is_none();
         self.lock_state().graphs.set_enabled(on);
     }
 
@@ -642,11 +677,16 @@ impl<B: Backend> Model<B> {
                             b.layernorm(&mut ws.xn, &ws.x, weight, bias, t, h, eps)?;
                         }
                     }
+                    let Mlp::Dense { up, down } = &layer.mlp else {
+                        return Err(Error::Invalid(
+                            "GPT-2's block with a mixture of experts is not supported".into(),
+                        ));
+                    };
                     b.linear(
                         &mut ws.up,
                         &ws.xn,
-                        &layer.up.weight,
-                        layer.up.bias.as_ref(),
+                        &up.weight,
+                        up.bias.as_ref(),
                         t,
                         inter,
                         h,
@@ -665,8 +705,8 @@ impl<B: Backend> Model<B> {
                     b.linear(
                         &mut ws.delta,
                         &ws.up,
-                        &layer.down.weight,
-                        layer.down.bias.as_ref(),
+                        &down.weight,
+                        down.bias.as_ref(),
                         t,
                         h,
                         inter,
@@ -682,11 +722,38 @@ impl<B: Backend> Model<B> {
                     } else {
                         &ws.x
                     };
+                    let (up, down) = match &layer.mlp {
+                        Mlp::Dense { up, down } => (up, down),
+                        Mlp::Experts(experts) => {
+                            let moe = c.layer_moe(i).zip(ws.moe.as_mut()).ok_or_else(|| {
+                                Error::Invalid(format!(
+                                    "layer {i} has experts the config does not route"
+                                ))
+                            })?;
+                            let ((m, moe), e) = (moe, experts);
+                            let n = m.num_experts;
+                            b.linear(&mut moe.router_logits, mlp_in, &e.router, None, t, n, h)?;
+                            // routed on the host: the experts' GEMM shapes follow from it
+                            let logits = b.download(&moe.router_logits, t * n)?;
+                            let routing = MoeRouting::route(&logits, t, n, m.top_k, m.renormalize)?;
+                            b.moe_experts(
+                                &mut ws.delta,
+                                mlp_in,
+                                &e.gate_up,
+                                &e.down,
+                                &routing,
+                                &mut moe.scratch,
+                                h,
+                                m.expert_intermediate,
+                            )?;
+                            continue;
+                        }
+                    };
                     b.linear(
                         &mut ws.up,
                         mlp_in,
-                        &layer.up.weight,
-                        layer.up.bias.as_ref(),
+                        &up.weight,
+                        up.bias.as_ref(),
                         t,
                         2 * inter,
                         h,
@@ -707,8 +774,8 @@ impl<B: Backend> Model<B> {
                     b.linear(
                         &mut ws.delta,
                         &ws.act,
-                        &layer.down.weight,
-                        layer.down.bias.as_ref(),
+                        &down.weight,
+                        down.bias.as_ref(),
                         t,
                         h,
                         inter,

@@ -219,6 +219,14 @@ impl<B: Backend> StepGraphs<B> {
         }
     }
 
+    /// Graphs off from the start for a model whose steps cannot be recorded, saying why in the
+    /// stats (`disabled_reason`).
+    pub fn unavailable(reason: String) -> Self {
+        let mut g = Self::new(false);
+        g.stats.disabled_reason = Some(reason);
+        g
+    }
+
     pub fn enabled(&self) -> bool {
         self.stats.enabled
     }

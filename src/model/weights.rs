@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use rayon::prelude::*;
 
-use super::config::{Arch, ModelConfig};
+use super::config::{Arch, ModelConfig, MoeConfig};
 use super::tensor_store::{HostTensor, TensorStore};
 use crate::error::Result;
 
@@ -60,10 +60,34 @@ pub struct LayerWeights<T> {
     /// Gemma 3's norms of the attention and MLP outputs before the residual add (`sandwich_norms`).
     pub post_attn_norm: Option<Norm<T>>,
     pub post_mlp_norm: Option<Norm<T>>,
-    /// GPT-2: c_fc [intermediate, hidden]; Llama: gate||up [2 * intermediate, hidden]
-    pub up: Linear<T>,
-    /// [hidden, intermediate]
-    pub down: Linear<T>,
+    /// The MLP: dense, or (MoE layers) routed experts.
+    pub mlp: Mlp<T>,
+}
+
+/// A layer's MLP.
+#[derive(Debug, Clone)]
+pub enum Mlp<T> {
+    Dense {
+        /// GPT-2: c_fc [intermediate, hidden]; Llama: gate||up [2 * intermediate, hidden]
+        up: Linear<T>,
+        /// [hidden, intermediate]
+        down: Linear<T>,
+    },
+    /// A mixture of experts (`ModelConfig::moe`).
+    Experts(Experts<T>),
+}
+
+/// A mixture-of-experts layer's router and experts, each expert a Llama MLP without biases.
+/// Every expert's tensors sit in one stacked tensor, expert e's at offset e · (its size), so a
+/// backend holds one buffer per kind and addresses each expert inside it.
+#[derive(Debug, Clone)]
+pub struct Experts<T> {
+    /// [num_experts, hidden]: the router (`gate`), router logits = x · routerᵀ
+    pub router: T,
+    /// [num_experts, 2 * expert_intermediate, hidden]: each expert's gate rows, then its up rows
+    pub gate_up: T,
+    /// [num_experts, hidden, expert_intermediate]
+    pub down: T,
 }
 
 #[derive(Debug, Clone)]
@@ -116,8 +140,17 @@ impl<T> ModelWeights<T> {
                 mlp_norm: l.mlp_norm.map(|n| norm(n, &mut f)).transpose()?,
                 post_attn_norm: l.post_attn_norm.map(|n| norm(n, &mut f)).transpose()?,
                 post_mlp_norm: l.post_mlp_norm.map(|n| norm(n, &mut f)).transpose()?,
-                up: lin(l.up, &mut f)?,
-                down: lin(l.down, &mut f)?,
+                mlp: match l.mlp {
+                    Mlp::Dense { up, down } => Mlp::Dense {
+                        up: lin(up, &mut f)?,
+                        down: lin(down, &mut f)?,
+                    },
+                    Mlp::Experts(e) => Mlp::Experts(Experts {
+                        router: f(e.router)?,
+                        gate_up: f(e.gate_up)?,
+                        down: f(e.down)?,
+                    }),
+                },
             });
         }
         Ok(ModelWeights {
@@ -299,21 +332,9 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
             None
         };
         let mb = cfg.mlp_bias;
-        let up_w = if fused {
-            read(&format!("{p}.mlp.gate_up_proj.weight"), &[2 * inter, h])?
-        } else {
-            concat_rows(&[
-                read(&format!("{p}.mlp.gate_proj.weight"), &[inter, h])?,
-                read(&format!("{p}.mlp.up_proj.weight"), &[inter, h])?,
-            ])
-        };
-        let up_b = if mb {
-            Some(concat_rows(&[
-                read(&format!("{p}.mlp.gate_proj.bias"), &[inter])?,
-                read(&format!("{p}.mlp.up_proj.bias"), &[inter])?,
-            ]))
-        } else {
-            None
+        let mlp = match cfg.layer_moe(i) {
+            Some(moe) => Mlp::Experts(read_experts(cfg, st, &p, moe)?),
+            None => read_llama_mlp(&read, &p, fused, inter, h, mb)?,
         };
         let qk_norm = match qk_norm_widths(cfg) {
             Some((q, k)) => Some(QkNorm {
@@ -359,14 +380,7 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
             } else {
                 None
             },
-            up: Linear {
-                weight: up_w,
-                bias: up_b,
-            },
-            down: Linear {
-                weight: read(&format!("{p}.mlp.down_proj.weight"), &[h, inter])?,
-                bias: opt_bias(&format!("{p}.mlp.down_proj.bias"), h, mb)?,
-            },
+            mlp,
         });
     }
     let lm_head = untied_head(cfg, &read, "lm_head.weight")?;
@@ -381,6 +395,105 @@ fn load_llama(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
     };
     fold_output_scales(cfg, &mut weights);
     Ok(weights)
+}
+
+/// A Llama MLP of layer prefix `p` through `read`: `mlp.gate_proj` and `mlp.up_proj` fused into
+/// the gate||up rows (Phi-3's `fused` checkpoints store `mlp.gate_up_proj` so), `mlp.down_proj`,
+/// biases under `bias`.
+fn read_llama_mlp(
+    read: &dyn Fn(&str, &[usize]) -> Result<HostTensor>,
+    p: &str,
+    fused: bool,
+    inter: usize,
+    h: usize,
+    bias: bool,
+) -> Result<Mlp<HostTensor>> {
+    let up = if fused {
+        read_linear(read, &format!("{p}.mlp.gate_up_proj"), 2 * inter, h, bias)?
+    } else {
+        let gate = read_linear(read, &format!("{p}.mlp.gate_proj"), inter, h, bias)?;
+        let up = read_linear(read, &format!("{p}.mlp.up_proj"), inter, h, bias)?;
+        Linear {
+            weight: concat_rows(&[gate.weight, up.weight]),
+            bias: gate.bias.zip(up.bias).map(|(g, u)| concat_rows(&[g, u])),
+        }
+    };
+    Ok(Mlp::Dense {
+        up,
+        down: read_linear(read, &format!("{p}.mlp.down_proj"), h, inter, bias)?,
+    })
+}
+
+/// The checkpoint names of one mixture-of-experts layer's tensors.
+struct ExpertNames {
+    /// the router's weight, [num_experts, hidden]
+    router: String,
+    /// expert e's gate, up and down projections' weights
+    per_expert: Box<dyn Fn(usize) -> [String; 3]>,
+    /// the stacked form transformers 5 holds in memory: gate||up [num_experts, 2 · inter, hidden]
+    /// and down [num_experts, hidden, inter]
+    stacked: [String; 2],
+}
+
+/// Where layer prefix `p`'s experts are: Mixtral's published `block_sparse_moe.gate` and
+/// `block_sparse_moe.experts.{e}.w1` (gate) / `w3` (up) / `w2` (down); else (Qwen3-MoE, OLMoE,
+/// and Mixtral as transformers 5 names it in memory) `mlp.gate` and `mlp.experts.{e}.gate_proj`
+/// / `up_proj` / `down_proj`, or the stacked `mlp.experts.gate_up_proj` / `down_proj`.
+fn expert_names(cfg: &ModelConfig, st: &TensorStore, p: &str) -> ExpertNames {
+    let block_sparse = format!("{p}.block_sparse_moe");
+    let mixtral_names =
+        cfg.model_type == "mixtral" && st.contains(&format!("{block_sparse}.gate.weight"));
+    let (moe, parts) = if mixtral_names {
+        (block_sparse, ["w1", "w3", "w2"])
+    } else {
+        (format!("{p}.mlp"), ["gate_proj", "up_proj", "down_proj"])
+    };
+    let experts = format!("{moe}.experts");
+    ExpertNames {
+        router: format!("{moe}.gate.weight"),
+        stacked: [
+            format!("{experts}.gate_up_proj"),
+            format!("{experts}.down_proj"),
+        ],
+        per_expert: Box::new(move |e| parts.map(|w| format!("{experts}.{e}.{w}.weight"))),
+    }
+}
+
+/// Layer prefix `p`'s router and experts, stacked ([`Experts`]): from one tensor per expert and
+/// projection as published checkpoints store them, or from the stacked pair where a checkpoint
+/// holds that (checked by shape either way).
+fn read_experts(
+    cfg: &ModelConfig,
+    st: &TensorStore,
+    p: &str,
+    moe: &MoeConfig,
+) -> Result<Experts<HostTensor>> {
+    let (h, inter, n) = (cfg.hidden_size, moe.expert_intermediate, moe.num_experts);
+    let names = expert_names(cfg, st, p);
+    let router = st.read_f32(&names.router, &[n, h])?;
+    let [stacked_gate_up, stacked_down] = &names.stacked;
+    if st.contains(stacked_gate_up) {
+        return Ok(Experts {
+            router,
+            gate_up: st.read_f32(stacked_gate_up, &[n, 2 * inter, h])?,
+            down: st.read_f32(stacked_down, &[n, h, inter])?,
+        });
+    }
+    let mut gate_up = Vec::with_capacity(2 * n);
+    let mut down = Vec::with_capacity(n);
+    for e in 0..n {
+        let [g, u, d] = (names.per_expert)(e);
+        gate_up.push(st.read_f32(&g, &[inter, h])?);
+        gate_up.push(st.read_f32(&u, &[inter, h])?);
+        down.push(st.read_f32(&d, &[h, inter])?);
+    }
+    let stack =
+        |parts: &[HostTensor], shape: Vec<usize>| HostTensor::new(shape, concat_rows(parts).data);
+    Ok(Experts {
+        router,
+        gate_up: stack(&gate_up, vec![n, 2 * inter, h]),
+        down: stack(&down, vec![n, h, inter]),
+    })
 }
 
 /// The config field that turns a model type's biases on: StarCoder2's one `use_bias`, Falcon's one
@@ -411,7 +524,12 @@ fn fold_output_scales(cfg: &ModelConfig, weights: &mut ModelWeights<HostTensor>)
     let scale = |t: &mut HostTensor, by: f32| t.data.iter_mut().for_each(|x| *x *= by);
     if let Some(m) = cfg.residual_scale {
         for l in &mut weights.layers {
-            for out in [&mut l.o, &mut l.down] {
+            let mut outputs = vec![&mut l.o];
+            match &mut l.mlp {
+                Mlp::Dense { down, .. } => outputs.push(down),
+                Mlp::Experts(e) => scale(&mut e.down, m),
+            }
+            for out in outputs {
                 scale(&mut out.weight, m);
                 if let Some(b) = &mut out.bias {
                     scale(b, m);
@@ -474,8 +592,10 @@ fn load_gpt2(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTen
             mlp_norm: Some(ln(&format!("{p}.ln_2"))?),
             post_attn_norm: None,
             post_mlp_norm: None,
-            up: proj(&format!("{p}.mlp.c_fc"), h, inter)?,
-            down: proj(&format!("{p}.mlp.c_proj"), inter, h)?,
+            mlp: Mlp::Dense {
+                up: proj(&format!("{p}.mlp.c_fc"), h, inter)?,
+                down: proj(&format!("{p}.mlp.c_proj"), inter, h)?,
+            },
         });
     }
     let root = |n: &str, shape: &[usize]| st.read_f32(n, shape);
@@ -524,8 +644,10 @@ fn load_gptj(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTen
             mlp_norm: None,
             post_attn_norm: None,
             post_mlp_norm: None,
-            up: linear(&format!("{p}.mlp.fc_in"), inter, h, cfg.mlp_bias)?,
-            down: linear(&format!("{p}.mlp.fc_out"), h, inter, cfg.mlp_bias)?,
+            mlp: Mlp::Dense {
+                up: linear(&format!("{p}.mlp.fc_in"), inter, h, cfg.mlp_bias)?,
+                down: linear(&format!("{p}.mlp.fc_out"), h, inter, cfg.mlp_bias)?,
+            },
         });
     }
     let lm_head = untied_head(cfg, &|n, shape| st.read_f32(n, shape), "lm_head.weight")?;
@@ -683,8 +805,10 @@ fn load_dense_rope(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<H
             },
             post_attn_norm: None,
             post_mlp_norm: None,
-            up: linear(&format!("{p}.{}", names.up), inter, h, cfg.mlp_bias)?,
-            down: linear(&format!("{p}.{}", names.down), h, inter, cfg.mlp_bias)?,
+            mlp: Mlp::Dense {
+                up: linear(&format!("{p}.{}", names.up), inter, h, cfg.mlp_bias)?,
+                down: linear(&format!("{p}.{}", names.down), h, inter, cfg.mlp_bias)?,
+            },
         });
     }
     let lm_head = untied_head(cfg, &read, "lm_head.weight")?;
@@ -736,8 +860,10 @@ fn load_gpt_neox(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<Hos
             mlp_norm: Some(ln(&format!("{p}.post_attention_layernorm"))?),
             post_attn_norm: None,
             post_mlp_norm: None,
-            up: linear(&format!("{p}.mlp.dense_h_to_4h"), inter, h, cfg.mlp_bias)?,
-            down: linear(&format!("{p}.mlp.dense_4h_to_h"), h, inter, cfg.mlp_bias)?,
+            mlp: Mlp::Dense {
+                up: linear(&format!("{p}.mlp.dense_h_to_4h"), inter, h, cfg.mlp_bias)?,
+                down: linear(&format!("{p}.mlp.dense_4h_to_h"), h, inter, cfg.mlp_bias)?,
+            },
         });
     }
     let lm_head = untied_head(cfg, &read, "embed_out.weight")?;
@@ -830,8 +956,10 @@ fn load_falcon(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostT
             },
             post_attn_norm: None,
             post_mlp_norm: None,
-            up: linear(&format!("{p}.mlp.dense_h_to_4h"), inter, h, cfg.mlp_bias)?,
-            down: linear(&format!("{p}.mlp.dense_4h_to_h"), h, inter, cfg.mlp_bias)?,
+            mlp: Mlp::Dense {
+                up: linear(&format!("{p}.mlp.dense_h_to_4h"), inter, h, cfg.mlp_bias)?,
+                down: linear(&format!("{p}.mlp.dense_4h_to_h"), h, inter, cfg.mlp_bias)?,
+            },
         });
     }
     let lm_head = untied_head(cfg, &read, "lm_head.weight")?;
@@ -876,8 +1004,10 @@ fn load_opt(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTens
             mlp_norm: Some(ln(&format!("{p}.final_layer_norm"))?),
             post_attn_norm: None,
             post_mlp_norm: None,
-            up: linear(&format!("{p}.fc1"), inter, h, cfg.mlp_bias)?,
-            down: linear(&format!("{p}.fc2"), h, inter, cfg.mlp_bias)?,
+            mlp: Mlp::Dense {
+                up: linear(&format!("{p}.fc1"), inter, h, cfg.mlp_bias)?,
+                down: linear(&format!("{p}.fc2"), h, inter, cfg.mlp_bias)?,
+            },
         });
     }
     let offset = cfg.position_offset;
@@ -923,8 +1053,10 @@ fn load_bloom(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTe
             mlp_norm: Some(ln(&format!("{p}.post_attention_layernorm"))?),
             post_attn_norm: None,
             post_mlp_norm: None,
-            up: linear(&format!("{p}.mlp.dense_h_to_4h"), inter, h)?,
-            down: linear(&format!("{p}.mlp.dense_4h_to_h"), h, inter)?,
+            mlp: Mlp::Dense {
+                up: linear(&format!("{p}.mlp.dense_h_to_4h"), inter, h)?,
+                down: linear(&format!("{p}.mlp.dense_4h_to_h"), h, inter)?,
+            },
         });
     }
     let root = |n: &str, shape: &[usize]| st.read_f32(n, shape);
@@ -965,8 +1097,10 @@ fn load_mpt(cfg: &ModelConfig, st: &TensorStore) -> Result<ModelWeights<HostTens
             mlp_norm: Some(ln(&format!("{p}.norm_2"))?),
             post_attn_norm: None,
             post_mlp_norm: None,
-            up: linear(&format!("{p}.ffn.up_proj"), inter, h)?,
-            down: linear(&format!("{p}.ffn.down_proj"), h, inter)?,
+            mlp: Mlp::Dense {
+                up: linear(&format!("{p}.ffn.up_proj"), inter, h)?,
+                down: linear(&format!("{p}.ffn.down_proj"), h, inter)?,
+            },
         });
     }
     let root = |n: &str, shape: &[usize]| st.read_f32(n, shape);
@@ -1005,7 +1139,7 @@ pub fn dummy_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights<HostTensor> {
     };
     let bias = |n: usize, present: bool| present.then(|| zeros(n));
     let layers = (0..cfg.num_layers)
-        .map(|_| LayerWeights {
+        .map(|i| LayerWeights {
             attn_norm: (!cfg.post_norms_only).then(|| norm(h)),
             qkv: Linear {
                 weight: random(vec![q + 2 * kv, h]),
@@ -1022,13 +1156,25 @@ pub fn dummy_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights<HostTensor> {
             mlp_norm: cfg.has_mlp_norm().then(|| norm(h)),
             post_attn_norm: cfg.sandwich_norms.then(|| norm(h)),
             post_mlp_norm: cfg.sandwich_norms.then(|| norm(h)),
-            up: Linear {
-                weight: random(vec![up_rows, h]),
-                bias: bias(up_rows, cfg.mlp_bias),
-            },
-            down: Linear {
-                weight: random(vec![h, inter]),
-                bias: bias(h, cfg.mlp_bias),
+            mlp: match cfg.layer_moe(i) {
+                Some(m) => {
+                    let (n, e_inter) = (m.num_experts, m.expert_intermediate);
+                    Mlp::Experts(Experts {
+                        router: random(vec![n, h]),
+                        gate_up: random(vec![n, 2 * e_inter, h]),
+                        down: random(vec![n, h, e_inter]),
+                    })
+                }
+                None => Mlp::Dense {
+                    up: Linear {
+                        weight: random(vec![up_rows, h]),
+                        bias: bias(up_rows, cfg.mlp_bias),
+                    },
+                    down: Linear {
+                        weight: random(vec![h, inter]),
+                        bias: bias(h, cfg.mlp_bias),
+                    },
+                },
             },
         })
         .collect();

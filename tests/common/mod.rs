@@ -31,6 +31,9 @@ pub const FIXTURES: &[&str] = &[
     "tiny-bloom",
     "tiny-mpt",
     "tiny-falcon-rw",
+    "tiny-mixtral",
+    "tiny-qwen3-moe",
+    "tiny-olmoe",
 ];
 
 /// [`FIXTURES`], or the ones `INFERMETER_TEST_FIXTURES` lists (comma-separated; each must be one

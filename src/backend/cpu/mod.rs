@@ -8,10 +8,11 @@ pub mod attention;
 pub mod embedding;
 pub mod kv_write;
 pub mod matmul;
+pub mod moe;
 pub mod norm;
 pub mod rope;
 
-use super::{AttentionSpec, Backend, BatchMeta, KvGeometry};
+use super::{AttentionSpec, Backend, BatchMeta, KvGeometry, MoeRouting, MoeScratch};
 use crate::error::{Error, Result};
 use crate::model::tensor_store::HostTensor;
 
@@ -398,6 +399,39 @@ impl Backend for CpuBackend {
         need(out, rows * inter, "out")?;
         need(x, rows * 2 * inter, "x")?;
         activation::gelu_tanh_mul(out, x, rows, inter);
+        Ok(())
+    }
+
+    fn moe_experts(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        gate_up: &Vec<f32>,
+        down: &Vec<f32>,
+        routing: &MoeRouting,
+        scratch: &mut MoeScratch<Vec<f32>>,
+        hidden: usize,
+        inter: usize,
+    ) -> Result<()> {
+        let scratch_lens = [&scratch.rows, &scratch.gate_up, &scratch.act, &scratch.out];
+        routing.check_buffers(
+            "cpu",
+            [out, x, gate_up, down].map(|b| b.len()),
+            scratch_lens.map(|b| b.len()),
+            hidden,
+            inter,
+        )?;
+        moe::moe_experts(
+            out,
+            x,
+            gate_up,
+            down,
+            routing,
+            scratch,
+            hidden,
+            inter,
+            &|_| {},
+        );
         Ok(())
     }
 

@@ -83,7 +83,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         name: "embedding.cu",
         source: include_str!("../../../kernels/embedding.cu"),
-        kernels: &["embedding", "gather_logit_rows"],
+        kernels: &["embedding", "gather_logit_rows", "moe_combine"],
     },
     KernelFile {
         name: "kv_write.cu",

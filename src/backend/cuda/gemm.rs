@@ -85,19 +85,26 @@ impl Gemm {
     }
 
     /// out[m, n] = x[m, k] · w[n, k]ᵀ + (beta = 1: out, else 0) — see the module docs for the
-    /// mapping onto column-major cuBLAS.
+    /// mapping onto column-major cuBLAS. Any of the three may be a view into a larger buffer (a
+    /// mixture-of-experts layer's expert inside its stacked weights, its rows inside the step's).
     #[allow(clippy::too_many_arguments)]
-    pub fn linear<T: CudaDtype>(
+    pub fn linear<T, O, X, W>(
         &self,
         stream: &Arc<CudaStream>,
-        out: &mut CudaSlice<T>,
-        x: &CudaSlice<T>,
-        w: &CudaSlice<T>,
+        out: &mut O,
+        x: &X,
+        w: &W,
         accumulate: bool,
         m: usize,
         n: usize,
         k: usize,
-    ) -> Result<()> {
+    ) -> Result<()>
+    where
+        T: CudaDtype,
+        O: DevicePtrMut<T>,
+        X: DevicePtr<T>,
+        W: DevicePtr<T>,
+    {
         if m == 0 || n == 0 {
             return Ok(());
         }

@@ -45,7 +45,7 @@ use std::time::Instant;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, DeviceRepr, ValidAsZeroBits};
 
-use super::{AttentionSpec, Backend, BatchMeta, KvGeometry};
+use super::{AttentionSpec, Backend, BatchMeta, KvGeometry, MoeRouting, MoeScratch};
 use crate::engine::sampling::{TokenBan, TokenDraw};
 use crate::engine::SamplingParams;
 use crate::error::{Error, Result};
@@ -171,7 +171,10 @@ struct Device {
     /// The split-KV decode's partial results (acc, (m, l)), grown on demand, never shrunk. Ops run
     /// in order on the one stream, so successive attention calls can share it.
     decode_scratch: Mutex<Option<(CudaSlice<f32>, CudaSlice<f32>)>>,
-    /// Bumped whenever `zero_rows` or `decode_scratch` is reallocated: a graph recorded before
+    /// A mixture-of-experts plan on the device: the gather rows and slot_of (u32, 2 × choices)
+    /// and the weights (f32), grown on demand, never shrunk.
+    moe_plan: Mutex<Option<(CudaSlice<u32>, CudaSlice<f32>)>>,
+    /// Bumped whenever `zero_rows`, `decode_scratch` or `moe_plan` is reallocated: a graph recorded before
     /// points at freed memory ([`Backend::graph_epoch`]).
     epoch: AtomicU64,
 }
@@ -314,6 +317,7 @@ impl<T: CudaDtype> CudaBackend<T> {
                 compile,
                 zero_rows: Mutex::new(None),
                 decode_scratch: Mutex::new(None),
+                moe_plan: Mutex::new(None),
                 epoch: AtomicU64::new(0),
             }),
             attention,
@@ -662,6 +666,36 @@ impl<T: CudaDtype> CudaBackend<T> {
                 alibi_scale,
             },
         )
+    }
+
+    /// `routing`'s gather rows, slot_of and weights copied to the device (buffers grown, never
+    /// shrunk), for `f`: (gather rows [c], slot_of [c], weights [c]).
+    fn with_moe_plan<R>(
+        &self,
+        routing: &MoeRouting,
+        f: impl FnOnce(&CudaView<u32>, &CudaView<u32>, &CudaView<f32>) -> Result<R>,
+    ) -> Result<R> {
+        let c = routing.num_choices();
+        let mut guard = self.dev.moe_plan.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_none_or(|(idx, _)| idx.len() < 2 * c) {
+            let n = c.max(1024).next_power_of_two();
+            let s = &self.dev.stream;
+            let idx = s.alloc_zeros::<u32>(2 * n).map_err(drv("cuMemAlloc"))?;
+            let w = s.alloc_zeros::<f32>(n).map_err(drv("cuMemAlloc"))?;
+            *guard = Some((idx, w));
+            self.dev.epoch.fetch_add(1, Ordering::Relaxed);
+        }
+        let (idx, w) = guard
+            .as_mut()
+            .ok_or_else(|| err("the MoE plan buffers are missing"))?;
+        let mut host = routing.gather_rows();
+        host.extend_from_slice(&routing.slot_of);
+        let s = &self.dev.stream;
+        s.memcpy_htod(&host, &mut idx.slice_mut(..2 * c))
+            .map_err(drv("copying a MoE plan"))?;
+        s.memcpy_htod(&routing.weights, &mut w.slice_mut(..c))
+            .map_err(drv("copying a MoE plan"))?;
+        f(&idx.slice(..c), &idx.slice(c..2 * c), &w.slice(..c))
     }
 
     /// `len` zero row indices on the device (grown, never shrunk).
@@ -1470,6 +1504,97 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         inter: usize,
     ) -> Result<()> {
         self.gated_mul(MlpActivation::GeluTanh, out, x, rows, inter)
+    }
+
+    /// The plan to the device, the rows gathered in expert order, one cuBLAS GEMM pair per
+    /// expert with tokens (on views into the stacked weights and the scratch rows), one
+    /// `silu_mul` over every choice, and `moe_combine`'s weighted sums. Host-planned shapes make
+    /// the step unrecordable: the model runs MoE steps eagerly.
+    fn moe_experts(
+        &self,
+        out: &mut CudaSlice<T>,
+        x: &CudaSlice<T>,
+        gate_up: &CudaSlice<T>,
+        down: &CudaSlice<T>,
+        routing: &MoeRouting,
+        scratch: &mut MoeScratch<CudaSlice<T>>,
+        hidden: usize,
+        inter: usize,
+    ) -> Result<()> {
+        let scratch_lens = [&scratch.rows, &scratch.gate_up, &scratch.act, &scratch.out];
+        routing.check_buffers(
+            "cuda",
+            [out, x, gate_up, down].map(|b| b.len()),
+            scratch_lens.map(|b| b.len()),
+            hidden,
+            inter,
+        )?;
+        let (t, c) = (routing.num_tokens, routing.num_choices());
+        if t == 0 {
+            return Ok(());
+        }
+        self.dev
+            .ctx
+            .bind_to_thread()
+            .map_err(drv("binding the CUDA context"))?;
+        let (h, i2) = (hidden, 2 * inter);
+        let (stream, gemm) = (&self.dev.stream, &self.dev.gemm);
+        self.with_moe_plan(routing, |rows, slot_of, weights| {
+            let (cu, tu, hu) = (u(c, "choices")?, u(t, "tokens")?, u(h, "hidden")?);
+            ops::gather_logit_rows(self.k(), self.s(), &mut scratch.rows, x, rows, cu, tu, hu)?;
+            for e in 0..routing.num_experts {
+                let r = routing.expert_range(e);
+                if r.is_empty() {
+                    continue;
+                }
+                gemm.linear(
+                    stream,
+                    &mut scratch.gate_up.slice_mut(r.start * i2..r.end * i2),
+                    &scratch.rows.slice(r.start * h..r.end * h),
+                    &gate_up.slice(e * i2 * h..(e + 1) * i2 * h),
+                    false,
+                    r.len(),
+                    i2,
+                    h,
+                )?;
+            }
+            self.gated_mul(
+                MlpActivation::Silu,
+                &mut scratch.act,
+                &scratch.gate_up,
+                c,
+                inter,
+            )?;
+            for e in 0..routing.num_experts {
+                let r = routing.expert_range(e);
+                if r.is_empty() {
+                    continue;
+                }
+                gemm.linear(
+                    stream,
+                    &mut scratch.out.slice_mut(r.start * h..r.end * h),
+                    &scratch.act.slice(r.start * inter..r.end * inter),
+                    &down.slice(e * h * inter..(e + 1) * h * inter),
+                    false,
+                    r.len(),
+                    h,
+                    inter,
+                )?;
+            }
+            let k = u(routing.top_k, "top_k")?;
+            ops::moe_combine(
+                self.k(),
+                self.s(),
+                out,
+                &scratch.out,
+                slot_of,
+                weights,
+                tu,
+                k,
+                cu,
+                hu,
+            )
+        })
     }
 
     fn gather_logit_rows(

@@ -5,6 +5,7 @@
 //! |-------------------------|----------------------------------------------|--------------------------|
 //! | embedding, gather_logit_rows, layernorm, rmsnorm, add_rmsnorm, rope, write_kv | one block per row (the kernels grid-stride, so the grid is capped at [`MAX_ROW_BLOCKS`]) | `IM_ROW_THREADS` |
 //! | qk_rmsnorm              | one block per row's Q and one per its K (2 × rows, capped as rows) | `IM_ROW_THREADS` |
+//! | moe_combine             | one block per token (capped as rows)         | `IM_ROW_THREADS`         |
 //! | add_inplace, gelu_new, gelu_erf, relu, silu_mul, softcap_inplace, scale_inplace | min(ceil(16-byte vectors / threads), SMs × `IM_ELEMENTWISE_BLOCKS_PER_SM`) | `IM_ELEMENTWISE_THREADS` |
 //! | paged_attention_naive   | (num_tokens, num_heads)                      | `IM_ATTN_THREADS`        |
 //! | paged_decode_d*, paged_decode_reduce, flash_prefill{,_sync}_d* | see [`super::attention`] | |
@@ -89,6 +90,7 @@ pub struct Kernels {
     pub gelu_erf: CudaFunction,
     pub relu: CudaFunction,
     pub softcap_inplace: CudaFunction,
+    pub moe_combine: CudaFunction,
     pub silu_mul: CudaFunction,
     pub gelu_tanh_mul: CudaFunction,
     pub argmax_rows: CudaFunction,
@@ -140,6 +142,7 @@ impl Kernels {
             gelu_erf: get("activation.cu", "gelu_erf")?,
             relu: get("activation.cu", "relu")?,
             softcap_inplace: get("activation.cu", "softcap_inplace")?,
+            moe_combine: get("embedding.cu", "moe_combine")?,
             silu_mul: get("activation.cu", "silu_mul")?,
             gelu_tanh_mul: get("activation.cu", "gelu_tanh_mul")?,
             argmax_rows: get("sampling.cu", "argmax_rows")?,
@@ -243,6 +246,39 @@ pub fn gather_logit_rows<T>(
     unsafe { b.launch(Kernels::rows(num_rows, IM_ROW_THREADS)) }
         .map(drop)
         .map_err(launched("gather_logit_rows"))
+}
+
+/// `moe_combine(out, rows, slot_of, weights, num_tokens, top_k, num_rows, hidden)`: out[t] =
+/// Σ_j weights[t, j] · rows[slot_of[t, j]] (f32 sum, one rounding).
+#[allow(clippy::too_many_arguments)]
+pub fn moe_combine<T>(
+    k: &Kernels,
+    s: &CudaStream,
+    out: &mut CudaSlice<T>,
+    rows: &CudaSlice<T>,
+    slot_of: &CudaView<u32>,
+    weights: &CudaView<f32>,
+    num_tokens: u32,
+    top_k: u32,
+    num_rows: u32,
+    hidden: u32,
+) -> Result<()> {
+    if num_tokens == 0 {
+        return Ok(());
+    }
+    let mut b = s.launch_builder(&k.moe_combine);
+    b.arg(out)
+        .arg(rows)
+        .arg(slot_of)
+        .arg(weights)
+        .arg(&num_tokens)
+        .arg(&top_k)
+        .arg(&num_rows)
+        .arg(&hidden);
+    // SAFETY: as embedding.cu's moe_combine declares; the Backend impl checked the lengths.
+    unsafe { b.launch(Kernels::rows(num_tokens, IM_ROW_THREADS)) }
+        .map(drop)
+        .map_err(launched("moe_combine"))
 }
 
 /// `layernorm(out, x, weight, bias, rows, cols, eps)`.
