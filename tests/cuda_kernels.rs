@@ -14,7 +14,9 @@
 //! - reductions (norms): rel eps + 1e-5 (summation order), abs eps;
 //! - flash prefill attention (bf16/f16): rel eps, abs eps · max|V| (it rounds the softmax weights to
 //!   the dtype before P·V, as FlashAttention does: at most eps/2 · max|V| absolute);
-//! - GEMMs: rel eps + abs 1e-5 · Σ|x||w| (f32 accumulation in another order).
+//! - GEMMs: rel eps + abs 1e-5 · Σ|x||w| (f32 accumulation in another order);
+//! - the mixture-of-experts MLP (two GEMMs, an activation, a weighted sum): against the reference
+//!   rounded where the GPU rounds, rel 2 eps, abs 2 eps · max |want|.
 //!
 //! Without a GPU every test prints `skipped: no CUDA device: <reason>` and passes.
 
@@ -26,7 +28,9 @@ use infermeter::backend::cpu;
 use infermeter::backend::cuda::{
     sampling_row_params, AttentionVariant, AutoTuning, CudaBackend, CudaDtype, PrefillLoads,
 };
-use infermeter::backend::{Alibi, AttentionSpec, Backend, BatchMeta, KvGeometry};
+use infermeter::backend::{
+    Alibi, AttentionSpec, Backend, BatchMeta, KvGeometry, MoeRouting, MoeScratch,
+};
 use infermeter::engine::batch::{build_batch, LogitsWanted, SeqChunk};
 use infermeter::engine::sampling::{kept_weights, TokenDraw};
 use infermeter::engine::{Sampler, SamplingParams};
@@ -433,6 +437,104 @@ fn check_linear<T: CudaDtype>(b: &B<T>) {
 #[test]
 fn linear_matches_cpu() {
     for_each_dtype!(check_linear);
+}
+
+// ---- mixture of experts -----------------------------------------------------------------------
+
+/// `moe_experts` (gather, one GEMM pair per expert with tokens on views into the stacked weights,
+/// silu_mul, `moe_combine`) against the CPU reference with the same routing, rounded to the dtype
+/// where the GPU stores (`cpu::moe::moe_experts`' hook): experts without tokens, one token, odd
+/// widths (the combine kernel's scalar path), renormalised and raw weights. Tolerance: rel 2 eps,
+/// abs 2 eps · max |want| (a GEMM's f32 sum in another order can round an intermediate one ulp
+/// the other way, which the next GEMM carries).
+fn check_moe_experts<T: CudaDtype>(b: &B<T>) {
+    let mut r = rng(17);
+    let e = eps::<T>();
+    for &(tokens, hidden, inter, experts, top_k, renormalize) in &[
+        (1usize, 64usize, 32usize, 8usize, 2usize, true),
+        (5, 64, 48, 8, 2, false),
+        (37, 72, 40, 16, 4, true),
+        (3, 13, 7, 4, 3, true),
+        (130, 128, 96, 64, 8, false),
+    ] {
+        let x = rand_t::<T>(&mut r, tokens * hidden, 1.0);
+        let gate_up = rand_t::<T>(&mut r, experts * 2 * inter * hidden, 0.2);
+        let down = rand_t::<T>(&mut r, experts * hidden * inter, 0.2);
+        let logits = rand_t::<T>(&mut r, tokens * experts, 2.0);
+        let routing = MoeRouting::route(&logits, tokens, experts, top_k, renormalize).unwrap();
+        let c = tokens * top_k;
+        let sizes = [c * hidden, c * 2 * inter, c * inter, c * hidden];
+        let mut dscratch = MoeScratch {
+            rows: b.zeros(sizes[0]).unwrap(),
+            gate_up: b.zeros(sizes[1]).unwrap(),
+            act: b.zeros(sizes[2]).unwrap(),
+            out: b.zeros(sizes[3]).unwrap(),
+        };
+        let mut dout = upload(b, &rand_t::<T>(&mut r, tokens * hidden, 100.0));
+        let (dgu, ddown) = (upload(b, &gate_up), upload(b, &down));
+        b.moe_experts(
+            &mut dout,
+            &upload(b, &x),
+            &dgu,
+            &ddown,
+            &routing,
+            &mut dscratch,
+            hidden,
+            inter,
+        )
+        .unwrap();
+        let mut scratch = MoeScratch {
+            rows: vec![0.0; sizes[0]],
+            gate_up: vec![0.0; sizes[1]],
+            act: vec![0.0; sizes[2]],
+            out: vec![0.0; sizes[3]],
+        };
+        let mut want = vec![0.0; tokens * hidden];
+        let rounding = |v: &mut [f32]| v.copy_from_slice(&round::<T>(v));
+        cpu::moe::moe_experts(
+            &mut want,
+            &x,
+            &gate_up,
+            &down,
+            &routing,
+            &mut scratch,
+            hidden,
+            inter,
+            &rounding,
+        );
+        let max = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert_close(
+            &format!(
+                "moe_experts {} tokens={tokens} hidden={hidden} inter={inter} top {top_k} of \
+                 {experts}",
+                T::NAME
+            ),
+            &download(b, &dout, tokens * hidden),
+            &want,
+            2.0 * e,
+            2.0 * e * max + 1e-6,
+        );
+    }
+    // a plan that does not group its choices is refused before anything runs
+    let mut routing = MoeRouting::route(&[0.0, 1.0, 2.0, 3.0], 1, 4, 2, true).unwrap();
+    routing.by_expert.swap(0, 1);
+    let mut scratch = MoeScratch {
+        rows: b.zeros(16).unwrap(),
+        gate_up: b.zeros(16).unwrap(),
+        act: b.zeros(8).unwrap(),
+        out: b.zeros(16).unwrap(),
+    };
+    let (x, w) = (b.zeros(8).unwrap(), b.zeros(64).unwrap());
+    let mut out = b.zeros(8).unwrap();
+    let err = b
+        .moe_experts(&mut out, &x, &w, &w, &routing, &mut scratch, 8, 2)
+        .unwrap_err();
+    assert!(err.to_string().contains("group"), "{err}");
+}
+
+#[test]
+fn moe_experts_match_cpu() {
+    for_each_dtype!(check_moe_experts);
 }
 
 // ---- embedding and row gathers ------------------------------------------------------------------

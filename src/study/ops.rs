@@ -24,6 +24,7 @@
 //! traffic (once per query head).
 
 use crate::error::{Error, Result};
+use crate::model::config::MoeConfig;
 use crate::model::{Arch, ModelConfig};
 
 use super::Dtype;
@@ -807,25 +808,43 @@ pub fn attention_cost(
     }
 }
 
-/// Weight elements of every linear layer of the model (the lm_head included, tied or not).
+/// Weight elements of every linear layer one token's forward pass multiplies by (the lm_head
+/// included, tied or not): in a mixture-of-experts layer the router and the `top_k` experts the
+/// token is routed to, not the others.
 pub fn matmul_params(cfg: &ModelConfig) -> u64 {
     let h = u(cfg.hidden_size);
     let up_rows = match cfg.arch {
         Arch::Gpt2 => u(cfg.intermediate_size),
         Arch::Llama => 2 * u(cfg.intermediate_size),
     };
-    let per_layer = h * u(cfg.q_size() + 2 * cfg.kv_size())
-        + u(cfg.q_size()) * h
-        + up_rows * h
-        + h * u(cfg.intermediate_size);
-    u(cfg.num_layers) * per_layer + u(cfg.vocab_size) * h
+    let attention = h * u(cfg.q_size() + 2 * cfg.kv_size()) + u(cfg.q_size()) * h;
+    let dense_mlp = up_rows * h + h * u(cfg.intermediate_size);
+    let layers: u64 = (0..cfg.num_layers)
+        .map(|i| {
+            attention
+                + match cfg.layer_moe(i) {
+                    Some(m) => u(m.num_experts) * h + u(m.top_k) * 3 * h * u(m.expert_intermediate),
+                    None => dense_mlp,
+                }
+        })
+        .sum();
+    layers + u(cfg.vocab_size) * h
+}
+
+/// Experts a MoE layer reads in a step of `tokens` tokens, in expectation under uniform routing:
+/// each of the E experts is missed by all of them with probability (1 − k/E)^tokens, so
+/// E · (1 − (1 − k/E)^tokens) are read — k at one token, all E for large batches. Real routers
+/// are not uniform (fewer distinct experts); the byte count is then an upper estimate.
+pub fn experts_read(moe: &MoeConfig, tokens: usize) -> f64 {
+    let (e, k) = (moe.num_experts as f64, moe.top_k as f64);
+    e * (1.0 - (1.0 - k / e).powi(tokens.min(i32::MAX as usize) as i32))
 }
 
 /// A decode step of `batch` sequences, each adding one token to reach `context` tokens.
 ///
 /// Bytes: every weight the step reads once (all parameters except the unread part of the embedding
 /// table and of GPT-2's position table, of which `batch` rows are read; a tied lm_head reads the
-/// whole table), K and V of `context` tokens per sequence and layer read (at most the window on a
+/// whole table; in a MoE layer the experts the batch is routed to, [`experts_read`]), K and V of `context` tokens per sequence and layer read (at most the window on a
 /// sliding-window layer: the kernels read no more), the new token's K and V written. Activations
 /// (a few KiB per token) are not counted.
 /// FLOPs: 2 · batch · (weights of the linear layers and the lm_head), plus attention's
@@ -836,6 +855,12 @@ pub fn decode_step_cost(cfg: &ModelConfig, batch: usize, context: usize, dtype: 
     let (b, l, h) = (u(batch), u(context), u(cfg.hidden_size));
     let layers = u(cfg.num_layers);
     let mut weights = u(cfg.num_parameters());
+    // MoE layers: only the experts the batch is routed to are read (uniform-routing expectation)
+    if let Some(m) = &cfg.moe {
+        let expert = 3 * h * u(m.expert_intermediate);
+        let unread = (m.num_experts as f64 - experts_read(m, batch)) * expert as f64;
+        weights -= (u(m.layers.len()) as f64 * unread).round() as u64;
+    }
     let mut rows_read = b * h; // embedding rows
     if cfg.learned_positions() {
         weights -= u(cfg.max_context) * h;
