@@ -29,6 +29,14 @@
 //! since two logits each move by up to that error) may flip, and the sequences may differ from
 //! there on (the check stops at the first such step). The emulation passes the same check.
 //!
+//! The mixture-of-experts fixtures (tiny-mixtral, tiny-qwen3-moe, tiny-olmoe) are held to these
+//! checks in f32 only: their routing is discontinuous, and a bf16 or f16 rounding of the router's
+//! logits swaps a near-tied expert now and then, which moves that token's logits by the two
+//! experts' difference (the emulated bf16 stack moved tiny-mixtral's by up to 4.5 at a few of 230
+//! positions, the rest within 0.3) — no logits tolerance would both hold and mean something. Their
+//! bf16 and f16 path is checked op by op instead (`tests/cuda_kernels.rs`' `moe_experts_match_cpu`,
+//! with the routing given). The graph tests leave them out: MoE steps run eagerly.
+//!
 //! Without a GPU every test but the emulation prints `skipped: no CUDA device: <reason>` and passes.
 
 #[macro_use]

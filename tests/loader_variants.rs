@@ -354,6 +354,13 @@ fn dummy_weights_for_every_embedded_config() {
                 list.truncate(1);
             }
         }
+        // mixture-of-experts configs: two experts (one per token) of the real width
+        for key in ["num_local_experts", "num_experts"] {
+            if cfg.get(key).is_some() {
+                cfg[key] = json!(2);
+                cfg["num_experts_per_tok"] = json!(1);
+            }
+        }
         cfg["vocab_size"] = json!(1000);
         for key in [
             "max_position_embeddings",

@@ -597,7 +597,8 @@ fn run_on<B: EngineBackend>(a: RunArgs, backend: B) -> anyhow::Result<()> {
 
 fn print_graphs(g: &crate::model::graphs::GraphStats) {
     match (&g.disabled_reason, g.enabled) {
-        (Some(why), _) => println!("CUDA graphs: turned off during the run: {why}"),
+        // recording failed during the run, or the model cannot be recorded (MoE routing)
+        (Some(why), _) => println!("CUDA graphs: off: {why}"),
         (None, false) => println!("CUDA graphs: off (--no-cuda-graphs)"),
         (None, true) => println!(
             "CUDA graphs: {} decode steps replayed, {} graphs recorded, {} steps eager, {} invalidations; \

@@ -470,13 +470,15 @@ impl ModelConfig {
                     + usize::from(self.mlp_bias) * (2 * self.intermediate_size + h),
             ),
         };
-        let per_layer = qkv + o + mlp + norms + biases;
-        // MoE layers: a router and the experts in place of the dense MLP (which has no biases in
-        // any MoE model type)
-        let moe = self.moe.as_ref().map_or(0, |m| {
+        // MoE layers: a router and the experts in place of the dense MLP (no MoE model type has
+        // MLP biases)
+        let (moe_layers, experts) = self.moe.as_ref().map_or((0, 0), |m| {
             let experts = m.num_experts * (h + 3 * h * m.expert_intermediate);
-            m.layers.len() * experts - m.layers.len() * mlp
+            (m.layers.len(), experts)
         });
+        let layers = self.num_layers * (qkv + o + norms + biases)
+            + (self.num_layers - moe_layers) * mlp
+            + moe_layers * experts;
         let embed = self.vocab_size * h;
         let positions = if self.learned_positions() {
             (self.max_context + self.position_offset) * h
@@ -487,7 +489,7 @@ impl ModelConfig {
             + usize::from(self.lm_head_bias) * self.vocab_size;
         let final_norm = if self.arch == Arch::Gpt2 { ln } else { h };
         let embed_norm = if self.embed_norm { ln } else { 0 };
-        embed + embed_norm + positions + self.num_layers * per_layer + moe + final_norm + head
+        embed + embed_norm + positions + layers + final_norm + head
     }
 
     /// Parameters a token's forward pass reads: all of them but, in each MoE layer, the experts it
@@ -3147,6 +3149,92 @@ mod tests {
         );
         // the embedded BLOOMs: transformers counts these on the meta device
         for (name, params) in [("bloom-560m", 559_214_592), ("bloom-7b1", 7_069_016_064)] {
+            let m = crate::model::registry::find(name).unwrap();
+            let c = ModelConfig::from_json_str(m.config, name).unwrap();
+            assert_eq!(c.num_parameters(), params, "{name}");
+        }
+    }
+
+    #[test]
+    fn mixture_of_experts_types_parse_their_routing() {
+        let moe = |model_type: &str, extra: &str| {
+            ModelConfig::from_json_str(
+                &format!(
+                    r#"{{"model_type": "{model_type}", "vocab_size": 64, "hidden_size": 32,
+                    "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+                    "intermediate_size": 48{extra}}}"#
+                ),
+                "config.json",
+            )
+        };
+        // Mixtral: 8 experts of intermediate_size on every layer, top 2, always renormalised
+        let c = moe("mixtral", "").unwrap();
+        let m = c.moe.clone().unwrap();
+        assert_eq!((m.num_experts, m.top_k, m.expert_intermediate), (8, 2, 48));
+        assert!(m.renormalize);
+        assert_eq!(m.layers, vec![0, 1, 2, 3]);
+        assert!(!c.qk_norm && !c.qk_norm_whole && !c.attention_bias);
+        // Qwen3-MoE: dense layers from mlp_only_layers and decoder_sparse_step; per-head q/k
+        // norms; transformers 5's `num_local_experts` read first
+        let c = moe(
+            "qwen3_moe",
+            r#", "num_experts": 16, "num_local_experts": 12, "num_experts_per_tok": 4,
+            "moe_intermediate_size": 24, "norm_topk_prob": true, "decoder_sparse_step": 2,
+            "mlp_only_layers": [3], "head_dim": 16"#,
+        )
+        .unwrap();
+        let m = c.moe.clone().unwrap();
+        assert_eq!((m.num_experts, m.top_k, m.expert_intermediate), (12, 4, 24));
+        assert_eq!(m.layers, vec![1]);
+        assert!(m.renormalize && c.qk_norm);
+        assert!(c.layer_moe(1).is_some() && c.layer_moe(3).is_none());
+        // OLMoE: whole-projection q/k norms on a pre-norm block, raw top-k weights
+        let c = moe("olmoe", "").unwrap();
+        let m = c.moe.clone().unwrap();
+        assert_eq!((m.num_experts, m.top_k), (64, 8));
+        assert!(!m.renormalize && c.qk_norm_whole && !c.post_norms_only);
+        // refusals name the field
+        for (t, extra, field) in [
+            (
+                "mixtral",
+                r#", "num_experts_per_tok": 9"#,
+                "num_experts_per_tok",
+            ),
+            (
+                "mixtral",
+                r#", "num_local_experts": 0"#,
+                "num_local_experts",
+            ),
+            (
+                "qwen3_moe",
+                r#", "decoder_sparse_step": 0"#,
+                "decoder_sparse_step",
+            ),
+            (
+                "qwen3_moe",
+                r#", "mlp_only_layers": [7]"#,
+                "mlp_only_layers[0]",
+            ),
+            ("olmoe", r#", "clip_qkv": 8.0"#, "clip_qkv"),
+        ] {
+            let err = moe(t, extra).unwrap_err().to_string();
+            assert!(err.contains(field), "{t} {extra}: {err}");
+        }
+        // parameter counts: the dense counts plus routers and experts, less the dense MLPs
+        let c = moe("mixtral", "").unwrap();
+        let dense = moe("mistral", "").unwrap();
+        let expert = 3 * 32 * 48;
+        assert_eq!(
+            c.num_parameters(),
+            dense.num_parameters() + 4 * (8 * (32 + expert) - expert)
+        );
+        assert_eq!(c.active_parameters(), c.num_parameters() - 4 * 6 * expert);
+        // the embedded MoE configs: transformers counts these on the meta device
+        for (name, params) in [
+            ("mixtral-8x7b", 46_702_792_704),
+            ("qwen3-30b-a3b", 30_532_122_624),
+            ("olmoe-1b-7b", 6_919_161_856),
+        ] {
             let m = crate::model::registry::find(name).unwrap();
             let c = ModelConfig::from_json_str(m.config, name).unwrap();
             assert_eq!(c.num_parameters(), params, "{name}");

@@ -83,6 +83,9 @@ pub static EMBEDDED: &[EmbeddedModel] = &[
     config_only!("bloom-7b1"),
     config_only!("mpt-7b"),
     config_only!("falcon-rw-1b"),
+    config_only!("mixtral-8x7b"),
+    config_only!("qwen3-30b-a3b"),
+    config_only!("olmoe-1b-7b"),
 ];
 
 pub fn find(name: &str) -> Option<&'static EmbeddedModel> {
