@@ -379,14 +379,9 @@ impl<T: CudaDtype> Backend for Emulated<T> {
         hidden: usize,
         inter: usize,
     ) -> infermeter::Result<()> {
-        let scratch_lens = [&scratch.rows, &scratch.gate_up, &scratch.act, &scratch.out];
-        routing.check_buffers(
-            "emulated",
-            [out, x, gate_up, down].map(|b| b.len()),
-            scratch_lens.map(|b| b.len()),
-            hidden,
-            inter,
-        )?;
+        let lens = [out, x, gate_up, down].map(|b| b.len());
+        let scratch_lens = scratch.each(|b| b.len());
+        routing.check_buffers("emulated", lens, scratch_lens, hidden, inter)?;
         let round = |v: &mut [f32]| round_in_place::<T>(v);
         cpu_moe::moe_experts(
             out, x, gate_up, down, routing, scratch, hidden, inter, &round,

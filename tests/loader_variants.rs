@@ -1246,3 +1246,80 @@ fn vocab_and_merges_make_gpt2s_tokenizer() {
         assert!(err.contains(field), "{bad}: {err}");
     }
 }
+
+/// Mixture-of-experts checkpoints: the stacked expert tensors transformers 5 holds in memory
+/// (`mlp.experts.gate_up_proj` [E, 2·inter, hidden], `mlp.experts.down_proj` [E, hidden, inter],
+/// the router as `mlp.gate`) load as the per-expert ones do; a missing expert tensor, and a
+/// config whose dense layers disagree with the checkpoint, are refused by name.
+#[test]
+fn moe_experts_load_stacked_or_per_expert() {
+    let dir = copy_model(&model_dir("tiny-mixtral"));
+    let ts = tensors(dir.path());
+    let f32s = |name: &str| -> (Vec<usize>, Vec<f32>) {
+        let t = ts.iter().find(|t| t.name == name).unwrap();
+        (t.shape.clone(), raw_to_f32(t).unwrap())
+    };
+    let mut stacked = Vec::new();
+    for l in 0..2 {
+        let p = format!("model.layers.{l}.block_sparse_moe");
+        let (router_shape, router) = f32s(&format!("{p}.gate.weight"));
+        let experts = router_shape[0];
+        let (mut gate_up, mut down) = (Vec::new(), Vec::new());
+        let (mut inter, mut hidden) = (0, 0);
+        for e in 0..experts {
+            let (shape, w1) = f32s(&format!("{p}.experts.{e}.w1.weight"));
+            (inter, hidden) = (shape[0], shape[1]);
+            gate_up.extend(w1);
+            gate_up.extend(f32s(&format!("{p}.experts.{e}.w3.weight")).1);
+            down.extend(f32s(&format!("{p}.experts.{e}.w2.weight")).1);
+        }
+        let q = format!("model.layers.{l}.mlp");
+        stacked.push(OutTensor::f32(
+            &format!("{q}.gate.weight"),
+            router_shape,
+            &router,
+        ));
+        stacked.push(OutTensor::f32(
+            &format!("{q}.experts.gate_up_proj"),
+            vec![experts, 2 * inter, hidden],
+            &gate_up,
+        ));
+        stacked.push(OutTensor::f32(
+            &format!("{q}.experts.down_proj"),
+            vec![experts, hidden, inter],
+            &down,
+        ));
+    }
+    let mut out: Vec<OutTensor> = ts
+        .into_iter()
+        .filter(|t| !t.name.contains("block_sparse_moe"))
+        .collect();
+    out.extend(stacked);
+    rewrite(dir.path(), &out);
+    assert_matches_golden(dir.path(), "tiny-mixtral", 1e-3);
+
+    // a per-expert tensor missing: named
+    let dir = copy_model(&model_dir("tiny-qwen3-moe"));
+    let missing = "model.layers.2.mlp.experts.5.up_proj.weight";
+    let ts: Vec<OutTensor> = tensors(dir.path())
+        .into_iter()
+        .filter(|t| t.name != missing)
+        .collect();
+    rewrite(dir.path(), &ts);
+    let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains(missing), "{err}");
+
+    // layer 1 is dense in the checkpoint: a config routing it names the router it looks for
+    let dir = copy_model(&model_dir("tiny-qwen3-moe"));
+    let mut cfg = read_config(dir.path());
+    cfg["mlp_only_layers"] = json!([]);
+    write_config(dir.path(), &cfg);
+    let err = infermeter::model::load(dir.path().to_str().unwrap(), Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("model.layers.1.mlp.gate.weight"), "{err}");
+}

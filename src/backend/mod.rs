@@ -687,6 +687,13 @@ pub struct MoeScratch<B> {
     pub out: B,
 }
 
+impl<B> MoeScratch<B> {
+    /// `f` of each buffer: rows, gate_up, act, out.
+    pub fn each<U>(&self, f: impl Fn(&B) -> U) -> [U; 4] {
+        [&self.rows, &self.gate_up, &self.act, &self.out].map(f)
+    }
+}
+
 /// The error every backend gives when a buffer is shorter than an op needs (`name` is the op's
 /// argument).
 pub(crate) fn check_len(

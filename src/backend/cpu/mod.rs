@@ -413,14 +413,9 @@ impl Backend for CpuBackend {
         hidden: usize,
         inter: usize,
     ) -> Result<()> {
-        let scratch_lens = [&scratch.rows, &scratch.gate_up, &scratch.act, &scratch.out];
-        routing.check_buffers(
-            "cpu",
-            [out, x, gate_up, down].map(|b| b.len()),
-            scratch_lens.map(|b| b.len()),
-            hidden,
-            inter,
-        )?;
+        let lens = [out, x, gate_up, down].map(|b| b.len());
+        let scratch_lens = scratch.each(|b| b.len());
+        routing.check_buffers("cpu", lens, scratch_lens, hidden, inter)?;
         moe::moe_experts(
             out,
             x,

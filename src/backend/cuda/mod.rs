@@ -698,6 +698,37 @@ impl<T: CudaDtype> CudaBackend<T> {
         f(&idx.slice(..c), &idx.slice(c..2 * c), &w.slice(..c))
     }
 
+    /// For each expert e with choices (its run r of the grouped rows): out[r] = x[r] ·
+    /// weights[e]ᵀ, one cuBLAS GEMM on views. out: [choices, n]; x: [choices, k];
+    /// weights: [num_experts, n, k]
+    fn expert_gemms(
+        &self,
+        routing: &MoeRouting,
+        out: &mut CudaSlice<T>,
+        x: &CudaSlice<T>,
+        weights: &CudaSlice<T>,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        for e in 0..routing.num_experts {
+            let r = routing.expert_range(e);
+            if r.is_empty() {
+                continue;
+            }
+            self.dev.gemm.linear(
+                &self.dev.stream,
+                &mut out.slice_mut(r.start * n..r.end * n),
+                &x.slice(r.start * k..r.end * k),
+                &weights.slice(e * n * k..(e + 1) * n * k),
+                false,
+                r.len(),
+                n,
+                k,
+            )?;
+        }
+        Ok(())
+    }
+
     /// `len` zero row indices on the device (grown, never shrunk).
     fn with_zero_rows<R>(
         &self,
@@ -1521,14 +1552,9 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
         hidden: usize,
         inter: usize,
     ) -> Result<()> {
-        let scratch_lens = [&scratch.rows, &scratch.gate_up, &scratch.act, &scratch.out];
-        routing.check_buffers(
-            "cuda",
-            [out, x, gate_up, down].map(|b| b.len()),
-            scratch_lens.map(|b| b.len()),
-            hidden,
-            inter,
-        )?;
+        let lens = [out, x, gate_up, down].map(|b| b.len());
+        let scratch_lens = scratch.each(|b| b.len());
+        routing.check_buffers("cuda", lens, scratch_lens, hidden, inter)?;
         let (t, c) = (routing.num_tokens, routing.num_choices());
         if t == 0 {
             return Ok(());
@@ -1538,26 +1564,10 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
             .bind_to_thread()
             .map_err(drv("binding the CUDA context"))?;
         let (h, i2) = (hidden, 2 * inter);
-        let (stream, gemm) = (&self.dev.stream, &self.dev.gemm);
         self.with_moe_plan(routing, |rows, slot_of, weights| {
             let (cu, tu, hu) = (u(c, "choices")?, u(t, "tokens")?, u(h, "hidden")?);
             ops::gather_logit_rows(self.k(), self.s(), &mut scratch.rows, x, rows, cu, tu, hu)?;
-            for e in 0..routing.num_experts {
-                let r = routing.expert_range(e);
-                if r.is_empty() {
-                    continue;
-                }
-                gemm.linear(
-                    stream,
-                    &mut scratch.gate_up.slice_mut(r.start * i2..r.end * i2),
-                    &scratch.rows.slice(r.start * h..r.end * h),
-                    &gate_up.slice(e * i2 * h..(e + 1) * i2 * h),
-                    false,
-                    r.len(),
-                    i2,
-                    h,
-                )?;
-            }
+            self.expert_gemms(routing, &mut scratch.gate_up, &scratch.rows, gate_up, i2, h)?;
             self.gated_mul(
                 MlpActivation::Silu,
                 &mut scratch.act,
@@ -1565,22 +1575,7 @@ impl<T: CudaDtype> Backend for CudaBackend<T> {
                 c,
                 inter,
             )?;
-            for e in 0..routing.num_experts {
-                let r = routing.expert_range(e);
-                if r.is_empty() {
-                    continue;
-                }
-                gemm.linear(
-                    stream,
-                    &mut scratch.out.slice_mut(r.start * h..r.end * h),
-                    &scratch.act.slice(r.start * inter..r.end * inter),
-                    &down.slice(e * h * inter..(e + 1) * h * inter),
-                    false,
-                    r.len(),
-                    h,
-                    inter,
-                )?;
-            }
+            self.expert_gemms(routing, &mut scratch.out, &scratch.act, down, h, inter)?;
             let k = u(routing.top_k, "top_k")?;
             ops::moe_combine(
                 self.k(),
