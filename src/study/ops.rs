@@ -844,9 +844,10 @@ pub fn experts_read(moe: &MoeConfig, tokens: usize) -> f64 {
 ///
 /// Bytes: every weight the step reads once (all parameters except the unread part of the embedding
 /// table and of GPT-2's position table, of which `batch` rows are read; a tied lm_head reads the
-/// whole table; in a MoE layer the experts the batch is routed to, [`experts_read`]), K and V of `context` tokens per sequence and layer read (at most the window on a
-/// sliding-window layer: the kernels read no more), the new token's K and V written. Activations
-/// (a few KiB per token) are not counted.
+/// whole table; in a MoE layer the experts the batch is routed to, [`experts_read`]), K and V of
+/// `context` tokens per sequence and layer read (at most the window on a sliding-window layer: the
+/// kernels read no more), the new token's K and V written. Activations (a few KiB per token) are
+/// not counted.
 /// FLOPs: 2 · batch · (weights of the linear layers and the lm_head), plus attention's
 /// 4 · heads · head_dim · keys per token and layer (keys: the context, or the window). Norms, RoPE
 /// and activations (< 1 %) are not counted.
@@ -1205,6 +1206,37 @@ mod tests {
         let kv = 2 * (6 + 4) * 2;
         assert_eq!(c.bytes, 4 * (304 + kv) + 12);
         assert_eq!(c.flops, 560 + 4 * 2 * 2 * (5 + 3));
+    }
+
+    #[test]
+    fn decode_step_cost_of_a_tiny_mixture_of_experts_by_hand() {
+        let cfg = crate::model::config::ModelConfig::from_json_str(
+            r#"{"model_type": "mixtral", "vocab_size": 10, "hidden_size": 4,
+                "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+                "intermediate_size": 6, "max_position_embeddings": 32,
+                "num_local_experts": 4, "num_experts_per_tok": 2}"#,
+            "test",
+        )
+        .unwrap();
+        let m = cfg.moe.clone().unwrap();
+        // one token reads its 2 experts; many tokens all 4
+        assert!((experts_read(&m, 1) - 2.0).abs() < 1e-12);
+        assert!((experts_read(&m, 2) - 4.0 * (1.0 - 0.25)).abs() < 1e-12);
+        assert!((experts_read(&m, 1000) - 4.0).abs() < 1e-9);
+        // per layer: attention 48, router 4·4 = 16, 2 experts of 3·4·6 = 72 → 208 per token; 2
+        // layers + lm_head 40 = 456 matmul weights
+        assert_eq!(matmul_params(&cfg), 456);
+        // parameters: 2·(48 + 16 + 4·72 + 2 norms of 4) + embed 40 + norm 4 + head 40 = 804;
+        // batch 1 reads 804 − 2 layers · 2 unread experts · 72 − 40 (table) + 4 (a row) = 480
+        assert_eq!(cfg.num_parameters(), 804);
+        assert_eq!(cfg.active_parameters(), 804 - 2 * 2 * 72);
+        let kv = 2 * 2 * 6 * 2;
+        let c = decode_step_cost(&cfg, 1, 5, Dtype::F32);
+        assert_eq!(c.bytes, 4 * (480 + kv) + 12);
+        assert_eq!(c.flops, 2 * 456 + 4 * 2 * 2 * 2 * 5);
+        // batch 2: 3 experts per layer in expectation (1 unread), two rows of the table
+        let c = decode_step_cost(&cfg, 2, 5, Dtype::F32);
+        assert_eq!(c.bytes, 4 * (804 - 2 * 72 - 40 + 8 + 2 * kv) + 24);
     }
 
     #[test]
