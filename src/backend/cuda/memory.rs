@@ -44,6 +44,11 @@ pub fn activation_bytes(
     let h = cfg.hidden_size;
     let per_token =
         3 * h + (cfg.q_size() + 2 * cfg.kv_size()) + cfg.q_size() + up_rows + cfg.intermediate_size;
+    // MoE models: the router's logits and the experts' rows (`MoeScratch`) per token
+    let per_token = per_token
+        + cfg.moe.as_ref().map_or(0, |m| {
+            m.num_experts + m.top_k * (2 * h + 3 * m.expert_intermediate)
+        });
     let per_logit_row = h + cfg.vocab_size;
     // One step's metadata (u32, one upload): ids and positions per token, a slot per token in
     // each KV group; logits indices, query_start_loc and seq_lens per sequence (at most
@@ -52,7 +57,13 @@ pub fn activation_bytes(
     let groups = kv_groups.max(1);
     let table_entries = logits_rows * groups * cfg.max_context.div_ceil(block_size.max(1));
     let meta_u32 = (2 + groups) * tokens + 3 * (logits_rows + 1) + table_entries + tokens;
-    elem_bytes * (tokens * per_token + logits_rows * per_logit_row) + 4 * meta_u32
+    // and the routing plan on the device: gather rows and slots (u32) and weights (f32) per
+    // choice, grown in powers of two (`CudaBackend::with_moe_plan`)
+    let plan_words = cfg
+        .moe
+        .as_ref()
+        .map_or(0, |m| 3 * (tokens * m.top_k).max(1024).next_power_of_two());
+    elem_bytes * (tokens * per_token + logits_rows * per_logit_row) + 4 * (meta_u32 + plan_words)
 }
 
 /// Inputs of the plan.
@@ -304,6 +315,25 @@ mod tests {
     }
 
     /// Every layer in one KV group (the layout of a model without sliding layers).
+    #[test]
+    fn a_mixture_of_experts_adds_its_router_and_expert_rows() {
+        let dense = r#"{"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 32,
+            "vocab_size": 32000, "max_position_embeddings": 32768}"#;
+        let moe = dense.replace("mistral", "mixtral");
+        let dense = ModelConfig::from_json_str(dense, "config.json").unwrap();
+        let moe = ModelConfig::from_json_str(&moe, "config.json").unwrap();
+        let (t, rows) = (2048, 256);
+        let extra =
+            activation_bytes(&moe, 2, t, rows, 1, 16) - activation_bytes(&dense, 2, t, rows, 1, 16);
+        // 8 router logits and 2 experts' rows (2 · 4096 + 3 · 14336) per token, in bf16; the
+        // plan's 3 words per choice (4096 choices)
+        assert_eq!(
+            extra,
+            2 * t * (8 + 2 * (2 * 4096 + 3 * 14336)) + 4 * 3 * 4096
+        );
+    }
+
     fn plain(cfg: &ModelConfig) -> KvLayout {
         KvLayout::for_model(cfg, true)
     }
