@@ -725,13 +725,13 @@ impl<B: Backend> Model<B> {
                     let (up, down) = match &layer.mlp {
                         Mlp::Dense { up, down } => (up, down),
                         Mlp::Experts(experts) => {
-                            let moe = c.layer_moe(i).zip(ws.moe.as_mut()).ok_or_else(|| {
-                                Error::Invalid(format!(
-                                    "layer {i} has experts the config does not route"
-                                ))
-                            })?;
-                            let ((m, moe), e) = (moe, experts);
-                            let n = m.num_experts;
+                            let (m, moe) =
+                                c.layer_moe(i).zip(ws.moe.as_mut()).ok_or_else(|| {
+                                    Error::Invalid(format!(
+                                        "layer {i} has experts the config does not route"
+                                    ))
+                                })?;
+                            let (e, n) = (experts, m.num_experts);
                             b.linear(&mut moe.router_logits, mlp_in, &e.router, None, t, n, h)?;
                             // routed on the host: the experts' GEMM shapes follow from it
                             let logits = b.download(&moe.router_logits, t * n)?;
@@ -746,6 +746,8 @@ impl<B: Backend> Model<B> {
                                 h,
                                 m.expert_intermediate,
                             )?;
+                            // the MLP's output is in ws.delta, as the dense MLP leaves it: the
+                            // next layer (or the final norm) adds it
                             continue;
                         }
                     };
