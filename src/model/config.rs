@@ -505,6 +505,13 @@ impl ModelConfig {
         }
     }
 
+    /// Whether some layer has a dense MLP (every layer but in a model whose MLPs are all experts).
+    pub fn has_dense_mlp(&self) -> bool {
+        self.moe
+            .as_ref()
+            .is_none_or(|m| m.layers.len() < self.num_layers)
+    }
+
     /// The routed experts of layer `layer`, if its MLP is a mixture of experts.
     pub fn layer_moe(&self, layer: usize) -> Option<&MoeConfig> {
         self.moe

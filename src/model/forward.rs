@@ -222,8 +222,17 @@ impl<B: Backend> Model<B> {
             } else {
                 1
             })?,
-            up: b.zeros(tokens * up_rows)?,
-            act: b.zeros(tokens * c.intermediate_size)?,
+            // (a model whose every MLP is experts needs no dense rows: one element each)
+            up: b.zeros(if c.has_dense_mlp() {
+                tokens * up_rows
+            } else {
+                1
+            })?,
+            act: b.zeros(if c.has_dense_mlp() {
+                tokens * c.intermediate_size
+            } else {
+                1
+            })?,
             moe: match &c.moe {
                 Some(m) => {
                     let choices = tokens * m.top_k;

@@ -42,8 +42,12 @@ pub fn activation_bytes(
         Arch::Llama => 2 * cfg.intermediate_size,
     };
     let h = cfg.hidden_size;
-    let per_token =
-        3 * h + (cfg.q_size() + 2 * cfg.kv_size()) + cfg.q_size() + up_rows + cfg.intermediate_size;
+    let dense_mlp = if cfg.has_dense_mlp() {
+        up_rows + cfg.intermediate_size
+    } else {
+        0
+    };
+    let per_token = 3 * h + (cfg.q_size() + 2 * cfg.kv_size()) + cfg.q_size() + dense_mlp;
     // MoE models: the router's logits and the experts' rows (`MoeScratch`) per token
     let per_token = per_token
         + cfg.moe.as_ref().map_or(0, |m| {
@@ -326,12 +330,11 @@ mod tests {
         let (t, rows) = (2048, 256);
         let extra =
             activation_bytes(&moe, 2, t, rows, 1, 16) - activation_bytes(&dense, 2, t, rows, 1, 16);
-        // 8 router logits and 2 experts' rows (2 · 4096 + 3 · 14336) per token, in bf16; the
-        // plan's 3 words per choice (4096 choices)
-        assert_eq!(
-            extra,
-            2 * t * (8 + 2 * (2 * 4096 + 3 * 14336)) + 4 * 3 * 4096
-        );
+        // 8 router logits and 2 experts' rows (2 · 4096 + 3 · 14336) per token, in bf16, less the
+        // dense MLP's rows (3 · 14336: every layer is experts); the plan's 3 words per choice
+        // (4096 choices)
+        let moe_rows = 8 + 2 * (2 * 4096 + 3 * 14336) - 3 * 14336;
+        assert_eq!(extra, 2 * t * moe_rows + 4 * 3 * 4096);
     }
 
     fn plain(cfg: &ModelConfig) -> KvLayout {
