@@ -424,38 +424,46 @@ fn read_llama_mlp(
     })
 }
 
-/// The checkpoint names of one mixture-of-experts layer's tensors.
+/// Where one mixture-of-experts layer's tensors are: under `moe` (the layer's MoE module), the
+/// router `{moe}.gate.weight` [num_experts, hidden]; expert e's gate, up and down projections
+/// `{moe}.experts.{e}.{part}.weight`; or the stacked form transformers 5 holds in memory,
+/// `{moe}.experts.gate_up_proj` [num_experts, 2 · inter, hidden] and `{moe}.experts.down_proj`
+/// [num_experts, hidden, inter].
 struct ExpertNames {
-    /// the router's weight, [num_experts, hidden]
-    router: String,
-    /// expert e's gate, up and down projections' weights
-    per_expert: Box<dyn Fn(usize) -> [String; 3]>,
-    /// the stacked form transformers 5 holds in memory: gate||up [num_experts, 2 · inter, hidden]
-    /// and down [num_experts, hidden, inter]
-    stacked: [String; 2],
+    moe: String,
+    /// the gate, up and down projections' names
+    parts: [&'static str; 3],
 }
 
-/// Where layer prefix `p`'s experts are: Mixtral's published `block_sparse_moe.gate` and
-/// `block_sparse_moe.experts.{e}.w1` (gate) / `w3` (up) / `w2` (down); else (Qwen3-MoE, OLMoE,
-/// and Mixtral as transformers 5 names it in memory) `mlp.gate` and `mlp.experts.{e}.gate_proj`
-/// / `up_proj` / `down_proj`, or the stacked `mlp.experts.gate_up_proj` / `down_proj`.
-fn expert_names(cfg: &ModelConfig, st: &TensorStore, p: &str) -> ExpertNames {
-    let block_sparse = format!("{p}.block_sparse_moe");
-    let mixtral_names =
-        cfg.model_type == "mixtral" && st.contains(&format!("{block_sparse}.gate.weight"));
-    let (moe, parts) = if mixtral_names {
-        (block_sparse, ["w1", "w3", "w2"])
-    } else {
-        (format!("{p}.mlp"), ["gate_proj", "up_proj", "down_proj"])
-    };
-    let experts = format!("{moe}.experts");
-    ExpertNames {
-        router: format!("{moe}.gate.weight"),
-        stacked: [
-            format!("{experts}.gate_up_proj"),
-            format!("{experts}.down_proj"),
-        ],
-        per_expert: Box::new(move |e| parts.map(|w| format!("{experts}.{e}.{w}.weight"))),
+impl ExpertNames {
+    /// Layer prefix `p`'s: Mixtral's published `block_sparse_moe` with `w1` (gate) / `w3` (up) /
+    /// `w2` (down); else (Qwen3-MoE, OLMoE, and Mixtral as transformers 5 names it in memory)
+    /// `mlp` with `gate_proj` / `up_proj` / `down_proj`.
+    fn of(cfg: &ModelConfig, st: &TensorStore, p: &str) -> Self {
+        let block_sparse = format!("{p}.block_sparse_moe");
+        if cfg.model_type == "mixtral" && st.contains(&format!("{block_sparse}.gate.weight")) {
+            return Self {
+                moe: block_sparse,
+                parts: ["w1", "w3", "w2"],
+            };
+        }
+        Self {
+            moe: format!("{p}.mlp"),
+            parts: ["gate_proj", "up_proj", "down_proj"],
+        }
+    }
+
+    fn router(&self) -> String {
+        format!("{}.gate.weight", self.moe)
+    }
+
+    fn per_expert(&self, e: usize) -> [String; 3] {
+        self.parts
+            .map(|w| format!("{}.experts.{e}.{w}.weight", self.moe))
+    }
+
+    fn stacked(&self) -> [String; 2] {
+        ["gate_up_proj", "down_proj"].map(|w| format!("{}.experts.{w}", self.moe))
     }
 }
 
@@ -469,9 +477,9 @@ fn read_experts(
     moe: &MoeConfig,
 ) -> Result<Experts<HostTensor>> {
     let (h, inter, n) = (cfg.hidden_size, moe.expert_intermediate, moe.num_experts);
-    let names = expert_names(cfg, st, p);
-    let router = st.read_f32(&names.router, &[n, h])?;
-    let [stacked_gate_up, stacked_down] = &names.stacked;
+    let names = ExpertNames::of(cfg, st, p);
+    let router = st.read_f32(&names.router(), &[n, h])?;
+    let [stacked_gate_up, stacked_down] = &names.stacked();
     if st.contains(stacked_gate_up) {
         return Ok(Experts {
             router,
@@ -482,7 +490,7 @@ fn read_experts(
     let mut gate_up = Vec::with_capacity(2 * n);
     let mut down = Vec::with_capacity(n);
     for e in 0..n {
-        let [g, u, d] = (names.per_expert)(e);
+        let [g, u, d] = names.per_expert(e);
         gate_up.push(st.read_f32(&g, &[inter, h])?);
         gate_up.push(st.read_f32(&u, &[inter, h])?);
         down.push(st.read_f32(&d, &[h, inter])?);
