@@ -63,8 +63,8 @@ impl MoeRouting {
             softmax_into(row, &mut probs);
             order.clear();
             order.extend(0..num_experts as u32);
-            // descending probability, the lower id first on ties (NaN last: total_cmp ranks it
-            // above every number, so it is compared reversed)
+            // descending probability, the lower id first on ties (a stable sort); a NaN logit
+            // makes every probability of its row NaN, which then all tie
             order.sort_by(|&a, &b| probs[b as usize].total_cmp(&probs[a as usize]));
             let chosen = &order[..top_k];
             let sum: f32 = chosen.iter().map(|&e| probs[e as usize]).sum();
